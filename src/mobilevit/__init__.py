@@ -1,0 +1,6 @@
+"""mobilevit: Apple's efficient hybrid CNN-Transformer image models in one package."""
+
+from .registry import create_model, get_config, list_models
+
+__all__ = ["create_model", "get_config", "list_models"]
+__version__ = "0.1.0"

@@ -1,0 +1,57 @@
+"""Convolution + BatchNorm + activation, the unit every CNN part of these models is made of."""
+
+from __future__ import annotations
+
+from torch import nn
+
+
+def make_divisible(value: float, divisor: int = 8, min_value: int | None = None) -> int:
+    """Round ``value`` to the nearest multiple of ``divisor``, never going more than 10% below it.
+
+    This is the channel-rounding rule of MobileNetV2, used by every MobileViT width family.
+    """
+    min_value = min_value or divisor
+    rounded = max(min_value, int(value + divisor / 2) // divisor * divisor)
+    if rounded < 0.9 * value:
+        rounded += divisor
+    return rounded
+
+
+class ConvNormAct(nn.Sequential):
+    """``conv -> bn -> act``; children are named ``conv``, ``bn`` and ``act`` (the last two optional).
+
+    Args:
+        in_channels: input channels.
+        out_channels: output channels.
+        kernel_size: square kernel size; padding keeps the spatial size at stride 1.
+        stride: convolution stride.
+        groups: convolution groups (``in_channels`` for depthwise).
+        norm: add a BatchNorm after the convolution (the convolution then has no bias).
+        act: activation module class, or ``None`` for a linear output.
+        bias: force a convolution bias even with a norm.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 1,
+        stride: int = 1,
+        groups: int = 1,
+        norm: bool = True,
+        act: type[nn.Module] | None = nn.SiLU,
+        bias: bool | None = None,
+    ) -> None:
+        super().__init__()
+        bias = (not norm) if bias is None else bias
+        self.conv = nn.Conv2d(
+            in_channels, out_channels, kernel_size, stride, padding=kernel_size // 2, groups=groups, bias=bias
+        )
+        if norm:
+            self.bn = nn.BatchNorm2d(out_channels)
+        if act is not None:
+            self.act = act()
+
+    @property
+    def out_channels(self) -> int:
+        return self.conv.out_channels

@@ -1,0 +1,391 @@
+"""MobileViT v1, v2 and v3.
+
+Papers:
+    v1: "MobileViT: Light-weight, General-purpose, and Mobile-friendly Vision Transformer" (arXiv 2110.02178)
+    v2: "Separable Self-attention for Mobile Vision Transformers" (arXiv 2206.02680)
+    v3: "MobileViTv3: Mobile-Friendly Vision Transformer with Simple and Effective Fusion of Local, Global and
+        Input Features" (arXiv 2209.15159)
+Upstream code followed: apple/ml-cvnets (v1, v2) and micronDLA/MobileViTv3 (v3), whose checkpoints load with
+``mobilevit.converters`` and give the same logits, at any input size.
+
+All variants share one skeleton: a stride-2 3x3 stem, five stages (strides 1, 2, 2, 2, 2 -> outputs at strides 2, 4, 8,
+16, 32) of MobileNetV2 blocks, where stages 3-5 end with a MobileViT block, an optional 1x1 expansion, and a linear head.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..layers import (
+    ClassifierHead,
+    ConvNormAct,
+    InvertedResidual,
+    PatchLayerNorm,
+    TransformerLayer,
+    fold_patches,
+    make_divisible,
+    unfold_patches,
+)
+
+
+@dataclass(frozen=True)
+class MobileViTStage:
+    """One stage: ``depth`` MobileNetV2 blocks (the first with ``stride``), then a MobileViT block if
+    ``transformer_depth > 0``."""
+
+    out_channels: int
+    depth: int
+    stride: int
+    expand_ratio: float  # MobileNetV2 hidden width / input width
+    transformer_dim: int = 0  # token channels inside the MobileViT block
+    transformer_depth: int = 0  # transformer layers; 0 means a plain MobileNetV2 stage
+    mlp_dim: int = 0  # hidden width of each transformer layer's MLP
+
+
+@dataclass(frozen=True)
+class MobileViTConfig:
+    """Architecture of one MobileViT variant. Fields are checked; a typo in an override raises."""
+
+    stem_channels: int
+    stages: tuple[MobileViTStage, ...]
+    attention: Literal["mha", "separable"]  # v1/v3-v1: multi-head attention; v2/v3-v2: separable self-attention
+    v3_fusion: bool = False  # MobileViTv3 block: depthwise local conv, 1x1 fusion of local+global, input residual
+    num_features: int = 0  # channels of the 1x1 expansion before the head (v1, v3-v1); 0: no expansion (v2)
+    num_heads: int = 4  # heads of the multi-head attention (cvnets and timm use 4 in every v1/v3 variant)
+    patch_size: int = 2  # unfold patch height and width
+    kernel_size: int = 3  # local representation conv kernel
+    in_channels: int = 3
+    num_classes: int = 1000
+    drop_rate: float = 0.0  # dropout before the classifier
+    attn_drop_rate: float = 0.0  # dropout on attention weights
+    proj_drop_rate: float = 0.0  # dropout after attention/MLP projections ("dropout" in cvnets)
+    mlp_drop_rate: float = 0.0  # dropout between the MLP layers ("ffn_dropout" in cvnets)
+    drop_path_rate: float = 0.0  # stochastic depth, rising linearly over the transformer layers
+
+    def __post_init__(self) -> None:
+        if self.attention not in ("mha", "separable"):
+            raise ValueError(f"attention must be 'mha' or 'separable', got {self.attention!r}")
+        if len(self.stages) != 5:
+            raise ValueError(f"MobileViT has 5 stages, got {len(self.stages)}")
+
+
+def _v1_config(
+    channels: tuple[int, ...],
+    transformer_dims: tuple[int, int, int],
+    expand_ratio: float,
+    num_features: int,
+    v3_fusion: bool = False,
+    proj_drop_rate: float = 0.1,
+) -> MobileViTConfig:
+    """MobileViT v1 layout (and v3 on the v1 base): ``channels`` are the five stage outputs."""
+    depths = (1, 3, 1, 1, 1)
+    strides = (1, 2, 2, 2, 2)
+    transformer_depths = (0, 0, 2, 4, 3)
+    dims = (0, 0, *transformer_dims)
+    stages = tuple(
+        MobileViTStage(c, d, s, expand_ratio, dim, td, 2 * dim)
+        for c, d, s, dim, td in zip(channels, depths, strides, dims, transformer_depths)
+    )
+    return MobileViTConfig(
+        stem_channels=16,
+        stages=stages,
+        attention="mha",
+        v3_fusion=v3_fusion,
+        num_features=num_features,
+        drop_rate=0.1,
+        proj_drop_rate=proj_drop_rate,
+    )
+
+
+def _v2_config(width: float, v3_fusion: bool = False) -> MobileViTConfig:
+    """MobileViT v2 width family (and v3 on the v2 base): every width derives from the 1.0 model."""
+    channels = (
+        make_divisible(64 * width, 16),
+        make_divisible(128 * width, 8),
+        make_divisible(256 * width, 8),
+        make_divisible(384 * width, 8),
+        make_divisible(512 * width, 8),
+    )
+    transformer_dims = (0, 0, *(make_divisible(d * width, 8) for d in (128, 192, 256)))
+    depths = (1, 2, 1, 1, 1)
+    strides = (1, 2, 2, 2, 2)
+    transformer_depths = (0, 0, 2, 4, 3)
+    stages = tuple(
+        MobileViTStage(c, d, s, 2.0, dim, td, (2 * dim) // 16 * 16)
+        for c, d, s, dim, td in zip(channels, depths, strides, transformer_dims, transformer_depths)
+    )
+    stem = make_divisible(min(max(32 * width, 16), 64), 8, min_value=16)
+    return MobileViTConfig(stem_channels=stem, stages=stages, attention="separable", v3_fusion=v3_fusion)
+
+
+MODEL_CFGS: dict[str, MobileViTConfig] = {
+    # v1 (cvnets xx_small / x_small / small)
+    "mobilevit_xxs": _v1_config((16, 24, 48, 64, 80), (64, 80, 96), 2.0, 320, proj_drop_rate=0.05),
+    "mobilevit_xs": _v1_config((32, 48, 64, 80, 96), (96, 120, 144), 4.0, 384),
+    "mobilevit_s": _v1_config((32, 64, 96, 128, 160), (144, 192, 240), 4.0, 640),
+    # v2
+    "mobilevitv2_050": _v2_config(0.50),
+    "mobilevitv2_075": _v2_config(0.75),
+    "mobilevitv2_100": _v2_config(1.00),
+    "mobilevitv2_125": _v2_config(1.25),
+    "mobilevitv2_150": _v2_config(1.50),
+    "mobilevitv2_175": _v2_config(1.75),
+    "mobilevitv2_200": _v2_config(2.00),
+    # v3 on the v1 base (MobileViTv3-v1 xx_small_v3 / x_small_v3 / small_v3): wider stages 3-5
+    "mobilevitv3_xxs": _v1_config((16, 24, 64, 80, 128), (64, 80, 96), 2.0, 512, v3_fusion=True, proj_drop_rate=0.05),
+    "mobilevitv3_xs": _v1_config((32, 48, 96, 160, 160), (96, 120, 144), 4.0, 640, v3_fusion=True),
+    "mobilevitv3_s": _v1_config((32, 64, 128, 256, 320), (144, 192, 240), 4.0, 960, v3_fusion=True),
+    # v3 on the v2 base (MobileViTv3-v2 width 0.5 / 0.75 / 1.0)
+    "mobilevitv3_050": _v2_config(0.50, v3_fusion=True),
+    "mobilevitv3_075": _v2_config(0.75, v3_fusion=True),
+    "mobilevitv3_100": _v2_config(1.00, v3_fusion=True),
+}
+
+
+def _resize_needed(h: int, w: int, patch: int) -> tuple[int, int]:
+    """The smallest size at or above ``(h, w)`` that is a multiple of ``patch``."""
+    return math.ceil(h / patch) * patch, math.ceil(w / patch) * patch
+
+
+class MobileViTBlock(nn.Module):
+    """MobileViT v1 block, or the MobileViTv3 block on the v1 base (``v3_fusion=True``).
+
+    v1: ``x -> 3x3 conv -> 1x1 conv (local) -> unfold -> transformer -> fold -> 1x1 conv -> 3x3 conv over
+    concat(x, global)``. v3: the 3x3 local conv is depthwise, the fusion is a 1x1 conv over concat(local, global) and
+    ``x`` is added at the end. Feature maps that are not a multiple of the patch are resized (bilinear) before
+    unfolding and back after folding, as in cvnets.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        transformer_dim: int,
+        mlp_dim: int,
+        depth: int,
+        num_heads: int,
+        patch_size: int = 2,
+        kernel_size: int = 3,
+        v3_fusion: bool = False,
+        attn_drop: float = 0.0,
+        proj_drop: float = 0.0,
+        mlp_drop: float = 0.0,
+        drop_path: tuple[float, ...] = (),
+    ) -> None:
+        super().__init__()
+        self.patch_size = patch_size
+        self.v3_fusion = v3_fusion
+        self.conv_local = ConvNormAct(in_channels, in_channels, kernel_size, groups=in_channels if v3_fusion else 1)
+        self.conv_embed = nn.Conv2d(in_channels, transformer_dim, 1, bias=False)
+        drop_path = drop_path or (0.0,) * depth
+        self.transformer = nn.Sequential(
+            *(
+                TransformerLayer(transformer_dim, mlp_dim, "mha", num_heads, attn_drop, proj_drop, mlp_drop, dp)
+                for dp in drop_path
+            )
+        )
+        self.norm = nn.LayerNorm(transformer_dim)
+        self.conv_proj = ConvNormAct(transformer_dim, in_channels, 1)
+        if v3_fusion:
+            self.conv_fusion = ConvNormAct(transformer_dim + in_channels, in_channels, 1)
+        else:
+            self.conv_fusion = ConvNormAct(2 * in_channels, in_channels, kernel_size)
+
+    def forward(self, x: Tensor) -> Tensor:
+        local = self.conv_embed(self.conv_local(x))
+        H, W = local.shape[-2:]
+        p = self.patch_size
+        new_h, new_w = _resize_needed(H, W, p)
+        g = local
+        if (new_h, new_w) != (H, W):
+            g = F.interpolate(g, size=(new_h, new_w), mode="bilinear", align_corners=False)
+        tokens = unfold_patches(g, p, p)  # [B, C, H, W] -> [B, P, N, C]
+        B, P, N, C = tokens.shape
+        tokens = self.norm(self.transformer(tokens.reshape(B * P, N, C)))  # attention over N within each P
+        g = fold_patches(tokens.reshape(B, P, N, C), new_h // p, new_w // p, p, p)  # -> [B, C, new_h, new_w]
+        if (new_h, new_w) != (H, W):
+            g = F.interpolate(g, size=(H, W), mode="bilinear", align_corners=False)
+        g = self.conv_proj(g)
+        if self.v3_fusion:
+            return self.conv_fusion(torch.cat((local, g), dim=1)) + x
+        return self.conv_fusion(torch.cat((x, g), dim=1))
+
+
+class MobileViTV2Block(nn.Module):
+    """MobileViT v2 block, or the MobileViTv3 block on the v2 base (``v3_fusion=True``).
+
+    v2: ``x -> depthwise 3x3 -> 1x1 (local) -> unfold -> separable-attention layers -> fold -> 1x1 conv``.
+    v3: the projection sees concat(global, local) and ``x`` is added at the end. An input that is not a multiple of the
+    patch is resized (bilinear, corners aligned) at the block entry and the block keeps that size, as in cvnets.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        transformer_dim: int,
+        mlp_dim: int,
+        depth: int,
+        patch_size: int = 2,
+        kernel_size: int = 3,
+        v3_fusion: bool = False,
+        attn_drop: float = 0.0,
+        proj_drop: float = 0.0,
+        mlp_drop: float = 0.0,
+        drop_path: tuple[float, ...] = (),
+    ) -> None:
+        super().__init__()
+        self.patch_size = patch_size
+        self.v3_fusion = v3_fusion
+        self.conv_local = ConvNormAct(in_channels, in_channels, kernel_size, groups=in_channels)
+        self.conv_embed = nn.Conv2d(in_channels, transformer_dim, 1, bias=False)
+        drop_path = drop_path or (0.0,) * depth
+        self.transformer = nn.Sequential(
+            *(
+                TransformerLayer(transformer_dim, mlp_dim, "separable", 1, attn_drop, proj_drop, mlp_drop, dp)
+                for dp in drop_path
+            )
+        )
+        self.norm = PatchLayerNorm(transformer_dim)
+        proj_in = 2 * transformer_dim if v3_fusion else transformer_dim
+        self.conv_proj = ConvNormAct(proj_in, in_channels, 1, act=None)
+
+    def forward(self, x: Tensor) -> Tensor:
+        H, W = x.shape[-2:]
+        p = self.patch_size
+        new_h, new_w = _resize_needed(H, W, p)
+        if (new_h, new_w) != (H, W):
+            x = F.interpolate(x, size=(new_h, new_w), mode="bilinear", align_corners=True)
+        local = self.conv_embed(self.conv_local(x))
+        tokens = self.norm(self.transformer(unfold_patches(local, p, p)))  # [B, P, N, C]
+        g = fold_patches(tokens, new_h // p, new_w // p, p, p)  # -> [B, C, new_h, new_w]
+        if self.v3_fusion:
+            return self.conv_proj(torch.cat((g, local), dim=1)) + x
+        return self.conv_proj(g)
+
+
+class MobileViT(nn.Module):
+    """MobileViT v1 / v2 / v3 classifier or multi-scale feature extractor.
+
+    Args:
+        cfg: the architecture.
+        features_only: build no head; ``forward`` returns the stage outputs at strides 2, 4, 8, 16 and 32.
+        out_indices: which stage outputs ``forward`` returns with ``features_only``.
+    """
+
+    def __init__(
+        self, cfg: MobileViTConfig, features_only: bool = False, out_indices: tuple[int, ...] = (0, 1, 2, 3, 4)
+    ) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.num_classes = cfg.num_classes
+        self.features_only = features_only
+        self.out_indices = tuple(out_indices)
+        self.stem = ConvNormAct(cfg.in_channels, cfg.stem_channels, 3, stride=2)
+
+        num_layers = sum(s.transformer_depth for s in cfg.stages)
+        rates = torch.linspace(0, cfg.drop_path_rate, num_layers).tolist() if num_layers else []
+        stages = []
+        in_channels = cfg.stem_channels
+        stride = 2
+        self.feature_info: list[dict] = []
+        for i, stage in enumerate(cfg.stages):
+            blocks: list[nn.Module] = []
+            for j in range(stage.depth):
+                blocks.append(
+                    InvertedResidual(in_channels, stage.out_channels, stage.stride if j == 0 else 1, stage.expand_ratio)
+                )
+                in_channels = stage.out_channels
+            if stage.transformer_depth:
+                drop_path = tuple(rates[: stage.transformer_depth])
+                rates = rates[stage.transformer_depth :]
+                blocks.append(self._make_block(cfg, stage, drop_path))
+            stages.append(nn.Sequential(*blocks))
+            stride *= stage.stride
+            self.feature_info.append({"stride": stride, "num_channels": stage.out_channels, "module": f"stages.{i}"})
+        self.stages = nn.Sequential(*stages)
+
+        if features_only:
+            bad = [i for i in self.out_indices if not 0 <= i < len(stages)]
+            if bad:
+                raise ValueError(f"out_indices {bad} out of range: MobileViT has {len(stages)} feature levels (0-4)")
+            self.feature_info = [self.feature_info[i] for i in self.out_indices]
+            return
+        if cfg.num_features:
+            self.final_conv: nn.Module = ConvNormAct(in_channels, cfg.num_features, 1)
+            self.num_features = cfg.num_features
+        else:
+            self.final_conv = nn.Identity()
+            self.num_features = in_channels
+        self.head = ClassifierHead(self.num_features, cfg.num_classes, cfg.drop_rate)
+        self.apply(_init_weights)
+
+    @staticmethod
+    def _make_block(cfg: MobileViTConfig, stage: MobileViTStage, drop_path: tuple[float, ...]) -> nn.Module:
+        common = dict(
+            in_channels=stage.out_channels,
+            transformer_dim=stage.transformer_dim,
+            mlp_dim=stage.mlp_dim,
+            depth=stage.transformer_depth,
+            patch_size=cfg.patch_size,
+            kernel_size=cfg.kernel_size,
+            v3_fusion=cfg.v3_fusion,
+            attn_drop=cfg.attn_drop_rate,
+            proj_drop=cfg.proj_drop_rate,
+            mlp_drop=cfg.mlp_drop_rate,
+            drop_path=drop_path,
+        )
+        if cfg.attention == "mha":
+            return MobileViTBlock(num_heads=cfg.num_heads, **common)
+        return MobileViTV2Block(**common)
+
+    def forward_intermediates(self, x: Tensor) -> list[Tensor]:
+        """The selected stage outputs (strides 2, 4, 8, 16, 32 by default), for dense prediction."""
+        x = self.stem(x)
+        outs = []
+        for i, stage in enumerate(self.stages):
+            x = stage(x)
+            if i in self.out_indices:
+                outs.append(x)
+        return outs
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """``[B, in_channels, H, W] -> [B, num_features, H/32, W/32]``."""
+        return self.final_conv(self.stages(self.stem(x)))
+
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        """Pooled features (``pre_logits=True``) or logits from :meth:`forward_features` output."""
+        return self.head(x, pre_logits=pre_logits)
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """Replace the classifier with a freshly initialised one for ``num_classes`` (0: no classifier)."""
+        self.num_classes = num_classes
+        self.head.reset(num_classes)
+        self.head.fc.apply(_init_weights)
+
+    def get_classifier(self) -> nn.Module:
+        return self.head.fc
+
+    def forward(self, x: Tensor) -> Tensor | list[Tensor]:
+        if self.features_only:
+            return self.forward_intermediates(x)
+        return self.forward_head(self.forward_features(x))
+
+
+def _init_weights(module: nn.Module) -> None:
+    """cvnets' initialisation: Kaiming-normal convolutions, truncated-normal (std 0.02) linears, unit norms."""
+    if isinstance(module, nn.Conv2d):
+        nn.init.kaiming_normal_(module.weight, mode="fan_out")
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Linear):
+        nn.init.trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, (nn.BatchNorm2d, nn.LayerNorm, PatchLayerNorm)):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
