@@ -8,8 +8,8 @@ Papers:
 Upstream code followed: apple/ml-cvnets (v1, v2) and micronDLA/MobileViTv3 (v3), whose checkpoints load with
 ``mobilevit.converters`` and give the same logits, at any input size.
 
-All variants share one skeleton: a stride-2 3x3 stem, five stages (strides 1, 2, 2, 2, 2 -> outputs at strides 2, 4, 8,
-16, 32) of MobileNetV2 blocks, where stages 3-5 end with a MobileViT block, an optional 1x1 expansion, and a linear head.
+All variants share one skeleton: a stride-2 3x3 stem, five stages (strides 1, 2, 2, 2, 2, so outputs at strides 2, 4,
+8, 16, 32) of MobileNetV2 blocks where stages 3-5 end with a MobileViT block, an optional 1x1 expansion, a linear head.
 """
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ def _v1_config(
     dims = (0, 0, *transformer_dims)
     stages = tuple(
         MobileViTStage(c, d, s, expand_ratio, dim, td, 2 * dim)
-        for c, d, s, dim, td in zip(channels, depths, strides, dims, transformer_depths)
+        for c, d, s, dim, td in zip(channels, depths, strides, dims, transformer_depths, strict=True)
     )
     return MobileViTConfig(
         stem_channels=16,
@@ -118,7 +118,7 @@ def _v2_config(width: float, v3_fusion: bool = False) -> MobileViTConfig:
     transformer_depths = (0, 0, 2, 4, 3)
     stages = tuple(
         MobileViTStage(c, d, s, 2.0, dim, td, (2 * dim) // 16 * 16)
-        for c, d, s, dim, td in zip(channels, depths, strides, transformer_dims, transformer_depths)
+        for c, d, s, dim, td in zip(channels, depths, strides, transformer_dims, transformer_depths, strict=True)
     )
     stem = make_divisible(min(max(32 * width, 16), 64), 8, min_value=16)
     return MobileViTConfig(stem_channels=stem, stages=stages, attention="separable", v3_fusion=v3_fusion)
