@@ -1,0 +1,59 @@
+"""Parameter and MAC counts (from PyTorch's own FLOP counter) and wall-clock latency."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
+
+
+def count_params(model: nn.Module) -> int:
+    """Number of parameters (buffers such as BatchNorm statistics excluded)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+@torch.no_grad()
+def count_macs(model: nn.Module, input_size: tuple[int, int] = (256, 256), in_channels: int = 3) -> int:
+    """Multiply-accumulates of one forward pass at batch 1, counted by ``torch.utils.flop_counter``.
+
+    Convolutions, linear layers and the attention matrix products are counted (as the papers do); element-wise ops,
+    norms and softmax are not. One MAC is two FLOPs in PyTorch's count.
+    """
+    was_training = model.training
+    model.eval()
+    x = torch.zeros(1, in_channels, *input_size)
+    # the fused CPU attention kernels are invisible to the counter; the math path counts its two matrix products
+    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+        model(x)
+    model.train(was_training)
+    return counter.get_total_flops() // 2
+
+
+def measure_latency(
+    fn: Callable[[], object], warmup: int = 3, repeats: int = 20, min_time: float = 0.0
+) -> dict[str, float]:
+    """Run ``fn`` ``warmup`` times, then time it ``repeats`` times (or until ``min_time`` seconds have passed).
+
+    Returns:
+        ``median_ms``, ``p90_ms``, ``min_ms`` and the number of timed ``runs``.
+    """
+    for _ in range(warmup):
+        fn()
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < repeats or time.perf_counter() - start < min_time:
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    times.sort()
+    return {
+        "median_ms": statistics.median(times),
+        "p90_ms": times[min(len(times) - 1, int(0.9 * len(times)))],
+        "min_ms": times[0],
+        "runs": float(len(times)),
+    }

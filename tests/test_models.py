@@ -1,0 +1,113 @@
+"""Every registered model: published facts (parameters, MACs), the model contract, any input size, gradients."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import mobilevit
+from mobilevit.bench import count_macs, count_params
+
+ALL = mobilevit.list_models()
+
+# Parameter counts in millions as printed in the papers' tables (v1: arXiv 2110.02178 Table 1; v2: 2206.02680
+# Table 2; v3: 2209.15159 Tables 1 and 2), compared at the printed precision.
+PAPER_PARAMS_M = {
+    "mobilevit_xxs": 1.3, "mobilevit_xs": 2.3, "mobilevit_s": 5.6,
+    "mobilevitv2_050": 1.4, "mobilevitv2_075": 2.9, "mobilevitv2_100": 4.9, "mobilevitv2_125": 7.5,
+    "mobilevitv2_150": 10.6, "mobilevitv2_175": 14.3, "mobilevitv2_200": 18.4,
+    "mobilevitv3_xxs": 1.25, "mobilevitv3_xs": 2.5, "mobilevitv3_s": 5.8,
+    "mobilevitv3_050": 1.4, "mobilevitv3_075": 3.0, "mobilevitv3_100": 5.1,
+}  # fmt: skip
+
+# Published compute at 256x256 in millions of MACs (the papers call them FLOPs): v2 paper Table 2 (in GFLOPs, one
+# decimal) and the v3 paper (MFLOPs).
+PAPER_MMACS = {
+    "mobilevitv2_050": 500, "mobilevitv2_075": 1000, "mobilevitv2_100": 1800, "mobilevitv2_125": 2800,
+    "mobilevitv2_150": 4000, "mobilevitv2_175": 5500, "mobilevitv2_200": 7200,
+    "mobilevitv3_xxs": 289, "mobilevitv3_xs": 927, "mobilevitv3_s": 1841,
+    "mobilevitv3_050": 481, "mobilevitv3_075": 1064, "mobilevitv3_100": 1876,
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_parameter_count_matches_paper(name: str) -> None:
+    decimals = len(str(PAPER_PARAMS_M[name]).split(".")[1])
+    assert round(count_params(mobilevit.create_model(name)) / 1e6, decimals) == PAPER_PARAMS_M[name]
+
+
+@pytest.mark.parametrize("name", [n for n in ALL if not n.startswith("mobilevitv3")])
+def test_parameter_count_matches_timm(name: str) -> None:
+    timm = pytest.importorskip("timm")
+    assert count_params(mobilevit.create_model(name)) == count_params(timm.create_model(name))
+
+
+@pytest.mark.parametrize("name", sorted(PAPER_MMACS))
+def test_macs_match_paper(name: str) -> None:
+    if name == "mobilevitv3_xxs":
+        pytest.xfail(
+            "the v3 paper prints 289 MFLOPs; convs + linears + attention products give 332M for the architecture that "
+            "reproduces the original code's logits exactly (test_converters), and 967M/1833M for XS/S where the "
+            "paper prints 927/1841, so the paper's XXS figure follows another convention"
+        )
+    macs = count_macs(mobilevit.create_model(name), (256, 256)) / 1e6
+    published = PAPER_MMACS[name]
+    # GFLOPs printed with one decimal carry +-50M of rounding on top of the 5% budget
+    slack = 0.05 * published + (50 if published % 100 == 0 else 0)
+    assert abs(macs - published) <= slack, f"{name}: {macs:.0f}M MACs vs {published}M published"
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_contract_and_gradients(name: str) -> None:
+    model = mobilevit.create_model(name, num_classes=7)
+    assert model.training, "create_model returns a model in train mode"
+    x = torch.randn(2, 3, 128, 192)
+    feats = model.forward_features(x)
+    assert feats.shape == (2, model.num_features, 4, 6)
+    model.eval()
+    assert torch.allclose(model.forward_head(feats, pre_logits=True), feats.mean((2, 3)))
+    model.train()
+    logits = model.forward_head(feats)
+    assert logits.shape == (2, 7)
+    logits.sum().backward()
+    grads = [p.grad for p in model.parameters()]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert any(g.abs().sum() > 0 for g in grads)
+
+    model.reset_classifier(3)
+    assert model.eval()(x).shape == (2, 3)
+    model.reset_classifier(0)
+    assert model(x).shape == (2, model.num_features)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_features_only(name: str) -> None:
+    full = mobilevit.create_model(name).eval()
+    feat = mobilevit.create_model(name, features_only=True).eval()
+    feat.load_state_dict({k: v for k, v in full.state_dict().items() if k in feat.state_dict()})
+    x = torch.randn(1, 3, 128, 192)
+    with torch.no_grad():
+        maps = feat(x)
+        ref = full.stages(full.stem(x))
+    assert [f["stride"] for f in feat.feature_info] == [2, 4, 8, 16, 32]
+    for info, fmap in zip(feat.feature_info, maps, strict=True):
+        assert fmap.shape == (1, info["num_channels"], 128 // info["stride"], 192 // info["stride"])
+    assert torch.equal(maps[-1], ref)  # the last level is the backbone output before the head
+    sub = mobilevit.create_model(name, features_only=True, out_indices=(2, 4))
+    assert [f["stride"] for f in sub.feature_info] == [8, 32]
+
+
+@pytest.mark.parametrize("name", ["mobilevit_xxs", "mobilevitv2_050", "mobilevitv3_xxs", "mobilevitv3_050"])
+@pytest.mark.parametrize("size", [(32, 32), (33, 47), (200, 264), (97, 301)])
+def test_any_input_size(name: str, size: tuple[int, int]) -> None:
+    model = mobilevit.create_model(name).eval()
+    with torch.no_grad():
+        out = model(torch.randn(1, 3, *size))
+    assert out.shape == (1, 1000) and torch.isfinite(out).all()
+
+
+def test_overrides_reach_the_model() -> None:
+    model = mobilevit.create_model("mobilevit_xxs", in_channels=1, drop_path_rate=0.2)
+    assert model.stem.conv.in_channels == 1
+    rates = [m.drop_prob for m in model.modules() if type(m).__name__ == "DropPath"]
+    assert rates[0] == 0.0 and rates[-1] == pytest.approx(0.2)
