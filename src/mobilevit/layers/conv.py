@@ -27,7 +27,8 @@ class ConvNormAct(nn.Sequential):
         stride: convolution stride.
         groups: convolution groups (``in_channels`` for depthwise).
         norm: add a BatchNorm after the convolution (the convolution then has no bias).
-        act: activation module class, or ``None`` for a linear output.
+        act: activation module class, or ``None`` for a linear output; it runs in place (its input is the norm's
+            fresh output, which nothing else reads).
         bias: force a convolution bias even with a norm.
     """
 
@@ -50,7 +51,7 @@ class ConvNormAct(nn.Sequential):
         if norm:
             self.bn = nn.BatchNorm2d(out_channels)
         if act is not None:
-            self.act = act()
+            self.act = act(inplace=True)
 
     @property
     def out_channels(self) -> int:

@@ -19,7 +19,7 @@ class Mlp(nn.Module):
     ) -> None:
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden_dim)
-        self.act = act()
+        self.act = act(inplace=True)  # acts on fc1's fresh output
         self.hidden_drop = nn.Dropout(hidden_drop)
         self.fc2 = nn.Linear(hidden_dim, dim)
         self.drop = nn.Dropout(drop)
