@@ -88,7 +88,7 @@ def test_features_only(name: str) -> None:
     x = torch.randn(1, 3, 128, 192)
     with torch.no_grad():
         maps = feat(x)
-        ref = full.stages(full.stem(x))
+        ref = full.stages(full.stem(x.contiguous(memory_format=torch.channels_last)))  # the layout the model runs in
     assert [f["stride"] for f in feat.feature_info] == [2, 4, 8, 16, 32]
     for info, fmap in zip(feat.feature_info, maps, strict=True):
         assert fmap.shape == (1, info["num_channels"], 128 // info["stride"], 192 // info["stride"])

@@ -345,7 +345,7 @@ class MobileViT(nn.Module):
 
     def forward_intermediates(self, x: Tensor) -> list[Tensor]:
         """The selected stage outputs (strides 2, 4, 8, 16, 32 by default), for dense prediction."""
-        x = self.stem(x)
+        x = self.stem(x.contiguous(memory_format=torch.channels_last))
         outs = []
         for i, stage in enumerate(self.stages):
             x = stage(x)
@@ -354,7 +354,12 @@ class MobileViT(nn.Module):
         return outs
 
     def forward_features(self, x: Tensor) -> Tensor:
-        """``[B, in_channels, H, W] -> [B, num_features, H/32, W/32]``."""
+        """``[B, in_channels, H, W] -> [B, num_features, H/32, W/32]``.
+
+        The network runs on channels-last memory (same values; the CPU convolutions and the patch unfold/fold are
+        faster that way), so the returned map is channels-last too.
+        """
+        x = x.contiguous(memory_format=torch.channels_last)  # [B, C, H, W] stored as [B, H, W, C]
         return self.final_conv(self.stages(self.stem(x)))
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
