@@ -57,3 +57,35 @@ def measure_latency(
         "min_ms": times[0],
         "runs": float(len(times)),
     }
+
+
+def compare_latency(
+    fns: dict[str, Callable[[], object]], rounds: int = 15, warmup: int = 3, per_round: int = 1
+) -> dict[str, dict[str, float]]:
+    """Time several implementations of the same computation, interleaved round by round.
+
+    Interleaving spreads any slow-down of the machine (other processes, frequency changes) over all of them, so the
+    ratio of their medians is fair even when the absolute numbers drift.
+
+    Returns:
+        For each name, ``median_ms``, ``p90_ms`` and ``min_ms`` of one call.
+    """
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            for _ in range(per_round):
+                fn()
+            times[name].append((time.perf_counter() - t0) * 1e3 / per_round)
+    out = {}
+    for name, ts in times.items():
+        ts.sort()
+        out[name] = {
+            "median_ms": statistics.median(ts),
+            "p90_ms": ts[min(len(ts) - 1, int(0.9 * len(ts)))],
+            "min_ms": ts[0],
+        }
+    return out

@@ -19,7 +19,13 @@ def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None
     columns = list(columns or rows[0])
     cells = [[_cell(row.get(c, "")) for c in columns] for row in rows]
     widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
-    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(columns, widths)) + " |"]
+    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)) + " |"]
     lines.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    lines += ["| " + " | ".join(v.rjust(w) for v, w in zip(r, widths)) + " |" for r in cells]
+    numeric = [all(isinstance(row.get(c), (int, float)) for row in rows if row.get(c) is not None) for c in columns]
+    lines += [
+        "| "
+        + " | ".join(v.rjust(w) if num else v.ljust(w) for v, w, num in zip(r, widths, numeric, strict=True))
+        + " |"
+        for r in cells
+    ]
     return "\n".join(lines)

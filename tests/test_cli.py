@@ -1,0 +1,60 @@
+"""The ``mobilevit`` command line: list and bench print measured numbers; bad input exits 2 with a clear message."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import timm
+
+from mobilevit.cli import main
+
+
+def test_list_json_counts_match_timm(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["list", "mobilevit_xxs", "mobilevitv2_05*", "--json"]) == 0
+    rows = {row["model"]: row for row in json.loads(capsys.readouterr().out)}
+    assert sorted(rows) == ["mobilevit_xxs", "mobilevitv2_050"]
+    for name, row in rows.items():
+        expected = sum(p.numel() for p in timm.create_model(name).parameters()) / 1e6
+        assert row["params_M"] == pytest.approx(expected, rel=1e-9)
+
+
+def test_list_macs_table(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["list", "mobilevit_xxs", "--macs"]) == 0
+    out = capsys.readouterr().out
+    assert "GMACs@256" in out and "mobilevit_xxs" in out
+    # the v1 paper gives 0.4 GFLOPs (multiply-adds) for XXS at 256x256
+    gmacs = float(out.strip().splitlines()[-1].split("|")[-2])
+    assert gmacs == pytest.approx(0.4, rel=0.05)
+
+
+def test_bench_json(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["bench", "mobilevit_xxs", "--batch-sizes", "1,2", "--repeats", "2", "--resolution", "64", "--json"]
+    assert main(argv) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [(r["model"], r["batch"]) for r in rows] == [("mobilevit_xxs", 1), ("mobilevit_xxs", 2)]
+    for r in rows:
+        assert 0 < r["median_ms"] <= r["p90_ms"]
+        assert r["img_per_s"] == pytest.approx(1e3 * r["batch"] / r["median_ms"])
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["list", "mobilevit_xxx"], "mobilevit_xxs"),
+        (["list", "nothing_*"], "No model matches"),
+        (["bench", "mobilevitv2_5"], "Unknown model"),
+    ],
+)
+def test_bad_model_names_exit_2(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_bad_option_is_an_argparse_error() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "mobilevit.cli", "bench", "--batch-sizes", "one"], capture_output=True, text=True
+    )
+    assert proc.returncode == 2 and "comma-separated integers" in proc.stderr
