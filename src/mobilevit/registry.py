@@ -10,10 +10,15 @@ from typing import Any
 
 from torch import nn
 
-from .models import mobilevit
+from .models import fastvit, mobileone, mobilevit
+from .reparam import reparameterize_model
 
 # Each family module exposes MODEL_CFGS (name -> frozen config dataclass) and its model class.
-_FAMILIES: tuple[tuple[type[nn.Module], dict[str, Any]], ...] = ((mobilevit.MobileViT, mobilevit.MODEL_CFGS),)
+_FAMILIES: tuple[tuple[type[nn.Module], dict[str, Any]], ...] = (
+    (mobilevit.MobileViT, mobilevit.MODEL_CFGS),
+    (fastvit.FastViT, fastvit.MODEL_CFGS),
+    (mobileone.MobileOne, mobileone.MODEL_CFGS),
+)
 _ARCHS: dict[str, tuple[type[nn.Module], Any]] = {
     name: (model_cls, cfg) for model_cls, cfgs in _FAMILIES for name, cfg in cfgs.items()
 }
@@ -55,6 +60,7 @@ def create_model(
     num_classes: int | None = None,
     features_only: bool = False,
     out_indices: tuple[int, ...] | None = None,
+    reparameterized: bool = False,
     **config_overrides: Any,
 ) -> nn.Module:
     """Build a model by architecture name, optionally loading a checkpoint.
@@ -67,7 +73,10 @@ def create_model(
         num_classes: classifier outputs. ``None`` keeps the checkpoint's (or the config's) head; a different number
             keeps the pretrained backbone and starts a fresh head.
         features_only: return a model whose ``forward`` gives the multi-scale feature maps (see ``feature_info``).
-        out_indices: feature levels to return with ``features_only`` (default: all five, strides 2-32).
+        out_indices: feature levels to return with ``features_only`` (default: all of them, see ``feature_info``).
+        reparameterized: return the inference form (:func:`mobilevit.reparameterize_model`: re-parameterizable
+            branches and BatchNorms folded). A checkpoint saved from such a model is recognised and loaded into this
+            form whatever this flag says; a train-time checkpoint is loaded, then folded.
         **config_overrides: fields of the architecture's config dataclass, e.g. ``drop_path_rate=0.1``,
             ``in_channels=1``.
 
@@ -89,9 +98,10 @@ def create_model(
     if not pretrained:
         if num_classes is not None:
             cfg = dataclasses.replace(cfg, num_classes=num_classes)
-        return model_cls(cfg, **kwargs)
+        model = model_cls(cfg, **kwargs)
+        return reparameterize_model(model, inplace=True) if reparameterized else model
 
-    from .weights.load import load_into, read_converted
+    from .weights.load import is_folded_checkpoint, load_into, read_converted
 
     state_dict = read_converted(pretrained, arch, cfg)
     ckpt_classes = state_dict["head.fc.weight"].shape[0] if "head.fc.weight" in state_dict else None
@@ -99,5 +109,10 @@ def create_model(
         num_classes = ckpt_classes if ckpt_classes is not None else cfg.num_classes
     cfg = dataclasses.replace(cfg, num_classes=num_classes)
     model = model_cls(cfg, **kwargs)
+    folded = is_folded_checkpoint(model, state_dict)
+    if folded:
+        reparameterize_model(model, inplace=True)  # a fresh model: folding it only gives it the checkpoint's layout
     load_into(model, state_dict, source=str(pretrained), keep_head=num_classes == ckpt_classes)
+    if reparameterized and not folded:
+        reparameterize_model(model, inplace=True)
     return model

@@ -3,10 +3,22 @@
 from .attention import MultiHeadAttention, SeparableSelfAttention
 from .conv import ConvNormAct, make_divisible
 from .drop import DropPath
+from .fold import (
+    batchnorm_scale_shift,
+    bn_scale_shift,
+    conv_from_kernel,
+    fold_bn_into_conv,
+    fold_input_affine_into_linear,
+    identity_kernel,
+    linear_from,
+    scale_output,
+)
 from .head import ClassifierHead
 from .inverted_residual import InvertedResidual
+from .mobileone import LargeKernelConv, MobileOneBlock
 from .norm import PatchLayerNorm
 from .patches import fold_patches, unfold_patches
+from .squeeze_excite import SqueezeExcite
 from .transformer import Mlp, TransformerLayer
 
 __all__ = [
@@ -14,12 +26,23 @@ __all__ = [
     "ConvNormAct",
     "DropPath",
     "InvertedResidual",
+    "LargeKernelConv",
     "Mlp",
+    "MobileOneBlock",
     "MultiHeadAttention",
     "PatchLayerNorm",
     "SeparableSelfAttention",
+    "SqueezeExcite",
     "TransformerLayer",
+    "batchnorm_scale_shift",
+    "bn_scale_shift",
+    "conv_from_kernel",
+    "fold_bn_into_conv",
+    "fold_input_affine_into_linear",
     "fold_patches",
+    "identity_kernel",
+    "linear_from",
     "make_divisible",
+    "scale_output",
     "unfold_patches",
 ]

@@ -18,15 +18,18 @@ class MultiHeadAttention(nn.Module):
         num_heads: number of heads; ``dim`` must be divisible by it.
         attn_drop: dropout on the attention weights (training only).
         proj_drop: dropout after the output projection.
+        qkv_bias: give the qkv projection a bias (FastViT's attention has none).
     """
 
-    def __init__(self, dim: int, num_heads: int, attn_drop: float = 0.0, proj_drop: float = 0.0) -> None:
+    def __init__(
+        self, dim: int, num_heads: int, attn_drop: float = 0.0, proj_drop: float = 0.0, qkv_bias: bool = True
+    ) -> None:
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
         self.num_heads = num_heads
         self.attn_drop = attn_drop
-        self.qkv = nn.Linear(dim, 3 * dim)
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
 

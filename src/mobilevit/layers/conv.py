@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import torch
 from torch import nn
+
+from .fold import conv_from_kernel, fold_bn_into_conv
 
 
 def make_divisible(value: float, divisor: int = 8, min_value: int | None = None) -> int:
@@ -56,3 +59,16 @@ class ConvNormAct(nn.Sequential):
     @property
     def out_channels(self) -> int:
         return self.conv.out_channels
+
+    @torch.no_grad()
+    def reparameterize(self) -> None:
+        """Fold ``bn`` into ``conv`` for inference: ``conv`` gains a bias and ``bn`` is removed (keys
+        ``conv.weight``, ``conv.bias``). Does nothing if there is no norm, or if it was already folded."""
+        if "bn" not in self._modules:
+            return
+        conv = self.conv
+        if conv.padding != (conv.kernel_size[0] // 2, conv.kernel_size[1] // 2) or conv.dilation != (1, 1):
+            raise NotImplementedError("only 'same'-padded, undilated convolutions are folded")
+        weight, bias = fold_bn_into_conv(conv.weight, conv.bias, self.bn)
+        self.conv = conv_from_kernel(weight, bias, stride=conv.stride, groups=conv.groups)
+        del self.bn

@@ -28,7 +28,7 @@ def unfold_patches(x: Tensor, patch_h: int, patch_w: int) -> Tensor:
 
 
 def fold_patches(x: Tensor, n_h: int, n_w: int, patch_h: int, patch_w: int) -> Tensor:
-    """``[B, P, N, C] -> [B, C, n_h * patch_h, n_w * patch_w]`` (channels-last memory), inverse of ``unfold_patches``."""
+    """``[B, P, N, C] -> [B, C, n_h * patch_h, n_w * patch_w]`` in channels-last memory; inverts ``unfold_patches``."""
     B, _, _, C = x.shape
     x = x.reshape(B, patch_h, patch_w, n_h, n_w, C)  # [B, p_h, p_w, n_h, n_w, C]
     x = x.permute(0, 3, 1, 4, 2, 5)  # -> [B, n_h, p_h, n_w, p_w, C]

@@ -1,0 +1,155 @@
+"""MobileOne.
+
+Paper: "MobileOne: An Improved One millisecond Mobile Backbone" (arXiv 2206.04040). Upstream code followed:
+apple/ml-mobileone, whose checkpoints (train-time or inference-mode ``.pth.tar``) load through
+``mobilevit.weights.converters.from_apple``; module and key names follow timm's port (``mobileone_*`` in
+``timm/models/byobnet.py``).
+
+Layout: a stride-2 3x3 MobileOne block, then four stages; each stage is ``depth`` pairs of a 3x3 depthwise and a 1x1
+pointwise MobileOne block (the first pair strided), all with ReLU. Train-time blocks sum several conv-BN branches (S0
+uses four kxk branches, S1-S4 one); :func:`mobilevit.reparameterize_model` folds every block into one convolution.
+S4 adds squeeze-excitation to the last half of stage 3 and all of stage 4.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+
+import torch
+from torch import Tensor, nn
+
+from ..layers import ClassifierHead, MobileOneBlock
+
+
+@dataclass(frozen=True)
+class MobileOneConfig:
+    """A MobileOne architecture; the per-stage tuples are indexed by stage."""
+
+    stem_channels: int
+    channels: tuple[int, ...]  # output channels of each stage
+    depths: tuple[int, ...] = (2, 8, 10, 1)  # depthwise + pointwise block pairs per stage
+    se_blocks: tuple[int, ...] = (0, 0, 0, 0)  # how many of each stage's last pairs use squeeze-excitation
+    num_conv_branches: int = 1  # parallel kxk conv-BN branches per block at training time
+    in_channels: int = 3
+    num_classes: int = 1000
+    drop_rate: float = 0.0  # dropout before the classifier (Apple's models have none)
+
+    def __post_init__(self) -> None:
+        if not len(self.channels) == len(self.depths) == len(self.se_blocks):
+            raise ValueError("channels, depths and se_blocks must have one entry per stage")
+        if any(se > d for se, d in zip(self.se_blocks, self.depths, strict=True)):
+            raise ValueError(f"se_blocks {self.se_blocks} exceed the stage depths {self.depths}")
+        if self.num_conv_branches < 1:
+            raise ValueError(f"num_conv_branches must be >= 1, got {self.num_conv_branches}")
+
+
+def _mobileone(
+    widths: tuple[float, float, float, float], num_conv_branches: int = 1, use_se: bool = False
+) -> MobileOneConfig:
+    """The MobileOne width family: stage widths are 64, 128, 256, 512 times ``widths``, the stem at most 64."""
+    depths = (2, 8, 10, 1)
+    return MobileOneConfig(
+        stem_channels=min(64, int(64 * widths[0])),
+        channels=tuple(int(base * w) for base, w in zip((64, 128, 256, 512), widths, strict=True)),
+        depths=depths,
+        se_blocks=(0, 0, depths[2] // 2, depths[3]) if use_se else (0, 0, 0, 0),
+        num_conv_branches=num_conv_branches,
+    )
+
+
+MODEL_CFGS: dict[str, MobileOneConfig] = {
+    "mobileone_s0": _mobileone((0.75, 1.0, 1.0, 2.0), num_conv_branches=4),
+    "mobileone_s1": _mobileone((1.5, 1.5, 2.0, 2.5)),
+    "mobileone_s2": _mobileone((1.5, 2.0, 2.5, 4.0)),
+    "mobileone_s3": _mobileone((2.0, 2.5, 3.0, 4.0)),
+    "mobileone_s4": _mobileone((3.0, 3.5, 3.5, 4.0), use_se=True),
+}
+
+
+class MobileOne(nn.Module):
+    """MobileOne classifier or multi-scale feature extractor.
+
+    Args:
+        cfg: the architecture.
+        features_only: build no head; ``forward`` returns the stem and stage outputs (strides 2, 4, 8, 16, 32).
+        out_indices: which of those five levels ``forward`` returns with ``features_only``.
+    """
+
+    def __init__(
+        self, cfg: MobileOneConfig, features_only: bool = False, out_indices: tuple[int, ...] = (0, 1, 2, 3, 4)
+    ) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.num_classes = cfg.num_classes
+        self.features_only = features_only
+        self.out_indices = tuple(out_indices)
+        relu = partial(nn.ReLU, inplace=True)  # acts on each block's fresh output
+        self.stem = MobileOneBlock(cfg.in_channels, cfg.stem_channels, 3, stride=2, act=relu)
+        self.feature_info: list[dict] = [{"stride": 2, "num_channels": cfg.stem_channels, "module": "stem"}]
+
+        stages = []
+        in_channels, stride = cfg.stem_channels, 2
+        for i, (out_channels, depth, se_blocks) in enumerate(zip(cfg.channels, cfg.depths, cfg.se_blocks, strict=True)):
+            blocks: list[nn.Module] = []
+            for j in range(depth):
+                common = dict(num_conv_branches=cfg.num_conv_branches, use_se=j >= depth - se_blocks, act=relu)
+                blocks.append(
+                    MobileOneBlock(in_channels, in_channels, 3, stride=2 if j == 0 else 1, groups=in_channels, **common)
+                )
+                blocks.append(MobileOneBlock(in_channels, out_channels, 1, **common))
+                in_channels = out_channels
+            stages.append(nn.Sequential(*blocks))
+            stride *= 2
+            self.feature_info.append({"stride": stride, "num_channels": out_channels, "module": f"stages.{i}"})
+        self.stages = nn.Sequential(*stages)
+
+        if features_only:
+            bad = [i for i in self.out_indices if not 0 <= i < len(self.feature_info)]
+            if bad:
+                raise ValueError(f"out_indices {bad} out of range: MobileOne has {len(self.feature_info)} levels (0-4)")
+            self.feature_info = [self.feature_info[i] for i in self.out_indices]
+            return
+        self.num_features = in_channels
+        self.head = ClassifierHead(self.num_features, cfg.num_classes, cfg.drop_rate)
+
+    def _stem(self, x: Tensor) -> Tensor:
+        # The stem reads the image in NCHW memory: on channels-last memory, oneDNN (torch 2.14, CPU) crashes in the
+        # backward pass of its stride-2 1x1 conv over 3 channels. Everything after it runs channels-last.
+        x = self.stem(x.contiguous())
+        return x.contiguous(memory_format=torch.channels_last)  # [B, C, H, W] stored as [B, H, W, C]
+
+    def forward_intermediates(self, x: Tensor) -> list[Tensor]:
+        """The selected levels: stem output (stride 2), then each stage's (strides 4, 8, 16, 32), channels-last."""
+        x = self._stem(x)
+        outs = [x] if 0 in self.out_indices else []
+        for i, stage in enumerate(self.stages, start=1):
+            x = stage(x)
+            if i in self.out_indices:
+                outs.append(x)
+        return outs
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """``[B, in_channels, H, W] -> [B, num_features, H/32, W/32]``.
+
+        The network runs on channels-last memory (same values; CPU depthwise and 1x1 convolutions are faster that
+        way), so the returned map is channels-last too.
+        """
+        return self.stages(self._stem(x))
+
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        """Pooled features (``pre_logits=True``) or logits from :meth:`forward_features` output."""
+        return self.head(x, pre_logits=pre_logits)
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """Replace the classifier with a freshly initialised one for ``num_classes`` (0: no classifier)."""
+        self.num_classes = num_classes
+        self.head.reset(num_classes)
+
+    def get_classifier(self) -> nn.Module:
+        return self.head.fc
+
+    def forward(self, x: Tensor) -> Tensor | list[Tensor]:
+        if self.features_only:
+            return self.forward_intermediates(x)
+        return self.forward_head(self.forward_features(x))
