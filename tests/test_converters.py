@@ -197,12 +197,6 @@ def test_transformers_deeplabv3_backbone_loads_as_features(name: str, tmp_path: 
             assert_logits_close(a, b, f"stride-{2 ** (level + 1)} features")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="load.detect_format only recognises transformers keys under a 'mobilevit.'/'mobilevitv2.' prefix or with "
-    "'.encoder.layer.' inside; a base MobileViTModel's keys start with 'encoder.layer.', and its '.conv_kxk.' makes "
-    "it read as timm",
-)
 @pytest.mark.parametrize("name", ["mobilevit_xxs", "mobilevitv2_050"])
 def test_transformers_base_model_loads(name: str, tmp_path: Path) -> None:
     transformers = pytest.importorskip("transformers")
@@ -370,22 +364,13 @@ def test_transformers_v2_folder_into_v1_is_refused(tmp_path: Path) -> None:
 _KEY = re.compile(r"\b[a-z_]\w*(?:\.\w+)+\.(?:weight|bias|running_mean|running_var|num_batches_tracked)\b")
 
 
-def _folded_layout_bug(reason: str) -> pytest.MarkDecorator:
-    return pytest.mark.xfail(
-        strict=True,
-        reason=f"{reason}; load.is_folded_checkpoint then picks the BN-folded layout (it always has fewer keys to "
-        "mismatch) and the error lists keys such as 'stem.conv.bias' that neither the checkpoint nor the requested "
-        "model has",
-    )
-
-
 @pytest.mark.parametrize(
     ("source", "target"),
     [
         ("mobilevitv2_050", "mobilevit_xxs"),
         ("mobilevit_xs", "mobilevit_xxs"),
-        pytest.param("fastvit_t8", "mobilevit_xxs", marks=_folded_layout_bug("a timm FastViT checkpoint")),
-        pytest.param("mobileone_s0", "mobilevit_xxs", marks=_folded_layout_bug("a timm MobileOne checkpoint")),
+        ("fastvit_t8", "mobilevit_xxs"),
+        ("mobileone_s0", "mobilevit_xxs"),
     ],
 )
 def test_refusal_names_only_real_keys(source: str, target: str, tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,8 @@ logger = logging.getLogger(__name__)
 
 _HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 _WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "module")
+# a MobileOne block of ours / timm's, train-time (``conv_kxk.<i>.``) or folded (``reparam_conv.``)
+_MOBILEONE_BLOCK = re.compile(r"\.conv_kxk\.\d+\.|(^|\.)reparam_conv\.")
 
 
 class CheckpointError(ValueError):
@@ -54,9 +57,10 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[st
         try:
             with safe_open(str(path), "pt") as f:
                 info.update(f.metadata() or {})
-            return load_file(str(path)), info
+            state_dict = load_file(str(path))
         except (SafetensorError, OSError, ValueError) as e:
             raise CheckpointError(f"Cannot read safetensors file {path}: {e}") from e
+        return _unwrap(state_dict, path), info
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types here: UnpicklingError, RuntimeError, EOFError...
@@ -85,12 +89,21 @@ def _unwrap(obj: Any, path: Path) -> dict[str, Tensor]:
 
 
 def detect_format(state_dict: dict[str, Tensor]) -> str:
-    """Name the layout of a state dict: ``native``, ``timm``, ``transformers``, ``cvnets`` or ``ml-fastvit``."""
+    """Name the layout of a state dict: ``native``, ``timm``, ``transformers``, ``cvnets``, ``ml-fastvit`` or
+    ``ml-mobileone``."""
     keys = list(state_dict)
-    if any(k.startswith(("mobilevit.", "mobilevitv2.")) or ".encoder.layer." in k for k in keys):
+    if any(k.startswith(("mobilevit.", "mobilevitv2.", "encoder.layer.", "conv_stem.")) for k in keys):
         return "transformers"
     if "conv_1.block.conv.weight" in state_dict or any(k.startswith("layer_1.0.block.") for k in keys):
         return "cvnets"
+    if any(k.startswith(("patch_embed.", "network.")) for k in keys):
+        return "ml-fastvit"
+    if any(k.startswith("stage0.") for k in keys):
+        return "ml-mobileone"
+    if any(_MOBILEONE_BLOCK.search(k) for k in keys):
+        # FastViT / MobileOne: our names are timm's but for FastViT's ``downsample.proj`` and MobileOne's SE ``attn``;
+        # a timm MobileOne S0-S3 has exactly our keys, and either way the timm converter leaves our keys unchanged.
+        return "timm" if any(".downsample.proj." in k or ".attn.fc1." in k for k in keys) else "native"
     if any(".conv1_1x1." in k or ".conv_kxk." in k for k in keys):
         return "timm"
     if any(".conv_pwl." in k for k in keys):
@@ -112,7 +125,29 @@ def read_converted(path: str | os.PathLike, arch: str, cfg: Any) -> dict[str, Te
     if converter is None:
         raise CheckpointError(f"{path} is a {fmt} checkpoint, which cannot hold a {arch} model")
     logger.info("Converting %s checkpoint %s for %s", fmt, path, arch)
-    return converter(state_dict, cfg)
+    try:
+        return converter(state_dict, cfg)
+    except (ValueError, KeyError) as e:
+        raise CheckpointError(f"{path} ({fmt} layout) cannot be converted for {arch}: {e}") from e
+
+
+def is_folded_checkpoint(model: nn.Module, state_dict: dict[str, Tensor]) -> bool:
+    """Whether ``state_dict`` has the layout of ``reparameterize_model(model)`` rather than of ``model`` itself.
+
+    The classifier is ignored (it may be replaced), so is anything a ``features_only`` model does not hold.
+    """
+    from ..reparam import reparameterize_model
+
+    def mismatch(m: nn.Module) -> int:
+        expected = {k for k in m.state_dict() if not k.startswith("head.")}
+        given = {k for k in state_dict if not k.startswith(("head.", "final_conv."))}
+        if not getattr(m, "features_only", False):
+            given |= {k for k in state_dict if k.startswith("final_conv.")}
+        return len(expected ^ given)
+
+    # only a checkpoint that fits the folded layout exactly is folded; one that fits neither layout is reported
+    # against the train-time model, whose key names the user knows
+    return mismatch(model) > 0 and mismatch(reparameterize_model(model)) == 0
 
 
 def load_into(model: nn.Module, state_dict: dict[str, Tensor], source: str, keep_head: bool = True) -> None:
@@ -130,6 +165,9 @@ def load_into(model: nn.Module, state_dict: dict[str, Tensor], source: str, keep
         state_dict = {k: v for k, v in state_dict.items() if k not in head_keys}
         if getattr(model, "features_only", False):
             state_dict = {k: v for k, v in state_dict.items() if not k.startswith(("head.", "final_conv."))}
+    # BatchNorm's step counter is optional, as in torch's own strict loading: keep the model's where it is absent
+    counters = {k: v for k, v in expected.items() if k.endswith("num_batches_tracked") and k not in state_dict}
+    state_dict = {**counters, **state_dict}
     missing = [k for k in expected if k not in state_dict]
     if not keep_head:
         missing = [k for k in missing if not k.startswith("head.fc.")]
@@ -145,6 +183,16 @@ def load_into(model: nn.Module, state_dict: dict[str, Tensor], source: str, keep
             if items:
                 shown = "; ".join(items[:6]) + (f"; ... ({len(items)} in all)" if len(items) > 6 else "")
                 parts.append(f"{title}: {shown}")
+        if (
+            missing
+            and not unexpected
+            and not misshaped
+            and all(k.startswith(("final_conv.", "head.")) for k in missing)
+        ):
+            parts.append(
+                "the checkpoint holds a backbone only (a segmentation or feature model?): load it with "
+                "features_only=True"
+            )
         raise CheckpointError(
             f"Checkpoint {source} does not fit {type(model).__name__} ({len(state_dict)} tensors vs "
             f"{len(expected)} expected). " + " | ".join(parts)
