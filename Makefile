@@ -34,6 +34,7 @@ lint: setup
 
 bench: setup
 	$(BIN)/python benchmarks/bench_mobilevit.py
+	$(BIN)/python benchmarks/bench_reparam.py
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache .ruff_cache

@@ -12,40 +12,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import tempfile
 from pathlib import Path
 
-import timm
 import torch
 
 import mobilevit
+from common import same_weights, setup_line
 from mobilevit.bench import compare_latency
 from mobilevit.bench.report import markdown_table
-
-
-def randomize_batchnorm(model: torch.nn.Module, seed: int = 0) -> None:
-    """Give every BatchNorm non-trivial statistics so that the comparison exercises them."""
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-            C = m.num_features
-            m.weight.data = 1 + 0.1 * torch.randn(C, generator=g)
-            m.bias.data = 0.1 * torch.randn(C, generator=g)
-            m.running_mean = 0.1 * torch.randn(C, generator=g)
-            m.running_var = 0.5 + torch.rand(C, generator=g)
-
-
-def pair(name: str, workdir: Path) -> tuple[torch.nn.Module, torch.nn.Module | None]:
-    """(ours, timm) with the same weights; timm is None where it has no such variant."""
-    if name not in timm.list_models():
-        return mobilevit.create_model(name).eval(), None
-    torch.manual_seed(0)
-    ref = timm.create_model(name).eval()
-    randomize_batchnorm(ref)
-    path = workdir / f"{name}.pth"
-    torch.save(ref.state_dict(), path)
-    return mobilevit.create_model(name, pretrained=path).eval(), ref
 
 
 def main() -> None:
@@ -65,7 +40,7 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp, torch.inference_mode():
         for name in names:
-            ours, ref = pair(name, Path(tmp))
+            ours, ref = same_weights(name, Path(tmp))
             for batch in batch_sizes:
                 x = torch.randn(batch, 3, args.resolution, args.resolution)
                 fns = {"ours": lambda o=ours, x=x: o(x)}
@@ -81,11 +56,7 @@ def main() -> None:
                 rows.append(row)
                 print(json.dumps(row), flush=True)
 
-    header = (
-        f"torch {torch.__version__}, timm {timm.__version__}, {torch.get_num_threads()} threads, "
-        f"{platform.processor() or platform.machine()}, fp32, {args.resolution}x{args.resolution}, "
-        f"median of {args.rounds} interleaved runs"
-    )
+    header = setup_line(args.resolution, args.rounds)
     print(f"\n{header}\n")
     print(markdown_table(rows, ["model", "batch", "ours_ms", "timm_ms", "ours/timm", "max_abs_diff"]))
     if args.json:

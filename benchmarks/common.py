@@ -1,0 +1,53 @@
+"""What the benchmark scripts share: same-weights model pairs (ours vs timm) and the printed set-up line."""
+
+from __future__ import annotations
+
+import platform
+from pathlib import Path
+
+import timm
+import torch
+
+import mobilevit
+
+
+def randomize(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Non-trivial BatchNorm statistics and layer scales, so that every folded term shows in the logits."""
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            C = m.num_features
+            m.weight.data = 1 + 0.1 * torch.randn(C, generator=g)
+            m.bias.data = 0.1 * torch.randn(C, generator=g)
+            m.running_mean = 0.1 * torch.randn(C, generator=g)
+            m.running_var = 0.5 + torch.rand(C, generator=g)
+    for name, p in model.named_parameters():
+        if "layer_scale" in name:
+            p.data = 0.1 + 0.4 * torch.rand(p.shape, generator=g)
+    return model
+
+
+def same_weights(name: str, workdir: Path) -> tuple[torch.nn.Module, torch.nn.Module | None]:
+    """(ours, timm) in eval mode with the same weights, converted through a checkpoint file as a user would.
+
+    timm is None where it has no such architecture; ours then has random weights.
+    """
+    if name not in timm.list_models():
+        return mobilevit.create_model(name).eval(), None
+    torch.manual_seed(0)
+    ref = randomize(timm.create_model(name)).eval()
+    path = workdir / f"{name}.pth"
+    torch.save(ref.state_dict(), path)
+    return mobilevit.create_model(name, pretrained=path).eval(), ref
+
+
+def setup_line(resolution: int, rounds: int) -> str:
+    return (
+        f"torch {torch.__version__}, timm {timm.__version__}, {torch.get_num_threads()} threads, "
+        f"{platform.machine()}, fp32, {resolution}x{resolution}, median of {rounds} interleaved runs"
+    )
+
+
+def max_rel_diff(out: torch.Tensor, ref: torch.Tensor) -> str:
+    """Largest logit difference relative to the reference's largest logit, formatted."""
+    return f"{((out - ref).abs().max() / ref.abs().max()).item():.1e}"
