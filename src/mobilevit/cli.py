@@ -7,6 +7,12 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
+
+    from .predict import Predictor
 
 
 def _csv_ints(text: str) -> list[int]:
@@ -40,9 +46,86 @@ def _print(rows: list[dict], as_json: bool) -> None:
 
 
 def cmd_list(args: argparse.Namespace) -> None:
-    from .bench.run import model_table
+    from .bench.run import model_table, weights_table
 
+    if args.weights:
+        _print(weights_table(args.models, macs=args.macs), args.json)
+        return
     _print(model_table(_models(args.models), macs=args.macs, resolution=args.resolution), args.json)
+
+
+def _predictor(args: argparse.Namespace) -> Predictor:
+    from .predict import Predictor
+
+    pretrained = args.pretrained or not args.random_weights
+    if args.random_weights:
+        print(f"WARNING: {args.model} has random weights; its predictions mean nothing.", file=sys.stderr)
+    return Predictor.from_pretrained(args.model, pretrained=pretrained, batch_size=args.batch_size)
+
+
+def _progress(total: int, enabled: bool, desc: str) -> tqdm | None:
+    if not enabled or total < 2:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="img", file=sys.stderr)
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from .data.images import find_images
+
+    files = find_images(args.paths)
+    if not files:
+        raise ValueError(f"No images found in {' '.join(args.paths)}")
+    predictor = _predictor(args)
+    bar = _progress(len(files), not args.no_progress, "predict")
+    failures = 0
+    for path, answer in predictor.predict_files(files, args.top_k, args.function, bar.update if bar else None):
+        if isinstance(answer, Exception):
+            failures += 1
+            record = {"file": path, "error": str(answer)}
+            text = f"{path}: ERROR {answer}"
+        else:
+            record = {"file": path, "predictions": [p.to_dict() for p in answer]}
+            text = f"{path}: " + ", ".join(f"{p.label} ({p.score:.3f})" for p in answer)
+        (bar.write if bar and not args.json else print)(json.dumps(record) if args.json else text)
+    if bar:
+        bar.close()
+    if failures:
+        print(f"{failures} of {len(files)} inputs could not be classified", file=sys.stderr)
+    return 1 if failures else 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    import os
+
+    import torch.distributed as dist
+
+    from .evaluate import evaluate, read_labelled
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        dist.init_process_group("gloo")  # launched by torchrun: shard the images, sum the counts
+    samples, _ = read_labelled(args.data)
+    predictor = _predictor(args)
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    bar = _progress(len(samples), not args.no_progress and rank == 0, "eval")
+    result = evaluate(predictor, samples, bar.update if bar else None)
+    if bar:
+        bar.close()
+    result = {"model": args.model, "pretrained": str(args.pretrained or True), **result}
+    if rank == 0:
+        if args.json:
+            print(json.dumps(result))
+        else:
+            print(
+                f"{args.model}: top-1 {result['top1']:.4f} ({result['correct_top1']}/{result['count']}), "
+                f"top-5 {result['top5']:.4f} ({result['correct_top5']}/{result['count']})"
+            )
+            for failure in result["failed"]:
+                print(f"skipped {failure['file']}: {failure['error']}", file=sys.stderr)
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    return 1 if result["failed"] else 0
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
@@ -65,8 +148,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("models", nargs="*", help="names or patterns such as 'mobilevitv2_*' (default: all)")
     p.add_argument("--macs", action="store_true", help="also count MACs (takes a few seconds)")
     p.add_argument("--resolution", type=int, default=256, help="input size for the MAC count")
+    p.add_argument("--weights", action="store_true", help="list the pretrained weights (arch.tag) instead")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=cmd_list)
+
+    for cmd, helptext in (("predict", "classify images"), ("eval", "top-1/top-5 accuracy on a labelled image set")):
+        p = sub.add_parser(cmd, help=helptext)
+        if cmd == "predict":
+            p.add_argument("paths", nargs="+", help="image files, folders (recursive) or glob patterns")
+            p.add_argument("--top-k", type=int, default=5)
+            p.add_argument("--function", choices=["softmax", "sigmoid", "none"], default="softmax")
+        else:
+            p.add_argument("data", help="ImageFolder tree, a CSV of (file, class index), or a folder with labels.csv")
+        p.add_argument("--model", required=True, help="architecture or arch.tag (see `mobilevit list --weights`)")
+        p.add_argument("--pretrained", help="local checkpoint file or folder (default: the weights entry's file)")
+        p.add_argument("--random-weights", action="store_true", help="no weights at all (testing only)")
+        p.add_argument("--batch-size", type=int, default=16)
+        p.add_argument("--json", action="store_true", help="JSON output (one object per input for predict)")
+        p.add_argument("--no-progress", action="store_true", help="no progress bar")
+        p.set_defaults(func=cmd_predict if cmd == "predict" else cmd_eval)
 
     p = sub.add_parser("bench", help="measure CPU latency (fp32, eager) of models on this machine")
     p.add_argument("models", nargs="*", help="names or patterns (default: all)")
@@ -83,11 +183,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     try:
-        args.func(args)
-    except (ValueError, TypeError, FileNotFoundError) as err:
-        print(f"mobilevit {args.command}: error: {err}", file=sys.stderr)
+        return args.func(args) or 0
+    except (ValueError, TypeError, KeyError, FileNotFoundError, OSError) as err:
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"mobilevit {args.command}: error: {message}", file=sys.stderr)
         return 2
-    return 0
 
 
 if __name__ == "__main__":

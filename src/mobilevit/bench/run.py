@@ -49,3 +49,20 @@ def latency_table(
                 }
             )
     return rows
+
+
+def weights_table(patterns: Iterable[str] = (), macs: bool = False) -> list[dict]:
+    """One row per pretrained weights entry: input size, published top-1, source, and the architecture's size."""
+    from ..weights.entries import WEIGHTS, list_weights
+
+    names = sorted({n for p in (patterns or ["*"]) for n in list_weights(p if "." in p or "*" in p else f"{p}.*")})
+    arch_rows = {r["model"]: r for r in model_table(sorted({WEIGHTS[n].arch for n in names}), macs=macs)}
+    rows = []
+    for name in names:
+        entry = WEIGHTS[name]
+        pre = entry.preprocess
+        row = {"weights": name, "input": f"{pre.input_size[0]}x{pre.input_size[1]}", "top1": entry.top1 or ""}
+        row |= {k: v for k, v in arch_rows[entry.arch].items() if k not in ("model", "family")}
+        row |= {"source": entry.source, "channels": pre.channel_order}
+        rows.append(row)
+    return rows
