@@ -1,0 +1,1 @@
+"""Data: reading images, the eval transform (and later datasets and samplers)."""
