@@ -1,8 +1,14 @@
 """Reading real-world images: any mode PIL can open becomes 8-bit RGB, upright, with a clear error per bad file.
 
 Photos arrive as grayscale, palette, RGBA, CMYK, 16-bit, EXIF-rotated, tiny or huge. Each is brought to plain 8-bit
-RGB the way the reference pipelines (timm, transformers) do it, so that preprocessing parity holds; files that are not
-images, are truncated, or would decompress to an absurd size raise :class:`ImageError` naming the file and the cause.
+RGB the way the reference pipelines do it (timm and torchvision: ``Image.convert("RGB")``, which drops alpha), except
+that high-bit-depth images are scaled to 8 bits instead of clipped, and EXIF orientation is applied (as transformers'
+``load_image`` and OpenCV's ``imread`` do). Files that are not images, are truncated, or would decompress to an absurd
+size raise :class:`ImageError` naming the file and the cause.
+
+PIL's global switches are left alone: ``ImageFile.LOAD_TRUNCATED_IMAGES`` stays as the user set it (``False`` by
+default, so a truncated file is an error), and the pixel limit follows ``PIL.Image.MAX_IMAGE_PIXELS`` unless a
+``max_pixels`` argument is given.
 """
 
 from __future__ import annotations
@@ -11,88 +17,204 @@ import io
 import os
 import warnings
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-# A 16k x 16k photo is 268M pixels; anything beyond this is treated as a decompression bomb, not a photo.
-MAX_PIXELS = 16384 * 16384
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
+IMAGE_SUFFIXES = frozenset(
+    {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".avif", ".ppm", ".pgm"}
+)
+# Modes with more than 8 bits per sample; they are scaled to 8 bits, never clipped.
+_HIGH_BIT_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I", "F"})
+
+ImageSource = str | os.PathLike | bytes | bytearray | memoryview | Image.Image
 
 
 class ImageError(ValueError):
-    """An input that cannot be read as an image (not an image, truncated, too large, unsupported mode)."""
+    """An input that cannot be read as an image (missing, not an image, truncated, too large, unsupported mode)."""
 
 
-def _to_rgb(img: Image.Image) -> Image.Image:
-    """8-bit RGB from any PIL mode; high-bit-depth grayscale is scaled, not clipped."""
-    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        arr = np.asarray(img, dtype=np.float64)
-        top = 65535.0 if img.mode.startswith("I;16") else max(float(arr.max()), 1.0)
-        if img.mode == "F" and arr.max() <= 1.0:
-            top = 1.0
-        arr = np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
-        img = Image.fromarray(arr, mode="L")
-    if img.mode == "P" and "transparency" in img.info:
-        img = img.convert("RGBA")  # PIL's advice for palette images with transparency
-    return img if img.mode == "RGB" else img.convert("RGB")
+def pixel_limit() -> int | None:
+    """The default maximum number of pixels: PIL's own hard limit, ``2 * Image.MAX_IMAGE_PIXELS`` (~179M pixels).
+
+    PIL refuses larger images itself (``DecompressionBombError``), so this is the largest image PIL will decode;
+    ``None`` when the user disabled PIL's check with ``Image.MAX_IMAGE_PIXELS = None``.
+    """
+    limit = Image.MAX_IMAGE_PIXELS
+    return None if limit is None else 2 * int(limit)
 
 
-def open_image(source: str | os.PathLike | bytes | Image.Image, name: str | None = None) -> Image.Image:
+def _scale_high_bit(img: Image.Image) -> Image.Image:
+    """8-bit grayscale from a 16-bit, 32-bit integer or float image, scaled by the range of its type (not clipped).
+
+    ``I;16*`` is 0..65535. ``I`` and ``F`` carry no declared range, so the smallest of 0..1 (float only), 0..255,
+    0..65535 that holds the data is used, else the image's maximum; negative values and NaN become 0.
+    """
+    arr = np.asarray(img, dtype=np.float64)
+    arr = np.nan_to_num(arr, nan=0.0, posinf=0.0, neginf=0.0)
+    top = float(arr.max()) if arr.size else 0.0
+    if img.mode.startswith("I;16"):
+        full = 65535.0
+    elif img.mode == "F" and top <= 1.0:
+        full = 1.0
+    elif top <= 255.0:
+        full = 255.0
+    elif top <= 65535.0:
+        full = 65535.0
+    else:
+        full = top
+    arr = np.clip(arr * (255.0 / full) + 0.5, 0.0, 255.0).astype(np.uint8)
+    return Image.fromarray(arr, mode="L")
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """8-bit RGB from any PIL mode.
+
+    Alpha is dropped (``convert("RGB")``, as timm and torchvision do); palette images with transparency go through
+    RGBA first, as PIL advises; high-bit-depth grayscale is scaled, not clipped.
+
+    Raises:
+        ImageError: a mode PIL cannot convert to RGB.
+    """
+    if img.mode == "RGB":
+        return img
+    if img.mode in _HIGH_BIT_MODES:
+        img = _scale_high_bit(img)
+    elif img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    try:
+        return img.convert("RGB")
+    except ValueError as err:
+        raise ImageError(f"cannot convert image mode {img.mode!r} to RGB: {err}") from None
+
+
+def _describe(err: BaseException) -> str:
+    text = str(err).strip()
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
+
+
+def _decode(fp: IO[bytes] | Image.Image, label: str, max_pixels: int | None) -> Image.Image:
+    """Open (unless given an image), check the size before any pixel is decoded, load, rotate upright, convert."""
+    try:
+        if isinstance(fp, Image.Image):
+            img = fp
+        else:
+            with warnings.catch_warnings():
+                # PIL warns above MAX_IMAGE_PIXELS and raises above twice that; the explicit check below decides.
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                img = Image.open(fp)
+        w, h = img.size
+        if max_pixels is not None and w * h > max_pixels:
+            raise ImageError(f"{label}: {w}x{h} is {w * h} pixels, more than the limit of {max_pixels} (image bomb?)")
+        if w == 0 or h == 0:
+            raise ImageError(f"{label}: image has no pixels ({w}x{h})")
+        img.load()  # decode now, so that a truncated or corrupt file fails here, naming the file
+        return to_rgb(ImageOps.exif_transpose(img))
+    except ImageError as err:
+        msg = str(err)
+        raise ImageError(msg if msg.startswith(label) else f"{label}: {msg}") from None
+    except Image.DecompressionBombError as err:
+        raise ImageError(f"{label}: too many pixels to decode safely ({err})") from None
+    except UnidentifiedImageError:
+        raise ImageError(f"{label}: not an image (PIL recognises no image format in it)") from None
+    except MemoryError:
+        raise ImageError(f"{label}: not enough memory to decode the image") from None
+    except Exception as err:  # PIL raises OSError, SyntaxError, ValueError, struct.error, ... for corrupt files
+        raise ImageError(f"{label}: cannot decode image ({_describe(err)})") from None
+
+
+def open_image(source: ImageSource, name: str | None = None, max_pixels: int | None = None) -> Image.Image:
     """Decode ``source`` (a path, encoded bytes or a PIL image) to an upright 8-bit RGB PIL image.
+
+    Multi-frame files (GIF, TIFF) give their first frame.
 
     Args:
         source: file path, the file's bytes, or an already opened image.
         name: how to refer to the input in error messages (default: the path, or "image bytes").
+        max_pixels: largest accepted ``width * height``, checked from the header before any pixel is decoded;
+            default :func:`pixel_limit` (PIL's own limit). A server may pass a smaller one.
 
     Raises:
-        ImageError: the input is not a readable image, is truncated, or exceeds :data:`MAX_PIXELS`.
+        ImageError: the input is missing, is not a readable image, is truncated, or is larger than ``max_pixels``.
+            The message starts with ``name`` (or the path) and says why.
     """
+    limit = pixel_limit() if max_pixels is None else max_pixels
     if isinstance(source, Image.Image):
-        return _to_rgb(ImageOps.exif_transpose(source))
-    label = name or (str(source) if not isinstance(source, bytes) else "image bytes")
-    if isinstance(source, bytes):
-        if not source:
-            raise ImageError(f"{label}: empty input")
-        fp: io.BytesIO | Path = io.BytesIO(source)
-    else:
-        fp = Path(source)
-        if not fp.is_file():
-            raise ImageError(f"{label}: no such file" if not fp.exists() else f"{label}: not a file")
+        return _decode(source, name or "image", limit)
+    if isinstance(source, bytes | bytearray | memoryview):
+        label = name or "image bytes"
+        if not len(source):
+            raise ImageError(f"{label}: empty input (0 bytes)")
+        return _decode(io.BytesIO(source), label, limit)
+    path = Path(source)
+    label = name or str(source)
+    if not path.exists():
+        raise ImageError(f"{label}: no such file")
+    if not path.is_file():
+        raise ImageError(f"{label}: not a file ({'a directory' if path.is_dir() else 'a special file'})")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(fp) as img:
-                w, h = img.size
-                if w * h > MAX_PIXELS:
-                    raise ImageError(f"{label}: {w}x{h} pixels is more than the limit of {MAX_PIXELS} (image bomb?)")
-                img.load()
-                img = ImageOps.exif_transpose(img)
-                return _to_rgb(img)
-    except ImageError:
-        raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-        raise ImageError(f"{label}: too many pixels to decode safely ({err})") from None
-    except UnidentifiedImageError:
-        raise ImageError(f"{label}: not an image (unrecognised format)") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as err:
-        raise ImageError(f"{label}: cannot decode image: {err}") from None
+        f = path.open("rb")
+    except OSError as err:
+        raise ImageError(f"{label}: cannot read file ({_describe(err)})") from None
+    with f:
+        if path.stat().st_size == 0:
+            raise ImageError(f"{label}: empty file (0 bytes)")
+        return _decode(f, label, limit)
 
 
-def find_images(paths: list[str | os.PathLike]) -> list[Path]:
-    """Expand files, folders (recursively, image suffixes only, sorted) and glob patterns into a list of files.
+def _is_hidden(path: Path, root: Path) -> bool:
+    return any(part.startswith(".") for part in path.relative_to(root).parts)
 
-    A path that matches nothing is kept as is, so that reading it reports the problem for that one input.
+
+def _expand_dir(folder: Path) -> list[Path]:
+    """Image files under ``folder``, recursively, sorted; hidden files and folders (``.name``) are skipped."""
+    return sorted(
+        f for f in folder.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file() and not _is_hidden(f, folder)
+    )
+
+
+def _glob(pattern: Path) -> list[Path]:
+    """Sorted matches of a glob pattern; like a shell, wildcards do not match hidden names (``.name``) unless the
+    pattern spells a leading dot itself."""
+    parts = pattern.parts
+    fixed = next(i for i, part in enumerate(parts) if any(ch in part for ch in "*?["))
+    root = Path(*parts[:fixed]) if fixed else Path()
+    wild = parts[fixed:]
+    dotted = any(part.startswith(".") for part in wild)
+    return sorted(
+        m
+        for m in root.glob(str(Path(*wild)))
+        if dotted or not any(q.startswith(".") for q in m.relative_to(root).parts)
+    )
+
+
+def find_images(paths: list[str | os.PathLike] | tuple[str | os.PathLike, ...]) -> list[Path]:
+    """Expand files, folders and glob patterns into a list of files, in the order given.
+
+    - a folder gives its image files (suffix in :data:`IMAGE_SUFFIXES`), recursively, sorted, hidden ones skipped;
+    - a glob pattern (``*``, ``?``, ``[``; ``**`` recurses) gives its matches, sorted, as a shell would, except that
+      a matching folder is expanded as above;
+    - a file is kept whatever its suffix (reading it reports the problem), and so is a path or pattern that matches
+      nothing, so that the caller reports a per-input error instead of silently dropping it.
     """
     out: list[Path] = []
     for raw in paths:
-        p = Path(raw)
+        p = Path(os.path.expanduser(os.fspath(raw)))
         if p.is_dir():
-            out += sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
-        elif not p.exists() and any(ch in str(raw) for ch in "*?["):
-            anchor = Path(p.anchor) if p.is_absolute() else Path()
-            pattern = str(p.relative_to(anchor)) if p.is_absolute() else str(raw)
-            out += sorted(f for f in anchor.glob(pattern) if f.is_file())
+            out += _expand_dir(p)
+        elif not p.exists() and any(ch in str(p) for ch in "*?["):
+            matches = _glob(p)
+            for m in matches:
+                if m.is_dir():
+                    out += _expand_dir(m)
+                elif m.is_file():
+                    out.append(m)
+            if not matches:
+                out.append(p)
         else:
             out.append(p)
     return out
+
+
+__all__ = ["IMAGE_SUFFIXES", "ImageError", "find_images", "open_image", "pixel_limit", "to_rgb"]
