@@ -32,6 +32,7 @@ def test_bad_option_value() -> None:
         mobilevit.create_model("mobilevit_xxs", features_only=True, out_indices=(5,))
 
 
-def test_pretrained_true_without_weights_registry_says_what_to_do() -> None:
-    with pytest.raises(ValueError, match="pretrained='path/to/checkpoint'"):
-        mobilevit.create_model("mobilevit_xxs", pretrained=True)
+def test_pretrained_true_with_unknown_weights_says_what_to_do() -> None:
+    # (pretrained=True with registered weights, cached or not, is covered offline by tests/test_hub.py)
+    with pytest.raises(ValueError, match=r"Available for mobilevit_xxs: .*pretrained='path/to/checkpoint'"):
+        mobilevit.create_model("mobilevit_xxs.no_such_tag", pretrained=True)

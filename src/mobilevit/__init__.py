@@ -2,6 +2,7 @@
 
 from .registry import create_model, get_config, list_models
 from .reparam import reparameterize_model
+from .weights import from_pretrained, save_pretrained
 
-__all__ = ["create_model", "get_config", "list_models", "reparameterize_model"]
+__all__ = ["create_model", "from_pretrained", "get_config", "list_models", "reparameterize_model", "save_pretrained"]
 __version__ = "0.1.0"

@@ -12,6 +12,7 @@ from torch import nn
 
 from .models import fastvit, mobileone, mobilevit
 from .reparam import reparameterize_model
+from .weights.load import CheckpointError
 
 # Each family module exposes MODEL_CFGS (name -> frozen config dataclass) and its model class.
 _FAMILIES: tuple[tuple[type[nn.Module], dict[str, Any]], ...] = (
@@ -54,8 +55,40 @@ def build_config(name: str, **overrides: Any) -> Any:
     return dataclasses.replace(cfg, **overrides)
 
 
+def find_arch(cfg: Any) -> str:
+    """The registered architecture whose config is closest to ``cfg`` (fewest differing fields, same family)."""
+    candidates = [
+        (sum(getattr(cfg, f.name) != getattr(base, f.name) for f in dataclasses.fields(base)), name)
+        for name, (_, base) in _ARCHS.items()
+        if type(base) is type(cfg)
+    ]
+    if not candidates:
+        raise ValueError(f"{type(cfg).__name__} is not the config of any registered architecture")
+    return min(candidates)[1]
+
+
+def _weights_entry(name: str) -> Any:
+    """The weights entry of ``arch.tag`` (or the default one of a bare architecture), with a helpful error."""
+    from .weights.entries import get_weights, list_weights
+
+    try:
+        return get_weights(name)
+    except KeyError as e:
+        arch = name.split(".", 1)[0]
+        available = list_weights(f"{arch}.*")
+        listing = f"Available for {arch}: {', '.join(available)}" if available else f"{arch} has no registered weights"
+        raise ValueError(
+            f"No pretrained weights {name!r}. {listing}. A local checkpoint also works: "
+            f"create_model({arch!r}, pretrained='path/to/checkpoint')."
+        ) from e
+
+
+def _is_checkpoint_path(name: str) -> bool:
+    return name.split(".", 1)[0] not in _ARCHS and os.path.exists(name)
+
+
 def create_model(
-    name: str,
+    name: str | os.PathLike,
     pretrained: bool | str | os.PathLike = False,
     num_classes: int | None = None,
     features_only: bool = False,
@@ -63,13 +96,21 @@ def create_model(
     reparameterized: bool = False,
     **config_overrides: Any,
 ) -> nn.Module:
-    """Build a model by architecture name, optionally loading a checkpoint.
+    """Build a model by architecture or weights name, optionally loading weights.
+
+    The model's :class:`~mobilevit.weights.PretrainedCfg` (weights entry, preprocessing, labels) is
+    ``model.pretrained_cfg``; it is ``None`` when the weights are random.
 
     Args:
-        name: architecture name from :func:`list_models`.
-        pretrained: ``False``, or the path of a local checkpoint in any supported format (safetensors, ``.pt``,
-            ``.pth``, ``.pth.tar``, or a Hugging Face transformers folder with ``config.json``). The format is detected
-            and converted.
+        name: architecture name from :func:`list_models` (``"mobilevit_xxs"``), weights name ``"arch.tag"`` from
+            :func:`mobilevit.weights.entries.list_weights` (``"mobilevit_xxs.cvnets_in1k"``), or the path of a folder
+            (or its ``model.safetensors``) written by :func:`mobilevit.save_pretrained`, which needs no other input.
+        pretrained: ``False`` for random weights; ``True`` for the weights entry's file (``arch.tag``, or the
+            architecture's default weights), taken from the Hugging Face / torch hub cache or downloaded into it
+            (see :func:`mobilevit.weights.resolve_weights`); or the path of a local checkpoint in any supported format
+            (safetensors, ``.pt``, ``.pth``, ``.pth.tar``, a transformers folder with ``config.json``, or a folder
+            written by :func:`mobilevit.save_pretrained`). The format is detected and converted. With an ``arch.tag``
+            name and a path, the entry still supplies the preprocessing and labels.
         num_classes: classifier outputs. ``None`` keeps the checkpoint's (or the config's) head; a different number
             keeps the pretrained backbone and starts a fresh head.
         features_only: return a model whose ``forward`` gives the multi-scale feature maps (see ``feature_info``).
@@ -82,7 +123,37 @@ def create_model(
 
     Returns:
         The model, in train mode like torchvision and timm models.
+
+    Raises:
+        mobilevit.weights.WeightsUnavailableError: ``pretrained=True`` and the file is neither cached nor
+            downloadable now; the message says how to supply it.
+        mobilevit.weights.CheckpointError: the checkpoint cannot be read or does not fit the architecture.
     """
+    from .weights.pretrained import PretrainedCfg, preprocess_from_json
+    from .weights.pretrained import config_overrides as saved_overrides
+
+    name = os.fspath(name)
+    if _is_checkpoint_path(name):
+        from .weights.pretrained import read_saved_config
+
+        saved = read_saved_config(name)
+        if saved is None or pretrained not in (False, True):
+            raise ValueError(
+                f"{name!r} is neither a registered model nor a folder written by mobilevit.save_pretrained; for "
+                "another checkpoint, name the architecture: create_model('arch', pretrained='path')"
+            )
+        if out_indices is None and saved.get("out_indices") is not None:
+            out_indices = tuple(saved["out_indices"])
+        return create_model(
+            saved["arch"],
+            pretrained=name,
+            num_classes=num_classes,
+            features_only=features_only or bool(saved.get("features_only")),
+            out_indices=out_indices,
+            reparameterized=reparameterized,
+            **config_overrides,
+        )
+
     arch = name.split(".", 1)[0]
     model_cls = _ARCHS[arch][0] if arch in _ARCHS else None
     cfg = build_config(name, **config_overrides)
@@ -90,20 +161,36 @@ def create_model(
     if out_indices is not None:
         kwargs["out_indices"] = tuple(out_indices)
 
-    if pretrained is True:
-        raise ValueError(
-            f"pretrained=True needs a registered weights entry for {name!r}, and none is available yet; "
-            "pass the checkpoint file instead: create_model(name, pretrained='path/to/checkpoint')."
-        )
-    if not pretrained:
+    if pretrained is False or pretrained is None or pretrained == "":
         if num_classes is not None:
             cfg = dataclasses.replace(cfg, num_classes=num_classes)
         model = model_cls(cfg, **kwargs)
-        return reparameterize_model(model, inplace=True) if reparameterized else model
+        model = reparameterize_model(model, inplace=True) if reparameterized else model
+        model.pretrained_cfg = None
+        return model
 
-    from .weights.load import is_folded_checkpoint, load_into, read_converted
+    from .weights.entries import labels as entry_labels
+    from .weights.hub import resolve_weights
+    from .weights.load import convert_checkpoint, is_folded_checkpoint, load_into, read_checkpoint
 
-    state_dict = read_converted(pretrained, arch, cfg)
+    entry = None
+    fmt = None
+    if pretrained is True:
+        entry = _weights_entry(name)
+        path = resolve_weights(entry)
+        fmt = entry.format
+    else:
+        path = pretrained
+        if "." in name:
+            entry = _weights_entry(name)
+
+    state_dict, info = read_checkpoint(path)
+    saved = info.get("mobilevit_config")
+    if saved is not None:  # our own folder: its config is the base, the caller's overrides win
+        if saved.get("arch") != arch:
+            raise CheckpointError(f"{path} holds weights for {saved.get('arch')!r}, not {arch!r}")
+        cfg = build_config(arch, **{**saved_overrides(saved, _ARCHS[arch][1]), **config_overrides})
+    state_dict = convert_checkpoint(state_dict, info, arch, cfg, source=str(path), fmt=fmt)
     ckpt_classes = state_dict["head.fc.weight"].shape[0] if "head.fc.weight" in state_dict else None
     if num_classes is None:
         num_classes = ckpt_classes if ckpt_classes is not None else cfg.num_classes
@@ -112,7 +199,24 @@ def create_model(
     folded = is_folded_checkpoint(model, state_dict)
     if folded:
         reparameterize_model(model, inplace=True)  # a fresh model: folding it only gives it the checkpoint's layout
-    load_into(model, state_dict, source=str(pretrained), keep_head=num_classes == ckpt_classes)
+    keep_head = num_classes == ckpt_classes
+    load_into(model, state_dict, source=str(path), keep_head=keep_head)
     if reparameterized and not folded:
         reparameterize_model(model, inplace=True)
+
+    # what the weights expect and mean: the checkpoint's own config first, then the entry
+    preprocess = preprocess_from_json(saved.get("preprocess")) if saved else None
+    labels = None
+    if saved and saved.get("labels") is not None and len(saved["labels"]) == saved.get("num_classes"):
+        labels = tuple(str(x) for x in saved["labels"])
+    if entry is not None:
+        preprocess = preprocess or entry.preprocess
+        if labels is None and entry.num_classes == ckpt_classes:
+            try:
+                labels = tuple(entry_labels(entry))
+            except ValueError:  # a label set without bundled names
+                labels = None
+    if not keep_head or features_only:
+        labels = None
+    model.pretrained_cfg = PretrainedCfg(arch=arch, source=str(path), entry=entry, preprocess=preprocess, labels=labels)
     return model

@@ -1,12 +1,30 @@
-"""Checkpoints: reading files of every supported format, converting them, loading them strictly."""
+"""Checkpoints: fetching an entry's file (hub cache or download), reading every supported format, converting it,
+loading it strictly, and saving our own self-describing folder."""
 
-from .load import CheckpointError, detect_format, is_folded_checkpoint, load_into, read_checkpoint, read_converted
+from .hub import WeightsUnavailableError, cached_weights, resolve_weights
+from .load import (
+    CheckpointError,
+    convert_checkpoint,
+    detect_format,
+    is_folded_checkpoint,
+    load_into,
+    read_checkpoint,
+    read_converted,
+)
+from .pretrained import PretrainedCfg, from_pretrained, save_pretrained
 
 __all__ = [
     "CheckpointError",
+    "PretrainedCfg",
+    "WeightsUnavailableError",
+    "cached_weights",
+    "convert_checkpoint",
     "detect_format",
+    "from_pretrained",
     "is_folded_checkpoint",
     "load_into",
     "read_checkpoint",
     "read_converted",
+    "resolve_weights",
+    "save_pretrained",
 ]

@@ -20,6 +20,7 @@ from .converters import CONVERTERS
 logger = logging.getLogger(__name__)
 
 _HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+LIBRARY = "mobilevit"  # the "library" value of our config.json, which tells our folders from transformers ones
 _WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "module")
 # a MobileOne block of ours / timm's, train-time (``conv_kxk.<i>.``) or folded (``reparam_conv.``)
 _MOBILEONE_BLOCK = re.compile(r"\.conv_kxk\.\d+\.|(^|\.)reparam_conv\.")
@@ -30,25 +31,42 @@ class CheckpointError(ValueError):
 
 
 def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[str, Any]]:
-    """Read a state dict from a file or a transformers folder.
+    """Read a state dict from a file, a transformers folder or a folder written by :func:`mobilevit.save_pretrained`.
+
+    A folder's ``config.json`` tells the two folder kinds apart: ours has ``"library": "mobilevit"``, a transformers
+    one has ``model_type``.
 
     Returns:
-        The tensors, and extra information: ``{"hf_config": ...}`` for a transformers folder, the safetensors
-        metadata for a safetensors file.
+        The tensors, and extra information: ``{"hf_config": ...}`` for a transformers folder, ``{"arch": ...,
+        "mobilevit_config": ...}`` for our folder or our safetensors file, the safetensors metadata for any other
+        safetensors file.
     """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"Checkpoint not found: {path}")
     info: dict[str, Any] = {}
     if path.is_dir():
-        config = path / "config.json"
+        config_file = path / "config.json"
         weights = next((path / f for f in _HF_WEIGHT_FILES if (path / f).exists()), None)
-        if not config.exists() or weights is None:
+        if not config_file.exists() or weights is None:
             raise CheckpointError(
-                f"{path} is a folder but not a transformers checkpoint: it needs config.json and one of "
-                f"{', '.join(_HF_WEIGHT_FILES)}"
+                f"{path} is a folder but not a checkpoint folder: it needs config.json and one of "
+                f"{', '.join(_HF_WEIGHT_FILES)} (a transformers folder, or one written by mobilevit.save_pretrained)"
             )
-        info["hf_config"] = json.loads(config.read_text())
+        try:
+            config = json.loads(config_file.read_text())
+        except (ValueError, OSError) as e:
+            raise CheckpointError(f"Cannot read {config_file}: {e}") from e
+        if is_mobilevit_config(config):
+            info["mobilevit_config"] = config
+            info["arch"] = config["arch"]
+        elif isinstance(config, dict) and "model_type" in config:
+            info["hf_config"] = config
+        else:
+            raise CheckpointError(
+                f"{config_file} is neither a transformers config (no 'model_type') nor a mobilevit one "
+                f'(no \'"library": "{LIBRARY}"\')'
+            )
         path = weights
     if path.suffix == ".safetensors":
         from safetensors import SafetensorError
@@ -56,10 +74,17 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[st
 
         try:
             with safe_open(str(path), "pt") as f:
-                info.update(f.metadata() or {})
+                metadata = f.metadata() or {}
             state_dict = load_file(str(path))
         except (SafetensorError, OSError, ValueError) as e:
             raise CheckpointError(f"Cannot read safetensors file {path}: {e}") from e
+        if "mobilevit_config" in metadata and "mobilevit_config" not in info:
+            try:
+                info["mobilevit_config"] = json.loads(metadata.pop("mobilevit_config"))
+            except ValueError as e:
+                raise CheckpointError(f"{path}: unreadable 'mobilevit_config' metadata: {e}") from e
+        metadata.pop("mobilevit_config", None)
+        info = {**metadata, **info}
         return _unwrap(state_dict, path), info
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
@@ -69,6 +94,11 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[st
             f"code are refused): {type(e).__name__}: {e}"
         ) from e
     return _unwrap(obj, path), info
+
+
+def is_mobilevit_config(config: Any) -> bool:
+    """Whether a parsed ``config.json`` is ours (written by :func:`mobilevit.save_pretrained`), not transformers'."""
+    return isinstance(config, dict) and config.get("library") == LIBRARY and "model_type" not in config
 
 
 def _unwrap(obj: Any, path: Path) -> dict[str, Tensor]:
@@ -111,24 +141,63 @@ def detect_format(state_dict: dict[str, Tensor]) -> str:
     raise CheckpointError(f"Unrecognised checkpoint layout ({len(keys)} tensors; first keys: {keys[:5]})")
 
 
-def read_converted(path: str | os.PathLike, arch: str, cfg: Any) -> dict[str, Tensor]:
-    """Read ``path``, detect its format and convert it to our key names for architecture ``arch``."""
+def read_converted(path: str | os.PathLike, arch: str, cfg: Any, fmt: str | None = None) -> dict[str, Tensor]:
+    """Read ``path``, detect its format and convert it to our key names for architecture ``arch``.
+
+    Args:
+        path: checkpoint file or folder.
+        arch: target architecture name.
+        cfg: the target's config dataclass.
+        fmt: the format the file is known to have (a weights entry's ``format``); it wins over detection.
+    """
     state_dict, info = read_checkpoint(path)
-    fmt = detect_format(state_dict)
+    return convert_checkpoint(state_dict, info, arch, cfg, source=str(path), fmt=fmt)
+
+
+def convert_checkpoint(
+    state_dict: dict[str, Tensor],
+    info: dict[str, Any],
+    arch: str,
+    cfg: Any,
+    source: str,
+    fmt: str | None = None,
+) -> dict[str, Tensor]:
+    """Convert a state dict read by :func:`read_checkpoint` to our key names for architecture ``arch``.
+
+    Args:
+        state_dict: the tensors as stored.
+        info: the extra information :func:`read_checkpoint` returned (the stored ``arch`` is checked).
+        arch: target architecture name.
+        cfg: the target's config dataclass.
+        source: where the tensors came from, for error messages.
+        fmt: the known format (a weights entry's ``format``). It wins when detection disagrees: detection is a
+            heuristic over key names, the entry is a record of the file. A timm file with our exact key names (timm
+            MobileOne S0-S3) is detected as ``native`` and needs no conversion either way.
+    """
+    try:
+        detected = detect_format(state_dict)
+    except CheckpointError:
+        if fmt is None:
+            raise
+        detected = None
+    if fmt is not None and detected not in (fmt, "native" if fmt == "timm" else None):
+        looks = f"look like {detected}" if detected else "match no known layout"
+        logger.warning("%s: its key names %s, but its weights entry says %s; converting as %s", source, looks, fmt, fmt)
+    fmt = detected if fmt is None or (fmt == "timm" and detected == "native") else fmt
     stored_arch = info.get("arch")
     if fmt == "native" and stored_arch and stored_arch != arch:
-        raise CheckpointError(f"{path} holds weights for {stored_arch!r}, not {arch!r}")
+        raise CheckpointError(f"{source} holds weights for {stored_arch!r}, not {arch!r}")
     family = cfg.__class__.__name__
     if fmt == "native":
         return state_dict
     converter = CONVERTERS.get((fmt, family))
     if converter is None:
-        raise CheckpointError(f"{path} is a {fmt} checkpoint, which cannot hold a {arch} model")
-    logger.info("Converting %s checkpoint %s for %s", fmt, path, arch)
+        raise CheckpointError(f"{source} is a {fmt} checkpoint, which cannot hold a {arch} model")
+    logger.info("Converting %s checkpoint %s for %s", fmt, source, arch)
     try:
         return converter(state_dict, cfg)
     except (ValueError, KeyError) as e:
-        raise CheckpointError(f"{path} ({fmt} layout) cannot be converted for {arch}: {e}") from e
+        raise CheckpointError(f"{source} ({fmt} layout) cannot be converted for {arch}: {e}") from e
 
 
 def is_folded_checkpoint(model: nn.Module, state_dict: dict[str, Tensor]) -> bool:

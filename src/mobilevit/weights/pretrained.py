@@ -1,0 +1,262 @@
+"""What a loaded model knows about its weights (:class:`PretrainedCfg`), and our own self-describing checkpoint folder.
+
+:func:`save_pretrained` writes ``model.safetensors`` (our key names) and ``config.json`` in our schema::
+
+    {
+      "library": "mobilevit",            # tells this folder from a transformers one (which has "model_type")
+      "format_version": 1,
+      "arch": "mobilevit_xxs",
+      "num_classes": 10,
+      "config": {"drop_path_rate": 0.1},  # fields that differ from the registered arch's config
+      "reparameterized": false,          # informative: the loader recognises a folded layout by itself
+      "features_only": false,
+      "labels": ["ant", "bee", ...],     # or null
+      "preprocess": {"input_size": [256, 256], "resize_size": 284, ...},  # or null
+      "weights": "mobilevit_xxs.cvnets_in1k"  # the entry the model was initialised from, or null
+    }
+
+The same JSON is stored in the safetensors metadata (``mobilevit_config``) so the file alone also loads.
+``create_model(folder)`` (or :func:`from_pretrained`) needs nothing else.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from .entries import Preprocess, WeightsEntry
+from .load import LIBRARY, CheckpointError
+
+FORMAT_VERSION = 1
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+
+@dataclass(frozen=True)
+class PretrainedCfg:
+    """Where a model's weights came from and how to feed it; ``create_model`` sets it as ``model.pretrained_cfg``.
+
+    ``model.pretrained_cfg`` is ``None`` for a model with random weights.
+
+    Attributes:
+        arch: architecture name.
+        source: the file or folder the weights were read from.
+        entry: the registered weights entry (named ``arch.tag``, or the default of a bare name with
+            ``pretrained=True``), if any. Holds the published metrics, license and the upstream preprocessing.
+        preprocess: the eval transform these weights expect (from the checkpoint's own config, else the entry);
+            ``None`` when unknown (a bare architecture name with a foreign file).
+        labels: class names, index-aligned with the classifier; ``None`` when unknown or when the classifier was
+            replaced (a new ``num_classes``).
+    """
+
+    arch: str
+    source: str
+    entry: WeightsEntry | None = None
+    preprocess: Preprocess | None = None
+    labels: tuple[str, ...] | None = None
+
+    @property
+    def name(self) -> str:
+        """The weights name ``arch.tag`` when there is an entry, else the architecture name."""
+        return self.entry.name if self.entry is not None else self.arch
+
+
+# ---------------------------------------------------------------------------------------------- JSON of configs
+def _to_json(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _to_json(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, tuple | list):
+        return [_to_json(v) for v in value]
+    return value
+
+
+def _from_json(value: Any, like: Any) -> Any:
+    """``value`` read from JSON, rebuilt with the Python types of ``like`` (the registered config's value)."""
+    if isinstance(value, list):
+        item_like = like[0] if isinstance(like, tuple | list) and like else None
+        return tuple(_from_json(v, item_like) for v in value)
+    if isinstance(value, dict) and dataclasses.is_dataclass(like):
+        return type(like)(**{k: _from_json(v, getattr(like, k, None)) for k, v in value.items()})
+    return value
+
+
+def config_diff(cfg: Any, base: Any) -> dict[str, Any]:
+    """The fields of config ``cfg`` that differ from ``base`` (``num_classes`` excluded), as JSON values."""
+    return {
+        f.name: _to_json(getattr(cfg, f.name))
+        for f in dataclasses.fields(cfg)
+        if f.name != "num_classes" and getattr(cfg, f.name) != getattr(base, f.name, object())
+    }
+
+
+def config_overrides(saved: dict[str, Any], base: Any) -> dict[str, Any]:
+    """Config fields stored in our ``config.json`` as keyword overrides of the registered config ``base``."""
+    fields = {f.name for f in dataclasses.fields(base)}
+    overrides = {k: _from_json(v, getattr(base, k, None)) for k, v in (saved.get("config") or {}).items()}
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise CheckpointError(f"config.json: unknown config field(s) {unknown} for {saved.get('arch')!r}")
+    if saved.get("num_classes") is not None:
+        overrides["num_classes"] = int(saved["num_classes"])
+    return overrides
+
+
+def preprocess_from_json(data: dict[str, Any] | None) -> Preprocess | None:
+    """A :class:`Preprocess` from its JSON form (``None`` stays ``None``)."""
+    if data is None:
+        return None
+    try:
+        return Preprocess(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"config.json: invalid preprocess {data}: {e}") from e
+
+
+def saved_labels(saved: dict[str, Any]) -> tuple[str, ...] | None:
+    labels = saved.get("labels")
+    return None if labels is None else tuple(str(x) for x in labels)
+
+
+# ---------------------------------------------------------------------------------------------- save / load
+def _unwrap(model: nn.Module) -> nn.Module:
+    """The model inside a DistributedDataParallel / DataParallel wrapper or a ``torch.compile`` result."""
+    for attr in ("_orig_mod", "module"):
+        inner = getattr(model, attr, None)
+        if isinstance(inner, nn.Module) and hasattr(inner, "cfg"):
+            return _unwrap(inner)
+    return model
+
+
+def save_pretrained(
+    model: nn.Module,
+    directory: str | os.PathLike,
+    labels: list[str] | tuple[str, ...] | None = None,
+    preprocess: Preprocess | None = None,
+    arch: str | None = None,
+) -> Path:
+    """Write ``model.safetensors`` and ``config.json`` so that ``create_model(directory)`` rebuilds the model.
+
+    Args:
+        model: a model of this package (a DDP or ``torch.compile`` wrapper is unwrapped), train-time or
+            re-parameterized, any ``num_classes``.
+        directory: the folder to write (created if needed; the two files are overwritten).
+        labels: class names, one per output. Default: ``model.pretrained_cfg.labels`` when their number matches.
+        preprocess: the eval transform. Default: ``model.pretrained_cfg.preprocess``, else the preprocessing of the
+            architecture's default weights.
+        arch: architecture name. Default: ``model.pretrained_cfg.arch``, else the registered architecture whose
+            config is closest to ``model.cfg`` (every differing field is stored, so the rebuild is exact either way).
+
+    Returns:
+        The folder.
+    """
+    from safetensors.torch import save_file
+
+    from ..registry import _ARCHS, find_arch
+    from .entries import DEFAULT_TAGS, get_weights
+    from .load import is_folded_checkpoint
+
+    model = _unwrap(model)
+    cfg = getattr(model, "cfg", None)
+    if cfg is None:
+        raise TypeError(f"save_pretrained needs a model of this package (with a .cfg), got {type(model).__name__}")
+    info: PretrainedCfg | None = getattr(model, "pretrained_cfg", None)
+    arch = arch or (info.arch if info is not None else None) or find_arch(cfg)
+    if arch not in _ARCHS:
+        raise ValueError(f"Unknown architecture {arch!r}")
+    num_classes = int(getattr(model, "num_classes", cfg.num_classes))
+    features_only = bool(getattr(model, "features_only", False))
+
+    if labels is None and info is not None and info.labels is not None and len(info.labels) == num_classes:
+        labels = info.labels
+    if labels is not None:
+        labels = [str(x) for x in labels]
+        if not features_only and len(labels) != num_classes:
+            raise ValueError(f"{len(labels)} labels for a model with {num_classes} outputs")
+    if preprocess is None and info is not None:
+        preprocess = info.preprocess
+    if preprocess is None and arch in DEFAULT_TAGS:
+        preprocess = get_weights(arch).preprocess
+
+    state_dict = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    model_cls, base = _ARCHS[arch]
+    fresh_cfg = dataclasses.replace(cfg, num_classes=num_classes)
+    fresh_kwargs: dict[str, Any] = {"features_only": features_only}
+    if features_only:
+        fresh_kwargs["out_indices"] = tuple(model.out_indices)
+    reparameterized = is_folded_checkpoint(model_cls(fresh_cfg, **fresh_kwargs), state_dict)
+
+    config: dict[str, Any] = {
+        "library": LIBRARY,
+        "format_version": FORMAT_VERSION,
+        "arch": arch,
+        "num_classes": num_classes,
+        "config": config_diff(cfg, base),
+        "reparameterized": reparameterized,
+        "features_only": features_only,
+        **({"out_indices": list(model.out_indices)} if features_only else {}),
+        "labels": labels,
+        "preprocess": _to_json(preprocess) if preprocess is not None else None,
+        "weights": info.entry.name if info is not None and info.entry is not None else None,
+    }
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(config, indent=2)
+    save_file(
+        state_dict, str(directory / WEIGHTS_NAME), metadata={"format": "pt", "arch": arch, "mobilevit_config": text}
+    )
+    (directory / CONFIG_NAME).write_text(text + "\n")
+    return directory
+
+
+def read_saved_config(path: str | os.PathLike) -> dict[str, Any] | None:
+    """Our ``config.json`` (or the copy in a safetensors file's metadata) at ``path``, or ``None`` if it has none."""
+    from .load import is_mobilevit_config
+
+    path = Path(path)
+    if path.is_dir():
+        config_file = path / CONFIG_NAME
+        if not config_file.is_file():
+            return None
+        try:
+            config = json.loads(config_file.read_text())
+        except (ValueError, OSError):
+            return None
+        return config if is_mobilevit_config(config) else None
+    if path.suffix == ".safetensors" and path.is_file():
+        from safetensors import SafetensorError, safe_open
+
+        try:
+            with safe_open(str(path), "pt") as f:
+                text = (f.metadata() or {}).get("mobilevit_config")
+            return json.loads(text) if text else None
+        except (SafetensorError, OSError, ValueError):
+            return None
+    return None
+
+
+def from_pretrained(path: str | os.PathLike, **kwargs: Any) -> nn.Module:
+    """Rebuild a model written by :func:`save_pretrained`: same as ``create_model(path, **kwargs)``.
+
+    Args:
+        path: the folder (or its ``model.safetensors``).
+        **kwargs: :func:`mobilevit.create_model` arguments, e.g. ``num_classes`` or ``reparameterized=True``.
+    """
+    from ..registry import create_model
+
+    return create_model(os.fspath(path), **kwargs)
+
+
+__all__ = [
+    "PretrainedCfg",
+    "config_diff",
+    "config_overrides",
+    "from_pretrained",
+    "preprocess_from_json",
+    "read_saved_config",
+    "save_pretrained",
+]
