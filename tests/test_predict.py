@@ -182,3 +182,24 @@ def test_random_weights_predictor_warns(caplog: pytest.LogCaptureFixture) -> Non
     assert predictor.preprocess == get_weights("mobilevit_xxs").preprocess
     assert len(predictor.predict(np.zeros((40, 50, 3), np.uint8))[0]) == 5
     assert isinstance(mobilevit.create_model("mobilevit_xxs"), torch.nn.Module)
+
+
+def test_saved_folder_brings_its_labels_and_preprocessing(tmp_path: Path) -> None:
+    """A fine-tuned 3-class model saved with its labels predicts those names, from Python and the CLI."""
+    model = mobilevit.create_model("mobilevit_xxs", num_classes=3).eval()
+    with torch.no_grad():
+        model.head.fc.weight.zero_()
+        model.head.fc.bias.copy_(torch.tensor([0.0, 5.0, 1.0]))  # whatever the image, "bee" wins, then "wasp"
+    folder = mobilevit.save_pretrained(model, tmp_path / "run", labels=["ant", "bee", "wasp"])
+    answer = Predictor.from_pretrained(str(folder), pretrained=True).predict(np.zeros((64, 64, 3), np.uint8))[0]
+    assert [a.label for a in answer] == ["bee", "wasp", "ant"]
+    expected = torch.tensor([0.0, 5.0, 1.0]).softmax(0)
+    assert answer[0].score == pytest.approx(expected[1].item(), abs=1e-5)
+    Image.new("RGB", (50, 70)).save(tmp_path / "x.png")
+    proc = subprocess.run(
+        [sys.executable, "-m", "mobilevit.cli", "predict", str(tmp_path / "x.png"), "--model", str(folder), "--json"],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert [p["label"] for p in json.loads(proc.stdout)["predictions"]] == ["bee", "wasp", "ant"]

@@ -121,11 +121,17 @@ class Predictor:
         from .weights.entries import get_weights, labels
 
         model = create_model(name, pretrained=pretrained)
-        entry = getattr(model, "weights_entry", None) or get_weights(name)
         if not pretrained:
             logger.warning("%s has random weights: its predictions mean nothing", name)
-        names = getattr(model, "labels", None) or (labels(entry) if entry.num_classes == model.num_classes else None)
-        return cls(model, getattr(model, "preprocess", None) or entry.preprocess, names, **kwargs)
+        info = getattr(model, "pretrained_cfg", None)
+        entry = info.entry if info is not None else None
+        if entry is None and info is None:
+            entry = get_weights(name)  # random weights: the architecture's default preprocessing
+        preprocess = (info.preprocess if info is not None else None) or (entry or get_weights(info.arch)).preprocess
+        names = info.labels if info is not None else None
+        if names is None and entry is not None and entry.num_classes == model.num_classes:
+            names = labels(entry)
+        return cls(model, preprocess, names, **kwargs)
 
     def _load(self, item: ImageInput, name: str | None = None) -> Tensor:
         return self.transform(_as_pil(item, name))
