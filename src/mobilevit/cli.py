@@ -139,6 +139,33 @@ def cmd_bench(args: argparse.Namespace) -> None:
     _print(rows, args.json)
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    import os
+
+    from .serve import ModelSpec, ServeConfig, run
+
+    if args.pretrained and len(args.model) > 1:
+        raise ValueError("--pretrained applies to a single --model; with several, write --model NAME=CHECKPOINT")
+    default = args.pretrained or not args.random_weights
+    if args.random_weights:
+        print("WARNING: random weights; predictions mean nothing (protocol testing only).", file=sys.stderr)
+    config = ServeConfig(
+        models=tuple(ModelSpec.parse(text, default) for text in args.model),
+        host=args.host,
+        port=args.port,
+        token=args.token or os.environ.get("MOBILEVIT_TOKEN") or None,
+        backend=args.backend,
+        max_batch_size=args.max_batch_size,
+        max_wait_ms=args.max_wait_ms,
+        max_body_mb=args.max_body_mb,
+        max_pixels=args.max_pixels,
+        timeout=args.timeout,
+        queue_size=args.queue_size,
+        threads=args.threads,
+    )
+    return run(config, log_level="info" if args.verbose else "warning")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mobilevit", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
@@ -176,6 +203,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("serve", help="HTTP server compatible with the Hugging Face Inference API")
+    p.add_argument(
+        "--model",
+        action="append",
+        required=True,
+        metavar="NAME[=CHECKPOINT]",
+        help="arch or arch.tag, optionally =local checkpoint; repeat to serve several (POST / uses the first)",
+    )
+    p.add_argument("--pretrained", help="local checkpoint for a single --model")
+    p.add_argument("--random-weights", action="store_true", help="no weights at all (protocol testing only)")
+    p.add_argument("--host", default="127.0.0.1", help="interface to bind (default: loopback only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--token", help="require 'Authorization: Bearer TOKEN' (default: env MOBILEVIT_TOKEN, else none)")
+    p.add_argument("--backend", default="eager", help="inference runtime: eager (onnxruntime comes with export)")
+    p.add_argument("--max-batch-size", type=int, default=16, help="requests per forward pass (1: no batching)")
+    p.add_argument("--max-wait-ms", type=float, default=5.0, help="longest wait for a batch to fill")
+    p.add_argument("--max-body-mb", type=float, default=16.0, help="largest request body")
+    p.add_argument("--max-pixels", type=int, default=25_000_000, help="largest image (width * height)")
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds per request before a 504")
+    p.add_argument("--queue-size", type=int, default=64, help="requests admitted per model before 503s")
+    p.add_argument("--threads", type=int, default=1, help="PyTorch threads (default 1; scale out with processes)")
+    p.set_defaults(func=cmd_serve)
     return parser
 
 

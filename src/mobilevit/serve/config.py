@@ -1,0 +1,142 @@
+"""Server configuration: every knob of ``mobilevit serve`` in one frozen dataclass, validated before anything loads.
+
+Batching, queueing, limits and timeouts are server configuration (as in LitServe), so a typo or an impossible value
+fails at start-up with a message naming the option, not at the first request.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+BACKENDS: tuple[str, ...] = ("eager",)  # "onnxruntime" arrives with the export package
+TOKEN_ENV = "MOBILEVIT_TOKEN"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One served model.
+
+    Args:
+        name: architecture or ``arch.tag`` (the weights entry supplies preprocessing and labels); also the route
+            name, ``POST /models/{name}``.
+        pretrained: ``True`` for the weights entry's file, a local checkpoint path, or ``False`` for random weights
+            (protocol tests only).
+    """
+
+    name: str
+    pretrained: bool | str = True
+
+    @classmethod
+    def parse(cls, text: str, pretrained: bool | str = True) -> ModelSpec:
+        """``NAME`` or ``NAME=CHECKPOINT`` (the checkpoint path wins over ``pretrained``)."""
+        name, sep, path = text.partition("=")
+        name = name.strip()
+        if not name:
+            raise ValueError(f"--model {text!r}: expected NAME or NAME=CHECKPOINT")
+        if sep and not path:
+            raise ValueError(f"--model {text!r}: no checkpoint after '='")
+        return cls(name, path if sep else pretrained)
+
+    def validate(self) -> None:
+        """Check the name against the registry and that a local checkpoint exists (no weights are read)."""
+        from ..registry import get_config
+        from ..weights.entries import get_weights
+
+        get_config(self.name)  # ValueError with suggestions for an unknown architecture
+        if "." in self.name:
+            try:
+                get_weights(self.name)
+            except KeyError as err:
+                raise ValueError(err.args[0]) from None
+        if isinstance(self.pretrained, str) and not Path(self.pretrained).exists():
+            raise ValueError(f"{self.name}: checkpoint {self.pretrained!r} does not exist")
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """Everything the server needs; ``validate()`` runs in ``__post_init__``.
+
+    Args:
+        models: the served models; ``POST /`` uses the first.
+        host: interface to bind; loopback by default, so nothing is exposed unless asked for.
+        port: TCP port (0: any free port).
+        token: bearer token required on the prediction routes (``None``: no authentication).
+        backend: inference runtime; only ``"eager"`` (PyTorch) for now.
+        max_batch_size: requests run together in one forward pass (1 turns dynamic batching off).
+        max_wait_ms: how long the batcher waits for a batch to fill once it has one request; a few ms trades a
+            little latency at low load for much larger batches at high load.
+        max_body_mb: largest request body, checked while reading (the upload is never buffered beyond it).
+        max_pixels: largest decoded image (width * height), checked from the header before decoding.
+        timeout: seconds a request may wait for its answer (queue + model) before a 504.
+        queue_size: requests admitted per model (being decoded, queued or running); beyond it a 503 with
+            ``Retry-After`` tells clients to back off.
+        decode_workers: threads that decode and preprocess images off the event loop.
+        retry_after: seconds suggested in ``Retry-After`` headers.
+        threads: PyTorch intra-op threads for the process (``mobilevit serve`` sets them). 1 by default: under CPU
+            contention several OpenMP threads stall each other (measured: 1 s instead of 10 ms per image on 2
+            shared cores); scale out with processes instead.
+    """
+
+    models: tuple[ModelSpec, ...]
+    host: str = "127.0.0.1"
+    port: int = 8000
+    token: str | None = None
+    backend: str = "eager"
+    max_batch_size: int = 16
+    max_wait_ms: float = 5.0
+    max_body_mb: float = 16.0
+    max_pixels: int = 25_000_000
+    timeout: float = 30.0
+    queue_size: int = 64
+    decode_workers: int = field(default_factory=lambda: min(4, os.cpu_count() or 1))
+    retry_after: int = 1
+    threads: int = 1
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "models", tuple(self.models))
+        self.validate()
+
+    @property
+    def max_body_bytes(self) -> int:
+        return int(self.max_body_mb * 1024 * 1024)
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the first bad option."""
+        if not self.models:
+            raise ValueError("at least one --model is required")
+        names = [m.name for m in self.models]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"--model given twice for {', '.join(dupes)}; each served name must be unique")
+        if self.backend not in BACKENDS:
+            raise ValueError(
+                f"--backend {self.backend!r} is not available; choose from {', '.join(BACKENDS)} "
+                "(onnxruntime arrives with `mobilevit export`)"
+            )
+        checks = [
+            (0 <= self.port <= 65535, f"--port must be in 0..65535, got {self.port}"),
+            (self.max_batch_size >= 1, f"--max-batch-size must be at least 1, got {self.max_batch_size}"),
+            (self.max_wait_ms >= 0, f"--max-wait-ms must be >= 0, got {self.max_wait_ms}"),
+            (self.max_body_mb > 0, f"--max-body-mb must be > 0, got {self.max_body_mb}"),
+            (self.max_pixels >= 1, f"--max-pixels must be at least 1, got {self.max_pixels}"),
+            (self.timeout > 0, f"--timeout must be > 0 seconds, got {self.timeout}"),
+            (self.queue_size >= 1, f"--queue-size must be at least 1, got {self.queue_size}"),
+            (self.threads >= 1, f"--threads must be at least 1, got {self.threads}"),
+            (self.decode_workers >= 1, f"decode_workers must be at least 1, got {self.decode_workers}"),
+            (self.token is None or self.token.strip() != "", "--token must not be empty"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+        if self.queue_size < self.max_batch_size:
+            raise ValueError(
+                f"--queue-size ({self.queue_size}) is smaller than --max-batch-size ({self.max_batch_size}): "
+                "batches could never fill"
+            )
+
+    def validate_models(self) -> None:
+        """Check every model name and checkpoint path (separate: it imports the registry)."""
+        for spec in self.models:
+            spec.validate()

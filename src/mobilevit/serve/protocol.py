@@ -1,0 +1,123 @@
+"""The Hugging Face Inference API request format for image classification, parsed into (image bytes, top_k, function).
+
+A request body is either the raw encoded image (any or no ``Content-Type``), or JSON
+``{"inputs": "<base64 image>", "parameters": {"top_k": N, "function_to_apply": "softmax" | "sigmoid" | "none"}}``
+(what ``huggingface_hub.InferenceClient.image_classification`` sends when it has parameters). The answer is a JSON
+array of ``{"label": str, "score": float}``, best first. Every way a request can be wrong is a :class:`RequestError`
+carrying its HTTP status.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from ..predict import ACTIVATIONS, Activation, Prediction
+
+DEFAULT_TOP_K = 5  # as the Inference API
+# Multipart form uploads are refused (415). curl --data-binary labels raw bytes application/x-www-form-urlencoded,
+# so that type is read as raw bytes like any other.
+_FORM_TYPES = ("multipart/form-data",)
+_TOP_LEVEL_KEYS = {"inputs", "parameters", "options"}  # "options" (wait_for_model, use_cache) is accepted, ignored
+_PARAMETERS = {"top_k", "function_to_apply"}
+
+
+class RequestError(Exception):
+    """A request the server refuses; ``status`` is the HTTP status, ``headers`` extra response headers."""
+
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = headers or {}
+
+
+@dataclass(frozen=True)
+class ClassifyRequest:
+    """A parsed request: the still-encoded image and how to score it."""
+
+    image: bytes
+    top_k: int = DEFAULT_TOP_K
+    function: Activation = "softmax"
+
+
+def _media_type(content_type: str | None) -> str:
+    return (content_type or "").split(";", 1)[0].strip().lower()
+
+
+def _is_json(media: str, body: bytes) -> bool:
+    if media == "application/json" or media.endswith("+json"):
+        return True
+    # No image format starts with "{": a JSON body sent without (or with a generic) Content-Type is still JSON.
+    return not media.startswith("image/") and body.lstrip()[:1] == b"{"
+
+
+def _b64decode(text: str) -> bytes:
+    if text.startswith("data:"):  # a data URL: data:image/png;base64,....
+        header, sep, text = text.partition(",")
+        if not sep or not header.endswith(";base64"):
+            raise RequestError(400, "inputs: a data URL must be base64-encoded (data:<type>;base64,<data>)")
+    text = "".join(text.split())  # line breaks in wrapped base64
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError) as err:
+        raise RequestError(400, f"inputs is not valid base64 ({err})") from None
+
+
+def _parameters(params: Any) -> tuple[int, Activation]:
+    if params is None:
+        return DEFAULT_TOP_K, "softmax"
+    if not isinstance(params, dict):
+        raise RequestError(400, f"parameters must be a JSON object, got {type(params).__name__}")
+    unknown = sorted(set(params) - _PARAMETERS)
+    if unknown:
+        raise RequestError(400, f"unknown parameters {unknown}; supported: {sorted(_PARAMETERS)}")
+    top_k = params.get("top_k")
+    if top_k is None:
+        top_k = DEFAULT_TOP_K
+    elif isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+        raise RequestError(400, f"top_k must be a positive integer, got {top_k!r}")
+    function = params.get("function_to_apply")
+    if function is None:
+        function = "softmax"
+    elif function not in ACTIVATIONS:
+        raise RequestError(400, f"function_to_apply must be one of {', '.join(ACTIVATIONS)}; got {function!r}")
+    return top_k, function
+
+
+def parse_request(body: bytes, content_type: str | None) -> ClassifyRequest:
+    """Parse a request body; raise :class:`RequestError` (400 or 415) when it is not a valid request."""
+    media = _media_type(content_type)
+    if media in _FORM_TYPES:
+        raise RequestError(
+            415, f"Content-Type {media} is not supported: send the raw image bytes, or JSON with base64 'inputs'"
+        )
+    if not body:
+        raise RequestError(400, "empty request body: send the image bytes, or JSON with base64 'inputs'")
+    if not _is_json(media, body):
+        return ClassifyRequest(body)
+    try:
+        payload = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise RequestError(400, f"invalid JSON: {err}") from None
+    if not isinstance(payload, dict):
+        raise RequestError(400, f"JSON body must be an object with 'inputs', got {type(payload).__name__}")
+    unknown = sorted(set(payload) - _TOP_LEVEL_KEYS)
+    if unknown:
+        raise RequestError(400, f"unknown JSON keys {unknown}; expected 'inputs' and optional 'parameters'")
+    inputs = payload.get("inputs")
+    if not isinstance(inputs, str) or not inputs:
+        raise RequestError(400, "'inputs' must be a non-empty base64 string of the image")
+    top_k, function = _parameters(payload.get("parameters"))
+    image = _b64decode(inputs)
+    if not image:
+        raise RequestError(400, "'inputs' decodes to 0 bytes")
+    return ClassifyRequest(image, top_k, function)
+
+
+def encode_predictions(predictions: list[Prediction]) -> list[dict[str, Any]]:
+    """The Inference API answer: ``[{"label", "score"}]``, best first."""
+    return [{"label": p.label, "score": p.score} for p in predictions]

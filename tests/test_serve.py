@@ -1,0 +1,354 @@
+"""The HTTP server in-process (Starlette's TestClient): the Inference API protocol, every error status, the page,
+health, metrics, and configuration errors. A real server process is tested in ``test_serve_process.py``."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import struct
+import threading
+import time
+import zlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+pytest.importorskip("fastapi")
+from starlette.testclient import TestClient
+
+from conftest import SHARED
+from mobilevit.cli import main
+from mobilevit.predict import Predictor
+from mobilevit.serve import ModelSpec, ServeConfig, create_app
+
+S0_FILE = SHARED / "weights" / "mobileone_s0_reparam.safetensors"
+TOKEN = "s3cret"
+
+
+def photo(name: str = "chelsea.png") -> Path:
+    import skimage
+
+    return Path(skimage.__file__).parent / "data" / name
+
+
+def jpeg_bytes(size: tuple[int, int] = (320, 240), color: tuple[int, int, int] = (200, 40, 40)) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", size, color).save(buf, "JPEG")
+    return buf.getvalue()
+
+
+def png_bomb(width: int = 100_000, height: int = 100_000) -> bytes:
+    """A tiny PNG whose header claims ``width x height`` pixels (the header CRC is valid, so PIL believes it)."""
+    buf = io.BytesIO()
+    Image.new("RGB", (1, 1)).save(buf, "PNG")
+    data = bytearray(buf.getvalue())
+    ihdr = data.index(b"IHDR")
+    data[ihdr + 4 : ihdr + 12] = struct.pack(">II", width, height)
+    data[ihdr + 17 : ihdr + 21] = struct.pack(">I", zlib.crc32(bytes(data[ihdr : ihdr + 17])))
+    return bytes(data)
+
+
+RANDOM_BYTES = (
+    torch.randint(0, 256, (5000,), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)).numpy().tobytes()
+)
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+@pytest.fixture(scope="module")
+def predictor() -> Predictor:
+    """Apple's MobileOne-S0 when the shared weights are here, else random weights (protocol checks only)."""
+    if S0_FILE.exists():
+        return Predictor.from_pretrained("mobileone_s0.orig_in1k_reparam", pretrained=str(S0_FILE), batch_size=8)
+    return Predictor.from_pretrained("mobileone_s0", pretrained=False, batch_size=8)
+
+
+def wait_ready(client: TestClient, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while client.get("/health").status_code != 200:
+        assert time.monotonic() < deadline, client.get("/health").json()
+        time.sleep(0.05)
+
+
+@pytest.fixture(scope="module")
+def client(predictor: Predictor) -> Iterator[TestClient]:
+    config = ServeConfig(
+        models=(ModelSpec("s0", False), ModelSpec("other", False)),
+        token=TOKEN,
+        max_batch_size=8,
+        max_wait_ms=2,
+        max_body_mb=1,
+        max_pixels=10_000_000,
+    )
+    app = create_app(config, loaders={"s0": lambda: predictor, "other": lambda: predictor})
+    with TestClient(app, headers={"Authorization": f"Bearer {TOKEN}"}) as c:
+        wait_ready(c)
+        yield c
+
+
+def expected(predictor: Predictor, data: bytes, top_k: int = 5, function: str = "softmax") -> list[dict]:
+    return [{"label": p.label, "score": p.score} for p in predictor.predict(data, top_k=top_k, function=function)[0]]
+
+
+def assert_same(answer: list[dict], reference: list[dict]) -> None:
+    assert [a["label"] for a in answer] == [r["label"] for r in reference]
+    assert [a["score"] for a in answer] == pytest.approx([r["score"] for r in reference], abs=1e-4)
+    assert [a["score"] for a in answer] == sorted((a["score"] for a in answer), reverse=True)
+
+
+@pytest.mark.parametrize(
+    "content_type", [None, "image/png", "application/octet-stream", "text/plain", "application/x-www-form-urlencoded"]
+)
+def test_raw_bytes(client: TestClient, predictor: Predictor, content_type: str | None) -> None:
+    data = photo().read_bytes()
+    headers = {"Content-Type": content_type} if content_type else {}
+    r = client.post("/", content=data, headers=headers)
+    assert r.status_code == 200, r.text
+    assert_same(r.json(), expected(predictor, data))
+    if S0_FILE.exists():
+        assert "cat" in r.json()[0]["label"]  # chelsea.png is a tabby cat
+
+
+@pytest.mark.parametrize(("top_k", "function"), [(3, "softmax"), (1, "sigmoid"), (7, "none"), (None, None)])
+def test_json_base64(client: TestClient, predictor: Predictor, top_k: int | None, function: str | None) -> None:
+    data = photo("coffee.png").read_bytes()
+    params = {k: v for k, v in {"top_k": top_k, "function_to_apply": function}.items() if v is not None}
+    r = client.post("/models/other", json={"inputs": b64(data), "parameters": params})
+    assert r.status_code == 200, r.text
+    assert_same(r.json(), expected(predictor, data, top_k or 5, function or "softmax"))
+
+
+def test_json_variants(client: TestClient, predictor: Predictor) -> None:
+    data = jpeg_bytes()
+    want = expected(predictor, data)
+    for body, headers in [
+        (json.dumps({"inputs": "data:image/jpeg;base64," + b64(data)}), {"Content-Type": "application/json"}),
+        (json.dumps({"inputs": b64(data), "parameters": None}), {}),  # JSON without a Content-Type
+        (json.dumps({"inputs": b64(data), "options": {"wait_for_model": True}}), {"Content-Type": "text/plain"}),
+    ]:
+        r = client.post("/", content=body, headers=headers)
+        assert r.status_code == 200, r.text
+        assert_same(r.json(), want)
+
+
+IMG64 = b64(jpeg_bytes())
+BAD_REQUESTS: list[tuple[str, Callable[[], dict], int, str]] = [
+    ("empty body", lambda: {"content": b""}, 400, "empty"),
+    ("random bytes", lambda: {"content": RANDOM_BYTES}, 400, "not an image"),
+    ("truncated jpeg", lambda: {"content": photo("rocket.jpg").read_bytes()[:3000]}, 400, "image"),
+    ("decompression bomb", lambda: {"content": png_bomb()}, 400, "limit"),
+    ("invalid json", lambda: {"content": b'{"inputs": ', "headers": {"Content-Type": "application/json"}}, 400, "JSON"),
+    ("json list", lambda: {"json": [1, 2]}, 400, "object"),
+    ("json no inputs", lambda: {"json": {"parameters": {"top_k": 2}}}, 400, "inputs"),
+    ("json unknown key", lambda: {"json": {"inputs": IMG64, "image": 1}}, 400, "unknown"),
+    ("bad base64", lambda: {"json": {"inputs": "not base64!!"}}, 400, "base64"),
+    ("base64 of junk", lambda: {"json": {"inputs": b64(b"hello world")}}, 400, "not an image"),
+    ("top_k 0", lambda: {"json": {"inputs": IMG64, "parameters": {"top_k": 0}}}, 400, "top_k"),
+    ("top_k string", lambda: {"json": {"inputs": IMG64, "parameters": {"top_k": "3"}}}, 400, "top_k"),
+    ("top_k bool", lambda: {"json": {"inputs": IMG64, "parameters": {"top_k": True}}}, 400, "top_k"),
+    ("empty inputs", lambda: {"json": {"inputs": "", "parameters": {"function_to_apply": "relu"}}}, 400, "inputs"),
+    ("bad function", lambda: {"json": {"inputs": IMG64, "parameters": {"function_to_apply": 1}}}, 400, "func"),
+    ("unknown parameter", lambda: {"json": {"inputs": IMG64, "parameters": {"topk": 3}}}, 400, "unknown"),
+    ("parameters list", lambda: {"json": {"inputs": IMG64, "parameters": [3]}}, 400, "parameters"),
+    ("huge upload", lambda: {"content": b"\0" * (2 * 1024 * 1024)}, 413, "limit"),
+    ("huge chunked upload", lambda: {"content": iter([b"\0" * 65536] * 40)}, 413, "limit"),
+    ("multipart form", lambda: {"files": {"file": ("a.jpg", jpeg_bytes(), "image/jpeg")}}, 415, "raw"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("case", "request_kwargs", "status", "fragment"), BAD_REQUESTS, ids=[b[0] for b in BAD_REQUESTS]
+)
+def test_bad_requests(
+    client: TestClient, predictor: Predictor, case: str, request_kwargs: Callable[[], dict], status: int, fragment: str
+) -> None:
+    r = client.post("/", **request_kwargs())
+    assert r.status_code == status, r.text
+    assert fragment.lower() in r.json()["error"].lower()
+    data = jpeg_bytes(color=(10, 90, 200))  # and the server still answers good requests
+    ok = client.post("/", content=data)
+    assert ok.status_code == 200
+    assert_same(ok.json(), expected(predictor, data))
+
+
+def test_token(client: TestClient) -> None:
+    data = jpeg_bytes()
+    for headers in [{"Authorization": ""}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {TOKEN}"}]:
+        r = client.post("/", content=data, headers=headers)
+        assert r.status_code == 401
+        assert r.headers["www-authenticate"] == "Bearer"
+        assert "token" in r.json()["error"]
+    assert client.post("/", content=data).status_code == 200  # the client's default header has the token
+    # health, metrics and the page need no token (load balancers and scrapers)
+    for path in ("/health", "/health/live", "/metrics", "/"):
+        assert client.get(path, headers={"Authorization": ""}).status_code == 200
+
+
+def test_unknown_model_and_route(client: TestClient) -> None:
+    r = client.post("/models/nope", content=jpeg_bytes())
+    assert r.status_code == 404
+    assert "s0" in r.json()["error"]
+    assert client.get("/nowhere").json() == {"error": "Not Found"}
+
+
+def test_health_metrics_docs_page(client: TestClient) -> None:
+    health = client.get("/health").json()
+    assert health["ready"] is True and health["live"] is True
+    assert set(health["models"]) == {"s0", "other"}
+    metrics = client.get("/metrics")
+    assert metrics.headers["content-type"].startswith("text/plain")
+    text = metrics.text
+    for name in (
+        'mobilevit_requests_total{model="s0",status="200"}',
+        'mobilevit_requests_total{model="s0",status="400"}',
+        "mobilevit_request_duration_seconds_bucket",
+        'mobilevit_batch_size_bucket{le="1.0",model="s0"}',
+        'mobilevit_queue_depth{model="s0"} 0.0',
+        'mobilevit_model_ready{model="other"} 1.0',
+    ):
+        assert name in text
+    schema = client.get("/openapi.json").json()
+    assert {"/", "/models/{name}", "/health", "/metrics"} <= set(schema["paths"])
+    assert "application/json" in schema["paths"]["/"]["post"]["requestBody"]["content"]
+    assert client.get("/docs").status_code == 200
+    page = client.get("/")
+    assert page.headers["content-type"].startswith("text/html")
+    assert "Drop an image" in page.text and "s0" in page.text
+
+
+class SlowNet(nn.Module):
+    """Sleeps in forward: to hold requests in the queue."""
+
+    def __init__(self, seconds: float, started: threading.Event | None = None) -> None:
+        super().__init__()
+        self.seconds = seconds
+        self.started = started
+        self.num_classes = 3
+        self.head = nn.Linear(3, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.started is not None and x.shape[0] == 1 and not self.started.is_set() and self.seconds:
+            self.started.set()
+        time.sleep(self.seconds if x.shape[-1] != 1 else 0)
+        return self.head(x.mean((2, 3)))  # [B, 3, H, W] -> [B, 3]
+
+
+def slow_predictor(seconds: float) -> Predictor:
+    from mobilevit.weights.entries import get_weights
+
+    return Predictor(SlowNet(seconds), get_weights("mobileone_s0").preprocess, ["a", "b", "c"], fold=False)
+
+
+def test_503_until_loaded() -> None:
+    release = threading.Event()
+
+    def load() -> Predictor:
+        release.wait(30)
+        return slow_predictor(0)
+
+    app = create_app(ServeConfig(models=(ModelSpec("m", False),)), loaders={"m": load})
+    with TestClient(app) as c:
+        health = c.get("/health")
+        assert health.status_code == 503 and health.json()["ready"] is False
+        r = c.post("/", content=jpeg_bytes())
+        assert r.status_code == 503
+        assert r.headers["retry-after"] == "1"
+        assert "not loaded" in r.json()["error"]
+        release.set()
+        wait_ready(c)
+        assert c.post("/", content=jpeg_bytes()).status_code == 200
+
+
+def test_503_when_queue_full_and_504_on_timeout() -> None:
+    config = ServeConfig(models=(ModelSpec("m", False),), max_batch_size=1, queue_size=1, timeout=5)
+    app = create_app(config, loaders={"m": lambda: slow_predictor(1.0)})
+    with TestClient(app) as c:
+        wait_ready(c)
+        first: list[int] = []
+        t = threading.Thread(target=lambda: first.append(c.post("/", content=jpeg_bytes()).status_code))
+        t.start()
+        deadline = time.monotonic() + 5
+        while c.get("/health").json()["models"]["m"]["queue"] == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        r = c.post("/", content=jpeg_bytes())
+        assert r.status_code == 503
+        assert r.headers["retry-after"] == "1"
+        assert "busy" in r.json()["error"]
+        t.join()
+        assert first == [200]
+        assert 'mobilevit_requests_total{model="m",status="503"} 1.0' in c.get("/metrics").text
+
+    config = ServeConfig(models=(ModelSpec("m", False),), timeout=0.3)
+    with TestClient(create_app(config, loaders={"m": lambda: slow_predictor(1.0)})) as c:
+        wait_ready(c)
+        r = c.post("/", content=jpeg_bytes())
+        assert r.status_code == 504
+        assert "0.3" in r.json()["error"]
+
+
+def test_graceful_shutdown_answers_queued_requests() -> None:
+    config = ServeConfig(models=(ModelSpec("m", False),), max_batch_size=2, max_wait_ms=0)
+    answers: list[int] = []
+    with TestClient(create_app(config, loaders={"m": lambda: slow_predictor(0.3)})) as c:
+        wait_ready(c)
+        threads = [threading.Thread(target=lambda: answers.append(c.post("/", content=jpeg_bytes()).status_code))]
+        threads += [threading.Thread(target=lambda: answers.append(c.post("/", content=jpeg_bytes()).status_code))]
+        for t in threads:
+            t.start()
+        time.sleep(0.1)  # in flight when the app shuts down
+        for t in threads:
+            t.join()
+    assert answers == [200, 200]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"models": ()}, "at least one"),
+        ({"backend": "onnxruntime"}, "onnxruntime"),
+        ({"max_batch_size": 0}, "--max-batch-size"),
+        ({"max_wait_ms": -1}, "--max-wait-ms"),
+        ({"max_body_mb": 0}, "--max-body-mb"),
+        ({"timeout": 0}, "--timeout"),
+        ({"queue_size": 4, "max_batch_size": 8}, "--queue-size"),
+        ({"port": 70000}, "--port"),
+        ({"token": " "}, "--token"),
+        ({"models": (ModelSpec("m"), ModelSpec("m"))}, "twice"),
+    ],
+)
+def test_config_errors(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message.replace("-", r"\-")):
+        ServeConfig(**{"models": (ModelSpec("m"),), **kwargs})
+
+
+def test_model_spec() -> None:
+    assert ModelSpec.parse("mobileone_s0") == ModelSpec("mobileone_s0", True)
+    assert ModelSpec.parse("mobileone_s0=/w/s0.safetensors") == ModelSpec("mobileone_s0", "/w/s0.safetensors")
+    assert ModelSpec.parse("mobileone_s0", False) == ModelSpec("mobileone_s0", False)
+    with pytest.raises(ValueError, match="checkpoint"):
+        ModelSpec.parse("mobileone_s0=")
+    with pytest.raises(ValueError, match="Unknown model"):
+        ModelSpec("mobilone_s0").validate()
+    with pytest.raises(ValueError, match="does not exist"):
+        ModelSpec("mobileone_s0", "/nonexistent.pth").validate()
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--model", "mobileone_s0", "--backend", "onnxruntime"], "onnxruntime"),
+        (["--model", "mobilone_s0"], "Unknown model"),
+        (["--model", "mobileone_s0", "--max-batch-size", "0"], "--max-batch-size"),
+        (["--model", "a", "--model", "b", "--pretrained", "x"], "NAME=CHECKPOINT"),
+    ],
+)
+def test_cli_rejects_bad_config(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["serve", *argv]) == 2
+    assert message in capsys.readouterr().err
