@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 
@@ -22,5 +23,8 @@ class SqueezeExcite(nn.Module):
         self.fc2 = nn.Conv2d(hidden, channels, 1)
 
     def forward(self, x: Tensor) -> Tensor:
-        gate = self.fc2(self.act(self.fc1(x.mean((2, 3), keepdim=True))))  # [B, C, H, W] -> [B, C, 1, 1]
-        return x * gate.sigmoid()
+        # the 1x1 convolutions act on a 1x1 map: run them as matrix products, which skip the convolution overhead
+        pooled = x.mean((2, 3))  # [B, C, H, W] -> [B, C]
+        hidden = self.act(F.linear(pooled, self.fc1.weight.flatten(1), self.fc1.bias))
+        gate = F.linear(hidden, self.fc2.weight.flatten(1), self.fc2.bias)  # [B, C]
+        return x * gate.sigmoid()[:, :, None, None]
