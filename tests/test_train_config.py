@@ -1,0 +1,157 @@
+"""Tests of the training config (mobilevit.train.config): YAML round trip, overrides, errors, shipped recipes."""
+
+from __future__ import annotations
+
+import pytest
+
+from mobilevit import list_models
+from mobilevit.train import (
+    ConfigError,
+    TrainConfig,
+    apply_overrides,
+    from_dict,
+    from_yaml,
+    list_recipes,
+    load_recipe,
+    to_yaml,
+)
+
+V2_WIDTHS = {"050": (0.009, 0.004), "075": (0.009, 0.008), "100": (0.0075, 0.013), "125": (0.0049, 0.020),
+             "150": (0.0035, 0.029), "175": (0.0026, 0.039)}  # fmt: skip
+
+
+def test_recipes_listed():
+    names = list_recipes()
+    assert {
+        "mobilevit_xxs",
+        "mobilevit_xs",
+        "mobilevit_s",
+        "mobilevitv2_100",
+        "mobilevitv3_xxs",
+        "fastvit_sa12",
+    } <= set(names)
+    assert {f"mobilevitv2_{w}" for w in V2_WIDTHS} <= set(names)
+
+
+@pytest.mark.parametrize("name", list_recipes())
+def test_recipe_round_trip(name, tmp_path):
+    cfg = load_recipe(name)
+    assert isinstance(cfg, TrainConfig)
+    assert cfg.model.name in list_models()
+    assert from_yaml(to_yaml(cfg)) == cfg
+    path = tmp_path / "cfg.yaml"
+    to_yaml(cfg, path)
+    assert from_yaml(path) == cfg
+    assert from_yaml(str(path)) == cfg
+
+
+def test_v1_values():
+    xxs = load_recipe("mobilevit_xxs")
+    assert (xxs.optimizer.lr, xxs.optimizer.betas, xxs.optimizer.weight_decay) == (2e-3, (0.9, 0.999), 0.01)
+    assert (xxs.schedule.warmup_iters, xxs.schedule.warmup_init_lr, xxs.schedule.min_lr) == (3000, 2e-4, 2e-4)
+    assert xxs.epochs == 300 and xxs.sampler.kind == "variable_batch"
+    assert (xxs.sampler.min_size, xxs.sampler.max_size, xxs.sampler.base_size, xxs.sampler.batch_size) == (
+        160,
+        320,
+        256,
+        128,
+    )
+    assert (xxs.augment.label_smoothing, xxs.ema.momentum, xxs.augment.interpolation) == (0.1, 0.0005, "bilinear")
+    assert (xxs.model.drop_rate, xxs.model.proj_drop_rate) == (0.1, 0.05)
+    s = load_recipe("mobilevit_s")
+    assert s.schedule.warmup_iters == 20000 and s.amp and s.model.proj_drop_rate == 0.1
+
+
+@pytest.mark.parametrize("width", list(V2_WIDTHS))
+def test_v2_values(width):
+    cfg = load_recipe(f"mobilevitv2_{width}")
+    lr, wd = V2_WIDTHS[width]
+    assert (cfg.optimizer.lr, cfg.optimizer.weight_decay, cfg.optimizer.no_decay_norm_bias) == (lr, wd, True)
+    assert cfg.schedule.min_lr == pytest.approx(lr / 10)
+    assert (cfg.schedule.warmup_iters, cfg.schedule.warmup_init_lr) == (20000, 1e-6)
+    assert cfg.sampler.kind == "fixed" and cfg.sampler.base_size == 256
+    a = cfg.augment
+    assert (a.interpolation, a.randaugment, a.random_erase, a.mixup_alpha, a.cutmix_alpha) == (
+        "bicubic",
+        True,
+        0.25,
+        0.2,
+        1.0,
+    )
+    assert cfg.amp and cfg.channels_last and cfg.clip_grad == 10.0
+
+
+def test_fastvit_values():
+    cfg = load_recipe("fastvit_sa12")
+    assert (cfg.optimizer.lr, cfg.optimizer.weight_decay, cfg.schedule.min_lr) == (1e-3, 0.05, 1e-5)
+    assert (cfg.schedule.warmup_epochs, cfg.schedule.warmup_init_lr, cfg.epochs) == (5.0, 1e-6, 300)
+    a = cfg.augment
+    assert (a.randaugment_magnitude, a.randaugment_magnitude_std, a.random_erase, a.mixup_alpha) == (9, 0.5, 0.25, 0.8)
+    assert (a.cutmix_alpha, a.label_smoothing, cfg.ema.momentum) == (1.0, 0.1, 0.0005)
+    assert (cfg.distill.kind, cfg.distill.alpha, cfg.distill.tau) == ("hard", 0.5, 1.0)
+    drop_path = {n: load_recipe(f"fastvit_{n}").model.drop_path_rate for n in ("sa12", "sa24", "sa36", "ma36")}
+    assert drop_path == {"sa12": 0.1, "sa24": 0.1, "sa36": 0.2, "ma36": 0.35}
+
+
+def test_overrides():
+    cfg = apply_overrides(
+        TrainConfig(),
+        [
+            "optimizer.lr=0.002",
+            "epochs=5",
+            "optimizer.betas=[0.9, 0.95]",
+            "augment.rrc_scale=0.25,1",
+            "model.name=mobileone_s0",
+            "model.pretrained=mobileone_s0.apple_in1k",
+            "clip_grad=1",
+            "schedule.warmup_init_lr=1e-6",
+            "amp=true",
+            "sampler.kind=fixed",
+        ],
+    )
+    assert cfg.optimizer.lr == 0.002 and isinstance(cfg.optimizer.lr, float)
+    assert cfg.epochs == 5 and cfg.optimizer.betas == (0.9, 0.95) and cfg.augment.rrc_scale == (0.25, 1.0)
+    assert cfg.model.name == "mobileone_s0" and cfg.model.pretrained == "mobileone_s0.apple_in1k"
+    assert cfg.clip_grad == 1.0 and isinstance(cfg.clip_grad, float)
+    assert cfg.schedule.warmup_init_lr == 1e-6 and cfg.amp is True and cfg.sampler.kind == "fixed"
+    assert apply_overrides(cfg, ["clip_grad=none", "model.pretrained=null"]).clip_grad is None
+    assert TrainConfig().optimizer.lr == 2e-3  # frozen: the original is untouched
+
+
+@pytest.mark.parametrize(
+    ("override", "match"),
+    [
+        ("optimizer.lrr=0.1", r"optimizer\.lrr.*Did you mean 'lr'"),
+        ("optimiser.lr=0.1", r"Did you mean 'optimizer'"),
+        ("epochs=five", r"epochs: expected an integer"),
+        ("epochs=2.5", r"epochs: expected an integer"),
+        ("amp=1", r"amp: expected true or false"),
+        ("sampler.kind=random", r"sampler\.kind: expected one of"),
+        ("optimizer.betas=[0.9]", r"optimizer\.betas: expected 2 values"),
+        ("optimizer=3", r"optimizer is a section"),
+        ("epochs.x=3", r"epochs is a value"),
+        ("epochs", r"key=value"),
+    ],
+)
+def test_override_errors(override, match):
+    with pytest.raises(ConfigError, match=match):
+        apply_overrides(TrainConfig(), [override])
+
+
+def test_yaml_errors():
+    with pytest.raises(ConfigError, match=r"optimizer\.weight_decy.*Did you mean 'weight_decay'"):
+        from_yaml("optimizer:\n  weight_decy: 0.1\n")
+    with pytest.raises(ConfigError, match=r"Unknown config key 'epoch'.*'epochs'"):
+        from_yaml("epoch: 3\n")
+    with pytest.raises(ConfigError, match=r"optimizer\.lr: expected a number"):
+        from_yaml("optimizer:\n  lr: fast\n")
+    with pytest.raises(ConfigError, match=r"ema: expected a mapping"):
+        from_yaml("ema: 0.9995\n")
+    with pytest.raises(ConfigError, match="Unknown recipe 'mobilevit_xxx'"):
+        load_recipe("mobilevit_xxx")
+
+
+def test_partial_yaml_and_yaml11_floats():
+    cfg = from_yaml("optimizer:\n  lr: 1e-3\nepochs: 2\n")  # PyYAML reads 1e-3 as a string; accepted for floats
+    assert cfg.optimizer.lr == 1e-3 and cfg.epochs == 2 and cfg.sampler == TrainConfig().sampler
+    assert from_yaml("") == TrainConfig() == from_dict({})
