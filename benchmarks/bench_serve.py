@@ -30,7 +30,7 @@ def photo() -> bytes:
     return (Path(skimage.__file__).parent / "data" / "chelsea.png").read_bytes()
 
 
-def start(max_batch_size: int, max_wait_ms: float) -> tuple[subprocess.Popen, str]:
+def start(max_batch_size: int, max_wait_ms: float, threads: int) -> tuple[subprocess.Popen, str]:
     """A server process; returns once /health says ready."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -40,6 +40,7 @@ def start(max_batch_size: int, max_wait_ms: float) -> tuple[subprocess.Popen, st
         model = ["--model", "mobileone_s0", "--random-weights"]
     cmd = [sys.executable, "-m", "mobilevit.cli", "serve", *model, "--port", str(port)]
     cmd += ["--max-batch-size", str(max_batch_size), "--max-wait-ms", str(max_wait_ms), "--queue-size", "64"]
+    cmd += ["--threads", str(threads)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
@@ -85,6 +86,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=200, help="requests per concurrency level")
     parser.add_argument("--max-batch-size", type=int, default=16)
     parser.add_argument("--max-wait-ms", type=float, default=5.0)
+    parser.add_argument("--threads", type=int, default=0, help="the server's PyTorch threads (0: one per core)")
     args = parser.parse_args()
     body = photo()
     rows = []
@@ -92,7 +94,7 @@ def main() -> None:
         ("off (max batch 1)", 1, 0.0),
         (f"on (max batch {args.max_batch_size})", args.max_batch_size, args.max_wait_ms),
     ):
-        proc, url = start(batch, wait)
+        proc, url = start(batch, wait, args.threads)
         try:
             for concurrency in (1, 8, 32):
                 n = args.requests if concurrency > 1 else max(20, args.requests // 4)

@@ -63,7 +63,8 @@ class Server:
         self.url = f"http://127.0.0.1:{self.port}"
         name, checkpoint = weights
         cmd = [sys.executable, "-m", "mobilevit.cli", "serve", "--model", name, "--pretrained", checkpoint]
-        cmd += ["--port", str(self.port), "--token", TOKEN, *extra]
+        # one PyTorch thread: the test's own clients share the machine's cores with the server
+        cmd += ["--port", str(self.port), "--token", TOKEN, "--threads", "1", *extra]
         self.log = log
         self.proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, env={**os.environ})
         deadline = time.monotonic() + 90

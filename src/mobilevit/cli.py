@@ -224,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-pixels", type=int, default=25_000_000, help="largest image (width * height)")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds per request before a 504")
     p.add_argument("--queue-size", type=int, default=64, help="requests admitted per model before 503s")
-    p.add_argument("--threads", type=int, default=1, help="PyTorch threads (default 1; scale out with processes)")
+    p.add_argument("--threads", type=int, default=0, help="PyTorch threads (0: one per core; use 1 on shared cores)")
     p.set_defaults(func=cmd_serve)
     return parser
 

@@ -22,7 +22,8 @@ def run(config: ServeConfig, log_level: str = "warning") -> int:
     from .app import create_app
 
     config.validate_models()
-    torch.set_num_threads(config.threads)
+    if config.threads:
+        torch.set_num_threads(config.threads)
     failure: list[str] = []
     server: uvicorn.Server | None = None
 
