@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip
 
-.PHONY: setup quickstart test test-slow lint bench clean
+.PHONY: setup quickstart browser test test-slow lint bench clean
 
 setup: $(VENV)/.installed
 
@@ -31,7 +31,14 @@ quickstart: setup
 	$(BIN)/mobilevit predict $(PHOTOS) --model $(DEMO_MODEL) --top-k 3 \
 		|| echo "quickstart: classification skipped (no pretrained weights available here; see the message above)"
 
-test: setup
+# Headless Chromium for the server page's browser test (Debian's package; needs root and apt). Where it cannot be
+# installed the test skips and says why.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
+		&& (apt-get install -y -qq chromium >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null 2>&1)) \
+		|| echo "chromium not installed: the browser test will skip"; }
+
+test: setup browser
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/python -m pytest -q
 
