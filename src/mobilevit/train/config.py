@@ -123,7 +123,7 @@ class AugmentConfig:
     hflip: float = 0.5
     randaugment: bool = False
     randaugment_num_ops: int = 2
-    randaugment_magnitude: int = 9
+    randaugment_magnitude: int = 9  # level on timm's 0-10 scale ("rand-m9"); torchvision bin = 3 * level of 31
     randaugment_magnitude_std: float = 0.0  # timm's "mstd": std of a per-op random magnitude
     random_erase: float = 0.0  # probability
     mixup_alpha: float = 0.0  # 0 disables
