@@ -1,4 +1,4 @@
-"""Training (issue 6): config and recipes now; the loop, optimizer/schedule/EMA and distributed helpers follow.
+"""Training (issue 6): config and recipes, the loop (single process or torchrun), optimizer/schedule/EMA, checkpoints.
 
 Recipes follow the official configs of ml-cvnets (https://github.com/apple/ml-cvnets), apple/ml-fastvit and
 apple/ml-mobileone; see :mod:`mobilevit.train.config`.
@@ -23,6 +23,8 @@ from .config import (
     to_dict,
     to_yaml,
 )
+from .loop import NonFiniteLossError, TrainResult, build_model, train
+from .optim import ModelEMA, WarmupCosineSchedule, build_optimizer, param_groups
 
 __all__ = [
     "AugmentConfig",
@@ -31,15 +33,23 @@ __all__ = [
     "DistillConfig",
     "EMAConfig",
     "ModelConfig",
+    "ModelEMA",
+    "NonFiniteLossError",
     "OptimizerConfig",
     "SamplerConfig",
     "ScheduleConfig",
     "TrainConfig",
+    "TrainResult",
+    "WarmupCosineSchedule",
     "apply_overrides",
+    "build_model",
+    "build_optimizer",
     "from_dict",
     "from_yaml",
     "list_recipes",
     "load_recipe",
+    "param_groups",
     "to_dict",
     "to_yaml",
+    "train",
 ]

@@ -46,7 +46,7 @@ from ..data.samplers import MultiScaleBatchSampler, MultiScaleDataset, multi_sca
 from ..data.transforms import eval_transform, transform_for
 from . import checkpoint as ckpt
 from .config import ModelConfig, TrainConfig, to_dict, to_yaml
-from .optim import ModelEMA, WarmupCosineSchedule, build_optimizer, unwrap
+from .optim import ModelEMA, WarmupCosineSchedule, build_optimizer
 
 logger = logging.getLogger(__name__)
 
@@ -451,7 +451,9 @@ def _train(
         if len(rng) == world.world_size:
             ckpt.set_rng_state(rng[world.rank])
         else:
-            logger.warning("checkpoint has RNG states of %d ranks, this run has %d: reseeding", len(rng), world.world_size)
+            logger.warning(
+                "checkpoint has RNG states of %d ranks, this run has %d: reseeding", len(rng), world.world_size
+            )
 
     log = _MetricsLog(out / METRICS, is_main, step if state is not None else None)
     last_saved: int | None = step if state is not None else None
@@ -509,9 +511,7 @@ def _train(
                 if cfg.channels_last:
                     images = images.contiguous(memory_format=torch.channels_last)
                 sync = (
-                    contextlib.nullcontext()
-                    if is_step or not world.enabled
-                    else train_model.no_sync()  # type: ignore[operator]
+                    contextlib.nullcontext() if is_step or not world.enabled else train_model.no_sync()  # type: ignore[operator]
                 )
                 with sync:
                     with amp():
@@ -519,7 +519,9 @@ def _train(
                     loss = criterion(logits.float(), targets)
                     value = float(loss.detach())
                     if not world.all_true(math.isfinite(value)):
-                        raise NonFiniteLossError(_nan_message(f"the loss ({value})", step + 1, epoch, last_path, last_saved))
+                        raise NonFiniteLossError(
+                            _nan_message(f"the loss ({value})", step + 1, epoch, last_path, last_saved)
+                        )
                     scaled = loss / micro_in_window
                     (scaler.scale(scaled) if scaler is not None else scaled).backward()
                 n = float(targets.numel())

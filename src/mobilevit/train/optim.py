@@ -151,7 +151,9 @@ class WarmupCosineSchedule:
         """Resume at the saved step (the current config's shape of the schedule is kept; a change is logged)."""
         for key in ("peak_lr", "total_steps", "warmup_steps", "min_lr"):
             if key in state and state[key] != getattr(self, key):
-                logger.warning("schedule %s changed since the checkpoint: %s -> %s", key, state[key], getattr(self, key))
+                logger.warning(
+                    "schedule %s changed since the checkpoint: %s -> %s", key, state[key], getattr(self, key)
+                )
         self.step_count = int(state["step_count"])
         self._apply()
 

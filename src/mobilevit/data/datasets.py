@@ -1,0 +1,139 @@
+"""Labelled image datasets for training: ImageFolder trees and CSV lists, skipping (and counting) corrupt files.
+
+The layouts are those of :func:`mobilevit.evaluate.read_labelled` (torchvision's ``ImageFolder``: one sub-folder per
+class, sorted; or a CSV of ``file, class index`` rows, paths relative to the CSV, optional header). Files are decoded by
+:func:`mobilevit.data.images.open_image` (8-bit RGB, EXIF orientation applied).
+
+A file that cannot be decoded is logged and its sample comes back as ``(None, target)``; :func:`collate_skipping`
+drops such samples from the batch and reports how many it dropped, so the training loop can count them per epoch
+even when ``DataLoader`` workers (separate processes) do the decoding::
+
+    train = ImageDataset.from_path("data/train")
+    loader = DataLoader(MultiScaleDataset(train, skip_none(multi_scale_train_transform)),
+                        batch_sampler=sampler, collate_fn=collate_skipping)
+    for images, targets, skipped in loader: ...
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset, default_collate
+
+from .images import ImageError, open_image
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["ImageDataset", "SkipNone", "collate_skipping", "skip_none"]
+
+
+class ImageDataset(Dataset):
+    """``(image, target)`` pairs from a list of ``(file, class index)``; a corrupt file gives ``(None, target)``.
+
+    Attributes:
+        samples: the ``(path, class index)`` list.
+        classes: class names in index order (ImageFolder trees), else ``None``.
+        transform: applied to each decoded PIL image (not to ``None``); ``None`` returns the PIL image.
+    """
+
+    def __init__(
+        self,
+        samples: Sequence[tuple[str | os.PathLike, int]],
+        classes: Sequence[str] | None = None,
+        transform: Callable[[Any], Any] | None = None,
+    ) -> None:
+        """Args:
+        samples: ``(file, class index)`` pairs.
+        classes: class names, index order.
+        transform: per-image transform, e.g. an :class:`~mobilevit.data.transforms.EvalTransform`.
+        """
+        if not samples:
+            raise ValueError("the dataset is empty: no image files found")
+        self.samples = [(Path(p), int(t)) for p, t in samples]
+        self.classes = list(classes) if classes is not None else None
+        self.transform = transform
+
+    @classmethod
+    def from_folder(cls, root: str | os.PathLike, transform: Callable[[Any], Any] | None = None) -> ImageDataset:
+        """An ImageFolder tree: ``root/<class>/**/<image>``, classes indexed in sorted order."""
+        return cls.from_path(root, transform)
+
+    @classmethod
+    def from_csv(cls, path: str | os.PathLike, transform: Callable[[Any], Any] | None = None) -> ImageDataset:
+        """A CSV of ``file, class index`` rows (paths relative to the CSV; a header row is optional)."""
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"No such CSV file: {path}")
+        return cls.from_path(path, transform)
+
+    @classmethod
+    def from_path(cls, path: str | os.PathLike, transform: Callable[[Any], Any] | None = None) -> ImageDataset:
+        """A CSV file, a folder holding ``labels.csv``, or an ImageFolder tree (see ``read_labelled``)."""
+        from ..evaluate import read_labelled
+
+        samples, classes = read_labelled(path)
+        return cls(samples, classes, transform)
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes: the class names when known, else the largest index + 1."""
+        return len(self.classes) if self.classes is not None else max(t for _, t in self.samples) + 1
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        path, target = self.samples[index]
+        try:
+            image = open_image(path)
+        except (ImageError, OSError) as err:
+            logger.warning("skipping corrupt image %s: %s", path, err)
+            return None, target
+        return (self.transform(image) if self.transform is not None else image), target
+
+
+class SkipNone:
+    """Wraps a per-image transform so that ``None`` (a corrupt image) passes through untouched; picklable."""
+
+    def __init__(self, transform: Callable[[Any], Any]) -> None:
+        """Args:
+        transform: the transform applied to real images.
+        """
+        self.transform = transform
+
+    def __call__(self, image: Any) -> Any:
+        return None if image is None else self.transform(image)
+
+
+class _SkipNoneFactory:
+    """``factory(height, width)`` wrapped in :class:`SkipNone`; picklable for DataLoader workers."""
+
+    def __init__(self, factory: Callable[[int, int], Callable[[Any], Any]]) -> None:
+        self.factory = factory
+
+    def __call__(self, height: int, width: int) -> SkipNone:
+        return SkipNone(self.factory(height, width))
+
+
+def skip_none(factory: Callable[[int, int], Callable[[Any], Any]]) -> Callable[[int, int], SkipNone]:
+    """A per-size transform factory (for :class:`~mobilevit.data.samplers.MultiScaleDataset`) passing ``None`` on."""
+    return _SkipNoneFactory(factory)
+
+
+def collate_skipping(batch: list[tuple[Any, Any]]) -> tuple[Tensor, Tensor, int]:
+    """``default_collate`` of the samples whose image is not ``None``, plus the number dropped.
+
+    Returns:
+        ``(images, targets, skipped)``; when every sample was dropped, empty tensors.
+    """
+    kept = [sample for sample in batch if sample[0] is not None]
+    skipped = len(batch) - len(kept)
+    if not kept:
+        return torch.empty(0), torch.empty(0, dtype=torch.long), skipped
+    images, targets = default_collate(kept)
+    return images, targets, skipped
