@@ -238,3 +238,15 @@ def test_torchrun_two_cpu_processes(data: Path, tmp_path: Path) -> None:
     assert epoch["world_size"] == 2 and epoch["images"] == 24 and epoch["val_top1"] is not None
     assert sum(r["event"] == "summary" for r in log) == 1
     assert ckpt.load_checkpoint(out / ckpt.LAST)["step"] == 3
+
+
+def test_paper_augmentations_run(data: Path, tmp_path: Path) -> None:
+    """RandAugment, random erasing and mixup/cutmix (soft targets) from the recipe reach the loop and train."""
+    torch.set_num_threads(1)
+    extra = ["epochs=1", "augment.randaugment=true", "augment.random_erase=0.25"]
+    extra += ["augment.mixup_alpha=0.8", "augment.cutmix_alpha=1.0", "augment.label_smoothing=0.1"]
+    result = train(config(data, tmp_path / "aug", *extra))
+    epochs = [r for r in records(tmp_path / "aug") if r["event"] == "epoch"]
+    assert result.step > 0 and len(epochs) == 1 and np.isfinite(epochs[0]["train_loss"])
+    # soft targets are counted as images, not as class entries
+    assert epochs[0]["images"] == 3 * 8

@@ -41,11 +41,13 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Subset
 
+from ..data.augment import MixupCutmix, TrainTransformFactory
 from ..data.datasets import ImageDataset, collate_skipping, skip_none
-from ..data.samplers import MultiScaleBatchSampler, MultiScaleDataset, multi_scale_train_transform
+from ..data.samplers import MultiScaleBatchSampler, MultiScaleDataset
 from ..data.transforms import eval_transform, transform_for
 from . import checkpoint as ckpt
 from .config import ModelConfig, TrainConfig, to_dict, to_yaml
+from .losses import build_loss
 from .optim import ModelEMA, WarmupCosineSchedule, build_optimizer
 
 logger = logging.getLogger(__name__)
@@ -166,32 +168,21 @@ def build_model(cfg: ModelConfig) -> nn.Module:
 
 
 def build_criterion(cfg: TrainConfig) -> nn.Module:
-    """The training loss: label-smoothing cross-entropy.
-
-    Hook for :mod:`mobilevit.train.losses` (soft targets for mixup/cutmix, distillation), which is written
-    separately; until it lands, soft-target and distillation settings are refused here rather than ignored.
+    """The training loss of :mod:`mobilevit.train.losses`: label smoothing for hard targets, soft-target
+    cross-entropy for mixup/cutmix targets. Distillation needs a teacher model in the loop, which is not wired yet, so
+    it is refused here rather than ignored.
     """
     if cfg.distill.teacher is not None:
-        raise NotImplementedError("knowledge distillation (distill.teacher) needs mobilevit.train.losses")
-    return nn.CrossEntropyLoss(label_smoothing=cfg.augment.label_smoothing)
+        raise NotImplementedError("knowledge distillation (distill.teacher) is not wired into the training loop yet")
+    return build_loss(cfg)
 
 
 def _train_transform_factory(cfg: TrainConfig) -> Callable[[int, int], Any]:
-    """``factory(height, width)`` of the per-size train transform: random-resized-crop + flip, in [0, 1] RGB.
-
-    Hook for :mod:`mobilevit.data.augment` (RandAugment, random erasing, mixup/cutmix), written separately; until it is
-    wired in here, asking for those augmentations logs a warning.
+    """``factory(height, width)`` of the per-size train transform (:mod:`mobilevit.data.augment`): random-resized
+    crop, flip, RandAugment and random erasing as the recipe says, in [0, 1] RGB; the loop normalizes each batch with
+    the model's own preprocessing afterwards (mixup, cutmix and the BGR flip commute with that).
     """
-    aug = cfg.augment
-    if aug.randaugment or aug.random_erase > 0 or aug.mixup_alpha > 0 or aug.cutmix_alpha > 0:
-        logger.warning("RandAugment / random erasing / mixup / cutmix are not wired into the loop yet; using RRC+flip")
-    if tuple(aug.rrc_ratio) != (0.75, 4 / 3):
-        logger.warning("augment.rrc_ratio is not supported by the multi-scale transform yet; using (3/4, 4/3)")
-    return skip_none(
-        functools.partial(
-            multi_scale_train_transform, scale=tuple(aug.rrc_scale), interpolation=aug.interpolation, hflip=aug.hflip
-        )
-    )
+    return skip_none(TrainTransformFactory(cfg.augment))
 
 
 def _build_sampler(cfg: TrainConfig, num_samples: int, world: _Dist) -> MultiScaleBatchSampler:
@@ -417,6 +408,7 @@ def _train(
     amp = functools.partial(torch.autocast, world.device.type, dtype=amp_dtype, enabled=cfg.amp)
     scaler = torch.amp.GradScaler("cuda") if cfg.amp and amp_dtype == torch.float16 else None
     criterion = build_criterion(cfg)
+    mixer = MixupCutmix.from_config(cfg.augment, model.num_classes)  # batch-level mixup / cutmix, or None
     trainable = [p for p in model.parameters() if p.requires_grad]
 
     # -- resume ----------------------------------------------------------------------------------------------------
@@ -508,6 +500,8 @@ def _train(
             if world.all_true(images.numel() > 0):
                 images, targets = images.to(world.device, non_blocking=True), targets.to(world.device)
                 images = normalize(images)
+                if mixer is not None:
+                    images, targets = mixer(images, targets)  # targets become soft [B, num_classes]
                 if cfg.channels_last:
                     images = images.contiguous(memory_format=torch.channels_last)
                 sync = (
@@ -524,7 +518,7 @@ def _train(
                         )
                     scaled = loss / micro_in_window
                     (scaler.scale(scaled) if scaler is not None else scaled).backward()
-                n = float(targets.numel())
+                n = float(targets.shape[0])
                 stats["loss_sum"] += value * n
                 stats["samples"] += n
                 window["loss_sum"] += value * n
