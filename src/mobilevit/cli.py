@@ -166,6 +166,73 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return run(config, log_level="info" if args.verbose else "warning")
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    import os
+    from pathlib import Path
+
+    from .train.config import apply_overrides, from_yaml, load_recipe
+    from .train.loop import NonFiniteLossError, train
+
+    cfg = load_recipe(args.recipe) if args.recipe else from_yaml(Path(args.config))
+    data = Path(args.data)
+    split = (data / "train").is_dir()
+    base = [f"data.train={data / 'train' if split else data}", f"output_dir={args.output}"]
+    if split and (data / "val").is_dir():
+        base.append(f"data.val={data / 'val'}")
+    if args.pretrained:
+        base.append(f"model.pretrained={args.pretrained}")
+    if args.num_classes:
+        base.append(f"model.num_classes={args.num_classes}")
+    cfg = apply_overrides(cfg, base + list(args.overrides))
+    show = not args.no_progress and int(os.environ.get("RANK", "0")) == 0
+    bar = None
+    if show:
+        from tqdm import tqdm
+
+        bar = tqdm(desc="train", unit="step", file=sys.stderr)
+
+    def progress(info: dict) -> None:
+        bar.update(1)  # type: ignore[union-attr]
+        bar.set_postfix(  # type: ignore[union-attr]
+            epoch=info["epoch"], loss=f"{info['loss']:.4f}", lr=f"{info['lr']:.2e}", img_s=f"{info['images_per_s']:.1f}"
+        )
+
+    try:
+        result = train(cfg, resume=args.resume, progress=progress if bar else None)
+    except NonFiniteLossError as err:
+        print(f"mobilevit train: {err}", file=sys.stderr)
+        return 3
+    finally:
+        if bar:
+            bar.close()
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(
+            f"done: {result.step} steps, {result.epoch} epochs, train loss {result.train_loss}, "
+            f"val top-1 {result.val_top1} (EMA {result.val_top1_ema}), {result.skipped} corrupt images skipped; "
+            f"checkpoint {result.checkpoint}, weights {Path(result.output_dir) / 'final'}"
+        )
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import check_export, export_model
+    from .registry import create_model
+
+    pretrained = args.pretrained or not args.random_weights
+    if args.random_weights:
+        print(f"WARNING: {args.model} has random weights; the exported file predicts nothing useful.", file=sys.stderr)
+    model = create_model(args.model, pretrained=pretrained)
+    input_size = tuple(args.input_size) if args.input_size else None
+    path = export_model(
+        model, args.format, args.output, input_size=input_size, dynamic=not args.static, opset=args.opset
+    )
+    parity = check_export(model, path)
+    print(
+        f"wrote {path} ({args.format}); max abs logit diff vs eager {parity.max_abs_diff:.2e} at {parity.input_shape}"
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mobilevit", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
@@ -226,6 +293,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--queue-size", type=int, default=64, help="requests admitted per model before 503s")
     p.add_argument("--threads", type=int, default=0, help="PyTorch threads (0: one per core; use 1 on shared cores)")
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("export", help="write the folded model as ONNX or TorchScript, with preprocessing and labels")
+    p.add_argument("--model", required=True, help="architecture or arch.tag (see `mobilevit list --weights`)")
+    p.add_argument("--pretrained", help="local checkpoint file or folder (default: the weights entry's file)")
+    p.add_argument("--random-weights", action="store_true", help="no weights at all (testing only)")
+    p.add_argument("--format", choices=["onnx", "torchscript"], required=True)
+    p.add_argument("--output", required=True, help="file to write (.onnx, .pt)")
+    p.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), help="trace size (default: the weights')")
+    p.add_argument("--opset", type=int, default=18, help="ONNX opset (18 or higher)")
+    p.add_argument("--static", action="store_true", help="fix the batch, height and width (default: dynamic)")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("train", help="train or fine-tune a model with a recipe (runs under torchrun too)")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--recipe", help="shipped recipe name, e.g. mobilevit_xxs")
+    source.add_argument("--config", help="YAML config file (as written to OUTPUT/config.yaml)")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. optimizer.lr=0.001")
+    p.add_argument("--data", required=True, help="ImageFolder tree or CSV; a folder with train/ (and val/) splits")
+    p.add_argument("--output", required=True, help="output folder: last.pt, metrics.jsonl, final/")
+    p.add_argument("--resume", action="store_true", help="continue from OUTPUT/last.pt")
+    p.add_argument("--pretrained", help="fine-tune from weights (arch.tag) or a checkpoint path")
+    p.add_argument("--num-classes", type=int, help="classifier outputs (a new head when fine-tuning)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train)
     return parser
 
 

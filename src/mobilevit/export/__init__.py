@@ -1,0 +1,193 @@
+"""Export for deployment: one call from a model to an ONNX or TorchScript file that gives the same answers.
+
+Every export is of the re-parameterized, BatchNorm-folded model (:func:`mobilevit.reparameterize_model`) in eval mode,
+and carries the preprocessing and the labels (:class:`~mobilevit.export.metadata.ExportMetadata`), so a runtime needs
+nothing else. :func:`check_export` runs the file and compares its logits with the eager model's.
+
+Example::
+
+    import mobilevit
+    from mobilevit.export import check_export, export_model
+
+    model = mobilevit.create_model("mobilevitv2_050.cvnets_in1k", pretrained=True)
+    path = export_model(model, "onnx", "mobilevitv2_050.onnx")
+    print(check_export(model, path, input_size=(320, 192)).max_abs_diff)
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..reparam import reparameterize_model
+from ..weights.entries import Preprocess
+from .metadata import ExportMetadata, model_metadata, size_multiple
+from .onnx import DEFAULT_OPSET, export_onnx, onnx_session, read_onnx_metadata
+from .torchscript import export_torchscript, load_torchscript
+
+logger = logging.getLogger(__name__)
+
+ExportFormat = Literal["onnx", "torchscript"]
+FORMATS: tuple[str, ...] = ("onnx", "torchscript")
+SUFFIXES = {".onnx": "onnx", ".pt": "torchscript", ".ts": "torchscript", ".torchscript": "torchscript"}
+
+
+def _dynamic_axes(model: nn.Module, input_size: tuple[int, int], dynamic: bool, fmt: str) -> tuple[str, ...]:
+    """``batch`` (when ``dynamic``), plus ``height``/``width`` if the graph generalises from the traced size."""
+    if not dynamic:
+        return ()
+    if fmt == "torchscript":
+        return ("batch",)  # tracing freezes Python shape arithmetic (see mobilevit.export.torchscript)
+    multiple = size_multiple(model)
+    if input_size[0] % multiple or input_size[1] % multiple:
+        logger.warning(
+            "%s: input size %s is not a multiple of %d, so height and width stay fixed (the batch stays dynamic)",
+            type(model).__name__,
+            input_size,
+            multiple,
+        )
+        return ("batch",)
+    return ("batch", "height", "width")
+
+
+def export_model(
+    model: nn.Module,
+    format: ExportFormat,
+    output: str | os.PathLike,
+    input_size: tuple[int, int] | None = None,
+    dynamic: bool = True,
+    opset: int = DEFAULT_OPSET,
+    preprocess: Preprocess | None = None,
+    labels: list[str] | tuple[str, ...] | None = None,
+) -> Path:
+    """Write the folded, eval-mode ``model`` as an ONNX or TorchScript file with its preprocessing and labels.
+
+    Args:
+        model: a model of this package (train-time or already folded; it is not modified).
+        format: ``"onnx"`` or ``"torchscript"``.
+        output: the file to write.
+        input_size: (H, W) to trace at (default: the preprocessing's crop, e.g. 256x256).
+        dynamic: let the batch vary, and for ONNX also height and width when ``input_size`` is a multiple of
+            :func:`~mobilevit.export.metadata.size_multiple` (64 for MobileViT, any size for FastViT/MobileOne).
+            ``False`` fixes every axis.
+        opset: ONNX opset (ignored for TorchScript).
+        preprocess: preprocessing to record instead of ``model.pretrained_cfg``'s.
+        labels: class names to record instead of ``model.pretrained_cfg``'s.
+
+    Returns:
+        The written file.
+    """
+    if format not in FORMATS:
+        raise ValueError(f"format must be one of {', '.join(FORMATS)}; got {format!r}")
+    if getattr(model, "features_only", False):
+        raise ValueError("export a classifier: features_only models have no logits to check or label")
+    folded = reparameterize_model(model).eval()
+    meta = model_metadata(folded, input_size, (), preprocess, labels)
+    axes = _dynamic_axes(folded, meta.input_size, dynamic, format)
+    meta = model_metadata(folded, meta.input_size, axes, preprocess, labels)
+    if format == "onnx":
+        return export_onnx(folded, output, meta, opset)
+    return export_torchscript(folded, output, meta)
+
+
+def read_metadata(path: str | os.PathLike) -> ExportMetadata:
+    """The metadata stored in a file written by :func:`export_model`."""
+    if _format_of(path) == "onnx":
+        return read_onnx_metadata(path)
+    return load_torchscript(path)[1]
+
+
+def _format_of(path: str | os.PathLike) -> str:
+    suffix = Path(path).suffix.lower()
+    if suffix not in SUFFIXES:
+        raise ValueError(f"{path}: cannot tell the format from the suffix (expected one of {', '.join(SUFFIXES)})")
+    return SUFFIXES[suffix]
+
+
+@dataclass(frozen=True)
+class ExportParity:
+    """How far an exported file's logits are from the eager model's on one random batch.
+
+    Attributes:
+        input_shape: the ``[B, 3, H, W]`` batch compared.
+        max_abs_diff: largest absolute logit difference.
+        logit_scale: the eager model's largest absolute logit.
+    """
+
+    input_shape: tuple[int, int, int, int]
+    max_abs_diff: float
+    logit_scale: float
+
+    @property
+    def max_rel_diff(self) -> float:
+        """``max_abs_diff`` relative to the logit scale (random-init MobileOne logits reach 1e5)."""
+        return self.max_abs_diff / self.logit_scale if self.logit_scale else self.max_abs_diff
+
+
+def check_export(
+    model: nn.Module,
+    path: str | os.PathLike,
+    input_size: tuple[int, int] | None = None,
+    batch_size: int = 2,
+    seed: int = 0,
+) -> ExportParity:
+    """Run the exported file (onnxruntime for ONNX, ``torch.jit.load`` for TorchScript) against the eager model.
+
+    Args:
+        model: the eager model the file was exported from (train-time or folded; used in eval mode, not modified).
+        path: a file written by :func:`export_model`; the format comes from its suffix.
+        input_size: (H, W) of the random batch (default: the size recorded in the file).
+        batch_size: batch of the comparison (2 exercises a dynamic batch axis).
+        seed: seed of the random batch.
+
+    Returns:
+        The comparison.
+    """
+    fmt = _format_of(path)
+    was_training = model.training
+    model.eval()
+    try:
+        if fmt == "onnx":
+            meta = read_onnx_metadata(path)
+            session = onnx_session(path)
+
+            def run(x: torch.Tensor) -> np.ndarray:
+                return session.run([meta.output_name], {meta.input_name: x.numpy()})[0]
+        else:
+            module, meta = load_torchscript(path)
+
+            def run(x: torch.Tensor) -> np.ndarray:
+                with torch.no_grad():
+                    return module(x).numpy()
+
+        size = input_size or meta.input_size
+        x = torch.randn(batch_size, 3, *size, generator=torch.Generator().manual_seed(seed))
+        with torch.no_grad():
+            ref = model(x).numpy()
+        out = run(x)
+    finally:
+        model.train(was_training)
+    if out.shape != ref.shape:
+        raise ValueError(f"{path}: output shape {out.shape}, eager {ref.shape}")
+    return ExportParity(tuple(x.shape), float(np.abs(out - ref).max()), float(np.abs(ref).max()))
+
+
+__all__ = [
+    "FORMATS",
+    "ExportMetadata",
+    "ExportParity",
+    "check_export",
+    "export_model",
+    "load_torchscript",
+    "model_metadata",
+    "onnx_session",
+    "read_metadata",
+    "size_multiple",
+]

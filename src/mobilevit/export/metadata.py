@@ -1,0 +1,158 @@
+"""What an exported file carries besides the graph: the preprocessing, the labels and the valid input sizes.
+
+The same flat ``str -> str`` dictionary goes into ONNX ``metadata_props`` and, as one JSON file, into a TorchScript
+archive's ``_extra_files``, so that a runtime needs nothing but the exported file::
+
+    {
+      "library": "mobilevit",
+      "format_version": "1",
+      "arch": "mobilevit_xxs",
+      "weights": "mobilevit_xxs.cvnets_in1k",          # or "" for random / unregistered weights
+      "input_name": "pixel_values", "output_name": "logits",
+      "input_size": "[256, 256]",                        # the (H, W) the file was exported and checked at
+      "dynamic_axes": "[\"batch\", \"height\", \"width\"]",
+      "size_multiple": "64",                             # dynamic H and W must be multiples of this
+      "preprocess": "{\"input_size\": [256, 256], \"resize_size\": 288, ...}",  # Preprocess as JSON
+      "labels": "[\"tench\", \"goldfish\", ...]"         # index-aligned with the logits
+    }
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+from ..weights.entries import Preprocess
+from ..weights.pretrained import _to_json, preprocess_from_json
+
+FORMAT_VERSION = 1
+INPUT_NAME = "pixel_values"
+OUTPUT_NAME = "logits"
+# every MobileViT/FastViT/MobileOne variant downsamples by 32 before its last stage
+NETWORK_STRIDE = 32
+
+
+def size_multiple(model: nn.Module) -> int:
+    """The multiple that input heights and widths must have for one exported graph to serve every size.
+
+    MobileViT blocks resize a feature map that is not a multiple of their patch (a data-dependent branch that an
+    exported graph cannot keep), so the deepest block (stride 32, patch 2) needs inputs that are multiples of 64.
+    FastViT and MobileOne are fully convolutional up to the pooled head: any size works (``1``).
+    """
+    patches = [m.patch_size for m in model.modules() if hasattr(m, "patch_size") and hasattr(m, "transformer")]
+    return NETWORK_STRIDE * max(patches) if patches else 1
+
+
+@dataclass(frozen=True)
+class ExportMetadata:
+    """Everything an exported file records about its model.
+
+    Attributes:
+        arch: architecture name.
+        weights: the weights entry name (``arch.tag``), or ``""`` when there is none.
+        input_size: (H, W) the export was traced and checked at.
+        dynamic_axes: names of the input axes that may vary (subset of ``batch``, ``height``, ``width``).
+        size_multiple: dynamic heights and widths must be multiples of this.
+        preprocess: the eval transform the weights expect.
+        labels: class names, index-aligned with the logits.
+    """
+
+    arch: str
+    weights: str
+    input_size: tuple[int, int]
+    dynamic_axes: tuple[str, ...]
+    size_multiple: int
+    preprocess: Preprocess | None
+    labels: tuple[str, ...]
+    input_name: str = INPUT_NAME
+    output_name: str = OUTPUT_NAME
+
+    def to_dict(self) -> dict[str, str]:
+        """The flat string dictionary stored in the exported file."""
+        return {
+            "library": "mobilevit",
+            "format_version": str(FORMAT_VERSION),
+            "arch": self.arch,
+            "weights": self.weights,
+            "input_name": self.input_name,
+            "output_name": self.output_name,
+            "input_size": json.dumps(list(self.input_size)),
+            "dynamic_axes": json.dumps(list(self.dynamic_axes)),
+            "size_multiple": str(self.size_multiple),
+            "preprocess": json.dumps(_to_json(self.preprocess)),
+            "labels": json.dumps(list(self.labels)),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, str]) -> ExportMetadata:
+        """Read back :meth:`to_dict` (as found in an exported file); raises ``ValueError`` for a foreign file."""
+        if data.get("library") != "mobilevit":
+            raise ValueError("not a file exported by mobilevit (no 'library': 'mobilevit' metadata)")
+        return cls(
+            arch=data["arch"],
+            weights=data.get("weights", ""),
+            input_size=tuple(json.loads(data["input_size"])),
+            dynamic_axes=tuple(json.loads(data["dynamic_axes"])),
+            size_multiple=int(data["size_multiple"]),
+            preprocess=preprocess_from_json(json.loads(data["preprocess"])),
+            labels=tuple(json.loads(data["labels"])),
+            input_name=data.get("input_name", INPUT_NAME),
+            output_name=data.get("output_name", OUTPUT_NAME),
+        )
+
+
+def model_metadata(
+    model: nn.Module,
+    input_size: tuple[int, int] | None = None,
+    dynamic_axes: tuple[str, ...] = (),
+    preprocess: Preprocess | None = None,
+    labels: list[str] | tuple[str, ...] | None = None,
+) -> ExportMetadata:
+    """The metadata of ``model`` as :class:`~mobilevit.predict.Predictor` would use it.
+
+    Args:
+        model: a model of this package; its ``pretrained_cfg`` supplies the preprocessing and labels.
+        input_size: (H, W) of the export (default: the preprocessing's crop).
+        dynamic_axes: the input axes the exported graph accepts at any size.
+        preprocess: override of the preprocessing (default: ``model.pretrained_cfg``, else the architecture's default
+            weights entry, as the predictor does for random weights).
+        labels: override of the class names (default: ``model.pretrained_cfg``, else the default entry's when the
+            number of classes matches, else ``class_<i>``).
+    """
+    from ..registry import find_arch
+    from ..weights.entries import DEFAULT_TAGS, get_weights
+    from ..weights.entries import labels as entry_labels
+
+    info: Any = getattr(model, "pretrained_cfg", None)
+    arch = info.arch if info is not None else find_arch(model.cfg)
+    num_classes = int(getattr(model, "num_classes", 0))
+    default_entry = get_weights(arch) if arch in DEFAULT_TAGS else None
+    if preprocess is None:
+        preprocess = info.preprocess if info is not None else None
+    if preprocess is None and info is not None and info.entry is not None:
+        preprocess = info.entry.preprocess
+    if preprocess is None and default_entry is not None:
+        preprocess = default_entry.preprocess
+    if labels is None and info is not None:
+        labels = info.labels
+    if labels is None and info is None and default_entry is not None and default_entry.num_classes == num_classes:
+        labels = entry_labels(default_entry)
+    if labels is None:
+        labels = [f"class_{i}" for i in range(num_classes)]
+    if len(labels) != num_classes:
+        raise ValueError(f"{len(labels)} labels for a model with {num_classes} outputs")
+    if input_size is None:
+        input_size = tuple(preprocess.input_size) if preprocess is not None else (256, 256)
+    weights = info.entry.name if info is not None and info.entry is not None else ""
+    return ExportMetadata(
+        arch=arch,
+        weights=weights,
+        input_size=(int(input_size[0]), int(input_size[1])),
+        dynamic_axes=tuple(dynamic_axes),
+        size_multiple=size_multiple(model),
+        preprocess=preprocess,
+        labels=tuple(str(x) for x in labels),
+    )

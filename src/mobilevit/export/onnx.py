@@ -1,0 +1,111 @@
+"""ONNX export of the folded model, with its preprocessing and labels in ``metadata_props``.
+
+Exporter choice (measured with torch 2.14.1, onnx 1.23, onnxruntime 1.32): the dynamo-based exporter
+(``torch.onnx.export(..., dynamo=True)``, ``torch.export`` + onnxscript). The TorchScript-based one
+(``dynamo=False``) cannot export MobileViT v2/v3-on-v2 at all (``PatchLayerNorm`` normalises over ``x.shape[1:]``, a
+shape it must treat as constant) and, for MobileViT v1, bakes the traced feature-map sizes into the patch
+``Reshape`` nodes, so a dynamic height/width graph fails in onnxruntime at any other size. The dynamo exporter
+records those sizes symbolically: one graph takes any batch, and any height/width that is a multiple of
+:func:`~mobilevit.export.metadata.size_multiple` (64 for MobileViT, anything for FastViT and MobileOne), within 2e-6
+of the eager logits' scale. The patch unfold/fold (:mod:`mobilevit.layers.patches`) is reshape/permute only, so the
+graph has no ``Col2Im``/``Im2Col``.
+
+Input ``pixel_values`` ``[batch, 3, height, width]`` (float32, already preprocessed as the metadata says), output
+``logits`` ``[batch, num_classes]``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .metadata import ExportMetadata
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_OPSET = 18  # the lowest opset the dynamo exporter emits natively
+AXIS_NAMES = {0: "batch", 2: "height", 3: "width"}
+
+
+def _rename_dims(model_proto: object, names: dict[str, str]) -> None:
+    """Give the exporter's symbolic dims (``s77``...) readable names, everywhere they appear in the graph."""
+    graph = model_proto.graph
+    for value in (*graph.input, *graph.output, *graph.value_info):
+        for dim in value.type.tensor_type.shape.dim:
+            if dim.dim_param in names:
+                dim.dim_param = names[dim.dim_param]
+
+
+def export_onnx(
+    model: nn.Module,
+    output: str | os.PathLike,
+    metadata: ExportMetadata,
+    opset: int = DEFAULT_OPSET,
+) -> Path:
+    """Export an eval-mode (already folded) model to ONNX and check the file with ``onnx.checker``.
+
+    Args:
+        model: the model to export, in eval mode.
+        output: the ``.onnx`` file to write.
+        metadata: input size, dynamic axes and what goes into ``metadata_props``.
+        opset: ONNX opset (18 or higher for the dynamo exporter).
+
+    Returns:
+        The written file.
+    """
+    import onnx
+
+    axes = {i for i, name in AXIS_NAMES.items() if name in metadata.dynamic_axes}
+    example = torch.randn(1, 3, *metadata.input_size)
+    dynamic_shapes = ({i: torch.export.Dim.AUTO for i in sorted(axes)},) if axes else None
+    # the exporter prints its progress and warns about every fallback; keep that in the debug log
+    buffer = io.StringIO()
+    with warnings.catch_warnings(), contextlib.redirect_stdout(buffer), torch.no_grad():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            model,
+            (example,),
+            dynamo=True,
+            opset_version=opset,
+            input_names=[metadata.input_name],
+            output_names=[metadata.output_name],
+            dynamic_shapes=dynamic_shapes,
+            verbose=False,
+        )
+    logger.debug("torch.onnx.export: %s", buffer.getvalue())
+    proto = program.model_proto
+    dims = proto.graph.input[0].type.tensor_type.shape.dim
+    _rename_dims(proto, {dims[i].dim_param: AXIS_NAMES[i] for i in axes if dims[i].dim_param})
+    del proto.metadata_props[:]
+    for key, value in metadata.to_dict().items():
+        proto.metadata_props.add(key=key, value=value)
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(proto, str(output))
+    onnx.checker.check_model(str(output), full_check=True)
+    return output
+
+
+def read_onnx_metadata(path: str | os.PathLike) -> ExportMetadata:
+    """The :class:`ExportMetadata` stored in an ONNX file written by :func:`export_onnx` (the graph is not loaded)."""
+    import onnx
+
+    proto = onnx.load(str(path), load_external_data=False)
+    return ExportMetadata.from_dict({p.key: p.value for p in proto.metadata_props})
+
+
+def onnx_session(path: str | os.PathLike, threads: int = 0) -> object:
+    """An onnxruntime CPU session for ``path`` (``threads=0``: onnxruntime's default)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
