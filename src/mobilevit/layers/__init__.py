@@ -13,7 +13,7 @@ from .fold import (
     linear_from,
     scale_output,
 )
-from .head import ClassifierHead
+from .head import ClassifierHead, ClassifierModel
 from .inverted_residual import InvertedResidual
 from .mobileone import LargeKernelConv, MobileOneBlock
 from .norm import PatchLayerNorm
@@ -23,6 +23,7 @@ from .transformer import Mlp, TransformerLayer
 
 __all__ = [
     "ClassifierHead",
+    "ClassifierModel",
     "ConvNormAct",
     "DropPath",
     "InvertedResidual",

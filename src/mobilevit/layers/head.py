@@ -1,6 +1,8 @@
-"""Classification head: global average pool -> dropout -> linear."""
+"""Classification head (global average pool -> dropout -> linear) and the model contract built on it."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 from torch import Tensor, nn
 
@@ -27,3 +29,42 @@ class ClassifierHead(nn.Module):
         x = x.mean(dim=(2, 3))  # [B, C, H, W] -> [B, C]
         x = self.drop(x)
         return x if pre_logits else self.fc(x)
+
+
+class ClassifierModel(nn.Module):
+    """The contract every family shares: ``forward_head``, ``reset_classifier``, ``get_classifier`` and ``forward``.
+
+    A subclass defines ``forward_features`` and ``forward_intermediates`` and sets ``head`` (a
+    :class:`ClassifierHead`), ``num_classes`` and ``features_only``; ``init_classifier`` initialises a fresh
+    classifier the way the family's original code does (PyTorch's default when ``None``).
+    """
+
+    head: ClassifierHead
+    features_only: bool
+    init_classifier: Callable[[nn.Module], None] | None = None
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def forward_intermediates(self, x: Tensor) -> list[Tensor]:
+        raise NotImplementedError
+
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        """Pooled features (``pre_logits=True``) or logits from :meth:`forward_features` output."""
+        return self.head(x, pre_logits=pre_logits)
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """Replace the classifier with a freshly initialised one for ``num_classes`` (0: no classifier)."""
+        self.num_classes = num_classes
+        self.head.reset(num_classes)
+        if self.init_classifier is not None:
+            self.head.fc.apply(type(self).init_classifier)
+
+    def get_classifier(self) -> nn.Module:
+        return self.head.fc
+
+    def forward(self, x: Tensor) -> Tensor | list[Tensor]:
+        """Logits, or with ``features_only`` the multi-scale feature maps."""
+        if self.features_only:
+            return self.forward_intermediates(x)
+        return self.forward_head(self.forward_features(x))

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from ..layers import (
     ClassifierHead,
+    ClassifierModel,
     ConvNormAct,
     DropPath,
     LargeKernelConv,
@@ -307,7 +308,7 @@ class FastViTStage(nn.Module):
         return self.blocks(self.pos_emb(self.downsample(x)))
 
 
-class FastViT(nn.Module):
+class FastViT(ClassifierModel):
     """FastViT classifier or multi-scale feature extractor.
 
     Args:
@@ -380,24 +381,6 @@ class FastViT(nn.Module):
         """
         return self.final_conv(self.stages(self._stem(x)))
 
-    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        """Pooled features (``pre_logits=True``) or logits from :meth:`forward_features` output."""
-        return self.head(x, pre_logits=pre_logits)
-
-    def reset_classifier(self, num_classes: int) -> None:
-        """Replace the classifier with a freshly initialised one for ``num_classes`` (0: no classifier)."""
-        self.num_classes = num_classes
-        self.head.reset(num_classes)
-        self.head.fc.apply(_init_weights)
-
-    def get_classifier(self) -> nn.Module:
-        return self.head.fc
-
-    def forward(self, x: Tensor) -> Tensor | list[Tensor]:
-        if self.features_only:
-            return self.forward_intermediates(x)
-        return self.forward_head(self.forward_features(x))
-
 
 def _init_weights(module: nn.Module) -> None:
     """ml-fastvit's initialisation: truncated-normal (std 0.02) linears and ConvFFN convs, PyTorch defaults else."""
@@ -410,3 +393,6 @@ def _init_weights(module: nn.Module) -> None:
         nn.init.trunc_normal_(module.weight, std=0.02)
         if module.bias is not None:
             nn.init.zeros_(module.bias)
+
+
+FastViT.init_classifier = staticmethod(_init_weights)

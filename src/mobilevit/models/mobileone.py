@@ -19,7 +19,7 @@ from functools import partial
 import torch
 from torch import Tensor, nn
 
-from ..layers import ClassifierHead, MobileOneBlock
+from ..layers import ClassifierHead, ClassifierModel, MobileOneBlock
 
 
 @dataclass(frozen=True)
@@ -67,7 +67,7 @@ MODEL_CFGS: dict[str, MobileOneConfig] = {
 }
 
 
-class MobileOne(nn.Module):
+class MobileOne(ClassifierModel):
     """MobileOne classifier or multi-scale feature extractor.
 
     Args:
@@ -136,20 +136,3 @@ class MobileOne(nn.Module):
         way), so the returned map is channels-last too.
         """
         return self.stages(self._stem(x))
-
-    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        """Pooled features (``pre_logits=True``) or logits from :meth:`forward_features` output."""
-        return self.head(x, pre_logits=pre_logits)
-
-    def reset_classifier(self, num_classes: int) -> None:
-        """Replace the classifier with a freshly initialised one for ``num_classes`` (0: no classifier)."""
-        self.num_classes = num_classes
-        self.head.reset(num_classes)
-
-    def get_classifier(self) -> nn.Module:
-        return self.head.fc
-
-    def forward(self, x: Tensor) -> Tensor | list[Tensor]:
-        if self.features_only:
-            return self.forward_intermediates(x)
-        return self.forward_head(self.forward_features(x))

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from ..layers import (
     ClassifierHead,
+    ClassifierModel,
     ConvNormAct,
     InvertedResidual,
     PatchLayerNorm,
@@ -268,7 +269,7 @@ class MobileViTV2Block(nn.Module):
         return self.conv_proj(g)
 
 
-class MobileViT(nn.Module):
+class MobileViT(ClassifierModel):
     """MobileViT v1 / v2 / v3 classifier or multi-scale feature extractor.
 
     Args:
@@ -362,24 +363,6 @@ class MobileViT(nn.Module):
         x = x.contiguous(memory_format=torch.channels_last)  # [B, C, H, W] stored as [B, H, W, C]
         return self.final_conv(self.stages(self.stem(x)))
 
-    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        """Pooled features (``pre_logits=True``) or logits from :meth:`forward_features` output."""
-        return self.head(x, pre_logits=pre_logits)
-
-    def reset_classifier(self, num_classes: int) -> None:
-        """Replace the classifier with a freshly initialised one for ``num_classes`` (0: no classifier)."""
-        self.num_classes = num_classes
-        self.head.reset(num_classes)
-        self.head.fc.apply(_init_weights)
-
-    def get_classifier(self) -> nn.Module:
-        return self.head.fc
-
-    def forward(self, x: Tensor) -> Tensor | list[Tensor]:
-        if self.features_only:
-            return self.forward_intermediates(x)
-        return self.forward_head(self.forward_features(x))
-
 
 def _init_weights(module: nn.Module) -> None:
     """cvnets' initialisation: Kaiming-normal convolutions, truncated-normal (std 0.02) linears, unit norms."""
@@ -394,3 +377,6 @@ def _init_weights(module: nn.Module) -> None:
     elif isinstance(module, (nn.BatchNorm2d, nn.LayerNorm, PatchLayerNorm)):
         nn.init.ones_(module.weight)
         nn.init.zeros_(module.bias)
+
+
+MobileViT.init_classifier = staticmethod(_init_weights)
