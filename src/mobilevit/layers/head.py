@@ -41,6 +41,8 @@ class ClassifierModel(nn.Module):
 
     head: ClassifierHead
     features_only: bool
+    out_indices: tuple[int, ...]
+    stages: nn.Sequential
     init_classifier: Callable[[nn.Module], None] | None = None
 
     def forward_features(self, x: Tensor) -> Tensor:
@@ -48,6 +50,15 @@ class ClassifierModel(nn.Module):
 
     def forward_intermediates(self, x: Tensor) -> list[Tensor]:
         raise NotImplementedError
+
+    def collect_stages(self, x: Tensor, outs: list[Tensor], first_level: int = 0) -> list[Tensor]:
+        """Run ``stages`` on ``x``, appending to ``outs`` each output whose level (counted from ``first_level``) is in
+        ``out_indices``: the body of every family's ``forward_intermediates``."""
+        for level, stage in enumerate(self.stages, start=first_level):
+            x = stage(x)
+            if level in self.out_indices:
+                outs.append(x)
+        return outs
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         """Pooled features (``pre_logits=True``) or logits from :meth:`forward_features` output."""

@@ -365,13 +365,7 @@ class FastViT(ClassifierModel):
 
     def forward_intermediates(self, x: Tensor) -> list[Tensor]:
         """The selected stage outputs, for dense prediction (channels-last tensors, see :meth:`forward_features`)."""
-        x = self._stem(x)
-        outs = []
-        for i, stage in enumerate(self.stages):
-            x = stage(x)
-            if i in self.out_indices:
-                outs.append(x)
-        return outs
+        return self.collect_stages(self._stem(x), [])
 
     def forward_features(self, x: Tensor) -> Tensor:
         """``[B, in_channels, H, W] -> [B, num_features, H/32, W/32]`` (through the final 3x3 expansion).

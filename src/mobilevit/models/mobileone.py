@@ -122,12 +122,7 @@ class MobileOne(ClassifierModel):
     def forward_intermediates(self, x: Tensor) -> list[Tensor]:
         """The selected levels: stem output (stride 2), then each stage's (strides 4, 8, 16, 32), channels-last."""
         x = self._stem(x)
-        outs = [x] if 0 in self.out_indices else []
-        for i, stage in enumerate(self.stages, start=1):
-            x = stage(x)
-            if i in self.out_indices:
-                outs.append(x)
-        return outs
+        return self.collect_stages(x, [x] if 0 in self.out_indices else [], first_level=1)
 
     def forward_features(self, x: Tensor) -> Tensor:
         """``[B, in_channels, H, W] -> [B, num_features, H/32, W/32]``.

@@ -346,13 +346,7 @@ class MobileViT(ClassifierModel):
 
     def forward_intermediates(self, x: Tensor) -> list[Tensor]:
         """The selected stage outputs (strides 2, 4, 8, 16, 32 by default), for dense prediction."""
-        x = self.stem(x.contiguous(memory_format=torch.channels_last))
-        outs = []
-        for i, stage in enumerate(self.stages):
-            x = stage(x)
-            if i in self.out_indices:
-                outs.append(x)
-        return outs
+        return self.collect_stages(self.stem(x.contiguous(memory_format=torch.channels_last)), [])
 
     def forward_features(self, x: Tensor) -> Tensor:
         """``[B, in_channels, H, W] -> [B, num_features, H/32, W/32]``.
