@@ -41,6 +41,12 @@ class Prediction:
         return {"label": self.label, "score": self.score, "index": self.index}
 
 
+def check_activation(function: str) -> None:
+    """Raise a clear error for an unknown score function, before any image is decoded."""
+    if function not in ACTIVATIONS:
+        raise ValueError(f"function must be one of {', '.join(ACTIVATIONS)}; got {function!r}")
+
+
 def scores_from_logits(logits: Tensor, function: Activation) -> Tensor:
     """Softmax probabilities, independent sigmoid scores, or the raw logits (``"none"``)."""
     if function == "softmax":
@@ -162,7 +168,7 @@ class Predictor:
         """
         if not isinstance(inputs, list | tuple):
             inputs = [inputs]
-        scores_from_logits(torch.zeros(1), function)  # validate before any work
+        check_activation(function)
         batch = torch.stack([self._load(item) for item in inputs])
         return self.topk(self.logits(batch), top_k, function)
 
@@ -177,7 +183,7 @@ class Predictor:
 
         Decoding runs in ``workers`` threads, ahead of the model; ``progress(n)`` is called after each batch.
         """
-        scores_from_logits(torch.zeros(1), function)
+        check_activation(function)
 
         def load(path: str | os.PathLike) -> Tensor | ImageError:
             try:
