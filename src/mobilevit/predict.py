@@ -1,7 +1,8 @@
-"""The predictor: build once from a model name or checkpoint, then classify images in batches.
+"""The predictor: build once from a model name, checkpoint or exported ONNX file, then classify images in batches.
 
 Used by the ``predict`` and ``eval`` commands, the HTTP server and the benchmarks, so that every path runs the same
-preprocessing (from the weights entry) and the same folded model.
+preprocessing (from the weights entry, or the metadata of an exported file) and the same folded model.
+:class:`OnnxPredictor` runs an ONNX file in onnxruntime and differs from :class:`Predictor` only in ``forward``.
 """
 
 from __future__ import annotations
@@ -103,13 +104,23 @@ class Predictor:
     ) -> None:
         from .reparam import reparameterize_model
 
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         model = model.eval()
         self.model = reparameterize_model(model) if fold else model
+        self._setup(preprocess, labels, getattr(model, "num_classes", None), batch_size, workers)
+
+    def _setup(
+        self,
+        preprocess: Any,
+        labels: Sequence[str] | None,
+        num_classes: int | None,
+        batch_size: int,
+        workers: int | None,
+    ) -> None:
+        """What every backend shares: the eval transform, the labels and the batching."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         self.preprocess = preprocess
         self.transform: Callable[[Image.Image], Tensor] = eval_transform(preprocess)
-        num_classes = getattr(model, "num_classes", None)
         self.labels = list(labels) if labels is not None else [f"class_{i}" for i in range(num_classes or 0)]
         if num_classes and len(self.labels) != num_classes:
             raise ValueError(f"{len(self.labels)} labels for a model with {num_classes} outputs")
@@ -142,10 +153,14 @@ class Predictor:
     def _load(self, item: ImageInput, name: str | None = None) -> Tensor:
         return self.transform(_as_pil(item, name))
 
+    def forward(self, batch: Tensor) -> Tensor:
+        """One pass of the model over a preprocessed ``[B, 3, H, W]`` batch (the only backend-specific step)."""
+        return self.model(batch)
+
     @torch.inference_mode()
     def logits(self, batch: Tensor) -> Tensor:
         """Model outputs for a preprocessed ``[B, 3, H, W]`` batch, run ``batch_size`` at a time."""
-        return torch.cat([self.model(chunk) for chunk in batch.split(self.batch_size)])
+        return torch.cat([self.forward(chunk) for chunk in batch.split(self.batch_size)])
 
     def topk(self, logits: Tensor, top_k: int = 5, function: Activation = "softmax") -> list[list[Prediction]]:
         """The ``top_k`` best classes of each row of ``logits``, best first."""
@@ -206,3 +221,143 @@ class Predictor:
                     yield str(path), answers.get(i, loaded[i])
                 if progress:
                     progress(len(chunk))
+
+
+class OnnxPredictor(Predictor):
+    """The predictor over an exported ONNX file, run by onnxruntime: same preprocessing, labels, top-k and scores.
+
+    Only :meth:`forward` differs from :class:`Predictor`. The preprocessing and labels are the ones
+    :func:`mobilevit.export.export_model` recorded in the file; pass ``preprocess`` (and ``labels``) for an ONNX file
+    from elsewhere.
+
+    Args:
+        path: the ``.onnx`` file (input ``[B, 3, H, W]`` float32, output ``[B, num_classes]`` logits).
+        preprocess: a :class:`~mobilevit.weights.entries.Preprocess` replacing the file's (required when it has none).
+        labels: class names replacing the file's.
+        batch_size: images per session run (a graph exported with a fixed batch runs that many at a time).
+        threads: onnxruntime intra-op threads (0: onnxruntime's default, one per physical core).
+        workers: threads that decode and preprocess images while the model runs.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        preprocess: Any = None,
+        labels: Sequence[str] | None = None,
+        batch_size: int = 16,
+        threads: int = 0,
+        workers: int | None = None,
+    ) -> None:
+        from .export import ExportMetadata, onnx_session
+
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise FileNotFoundError(f"No such ONNX file: {self.path}")
+        if threads < 0:
+            raise ValueError(f"threads must be 0 (onnxruntime's default) or more, got {threads}")
+        try:
+            self.session: Any = onnx_session(self.path, threads)
+        except Exception as err:  # onnxruntime has its own exception types for a file it cannot read
+            raise ValueError(f"{self.path}: not an ONNX model onnxruntime can load ({err})") from None
+        try:
+            meta = ExportMetadata.from_dict(self.session.get_modelmeta().custom_metadata_map)
+        except (ValueError, KeyError):
+            meta = None  # not written by `mobilevit export`
+        self.metadata: ExportMetadata | None = meta
+        preprocess = preprocess or (meta.preprocess if meta is not None else None)
+        if preprocess is None:
+            raise ValueError(
+                f"{self.path}: the file records no preprocessing (not written by `mobilevit export`); export it with "
+                "`mobilevit export --format onnx`, or pass preprocess= (and labels=) to OnnxPredictor"
+            )
+        if labels is None and meta is not None:
+            labels = meta.labels
+        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
+        if len(inputs) != 1 or len(inputs[0].shape) != 4 or inputs[0].shape[1] not in (3, "channels"):
+            raise ValueError(f"{self.path}: expected one [batch, 3, height, width] input, got {inputs[0].shape}")
+        self._input, self._output = inputs[0].name, outputs[0].name
+        self._shape = inputs[0].shape  # e.g. ["batch", 3, "height", "width"], or [1, 3, 256, 256] when static
+        num_classes = outputs[0].shape[-1] if isinstance(outputs[0].shape[-1], int) else None
+        self._setup(preprocess, labels, num_classes, batch_size, workers)
+        height, width = preprocess.input_size
+        try:
+            self.check_size(height, width)
+        except ValueError as err:
+            raise ValueError(
+                f"{err}, but its preprocessing crops {height}x{width}: export it again with "
+                f"`--input-size {height} {width}`"
+            ) from None
+
+    def check_size(self, height: int, width: int) -> None:
+        """Raise ``ValueError`` when the graph cannot take ``[B, 3, height, width]`` inputs."""
+        fixed = [d if isinstance(d, int) else None for d in self._shape[2:]]
+        if any(f is not None and f != n for f, n in zip(fixed, (height, width), strict=True)):
+            size = "x".join(str(f or "any") for f in fixed)
+            raise ValueError(f"{self.path} takes {size} inputs only (exported with a fixed size), not {height}x{width}")
+        multiple = self.metadata.size_multiple if self.metadata is not None else 1
+        if any(f is None and n % multiple for f, n in zip(fixed, (height, width), strict=True)):
+            raise ValueError(
+                f"{self.path} takes heights and widths that are multiples of {multiple} "
+                f"(the patch grid of {self.metadata.arch if self.metadata else 'the model'}), not {height}x{width}"
+            )
+
+    def forward(self, batch: Tensor) -> Tensor:
+        """One onnxruntime run (several when the graph has a fixed batch: the last one padded with zeros)."""
+        self.check_size(batch.shape[2], batch.shape[3])
+        x = np.ascontiguousarray(batch.numpy(), dtype=np.float32)
+        fixed = self._shape[0] if isinstance(self._shape[0], int) else None
+        if fixed is None:
+            return torch.from_numpy(self.session.run([self._output], {self._input: x})[0])
+        outputs = []
+        for start in range(0, len(x), fixed):
+            part = x[start : start + fixed]
+            padded = np.concatenate([part, np.zeros((fixed - len(part), *part.shape[1:]), np.float32)])
+            outputs.append(self.session.run([self._output], {self._input: padded})[0][: len(part)])
+        return torch.from_numpy(np.concatenate(outputs))
+
+
+BACKENDS: tuple[str, ...] = ("eager", "onnxruntime")
+
+
+def resolve_backend(model: str | os.PathLike, backend: str | None = None) -> str:
+    """The backend that runs ``model``: ``backend`` when given (checked against the file), else inferred from it.
+
+    An exported ``.onnx`` file runs in onnxruntime; an architecture, ``arch.tag`` or saved folder runs eagerly.
+    """
+    is_onnx = str(model).lower().endswith(".onnx")
+    if backend is None:
+        return "onnxruntime" if is_onnx else "eager"
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
+    if backend == "eager" and is_onnx:
+        raise ValueError(f"{model} is an ONNX file: run it with --backend onnxruntime (eager runs PyTorch models)")
+    if backend == "onnxruntime" and not is_onnx:
+        raise ValueError(
+            f"--backend onnxruntime runs an exported .onnx file (write one with `mobilevit export --format onnx`); "
+            f"got {str(model)!r}"
+        )
+    return backend
+
+
+def load_predictor(
+    model: str | os.PathLike,
+    backend: str | None = None,
+    pretrained: bool | str | os.PathLike = True,
+    threads: int = 0,
+    **kwargs: Any,
+) -> Predictor:
+    """The predictor the CLI and the server use: eager for a model name, onnxruntime for an exported ``.onnx`` file.
+
+    Args:
+        model: architecture, ``arch.tag`` or saved folder (:meth:`Predictor.from_pretrained`), or a ``.onnx`` file
+            (:class:`OnnxPredictor`).
+        backend: ``"eager"`` or ``"onnxruntime"``; ``None`` infers it from ``model`` (see :func:`resolve_backend`).
+        pretrained: weights of an eager model; an ONNX file carries its own, so it must stay ``True`` there.
+        threads: onnxruntime intra-op threads (0: its default); eager models use ``torch.set_num_threads``.
+        **kwargs: ``batch_size``, ``workers``.
+    """
+    if resolve_backend(model, backend) == "onnxruntime":
+        if pretrained is not True:
+            raise ValueError(f"{model}: an ONNX file carries its weights; --pretrained/--random-weights do not apply")
+        return OnnxPredictor(model, threads=threads, **kwargs)
+    return Predictor.from_pretrained(str(model), pretrained=pretrained, **kwargs)

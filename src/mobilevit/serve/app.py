@@ -26,7 +26,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from torch import Tensor
 
 from ..data.images import ImageError, open_image
-from ..predict import Predictor
+from ..predict import Predictor, load_predictor
 from .config import ServeConfig
 from .engine import BatchEngine, OverloadedError
 from .page import PAGE
@@ -121,9 +121,13 @@ class Metrics:
 
 
 def default_loader(config: ServeConfig, index: int) -> Loader:
-    """Build the predictor of ``config.models[index]`` through :meth:`Predictor.from_pretrained`."""
+    """Build the predictor of ``config.models[index]``: from its weights (eager) or its ONNX file (onnxruntime)."""
     spec = config.models[index]
-    return lambda: Predictor.from_pretrained(spec.name, pretrained=spec.pretrained, batch_size=config.max_batch_size)
+    if config.backend == "onnxruntime":
+        assert isinstance(spec.pretrained, str)  # ServeConfig.validate: every model is an .onnx file
+        path = spec.pretrained
+        return lambda: load_predictor(path, "onnxruntime", batch_size=config.max_batch_size, threads=config.threads)
+    return lambda: load_predictor(spec.name, "eager", pretrained=spec.pretrained, batch_size=config.max_batch_size)
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:

@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-BACKENDS: tuple[str, ...] = ("eager",)  # "onnxruntime" arrives with the export package
+BACKENDS: tuple[str, ...] = ("eager", "onnxruntime")
 TOKEN_ENV = "MOBILEVIT_TOKEN"
 
 
@@ -20,17 +20,25 @@ class ModelSpec:
 
     Args:
         name: architecture or ``arch.tag`` (the weights entry supplies preprocessing and labels); also the route
-            name, ``POST /models/{name}``.
-        pretrained: ``True`` for the weights entry's file, a local checkpoint path, or ``False`` for random weights
-            (protocol tests only).
+            name, ``POST /models/{name}``. Any name for an ONNX file (its metadata supplies them).
+        pretrained: ``True`` for the weights entry's file, a local checkpoint path, an exported ``.onnx`` file (the
+            onnxruntime backend), or ``False`` for random weights (protocol tests only).
     """
 
     name: str
     pretrained: bool | str = True
 
+    @property
+    def is_onnx(self) -> bool:
+        """Whether the model is an exported ONNX file (served by the onnxruntime backend)."""
+        return isinstance(self.pretrained, str) and self.pretrained.lower().endswith(".onnx")
+
     @classmethod
     def parse(cls, text: str, pretrained: bool | str = True) -> ModelSpec:
-        """``NAME`` or ``NAME=CHECKPOINT`` (the checkpoint path wins over ``pretrained``)."""
+        """``NAME``, ``NAME=CHECKPOINT`` (the checkpoint path wins over ``pretrained``), or ``FILE.onnx`` (named after
+        the file's stem)."""
+        if "=" not in text and text.strip().lower().endswith(".onnx"):
+            return cls(Path(text.strip()).stem, text.strip())
         name, sep, path = text.partition("=")
         name = name.strip()
         if not name:
@@ -44,14 +52,18 @@ class ModelSpec:
         from ..registry import get_config
         from ..weights.entries import get_weights
 
+        if isinstance(self.pretrained, str) and not Path(self.pretrained).exists():
+            raise ValueError(
+                f"{self.name}: {'ONNX file' if self.is_onnx else 'checkpoint'} {self.pretrained!r} does not exist"
+            )
+        if self.is_onnx:
+            return  # any route name; the file's metadata says what it is
         get_config(self.name)  # ValueError with suggestions for an unknown architecture
         if "." in self.name:
             try:
                 get_weights(self.name)
             except KeyError as err:
                 raise ValueError(err.args[0]) from None
-        if isinstance(self.pretrained, str) and not Path(self.pretrained).exists():
-            raise ValueError(f"{self.name}: checkpoint {self.pretrained!r} does not exist")
 
 
 @dataclass(frozen=True)
@@ -63,7 +75,8 @@ class ServeConfig:
         host: interface to bind; loopback by default, so nothing is exposed unless asked for.
         port: TCP port (0: any free port).
         token: bearer token required on the prediction routes (``None``: no authentication).
-        backend: inference runtime; only ``"eager"`` (PyTorch) for now.
+        backend: inference runtime: ``"eager"`` (PyTorch, the folded model) or ``"onnxruntime"`` (every model an
+            exported ``.onnx`` file; see :func:`infer_backend`).
         max_batch_size: requests run together in one forward pass (1 turns dynamic batching off).
         max_wait_ms: how long the batcher waits for a batch to fill once it has one request; a few ms trades a
             little latency at low load for much larger batches at high load.
@@ -74,7 +87,8 @@ class ServeConfig:
             ``Retry-After`` tells clients to back off.
         decode_workers: threads that decode and preprocess images off the event loop.
         retry_after: seconds suggested in ``Retry-After`` headers.
-        threads: PyTorch intra-op threads for the process (``mobilevit serve`` sets them); 0 keeps PyTorch's default
+        threads: intra-op threads: PyTorch's for the process (``mobilevit serve`` sets them), or each onnxruntime
+            session's; 0 keeps the runtime's default
             (one per core), which with batching gave the most throughput on an idle 2-core machine (86 vs 68 req/s
             with 1 thread). On cores shared with other work use 1: competing OpenMP threads stall each other
             (measured: 1 s instead of 10 ms per image), and scale out with processes.
@@ -112,10 +126,18 @@ class ServeConfig:
         if dupes:
             raise ValueError(f"--model given twice for {', '.join(dupes)}; each served name must be unique")
         if self.backend not in BACKENDS:
-            raise ValueError(
-                f"--backend {self.backend!r} is not available; choose from {', '.join(BACKENDS)} "
-                "(onnxruntime arrives with `mobilevit export`)"
-            )
+            raise ValueError(f"--backend {self.backend!r} is not available; choose from {', '.join(BACKENDS)}")
+        for spec in self.models:
+            if self.backend == "onnxruntime" and not spec.is_onnx:
+                raise ValueError(
+                    f"--backend onnxruntime serves exported .onnx files (`mobilevit export --format onnx`); model "
+                    f"{spec.name!r} has none: use --model FILE.onnx or --model NAME=FILE.onnx"
+                )
+            if self.backend == "eager" and spec.is_onnx:
+                raise ValueError(
+                    f"{spec.pretrained} is an ONNX file: serve it with --backend onnxruntime "
+                    "(one server runs every model with the same backend)"
+                )
         checks = [
             (0 <= self.port <= 65535, f"--port must be in 0..65535, got {self.port}"),
             (self.max_batch_size >= 1, f"--max-batch-size must be at least 1, got {self.max_batch_size}"),
@@ -141,3 +163,8 @@ class ServeConfig:
         """Check every model name and checkpoint path (separate: it imports the registry)."""
         for spec in self.models:
             spec.validate()
+
+
+def infer_backend(models: tuple[ModelSpec, ...]) -> str:
+    """``"onnxruntime"`` when a model is an ``.onnx`` file (:meth:`ServeConfig.validate` rejects a mix), else eager."""
+    return "onnxruntime" if any(spec.is_onnx for spec in models) else "eager"
