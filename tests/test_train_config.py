@@ -155,3 +155,37 @@ def test_partial_yaml_and_yaml11_floats():
     cfg = from_yaml("optimizer:\n  lr: 1e-3\nepochs: 2\n")  # PyYAML reads 1e-3 as a string; accepted for floats
     assert cfg.optimizer.lr == 1e-3 and cfg.epochs == 2 and cfg.sampler == TrainConfig().sampler
     assert from_yaml("") == TrainConfig() == from_dict({})
+
+
+@pytest.mark.parametrize("variant", ["s0", "s1", "s2", "s3", "s4"])
+def test_mobileone_values(variant):
+    """MobileOne paper (arXiv 2206.04040): SGD, lr 0.1 at batch 256, cosine, wd 1e-4 annealed to 1e-5, LS 0.1,
+    EMA 0.9995, 300 epochs, 224 input; eval resize 256 / crop 224 bilinear (SPEC.md)."""
+    cfg = load_recipe(f"mobileone_{variant}")
+    assert cfg.model.name == f"mobileone_{variant}"
+    assert (cfg.optimizer.name, cfg.optimizer.lr, cfg.optimizer.weight_decay) == ("sgd", 0.1, 1e-4)
+    assert cfg.schedule.min_weight_decay == 1e-5 and cfg.epochs == 300
+    assert cfg.sampler.batch_size * 8 == 256 and cfg.sampler.base_size == 224 and cfg.sampler.kind == "fixed"
+    assert (cfg.augment.label_smoothing, cfg.ema.enabled, cfg.ema.momentum) == (0.1, True, 0.0005)
+    assert (cfg.augment.mixup_alpha, cfg.augment.cutmix_alpha, cfg.augment.randaugment) == (0.0, 0.0, False)
+    assert (cfg.data.val_resize, cfg.data.val_crop, cfg.data.val_interpolation) == (256, 224, "bilinear")
+
+
+def test_v2_200_values():
+    """ml-cvnets config/classification/imagenet/mobilevit_v2.yaml (width 2.0): max lr 0.002, min 0.0002, wd 0.05."""
+    cfg = load_recipe("mobilevitv2_200")
+    assert cfg.model.name == "mobilevitv2_200"
+    assert (cfg.optimizer.lr, cfg.schedule.min_lr, cfg.optimizer.weight_decay) == (0.002, 0.0002, 0.05)
+    assert (cfg.schedule.warmup_iters, cfg.schedule.warmup_init_lr) == (20000, 1e-6)
+    assert cfg.amp and cfg.channels_last and cfg.clip_grad == 10.0 and cfg.augment.mixup_alpha == 0.2
+
+
+def test_new_sections_override():
+    cfg = apply_overrides(
+        TrainConfig(),
+        ["optimizer.name=sgd", "optimizer.nesterov=true", "optimizer.layer_decay=0.75", "logging.tensorboard=true"],
+    )
+    assert cfg.optimizer.name == "sgd" and cfg.optimizer.nesterov and cfg.optimizer.layer_decay == 0.75
+    assert cfg.logging.tensorboard and cfg.logging.csv
+    with pytest.raises(ConfigError, match=r"optimizer\.name: expected one of"):
+        apply_overrides(TrainConfig(), ["optimizer.name=lamb"])

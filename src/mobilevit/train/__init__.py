@@ -1,7 +1,7 @@
 """Training (issue 6): config and recipes, the loop (single process or torchrun), optimizer/schedule/EMA, checkpoints.
 
 Recipes follow the official configs of ml-cvnets (https://github.com/apple/ml-cvnets), apple/ml-fastvit and
-apple/ml-mobileone; see :mod:`mobilevit.train.config`.
+the MobileOne paper; see :mod:`mobilevit.train.config`.
 """
 
 from .config import (
@@ -10,6 +10,7 @@ from .config import (
     DataConfig,
     DistillConfig,
     EMAConfig,
+    LoggingConfig,
     ModelConfig,
     OptimizerConfig,
     SamplerConfig,
@@ -23,8 +24,8 @@ from .config import (
     to_dict,
     to_yaml,
 )
-from .loop import NonFiniteLossError, TrainResult, build_model, train
-from .optim import ModelEMA, WarmupCosineSchedule, build_optimizer, param_groups
+from .loop import NonFiniteLossError, TrainResult, build_model, build_teacher, train
+from .optim import ModelEMA, WarmupCosineSchedule, build_optimizer, layer_ids, param_groups
 
 __all__ = [
     "AugmentConfig",
@@ -32,6 +33,7 @@ __all__ = [
     "DataConfig",
     "DistillConfig",
     "EMAConfig",
+    "LoggingConfig",
     "ModelConfig",
     "ModelEMA",
     "NonFiniteLossError",
@@ -44,8 +46,10 @@ __all__ = [
     "apply_overrides",
     "build_model",
     "build_optimizer",
+    "build_teacher",
     "from_dict",
     "from_yaml",
+    "layer_ids",
     "list_recipes",
     "load_recipe",
     "param_groups",

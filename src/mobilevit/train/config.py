@@ -33,6 +33,7 @@ __all__ = [
     "DataConfig",
     "DistillConfig",
     "EMAConfig",
+    "LoggingConfig",
     "ModelConfig",
     "OptimizerConfig",
     "SamplerConfig",
@@ -92,14 +93,19 @@ class SamplerConfig:
 
 @dataclass(frozen=True)
 class OptimizerConfig:
-    """AdamW; ``lr`` is the peak learning rate of the schedule."""
+    """AdamW (MobileViT, FastViT) or SGD with momentum (MobileOne); ``lr`` is the peak learning rate of the schedule."""
 
-    name: Literal["adamw"] = "adamw"
+    name: Literal["adamw", "sgd"] = "adamw"
     lr: float = 2e-3
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
+    betas: tuple[float, float] = (0.9, 0.999)  # AdamW
+    eps: float = 1e-8  # AdamW
+    momentum: float = 0.9  # SGD
+    nesterov: bool = False  # SGD
     weight_decay: float = 0.01
     no_decay_norm_bias: bool = True  # no weight decay on normalization parameters and biases
+    # fine-tuning: the head trains at lr, the layer before it (final conv, else the last stage) at lr * layer_decay,
+    # each earlier stage one more factor, the stem the smallest (BEiT / timm "layer_decay"); None: one lr for all
+    layer_decay: float | None = None
 
 
 @dataclass(frozen=True)
@@ -111,6 +117,8 @@ class ScheduleConfig:
     warmup_epochs: float = 0.0  # ... FastViT in epochs; the trainer uses whichever is non-zero (both: the longer)
     warmup_init_lr: float = 1e-6
     min_lr: float = 2e-4
+    # MobileOne anneals weight decay with the same cosine (1e-4 -> 1e-5); None keeps optimizer.weight_decay constant
+    min_weight_decay: float | None = None
 
 
 @dataclass(frozen=True)
@@ -144,12 +152,27 @@ class EMAConfig:
 
 @dataclass(frozen=True)
 class DistillConfig:
-    """Knowledge distillation from a teacher (the FastViT recipe: hard, RegNetY-160, alpha 0.5, tau 1)."""
+    """Knowledge distillation from a frozen teacher (the FastViT recipe: hard, RegNetY-160, alpha 0.5, tau 1).
 
-    teacher: str | None = None  # None disables; a weights name or checkpoint path
+    ``teacher`` is one of: a weights name ``arch.tag`` (or an architecture name: its default weights); a folder or
+    ``model.safetensors`` written by ``mobilevit.save_pretrained`` (e.g. ``runs/x/final``); a checkpoint file of
+    another format together with ``teacher_arch``; or ``timm:<name>`` for a timm model with its pretrained weights
+    (needs timm installed; FastViT's teacher is ``timm:regnety_160``). It must have ``model.num_classes`` outputs.
+    """
+
+    teacher: str | None = None  # None disables distillation
+    teacher_arch: str | None = None  # architecture of a teacher checkpoint file that does not record it
     kind: Literal["hard", "soft"] = "hard"
     alpha: float = 0.5  # weight of the distillation loss
     tau: float = 1.0  # temperature (soft)
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    """Where metrics go besides ``metrics.jsonl``: ``metrics.csv`` (one row per epoch) and TensorBoard."""
+
+    csv: bool = True
+    tensorboard: bool = False  # needs the tensorboard package; skipped with one log line when it is missing
 
 
 @dataclass(frozen=True)
@@ -164,6 +187,7 @@ class TrainConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     ema: EMAConfig = field(default_factory=EMAConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
     epochs: int = 300
     max_iters: int | None = None  # stop early after this many optimizer steps
     clip_grad: float | None = None  # max gradient norm; None: no clipping

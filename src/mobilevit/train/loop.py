@@ -3,7 +3,9 @@
 Follows the ml-cvnets trainer (https://github.com/apple/ml-cvnets, ``engine/training_engine.py``; MobileViT arXiv
 2110.02178) and the ml-fastvit recipe (arXiv 2303.14189): variable-batch multi-scale sampler, AdamW with per-iteration
 warmup + cosine, label smoothing, EMA of the weights evaluated each epoch, gradient clipping and accumulation, bf16
-autocast, channels_last, fine-tuning with a new head and an optional frozen backbone.
+autocast, channels_last, fine-tuning with a new head and an optional frozen backbone, and knowledge distillation from
+a frozen teacher (DeiT, arXiv 2012.12877, as ml-fastvit uses it): the teacher sees the same (mixed) images as the
+student, each normalized with its own preprocessing, in eval mode, without gradients, under the same autocast.
 
 Never lose work:
 
@@ -16,12 +18,15 @@ Never lose work:
 - Corrupt images are logged, skipped and counted (``skipped`` in the epoch records).
 
 Metrics go to ``{output_dir}/metrics.jsonl`` (one JSON object per line: ``"event": "step" | "epoch" | "summary"``),
-reduced over all ranks; only rank 0 writes files. Progress bars belong to the caller: pass ``progress``.
+reduced over all ranks, to ``{output_dir}/metrics.csv`` (the epoch records, columns :data:`EPOCH_COLUMNS`) and, with
+``logging.tensorboard``, to TensorBoard event files in ``{output_dir}/tensorboard``; only rank 0 writes files.
+Progress bars belong to the caller: pass ``progress``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import csv
 import dataclasses
 import functools
 import json
@@ -46,15 +51,41 @@ from ..data.datasets import ImageDataset, collate_skipping, skip_none
 from ..data.samplers import MultiScaleBatchSampler, MultiScaleDataset
 from ..data.transforms import eval_transform, transform_for
 from . import checkpoint as ckpt
-from .config import ModelConfig, TrainConfig, to_dict, to_yaml
+from .config import DistillConfig, ModelConfig, TrainConfig, to_dict, to_yaml
 from .losses import build_loss
 from .optim import ModelEMA, WarmupCosineSchedule, build_optimizer
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["METRICS", "NonFiniteLossError", "TrainResult", "build_criterion", "build_model", "train"]
+__all__ = [
+    "EPOCH_COLUMNS",
+    "METRICS",
+    "METRICS_CSV",
+    "NonFiniteLossError",
+    "TrainResult",
+    "build_criterion",
+    "build_model",
+    "build_teacher",
+    "train",
+]
 
 METRICS = "metrics.jsonl"
+METRICS_CSV = "metrics.csv"
+# every field of an epoch record, in the CSV's column order (fixed, so the header never changes within a run)
+EPOCH_COLUMNS = (
+    "epoch",
+    "step",
+    "complete",
+    "train_loss",
+    "val_top1",
+    "val_top1_ema",
+    "lr",
+    "images",
+    "skipped",
+    "seconds",
+    "images_per_s",
+    "world_size",
+)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -169,12 +200,68 @@ def build_model(cfg: ModelConfig) -> nn.Module:
 
 def build_criterion(cfg: TrainConfig) -> nn.Module:
     """The training loss of :mod:`mobilevit.train.losses`: label smoothing for hard targets, soft-target
-    cross-entropy for mixup/cutmix targets. Distillation needs a teacher model in the loop, which is not wired yet, so
-    it is refused here rather than ignored.
+    cross-entropy for mixup/cutmix targets; with ``distill.teacher`` a
+    :class:`~mobilevit.train.losses.DistillationLoss` called as ``criterion(logits, targets, teacher_logits)``.
     """
-    if cfg.distill.teacher is not None:
-        raise NotImplementedError("knowledge distillation (distill.teacher) is not wired into the training loop yet")
     return build_loss(cfg)
+
+
+@dataclass(frozen=True)
+class _TeacherPreprocess:
+    """The input normalization of a teacher from outside this package (timm)."""
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    channel_order: str = "RGB"
+
+
+def build_teacher(cfg: DistillConfig, num_classes: int) -> tuple[nn.Module, Any]:
+    """The frozen teacher of ``cfg`` (see :class:`~mobilevit.train.config.DistillConfig`) and its preprocessing.
+
+    The teacher is in eval mode with ``requires_grad=False`` on every parameter; the preprocessing (``channel_order``,
+    ``mean``, ``std``) is what its weights expect, so the loop can normalize the shared [0, 1] RGB batch for it.
+
+    Raises:
+        ValueError: no teacher configured, or its number of outputs is not ``num_classes``.
+        ImportError: a ``timm:`` teacher without timm installed.
+    """
+    from ..registry import create_model, list_models
+
+    spec = cfg.teacher
+    if spec is None:
+        raise ValueError("distill.teacher is not set")
+    if spec.startswith("timm:"):
+        try:
+            import timm
+        except ImportError as err:
+            raise ImportError(f"distill.teacher={spec} needs timm: pip install timm") from err
+        model = timm.create_model(spec[len("timm:") :], pretrained=True)
+        info = model.pretrained_cfg
+        pre: Any = _TeacherPreprocess(tuple(info["mean"]), tuple(info["std"]))
+    else:
+        if os.path.exists(spec):
+            model = create_model(cfg.teacher_arch, pretrained=spec) if cfg.teacher_arch else create_model(spec)
+        else:  # "arch.tag", or an architecture name with its default weights
+            if cfg.teacher_arch is not None:
+                raise ValueError(f"distill.teacher_arch is for a checkpoint file; {spec!r} is not a file")
+            if "." not in spec and spec not in list_models():
+                raise ValueError(f"distill.teacher {spec!r}: no such file, weights name or architecture")
+            model = create_model(spec, pretrained=True)
+        info = model.pretrained_cfg
+        pre = info.preprocess if info is not None and info.preprocess is not None else None
+        if pre is None:
+            pre = transform_for(info.arch if info is not None else spec).pre
+    outputs = getattr(model, "num_classes", None)
+    if outputs != num_classes:
+        raise ValueError(
+            f"distill.teacher {spec} has {outputs} outputs but the student has model.num_classes={num_classes}; "
+            "the teacher must classify the same classes"
+        )
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    logger.info("teacher %s (%s distillation, alpha %s, tau %s)", spec, cfg.kind, cfg.alpha, cfg.tau)
+    return model, pre
 
 
 def _train_transform_factory(cfg: TrainConfig) -> Callable[[int, int], Any]:
@@ -207,6 +294,7 @@ class _Normalize:
         self.mean = torch.tensor(pre.mean, dtype=torch.float32).view(1, 3, 1, 1)
         self.std = torch.tensor(pre.std, dtype=torch.float32).view(1, 3, 1, 1)
         self.identity = not any(pre.mean) and all(s == 1.0 for s in pre.std)
+        self.key = (self.bgr, tuple(pre.mean), tuple(pre.std))  # equal keys: the same transform
 
     def __call__(self, x: Tensor) -> Tensor:
         if self.bgr:
@@ -266,16 +354,38 @@ def _evaluate(model: nn.Module, loader: DataLoader, world: _Dist, cfg: TrainConf
 
 
 class _MetricsLog:
-    """Appends JSON lines on rank 0; on resume, drops the records written after the checkpoint."""
+    """Rank 0's metrics: JSON lines, the epoch records as CSV, optionally TensorBoard scalars.
 
-    def __init__(self, path: Path, enabled: bool, resume_step: int | None) -> None:
-        self.path = path
+    A fresh run starts new files; on resume, the records written after the checkpoint are dropped (the CSV is
+    rewritten from the kept epoch records, TensorBoard purges the events after the resume step).
+    """
+
+    def __init__(self, out: Path, enabled: bool, resume_step: int | None, csv_log: bool, tensorboard: bool) -> None:
+        self.path = out / METRICS
+        self.csv_path = out / METRICS_CSV if csv_log else None
         self.enabled = enabled
+        self.epochs: list[dict[str, Any]] = []
+        self.tb: Any = None
         if not enabled:
             return
-        if resume_step is not None and path.is_file():
-            kept = [line for line in path.read_text().splitlines() if line.strip() and self._keep(line, resume_step)]
-            path.write_text("".join(line + "\n" for line in kept))
+        kept: list[str] = []
+        if resume_step is not None and self.path.is_file():
+            kept = [
+                line for line in self.path.read_text().splitlines() if line.strip() and self._keep(line, resume_step)
+            ]
+        self.path.write_text("".join(line + "\n" for line in kept))
+        self.epochs = [r for r in map(json.loads, kept) if r.get("event") == "epoch"]
+        self._write_csv()
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                logger.warning(
+                    "logging.tensorboard: the tensorboard package is not installed; TensorBoard logging skipped"
+                )
+            else:
+                purge = resume_step + 1 if resume_step is not None else None
+                self.tb = SummaryWriter(log_dir=str(out / "tensorboard"), purge_step=purge)
 
     @staticmethod
     def _keep(line: str, step: int) -> bool:
@@ -290,6 +400,38 @@ class _MetricsLog:
             return
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
+        if record["event"] == "epoch":
+            self.epochs.append(record)
+            self._write_csv()
+        if self.tb is not None:
+            self._write_tensorboard(record)
+
+    def _write_csv(self) -> None:
+        """Rewrite ``metrics.csv`` from the epoch records (a few hundred rows at most), atomically."""
+        if self.csv_path is None:
+            return
+        tmp = self.csv_path.with_name(f".{self.csv_path.name}.tmp")
+        with tmp.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=EPOCH_COLUMNS)
+            writer.writeheader()
+            for record in self.epochs:
+                writer.writerow({k: v for k, v in record.items() if k != "event"})
+        os.replace(tmp, self.csv_path)
+
+    def _write_tensorboard(self, record: dict[str, Any]) -> None:
+        step = record.get("step", 0)
+        names = {
+            "step": {"loss": "train/loss", "lr": "train/lr", "images_per_s": "train/images_per_s"},
+            "epoch": {"train_loss": "epoch/train_loss", "val_top1": "val/top1", "val_top1_ema": "val/top1_ema"},
+        }.get(record["event"], {})
+        for key, tag in names.items():
+            if record.get(key) is not None:
+                self.tb.add_scalar(tag, record[key], step)
+        self.tb.flush()
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -366,6 +508,13 @@ def _train(
         model = model.to(memory_format=torch.channels_last)
     pre = _preprocess(model, cfg)
     normalize = _Normalize(pre)
+    teacher = teacher_normalize = None
+    if cfg.distill.teacher is not None:
+        teacher, teacher_pre = build_teacher(cfg.distill, cfg.model.num_classes)
+        teacher = teacher.to(world.device)
+        if cfg.channels_last:
+            teacher = teacher.to(memory_format=torch.channels_last)
+        teacher_normalize = _Normalize(teacher_pre)
 
     # -- data ------------------------------------------------------------------------------------------------------
     train_set = ImageDataset.from_path(cfg.data.train)
@@ -390,7 +539,11 @@ def _train(
         val_set = ImageDataset.from_path(cfg.data.val, transform=eval_transform(pre))
         shard = Subset(val_set, range(world.rank, len(val_set), world.world_size))
         val_loader = DataLoader(
-            shard, batch_size=cfg.sampler.batch_size, num_workers=cfg.data.num_workers, collate_fn=collate_skipping
+            shard,
+            batch_size=cfg.sampler.batch_size,
+            num_workers=cfg.data.num_workers,
+            collate_fn=collate_skipping,
+            generator=torch.Generator(),  # an evaluation draws nothing from the global RNG (exact resume after it)
         )
 
     # -- optimization ----------------------------------------------------------------------------------------------
@@ -447,7 +600,7 @@ def _train(
                 "checkpoint has RNG states of %d ranks, this run has %d: reseeding", len(rng), world.world_size
             )
 
-    log = _MetricsLog(out / METRICS, is_main, step if state is not None else None)
+    log = _MetricsLog(out, is_main, step if state is not None else None, cfg.logging.csv, cfg.logging.tensorboard)
     last_saved: int | None = step if state is not None else None
 
     def save(next_epoch: int, next_batch: int) -> None:
@@ -482,6 +635,7 @@ def _train(
     window = {"loss_sum": 0.0, "samples": 0.0, "time": time.perf_counter()}
     val_top1 = val_top1_ema = None
     epoch_loss: float | None = None
+    lr: float | None = None
     stop = cfg.max_iters is not None and step >= cfg.max_iters
     accum = cfg.accumulation_steps
     while epoch < cfg.epochs and not stop:
@@ -499,18 +653,25 @@ def _train(
             is_step = batches_done == window_start + micro_in_window
             if world.all_true(images.numel() > 0):
                 images, targets = images.to(world.device, non_blocking=True), targets.to(world.device)
-                images = normalize(images)
-                if mixer is not None:
+                if mixer is not None:  # on [0, 1] RGB: mixing commutes with each model's normalization
                     images, targets = mixer(images, targets)  # targets become soft [B, num_classes]
-                if cfg.channels_last:
-                    images = images.contiguous(memory_format=torch.channels_last)
+                inputs = _prepare(normalize(images), cfg.channels_last)
+                teacher_logits = None
+                if teacher is not None and teacher_normalize is not None:
+                    same = teacher_normalize.key == normalize.key
+                    teacher_in = inputs if same else _prepare(teacher_normalize(images), cfg.channels_last)
+                    with torch.no_grad(), amp():
+                        teacher_logits = teacher(teacher_in).float()
                 sync = (
                     contextlib.nullcontext() if is_step or not world.enabled else train_model.no_sync()  # type: ignore[operator]
                 )
                 with sync:
                     with amp():
-                        logits = train_model(images)
-                    loss = criterion(logits.float(), targets)
+                        logits = train_model(inputs)
+                    if teacher_logits is None:
+                        loss = criterion(logits.float(), targets)
+                    else:
+                        loss = criterion(logits.float(), targets, teacher_logits)
                     value = float(loss.detach())
                     if not world.all_true(math.isfinite(value)):
                         raise NonFiniteLossError(
@@ -599,6 +760,7 @@ def _train(
             "skipped": int(skipped_epoch),
             "val_top1": val_top1,
             "val_top1_ema": val_top1_ema,
+            "lr": lr,
             "seconds": stats["seconds"],
             "images_per_s": samples / stats["seconds"] if stats["seconds"] > 0 else None,
             "world_size": world.world_size,
@@ -643,7 +805,12 @@ def _train(
         output_dir=str(out),
     )
     log.write({"event": "summary", **dataclasses.asdict(result)})
+    log.close()
     return result
+
+
+def _prepare(x: Tensor, channels_last: bool) -> Tensor:
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
 def _fmt(value: float | None) -> str:
