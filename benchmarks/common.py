@@ -51,3 +51,24 @@ def setup_line(resolution: int, rounds: int) -> str:
 def max_rel_diff(out: torch.Tensor, ref: torch.Tensor) -> str:
     """Largest logit difference relative to the reference's largest logit, formatted."""
     return f"{((out - ref).abs().max() / ref.abs().max()).item():.1e}"
+
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+CACHE = Path("/tmp/mobilevit-bench")  # extracted data sets, reused across runs
+
+
+def extract_once(archive: Path, dest: Path) -> Path:
+    """Extract ``archive`` (tar, tar.gz) into ``dest`` unless an earlier run finished doing so; returns ``dest``."""
+    import tarfile
+
+    done = dest / ".extracted"
+    if done.is_file():
+        return dest
+    if not archive.is_file():
+        raise SystemExit(f"{archive} not found: the benchmark needs the shared test data (see SPEC.md, section 3)")
+    dest.mkdir(parents=True, exist_ok=True)
+    print(f"extracting {archive} -> {dest}", flush=True)
+    with tarfile.open(archive) as tar:
+        tar.extractall(dest, filter="data")
+    done.write_text(str(archive))
+    return dest
