@@ -55,12 +55,19 @@ def cmd_list(args: argparse.Namespace) -> None:
 
 
 def _predictor(args: argparse.Namespace) -> Predictor:
-    from .predict import Predictor
+    import torch
 
+    from .predict import load_predictor
+
+    if args.threads:
+        torch.set_num_threads(args.threads)  # eager; an onnxruntime session gets its own below
     pretrained = args.pretrained or not args.random_weights
+    predictor = load_predictor(
+        args.model, args.backend, pretrained=pretrained, threads=args.threads, batch_size=args.batch_size
+    )
     if args.random_weights:
         print(f"WARNING: {args.model} has random weights; its predictions mean nothing.", file=sys.stderr)
-    return Predictor.from_pretrained(args.model, pretrained=pretrained, batch_size=args.batch_size)
+    return predictor
 
 
 def _progress(total: int, enabled: bool, desc: str) -> tqdm | None:
@@ -102,6 +109,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     import torch.distributed as dist
 
     from .evaluate import evaluate, read_labelled
+    from .predict import resolve_backend
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
         dist.init_process_group("gloo")  # launched by torchrun: shard the images, sum the counts
@@ -112,7 +120,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     result = evaluate(predictor, samples, bar.update if bar else None)
     if bar:
         bar.close()
-    result = {"model": args.model, "pretrained": str(args.pretrained or True), **result}
+    backend = resolve_backend(args.model, args.backend)
+    result = {"model": args.model, "pretrained": str(args.pretrained or True), "backend": backend, **result}
     if rank == 0:
         if args.json:
             print(json.dumps(result))
@@ -129,32 +138,64 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
+    import importlib.util
+    from pathlib import Path
+
     import torch
 
-    from .bench.run import latency_table
+    from .bench import measure_peak_gmacs
+    from .bench.report import format_report, latency_accuracy_chart
+    from .bench.run import bench_table, parse_backends, system_info
 
+    names, backends = _models(args.models), parse_backends(args.backends)
+    if args.chart and 1 not in args.batch_sizes:
+        raise ValueError("--chart plots batch-1 latency: include 1 in --batch-sizes")
+    for needed, module in [("onnxruntime" in backends, "onnxruntime"), (args.chart, "matplotlib")]:
+        if needed and importlib.util.find_spec(module) is None:
+            raise ValueError(f"{module} is not installed (pip install {module}); it is needed for this run")
     if args.threads:
         torch.set_num_threads(args.threads)
-    rows = latency_table(_models(args.models), args.batch_sizes, args.resolution, args.repeats)
-    _print(rows, args.json)
+    progress = (lambda msg: print(msg, file=sys.stderr, flush=True)) if sys.stderr.isatty() else None
+    peak = measure_peak_gmacs()
+    rows = bench_table(
+        names, backends, args.batch_sizes, args.resolution, args.repeats, 3, peak["measured_peak_gmacs"], progress
+    )
+    header = system_info(peak, backends=",".join(backends), resolution=args.resolution, repeats=args.repeats)
+    text = format_report(header, rows, "json" if args.json else args.format)
+    if args.output:
+        Path(args.output).write_text(text + "\n")
+        print(f"wrote {args.output}", file=sys.stderr)
+    else:
+        print(text)
+    if args.chart:
+        title = f"{header['cpu']}, threads: {header['threads']}, fp32, {args.resolution}x{args.resolution}, batch 1"
+        for point in latency_accuracy_chart(rows, args.chart, title):
+            print(
+                f"chart: {point['model']} {point['median_ms']:.2f} ms ({point['backend']}), "
+                f"top-1 {point['top1']} from {point['weights']}",
+                file=sys.stderr,
+            )
+        print(f"wrote {args.chart}", file=sys.stderr)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     import os
 
     from .serve import ModelSpec, ServeConfig, run
+    from .serve.config import infer_backend
 
     if args.pretrained and len(args.model) > 1:
         raise ValueError("--pretrained applies to a single --model; with several, write --model NAME=CHECKPOINT")
     default = args.pretrained or not args.random_weights
     if args.random_weights:
         print("WARNING: random weights; predictions mean nothing (protocol testing only).", file=sys.stderr)
+    models = tuple(ModelSpec.parse(text, default) for text in args.model)
     config = ServeConfig(
-        models=tuple(ModelSpec.parse(text, default) for text in args.model),
+        models=models,
         host=args.host,
         port=args.port,
         token=args.token or os.environ.get("MOBILEVIT_TOKEN") or None,
-        backend=args.backend,
+        backend=args.backend or infer_backend(models),
         max_batch_size=args.max_batch_size,
         max_wait_ms=args.max_wait_ms,
         max_body_mb=args.max_body_mb,
@@ -215,17 +256,48 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from .export import check_export, export_model
+    import tempfile
+    from pathlib import Path
+
+    from .export import check_export, export_model, quantize_onnx, validate_coreml
     from .registry import create_model
 
+    if args.quantize and args.format != "onnx":
+        raise ValueError("--quantize applies to --format onnx only")
+    if args.calibration and not args.quantize:
+        raise ValueError("--calibration is for --quantize int8")
+    if args.quantize and args.quantize_mode == "static" and not args.calibration:
+        raise ValueError(
+            "static int8 quantization needs calibration images: --calibration DIR (or --quantize-mode dynamic)"
+        )
     pretrained = args.pretrained or not args.random_weights
     if args.random_weights:
         print(f"WARNING: {args.model} has random weights; the exported file predicts nothing useful.", file=sys.stderr)
     model = create_model(args.model, pretrained=pretrained)
-    input_size = tuple(args.input_size) if args.input_size else None
-    path = export_model(
-        model, args.format, args.output, input_size=input_size, dynamic=not args.static, opset=args.opset
-    )
+    options = {
+        "input_size": tuple(args.input_size) if args.input_size else None,
+        "dynamic": not args.static,
+        "opset": args.opset,
+        "precision": args.precision,
+        "image_input": args.coreml_input == "image",
+    }
+    if args.format == "coreml":
+        path = export_model(model, "coreml", args.output, **options)
+        s = validate_coreml(path)
+        layout = f" {s.color_layout}" if s.color_layout else ""
+        print(
+            f"wrote {path} (CoreML ML Program, {s.weight_dtype}); input {s.input_name}: {s.input_kind}{layout} "
+            f"{s.input_shape}, {s.num_outputs} classes; spec checked (running it needs macOS)"
+        )
+        return 0
+    if args.quantize:
+        with tempfile.TemporaryDirectory() as tmp:
+            fp32 = export_model(model, "onnx", Path(tmp) / "fp32.onnx", **options)
+            path = quantize_onnx(fp32, args.output, args.calibration, mode=args.quantize_mode)
+        check_export(model, path)  # runs in onnxruntime; int8 logits on random input say nothing about accuracy
+        print(f"wrote {path} (onnx, int8 {args.quantize_mode}); measure its accuracy with `mobilevit eval`")
+        return 0
+    path = export_model(model, args.format, args.output, **options)
     parity = check_export(model, path)
     print(
         f"wrote {path} ({args.format}); max abs logit diff vs eager {parity.max_abs_diff:.2e} at {parity.input_shape}"
@@ -254,21 +326,40 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--function", choices=["softmax", "sigmoid", "none"], default="softmax")
         else:
             p.add_argument("data", help="ImageFolder tree, a CSV of (file, class index), or a folder with labels.csv")
-        p.add_argument("--model", required=True, help="architecture or arch.tag (see `mobilevit list --weights`)")
+        p.add_argument(
+            "--model", required=True, help="architecture, arch.tag (see `mobilevit list --weights`) or a .onnx file"
+        )
         p.add_argument("--pretrained", help="local checkpoint file or folder (default: the weights entry's file)")
         p.add_argument("--random-weights", action="store_true", help="no weights at all (testing only)")
+        p.add_argument(
+            "--backend",
+            choices=["eager", "onnxruntime"],
+            help="PyTorch, or onnxruntime for a file from `mobilevit export` (default: onnxruntime for .onnx)",
+        )
+        p.add_argument("--threads", type=int, default=0, help="model intra-op threads (0: the runtime's default)")
         p.add_argument("--batch-size", type=int, default=16)
         p.add_argument("--json", action="store_true", help="JSON output (one object per input for predict)")
         p.add_argument("--no-progress", action="store_true", help="no progress bar")
         p.set_defaults(func=cmd_predict if cmd == "predict" else cmd_eval)
 
-    p = sub.add_parser("bench", help="measure CPU latency (fp32, eager) of models on this machine")
+    p = sub.add_parser(
+        "bench",
+        help="measure fp32 CPU latency, throughput and %% of peak of models per backend on this machine",
+        description="Backends: eager = the model as created (FastViT/MobileOne in their train-time, unfolded form); "
+        "reparam = mobilevit.reparameterize_model (branches and BatchNorms folded); compile = torch.compile of the "
+        "folded model (compile time reported as setup_s); onnxruntime = the folded model exported to ONNX and run by "
+        "onnxruntime with the same thread count. %% of peak is against a 2048x2048 fp32 matmul measured at the start.",
+    )
     p.add_argument("models", nargs="*", help="names or patterns (default: all)")
+    p.add_argument("--backends", default="eager,reparam", help="comma-separated: eager, reparam, compile, onnxruntime")
     p.add_argument("--batch-sizes", type=_csv_ints, default=[1, 8], help="comma-separated, e.g. 1,8")
     p.add_argument("--resolution", type=int, default=256)
-    p.add_argument("--repeats", type=int, default=20, help="timed runs per measurement")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--repeats", type=int, default=20, help="timed runs per measurement (interleaved over backends)")
+    p.add_argument("--threads", type=int, default=0, help="torch and onnxruntime threads (default: torch's choice)")
+    p.add_argument("--format", choices=["table", "json", "csv", "markdown"], default="table")
+    p.add_argument("--output", help="write the report to this file instead of printing it")
+    p.add_argument("--chart", help="also write a PNG of batch-1 latency vs published top-1 (needs matplotlib)")
+    p.add_argument("--json", action="store_true", help="same as --format json")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("serve", help="HTTP server compatible with the Hugging Face Inference API")
@@ -277,32 +368,51 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         required=True,
         metavar="NAME[=CHECKPOINT]",
-        help="arch or arch.tag, optionally =local checkpoint; repeat to serve several (POST / uses the first)",
+        help="arch or arch.tag, optionally =local checkpoint, or [NAME=]FILE.onnx; repeat to serve several "
+        "(POST / uses the first)",
     )
     p.add_argument("--pretrained", help="local checkpoint for a single --model")
     p.add_argument("--random-weights", action="store_true", help="no weights at all (protocol testing only)")
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default: loopback only)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--token", help="require 'Authorization: Bearer TOKEN' (default: env MOBILEVIT_TOKEN, else none)")
-    p.add_argument("--backend", default="eager", help="inference runtime: eager (onnxruntime comes with export)")
+    p.add_argument(
+        "--backend",
+        choices=["eager", "onnxruntime"],
+        help="inference runtime of every model (default: onnxruntime when the models are .onnx files, else eager)",
+    )
     p.add_argument("--max-batch-size", type=int, default=16, help="requests per forward pass (1: no batching)")
     p.add_argument("--max-wait-ms", type=float, default=5.0, help="longest wait for a batch to fill")
     p.add_argument("--max-body-mb", type=float, default=16.0, help="largest request body")
     p.add_argument("--max-pixels", type=int, default=25_000_000, help="largest image (width * height)")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds per request before a 504")
     p.add_argument("--queue-size", type=int, default=64, help="requests admitted per model before 503s")
-    p.add_argument("--threads", type=int, default=0, help="PyTorch threads (0: one per core; use 1 on shared cores)")
+    p.add_argument(
+        "--threads", type=int, default=0, help="PyTorch/onnxruntime threads (0: one per core; use 1 on shared cores)"
+    )
     p.set_defaults(func=cmd_serve)
 
-    p = sub.add_parser("export", help="write the folded model as ONNX or TorchScript, with preprocessing and labels")
+    p = sub.add_parser(
+        "export", help="write the folded model as ONNX, CoreML or TorchScript, with preprocessing and labels"
+    )
     p.add_argument("--model", required=True, help="architecture or arch.tag (see `mobilevit list --weights`)")
     p.add_argument("--pretrained", help="local checkpoint file or folder (default: the weights entry's file)")
     p.add_argument("--random-weights", action="store_true", help="no weights at all (testing only)")
-    p.add_argument("--format", choices=["onnx", "torchscript"], required=True)
-    p.add_argument("--output", required=True, help="file to write (.onnx, .pt)")
+    p.add_argument("--format", choices=["onnx", "coreml", "torchscript"], required=True)
+    p.add_argument("--output", required=True, help="file to write (.onnx, .mlpackage, .pt)")
     p.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), help="trace size (default: the weights')")
     p.add_argument("--opset", type=int, default=18, help="ONNX opset (18 or higher)")
     p.add_argument("--static", action="store_true", help="fix the batch, height and width (default: dynamic)")
+    p.add_argument("--quantize", choices=["int8"], help="ONNX: write an int8 model (onnxruntime quantization)")
+    p.add_argument("--quantize-mode", choices=["static", "dynamic"], default="static", help="int8: calibrated or not")
+    p.add_argument("--calibration", help="int8 static: folder of calibration images (not your evaluation images)")
+    p.add_argument("--precision", choices=["float32", "float16"], default="float32", help="CoreML arithmetic")
+    p.add_argument(
+        "--coreml-input",
+        choices=["image", "tensor"],
+        default="image",
+        help="CoreML: an image input with the preprocessing inside (default) or a preprocessed tensor",
+    )
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("train", help="train or fine-tune a model with a recipe (runs under torchrun too)")
@@ -311,7 +421,7 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--config", help="YAML config file (as written to OUTPUT/config.yaml)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. optimizer.lr=0.001")
     p.add_argument("--data", required=True, help="ImageFolder tree or CSV; a folder with train/ (and val/) splits")
-    p.add_argument("--output", required=True, help="output folder: last.pt, metrics.jsonl, final/")
+    p.add_argument("--output", required=True, help="output folder: last.pt, metrics.jsonl, metrics.csv, final/")
     p.add_argument("--resume", action="store_true", help="continue from OUTPUT/last.pt")
     p.add_argument("--pretrained", help="fine-tune from weights (arch.tag) or a checkpoint path")
     p.add_argument("--num-classes", type=int, help="classifier outputs (a new head when fine-tuning)")

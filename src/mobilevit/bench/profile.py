@@ -89,3 +89,30 @@ def compare_latency(
             "min_ms": ts[0],
         }
     return out
+
+
+@torch.no_grad()
+def measure_peak_gmacs(size: int = 2048, repeats: int = 10, warmup: int = 2) -> dict[str, float | str]:
+    """This CPU's practical fp32 peak: the best multiply-accumulate rate of a large ``torch.mm``.
+
+    A ``size`` x ``size`` by ``size`` x ``size`` fp32 matrix product is ``size**3`` MACs (two FLOPs each) and is the
+    operation BLAS libraries tune closest to the hardware limit, so its best run over ``repeats`` (at the current
+    ``torch.get_num_threads()``) is an honest ceiling for what a model can reach on this machine and thread count.
+
+    Returns:
+        ``measured_peak_gmacs`` (GMAC/s), ``measured_peak_gflops`` (twice that) and ``peak_method`` (how it was
+        obtained, in words).
+    """
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(size, size, generator=g), torch.randn(size, size, generator=g)
+    out = torch.empty(size, size)
+    stats = measure_latency(lambda: torch.mm(a, b, out=out), warmup=warmup, repeats=repeats)
+    gmacs = size**3 / (stats["min_ms"] / 1e3) / 1e9
+    return {
+        "measured_peak_gmacs": gmacs,
+        "measured_peak_gflops": 2 * gmacs,
+        "peak_method": (
+            f"best of {repeats} fp32 torch.mm of two {size}x{size} matrices ({size}^3 MACs) "
+            f"with {torch.get_num_threads()} threads, measured at the start of this run"
+        ),
+    }

@@ -1,13 +1,23 @@
-"""The model table (params, MACs) and eager CPU latency of registered models, as rows of measured numbers."""
+"""The model table (params, MACs) and CPU latency of registered models per backend, as rows of measured numbers."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
 import torch
+from torch import nn
 
 from ..registry import create_model
-from .profile import count_macs, count_params, measure_latency
+from ..reparam import reparameterize_model
+from .profile import compare_latency, count_macs, count_params
+
+logger = logging.getLogger(__name__)
 
 
 def model_table(names: Iterable[str], macs: bool = True, resolution: int = 256) -> list[dict]:
@@ -20,34 +30,6 @@ def model_table(names: Iterable[str], macs: bool = True, resolution: int = 256) 
         if macs:
             row[f"GMACs@{resolution}"] = count_macs(model, (resolution, resolution)) / 1e9
         rows.append(row)
-    return rows
-
-
-def latency_table(
-    names: Iterable[str],
-    batch_sizes: Sequence[int] = (1, 8),
-    resolution: int = 256,
-    repeats: int = 20,
-    warmup: int = 3,
-) -> list[dict]:
-    """Eager fp32 latency of each model (random weights: speed does not depend on their values) per batch size."""
-    rows = []
-    for name in names:
-        model = create_model(name).eval()
-        for batch in batch_sizes:
-            x = torch.randn(batch, 3, resolution, resolution)
-            with torch.inference_mode():
-                stats = measure_latency(lambda m=model, x=x: m(x), warmup=warmup, repeats=repeats)
-            rows.append(
-                {
-                    "model": name,
-                    "batch": batch,
-                    "median_ms": stats["median_ms"],
-                    "p90_ms": stats["p90_ms"],
-                    "img_per_s": 1e3 * batch / stats["median_ms"],
-                    "threads": torch.get_num_threads(),
-                }
-            )
     return rows
 
 
@@ -66,3 +48,252 @@ def weights_table(patterns: Iterable[str] = (), macs: bool = False) -> list[dict
         row |= {"source": entry.source, "channels": pre.channel_order}
         rows.append(row)
     return rows
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Backends: the same model run four ways
+
+BACKENDS: tuple[str, ...] = ("eager", "reparam", "compile", "onnxruntime")
+# compile (tens of seconds of inductor compilation per model and batch size) and onnxruntime (an export per model,
+# ~10 s) are opt-in: the default answers "how fast is this model" in seconds, the others "which runtime to deploy"
+DEFAULT_BACKENDS: tuple[str, ...] = ("eager", "reparam")
+BACKEND_HELP = {
+    "eager": "the model as created (train-time form: FastViT/MobileOne branches and BatchNorms unfolded)",
+    "reparam": "mobilevit.reparameterize_model(model): branches and BatchNorms folded into single convolutions",
+    "compile": "torch.compile (CPU inductor) of the folded model; setup_s is its compile time at that batch size",
+    "onnxruntime": "the folded model exported by mobilevit.export.export_model, run by an onnxruntime CPU session "
+    "with intra_op_num_threads = torch threads and sequential execution; setup_s is export + session creation",
+}
+COLUMNS = (
+    "model",
+    "family",
+    "backend",
+    "batch",
+    "resolution",
+    "params_M",
+    "GMACs",
+    "median_ms",
+    "p90_ms",
+    "img_per_s",
+    "GMAC_per_s",
+    "pct_peak",
+    "setup_s",
+    "error",
+)
+
+
+def parse_backends(text: str | Sequence[str]) -> list[str]:
+    """``"eager,reparam"`` (or a list) -> validated backend names, in the given order."""
+    names = [n.strip() for n in (text.split(",") if isinstance(text, str) else text) if n.strip()]
+    unknown = [n for n in names if n not in BACKENDS]
+    if unknown or not names:
+        raise ValueError(
+            f"unknown backend(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(BACKENDS)}"
+        )
+    return list(dict.fromkeys(names))
+
+
+def family(name: str) -> str:
+    """``mobilevit`` (v1), ``mobilevitv2``, ``mobilevitv3``, ``fastvit`` or ``mobileone``, from an architecture name."""
+    return name.split("_", 1)[0]
+
+
+@dataclass
+class Backend:
+    """One way to run a model: ``forward(x)`` returns the logits (a tensor, or an array for onnxruntime).
+
+    Attributes:
+        name: one of :data:`BACKENDS`.
+        forward: runs a ``[B, 3, H, W]`` float32 batch.
+        module: the PyTorch module whose parameters and MACs this backend executes (train-time for eager, folded
+            for the others).
+        setup_s: seconds spent preparing it (folding; export and session creation).
+    """
+
+    name: str
+    forward: Callable[[torch.Tensor], object]
+    module: nn.Module
+    setup_s: float = 0.0
+
+
+def make_backend(name: str, model: nn.Module, folded: nn.Module, input_size: tuple[int, int], workdir: Path) -> Backend:
+    """Prepare backend ``name`` for ``model`` (eval mode) and its folded copy ``folded``.
+
+    Raises whatever the backend raises when it cannot handle the model (an export error, a missing onnxruntime).
+    """
+    t0 = time.perf_counter()
+    if name == "eager":
+        return Backend(name, model, model)
+    if name == "reparam":
+        return Backend(name, folded, folded)
+    if name == "compile":
+        # compilation happens on the first call for each input shape: the caller times that call as setup_s
+        return Backend(name, torch.compile(folded, dynamic=False), folded)
+    if name == "onnxruntime":
+        from ..export import export_model, read_metadata
+
+        path = export_model(folded, "onnx", workdir / f"{type(model).__name__}_{id(model)}.onnx", input_size=input_size)
+        meta = read_metadata(path)
+        session = onnxruntime_session(path)
+
+        def forward(x: torch.Tensor, session: object = session) -> object:
+            return session.run([meta.output_name], {meta.input_name: x.numpy()})[0]
+
+        return Backend(name, forward, folded, time.perf_counter() - t0)
+    raise ValueError(f"unknown backend {name!r}; choose from {', '.join(BACKENDS)}")
+
+
+def onnxruntime_session(path: str | os.PathLike) -> object:
+    """A CPU ``onnxruntime.InferenceSession`` with PyTorch's CPU budget: ``intra_op_num_threads`` =
+    ``torch.get_num_threads()``, one inter-op thread, sequential execution (onnxruntime's other defaults, spinning
+    worker threads included, are kept)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0] if text else ''}"[:200]
+
+
+def bench_table(
+    names: Iterable[str],
+    backends: Sequence[str] = DEFAULT_BACKENDS,
+    batch_sizes: Sequence[int] = (1, 8),
+    resolution: int = 256,
+    repeats: int = 20,
+    warmup: int = 3,
+    peak_gmacs: float | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> list[dict]:
+    """fp32 CPU latency of each model under each backend and batch size, at the current ``torch.get_num_threads()``.
+
+    For one model and batch size, the backends are timed round-robin (``repeats`` rounds, see
+    :func:`~mobilevit.bench.profile.compare_latency`), so a slow-down of the machine hits them equally. Random weights:
+    speed does not depend on their values. A backend that fails for a model (export or compile error) gets rows with
+    ``error`` set and no timings, and the run goes on.
+
+    Args:
+        names: architecture names.
+        backends: names from :data:`BACKENDS`.
+        batch_sizes: batch sizes to time.
+        resolution: square input size.
+        repeats: timed calls per backend.
+        warmup: untimed calls per backend before timing (after the first call, which is the compile for ``compile``).
+        peak_gmacs: this machine's peak (:func:`~mobilevit.bench.profile.measure_peak_gmacs`) for ``pct_peak``.
+        progress: called with a short message before each step (the CLI's progress display).
+
+    Returns:
+        One row per (model, backend, batch) with the keys of :data:`COLUMNS`: ``params_M`` and ``GMACs`` (batch 1) of
+        the module the backend runs; ``img_per_s = batch * 1000 / median_ms``; ``GMAC_per_s = GMACs * batch /
+        (median_ms / 1000)``; ``pct_peak = 100 * GMAC_per_s / peak_gmacs``; ``setup_s`` the preparation time
+        (compile: the first call at this batch size, where inductor compiles).
+    """
+    backends = parse_backends(backends)
+    input_size = (resolution, resolution)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="mobilevit-bench-") as tmp:
+        for name in names:
+            model = create_model(name).eval()
+            t0 = time.perf_counter()
+            folded = reparameterize_model(model).eval()
+            fold_s = time.perf_counter() - t0
+            ready: dict[str, Backend] = {}
+            errors: dict[str, str] = {}
+            for backend in backends:
+                if progress:
+                    progress(f"{name}: preparing {backend}")
+                try:
+                    ready[backend] = make_backend(backend, model, folded, input_size, Path(tmp))
+                except Exception as error:  # one backend failing for one model must not end the run
+                    logger.warning("%s: backend %s failed: %s", name, backend, error)
+                    errors[backend] = _first_line(error)
+                if backend in ("reparam", "compile") and backend in ready:
+                    ready[backend].setup_s += fold_s
+            counts = {}
+            for module in {id(b.module): b.module for b in ready.values()}.values():
+                counts[id(module)] = (count_params(module) / 1e6, count_macs(module, input_size) / 1e9)
+            for batch in batch_sizes:
+                x = torch.randn(batch, 3, *input_size, generator=torch.Generator().manual_seed(0))
+                fns, setup = {}, {}
+                with torch.inference_mode():
+                    for backend, runner in ready.items():
+                        if backend in errors:
+                            continue
+                        if progress:
+                            progress(f"{name}: first call of {backend} at batch {batch}")
+                        t0 = time.perf_counter()
+                        try:
+                            runner.forward(x)
+                        except Exception as error:  # e.g. inductor cannot compile this model
+                            logger.warning("%s: backend %s failed at batch %d: %s", name, backend, batch, error)
+                            errors[backend] = _first_line(error)
+                            continue
+                        first_s = time.perf_counter() - t0
+                        setup[backend] = runner.setup_s + (first_s if backend == "compile" else 0.0)
+                        fns[backend] = lambda f=runner.forward, x=x: f(x)
+                    if progress:
+                        progress(f"{name}: timing {', '.join(fns)} at batch {batch}")
+                    stats = compare_latency(fns, rounds=repeats, warmup=warmup) if fns else {}
+                for backend in backends:
+                    row = {"model": name, "family": family(name), "backend": backend, "batch": batch}
+                    row["resolution"] = resolution
+                    if backend in stats:
+                        params_m, gmacs = counts[id(ready[backend].module)]
+                        median = stats[backend]["median_ms"]
+                        row |= {"params_M": params_m, "GMACs": gmacs, "median_ms": median}
+                        row["p90_ms"] = stats[backend]["p90_ms"]
+                        row["img_per_s"] = batch * 1e3 / median
+                        row["GMAC_per_s"] = gmacs * batch / (median / 1e3)
+                        row["pct_peak"] = 100 * row["GMAC_per_s"] / peak_gmacs if peak_gmacs else None
+                        row["setup_s"] = setup[backend]
+                        row["error"] = None
+                    else:
+                        row |= {c: None for c in COLUMNS if c not in row}
+                        row["error"] = errors.get(backend, "not run")
+                    rows.append(row)
+    return rows
+
+
+def system_info(peak: dict | None = None, **settings: object) -> dict:
+    """The header of a benchmark report: versions, CPU, threads, the measured peak and the run's settings."""
+    import platform
+
+    from .. import __version__
+
+    try:
+        import onnxruntime
+
+        ort_version = onnxruntime.__version__
+    except ImportError:
+        ort_version = None
+    info = {
+        "mobilevit": __version__,
+        "torch": torch.__version__,
+        "onnxruntime": ort_version,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "cpu": cpu_model_name(),
+        "logical_cpus": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "dtype": "float32",
+    }
+    return info | dict(settings) | (peak or {})
+
+
+def cpu_model_name() -> str:
+    """The ``model name`` line of ``/proc/cpuinfo`` (Linux), else what :mod:`platform` says."""
+    import platform
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()

@@ -1,8 +1,9 @@
-"""Export for deployment: one call from a model to an ONNX or TorchScript file that gives the same answers.
+"""Export for deployment: one call from a model to an ONNX, CoreML or TorchScript file that gives the same answers.
 
 Every export is of the re-parameterized, BatchNorm-folded model (:func:`mobilevit.reparameterize_model`) in eval mode,
 and carries the preprocessing and the labels (:class:`~mobilevit.export.metadata.ExportMetadata`), so a runtime needs
-nothing else. :func:`check_export` runs the file and compares its logits with the eager model's.
+nothing else. :func:`check_export` runs the file and compares its logits with the eager model's (CoreML runs only
+on macOS: :func:`validate_coreml` checks its spec instead). :func:`quantize_onnx` writes an int8 ONNX file.
 
 Example::
 
@@ -28,21 +29,29 @@ from torch import nn
 
 from ..reparam import reparameterize_model
 from ..weights.entries import Preprocess
+from .coreml import CoreMLSummary, Precision, export_coreml, inspect_coreml, read_coreml_metadata, validate_coreml
 from .metadata import ExportMetadata, model_metadata, size_multiple
 from .onnx import DEFAULT_OPSET, export_onnx, onnx_session, read_onnx_metadata
+from .quantize import quantize_onnx
 from .torchscript import export_torchscript, load_torchscript
 
 logger = logging.getLogger(__name__)
 
-ExportFormat = Literal["onnx", "torchscript"]
-FORMATS: tuple[str, ...] = ("onnx", "torchscript")
-SUFFIXES = {".onnx": "onnx", ".pt": "torchscript", ".ts": "torchscript", ".torchscript": "torchscript"}
+ExportFormat = Literal["onnx", "coreml", "torchscript"]
+FORMATS: tuple[str, ...] = ("onnx", "coreml", "torchscript")
+SUFFIXES = {
+    ".onnx": "onnx",
+    ".mlpackage": "coreml",
+    ".pt": "torchscript",
+    ".ts": "torchscript",
+    ".torchscript": "torchscript",
+}
 
 
 def _dynamic_axes(model: nn.Module, input_size: tuple[int, int], dynamic: bool, fmt: str) -> tuple[str, ...]:
     """``batch`` (when ``dynamic``), plus ``height``/``width`` if the graph generalises from the traced size."""
-    if not dynamic:
-        return ()
+    if not dynamic or fmt == "coreml":
+        return ()  # CoreML: one image size per model (see mobilevit.export.coreml)
     if fmt == "torchscript":
         return ("batch",)  # tracing freezes Python shape arithmetic (see mobilevit.export.torchscript)
     multiple = size_multiple(model)
@@ -66,20 +75,25 @@ def export_model(
     opset: int = DEFAULT_OPSET,
     preprocess: Preprocess | None = None,
     labels: list[str] | tuple[str, ...] | None = None,
+    precision: Precision = "float32",
+    image_input: bool = True,
 ) -> Path:
-    """Write the folded, eval-mode ``model`` as an ONNX or TorchScript file with its preprocessing and labels.
+    """Write the folded, eval-mode ``model`` as an ONNX, CoreML or TorchScript file with its preprocessing and labels.
 
     Args:
         model: a model of this package (train-time or already folded; it is not modified).
-        format: ``"onnx"`` or ``"torchscript"``.
+        format: ``"onnx"``, ``"coreml"`` (an ML Program, ``.mlpackage``) or ``"torchscript"``.
         output: the file to write.
         input_size: (H, W) to trace at (default: the preprocessing's crop, e.g. 256x256).
         dynamic: let the batch vary, and for ONNX also height and width when ``input_size`` is a multiple of
             :func:`~mobilevit.export.metadata.size_multiple` (64 for MobileViT, any size for FastViT/MobileOne).
-            ``False`` fixes every axis.
+            ``False`` fixes every axis. CoreML always takes one size, batch 1.
         opset: ONNX opset (ignored for TorchScript).
         preprocess: preprocessing to record instead of ``model.pretrained_cfg``'s.
         labels: class names to record instead of ``model.pretrained_cfg``'s.
+        precision: CoreML only: ``"float32"`` or ``"float16"`` weights and arithmetic.
+        image_input: CoreML only: an image input with the preprocessing inside the model (default), or a
+            preprocessed ``pixel_values`` tensor (see :mod:`mobilevit.export.coreml`).
 
     Returns:
         The written file.
@@ -94,18 +108,23 @@ def export_model(
     meta = model_metadata(folded, meta.input_size, axes, preprocess, labels)
     if format == "onnx":
         return export_onnx(folded, output, meta, opset)
+    if format == "coreml":
+        return export_coreml(folded, output, meta, precision=precision, image_input=image_input)[0]
     return export_torchscript(folded, output, meta)
 
 
 def read_metadata(path: str | os.PathLike) -> ExportMetadata:
     """The metadata stored in a file written by :func:`export_model`."""
-    if _format_of(path) == "onnx":
+    fmt = _format_of(path)
+    if fmt == "onnx":
         return read_onnx_metadata(path)
+    if fmt == "coreml":
+        return read_coreml_metadata(path)
     return load_torchscript(path)[1]
 
 
 def _format_of(path: str | os.PathLike) -> str:
-    suffix = Path(path).suffix.lower()
+    suffix = Path(str(path).rstrip("/")).suffix.lower()
     if suffix not in SUFFIXES:
         raise ValueError(f"{path}: cannot tell the format from the suffix (expected one of {', '.join(SUFFIXES)})")
     return SUFFIXES[suffix]
@@ -149,8 +168,13 @@ def check_export(
 
     Returns:
         The comparison.
+
+    Raises:
+        ValueError: for a CoreML package (its runtime exists only on macOS; :func:`validate_coreml` checks the spec).
     """
     fmt = _format_of(path)
+    if fmt == "coreml":
+        raise ValueError(f"{path}: CoreML models run only on macOS; check the spec with validate_coreml()")
     was_training = model.training
     model.eval()
     try:
@@ -181,13 +205,17 @@ def check_export(
 
 __all__ = [
     "FORMATS",
+    "CoreMLSummary",
     "ExportMetadata",
     "ExportParity",
     "check_export",
     "export_model",
+    "inspect_coreml",
     "load_torchscript",
     "model_metadata",
     "onnx_session",
+    "quantize_onnx",
     "read_metadata",
     "size_multiple",
+    "validate_coreml",
 ]

@@ -1,0 +1,181 @@
+"""Ours vs timm, every way each can run, in one process: the anchor comparison for `mobilevit bench`.
+
+For each architecture timm also has, timm's model is built with random weights (randomized BatchNorm statistics and
+layer scales), and the same state dict is converted into ours by our checkpoint converters (``common.same_weights``),
+so all forms compute the same logits (checked: ``max_rel_diff``). At the weights' native resolution (256 for
+MobileViT and FastViT, 224 for MobileOne) the forms are
+
+    timm_eager   timm's model as created
+    timm_rep     timm.utils.reparameterize_model (folded)
+    timm_ort     timm's folded model exported with torch.onnx.export, run by onnxruntime
+    eager        ours as created (train-time form)
+    reparam      mobilevit.reparameterize_model (folded)
+    compile      torch.compile of our folded model (compiled before timing)
+    ort          our folded model exported by mobilevit.export.export_model, run by onnxruntime
+
+timed round-robin (one call of each per round, ``--rounds`` rounds, median), so a noisy neighbour slows every form
+alike. Both onnxruntime sessions get the same options (intra-op threads = torch threads, sequential execution).
+``vs_timm_eager`` = timm eager / our best (target >= 2 at batch 1); ``vs_timm_best`` = our best / timm's best of its
+three forms (target <= 1.0).
+
+    python benchmarks/bench_backends.py                                # every shared architecture, batch 1 and 8
+    python benchmarks/bench_backends.py --quick --models mobileone_s0,mobilevit_xxs
+    python benchmarks/bench_backends.py --models 'fastvit*' --rounds 30 --threads 2 --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import timm
+import torch
+from timm.utils import reparameterize_model as timm_reparameterize
+
+import mobilevit
+from common import same_weights
+from mobilevit.bench import compare_latency
+from mobilevit.bench.report import markdown_table
+from mobilevit.bench.run import make_backend, onnxruntime_session, system_info
+from mobilevit.weights.entries import get_weights
+
+TIMM_FORMS = ("timm_eager", "timm_rep", "timm_ort")
+OUR_FORMS = ("eager", "reparam", "compile", "ort")
+QUICK_MODELS = ("mobileone_s0", "mobilevit_xxs")
+
+
+def native_resolution(name: str) -> int:
+    """The input size of the architecture's default weights (256 MobileViT/FastViT, 224 MobileOne)."""
+    height, width = get_weights(name).preprocess.input_size
+    assert height == width, f"{name}: non-square native input {height}x{width}"
+    return height
+
+
+def timm_onnx(model: torch.nn.Module, path: Path, resolution: int) -> Callable[[torch.Tensor], object]:
+    """Export timm's (folded) model with ``torch.onnx.export`` (dynamo exporter, dynamic batch) and load it."""
+    example = torch.randn(1, 3, resolution, resolution)
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model,
+            (example,),
+            str(path),
+            dynamo=True,
+            input_names=["pixel_values"],
+            output_names=["logits"],
+            dynamic_shapes=({0: torch.export.Dim.AUTO},),
+        )
+    session = onnxruntime_session(path)
+    return lambda x: session.run(["logits"], {"pixel_values": x.numpy()})[0]
+
+
+def prepare(name: str, workdir: Path, forms: list[str]) -> tuple[dict[str, Callable], dict[str, str], dict[str, float]]:
+    """(forward per form, error per form that could not be built, preparation seconds per form) for one model."""
+    ours, ref = same_weights(name, workdir)
+    ref_rep, folded = timm_reparameterize(ref), mobilevit.reparameterize_model(ours)
+    resolution = native_resolution(name)
+    builders: dict[str, Callable[[], Callable]] = {
+        "timm_eager": lambda: ref,
+        "timm_rep": lambda: ref_rep,
+        "timm_ort": lambda: timm_onnx(ref_rep, workdir / f"timm_{name}.onnx", resolution),
+        "eager": lambda: make_backend("eager", ours, folded, (resolution, resolution), workdir).forward,
+        "reparam": lambda: make_backend("reparam", ours, folded, (resolution, resolution), workdir).forward,
+        "compile": lambda: make_backend("compile", ours, folded, (resolution, resolution), workdir).forward,
+        "ort": lambda: make_backend("onnxruntime", ours, folded, (resolution, resolution), workdir).forward,
+    }
+    forwards, errors, setup = {}, {}, {}
+    for form in forms:
+        t0 = time.perf_counter()
+        try:
+            forwards[form] = builders[form]()
+        except Exception as error:  # report it in the table, go on with the other forms
+            errors[form] = f"{type(error).__name__}: {str(error).strip().splitlines()[0][:120]}"
+        setup[form] = time.perf_counter() - t0
+    return forwards, errors, setup
+
+
+def run_model(name: str, batch_sizes: list[int], rounds: int, forms: list[str], workdir: Path) -> list[dict]:
+    resolution = native_resolution(name)
+    forwards, errors, _ = prepare(name, workdir, forms)
+    rows = []
+    for batch in batch_sizes:
+        x = torch.randn(batch, 3, resolution, resolution, generator=torch.Generator().manual_seed(batch))
+        with torch.inference_mode():
+            ref = forwards["timm_eager"](x)
+            scale, worst = ref.abs().max(), 0.0
+            fns = {}
+            for form, forward in forwards.items():
+                try:
+                    out = torch.as_tensor(forward(x))  # the first call: compiles for `compile`
+                except Exception as error:
+                    errors[form] = f"{type(error).__name__}: {str(error).strip().splitlines()[0][:120]}"
+                    continue
+                worst = max(worst, ((out - ref).abs().max() / scale).item())
+                fns[form] = lambda f=forward, x=x: f(x)
+            stats = compare_latency(fns, rounds=rounds, warmup=2)
+        row: dict = {"model": name, "res": resolution, "batch": batch}
+        row |= {f"{form}_ms": stats[form]["median_ms"] if form in stats else None for form in forms}
+        ours = {f: stats[f]["median_ms"] for f in OUR_FORMS if f in stats}
+        theirs = {f: stats[f]["median_ms"] for f in TIMM_FORMS if f in stats}
+        best = min(ours, key=ours.get) if ours else None
+        row["best_ours"] = best
+        row["vs_timm_eager"] = stats["timm_eager"]["median_ms"] / ours[best] if best else None
+        row["vs_timm_best"] = ours[best] / min(theirs.values()) if best and theirs else None
+        row["timm_best"] = min(theirs, key=theirs.get) if theirs else None
+        row["max_rel_diff"] = f"{worst:.1e}"
+        row["errors"] = "; ".join(f"{k}: {v}" for k, v in errors.items())
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", help="comma-separated names or patterns (default: every architecture timm has)")
+    parser.add_argument("--batch-sizes", default="1,8")
+    parser.add_argument("--rounds", type=int, default=15, help="interleaved timed calls per form")
+    parser.add_argument("--threads", type=int, default=0, help="torch and onnxruntime threads (default: torch's)")
+    parser.add_argument("--skip", default="", help="comma-separated forms to leave out, e.g. compile")
+    parser.add_argument("--quick", action="store_true", help=f"5 rounds, batch 1, default models {QUICK_MODELS}")
+    parser.add_argument("--json", type=Path, help="also write the header and rows as JSON here")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.quick:
+        args.rounds, args.batch_sizes = 5, "1"
+    patterns = args.models.split(",") if args.models else ([] if not args.quick else list(QUICK_MODELS))
+    shared = set(timm.list_models())
+    candidates = [n for p in (patterns or ["*"]) for n in (mobilevit.list_models(p) if "*" in p else [p])]
+    names = [n for n in dict.fromkeys(candidates) if n in shared]
+    if skipped := [n for n in candidates if n not in shared]:
+        print(f"not in timm, skipped: {', '.join(skipped)}")
+    forms = [f for f in (*TIMM_FORMS, *OUR_FORMS) if f not in args.skip.split(",")]
+    assert "timm_eager" in forms, "timm_eager is the reference; it cannot be skipped"
+    batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in names:
+            rows += run_model(name, batch_sizes, args.rounds, forms, Path(tmp))
+
+    header = system_info(timm=timm.__version__, rounds=args.rounds, timing="median of interleaved rounds")
+    print("\n" + ", ".join(f"{k} {v}" for k, v in header.items()) + "\n")
+    columns = ["model", "res", "batch", *(f"{f}_ms" for f in forms), "best_ours", "vs_timm_eager", "timm_best"]
+    columns += ["vs_timm_best", "max_rel_diff"]
+    print(markdown_table([{k: "" if v is None else v for k, v in r.items()} for r in rows], columns))
+    for row in rows:
+        if row["errors"]:
+            print(f"{row['model']} batch {row['batch']}: {row['errors']}")
+    if args.json:
+        args.json.write_text(json.dumps({"header": header, "rows": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
