@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import importlib.util
-import json
 import logging
 import math
 from pathlib import Path
@@ -21,11 +20,11 @@ from torch import nn
 import mobilevit
 from mobilevit.train import checkpoint as ckpt
 from mobilevit.train import loop
-from mobilevit.train.config import OptimizerConfig, ScheduleConfig, TrainConfig, apply_overrides
+from mobilevit.train.config import OptimizerConfig, ScheduleConfig
 from mobilevit.train.loop import train
 from mobilevit.train.losses import ClassificationLoss, DistillationLoss
 from mobilevit.train.optim import WarmupCosineSchedule, build_optimizer, no_weight_decay, param_groups
-from test_train import COMMON, make_folder
+from test_train import config, make_folder, records
 
 IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
 IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
@@ -50,17 +49,6 @@ def teacher_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
                 m.running_mean.uniform_(-0.1, 0.1)
                 m.running_var.uniform_(0.5, 1.5)
     return mobilevit.save_pretrained(model, tmp_path_factory.mktemp("teacher") / "mobileone_s0_toy")
-
-
-def config(data: Path, out: Path, *extra: str) -> TrainConfig:
-    return apply_overrides(
-        TrainConfig(),
-        [*COMMON, f"data.train={data / 'train'}", f"data.val={data / 'val'}", f"output_dir={out}", *extra],
-    )
-
-
-def records(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
 # ---------------------------------------------------------------------------------------------------------------------
