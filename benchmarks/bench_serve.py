@@ -4,7 +4,7 @@ Starts one real server process per setting on 127.0.0.1 (same model, same machin
 as raw bytes from an asyncio client, and prints a markdown table. Apple's MobileOne-S0 weights are used when the
 shared test data is present, else random weights (the timing is the same).
 
-    python benchmarks/bench_serve.py [--requests 200] [--max-batch-size 16]
+    python benchmarks/bench_serve.py [--requests 200] [--max-batch-size 16] [--backend onnxruntime] [--model NAME]
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -30,14 +31,26 @@ def photo() -> bytes:
     return (Path(skimage.__file__).parent / "data" / "chelsea.png").read_bytes()
 
 
-def start(max_batch_size: int, max_wait_ms: float, threads: int) -> tuple[subprocess.Popen, str]:
+def model_args(name: str, backend: str, workdir: Path) -> list[str]:
+    """``--model`` (and weights) options for the server: Apple's S0 weights when present, else random weights (the
+    timing is the same); for onnxruntime, the folded model exported once by ``mobilevit export``."""
+    real = name == "mobileone_s0" and SHARED_S0.exists()
+    source = ["--model", "mobileone_s0.orig_in1k_reparam", "--pretrained", str(SHARED_S0)] if real else []
+    source = source or ["--model", name, "--random-weights"]
+    if backend == "eager":
+        return source
+    onnx = workdir / f"{name}.onnx"
+    if not onnx.exists():
+        cmd = [sys.executable, "-m", "mobilevit.cli", "export", *source, "--format", "onnx", "--output", str(onnx)]
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    return ["--model", str(onnx), "--backend", "onnxruntime"]
+
+
+def start(model: list[str], max_batch_size: int, max_wait_ms: float, threads: int) -> tuple[subprocess.Popen, str]:
     """A server process; returns once /health says ready."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    model = ["--model", "mobileone_s0.orig_in1k_reparam", "--pretrained", str(SHARED_S0)]
-    if not SHARED_S0.exists():
-        model = ["--model", "mobileone_s0", "--random-weights"]
     cmd = [sys.executable, "-m", "mobilevit.cli", "serve", *model, "--port", str(port)]
     cmd += ["--max-batch-size", str(max_batch_size), "--max-wait-ms", str(max_wait_ms), "--queue-size", "64"]
     cmd += ["--threads", str(threads)]
@@ -86,15 +99,19 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=200, help="requests per concurrency level")
     parser.add_argument("--max-batch-size", type=int, default=16)
     parser.add_argument("--max-wait-ms", type=float, default=5.0)
-    parser.add_argument("--threads", type=int, default=0, help="the server's PyTorch threads (0: one per core)")
+    parser.add_argument("--threads", type=int, default=0, help="the server's model threads (0: one per core)")
+    parser.add_argument("--model", default="mobileone_s0", help="architecture (Apple's weights for mobileone_s0)")
+    parser.add_argument("--backend", choices=["eager", "onnxruntime"], default="eager")
     args = parser.parse_args()
     body = photo()
+    workdir = Path(tempfile.mkdtemp(prefix="bench-serve-"))
+    model = model_args(args.model, args.backend, workdir)
     rows = []
     for label, batch, wait in (
         ("off (max batch 1)", 1, 0.0),
         (f"on (max batch {args.max_batch_size})", args.max_batch_size, args.max_wait_ms),
     ):
-        proc, url = start(batch, wait, args.threads)
+        proc, url = start(model, batch, wait, args.threads)
         try:
             for concurrency in (1, 8, 32):
                 n = args.requests if concurrency > 1 else max(20, args.requests // 4)
@@ -104,6 +121,7 @@ def main() -> None:
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=60)
+    print(f"{args.model}, backend {args.backend}, server threads {args.threads or 'one per core'}")
     print("| batching | concurrency | throughput (req/s) | p50 (ms) | p99 (ms) |")
     print("|---|---:|---:|---:|---:|")
     for label, concurrency, r in rows:

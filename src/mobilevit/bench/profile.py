@@ -60,12 +60,14 @@ def measure_latency(
 
 
 def compare_latency(
-    fns: dict[str, Callable[[], object]], rounds: int = 15, warmup: int = 3, per_round: int = 1
+    fns: dict[str, Callable[[], object]], rounds: int = 15, warmup: int = 3, per_round: int = 1, settle: int = 1
 ) -> dict[str, dict[str, float]]:
     """Time several implementations of the same computation, interleaved round by round.
 
     Interleaving spreads any slow-down of the machine (other processes, frequency changes) over all of them, so the
-    ratio of their medians is fair even when the absolute numbers drift.
+    ratio of their medians is fair even when the absolute numbers drift. Each turn starts with ``settle`` untimed
+    calls: switching runtimes costs the next call (onnxruntime's and OpenMP's worker threads keep spinning for a while
+    after their last op and take the cores the other runtime's threads need), and that cost belongs to neither.
 
     Returns:
         For each name, ``median_ms``, ``p90_ms`` and ``min_ms`` of one call.
@@ -76,6 +78,8 @@ def compare_latency(
     times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(rounds):
         for name, fn in fns.items():
+            for _ in range(settle):
+                fn()
             t0 = time.perf_counter()
             for _ in range(per_round):
                 fn()

@@ -145,14 +145,20 @@ def make_backend(name: str, model: nn.Module, folded: nn.Module, input_size: tup
 
 def onnxruntime_session(path: str | os.PathLike) -> object:
     """A CPU ``onnxruntime.InferenceSession`` with PyTorch's CPU budget: ``intra_op_num_threads`` =
-    ``torch.get_num_threads()``, one inter-op thread, sequential execution (onnxruntime's other defaults, spinning
-    worker threads included, are kept)."""
+    ``torch.get_num_threads()``, one inter-op thread, sequential execution, and worker threads that sleep instead of
+    spinning between runs.
+
+    Spinning (onnxruntime's default) suits a process with one session; in a benchmark that alternates runtimes, each
+    session's threads keep spinning after their run and take the cores from the next one (measured here on 2 cores:
+    mobilevit_xxs at 256 took 16-28 ms with spinning sessions side by side, 10 ms without, for ours and timm's
+    exports alike)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = torch.get_num_threads()
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 

@@ -30,7 +30,7 @@ from .metadata import ExportMetadata
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_OPSET = 18  # the lowest opset the dynamo exporter emits natively
+DEFAULT_OPSET = 20  # 18 is the lowest the dynamo exporter emits; 20 has a native Gelu (18 spells it out in 5 ops)
 AXIS_NAMES = {0: "batch", 2: "height", 3: "width"}
 
 
