@@ -133,6 +133,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             for failure in result["failed"]:
                 print(f"skipped {failure['file']}: {failure['error']}", file=sys.stderr)
     if dist.is_initialized():
+        dist.barrier()  # no rank tears gloo down while another still talks to it (that aborts the other)
         dist.destroy_process_group()
     return 1 if result["failed"] else 0
 
