@@ -43,7 +43,8 @@ import mobilevit
 from common import same_weights
 from mobilevit.bench import compare_latency
 from mobilevit.bench.report import markdown_table
-from mobilevit.bench.run import make_backend, onnxruntime_session, system_info
+from mobilevit.bench.run import make_backend, system_info
+from mobilevit.export import onnx_session
 from mobilevit.weights.entries import get_weights
 
 TIMM_FORMS = ("timm_eager", "timm_rep", "timm_ort")
@@ -72,7 +73,7 @@ def timm_onnx(model: torch.nn.Module, path: Path, resolution: int) -> Callable[[
             output_names=["logits"],
             dynamic_shapes=({0: torch.export.Dim.AUTO},),
         )
-    session = onnxruntime_session(path)
+    session = onnx_session(path, torch.get_num_threads())
     return lambda x: session.run(["logits"], {"pixel_values": x.numpy()})[0]
 
 

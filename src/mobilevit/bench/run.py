@@ -130,36 +130,17 @@ def make_backend(name: str, model: nn.Module, folded: nn.Module, input_size: tup
         # compilation happens on the first call for each input shape: the caller times that call as setup_s
         return Backend(name, torch.compile(folded, dynamic=False), folded)
     if name == "onnxruntime":
-        from ..export import export_model, read_metadata
+        from ..export import export_model, onnx_session, read_metadata
 
         path = export_model(folded, "onnx", workdir / f"{type(model).__name__}_{id(model)}.onnx", input_size=input_size)
         meta = read_metadata(path)
-        session = onnxruntime_session(path)
+        session = onnx_session(path, torch.get_num_threads())  # PyTorch's CPU budget
 
         def forward(x: torch.Tensor, session: object = session) -> object:
             return session.run([meta.output_name], {meta.input_name: x.numpy()})[0]
 
         return Backend(name, forward, folded, time.perf_counter() - t0)
     raise ValueError(f"unknown backend {name!r}; choose from {', '.join(BACKENDS)}")
-
-
-def onnxruntime_session(path: str | os.PathLike) -> object:
-    """A CPU ``onnxruntime.InferenceSession`` with PyTorch's CPU budget: ``intra_op_num_threads`` =
-    ``torch.get_num_threads()``, one inter-op thread, sequential execution, and worker threads that sleep instead of
-    spinning between runs.
-
-    Spinning (onnxruntime's default) suits a process with one session; in a benchmark that alternates runtimes, each
-    session's threads keep spinning after their run and take the cores from the next one (measured here on 2 cores:
-    mobilevit_xxs at 256 took 16-28 ms with spinning sessions side by side, 10 ms without, for ours and timm's
-    exports alike)."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = torch.get_num_threads()
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 def _first_line(error: BaseException) -> str:
