@@ -127,7 +127,8 @@ def test_peak_is_measured_and_explained() -> None:
     peak = measure_peak_gmacs(size=256, repeats=2, warmup=1)
     assert peak["measured_peak_gmacs"] > 0
     assert peak["measured_peak_gflops"] == pytest.approx(2 * peak["measured_peak_gmacs"])
-    assert "torch.mm" in peak["peak_method"] and f"{torch.get_num_threads()} threads" in peak["peak_method"]
+    assert "torch.mm" in peak["peak_method"] and "conv2d 3x3" in peak["peak_method"]
+    assert f"{torch.get_num_threads()} threads" in peak["peak_method"]
 
 
 def test_report_formats_parse(rows: list[dict]) -> None:
