@@ -4,6 +4,12 @@ Starts one real server process per setting on 127.0.0.1 (same model, same machin
 as raw bytes from an asyncio client, and prints a markdown table. Apple's MobileOne-S0 weights are used when the
 shared test data is present, else random weights (the timing is the same).
 
+Each row also gives the CPU time per request of the server process and of the client (this process): on a small
+machine the client's share is taken from the server. Then, in this process with no server running, the same
+predictor's model time per image at batch 1 and at the maximum batch, and the photo's decoding + preprocessing time:
+what batching can save is model time (and the per-call overhead around it), so those numbers say how far batching can
+go on this machine.
+
     python benchmarks/bench_serve.py [--requests 200] [--max-batch-size 16] [--backend onnxruntime] [--model NAME]
 """
 
@@ -11,6 +17,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import shutil
 import signal
 import socket
 import statistics
@@ -18,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx2
@@ -31,19 +40,76 @@ def photo() -> bytes:
     return (Path(skimage.__file__).parent / "data" / "chelsea.png").read_bytes()
 
 
-def model_args(name: str, backend: str, workdir: Path) -> list[str]:
-    """``--model`` (and weights) options for the server: Apple's S0 weights when present, else random weights (the
-    timing is the same); for onnxruntime, the folded model exported once by ``mobilevit export``."""
+@dataclass(frozen=True)
+class Served:
+    """The served model: what ``mobilevit serve`` is given, and the same predictor built in this process."""
+
+    model: str
+    pretrained: str | None  # weights file; None: random weights
+    backend: str
+
+    def cli(self) -> list[str]:
+        weights = ["--pretrained", self.pretrained] if self.pretrained else []
+        if self.backend == "onnxruntime":
+            return ["--model", self.model, "--backend", "onnxruntime"]
+        return ["--model", self.model, *(weights or ["--random-weights"])]
+
+    def predictor(self, threads: int) -> object:
+        import torch
+
+        from mobilevit.predict import load_predictor
+
+        torch.set_num_threads(threads or torch.get_num_threads())
+        pretrained = True if self.backend == "onnxruntime" else (self.pretrained or False)
+        return load_predictor(self.model, backend=self.backend, pretrained=pretrained, threads=threads)
+
+
+def served_model(name: str, backend: str, workdir: Path) -> Served:
+    """Apple's S0 weights when present, else random weights (the timing is the same); for onnxruntime, the folded
+    model exported once by ``mobilevit export``."""
     real = name == "mobileone_s0" and SHARED_S0.exists()
-    source = ["--model", "mobileone_s0.orig_in1k_reparam", "--pretrained", str(SHARED_S0)] if real else []
-    source = source or ["--model", name, "--random-weights"]
+    eager = Served("mobileone_s0.orig_in1k_reparam", str(SHARED_S0), "eager") if real else Served(name, None, "eager")
     if backend == "eager":
-        return source
+        return eager
     onnx = workdir / f"{name}.onnx"
     if not onnx.exists():
-        cmd = [sys.executable, "-m", "mobilevit.cli", "export", *source, "--format", "onnx", "--output", str(onnx)]
+        cmd = [sys.executable, "-m", "mobilevit.cli", "export", *eager.cli(), "--format", "onnx", "--output", str(onnx)]
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
-    return ["--model", str(onnx), "--backend", "onnxruntime"]
+    return Served(str(onnx), None, "onnxruntime")
+
+
+def batching_bound(served: Served, body: bytes, max_batch_size: int, threads: int, rounds: int = 20) -> dict:
+    """Per-image milliseconds of decoding + preprocessing and of the model at batch 1 and at ``max_batch_size``
+    (medians of ``rounds``; the three alternate), and the two ratios batch 1 / max batch per image: model time alone
+    (``model_bound``) and with decoding (``bound``)."""
+    import torch
+
+    from mobilevit.data.images import open_image
+
+    predictor = served.predictor(threads)
+    predictor.batch_size = max_batch_size
+
+    def decode() -> torch.Tensor:
+        return predictor.transform(open_image(body, "photo"))
+
+    image = decode()
+    single, full = image[None], image.expand(max_batch_size, *image.shape).contiguous()
+    times: dict[str, list[float]] = {"decode": [], "model@1": [], "model@max": []}
+    calls = {"decode": decode, "model@1": lambda: predictor.logits(single), "model@max": lambda: predictor.logits(full)}
+    per = {"decode": 1, "model@1": 1, "model@max": max_batch_size}
+    for call in calls.values():
+        call()  # untimed: allocations
+    for _ in range(rounds):
+        for key, call in calls.items():
+            t0 = time.perf_counter()
+            call()
+            times[key].append((time.perf_counter() - t0) * 1000 / per[key])
+    ms = {key: statistics.median(values) for key, values in times.items()}
+    return {
+        **ms,
+        "model_bound": ms["model@1"] / ms["model@max"],
+        "bound": (ms["decode"] + ms["model@1"]) / (ms["decode"] + ms["model@max"]),
+    }
 
 
 def start(model: list[str], max_batch_size: int, max_wait_ms: float, threads: int) -> tuple[subprocess.Popen, str]:
@@ -68,8 +134,15 @@ def start(model: list[str], max_batch_size: int, max_wait_ms: float, threads: in
     raise RuntimeError("server did not become ready")
 
 
-async def measure(url: str, body: bytes, concurrency: int, requests: int) -> dict[str, float]:
-    """Closed loop: ``concurrency`` clients, each sending its next request when the last one is answered."""
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process, all its threads (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def measure(url: str, body: bytes, concurrency: int, requests: int, server_pid: int) -> dict[str, float]:
+    """Closed loop: ``concurrency`` clients, each sending its next request when the last one is answered. Also the
+    CPU time per request of the server process and of this (client) process over the timed requests."""
     latencies: list[float] = []
     limits = httpx2.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx2.AsyncClient(base_url=url, timeout=120, limits=limits) as client:
@@ -87,11 +160,59 @@ async def measure(url: str, body: bytes, concurrency: int, requests: int) -> dic
         await asyncio.gather(*(worker() for _ in range(min(concurrency, 4))))  # warm-up
         latencies.clear()
         remaining = requests
-        t0 = time.perf_counter()
+        server0, client0, t0 = cpu_seconds(server_pid), time.process_time(), time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         elapsed = time.perf_counter() - t0
+        server_cpu, client_cpu = cpu_seconds(server_pid) - server0, time.process_time() - client0
     q = statistics.quantiles(latencies, n=100)
-    return {"throughput": len(latencies) / elapsed, "p50": q[49] * 1000, "p99": q[98] * 1000}
+    n = len(latencies)
+    return {
+        "throughput": n / elapsed,
+        "p50": q[49] * 1000,
+        "p99": q[98] * 1000,
+        "server_cpu_ms": server_cpu * 1000 / n,
+        "client_cpu_ms": client_cpu * 1000 / n,
+    }
+
+
+WRK_SCRIPT = """
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/octet-stream"
+wrk.body = io.open(os.getenv("BENCH_SERVE_BODY"), "rb"):read("*a")
+done = function(summary, latency, requests)
+  io.write(string.format("BENCH %d %d %d %d %d %d %d\\n", summary.requests, summary.duration,
+    summary.errors.status, summary.errors.connect + summary.errors.read + summary.errors.write,
+    summary.errors.timeout, latency:percentile(50), latency:percentile(99)))
+end
+"""
+
+
+def measure_wrk(url: str, body_path: Path, concurrency: int, seconds: float, server_pid: int) -> dict[str, float]:
+    """The same closed loop run by ``wrk`` (one thread, ``concurrency`` connections, for ``seconds``): a C client
+    that takes less of the cores than this process's asyncio client. Every answer must be 2xx."""
+    script = body_path.with_suffix(".lua")
+    script.write_text(WRK_SCRIPT)
+    env = {**os.environ, "BENCH_SERVE_BODY": str(body_path)}
+    warm = ["wrk", "-t1", f"-c{min(concurrency, 4)}", "-d1s", "-s", str(script), url + "/"]
+    subprocess.run(warm, env=env, check=True, capture_output=True)
+    before = os.times()
+    server0 = cpu_seconds(server_pid)
+    cmd = ["wrk", "-t1", f"-c{concurrency}", f"-d{seconds:g}s", "--timeout", "60s", "-s", str(script), url + "/"]
+    out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout
+    server_cpu = cpu_seconds(server_pid) - server0
+    after = os.times()
+    fields = next(line for line in out.splitlines() if line.startswith("BENCH ")).split()[1:]
+    n, duration_us, bad_status, socket_errors, timeouts, p50_us, p99_us = (int(f) for f in fields)
+    if bad_status or socket_errors or timeouts:
+        raise RuntimeError(f"wrk: {bad_status} non-2xx answers, {socket_errors} socket errors, {timeouts} timeouts")
+    client_cpu = (after.children_user + after.children_system) - (before.children_user + before.children_system)
+    return {
+        "throughput": n / (duration_us / 1e6),
+        "p50": p50_us / 1000,
+        "p99": p99_us / 1000,
+        "server_cpu_ms": server_cpu * 1000 / n,
+        "client_cpu_ms": client_cpu * 1000 / n,
+    }
 
 
 def main() -> None:
@@ -102,10 +223,22 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="the server's model threads (0: one per core)")
     parser.add_argument("--model", default="mobileone_s0", help="architecture (Apple's weights for mobileone_s0)")
     parser.add_argument("--backend", choices=["eager", "onnxruntime"], default="eager")
+    parser.add_argument(
+        "--client",
+        choices=["asyncio", "wrk"],
+        default="asyncio",
+        help="load generator: this process (httpx; --requests per level) or wrk (Debian package; --seconds per level)",
+    )
+    parser.add_argument("--seconds", type=float, default=10.0, help="wrk: seconds per concurrency level")
     args = parser.parse_args()
+    if args.client == "wrk" and not shutil.which("wrk"):
+        parser.error("--client wrk needs wrk on PATH (Debian: apt-get install wrk)")
     body = photo()
     workdir = Path(tempfile.mkdtemp(prefix="bench-serve-"))
-    model = model_args(args.model, args.backend, workdir)
+    body_path = workdir / "photo.png"
+    body_path.write_bytes(body)
+    served = served_model(args.model, args.backend, workdir)
+    model = served.cli()
     rows = []
     for label, batch, wait in (
         ("off (max batch 1)", 1, 0.0),
@@ -114,18 +247,40 @@ def main() -> None:
         proc, url = start(model, batch, wait, args.threads)
         try:
             for concurrency in (1, 8, 32):
-                n = args.requests if concurrency > 1 else max(20, args.requests // 4)
-                r = asyncio.run(measure(url, body, concurrency, n))
+                if args.client == "wrk":
+                    r = measure_wrk(url, body_path, concurrency, args.seconds, proc.pid)
+                else:
+                    n = args.requests if concurrency > 1 else max(20, args.requests // 4)
+                    r = asyncio.run(measure(url, body, concurrency, n, proc.pid))
                 rows.append((label, concurrency, r))
                 print(f"{label} c={concurrency}: {r['throughput']:.1f} req/s", file=sys.stderr)
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=60)
-    print(f"{args.model}, backend {args.backend}, server threads {args.threads or 'one per core'}")
-    print("| batching | concurrency | throughput (req/s) | p50 (ms) | p99 (ms) |")
-    print("|---|---:|---:|---:|---:|")
+    print(
+        f"{args.model}, backend {args.backend}, server threads {args.threads or 'one per core'}, client {args.client}"
+    )
+    print("| batching | concurrency | req/s | p50 (ms) | p99 (ms) | server CPU ms/req | client CPU ms/req |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for label, concurrency, r in rows:
-        print(f"| {label} | {concurrency} | {r['throughput']:.1f} | {r['p50']:.0f} | {r['p99']:.0f} |")
+        print(
+            f"| {label} | {concurrency} | {r['throughput']:.1f} | {r['p50']:.0f} | {r['p99']:.0f} "
+            f"| {r['server_cpu_ms']:.1f} | {r['client_cpu_ms']:.1f} |"
+        )
+    off, on = (r for label, concurrency, r in rows if concurrency == 32)
+    print(
+        f"\nbatching at concurrency 32: {on['throughput'] / off['throughput']:.2f}x the throughput of max batch 1,"
+        f" {off['server_cpu_ms'] / on['server_cpu_ms']:.2f}x less server CPU per request"
+    )
+    b = batching_bound(served, body, args.max_batch_size, args.threads)
+    print(
+        f"in-process, no server: decode + preprocess {b['decode']:.1f} ms/img; model {b['model@1']:.1f} ms/img"
+        f" at batch 1, {b['model@max']:.1f} ms/img at batch {args.max_batch_size}"
+    )
+    print(
+        f"model time alone: batching is {b['model_bound']:.2f}x faster per image; with this photo's decoding"
+        f" {b['bound']:.2f}x"
+    )
 
 
 if __name__ == "__main__":
