@@ -60,7 +60,7 @@ def _predictor(args: argparse.Namespace) -> Predictor:
     from .predict import load_predictor
 
     if args.threads:
-        torch.set_num_threads(args.threads)  # eager; an onnxruntime session gets its own below
+        torch.set_num_threads(args.threads)  # eager; an onnxruntime session or OpenVINO model gets its own below
     pretrained = args.pretrained or not args.random_weights
     predictor = load_predictor(
         args.model, args.backend, pretrained=pretrained, threads=args.threads, batch_size=args.batch_size
@@ -151,7 +151,12 @@ def cmd_bench(args: argparse.Namespace) -> None:
     names, backends = _models(args.models), parse_backends(args.backends)
     if args.chart and 1 not in args.batch_sizes:
         raise ValueError("--chart plots batch-1 latency: include 1 in --batch-sizes")
-    for needed, module in [("onnxruntime" in backends, "onnxruntime"), (args.chart, "matplotlib")]:
+    needs = [
+        ("onnxruntime" in backends, "onnxruntime"),
+        ("openvino" in backends, "openvino"),
+        (args.chart, "matplotlib"),
+    ]
+    for needed, module in needs:
         if needed and importlib.util.find_spec(module) is None:
             raise ValueError(f"{module} is not installed (pip install {module}); it is needed for this run")
     if args.threads:
@@ -307,6 +312,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .predict import BACKENDS
+
     parser = argparse.ArgumentParser(prog="mobilevit", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -334,8 +341,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--random-weights", action="store_true", help="no weights at all (testing only)")
         p.add_argument(
             "--backend",
-            choices=["eager", "onnxruntime"],
-            help="PyTorch, or onnxruntime for a file from `mobilevit export` (default: onnxruntime for .onnx)",
+            choices=BACKENDS,
+            help="PyTorch, or onnxruntime or OpenVINO (CPU, fp32) for a file from `mobilevit export` "
+            "(default: onnxruntime for .onnx)",
         )
         p.add_argument("--threads", type=int, default=0, help="model intra-op threads (0: the runtime's default)")
         p.add_argument("--batch-size", type=int, default=16)
@@ -349,14 +357,18 @@ def build_parser() -> argparse.ArgumentParser:
         description="Backends: eager = the model as created (FastViT/MobileOne in their train-time, unfolded form); "
         "reparam = mobilevit.reparameterize_model (branches and BatchNorms folded); compile = torch.compile of the "
         "folded model (compile time reported as setup_s); onnxruntime = the folded model exported to ONNX and run by "
-        "onnxruntime with the same thread count. %% of peak is against a 2048x2048 fp32 matmul measured at the start.",
+        "onnxruntime with the same thread count; openvino = the same ONNX file compiled by OpenVINO's CPU plugin "
+        "(fp32, same thread count). % of peak is against the faster of a 2048x2048 fp32 matmul and a large 3x3 "
+        "convolution, measured at the start.",
     )
     p.add_argument("models", nargs="*", help="names or patterns (default: all)")
-    p.add_argument("--backends", default="eager,reparam", help="comma-separated: eager, reparam, compile, onnxruntime")
+    p.add_argument(
+        "--backends", default="eager,reparam", help="comma-separated: eager, reparam, compile, onnxruntime, openvino"
+    )
     p.add_argument("--batch-sizes", type=_csv_ints, default=[1, 8], help="comma-separated, e.g. 1,8")
     p.add_argument("--resolution", type=int, default=256)
     p.add_argument("--repeats", type=int, default=20, help="timed runs per measurement (interleaved over backends)")
-    p.add_argument("--threads", type=int, default=0, help="torch and onnxruntime threads (default: torch's choice)")
+    p.add_argument("--threads", type=int, default=0, help="torch, onnxruntime and OpenVINO threads (default: torch's)")
     p.add_argument("--format", choices=["table", "json", "csv", "markdown"], default="table")
     p.add_argument("--output", help="write the report to this file instead of printing it")
     p.add_argument("--chart", help="also write a PNG of batch-1 latency vs published top-1 (needs matplotlib)")
@@ -379,8 +391,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--token", help="require 'Authorization: Bearer TOKEN' (default: env MOBILEVIT_TOKEN, else none)")
     p.add_argument(
         "--backend",
-        choices=["eager", "onnxruntime"],
-        help="inference runtime of every model (default: onnxruntime when the models are .onnx files, else eager)",
+        choices=BACKENDS,
+        help="inference runtime of every model: eager, or onnxruntime or openvino for .onnx files (default: "
+        "onnxruntime when the models are .onnx files, else eager)",
     )
     p.add_argument("--max-batch-size", type=int, default=16, help="requests per forward pass (1: no batching)")
     p.add_argument("--max-wait-ms", type=float, default=5.0, help="longest wait for a batch to fill")
@@ -389,7 +402,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=30.0, help="seconds per request before a 504")
     p.add_argument("--queue-size", type=int, default=64, help="requests admitted per model before 503s")
     p.add_argument(
-        "--threads", type=int, default=0, help="PyTorch/onnxruntime threads (0: one per core; use 1 on shared cores)"
+        "--threads", type=int, default=0, help="PyTorch/ONNX runtime threads (0: one per core; use 1 on shared cores)"
     )
     p.set_defaults(func=cmd_serve)
 
@@ -436,7 +449,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     try:
         return args.func(args) or 0
-    except (ValueError, TypeError, KeyError, FileNotFoundError, OSError) as err:
+    except (ValueError, TypeError, KeyError, FileNotFoundError, OSError, ImportError) as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"mobilevit {args.command}: error: {message}", file=sys.stderr)
         return 2

@@ -2,13 +2,15 @@
 
 Used by the ``predict`` and ``eval`` commands, the HTTP server and the benchmarks, so that every path runs the same
 preprocessing (from the weights entry, or the metadata of an exported file) and the same folded model.
-:class:`OnnxPredictor` runs an ONNX file in onnxruntime and differs from :class:`Predictor` only in ``forward``.
+:class:`OnnxPredictor` runs an ONNX file in onnxruntime and differs from :class:`Predictor` only in ``forward``;
+:class:`OpenVINOPredictor` runs the same file in OpenVINO and differs from :class:`OnnxPredictor` only in the runtime.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -28,6 +30,7 @@ logger = logging.getLogger(__name__)
 ImageInput = str | os.PathLike | bytes | Image.Image | np.ndarray | Tensor
 Activation = Literal["softmax", "sigmoid", "none"]
 ACTIVATIONS: tuple[str, ...] = ("softmax", "sigmoid", "none")
+Signature = list[tuple[str, list[int | None]]]  # (name, shape) of each graph input or output; None: a dynamic dim
 
 
 @dataclass(frozen=True)
@@ -228,16 +231,19 @@ class OnnxPredictor(Predictor):
 
     Only :meth:`forward` differs from :class:`Predictor`. The preprocessing and labels are the ones
     :func:`mobilevit.export.export_model` recorded in the file; pass ``preprocess`` (and ``labels``) for an ONNX file
-    from elsewhere.
+    from elsewhere. The runtime is four small hooks (``_open_runtime``, ``_runtime_metadata``, ``_runtime_signature``,
+    ``_run``); :class:`OpenVINOPredictor` overrides only those.
 
     Args:
         path: the ``.onnx`` file (input ``[B, 3, H, W]`` float32, output ``[B, num_classes]`` logits).
         preprocess: a :class:`~mobilevit.weights.entries.Preprocess` replacing the file's (required when it has none).
         labels: class names replacing the file's.
-        batch_size: images per session run (a graph exported with a fixed batch runs that many at a time).
-        threads: onnxruntime intra-op threads (0: onnxruntime's default, one per physical core).
+        batch_size: images per run (a graph exported with a fixed batch runs that many at a time).
+        threads: the runtime's inference threads (0: its default, one per physical core).
         workers: threads that decode and preprocess images while the model runs.
     """
+
+    runtime = "onnxruntime"
 
     def __init__(
         self,
@@ -248,19 +254,21 @@ class OnnxPredictor(Predictor):
         threads: int = 0,
         workers: int | None = None,
     ) -> None:
-        from .export import ExportMetadata, onnx_session
+        from .export import ExportMetadata
 
         self.path = Path(path)
         if not self.path.is_file():
             raise FileNotFoundError(f"No such ONNX file: {self.path}")
         if threads < 0:
-            raise ValueError(f"threads must be 0 (onnxruntime's default) or more, got {threads}")
+            raise ValueError(f"threads must be 0 ({self.runtime}'s default) or more, got {threads}")
         try:
-            self.session: Any = onnx_session(self.path, threads)
-        except Exception as err:  # onnxruntime has its own exception types for a file it cannot read
-            raise ValueError(f"{self.path}: not an ONNX model onnxruntime can load ({err})") from None
+            self._open_runtime(threads)
+        except ImportError:
+            raise
+        except Exception as err:  # each runtime has its own exception types for a file it cannot read
+            raise ValueError(f"{self.path}: not an ONNX model {self.runtime} can load ({err})") from None
         try:
-            meta = ExportMetadata.from_dict(self.session.get_modelmeta().custom_metadata_map)
+            meta = ExportMetadata.from_dict(self._runtime_metadata())
         except (ValueError, KeyError):
             meta = None  # not written by `mobilevit export`
         self.metadata: ExportMetadata | None = meta
@@ -268,16 +276,17 @@ class OnnxPredictor(Predictor):
         if preprocess is None:
             raise ValueError(
                 f"{self.path}: the file records no preprocessing (not written by `mobilevit export`); export it with "
-                "`mobilevit export --format onnx`, or pass preprocess= (and labels=) to OnnxPredictor"
+                f"`mobilevit export --format onnx`, or pass preprocess= (and labels=) to {type(self).__name__}"
             )
         if labels is None and meta is not None:
             labels = meta.labels
-        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
-        if len(inputs) != 1 or len(inputs[0].shape) != 4 or inputs[0].shape[1] not in (3, "channels"):
-            raise ValueError(f"{self.path}: expected one [batch, 3, height, width] input, got {inputs[0].shape}")
-        self._input, self._output = inputs[0].name, outputs[0].name
-        self._shape = inputs[0].shape  # e.g. ["batch", 3, "height", "width"], or [1, 3, 256, 256] when static
-        num_classes = outputs[0].shape[-1] if isinstance(outputs[0].shape[-1], int) else None
+        inputs, outputs = self._runtime_signature()
+        if len(inputs) != 1 or len(inputs[0][1]) != 4 or inputs[0][1][1] not in (3, None):
+            shapes = ", ".join(str(shape) for _, shape in inputs) or "none"
+            raise ValueError(f"{self.path}: expected one [batch, 3, height, width] input, got {shapes}")
+        self._input, self._output = inputs[0][0], outputs[0][0]
+        self._shape = inputs[0][1]  # e.g. [None, 3, None, None], or [1, 3, 256, 256] when static
+        num_classes = outputs[0][1][-1]
         self._setup(preprocess, labels, num_classes, batch_size, workers)
         height, width = preprocess.input_size
         try:
@@ -288,9 +297,31 @@ class OnnxPredictor(Predictor):
                 f"`--input-size {height} {width}`"
             ) from None
 
+    def _open_runtime(self, threads: int) -> None:
+        """Load ``self.path`` in the runtime (raise anything but ImportError for a file it cannot read)."""
+        from .export import onnx_session
+
+        self.session: Any = onnx_session(self.path, threads)
+
+    def _runtime_metadata(self) -> dict[str, str]:
+        """The file's ``metadata_props``."""
+        return dict(self.session.get_modelmeta().custom_metadata_map)
+
+    def _runtime_signature(self) -> tuple[Signature, Signature]:
+        """``(inputs, outputs)``: the name and shape of each, a dynamic dimension as ``None``."""
+
+        def described(values: list[Any]) -> Signature:
+            return [(v.name, [d if isinstance(d, int) else None for d in v.shape]) for v in values]
+
+        return described(self.session.get_inputs()), described(self.session.get_outputs())
+
+    def _run(self, x: np.ndarray) -> np.ndarray:
+        """One run of the graph on a float32 ``[B, 3, H, W]`` array the graph can take."""
+        return self.session.run([self._output], {self._input: x})[0]
+
     def check_size(self, height: int, width: int) -> None:
         """Raise ``ValueError`` when the graph cannot take ``[B, 3, height, width]`` inputs."""
-        fixed = [d if isinstance(d, int) else None for d in self._shape[2:]]
+        fixed = self._shape[2:]
         if any(f is not None and f != n for f, n in zip(fixed, (height, width), strict=True)):
             size = "x".join(str(f or "any") for f in fixed)
             raise ValueError(f"{self.path} takes {size} inputs only (exported with a fixed size), not {height}x{width}")
@@ -302,27 +333,67 @@ class OnnxPredictor(Predictor):
             )
 
     def forward(self, batch: Tensor) -> Tensor:
-        """One onnxruntime run (several when the graph has a fixed batch: the last one padded with zeros)."""
+        """One run of the graph (several when it has a fixed batch: the last one padded with zeros)."""
         self.check_size(batch.shape[2], batch.shape[3])
         x = np.ascontiguousarray(batch.numpy(), dtype=np.float32)
-        fixed = self._shape[0] if isinstance(self._shape[0], int) else None
+        fixed = self._shape[0]
         if fixed is None:
-            return torch.from_numpy(self.session.run([self._output], {self._input: x})[0])
+            return torch.from_numpy(self._run(x))
         outputs = []
         for start in range(0, len(x), fixed):
             part = x[start : start + fixed]
             padded = np.concatenate([part, np.zeros((fixed - len(part), *part.shape[1:]), np.float32)])
-            outputs.append(self.session.run([self._output], {self._input: padded})[0][: len(part)])
+            outputs.append(self._run(padded)[: len(part)])
         return torch.from_numpy(np.concatenate(outputs))
 
 
-BACKENDS: tuple[str, ...] = ("eager", "onnxruntime")
+class OpenVINOPredictor(OnnxPredictor):
+    """The predictor over an exported ONNX file, run by OpenVINO's CPU plugin in fp32: only the runtime differs.
+
+    Same file, preprocessing, labels, arguments and answers as :class:`OnnxPredictor`; the file is compiled by
+    :func:`~mobilevit.export.openvino_model` (``threads``: OpenVINO's inference threads, 0 for its default). The
+    compiled model gets one infer request, run under a lock: an infer request is not safe to run from two threads at
+    once, the server calls :meth:`forward` from one model thread, and with the LATENCY hint OpenVINO runs one
+    inference at a time anyway (one stream).
+    """
+
+    runtime = "openvino"
+
+    def _open_runtime(self, threads: int) -> None:
+        from .export import openvino_model, read_openvino_metadata
+
+        self.compiled_model: Any = openvino_model(self.path, threads)
+        self._metadata_props = read_openvino_metadata(self.path)  # reads the file again: tens of ms, once
+        self._request = self.compiled_model.create_infer_request()
+        self._lock = threading.Lock()
+
+    def _runtime_metadata(self) -> dict[str, str]:
+        return self._metadata_props
+
+    def _runtime_signature(self) -> tuple[Signature, Signature]:
+        def described(values: list[Any]) -> Signature:
+            return [
+                (v.get_any_name(), [d.get_length() if d.is_static else None for d in v.get_partial_shape()])
+                for v in values
+            ]
+
+        return described(self.compiled_model.inputs), described(self.compiled_model.outputs)
+
+    def _run(self, x: np.ndarray) -> np.ndarray:
+        with self._lock:  # an infer request runs one inference at a time; its output is copied out before release
+            return self._request.infer({self._input: x})[self._output]
+
+
+# the runtimes of an exported ONNX file, by backend name; "eager" is Predictor on the PyTorch model
+ONNX_PREDICTORS: dict[str, type[OnnxPredictor]] = {"onnxruntime": OnnxPredictor, "openvino": OpenVINOPredictor}
+BACKENDS: tuple[str, ...] = ("eager", *ONNX_PREDICTORS)
 
 
 def resolve_backend(model: str | os.PathLike, backend: str | None = None) -> str:
     """The backend that runs ``model``: ``backend`` when given (checked against the file), else inferred from it.
 
-    An exported ``.onnx`` file runs in onnxruntime; an architecture, ``arch.tag`` or saved folder runs eagerly.
+    An exported ``.onnx`` file runs in onnxruntime unless ``backend="openvino"``; an architecture, ``arch.tag`` or
+    saved folder runs eagerly.
     """
     is_onnx = str(model).lower().endswith(".onnx")
     if backend is None:
@@ -330,10 +401,12 @@ def resolve_backend(model: str | os.PathLike, backend: str | None = None) -> str
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
     if backend == "eager" and is_onnx:
-        raise ValueError(f"{model} is an ONNX file: run it with --backend onnxruntime (eager runs PyTorch models)")
-    if backend == "onnxruntime" and not is_onnx:
         raise ValueError(
-            f"--backend onnxruntime runs an exported .onnx file (write one with `mobilevit export --format onnx`); "
+            f"{model} is an ONNX file: run it with --backend onnxruntime or openvino (eager runs PyTorch models)"
+        )
+    if backend in ONNX_PREDICTORS and not is_onnx:
+        raise ValueError(
+            f"--backend {backend} runs an exported .onnx file (write one with `mobilevit export --format onnx`); "
             f"got {str(model)!r}"
         )
     return backend
@@ -346,18 +419,20 @@ def load_predictor(
     threads: int = 0,
     **kwargs: Any,
 ) -> Predictor:
-    """The predictor the CLI and the server use: eager for a model name, onnxruntime for an exported ``.onnx`` file.
+    """The predictor the CLI and the server use: eager for a model name, onnxruntime or OpenVINO for a ``.onnx`` file.
 
     Args:
         model: architecture, ``arch.tag`` or saved folder (:meth:`Predictor.from_pretrained`), or a ``.onnx`` file
-            (:class:`OnnxPredictor`).
-        backend: ``"eager"`` or ``"onnxruntime"``; ``None`` infers it from ``model`` (see :func:`resolve_backend`).
+            (:class:`OnnxPredictor`, :class:`OpenVINOPredictor`).
+        backend: ``"eager"``, ``"onnxruntime"`` or ``"openvino"``; ``None`` infers it from ``model`` (see
+            :func:`resolve_backend`).
         pretrained: weights of an eager model; an ONNX file carries its own, so it must stay ``True`` there.
-        threads: onnxruntime intra-op threads (0: its default); eager models use ``torch.set_num_threads``.
+        threads: the ONNX runtime's inference threads (0: its default); eager models use ``torch.set_num_threads``.
         **kwargs: ``batch_size``, ``workers``.
     """
-    if resolve_backend(model, backend) == "onnxruntime":
+    backend = resolve_backend(model, backend)
+    if backend in ONNX_PREDICTORS:
         if pretrained is not True:
             raise ValueError(f"{model}: an ONNX file carries its weights; --pretrained/--random-weights do not apply")
-        return OnnxPredictor(model, threads=threads, **kwargs)
+        return ONNX_PREDICTORS[backend](model, threads=threads, **kwargs)
     return Predictor.from_pretrained(str(model), pretrained=pretrained, **kwargs)

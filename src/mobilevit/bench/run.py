@@ -51,11 +51,12 @@ def weights_table(patterns: Iterable[str] = (), macs: bool = False) -> list[dict
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# Backends: the same model run four ways
+# Backends: the same model run five ways
 
-BACKENDS: tuple[str, ...] = ("eager", "reparam", "compile", "onnxruntime")
-# compile (tens of seconds of inductor compilation per model and batch size) and onnxruntime (an export per model,
-# ~10 s) are opt-in: the default answers "how fast is this model" in seconds, the others "which runtime to deploy"
+BACKENDS: tuple[str, ...] = ("eager", "reparam", "compile", "onnxruntime", "openvino")
+# compile (tens of seconds of inductor compilation per model and batch size), onnxruntime and openvino (an export per
+# model, ~10 s, shared by the two) are opt-in: the default answers "how fast is this model" in seconds, the others
+# "which runtime to deploy"
 DEFAULT_BACKENDS: tuple[str, ...] = ("eager", "reparam")
 BACKEND_HELP = {
     "eager": "the model as created (train-time form: FastViT/MobileOne branches and BatchNorms unfolded)",
@@ -63,6 +64,8 @@ BACKEND_HELP = {
     "compile": "torch.compile (CPU inductor) of the folded model; setup_s is its compile time at that batch size",
     "onnxruntime": "the folded model exported by mobilevit.export.export_model, run by an onnxruntime CPU session "
     "with intra_op_num_threads = torch threads and sequential execution; setup_s is export + session creation",
+    "openvino": "the same ONNX file (exported once per model) compiled by mobilevit.export.openvino_model for "
+    "OpenVINO's CPU plugin: fp32, LATENCY hint, inference threads = torch threads; setup_s is export + compilation",
 }
 COLUMNS = (
     "model",
@@ -100,26 +103,39 @@ def family(name: str) -> str:
 
 @dataclass
 class Backend:
-    """One way to run a model: ``forward(x)`` returns the logits (a tensor, or an array for onnxruntime).
+    """One way to run a model: ``forward(x)`` returns the logits (a tensor, or an array for onnxruntime and openvino).
 
     Attributes:
         name: one of :data:`BACKENDS`.
         forward: runs a ``[B, 3, H, W]`` float32 batch.
         module: the PyTorch module whose parameters and MACs this backend executes (train-time for eager, folded
             for the others).
-        setup_s: seconds spent preparing it (folding; export and session creation).
+        setup_s: seconds spent preparing it (folding; export and session creation or compilation).
+        onnx: for onnxruntime and openvino, the ONNX file it runs and the seconds its export took (the other runtime
+            reuses the file, see :func:`make_backend`).
     """
 
     name: str
     forward: Callable[[torch.Tensor], object]
     module: nn.Module
     setup_s: float = 0.0
+    onnx: tuple[Path, float] | None = None
 
 
-def make_backend(name: str, model: nn.Module, folded: nn.Module, input_size: tuple[int, int], workdir: Path) -> Backend:
+def make_backend(
+    name: str,
+    model: nn.Module,
+    folded: nn.Module,
+    input_size: tuple[int, int],
+    workdir: Path,
+    onnx: tuple[Path, float] | None = None,
+) -> Backend:
     """Prepare backend ``name`` for ``model`` (eval mode) and its folded copy ``folded``.
 
-    Raises whatever the backend raises when it cannot handle the model (an export error, a missing onnxruntime).
+    ``onnx``: the ``Backend.onnx`` of an ONNX runtime already prepared for this model; onnxruntime and openvino then
+    run that file instead of exporting again (their ``setup_s`` both count its export time).
+
+    Raises whatever the backend raises when it cannot handle the model (an export error, a missing runtime).
     """
     t0 = time.perf_counter()
     if name == "eager":
@@ -129,17 +145,28 @@ def make_backend(name: str, model: nn.Module, folded: nn.Module, input_size: tup
     if name == "compile":
         # compilation happens on the first call for each input shape: the caller times that call as setup_s
         return Backend(name, torch.compile(folded, dynamic=False), folded)
-    if name == "onnxruntime":
-        from ..export import export_model, onnx_session, read_metadata
+    if name in ("onnxruntime", "openvino"):
+        from ..export import export_model, onnx_session, openvino_model, read_metadata
 
-        path = export_model(folded, "onnx", workdir / f"{type(model).__name__}_{id(model)}.onnx", input_size=input_size)
-        meta = read_metadata(path)
-        session = onnx_session(path, torch.get_num_threads())  # PyTorch's CPU budget
+        if onnx is None:
+            file = workdir / f"{type(model).__name__}_{id(model)}.onnx"
+            onnx = (export_model(folded, "onnx", file, input_size=input_size), time.perf_counter() - t0)
+        path, export_s = onnx
+        t1 = time.perf_counter()
+        threads = torch.get_num_threads()  # PyTorch's CPU budget
+        if name == "onnxruntime":
+            meta = read_metadata(path)
+            session = onnx_session(path, threads)
 
-        def forward(x: torch.Tensor, session: object = session) -> object:
-            return session.run([meta.output_name], {meta.input_name: x.numpy()})[0]
+            def forward(x: torch.Tensor, session: object = session) -> object:
+                return session.run([meta.output_name], {meta.input_name: x.numpy()})[0]
+        else:
+            request = openvino_model(path, threads).create_infer_request()  # one, reused: the calls are sequential
 
-        return Backend(name, forward, folded, time.perf_counter() - t0)
+            def forward(x: torch.Tensor, request: object = request) -> object:
+                return request.infer({0: x.numpy()})[0]
+
+        return Backend(name, forward, folded, export_s + time.perf_counter() - t1, onnx)
     raise ValueError(f"unknown backend {name!r}; choose from {', '.join(BACKENDS)}")
 
 
@@ -195,8 +222,9 @@ def bench_table(
             for backend in backends:
                 if progress:
                     progress(f"{name}: preparing {backend}")
+                onnx = next((b.onnx for b in ready.values() if b.onnx), None)  # one export for both ONNX runtimes
                 try:
-                    ready[backend] = make_backend(backend, model, folded, input_size, Path(tmp))
+                    ready[backend] = make_backend(backend, model, folded, input_size, Path(tmp), onnx)
                 except Exception as error:  # one backend failing for one model must not end the run
                     logger.warning("%s: backend %s failed: %s", name, backend, error)
                     errors[backend] = _first_line(error)
@@ -249,6 +277,7 @@ def bench_table(
 
 def system_info(peak: dict | None = None, **settings: object) -> dict:
     """The header of a benchmark report: versions, CPU, threads, the measured peak and the run's settings."""
+    import importlib.metadata
     import platform
 
     from .. import __version__
@@ -259,10 +288,15 @@ def system_info(peak: dict | None = None, **settings: object) -> dict:
         ort_version = onnxruntime.__version__
     except ImportError:
         ort_version = None
+    try:
+        openvino_version = importlib.metadata.version("openvino")  # without importing it
+    except importlib.metadata.PackageNotFoundError:
+        openvino_version = None
     info = {
         "mobilevit": __version__,
         "torch": torch.__version__,
         "onnxruntime": ort_version,
+        "openvino": openvino_version,
         "python": platform.python_version(),
         "machine": platform.machine(),
         "cpu": cpu_model_name(),

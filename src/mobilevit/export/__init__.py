@@ -4,6 +4,7 @@ Every export is of the re-parameterized, BatchNorm-folded model (:func:`mobilevi
 and carries the preprocessing and the labels (:class:`~mobilevit.export.metadata.ExportMetadata`), so a runtime needs
 nothing else. :func:`check_export` runs the file and compares its logits with the eager model's (CoreML runs only
 on macOS: :func:`validate_coreml` checks its spec instead). :func:`quantize_onnx` writes an int8 ONNX file.
+:func:`onnx_session` and :func:`openvino_model` load an ONNX file in onnxruntime or OpenVINO (CPU).
 
 Example::
 
@@ -32,6 +33,7 @@ from ..weights.entries import Preprocess
 from .coreml import CoreMLSummary, Precision, export_coreml, inspect_coreml, read_coreml_metadata, validate_coreml
 from .metadata import ExportMetadata, model_metadata, size_multiple
 from .onnx import DEFAULT_OPSET, export_onnx, onnx_session, read_onnx_metadata
+from .openvino import openvino_model, read_openvino_metadata
 from .quantize import quantize_onnx
 from .torchscript import export_torchscript, load_torchscript
 
@@ -214,8 +216,10 @@ __all__ = [
     "load_torchscript",
     "model_metadata",
     "onnx_session",
+    "openvino_model",
     "quantize_onnx",
     "read_metadata",
+    "read_openvino_metadata",
     "size_multiple",
     "validate_coreml",
 ]

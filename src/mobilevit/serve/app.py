@@ -121,12 +121,13 @@ class Metrics:
 
 
 def default_loader(config: ServeConfig, index: int) -> Loader:
-    """Build the predictor of ``config.models[index]``: from its weights (eager) or its ONNX file (onnxruntime)."""
+    """Build the predictor of ``config.models[index]``: from its weights (eager) or its ONNX file (onnxruntime or
+    openvino)."""
     spec = config.models[index]
-    if config.backend == "onnxruntime":
+    if config.backend != "eager":
         assert isinstance(spec.pretrained, str)  # ServeConfig.validate: every model is an .onnx file
         path = spec.pretrained
-        return lambda: load_predictor(path, "onnxruntime", batch_size=config.max_batch_size, threads=config.threads)
+        return lambda: load_predictor(path, config.backend, batch_size=config.max_batch_size, threads=config.threads)
     return lambda: load_predictor(spec.name, "eager", pretrained=spec.pretrained, batch_size=config.max_batch_size)
 
 

@@ -10,7 +10,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-BACKENDS: tuple[str, ...] = ("eager", "onnxruntime")
+BACKENDS: tuple[str, ...] = ("eager", "onnxruntime", "openvino")  # as mobilevit.predict.BACKENDS (without torch)
+ONNX_BACKENDS: tuple[str, ...] = ("onnxruntime", "openvino")
 TOKEN_ENV = "MOBILEVIT_TOKEN"
 
 
@@ -22,7 +23,7 @@ class ModelSpec:
         name: architecture or ``arch.tag`` (the weights entry supplies preprocessing and labels); also the route
             name, ``POST /models/{name}``. Any name for an ONNX file (its metadata supplies them).
         pretrained: ``True`` for the weights entry's file, a local checkpoint path, an exported ``.onnx`` file (the
-            onnxruntime backend), or ``False`` for random weights (protocol tests only).
+            onnxruntime or openvino backend), or ``False`` for random weights (protocol tests only).
     """
 
     name: str
@@ -30,7 +31,7 @@ class ModelSpec:
 
     @property
     def is_onnx(self) -> bool:
-        """Whether the model is an exported ONNX file (served by the onnxruntime backend)."""
+        """Whether the model is an exported ONNX file (served by the onnxruntime or openvino backend)."""
         return isinstance(self.pretrained, str) and self.pretrained.lower().endswith(".onnx")
 
     @classmethod
@@ -75,8 +76,8 @@ class ServeConfig:
         host: interface to bind; loopback by default, so nothing is exposed unless asked for.
         port: TCP port (0: any free port).
         token: bearer token required on the prediction routes (``None``: no authentication).
-        backend: inference runtime: ``"eager"`` (PyTorch, the folded model) or ``"onnxruntime"`` (every model an
-            exported ``.onnx`` file; see :func:`infer_backend`).
+        backend: inference runtime: ``"eager"`` (PyTorch, the folded model), or ``"onnxruntime"`` or ``"openvino"``
+            (OpenVINO's CPU plugin, fp32) with every model an exported ``.onnx`` file (see :func:`infer_backend`).
         max_batch_size: requests run together in one forward pass (1 turns dynamic batching off).
         max_wait_ms: how long the batcher waits for a batch to fill once it has one request; a few ms trades a
             little latency at low load for much larger batches at high load.
@@ -88,7 +89,7 @@ class ServeConfig:
         decode_workers: threads that decode and preprocess images off the event loop.
         retry_after: seconds suggested in ``Retry-After`` headers.
         threads: intra-op threads: PyTorch's for the process (``mobilevit serve`` sets them), or each onnxruntime
-            session's; 0 keeps the runtime's default
+            session's or OpenVINO model's; 0 keeps the runtime's default
             (one per core), which with batching gave the most throughput on an idle 2-core machine (86 vs 68 req/s
             with 1 thread). On cores shared with other work use 1: competing OpenMP threads stall each other
             (measured: 1 s instead of 10 ms per image), and scale out with processes.
@@ -128,14 +129,14 @@ class ServeConfig:
         if self.backend not in BACKENDS:
             raise ValueError(f"--backend {self.backend!r} is not available; choose from {', '.join(BACKENDS)}")
         for spec in self.models:
-            if self.backend == "onnxruntime" and not spec.is_onnx:
+            if self.backend in ONNX_BACKENDS and not spec.is_onnx:
                 raise ValueError(
-                    f"--backend onnxruntime serves exported .onnx files (`mobilevit export --format onnx`); model "
+                    f"--backend {self.backend} serves exported .onnx files (`mobilevit export --format onnx`); model "
                     f"{spec.name!r} has none: use --model FILE.onnx or --model NAME=FILE.onnx"
                 )
             if self.backend == "eager" and spec.is_onnx:
                 raise ValueError(
-                    f"{spec.pretrained} is an ONNX file: serve it with --backend onnxruntime "
+                    f"{spec.pretrained} is an ONNX file: serve it with --backend onnxruntime or openvino "
                     "(one server runs every model with the same backend)"
                 )
         checks = [

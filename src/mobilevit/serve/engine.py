@@ -1,8 +1,8 @@
 """Dynamic batching: requests for one model wait in a queue; a worker runs them together in one forward pass.
 
 The event loop never runs the model nor decodes images: decoding and preprocessing go to a shared thread pool, the
-forward pass to the model's own single thread (one forward at a time per model; PyTorch or onnxruntime uses the cores
-inside it).
+forward pass to the model's own single thread (one forward at a time per model; PyTorch, onnxruntime or OpenVINO uses
+the cores inside it).
 The worker takes the first waiting request, waits at most ``max_wait_ms`` for up to ``max_batch_size`` requests
 (only while more admitted requests are still being read or decoded), then runs the batch; each request keeps its
 own ``top_k`` and ``function_to_apply``.

@@ -23,7 +23,7 @@ def run(config: ServeConfig, log_level: str = "warning") -> int:
 
     config.validate_models()
     if config.threads:
-        torch.set_num_threads(config.threads)  # eager models; onnxruntime sessions get their own (default_loader)
+        torch.set_num_threads(config.threads)  # eager models; ONNX runtimes get their own (default_loader)
     failure: list[str] = []
     server: uvicorn.Server | None = None
 
