@@ -8,15 +8,23 @@ MobileViT and FastViT, 224 for MobileOne) the forms are
     timm_eager   timm's model as created
     timm_rep     timm.utils.reparameterize_model (folded)
     timm_ort     timm's folded model exported with torch.onnx.export, run by onnxruntime
+    timm_ov      that file run by OpenVINO (mobilevit.export.openvino_model: CPU plugin, fp32)
     eager        ours as created (train-time form)
     reparam      mobilevit.reparameterize_model (folded)
     compile      torch.compile of our folded model (compiled before timing)
     ort          our folded model exported by mobilevit.export.export_model, run by onnxruntime
+    ov           that file run by OpenVINO (same settings as timm_ov)
 
 timed round-robin (one call of each per round, ``--rounds`` rounds, median), so a noisy neighbour slows every form
-alike. Both onnxruntime sessions get the same options (intra-op threads = torch threads, sequential execution).
-``vs_timm_eager`` = timm eager / our best (target >= 2 at batch 1); ``vs_timm_best`` = our best / timm's best of its
-three forms (target <= 1.0).
+alike. Both onnxruntime sessions get the same options (intra-op threads = torch threads, sequential execution, no
+spinning), and both OpenVINO models too (inference threads = torch threads). ``vs_timm_eager`` = timm eager / our
+best (target >= 2 at batch 1); ``vs_timm_best`` = our best / timm's best form (target <= 1.0), where timm's forms
+include its ONNX file in OpenVINO, so a faster runtime alone does not count as ours.
+
+The roofline columns say what those ratios cost in arithmetic: ``GMACs`` of the folded model (the least work any
+form does per image), this CPU's fp32 peak measured at the start (``mobilevit.bench.measure_peak_gmacs``), and as a
+% of that peak the rate of timm eager (``timm_eager_pct``), of our best form (``best_pct``) and the rate a form would
+need to be twice as fast as timm eager (``2x_needs_pct``): above 100, no fp32 form can reach 2x on this CPU.
 
     python benchmarks/bench_backends.py                                # every shared architecture, batch 1 and 8
     python benchmarks/bench_backends.py --quick --models mobileone_s0,mobilevit_xxs
@@ -41,14 +49,14 @@ from timm.utils import reparameterize_model as timm_reparameterize
 
 import mobilevit
 from common import same_weights
-from mobilevit.bench import compare_latency
+from mobilevit.bench import compare_latency, count_macs, measure_peak_gmacs
 from mobilevit.bench.report import markdown_table
 from mobilevit.bench.run import make_backend, system_info
-from mobilevit.export import onnx_session
+from mobilevit.export import onnx_session, openvino_model
 from mobilevit.weights.entries import get_weights
 
-TIMM_FORMS = ("timm_eager", "timm_rep", "timm_ort")
-OUR_FORMS = ("eager", "reparam", "compile", "ort")
+TIMM_FORMS = ("timm_eager", "timm_rep", "timm_ort", "timm_ov")
+OUR_FORMS = ("eager", "reparam", "compile", "ort", "ov")
 QUICK_MODELS = ("mobileone_s0", "mobilevit_xxs")
 
 
@@ -59,8 +67,8 @@ def native_resolution(name: str) -> int:
     return height
 
 
-def timm_onnx(model: torch.nn.Module, path: Path, resolution: int) -> Callable[[torch.Tensor], object]:
-    """Export timm's (folded) model with ``torch.onnx.export`` (dynamo exporter, dynamic batch) and load it."""
+def timm_onnx(model: torch.nn.Module, path: Path, resolution: int) -> Path:
+    """Export timm's (folded) model with ``torch.onnx.export`` (dynamo exporter, dynamic batch)."""
     example = torch.randn(1, 3, resolution, resolution)
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), torch.no_grad():
         warnings.simplefilter("ignore")
@@ -73,23 +81,49 @@ def timm_onnx(model: torch.nn.Module, path: Path, resolution: int) -> Callable[[
             output_names=["logits"],
             dynamic_shapes=({0: torch.export.Dim.AUTO},),
         )
+    return path
+
+
+def in_onnxruntime(path: Path) -> Callable[[torch.Tensor], object]:
     session = onnx_session(path, torch.get_num_threads())
     return lambda x: session.run(["logits"], {"pixel_values": x.numpy()})[0]
 
 
-def prepare(name: str, workdir: Path, forms: list[str]) -> tuple[dict[str, Callable], dict[str, str], dict[str, float]]:
-    """(forward per form, error per form that could not be built, preparation seconds per form) for one model."""
+def in_openvino(path: Path) -> Callable[[torch.Tensor], object]:
+    request = openvino_model(path, torch.get_num_threads()).create_infer_request()
+    return lambda x: request.infer({0: x.numpy()})[0]
+
+
+def prepare(
+    name: str, workdir: Path, forms: list[str]
+) -> tuple[dict[str, Callable], dict[str, str], dict[str, float], float]:
+    """(forward per form, error per form that could not be built, preparation seconds per form, GMACs per image of the
+    folded model) for one model."""
     ours, ref = same_weights(name, workdir)
     ref_rep, folded = timm_reparameterize(ref), mobilevit.reparameterize_model(ours)
     resolution = native_resolution(name)
+    size = (resolution, resolution)
+    files: dict[str, object] = {}  # each side's ONNX file, exported once for both runtimes
+
+    def timm_file() -> Path:
+        files.setdefault("timm", timm_onnx(ref_rep, workdir / f"timm_{name}.onnx", resolution))
+        return files["timm"]
+
+    def ours_in(runtime: str) -> Callable:
+        backend = make_backend(runtime, ours, folded, size, workdir, files.get("ours"))
+        files["ours"] = backend.onnx
+        return backend.forward
+
     builders: dict[str, Callable[[], Callable]] = {
         "timm_eager": lambda: ref,
         "timm_rep": lambda: ref_rep,
-        "timm_ort": lambda: timm_onnx(ref_rep, workdir / f"timm_{name}.onnx", resolution),
-        "eager": lambda: make_backend("eager", ours, folded, (resolution, resolution), workdir).forward,
-        "reparam": lambda: make_backend("reparam", ours, folded, (resolution, resolution), workdir).forward,
-        "compile": lambda: make_backend("compile", ours, folded, (resolution, resolution), workdir).forward,
-        "ort": lambda: make_backend("onnxruntime", ours, folded, (resolution, resolution), workdir).forward,
+        "timm_ort": lambda: in_onnxruntime(timm_file()),
+        "timm_ov": lambda: in_openvino(timm_file()),
+        "eager": lambda: make_backend("eager", ours, folded, size, workdir).forward,
+        "reparam": lambda: make_backend("reparam", ours, folded, size, workdir).forward,
+        "compile": lambda: make_backend("compile", ours, folded, size, workdir).forward,
+        "ort": lambda: ours_in("onnxruntime"),
+        "ov": lambda: ours_in("openvino"),
     }
     forwards, errors, setup = {}, {}, {}
     for form in forms:
@@ -99,12 +133,14 @@ def prepare(name: str, workdir: Path, forms: list[str]) -> tuple[dict[str, Calla
         except Exception as error:  # report it in the table, go on with the other forms
             errors[form] = f"{type(error).__name__}: {str(error).strip().splitlines()[0][:120]}"
         setup[form] = time.perf_counter() - t0
-    return forwards, errors, setup
+    return forwards, errors, setup, count_macs(folded, (resolution, resolution)) / 1e9
 
 
-def run_model(name: str, batch_sizes: list[int], rounds: int, forms: list[str], workdir: Path) -> list[dict]:
+def run_model(
+    name: str, batch_sizes: list[int], rounds: int, forms: list[str], workdir: Path, peak_gmacs: float
+) -> list[dict]:
     resolution = native_resolution(name)
-    forwards, errors, _ = prepare(name, workdir, forms)
+    forwards, errors, _, gmacs = prepare(name, workdir, forms)
     rows = []
     for batch in batch_sizes:
         x = torch.randn(batch, 3, resolution, resolution, generator=torch.Generator().manual_seed(batch))
@@ -130,6 +166,12 @@ def run_model(name: str, batch_sizes: list[int], rounds: int, forms: list[str], 
         row["vs_timm_eager"] = stats["timm_eager"]["median_ms"] / ours[best] if best else None
         row["vs_timm_best"] = ours[best] / min(theirs.values()) if best and theirs else None
         row["timm_best"] = min(theirs, key=theirs.get) if theirs else None
+        row["GMACs"] = round(gmacs, 3)
+
+        work = 100 * gmacs * batch * 1000 / peak_gmacs  # % of peak x ms
+        row["timm_eager_pct"] = round(work / stats["timm_eager"]["median_ms"], 1)
+        row["best_pct"] = round(work / ours[best], 1) if best else None
+        row["2x_needs_pct"] = round(2 * work / stats["timm_eager"]["median_ms"], 1)
         row["max_rel_diff"] = f"{worst:.1e}"
         row["errors"] = "; ".join(f"{k}: {v}" for k, v in errors.items())
         rows.append(row)
@@ -161,15 +203,17 @@ def main() -> None:
     assert "timm_eager" in forms, "timm_eager is the reference; it cannot be skipped"
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
 
+    peak = measure_peak_gmacs()
+    print(f"measured fp32 peak: {peak['measured_peak_gmacs']:.1f} GMAC/s ({peak['peak_method']})", flush=True)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in names:
-            rows += run_model(name, batch_sizes, args.rounds, forms, Path(tmp))
+            rows += run_model(name, batch_sizes, args.rounds, forms, Path(tmp), peak["measured_peak_gmacs"])
 
-    header = system_info(timm=timm.__version__, rounds=args.rounds, timing="median of interleaved rounds")
+    header = system_info(timm=timm.__version__, rounds=args.rounds, timing="median of interleaved rounds") | peak
     print("\n" + ", ".join(f"{k} {v}" for k, v in header.items()) + "\n")
     columns = ["model", "res", "batch", *(f"{f}_ms" for f in forms), "best_ours", "vs_timm_eager", "timm_best"]
-    columns += ["vs_timm_best", "max_rel_diff"]
+    columns += ["vs_timm_best", "GMACs", "timm_eager_pct", "best_pct", "2x_needs_pct", "max_rel_diff"]
     print(markdown_table([{k: "" if v is None else v for k, v in r.items()} for r in rows], columns))
     for row in rows:
         if row["errors"]:
