@@ -10,7 +10,8 @@ predictor's model time per image at batch 1 and at the maximum batch, and the ph
 what batching can save is model time (and the per-call overhead around it), so those numbers say how far batching can
 go on this machine.
 
-    python benchmarks/bench_serve.py [--requests 200] [--max-batch-size 16] [--backend onnxruntime] [--model NAME]
+    python benchmarks/bench_serve.py [--requests 200] [--max-batch-size 16] [--backend onnxruntime|openvino]
+        [--client wrk --seconds 10] [--model NAME]
 """
 
 from __future__ import annotations
@@ -50,8 +51,8 @@ class Served:
 
     def cli(self) -> list[str]:
         weights = ["--pretrained", self.pretrained] if self.pretrained else []
-        if self.backend == "onnxruntime":
-            return ["--model", self.model, "--backend", "onnxruntime"]
+        if self.backend != "eager":
+            return ["--model", self.model, "--backend", self.backend]
         return ["--model", self.model, *(weights or ["--random-weights"])]
 
     def predictor(self, threads: int) -> object:
@@ -60,13 +61,13 @@ class Served:
         from mobilevit.predict import load_predictor
 
         torch.set_num_threads(threads or torch.get_num_threads())
-        pretrained = True if self.backend == "onnxruntime" else (self.pretrained or False)
+        pretrained = True if self.backend != "eager" else (self.pretrained or False)
         return load_predictor(self.model, backend=self.backend, pretrained=pretrained, threads=threads)
 
 
 def served_model(name: str, backend: str, workdir: Path) -> Served:
-    """Apple's S0 weights when present, else random weights (the timing is the same); for onnxruntime, the folded
-    model exported once by ``mobilevit export``."""
+    """Apple's S0 weights when present, else random weights (the timing is the same); for onnxruntime and openvino,
+    the folded model exported once by ``mobilevit export``."""
     real = name == "mobileone_s0" and SHARED_S0.exists()
     eager = Served("mobileone_s0.orig_in1k_reparam", str(SHARED_S0), "eager") if real else Served(name, None, "eager")
     if backend == "eager":
@@ -75,7 +76,7 @@ def served_model(name: str, backend: str, workdir: Path) -> Served:
     if not onnx.exists():
         cmd = [sys.executable, "-m", "mobilevit.cli", "export", *eager.cli(), "--format", "onnx", "--output", str(onnx)]
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
-    return Served(str(onnx), None, "onnxruntime")
+    return Served(str(onnx), None, backend)
 
 
 def batching_bound(served: Served, body: bytes, max_batch_size: int, threads: int, rounds: int = 20) -> dict:
@@ -222,7 +223,7 @@ def main() -> None:
     parser.add_argument("--max-wait-ms", type=float, default=5.0)
     parser.add_argument("--threads", type=int, default=0, help="the server's model threads (0: one per core)")
     parser.add_argument("--model", default="mobileone_s0", help="architecture (Apple's weights for mobileone_s0)")
-    parser.add_argument("--backend", choices=["eager", "onnxruntime"], default="eager")
+    parser.add_argument("--backend", choices=["eager", "onnxruntime", "openvino"], default="eager")
     parser.add_argument(
         "--client",
         choices=["asyncio", "wrk"],
