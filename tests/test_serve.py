@@ -308,6 +308,59 @@ def test_graceful_shutdown_answers_queued_requests() -> None:
     assert answers == [200, 200]
 
 
+class ThreadCountNet(nn.Module):
+    """Records PyTorch's intra-op thread count in the thread that runs the model."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.num_classes = 3
+        self.seen: list[int] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen.append(torch.get_num_threads())
+        return x.mean((2, 3))  # [B, 3, H, W] -> [B, 3]
+
+
+def test_decoding_is_single_threaded_and_the_model_keeps_its_threads() -> None:
+    """Decode threads preprocess with one PyTorch thread each (no OpenMP team spinning beside the model); the model
+    keeps the process's thread count even though PyTorch hands a new thread the count some other thread last set."""
+    from mobilevit.weights.entries import get_weights
+
+    net = ThreadCountNet()
+    predictor = Predictor(net, get_weights("mobileone_s0").preprocess, ["a", "b", "c"], fold=False)
+    seen_decoding: list[int] = []
+    transform = predictor.transform
+
+    def recording_transform(image: Image.Image) -> torch.Tensor:
+        if threading.current_thread().name.startswith("decode"):  # not the warm-up in the model's thread
+            seen_decoding.append(torch.get_num_threads())
+        return transform(image)
+
+    predictor.transform = recording_transform
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        config = ServeConfig(models=(ModelSpec("m", False), ModelSpec("late", False)), max_batch_size=1)
+        release = threading.Event()
+
+        def late() -> Predictor:  # loads after requests were decoded: its thread starts after the decode threads'
+            release.wait(30)
+            return predictor
+
+        with TestClient(create_app(config, loaders={"m": lambda: predictor, "late": late})) as c:
+            deadline = time.monotonic() + 30
+            while not c.get("/health").json()["models"]["m"]["ready"] and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert c.post("/models/m", content=jpeg_bytes()).status_code == 200
+            release.set()
+            wait_ready(c)
+            assert c.post("/models/late", content=jpeg_bytes()).status_code == 200
+        assert seen_decoding and set(seen_decoding) == {1}
+        assert net.seen and set(net.seen) == {2}  # warm-ups and requests, in both models' threads
+    finally:
+        torch.set_num_threads(before)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [

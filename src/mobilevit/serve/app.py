@@ -28,7 +28,7 @@ from torch import Tensor
 from ..data.images import ImageError, open_image
 from ..predict import Predictor, load_predictor
 from .config import ServeConfig
-from .engine import BatchEngine, OverloadedError
+from .engine import BatchEngine, OverloadedError, pin_torch_threads
 from .page import PAGE
 from .protocol import RequestError, encode_predictions, parse_request
 
@@ -162,7 +162,11 @@ def create_app(
         )
         metrics.watch(engines[spec.name])
     default_model = config.models[0].name
-    decode_pool = ThreadPoolExecutor(config.decode_workers, thread_name_prefix="decode")
+    # Each request is preprocessed by one thread (the pool gives the parallelism across requests): PyTorch ops there
+    # would otherwise start an OpenMP team per decode thread, whose spinning workers take the cores from the model.
+    decode_pool = ThreadPoolExecutor(
+        config.decode_workers, thread_name_prefix="decode", initializer=pin_torch_threads, initargs=(1,)
+    )
 
     async def load_all() -> None:
         for engine in engines.values():

@@ -23,13 +23,23 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from ..predict import Activation, Prediction, Predictor
+from ..predict import Activation, OnnxPredictor, Prediction, Predictor
 
 logger = logging.getLogger(__name__)
 
 
 class OverloadedError(Exception):
     """The model's queue is full, the model is not loaded yet, or the server is shutting down: retry later."""
+
+
+def pin_torch_threads(threads: int) -> None:
+    """Give the calling thread ``threads`` PyTorch intra-op threads, for good.
+
+    PyTorch sets a thread's OpenMP team size on its first parallel call from the count *any* thread set last, so the
+    thread's set-up is forced first and the count set after it.
+    """
+    torch.get_num_threads()  # the per-thread set-up, which would otherwise run later and overwrite the count
+    torch.set_num_threads(threads)
 
 
 @dataclass
@@ -76,7 +86,10 @@ class BatchEngine:
         self._nonempty = asyncio.Event()
         self._full = asyncio.Event()
         self._closing = False
-        self._model_thread = ThreadPoolExecutor(1, thread_name_prefix=f"model-{name}")
+        # the model's thread keeps the process's thread count at start-up, whatever the decode threads set (create_app)
+        self._model_thread = ThreadPoolExecutor(
+            1, thread_name_prefix=f"model-{name}", initializer=pin_torch_threads, initargs=(torch.get_num_threads(),)
+        )
         self._worker: asyncio.Task[None] | None = None
 
     @property
@@ -103,6 +116,8 @@ class BatchEngine:
 
     def _load_and_warm_up(self) -> Predictor:
         predictor = self._load()
+        if isinstance(predictor, OnnxPredictor):  # the runtime has its own threads; PyTorch only stacks and scores
+            pin_torch_threads(1)
         predictor.batch_size = max(predictor.batch_size, self.max_batch_size)  # one forward per batch
         example = predictor.transform(Image.new("RGB", (64, 64)))
         predictor.logits(example[None])  # the first forward is slow (allocations); do it before traffic
