@@ -79,10 +79,10 @@ def served_model(name: str, backend: str, workdir: Path) -> Served:
     return Served(str(onnx), None, backend)
 
 
-def batching_bound(served: Served, body: bytes, max_batch_size: int, threads: int, rounds: int = 20) -> dict:
+def batch_gain(served: Served, body: bytes, max_batch_size: int, threads: int, rounds: int = 20) -> dict:
     """Per-image milliseconds of decoding + preprocessing and of the model at batch 1 and at ``max_batch_size``
     (medians of ``rounds``; the three alternate), and the two ratios batch 1 / max batch per image: model time alone
-    (``model_bound``) and with decoding (``bound``)."""
+    (``model_gain``) and with decoding (``gain_with_decode``)."""
     import torch
 
     from mobilevit.data.images import open_image
@@ -108,8 +108,8 @@ def batching_bound(served: Served, body: bytes, max_batch_size: int, threads: in
     ms = {key: statistics.median(values) for key, values in times.items()}
     return {
         **ms,
-        "model_bound": ms["model@1"] / ms["model@max"],
-        "bound": (ms["decode"] + ms["model@1"]) / (ms["decode"] + ms["model@max"]),
+        "model_gain": ms["model@1"] / ms["model@max"],
+        "gain_with_decode": (ms["decode"] + ms["model@1"]) / (ms["decode"] + ms["model@max"]),
     }
 
 
@@ -273,14 +273,14 @@ def main() -> None:
         f"\nbatching at concurrency 32: {on['throughput'] / off['throughput']:.2f}x the throughput of max batch 1,"
         f" {off['server_cpu_ms'] / on['server_cpu_ms']:.2f}x less server CPU per request"
     )
-    b = batching_bound(served, body, args.max_batch_size, args.threads)
+    b = batch_gain(served, body, args.max_batch_size, args.threads)
     print(
         f"in-process, no server: decode + preprocess {b['decode']:.1f} ms/img; model {b['model@1']:.1f} ms/img"
         f" at batch 1, {b['model@max']:.1f} ms/img at batch {args.max_batch_size}"
     )
     print(
-        f"model time alone: batching is {b['model_bound']:.2f}x faster per image; with this photo's decoding"
-        f" {b['bound']:.2f}x"
+        f"model time alone: batching is {b['model_gain']:.2f}x faster per image; with this photo's decoding"
+        f" {b['gain_with_decode']:.2f}x"
     )
 
 
