@@ -52,7 +52,7 @@ from common import same_weights
 from mobilevit.bench import compare_latency, count_macs, measure_peak_gmacs
 from mobilevit.bench.report import markdown_table
 from mobilevit.bench.run import make_backend, system_info
-from mobilevit.export import onnx_session, openvino_model
+from mobilevit.predict import ONNX_PREDICTORS
 from mobilevit.weights.entries import get_weights
 
 TIMM_FORMS = ("timm_eager", "timm_rep", "timm_ort", "timm_ov")
@@ -84,14 +84,11 @@ def timm_onnx(model: torch.nn.Module, path: Path, resolution: int) -> Path:
     return path
 
 
-def in_onnxruntime(path: Path) -> Callable[[torch.Tensor], object]:
-    session = onnx_session(path, torch.get_num_threads())
-    return lambda x: session.run(["logits"], {"pixel_values": x.numpy()})[0]
-
-
-def in_openvino(path: Path) -> Callable[[torch.Tensor], object]:
-    request = openvino_model(path, torch.get_num_threads()).create_infer_request()
-    return lambda x: request.infer({0: x.numpy()})[0]
+def in_runtime(runtime: str, path: Path, name: str) -> Callable[[torch.Tensor], object]:
+    """timm's ONNX file run the way ours is (the predictor's runtime; the file has no metadata, so the preprocessing
+    is the weights entry's)."""
+    predictor = ONNX_PREDICTORS[runtime](path, get_weights(name).preprocess, threads=torch.get_num_threads())
+    return predictor.forward
 
 
 def prepare(
@@ -117,8 +114,8 @@ def prepare(
     builders: dict[str, Callable[[], Callable]] = {
         "timm_eager": lambda: ref,
         "timm_rep": lambda: ref_rep,
-        "timm_ort": lambda: in_onnxruntime(timm_file()),
-        "timm_ov": lambda: in_openvino(timm_file()),
+        "timm_ort": lambda: in_runtime("onnxruntime", timm_file(), name),
+        "timm_ov": lambda: in_runtime("openvino", timm_file(), name),
         "eager": lambda: make_backend("eager", ours, folded, size, workdir).forward,
         "reparam": lambda: make_backend("reparam", ours, folded, size, workdir).forward,
         "compile": lambda: make_backend("compile", ours, folded, size, workdir).forward,

@@ -146,27 +146,16 @@ def make_backend(
         # compilation happens on the first call for each input shape: the caller times that call as setup_s
         return Backend(name, torch.compile(folded, dynamic=False), folded)
     if name in ("onnxruntime", "openvino"):
-        from ..export import export_model, onnx_session, openvino_model, read_metadata
+        from ..export import export_model
+        from ..predict import ONNX_PREDICTORS
 
         if onnx is None:
             file = workdir / f"{type(model).__name__}_{id(model)}.onnx"
             onnx = (export_model(folded, "onnx", file, input_size=input_size), time.perf_counter() - t0)
         path, export_s = onnx
         t1 = time.perf_counter()
-        threads = torch.get_num_threads()  # PyTorch's CPU budget
-        if name == "onnxruntime":
-            meta = read_metadata(path)
-            session = onnx_session(path, threads)
-
-            def forward(x: torch.Tensor, session: object = session) -> object:
-                return session.run([meta.output_name], {meta.input_name: x.numpy()})[0]
-        else:
-            request = openvino_model(path, threads).create_infer_request()  # one, reused: the calls are sequential
-
-            def forward(x: torch.Tensor, request: object = request) -> object:
-                return request.infer({0: x.numpy()})[0]
-
-        return Backend(name, forward, folded, export_s + time.perf_counter() - t1, onnx)
+        runtime = ONNX_PREDICTORS[name](path, threads=torch.get_num_threads())  # PyTorch's CPU budget
+        return Backend(name, runtime.forward, folded, export_s + time.perf_counter() - t1, onnx)
     raise ValueError(f"unknown backend {name!r}; choose from {', '.join(BACKENDS)}")
 
 
