@@ -203,3 +203,28 @@ def test_saved_folder_brings_its_labels_and_preprocessing(tmp_path: Path) -> Non
     )
     assert proc.returncode == 0, proc.stderr
     assert [p["label"] for p in json.loads(proc.stdout)["predictions"]] == ["bee", "wasp", "ant"]
+
+
+@pytest.mark.parametrize("function", ["softmax", "sigmoid", "none"])
+def test_top_k_order_is_score_then_lower_index_for_any_batch(function: str) -> None:
+    from mobilevit.predict import scores_from_logits
+
+    g = torch.Generator().manual_seed(0)
+    # many exact ties: 1000 classes drawing from 3 values, one class far ahead (softmax then underflows to 0.0)
+    logits = torch.tensor([-1.0, 0.0, 2.5])[torch.randint(0, 3, (16, 1000), generator=g)]
+    logits[:, 276] = 200.0
+    predictor = Predictor(nn_head(1000), get_weights("mobileone_s0").preprocess)
+    scores = scores_from_logits(logits, function)
+    for k in (1, 5, 50):
+        batched = predictor.topk(logits, k, function)
+        for row, answer in enumerate(batched):
+            row_scores = scores[row].tolist()
+            want = sorted(range(1000), key=lambda i: (-row_scores[i], i))[:k]  # independent of torch's ordering
+            assert [p.index for p in answer] == want
+            assert [p.index for p in predictor.topk(logits[row : row + 1], k, function)[0]] == want
+
+
+def nn_head(num_classes: int) -> torch.nn.Module:
+    head = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(3, num_classes))
+    head.num_classes = num_classes
+    return head

@@ -166,11 +166,16 @@ class Predictor:
         return torch.cat([self.forward(chunk) for chunk in batch.split(self.batch_size)])
 
     def topk(self, logits: Tensor, top_k: int = 5, function: Activation = "softmax") -> list[list[Prediction]]:
-        """The ``top_k`` best classes of each row of ``logits``, best first."""
+        """The ``top_k`` best classes of each row of ``logits``: higher score first, ties by lower class index.
+
+        The order is the same for every backend and batch size: ``torch.topk`` leaves the order of equal scores
+        unspecified (it differs between a batch of 1 and a batch of 16), a stable sort does not.
+        """
         if top_k < 1:
             raise ValueError(f"top_k must be at least 1, got {top_k}")
         scores = scores_from_logits(logits, function)
-        values, indices = scores.topk(min(top_k, scores.shape[-1]), dim=-1)
+        values, indices = scores.sort(dim=-1, descending=True, stable=True)
+        values, indices = values[..., :top_k], indices[..., :top_k]
         return [
             [Prediction(self.labels[i], float(v), int(i)) for v, i in zip(vs.tolist(), ix.tolist(), strict=True)]
             for vs, ix in zip(values, indices, strict=True)
