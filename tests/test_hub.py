@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torchvision
 from torch import Tensor, nn
 
 import mobilevit
@@ -456,7 +457,9 @@ def test_round_trip_mobilevit(tmp_path: Path) -> None:
     assert config["labels"] is None and config["reparameterized"] is False
     # no entry: the preprocessing defaults to the architecture's default weights
     assert loaded.pretrained_cfg.preprocess == get_weights("mobilevit_xxs").preprocess
-    assert loaded.pretrained_cfg.labels is None and loaded.pretrained_cfg.entry is None
+    # no names stored, 1000 outputs: ImageNet-1k's names (torchvision's copy), as for any untagged 1000-class checkpoint
+    imagenet = tuple(torchvision.models.ResNet50_Weights.IMAGENET1K_V1.meta["categories"])
+    assert loaded.pretrained_cfg.labels == imagenet and loaded.pretrained_cfg.entry is None
     # the other ways in: from_pretrained, the arch with pretrained=folder, the safetensors file alone
     for other in (
         mobilevit.from_pretrained(tmp_path / "out"),

@@ -9,6 +9,8 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from .errors import MobileViTError, missing_optional_dependency
+
 if TYPE_CHECKING:
     from tqdm import tqdm
 
@@ -62,12 +64,20 @@ def _predictor(args: argparse.Namespace) -> Predictor:
     if args.threads:
         torch.set_num_threads(args.threads)  # eager; an onnxruntime session or OpenVINO model gets its own below
     pretrained = args.pretrained or not args.random_weights
+    labels = _labels(args.labels)
     predictor = load_predictor(
-        args.model, args.backend, pretrained=pretrained, threads=args.threads, batch_size=args.batch_size
+        args.model, args.backend, pretrained=pretrained, threads=args.threads, batch_size=args.batch_size, labels=labels
     )
     if args.random_weights:
         print(f"WARNING: {args.model} has random weights; its predictions mean nothing.", file=sys.stderr)
     return predictor
+
+
+def _labels(path: str | None) -> tuple[str, ...] | None:
+    """Class names from ``--labels FILE`` (one per line, or a JSON list), or ``None``."""
+    from .weights.entries import read_labels_file
+
+    return read_labels_file(path) if path else None
 
 
 def _progress(total: int, enabled: bool, desc: str) -> tqdm | None:
@@ -87,7 +97,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     predictor = _predictor(args)
     bar = _progress(len(files), not args.no_progress, "predict")
     failures = 0
-    for path, answer in predictor.predict_files(files, args.top_k, args.function, bar.update if bar else None):
+    update = bar.update if bar is not None else None
+    for path, answer in predictor.predict_files(files, args.top_k, args.function, update):
         if isinstance(answer, Exception):
             failures += 1
             record = {"file": path, "error": str(answer)}
@@ -95,8 +106,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         else:
             record = {"file": path, "predictions": [p.to_dict() for p in answer]}
             text = f"{path}: " + ", ".join(f"{p.label} ({p.score:.3f})" for p in answer)
-        (bar.write if bar and not args.json else print)(json.dumps(record) if args.json else text)
-    if bar:
+        (bar.write if bar is not None and not args.json else print)(json.dumps(record) if args.json else text)
+    if bar is not None:
         bar.close()
     if failures:
         print(f"{failures} of {len(files)} inputs could not be classified", file=sys.stderr)
@@ -108,20 +119,25 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     import torch.distributed as dist
 
-    from .evaluate import evaluate, read_labelled
+    from .evaluate import check_targets, evaluate, match_classes, read_labelled
     from .predict import resolve_backend
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
         dist.init_process_group("gloo")  # launched by torchrun: shard the images, sum the counts
-    samples, _ = read_labelled(args.data)
+    samples, classes = read_labelled(args.data)
     predictor = _predictor(args)
+    if classes is not None:  # an ImageFolder tree: its folders name the classes, matched to the model's labels
+        index = match_classes(classes, predictor.labels)
+        samples = [(path, index[target]) for path, target in samples]
+    else:
+        check_targets(samples, len(predictor.labels), args.data)
     rank = dist.get_rank() if dist.is_initialized() else 0
     bar = _progress(len(samples), not args.no_progress and rank == 0, "eval")
-    result = evaluate(predictor, samples, bar.update if bar else None)
-    if bar:
+    result = evaluate(predictor, samples, bar.update if bar is not None else None)
+    if bar is not None:
         bar.close()
     backend = resolve_backend(args.model, args.backend)
-    result = {"model": args.model, "pretrained": str(args.pretrained or True), "backend": backend, **result}
+    result = {"model": args.model, "weights": predictor.source, "backend": backend, **result}
     if rank == 0:
         if args.json:
             print(json.dumps(result))
@@ -245,12 +261,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         )
 
     try:
-        result = train(cfg, resume=args.resume, progress=progress if bar else None)
+        result = train(cfg, resume=args.resume, progress=progress if bar is not None else None)
     except NonFiniteLossError as err:
         print(f"mobilevit train: {err}", file=sys.stderr)
         return 3
     finally:
-        if bar:
+        if bar is not None:
             bar.close()
     if int(os.environ.get("RANK", "0")) == 0:
         print(
@@ -286,6 +302,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         "opset": args.opset,
         "precision": args.precision,
         "image_input": args.coreml_input == "image",
+        "labels": _labels(args.labels),
     }
     if args.format == "coreml":
         path = export_model(model, "coreml", args.output, **options)
@@ -347,6 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
         )
         p.add_argument("--threads", type=int, default=0, help="model intra-op threads (0: the runtime's default)")
         p.add_argument("--batch-size", type=int, default=16)
+        p.add_argument("--labels", help="class names, one per line or a JSON list (default: the model's own)")
         p.add_argument("--json", action="store_true", help="JSON output (one object per input for predict)")
         p.add_argument("--no-progress", action="store_true", help="no progress bar")
         p.set_defaults(func=cmd_predict if cmd == "predict" else cmd_eval)
@@ -416,6 +434,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, help="file to write (.onnx, .mlpackage, .pt)")
     p.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), help="trace size (default: the weights')")
     p.add_argument("--opset", type=int, default=20, help="ONNX opset (18 or higher; 20 has a native Gelu)")
+    p.add_argument("--labels", help="class names to record, one per line or a JSON list (default: the model's own)")
     p.add_argument("--static", action="store_true", help="fix the batch, height and width (default: dynamic)")
     p.add_argument("--quantize", choices=["int8"], help="ONNX: write an int8 model (onnxruntime quantization)")
     p.add_argument("--quantize-mode", choices=["static", "dynamic"], default="static", help="int8: calibrated or not")
@@ -449,10 +468,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     try:
         return args.func(args) or 0
-    except (ValueError, TypeError, KeyError, FileNotFoundError, OSError, ImportError) as err:
-        message = err.args[0] if isinstance(err, KeyError) and err.args else err
-        print(f"mobilevit {args.command}: error: {message}", file=sys.stderr)
-        return 2
+    except (MobileViTError, ValueError, OSError) as err:  # what a user can fix; a bug shows its traceback
+        return _user_error(args, err)
+    except ModuleNotFoundError as err:
+        missing = missing_optional_dependency(err)
+        if missing is None:
+            raise
+        return _user_error(args, missing)
+
+
+def _user_error(args: argparse.Namespace, err: BaseException) -> int:
+    """One line naming the problem (with ``-v``, the traceback too); exit status 2."""
+    if args.verbose:
+        logging.getLogger(__name__).exception("details")
+    message = err.args[0] if isinstance(err, KeyError) and err.args else err
+    print(f"mobilevit {args.command}: error: {message}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +65,61 @@ def read_labelled(path: str | os.PathLike) -> tuple[list[tuple[Path, int]], list
         if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
     ]
     return samples, classes
+
+
+def _normalized(name: str) -> str:
+    return " ".join(name.replace("_", " ").replace("-", " ").casefold().split())
+
+
+def match_classes(classes: Sequence[str], labels: Sequence[str]) -> list[int]:
+    """The model output index of each data class (an ImageFolder sub-folder name), matched by name.
+
+    A folder matches the label of the same name (case, ``_`` and ``-`` aside) or, for an ImageNet-1k classifier, its
+    WordNet id (``n01440764``), so an ImageNet subset folder scores against the right outputs. A model whose labels
+    are only ``class_<i>`` placeholders takes the folders in sorted order, as training on the folder assigned them,
+    when there are as many folders as outputs.
+
+    Raises:
+        LabelsError: some folders match no label (or several), naming them.
+    """
+    from .weights.entries import IMAGENET_1K_CLASSES, LabelsError, imagenet_wnids, labels_for
+
+    by_name: dict[str, list[int]] = {}
+    for i, label in enumerate(labels):
+        for key in dict.fromkeys((label, _normalized(label))):
+            by_name.setdefault(key, []).append(i)
+    if len(labels) == IMAGENET_1K_CLASSES and tuple(labels) == labels_for(IMAGENET_1K_CLASSES):
+        for i, wnid in enumerate(imagenet_wnids()):
+            by_name[wnid] = [i]
+    found = [by_name.get(c) or by_name.get(_normalized(c)) or [] for c in classes]
+    if all(len(hits) == 1 for hits in found):
+        return [hits[0] for hits in found]
+    placeholders = list(labels) == [f"class_{i}" for i in range(len(labels))]
+    if placeholders and len(classes) == len(labels):
+        logger.info("the model's labels are class_<i>: the %d folders are taken in sorted order", len(classes))
+        return list(range(len(classes)))
+    unmatched = [c for c, hits in zip(classes, found, strict=True) if len(hits) != 1]
+    ambiguous = [c for c, hits in zip(classes, found, strict=True) if len(hits) > 1]
+    more = f" and {len(unmatched) - 5} more" if len(unmatched) > 5 else ""
+    shown = ", ".join(repr(c) for c in unmatched[:5]) + more
+    example = ", ".join(repr(x) for x in list(labels)[:3])
+    why = f" ({', '.join(repr(c) for c in ambiguous[:3])} name several classes)" if ambiguous else ""
+    raise LabelsError(
+        f"the data's classes cannot be matched to the model's {len(labels)} labels: {len(unmatched)} of "
+        f"{len(classes)} folders ({shown}) match no label by name{why}; the model's labels are {example}, ... "
+        "(name the folders by class name, or WordNet id for ImageNet, or give the model's class names with --labels)"
+    )
+
+
+def check_targets(samples: Sequence[tuple[Path, int]], num_classes: int, source: str) -> None:
+    """Every class index of a CSV is one of the model's outputs, else a clear error."""
+    from .weights.entries import LabelsError
+
+    bad = sorted({t for _, t in samples if not 0 <= t < num_classes})
+    if bad:
+        raise LabelsError(
+            f"{source}: class indices {', '.join(map(str, bad[:5]))} are outside the model's {num_classes} outputs"
+        )
 
 
 def evaluate(

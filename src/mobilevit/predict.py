@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from .data.images import ImageError, open_image
 from .data.transforms import eval_transform
+from .weights.entries import check_labels, labels_for
 
 logger = logging.getLogger(__name__)
 
@@ -124,21 +125,33 @@ class Predictor:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         self.preprocess = preprocess
         self.transform: Callable[[Image.Image], Tensor] = eval_transform(preprocess)
-        self.labels = list(labels) if labels is not None else [f"class_{i}" for i in range(num_classes or 0)]
-        if num_classes and len(self.labels) != num_classes:
-            raise ValueError(f"{len(self.labels)} labels for a model with {num_classes} outputs")
+        if labels is None:
+            labels = labels_for(num_classes or 0)
+        elif num_classes:
+            labels = check_labels(labels, num_classes)
+        self.labels = list(labels)
         self.batch_size = batch_size
         self.workers = workers or min(4, os.cpu_count() or 1)
+        self.source: str | None = None  # where the weights came from: a weights name or a file (None: unknown/random)
 
     @classmethod
-    def from_pretrained(cls, name: str, pretrained: bool | str | os.PathLike = True, **kwargs: Any) -> Predictor:
-        """Build from ``"arch"`` or ``"arch.tag"`` and weights (``True``: the entry's file; or a local path).
+    def from_pretrained(
+        cls,
+        name: str,
+        pretrained: bool | str | os.PathLike = True,
+        labels: Sequence[str] | None = None,
+        **kwargs: Any,
+    ) -> Predictor:
+        """Build from ``"arch"``, ``"arch.tag"`` or a saved folder, and weights (``True``: the entry's file; or a path).
 
-        The preprocessing and labels come from the weights entry (the architecture's default entry for a bare name
-        or a path). ``pretrained=False`` gives random weights, for testing only; a warning says so.
+        The preprocessing comes from the weights entry (the architecture's default entry for a bare name or a path);
+        the class names from :func:`~mobilevit.weights.model_labels` (the checkpoint's own, its entry's, ImageNet-1k's
+        for 1000 outputs, else ``class_<i>``) unless ``labels`` gives one per output. ``pretrained=False`` gives
+        random weights, for testing only; a warning says so.
         """
         from .registry import create_model
-        from .weights.entries import get_weights, labels
+        from .weights.entries import get_weights
+        from .weights.pretrained import model_labels
 
         model = create_model(name, pretrained=pretrained)
         if not pretrained:
@@ -148,10 +161,10 @@ class Predictor:
         if entry is None and info is None:
             entry = get_weights(name)  # random weights: the architecture's default preprocessing
         preprocess = (info.preprocess if info is not None else None) or (entry or get_weights(info.arch)).preprocess
-        names = info.labels if info is not None else None
-        if names is None and entry is not None and entry.num_classes == model.num_classes:
-            names = labels(entry)
-        return cls(model, preprocess, names, **kwargs)
+        names = check_labels(labels, model.num_classes, "--labels") if labels is not None else model_labels(model)
+        predictor = cls(model, preprocess, names, **kwargs)
+        predictor.source = (info.source if pretrained is not True or entry is None else entry.name) if info else None
+        return predictor
 
     def _load(self, item: ImageInput, name: str | None = None) -> Tensor:
         return self.transform(_as_pil(item, name))
@@ -293,6 +306,7 @@ class OnnxPredictor(Predictor):
         self._shape = inputs[0][1]  # e.g. [None, 3, None, None], or [1, 3, 256, 256] when static
         num_classes = outputs[0][1][-1]
         self._setup(preprocess, labels, num_classes, batch_size, workers)
+        self.source = str(self.path)
         height, width = preprocess.input_size
         try:
             self.check_size(height, width)

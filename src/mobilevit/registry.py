@@ -169,7 +169,7 @@ def create_model(
         model.pretrained_cfg = None
         return model
 
-    from .weights.entries import labels as entry_labels
+    from .weights.entries import labels_for
     from .weights.hub import resolve_weights
     from .weights.load import convert_checkpoint, is_folded_checkpoint, load_into, read_checkpoint
 
@@ -206,17 +206,10 @@ def create_model(
 
     # what the weights expect and mean: the checkpoint's own config first, then the entry
     preprocess = preprocess_from_json(saved.get("preprocess")) if saved else None
-    labels = None
-    if saved and saved.get("labels") is not None and len(saved["labels"]) == saved.get("num_classes"):
-        labels = tuple(str(x) for x in saved["labels"])
     if entry is not None:
         preprocess = preprocess or entry.preprocess
-        if labels is None and entry.num_classes == ckpt_classes:
-            try:
-                labels = tuple(entry_labels(entry))
-            except ValueError:  # a label set without bundled names
-                labels = None
-    if not keep_head or features_only:
-        labels = None
+    labels = None  # the checkpoint's classes: its own names, its entry's, or ImageNet-1k's for 1000 (labels_for)
+    if keep_head and not features_only:
+        labels = labels_for(num_classes, entry, saved.get("labels") if saved else None)
     model.pretrained_cfg = PretrainedCfg(arch=arch, source=str(path), entry=entry, preprocess=preprocess, labels=labels)
     return model

@@ -119,12 +119,11 @@ def model_metadata(
         dynamic_axes: the input axes the exported graph accepts at any size.
         preprocess: override of the preprocessing (default: ``model.pretrained_cfg``, else the architecture's default
             weights entry, as the predictor does for random weights).
-        labels: override of the class names (default: ``model.pretrained_cfg``, else the default entry's when the
-            number of classes matches, else ``class_<i>``).
+        labels: override of the class names (default: :func:`~mobilevit.weights.model_labels`).
     """
     from ..registry import find_arch
-    from ..weights.entries import DEFAULT_TAGS, get_weights
-    from ..weights.entries import labels as entry_labels
+    from ..weights.entries import DEFAULT_TAGS, check_labels, get_weights
+    from ..weights.pretrained import model_labels
 
     info: Any = getattr(model, "pretrained_cfg", None)
     arch = info.arch if info is not None else find_arch(model.cfg)
@@ -136,14 +135,7 @@ def model_metadata(
         preprocess = info.entry.preprocess
     if preprocess is None and default_entry is not None:
         preprocess = default_entry.preprocess
-    if labels is None and info is not None:
-        labels = info.labels
-    if labels is None and info is None and default_entry is not None and default_entry.num_classes == num_classes:
-        labels = entry_labels(default_entry)
-    if labels is None:
-        labels = [f"class_{i}" for i in range(num_classes)]
-    if len(labels) != num_classes:
-        raise ValueError(f"{len(labels)} labels for a model with {num_classes} outputs")
+    labels = check_labels(labels, num_classes) if labels is not None else model_labels(model)
     if input_size is None:
         input_size = tuple(preprocess.input_size) if preprocess is not None else (256, 256)
     weights = info.entry.name if info is not None and info.entry is not None else ""

@@ -15,6 +15,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ..errors import MissingDependencyError
+
 INSTALL_HINT = "OpenVINO is not installed: pip install 'mobilevit[openvino]' (or pip install openvino)"
 
 
@@ -23,7 +25,7 @@ def _read(path: str | os.PathLike) -> tuple[Any, Any]:
     try:
         import openvino
     except ImportError as err:
-        raise ImportError(INSTALL_HINT) from err
+        raise MissingDependencyError(INSTALL_HINT) from err
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"No such ONNX file: {path}")

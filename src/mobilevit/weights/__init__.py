@@ -1,6 +1,7 @@
 """Checkpoints: fetching an entry's file (hub cache or download), reading every supported format, converting it,
 loading it strictly, and saving our own self-describing folder."""
 
+from .entries import labels_for, read_labels_file
 from .hub import WeightsUnavailableError, cached_weights, resolve_weights
 from .load import (
     CheckpointError,
@@ -11,7 +12,7 @@ from .load import (
     read_checkpoint,
     read_converted,
 )
-from .pretrained import PretrainedCfg, from_pretrained, save_pretrained
+from .pretrained import PretrainedCfg, from_pretrained, model_labels, save_pretrained
 
 __all__ = [
     "CheckpointError",
@@ -22,9 +23,12 @@ __all__ = [
     "detect_format",
     "from_pretrained",
     "is_folded_checkpoint",
+    "labels_for",
     "load_into",
+    "model_labels",
     "read_checkpoint",
     "read_converted",
+    "read_labels_file",
     "resolve_weights",
     "save_pretrained",
 ]

@@ -24,8 +24,13 @@ import difflib
 import fnmatch
 import functools
 import math
+import os
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
+
+from ..errors import MobileViTError
 
 Interpolation = Literal["bilinear", "bicubic"]
 ChannelOrder = Literal["RGB", "BGR"]
@@ -772,10 +777,19 @@ def _suggest(word: str, choices: list[str]) -> str:
     return f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
 
 
+class UnknownWeightsError(MobileViTError, KeyError):
+    """No weights entry by that name (a ``KeyError`` whose message prints without quotes)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
 def default_weights(arch: str) -> str:
     """The recommended weights name (``"arch.tag"``) for an architecture."""
     if arch not in DEFAULT_TAGS:
-        raise KeyError(f"No pretrained weights for architecture {arch!r}.{_suggest(arch, sorted(DEFAULT_TAGS))}")
+        raise UnknownWeightsError(
+            f"No pretrained weights for architecture {arch!r}.{_suggest(arch, sorted(DEFAULT_TAGS))}"
+        )
     return f"{arch}.{DEFAULT_TAGS[arch]}"
 
 
@@ -783,7 +797,7 @@ def get_weights(name: str) -> WeightsEntry:
     """The entry for ``"arch.tag"``; a bare architecture name gives its :func:`default_weights`.
 
     Raises:
-        KeyError: unknown name, with the closest known names.
+        UnknownWeightsError: (a ``KeyError``) unknown name, with the closest known names.
     """
     if "." not in name and name in DEFAULT_TAGS:
         name = default_weights(name)
@@ -791,7 +805,7 @@ def get_weights(name: str) -> WeightsEntry:
         arch = name.split(".", 1)[0]
         same_arch = sorted(n for n in WEIGHTS if n.startswith(arch + "."))
         hint = f" Weights for {arch!r}: {', '.join(same_arch)}." if same_arch else _suggest(name, sorted(WEIGHTS))
-        raise KeyError(f"Unknown weights {name!r}.{hint} See mobilevit.weights.entries.list_weights().")
+        raise UnknownWeightsError(f"Unknown weights {name!r}.{hint} See mobilevit.weights.entries.list_weights().")
     return WEIGHTS[name]
 
 
@@ -820,6 +834,76 @@ def labels(entry: WeightsEntry | str) -> list[str]:
     return names
 
 
+IMAGENET_1K_CLASSES = 1000
+
+
+@functools.cache
+def imagenet_wnids() -> tuple[str, ...]:
+    """The WordNet ids of the ImageNet-1k classes (``n01440764`` ...), in the standard index order."""
+    from importlib import resources
+
+    text = resources.files(__package__).joinpath("imagenet_1k_wnids.txt").read_text()
+    wnids = tuple(line.strip() for line in text.splitlines() if line.strip())
+    assert len(wnids) == IMAGENET_1K_CLASSES, len(wnids)
+    return wnids
+
+
+def labels_for(
+    num_classes: int, entry: WeightsEntry | None = None, saved: Sequence[str] | None = None
+) -> tuple[str, ...]:
+    """The class names of a classifier with ``num_classes`` outputs: the one rule every path uses.
+
+    In order: the names the checkpoint (or the user) gives, when there is one per output; the weights entry's, when
+    it has as many classes and a known label set; ImageNet-1k's for any other 1000-class classifier (a checkpoint
+    loaded by architecture name or from a path without a weights tag, or random weights, as timm does); else
+    ``class_<i>``.
+    """
+    if saved is not None and len(saved) == num_classes:
+        return tuple(str(x) for x in saved)
+    if entry is not None and entry.num_classes == num_classes and entry.labels == "imagenet-1k":
+        return tuple(labels(entry))
+    if num_classes == IMAGENET_1K_CLASSES:
+        return _imagenet_categories()
+    return tuple(f"class_{i}" for i in range(num_classes))
+
+
+def read_labels_file(path: str | os.PathLike) -> tuple[str, ...]:
+    """Class names from a file: a JSON list, or one name per line (blank lines ignored)."""
+    import json
+
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as err:
+        raise LabelsError(f"cannot read the labels file {path}: {err.strerror or err}") from None
+    except UnicodeDecodeError:
+        raise LabelsError(f"{path}: not a text file of class names (one per line, or a JSON list)") from None
+    if text.lstrip().startswith("["):
+        try:
+            names = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise LabelsError(f"{path}: not a valid JSON list of class names ({err})") from None
+        if not isinstance(names, list) or not all(isinstance(x, str | int) for x in names):
+            raise LabelsError(f"{path}: a JSON labels file must be a list of strings")
+        names = [str(x) for x in names]
+    else:
+        names = [line.strip() for line in text.splitlines() if line.strip()]
+    if not names:
+        raise LabelsError(f"{path}: no class names in the labels file")
+    return tuple(names)
+
+
+class LabelsError(MobileViTError, ValueError):
+    """Class names that cannot be read or do not fit the model."""
+
+
+def check_labels(names: Sequence[str], num_classes: int, source: str = "labels") -> tuple[str, ...]:
+    """``names`` as a tuple, or a clear error when there is not one per output."""
+    if len(names) != num_classes:
+        raise LabelsError(f"{source}: {len(names)} class names for a model with {num_classes} outputs")
+    return tuple(str(x) for x in names)
+
+
 def resize_size_for(input_size: int, crop_pct: float) -> int:
     """timm's rule for the resize before the center crop: ``floor(input_size / crop_pct)``."""
     return math.floor(input_size / crop_pct)
@@ -833,9 +917,13 @@ __all__ = [
     "Metric",
     "Preprocess",
     "WeightsEntry",
+    "check_labels",
     "default_weights",
     "get_weights",
+    "imagenet_wnids",
     "labels",
+    "labels_for",
     "list_weights",
+    "read_labels_file",
     "resize_size_for",
 ]

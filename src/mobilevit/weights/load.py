@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..errors import MobileViTError
 from .converters import CONVERTERS
 
 logger = logging.getLogger(__name__)
@@ -26,7 +27,7 @@ _WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "module")
 _MOBILEONE_BLOCK = re.compile(r"\.conv_kxk\.\d+\.|(^|\.)reparam_conv\.")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(MobileViTError, ValueError):
     """A checkpoint that cannot be read, is of an unknown format, or does not fit the model."""
 
 

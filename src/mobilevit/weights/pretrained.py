@@ -213,6 +213,19 @@ def save_pretrained(
     return directory
 
 
+def model_labels(model: nn.Module) -> tuple[str, ...]:
+    """The class names of a classifier of this package, by the rule of :func:`~mobilevit.weights.labels_for`.
+
+    The checkpoint's own names (``model.pretrained_cfg.labels``) when it has them, else its entry's, else ImageNet-1k's
+    for 1000 outputs (random weights included), else ``class_<i>``.
+    """
+    from .entries import labels_for
+
+    info: PretrainedCfg | None = getattr(model, "pretrained_cfg", None)
+    num_classes = int(getattr(model, "num_classes", 0))
+    return labels_for(num_classes, info.entry if info is not None else None, info.labels if info is not None else None)
+
+
 def read_saved_config(path: str | os.PathLike) -> dict[str, Any] | None:
     """Our ``config.json`` (or the copy in a safetensors file's metadata) at ``path``, or ``None`` if it has none."""
     from .load import is_mobilevit_config
@@ -223,10 +236,11 @@ def read_saved_config(path: str | os.PathLike) -> dict[str, Any] | None:
         if not config_file.is_file():
             return None
         try:
-            config = json.loads(config_file.read_text())
-        except (ValueError, OSError):
-            return None
-        return config if is_mobilevit_config(config) else None
+            config = json.loads(config_file.read_text(encoding="utf-8"))
+        except (ValueError, OSError) as err:  # ours or a transformers folder's: either way, the folder is broken
+            reason = err.strerror if isinstance(err, OSError) else str(err)
+            raise CheckpointError(f"{config_file} is corrupt: not a readable JSON file ({reason})") from None
+        return config if isinstance(config, dict) and is_mobilevit_config(config) else None
     if path.suffix == ".safetensors" and path.is_file():
         from safetensors import SafetensorError, safe_open
 
@@ -256,6 +270,7 @@ __all__ = [
     "config_diff",
     "config_overrides",
     "from_pretrained",
+    "model_labels",
     "preprocess_from_json",
     "read_saved_config",
     "save_pretrained",
