@@ -182,3 +182,51 @@ def test_dataloader_produces_drawn_sizes():
     images, _ = next(iter(loader))
     assert images.dtype == torch.float32 and images.min() >= 0.0 and images.max() <= 1.0
     assert MultiScaleDataset(_Images(), default_size=(16, 24))[3][0].shape == (3, 16, 24)
+
+
+def _augmented_loader(workers: int, sampler: MultiScaleBatchSampler) -> DataLoader:
+    """A random-resized crop + flip + RandAugment + random erasing pipeline, as the training loop builds it."""
+    from mobilevit.data.augment import TrainTransformFactory
+    from mobilevit.train.config import AugmentConfig
+
+    aug = AugmentConfig(randaugment=True, randaugment_magnitude_std=0.5, random_erase=0.5)
+    dataset = MultiScaleDataset(_Images(), TrainTransformFactory(aug))
+    return DataLoader(dataset, batch_sampler=sampler, num_workers=workers, generator=torch.Generator())
+
+
+def test_augmentation_depends_on_position_only():
+    """A resumed epoch in worker processes gives the tensors of an uninterrupted single-process pass, bit for bit:
+    each sample's draws come from its key's seed, not from the worker it lands on or the global generators.
+    """
+    shapes = [BatchShape(32, 32, 2), BatchShape(48, 32, 3)]
+    ref = MultiScaleBatchSampler(12, shapes, seed=4)
+    ref.set_epoch(1)
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    full = [images for images, _ in _augmented_loader(0, ref)]
+    assert torch.equal(torch.get_rng_state(), before)  # transformed in this process, its generator restored
+    assert not torch.equal(full[0][0], full[0][1])  # the pipeline is random
+
+    state = {**ref.state_dict(batches_done=0), "batches_done": 2}
+    resumed = MultiScaleBatchSampler(12, shapes)
+    resumed.load_state_dict(state)
+    resumed.set_epoch(1)
+    torch.manual_seed(1)  # another global state and other worker seeds
+    before = torch.get_rng_state()
+    tail = [images for images, _ in _augmented_loader(2, resumed)]
+    assert len(tail) == len(full) - 2
+    for a, b in zip(full[2:], tail, strict=True):
+        assert torch.equal(a, b)
+    assert torch.equal(torch.get_rng_state(), before)  # the main process' generator was not drawn from
+
+
+def test_sample_seeds_are_per_position_epoch_and_rank():
+    def seeds(epoch, rank=0, world=1):
+        s = MultiScaleBatchSampler.fixed(10, 32, 4, seed=0, rank=rank, world_size=world)
+        s.set_epoch(epoch)
+        return [key.seed for batch in s for key in batch]
+
+    first = seeds(0)
+    assert len(first) == len(set(first)) == 12  # distinct even where the last batch wraps to the same index
+    assert seeds(0) == first and seeds(1) != first
+    assert seeds(0, 0, 2) != seeds(0, 1, 2)  # ranks augment their (padding-)shared indices differently

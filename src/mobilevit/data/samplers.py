@@ -17,8 +17,11 @@ https://github.com/apple/ml-cvnets (facts, not code):
   wrapping to the start of this rank's list. Every rank draws the same sizes (same generator, same list length), so
   all ranks run the same number of steps at the same resolution.
 
-Each batch is a list of :class:`SizedIndex` ``(index, height, width)``; :class:`MultiScaleDataset` receives one such
-key per sample and applies the train transform at that size, so the default collate stacks equal-sized tensors::
+Each batch is a list of :class:`SizedIndex` ``(index, height, width, seed)``; :class:`MultiScaleDataset` receives one
+such key per sample and applies the train transform at that size, so the default collate stacks equal-sized tensors.
+The ``seed`` is drawn per position of the epoch from ``(seed, epoch, rank)``, and the transform's random draws come
+from global generators seeded with it (:func:`seeded_rngs`): every augmentation is a function of the sampler's seed,
+the epoch and the position alone, whichever ``DataLoader`` worker computes it and wherever a resumed epoch restarts::
 
     sampler = MultiScaleBatchSampler.variable_batch(len(folder), base_size=256, base_batch_size=128)
     loader = DataLoader(MultiScaleDataset(folder, multi_scale_train_transform), batch_sampler=sampler)
@@ -31,8 +34,10 @@ Validation uses one fixed size: :meth:`MultiScaleBatchSampler.fixed` with ``shuf
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
+import random
 from collections.abc import Callable, Iterator, Sequence, Sized
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -40,7 +45,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Dataset, Sampler, get_worker_info
 
 logger = logging.getLogger(__name__)
 
@@ -53,16 +58,20 @@ __all__ = [
     "make_divisible",
     "multi_scale_train_transform",
     "scale_sizes",
+    "seeded_rngs",
     "variable_batch_shapes",
 ]
 
 
 class SizedIndex(NamedTuple):
-    """One sample of a batch: the dataset index and the (height, width) the batch is resized to."""
+    """One sample of a batch: the dataset index, the (height, width) the batch is resized to, and the seed of the
+    sample's random augmentation (``None``: the transform draws from the process' global generators).
+    """
 
     index: int
     height: int
     width: int
+    seed: int | None = None
 
 
 @dataclass(frozen=True, order=True)
@@ -72,6 +81,35 @@ class BatchShape:
     height: int
     width: int
     batch_size: int
+
+
+_SAMPLE_SEED_STREAM = 0x5EED  # tells the per-sample seed stream apart from the shuffle's ``[seed, epoch]`` stream
+
+
+@contextlib.contextmanager
+def seeded_rngs(seed: int, restore: bool = True) -> Iterator[None]:
+    """Seed torch's (CPU), Python's and NumPy's global generators with ``seed`` for the block.
+
+    The per-sample augmentation of :class:`MultiScaleDataset` runs inside it, so a sample's crop, flip, RandAugment
+    and erasing draws depend on its :attr:`SizedIndex.seed` only: not on which ``DataLoader`` worker (or the main
+    process) transforms it, nor on what that process drew before. This is what makes a resumed run exact.
+
+    Args:
+        seed: any non-negative int (NumPy gets ``seed % 2**32``).
+        restore: put the previous states back afterwards (~0.2 ms, mostly NumPy's); a ``DataLoader`` worker, whose
+            generators serve nothing else, can skip it.
+    """
+    states = (torch.get_rng_state(), random.getstate(), np.random.get_state()) if restore else None
+    torch.random.default_generator.manual_seed(seed)  # CPU only: the data pipeline never draws on a GPU
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    try:
+        yield
+    finally:
+        if states is not None:
+            torch.set_rng_state(states[0])
+            random.setstate(states[1])
+            np.random.set_state(states[2])
 
 
 def make_divisible(value: float, divisor: int = 32, min_value: int | None = None) -> int:
@@ -276,12 +314,20 @@ class MultiScaleBatchSampler(Sampler[list[SizedIndex]]):
         rng = np.random.default_rng([self.seed, self.epoch])  # same on every rank: same shuffle, same size draws
         indices = self._rank_indices(rng)
         n = len(indices)
+        drawn: list[BatchShape] = []
+        total = 0
+        while total < n:
+            drawn.append(self.shapes[int(rng.integers(len(self.shapes)))])
+            total += drawn[-1].batch_size
+        # one augmentation seed per position of this rank's epoch: a function of (seed, epoch, rank, position) only
+        seed_stream = np.random.default_rng([self.seed, self.epoch, self.rank, _SAMPLE_SEED_STREAM])
+        seeds = seed_stream.integers(2**63, size=total)
         batches: list[list[SizedIndex]] = []
         start = 0
-        while start < n:
-            shape = self.shapes[int(rng.integers(len(self.shapes)))]
-            ids = [indices[(start + i) % n] for i in range(shape.batch_size)]  # the last batch wraps to the start
-            batches.append([SizedIndex(i, shape.height, shape.width) for i in ids])
+        for shape in drawn:
+            positions = range(start, start + shape.batch_size)
+            # the last batch wraps to the start of the index list
+            batches.append([SizedIndex(indices[p % n], shape.height, shape.width, int(seeds[p])) for p in positions])
             start += shape.batch_size
         self._plan_cache = (self.epoch, batches)
         return batches
@@ -350,8 +396,9 @@ def multi_scale_train_transform(
 class MultiScaleDataset(Dataset):
     """Wraps an ``(image, label)`` dataset so that each item is transformed at the size its batch drew.
 
-    Indexed by the :class:`SizedIndex` keys of :class:`MultiScaleBatchSampler`; plain int indices use
-    ``default_size``.
+    Indexed by the :class:`SizedIndex` keys of :class:`MultiScaleBatchSampler`: the transform runs inside
+    :func:`seeded_rngs` with the key's seed, so the same key gives the same tensor in any process, in any order.
+    Plain int indices use ``default_size`` and the process' global generators.
     """
 
     def __init__(
@@ -373,6 +420,10 @@ class MultiScaleDataset(Dataset):
         return len(self.dataset)  # type: ignore[arg-type]
 
     def __getitem__(self, key: SizedIndex | tuple[int, int, int] | int) -> tuple[Any, Any]:
-        index, height, width = (key, *self.default_size) if isinstance(key, int) else key
-        image, label = self.dataset[index]
-        return self.transform(height, width)(image), label
+        key = SizedIndex(key, *self.default_size) if isinstance(key, int) else SizedIndex(*key)
+        image, label = self.dataset[key.index]
+        transform = self.transform(key.height, key.width)
+        if key.seed is None:
+            return transform(image), label
+        with seeded_rngs(key.seed, restore=get_worker_info() is None):  # the main process' generators are kept
+            return transform(image), label

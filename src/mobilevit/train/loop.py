@@ -11,8 +11,13 @@ Never lose work:
 
 - ``{output_dir}/last.pt`` is rewritten atomically (:mod:`mobilevit.train.checkpoint`) every ``checkpoint_every``
   optimizer steps and at each epoch end; it holds the model, EMA, optimizer, schedule, grad scaler, sampler position,
-  per-rank RNG states, the step and the partial epoch statistics. ``resume=True`` continues from it: with
-  ``num_workers=0`` the continued run computes exactly what the uninterrupted run computes.
+  per-rank RNG states, the step and the partial epoch statistics. ``resume=True`` continues from it, and the
+  continued run computes exactly what the uninterrupted run computes, with any ``data.num_workers``, whenever the
+  process was killed (the steps after the last checkpoint are replayed identically): every random draw is a function
+  of the run's seed and its position, not of a generator's history. Per sample (crop, flip, RandAugment, erasing),
+  of ``(seed, epoch, rank, position in the epoch)`` (:class:`~mobilevit.data.samplers.SizedIndex`); per micro-batch
+  (mixup / cutmix, dropout, drop path), of ``(seed, rank, epoch, batch)`` (:func:`_seed_batch`). Exactness also
+  needs the same hardware, thread count and library versions (CUDA kernels may be non-deterministic).
 - A non-finite loss (or non-finite weights before a checkpoint) raises :class:`NonFiniteLossError` before anything
   else is written, so ``last.pt`` stays the last good state.
 - Corrupt images are logged, skipped and counted (``skipped`` in the epoch records).
@@ -444,6 +449,21 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+_BATCH_SEED_STREAM = 0xBA7C  # tells the micro-batch seeds apart from other seed streams of the same run seed
+
+
+def _seed_batch(seed: int, rank: int, epoch: int, batch: int) -> None:
+    """Seed the global generators (torch CPU and CUDA, Python, NumPy) for micro-batch ``batch`` of ``epoch``.
+
+    Mixup / cutmix, dropout and drop path draw from these; seeding them from ``(seed, rank, epoch, batch)`` before
+    every micro-batch makes those draws independent of what the process drew before, so a run resumed from any
+    checkpoint (and replaying the steps after it) draws what the uninterrupted run drew.
+    """
+    entropy = [seed % 2**64, rank, epoch, batch, _BATCH_SEED_STREAM]
+    value = int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0]) >> 1  # [0, 2**63)
+    _seed_everything(value)
+
+
 def _all_finite(model: nn.Module) -> bool:
     return all(bool(torch.isfinite(p).all()) for p in model.parameters())
 
@@ -589,7 +609,7 @@ def _train(
         train_model = nn.parallel.DistributedDataParallel(
             model, device_ids=[world.device.index] if world.device.type == "cuda" else None
         )
-    # data / dropout randomness differs per rank; restored exactly on resume
+    # the global generators before the first micro-batch; from then on each micro-batch reseeds them (_seed_batch)
     _seed_everything(cfg.seed + world.rank)
     if state is not None:
         rng = state["rng"]
@@ -641,13 +661,15 @@ def _train(
     while epoch < cfg.epochs and not stop:
         sampler.set_epoch(epoch)
         num_batches = sampler.num_batches()
-        loader_gen.manual_seed(hash((cfg.seed, epoch, batches_done)) % 2**63)  # worker seeds, deterministic
+        # the workers' own seeds; no draw depends on them (each sample reseeds from its SizedIndex.seed)
+        loader_gen.manual_seed(hash((cfg.seed, epoch, batches_done)) % 2**63)
         _set_train_mode(train_model)
         epoch_start = time.perf_counter() - stats["seconds"]
         batch_iter: Iterator = iter(train_loader)
         for i, (images, targets, skipped) in enumerate(batch_iter, start=batches_done):
             batches_done = i + 1
             stats["skipped"] += skipped
+            _seed_batch(cfg.seed, world.rank, epoch, i)
             window_start = i - i % accum
             micro_in_window = min(accum, num_batches - window_start)
             is_step = batches_done == window_start + micro_in_window
