@@ -17,6 +17,13 @@ describes them:
 2. center-crop ``input_size`` with the offset rounded as ``crop_offset`` (``"round"``: torchvision's
    ``int(round((size - crop) / 2))``; ``"floor"``: ``(size - crop) // 2``, ml-cvnets and transformers); an image
    smaller than the crop is first padded with black, centred, as torchvision does;
+
+   steps 1 and 2 cost in proportion to what the crop keeps, not to the resized image, which grows with the aspect
+   ratio (a 10000x10 strip would become 256000x256): up to :data:`FULL_RESIZE_MAX_RATIO` times the crop's pixels
+   the whole image is resized and cropped, exactly as the reference pipelines do; beyond, only the crop window is
+   resampled, with the filter weights of the whole resize (PIL: ``Image.resize(box=...)`` one axis at a time, in
+   the order PIL uses; OpenCV: ``cv2.resize``'s fixed-point arithmetic written out in numpy), within one 8-bit
+   level of resizing everything;
 3. reorder the channels to ``channel_order`` (RGB -> BGR for weights trained on OpenCV-decoded images);
 4. scale to [0, 1], subtract ``mean`` and divide by ``std`` (float32, the same operations in the same order as
    torchvision's ``ToTensor`` + ``Normalize``).
@@ -40,7 +47,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
-from .images import ImageError, to_rgb
+from .images import to_rgb
 
 if TYPE_CHECKING:
     from types import ModuleType
@@ -60,8 +67,12 @@ _CV2_INTERPOLATION = {"nearest": 0, "bilinear": 1, "bicubic": 2}
 # torch's non-antialiased modes that compute what cv2.resize computes (half-pixel centres, clamped borders,
 # bicubic a = -0.75)
 _TORCH_INTERPOLATION = {"nearest": "nearest", "bilinear": "bilinear", "bicubic": "bicubic"}
-# Resizing the short side of a 1 x 100000 strip to 288 would allocate gigabytes; refuse instead (64M pixels, ~200 MB).
-MAX_RESIZED_PIXELS = 1 << 26
+# Above this many times the crop's pixels, only the window that the crop keeps is resampled. Photos up to an aspect
+# ratio of about 6:1 stay below it and are resized whole, bit-exact with timm, transformers and ml-cvnets; the cost is
+# then at most 8 crops' worth of pixels (0.5M for a 256x256 crop).
+FULL_RESIZE_MAX_RATIO = 8
+# PIL's filter supports in source pixels at scale 1 (libImaging/Resample.c); the window's source region adds these
+_PIL_SUPPORT = {"bilinear": 1.0, "bicubic": 2.0, "lanczos": 3.0}
 
 
 @functools.cache
@@ -124,16 +135,121 @@ def _resize_opencv(img: Image.Image, size: tuple[int, int], interpolation: str) 
 _RESIZERS = {"pil": _resize_pil, "opencv": _resize_opencv}
 
 
-def _center_crop(arr: np.ndarray, crop: tuple[int, int], offset: str) -> np.ndarray:
-    """Center crop of an [H, W, 3] array; pads with black first (centred, as torchvision) if it is too small."""
-    crop_h, crop_w = crop
-    h, w = arr.shape[:2]
-    if crop_h > h or crop_w > w:
-        pad_h, pad_w = max(crop_h - h, 0), max(crop_w - w, 0)
-        arr = np.pad(arr, ((pad_h // 2, pad_h - pad_h // 2), (pad_w // 2, pad_w - pad_w // 2), (0, 0)))
-        h, w = arr.shape[:2]
-    top, left = crop_offsets(w, h, crop, offset)
-    return arr[top : top + crop_h, left : left + crop_w]
+def _source_span(src: int, resized: int, start: int, stop: int, support: float) -> tuple[int, int, float, float]:
+    """The source pixels that resized pixels ``[start, stop)`` read, and where those pixels begin and end in them.
+
+    Returns:
+        (first, last) integer source pixels (the filter's support and a pixel of slack either side, clipped to the
+        image) and the (begin, end) of the window in source coordinates relative to ``first``, as PIL's ``box``.
+    """
+    scale = src / resized
+    reach = support * max(scale, 1.0) + 1.0  # the filter widens when shrinking (antialiasing)
+    first = max(math.floor(start * scale - reach), 0)
+    last = min(math.ceil(stop * scale + reach), src)
+    return first, last, start * scale - first, stop * scale - first
+
+
+def _box(src: tuple[int, int], size: tuple[int, int], rows: range, cols: range) -> tuple[float, float, float, float]:
+    """The source box of resized pixels ``[rows, cols]``."""
+    sx, sy = src[0] / size[0], src[1] / size[1]
+    return cols.start * sx, rows.start * sy, cols.stop * sx, rows.stop * sy
+
+
+def _window_pil(img: Image.Image, size: tuple[int, int], rows: range, cols: range, interpolation: str) -> np.ndarray:
+    """``_resize_pil(img, size, interpolation)[rows, cols]`` resampling only those pixels.
+
+    ``Image.resize(box=...)`` computes the same filter weights as the whole resize (the box's offset is a float);
+    the source is first cut to the window's reach so that the box stays small and exact in PIL's float32. PIL resizes
+    in two passes with an 8-bit image between them, and its order changes the result by several levels: whole
+    resizes of tall images that shrink run the vertical pass first (Pillow 13), so the window does the same.
+    """
+    (w, h), resample = size, _PIL_INTERPOLATION[interpolation]
+    if interpolation == "nearest":  # one affine pass, from a region around the box
+        bx0, by0, bx1, by1 = _box(img.size, size, rows, cols)
+        x0, y0 = math.floor(bx0), math.floor(by0)
+        region = img.crop((x0, y0, min(math.ceil(bx1) + 1, img.width), min(math.ceil(by1) + 1, img.height)))
+        return np.asarray(region.resize((len(cols), len(rows)), resample, box=(bx0 - x0, by0 - y0, bx1 - x0, by1 - y0)))
+    support = _PIL_SUPPORT[interpolation]
+    x0, x1, bx0, bx1 = _source_span(img.width, w, cols.start, cols.stop, support)
+    y0, y1, by0, by1 = _source_span(img.height, h, rows.start, rows.stop, support)
+    region = img.crop((x0, y0, x1, y1))
+    if img.height > img.width and h < img.height:  # vertical pass first
+        region = region.resize((region.width, len(rows)), resample, box=(0, by0, region.width, by1))
+        region = region.resize((len(cols), len(rows)), resample, box=(bx0, 0, bx1, len(rows)))
+    else:
+        region = region.resize((len(cols), region.height), resample, box=(bx0, 0, bx1, region.height))
+        region = region.resize((len(cols), len(rows)), resample, box=(0, by0, len(cols), by1))
+    return np.asarray(region)
+
+
+def _cv2_taps(src: int, resized: int, window: range, interpolation: str) -> tuple[np.ndarray, np.ndarray]:
+    """Source pixels [N, K] and 11-bit fixed-point weights [N, K] that ``cv2.resize`` gives resized pixels ``window``.
+
+    As OpenCV's ``resize`` computes them (imgproc/src/resize.cpp): pixel centres at ``(d + 0.5) * scale - 0.5`` in
+    float32, borders replicated, bicubic with a = -0.75, weights rounded to multiples of 1/2048; INTER_NEAREST takes
+    ``floor(d * scale)``.
+    """
+    d = np.arange(window.start, window.stop, dtype=np.float64)
+    scale = 1.0 / (resized / src)  # OpenCV's scale_x = 1 / inv_scale_x
+    if interpolation == "nearest":
+        return np.minimum(np.floor(d * scale), src - 1).astype(np.intp)[:, None], np.full((len(d), 1), 2048)
+    fx = ((d + 0.5) * scale - 0.5).astype(np.float32)
+    sx = np.floor(fx)
+    fx, sx = (fx - sx).astype(np.float32), sx.astype(np.intp)
+    one = np.float32(1.0)
+    if interpolation == "bilinear":
+        low, high = sx < 0, sx >= src - 1  # OpenCV takes the edge pixel whole there
+        fx[low | high] = 0.0
+        sx[low], sx[high] = 0, src - 1
+        weights = np.stack([one - fx, fx], 1)
+        taps = sx[:, None] + np.arange(2)
+    else:  # interpolateCubic, float32, in OpenCV's order of operations
+        a = np.float32(-0.75)
+        x1, x2 = fx + one, one - fx
+        w0 = ((a * x1 - np.float32(5.0) * a) * x1 + np.float32(8.0) * a) * x1 - np.float32(4.0) * a
+        w1 = ((a + np.float32(2.0)) * fx - (a + np.float32(3.0))) * fx * fx + one
+        w2 = ((a + np.float32(2.0)) * x2 - (a + np.float32(3.0))) * x2 * x2 + one
+        weights = np.stack([w0, w1, w2, one - w0 - w1 - w2], 1)
+        taps = sx[:, None] + np.arange(-1, 3)
+    return np.clip(taps, 0, src - 1), np.rint(weights * np.float32(2048.0)).astype(np.int64)
+
+
+def _window_opencv(img: Image.Image, size: tuple[int, int], rows: range, cols: range, interpolation: str) -> np.ndarray:
+    """``cv2.resize(np.asarray(img), size)[rows, cols]`` computing only those pixels, with or without OpenCV.
+
+    ``cv2.resize`` cannot start its sampling grid between two pixels, so its arithmetic is written out: integer
+    horizontal sums of 11-bit weights, then the vertical pass rounded as OpenCV's SIMD loop does (bilinear) or as
+    its scalar one (bicubic). On photos this is bit-exact for nearest, for 99.9% of bilinear pixels and within one
+    level everywhere.
+    """
+    w, h = size
+    ty, wy = _cv2_taps(img.height, h, rows, interpolation)
+    tx, wx = _cv2_taps(img.width, w, cols, interpolation)
+    y0, x0 = int(ty.min()), int(tx.min())  # only the source pixels the window reads become an array
+    arr = np.asarray(img.crop((x0, y0, int(tx.max()) + 1, int(ty.max()) + 1)))
+    ty, tx = ty - y0, tx - x0
+    if interpolation == "nearest":
+        return arr[ty[:, 0]][:, tx[:, 0]]
+    used, where = np.unique(ty, return_inverse=True)  # the source rows the window reads
+    src = arr[used][:, tx].astype(np.int64)  # [R, W, 3] -> [R, N, K, 3]
+    horizontal = np.einsum("rnkc,nk->rnc", src, wx)  # [R, N, 3], fixed point x 2048
+    s = horizontal[where.reshape(ty.shape)]  # [M, K, N, 3]: the rows each output row reads
+    wy = wy[:, :, None, None]
+    if interpolation == "bilinear":  # VResizeLinearVec_32s8u: ((S >> 4) * b) >> 16, summed, + 2 >> 2
+        return np.clip(((((s >> 4) * wy) >> 16).sum(1) + 2) >> 2, 0, 255).astype(np.uint8)
+    return np.clip(((s * wy).sum(1) + (1 << 21)) >> 22, 0, 255).astype(np.uint8)  # FixedPtCast<int, uchar, 22>
+
+
+_WINDOW_RESIZERS = {"pil": _window_pil, "opencv": _window_opencv}
+
+
+def _crop_window(resized: int, crop: int, offset: int) -> tuple[range, int]:
+    """The resized pixels that a crop starting at ``offset`` (in the image padded to the crop) keeps, and where
+    they land in the crop: ``(range, first)``."""
+    pad = max(crop - resized, 0) // 2  # torchvision pads a too small image with black, centred
+    start = offset - pad
+    kept = range(min(max(start, 0), resized), min(max(start + crop, 0), resized))
+    return kept, kept.start - start
 
 
 def _short_side(pre: Any) -> int:
@@ -173,13 +289,22 @@ class EvalTransform:
         if img.mode != "RGB":
             img = to_rgb(img)
         pre = self.pre
-        size = resized_size(img.width, img.height, _short_side(pre))
-        if size[0] * size[1] > MAX_RESIZED_PIXELS:
-            raise ImageError(
-                f"{img.width}x{img.height} image: aspect ratio too extreme (resizing it would give {size[0]}x{size[1]})"
-            )
-        arr = _RESIZERS[getattr(pre, "resize_backend", "pil")](img, size, pre.interpolation)
-        arr = _center_crop(arr, self.input_size, getattr(pre, "crop_offset", "round"))
+        backend = getattr(pre, "resize_backend", "pil")
+        size, crop = resized_size(img.width, img.height, _short_side(pre)), self.input_size
+        (w, h), (crop_h, crop_w) = size, crop
+        # the crop's (top, left) in the resized image, padded with black to the crop where it is smaller
+        top, left = crop_offsets(max(w, crop_w), max(h, crop_h), crop, getattr(pre, "crop_offset", "round"))
+        (rows, y), (cols, x) = _crop_window(h, crop_h, top), _crop_window(w, crop_w, left)
+        if img.size == size:  # nothing to resample: cut the window out before converting to numpy
+            kept = np.asarray(img.crop((cols.start, rows.start, cols.stop, rows.stop)))
+        elif w * h <= FULL_RESIZE_MAX_RATIO * crop_h * crop_w:
+            kept = _RESIZERS[backend](img, size, pre.interpolation)[rows.start : rows.stop, cols.start : cols.stop]
+        else:
+            kept = _WINDOW_RESIZERS[backend](img, size, rows, cols, pre.interpolation)
+        arr = kept
+        if kept.shape[:2] != crop:
+            arr = np.zeros((crop_h, crop_w, 3), np.uint8)
+            arr[y : y + len(rows), x : x + len(cols)] = kept
         if pre.channel_order == "BGR":
             arr = arr[..., ::-1]
         return np.ascontiguousarray(arr.transpose(2, 0, 1))  # [H, W, 3] -> [3, H, W]
