@@ -405,3 +405,154 @@ def test_model_spec() -> None:
 def test_cli_rejects_bad_config(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["serve", *argv]) == 2
     assert message in capsys.readouterr().err
+
+
+# --- hostile or careless clients -------------------------------------------------------------------------------------
+
+MALFORMED_JSON = [
+    ("deeply nested arrays", b'{"inputs": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"),
+    ("deeply nested parameters", b'{"inputs": "x", "parameters": ' + b'{"a":' * 50_000 + b"1" + b"}" * 50_001),
+    ("top_k of 5000 digits", b'{"inputs": "' + IMG64.encode() + b'", "parameters": {"top_k": ' + b"7" * 5000 + b"}}"),
+    ("float of 5000 digits", b'{"inputs": "x", "parameters": {"top_k": 0.' + b"1" * 5000 + b"}}"),
+]
+
+
+@pytest.mark.parametrize("body", [m[1] for m in MALFORMED_JSON], ids=[m[0] for m in MALFORMED_JSON])
+def test_malformed_json_is_400(client: TestClient, body: bytes) -> None:
+    r = client.post("/", content=body, headers={"Content-Type": "application/json"})
+    assert r.status_code == 400, r.text
+    message = r.json()["error"]
+    assert "JSON" in message or "top_k" in message
+    assert len(message) < 300
+
+
+def test_echoed_values_are_truncated(client: TestClient) -> None:
+    """A 404 (or a 400) names what it refuses without sending a 70 KB name back."""
+    name = "n" * 60_000  # httpx refuses URLs over 64 KB
+    r = client.post(f"/models/{name}", content=jpeg_bytes())
+    assert r.status_code == 404
+    message = r.json()["error"]
+    assert "nnnnnnnn..." in message and "s0" in message
+    assert len(message) < 200
+    for params in ({"top_k": "k" * 70_000}, {"function_to_apply": "f" * 70_000}, {"p" * 70_000: 1}):
+        r = client.post("/", json={"inputs": IMG64, "parameters": params})
+        assert r.status_code == 400
+        assert len(r.json()["error"]) < 300
+
+
+def test_metrics_stay_bounded_for_unknown_names(client: TestClient) -> None:
+    """Nothing an unauthenticated (or any) client sends creates a metrics label: only served names are labels."""
+
+    def flood(n: int, seed: int) -> None:
+        for i in range(n):
+            name = f"{seed}-{i}-" + "x" * 1000
+            client.post(f"/models/{name}", content=b"x", headers={"Authorization": ""})  # 401
+            client.post(f"/models/{name}", content=b"x", headers={"Authorization": "Bearer wrong"})  # 401
+            client.post(f"/models/{name}", content=b"x")  # 404
+
+    flood(2, 0)  # the fixed "unknown model" series exist from here on
+    before = len(client.get("/metrics").text)
+    flood(150, 1)
+    text = client.get("/metrics").text
+    assert "x" * 1000 not in text
+    assert len(text) < before + 200, f"/metrics grew from {before} to {len(text)} bytes"
+
+
+@pytest.mark.parametrize("path", ["/health", "/health/live", "/", "/metrics"])
+def test_head_is_answered_like_get(client: TestClient, path: str) -> None:
+    get = client.get(path, headers={"Authorization": ""})
+    head = client.head(path, headers={"Authorization": ""})
+    assert head.status_code == get.status_code == 200
+    assert head.headers["content-type"] == get.headers["content-type"]
+
+
+def test_empty_token_is_refused(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--token "$TOKEN"`` with TOKEN unset must not silently serve without authentication."""
+    import mobilevit.serve
+
+    def started(*args: object, **kwargs: object) -> int:
+        raise AssertionError("the server started without authentication")
+
+    monkeypatch.setattr(mobilevit.serve, "run", started)
+    for value in ("", " "):
+        with pytest.raises(ValueError, match="--token"):
+            ServeConfig(models=(ModelSpec("m"),), token=value)
+    monkeypatch.delenv("MOBILEVIT_TOKEN", raising=False)
+    assert main(["serve", "--model", "mobileone_s0", "--random-weights", "--token", ""]) == 2
+    assert "--token" in capsys.readouterr().err
+    monkeypatch.setenv("MOBILEVIT_TOKEN", "")
+    assert main(["serve", "--model", "mobileone_s0", "--random-weights"]) == 2
+    err = capsys.readouterr().err
+    assert "MOBILEVIT_TOKEN" in err and "empty" in err
+
+
+def test_port_in_use_fails_before_loading_models(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import socket
+
+    import mobilevit.serve.app
+
+    def create_app(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the app (and its models) was built before the port was checked")
+
+    monkeypatch.setattr(mobilevit.serve.app, "create_app", create_app)
+    monkeypatch.delenv("MOBILEVIT_TOKEN", raising=False)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["serve", "--model", "mobileone_s0", "--random-weights", "--port", str(port)]) == 2
+    assert f"port {port} on 127.0.0.1 is already in use" in capsys.readouterr().err
+
+
+def test_body_timeout_config(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert ServeConfig(models=(ModelSpec("m"),)).body_timeout > 0
+    with pytest.raises(ValueError, match="--body-timeout"):
+        ServeConfig(models=(ModelSpec("m"),), body_timeout=0)
+    import mobilevit.serve
+
+    seen: list[ServeConfig] = []
+    monkeypatch.setattr(mobilevit.serve, "run", lambda config, **kwargs: seen.append(config) or 0)
+    monkeypatch.delenv("MOBILEVIT_TOKEN", raising=False)
+    assert main(["serve", "--model", "mobileone_s0", "--random-weights", "--body-timeout", "7.5"]) == 0
+    assert seen[0].body_timeout == 7.5 and seen[0].timeout == 30
+
+
+@pytest.fixture(scope="module")
+def saved_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder written by ``mobilevit.save_pretrained`` (random weights, made-up labels)."""
+    import mobilevit
+
+    folder = tmp_path_factory.mktemp("saved") / "my_classifier"
+    model = mobilevit.create_model("mobileone_s0")
+    mobilevit.save_pretrained(model, folder, labels=[f"thing {i}" for i in range(model.num_classes)])
+    return folder
+
+
+def test_saved_folder_is_served(saved_folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--model FOLDER`` and ``--model NAME=FOLDER`` serve a ``save_pretrained`` folder, as ``predict`` does."""
+    spec = ModelSpec.parse(str(saved_folder))
+    assert spec == ModelSpec("my_classifier", str(saved_folder))
+    assert ModelSpec.parse(f"{saved_folder}/", False).name == "my_classifier"
+    named = ModelSpec.parse(f"custom={saved_folder}")
+    assert named == ModelSpec("custom", str(saved_folder))
+    config = ServeConfig(models=(spec, named), max_batch_size=2, queue_size=4)
+    config.validate_models()
+    with pytest.raises(ValueError, match="save_pretrained"):
+        ModelSpec("custom", str(saved_folder.parent)).validate()  # a folder, but not one of ours
+
+    import mobilevit.serve
+
+    seen: list[ServeConfig] = []
+    monkeypatch.setattr(mobilevit.serve, "run", lambda config, **kwargs: seen.append(config) or 0)
+    monkeypatch.delenv("MOBILEVIT_TOKEN", raising=False)
+    assert main(["serve", "--model", str(saved_folder), "--model", f"custom={saved_folder}"]) == 0
+    assert [m.name for m in seen[0].models] == ["my_classifier", "custom"]
+
+    with TestClient(create_app(config)) as c:  # the default loaders, from the folder
+        wait_ready(c)
+        for path in ("/", "/models/my_classifier", "/models/custom"):
+            r = c.post(path, content=jpeg_bytes(), params={"top_k": 3})
+            assert r.status_code == 200, r.text
+            assert all(p["label"].startswith("thing ") for p in r.json())

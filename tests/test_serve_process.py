@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import os
 import shutil
 import signal
@@ -253,3 +254,128 @@ def test_graceful_shutdown(weights: tuple[str, str], tmp_path: Path) -> None:
     for t in threads:
         t.join()
     assert statuses == [200] * 12
+
+
+def metric(url: str, name: str, **labels: str) -> float | None:
+    """The value of one Prometheus series, or None when it does not exist."""
+    want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    for line in httpx2.get(url + "/metrics", timeout=10).text.splitlines():
+        series, _, value = line.rpartition(" ")
+        if series == f"{name}{{{want}}}":
+            return float(value)
+    return None
+
+
+def raw_exchange(url: str, request: bytes) -> bytes:
+    """Send ``request`` on a fresh connection and read until the server closes it."""
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as s:
+        s.sendall(request)
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    return data
+
+
+async def read_answer(reader: asyncio.StreamReader, patience: float = 60) -> bytes:
+    """What the server sends until it closes the connection, or stays silent for ``patience`` seconds."""
+    data = b""
+    with contextlib.suppress(TimeoutError):
+        while chunk := await asyncio.wait_for(reader.read(65536), patience):
+            data += chunk
+    return data
+
+
+def test_startup_message(server: Server, weights: tuple[str, str]) -> None:
+    """Without -v, the server still says once where it listens and what it serves (stderr)."""
+    log = server.log.read_text()
+    assert log.count(f"http://127.0.0.1:{server.port}") == 1, log
+    assert weights[0] in log and "eager" in log
+
+
+def test_head_on_get_routes(server: Server) -> None:
+    for path in ("/health", "/health/live", "/", "/metrics"):
+        answer = raw_exchange(server.url, f"HEAD {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200"), (path, answer[:300])
+        assert body == b"", (path, body[:100])
+
+
+def test_client_hanging_up_is_not_a_server_error(server: Server, weights: tuple[str, str]) -> None:
+    """A client that goes away mid-upload is counted as 499, with no traceback in the log."""
+    before = metric(server.url, "mobilevit_requests_total", model=weights[0], status="499") or 0.0
+    for _ in range(3):
+        with socket.create_connection(("127.0.0.1", server.port), timeout=30) as s:
+            head = f"POST / HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\nContent-Length: 100000\r\n\r\n"
+            s.sendall(head.encode() + b"\xff" * 100)
+    deadline = time.monotonic() + 30
+    while (metric(server.url, "mobilevit_requests_total", model=weights[0], status="499") or 0.0) < before + 3:
+        assert metric(server.url, "mobilevit_requests_total", model=weights[0], status="500") is None
+        assert time.monotonic() < deadline, httpx2.get(server.url + "/metrics").text
+        time.sleep(0.1)
+    assert "Traceback" not in server.log.read_text()
+    assert httpx2.post(server.url + "/", content=jpeg_bytes(), headers={"Authorization": f"Bearer {TOKEN}"}).is_success
+
+
+def test_slow_uploads_do_not_take_the_queue(weights: tuple[str, str], tmp_path: Path) -> None:
+    """Dozens of clients trickling their bodies (slowloris) while normal clients send: every normal request is
+    answered 200 (a request joins the model's queue only once its body is complete), and each slow client gets a 408
+    after --body-timeout."""
+    srv = Server(weights, tmp_path / "server.log", "--queue-size", "4", "--max-batch-size", "4", "--body-timeout", "10")
+    slow_clients, normal_requests = 32, 24
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    data = jpeg_bytes()
+
+    async def scenario() -> tuple[list[int], list[bytes]]:
+        stop = asyncio.Event()
+
+        async def slow() -> bytes:
+            reader, writer = await asyncio.open_connection("127.0.0.1", srv.port)
+            head = f"POST / HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\nContent-Length: {len(data)}\r\n\r\n"
+            writer.write(head.encode() + data[:1])
+            await writer.drain()
+            sent = 1
+            try:
+                while not stop.is_set() and sent < len(data) - 1:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), 0.5)
+                    writer.write(data[sent : sent + 1])
+                    await writer.drain()
+                    sent += 1
+                return await read_answer(reader)  # the server answers (408) and closes
+            except ConnectionError:
+                return b""  # the server closed while this client was still sending: also a refusal
+            finally:
+                writer.close()
+
+        slows = [asyncio.create_task(slow()) for _ in range(slow_clients)]
+        deadline = time.monotonic() + 30
+        async with httpx2.AsyncClient(base_url=srv.url, timeout=60, headers=headers) as client:
+            # every slow client is connected and being read (or, before the fix, holding a place in the queue)
+            while True:
+                receiving = metric(srv.url, "mobilevit_receiving", model=weights[0]) or 0
+                queued = (await client.get("/health")).json()["models"][weights[0]]["queue"]
+                if receiving == slow_clients or queued == 4:
+                    break
+                assert time.monotonic() < deadline, (receiving, queued)
+                await asyncio.sleep(0.1)
+            sem = asyncio.Semaphore(4)  # the normal clients alone never exceed the queue
+
+            async def normal() -> int:
+                async with sem:
+                    return (await client.post("/", content=data)).status_code
+
+            statuses = await asyncio.gather(*(normal() for _ in range(normal_requests)))
+        stop.set()
+        return list(statuses), await asyncio.gather(*slows)
+
+    try:
+        statuses, slow_answers = asyncio.run(scenario())
+    finally:
+        stopped = srv.stop()
+    assert statuses == [200] * normal_requests
+    for answer in slow_answers:
+        assert answer == b"" or answer.startswith(b"HTTP/1.1 408"), answer[:300]
+    assert any(answer.startswith(b"HTTP/1.1 408") for answer in slow_answers)
+    assert b"--body-timeout" in next(a for a in slow_answers if a)
+    assert stopped, srv.log.read_text()

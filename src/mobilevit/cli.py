@@ -201,10 +201,11 @@ def cmd_bench(args: argparse.Namespace) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    import functools
     import os
 
     from .serve import ModelSpec, ServeConfig, run
-    from .serve.config import infer_backend
+    from .serve.config import TOKEN_ENV, infer_backend
 
     if args.pretrained and len(args.model) > 1:
         raise ValueError("--pretrained applies to a single --model; with several, write --model NAME=CHECKPOINT")
@@ -216,17 +217,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
         models=models,
         host=args.host,
         port=args.port,
-        token=args.token or os.environ.get("MOBILEVIT_TOKEN") or None,
+        token=args.token if args.token is not None else os.environ.get(TOKEN_ENV),  # "" is refused, not "no token"
         backend=args.backend or infer_backend(models),
         max_batch_size=args.max_batch_size,
         max_wait_ms=args.max_wait_ms,
         max_body_mb=args.max_body_mb,
         max_pixels=args.max_pixels,
         timeout=args.timeout,
+        body_timeout=args.body_timeout,
         queue_size=args.queue_size,
         threads=args.threads,
     )
-    return run(config, log_level="info" if args.verbose else "warning")
+    announce = functools.partial(print, file=sys.stderr, flush=True)  # where it listens, what it serves
+    return run(config, log_level="info" if args.verbose else "warning", announce=announce)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -399,8 +402,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         required=True,
         metavar="NAME[=CHECKPOINT]",
-        help="arch or arch.tag, optionally =local checkpoint, or [NAME=]FILE.onnx; repeat to serve several "
-        "(POST / uses the first)",
+        help="arch or arch.tag, optionally =local checkpoint, or [NAME=]FILE.onnx, or [NAME=]FOLDER written by "
+        "save_pretrained; repeat to serve several (POST / uses the first)",
     )
     p.add_argument("--pretrained", help="local checkpoint for a single --model")
     p.add_argument("--random-weights", action="store_true", help="no weights at all (protocol testing only)")
@@ -417,7 +420,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-wait-ms", type=float, default=5.0, help="longest wait for a batch to fill")
     p.add_argument("--max-body-mb", type=float, default=16.0, help="largest request body")
     p.add_argument("--max-pixels", type=int, default=25_000_000, help="largest image (width * height)")
-    p.add_argument("--timeout", type=float, default=30.0, help="seconds per request before a 504")
+    p.add_argument(
+        "--timeout", type=float, default=30.0, help="seconds per request, once its body has arrived, before a 504"
+    )
+    p.add_argument(
+        "--body-timeout", type=float, default=30.0, help="seconds a client may take to send its body before a 408"
+    )
     p.add_argument("--queue-size", type=int, default=64, help="requests admitted per model before 503s")
     p.add_argument(
         "--threads", type=int, default=0, help="PyTorch/ONNX runtime threads (0: one per core; use 1 on shared cores)"

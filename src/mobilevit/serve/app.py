@@ -3,7 +3,12 @@
 Routes: ``POST /`` (the first model) and ``POST /models/{name}`` speak the Hugging Face Inference API for image
 classification (see :mod:`mobilevit.serve.protocol`); ``GET /health`` (200 when every model is loaded, else 503),
 ``GET /health/live`` (always 200), ``GET /metrics`` (Prometheus), ``GET /docs`` (OpenAPI) and ``GET /`` (a page to
-drop an image on). Only the prediction routes need the bearer token.
+drop an image on); the ``GET`` routes answer ``HEAD`` too (health checkers). Only the prediction routes need the
+bearer token.
+
+A prediction request is checked (token, model, model loaded) before its body is read, reads its body within
+``--body-timeout`` (else 408), and only then takes a place in the model's queue: a slow upload delays only itself.
+Metrics are labelled with served model names only, so nothing a client sends creates state.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from torch import Tensor
 
 from ..data.images import ImageError, open_image
@@ -30,11 +36,14 @@ from ..predict import Predictor, load_predictor
 from .config import ServeConfig
 from .engine import BatchEngine, OverloadedError, pin_torch_threads
 from .page import PAGE
-from .protocol import RequestError, encode_predictions, parse_request
+from .protocol import RequestError, clip, encode_predictions, parse_request
 
 logger = logging.getLogger(__name__)
 
 Loader = Callable[[], Predictor]
+
+UNKNOWN_MODEL = ""  # the metrics label of requests for no served model (a served name is never empty)
+DISCONNECTED = 499  # nginx's "client closed request": counted apart from server errors, answered to no one
 
 
 class LabelScore(BaseModel):
@@ -77,6 +86,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         400: "not an image, bad base64, bad JSON or parameters",
         401: "bearer token missing or wrong",
         404: "no such model",
+        408: "body not received within --body-timeout",
         413: "body larger than --max-body-mb",
         415: "multipart form uploads: send raw bytes or JSON",
         503: "queue full or model not loaded yet (see Retry-After)",
@@ -92,13 +102,13 @@ class Metrics:
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "mobilevit_requests",
-            "Prediction requests by model and HTTP status",
+            "Prediction requests by model (served names; empty: unknown) and HTTP status (499: the client hung up)",
             ["model", "status"],
             registry=self.registry,
         )
         self.latency = Histogram(
             "mobilevit_request_duration_seconds",
-            "Prediction request latency (body read to answer)",
+            "Prediction request latency (body received to answer)",
             ["model"],
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
             registry=self.registry,
@@ -114,8 +124,15 @@ class Metrics:
             "mobilevit_queue_depth", "Requests admitted and not yet answered", ["model"], registry=self.registry
         )
         self.ready = Gauge("mobilevit_model_ready", "1 when the model is loaded", ["model"], registry=self.registry)
+        self.receiving = Gauge(
+            "mobilevit_receiving",
+            "Requests whose body is still arriving (not yet admitted to the queue)",
+            ["model"],
+            registry=self.registry,
+        )
 
     def watch(self, engine: BatchEngine) -> None:
+        self.receiving.labels(engine.name)  # the series exists (at 0) from the start
         self.queue_depth.labels(engine.name).set_function(lambda: engine.admitted)
         self.ready.labels(engine.name).set_function(lambda: float(engine.ready))
 
@@ -128,6 +145,9 @@ def default_loader(config: ServeConfig, index: int) -> Loader:
         assert isinstance(spec.pretrained, str)  # ServeConfig.validate: every model is an .onnx file
         path = spec.pretrained
         return lambda: load_predictor(path, config.backend, batch_size=config.max_batch_size, threads=config.threads)
+    folder = spec.saved_folder
+    if folder is not None:  # a save_pretrained folder served under any name: its config.json names the architecture
+        return lambda: load_predictor(folder, "eager", batch_size=config.max_batch_size)
     return lambda: load_predictor(spec.name, "eager", pretrained=spec.pretrained, batch_size=config.max_batch_size)
 
 
@@ -221,11 +241,12 @@ def create_app(
     async def read_body(request: Request) -> bytes:
         """The body, refused with 413 as soon as it exceeds the limit (never buffered beyond it)."""
         limit = config.max_body_bytes
-        too_large = RequestError(413, f"request body larger than the limit of {config.max_body_mb:g} MB")
+        close = {"Connection": "close"}  # the rest of the body is not worth reading
+        too_large = RequestError(413, f"request body larger than the limit of {config.max_body_mb:g} MB", close)
         declared = request.headers.get("content-length")
         if declared is not None:
             if not declared.isdigit():
-                raise RequestError(400, f"bad Content-Length {declared!r}")
+                raise RequestError(400, f"bad Content-Length {clip(declared)!r}", close)
             if int(declared) > limit:
                 raise too_large
         body = bytearray()
@@ -241,8 +262,19 @@ def create_app(
         image = open_image(data, "image", max_pixels=config.max_pixels)
         return engine.predictor.transform(image)
 
-    async def classify(request: Request, engine: BatchEngine) -> JSONResponse:
-        body = await read_body(request)
+    async def receive(request: Request, engine: BatchEngine) -> bytes:
+        """The body within ``body_timeout`` (else 408); ``mobilevit_receiving`` counts requests waiting for theirs."""
+        receiving = metrics.receiving.labels(engine.name)
+        receiving.inc()
+        try:
+            return await asyncio.wait_for(read_body(request), config.body_timeout)
+        except TimeoutError:
+            message = f"request body not received within {config.body_timeout:g} s (--body-timeout)"
+            raise RequestError(408, message, {"Connection": "close"}) from None
+        finally:
+            receiving.dec()
+
+    async def classify(request: Request, body: bytes, engine: BatchEngine) -> JSONResponse:
         parsed = parse_request(body, request.headers.get("content-type"))
         loop = asyncio.get_running_loop()
         try:
@@ -253,20 +285,22 @@ def create_app(
         return JSONResponse(encode_predictions(predictions))
 
     async def handle(request: Request, name: str) -> Response:
-        start = time.perf_counter()
-        label = name
+        engine = engines.get(name)
+        label = name if engine is not None else UNKNOWN_MODEL  # never a name the client made up
+        received: float | None = None  # when the body was complete
         try:
             check_token(request)
-            engine = engines.get(name)
             if engine is None:
-                label = ""
-                raise RequestError(404, f"no model {name!r}; served: {', '.join(engines)}")
+                raise RequestError(404, f"no model {clip(name)!r}; served: {', '.join(engines)}")
             try:
-                engine.admit()
+                engine.check_open()  # before reading a body the model could not take
+                body = await receive(request, engine)
+                received = time.perf_counter()
+                engine.admit()  # only now, with the body complete: a slow upload never holds a place in the queue
             except OverloadedError as err:
                 raise RequestError(503, str(err), retry) from None
             try:
-                response: Response = await asyncio.wait_for(classify(request, engine), config.timeout)
+                response: Response = await asyncio.wait_for(classify(request, body, engine), config.timeout)
             except TimeoutError:
                 raise RequestError(504, f"no answer within {config.timeout:g} s") from None
             except OverloadedError as err:  # shutting down while queued
@@ -275,12 +309,15 @@ def create_app(
                 engine.release()
         except RequestError as err:
             response = _error(err.status, err.message, err.headers)
+        except ClientDisconnect:  # hung up mid-upload: the client's doing, not a server error
+            logger.info("%s: the client hung up before its request body was complete", name)
+            response = Response(status_code=DISCONNECTED)
         except Exception as err:  # a bug or a failed forward pass: answer 500, keep serving
             logger.exception("%s: request failed", name)
             response = _error(500, f"internal error: {type(err).__name__}: {err}")
         metrics.requests.labels(label, str(response.status_code)).inc()
-        if label:
-            metrics.latency.labels(label).observe(time.perf_counter() - start)
+        if received is not None:
+            metrics.latency.labels(label).observe(time.perf_counter() - received)
         return response
 
     @app.post(
@@ -303,7 +340,7 @@ def create_app(
     async def predict_named(name: str, request: Request) -> Response:
         return await handle(request, name)
 
-    @app.get("/health", summary="Readiness: 200 when every model is loaded, else 503")
+    @app.get("/health", summary="Readiness: 200 when every model is loaded, else 503 (HEAD too)")
     async def health() -> JSONResponse:
         models = {
             name: {"ready": e.ready, "queue": e.admitted, **({"error": e.error} if e.error else {})}
@@ -313,7 +350,7 @@ def create_app(
         body = {"status": "ok" if ready else "loading", "live": True, "ready": ready, "models": models}
         return JSONResponse(body, status_code=200 if ready else 503, headers=None if ready else retry)
 
-    @app.get("/health/live", summary="Liveness: 200 while the process answers")
+    @app.get("/health/live", summary="Liveness: 200 while the process answers (HEAD too)")
     async def live() -> JSONResponse:
         return JSONResponse({"live": True})
 
@@ -324,5 +361,9 @@ def create_app(
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page() -> HTMLResponse:
         return HTMLResponse(PAGE.replace("__MODEL__", html.escape(default_model)))
+
+    # HEAD like GET (uvicorn sends the headers only); out of the schema, where it would repeat the GET operations
+    for path, endpoint in (("/health", health), ("/health/live", live), ("/metrics", prometheus), ("/", page)):
+        app.add_api_route(path, endpoint, methods=["HEAD"], include_in_schema=False)
 
     return app

@@ -21,9 +21,11 @@ class ModelSpec:
 
     Args:
         name: architecture or ``arch.tag`` (the weights entry supplies preprocessing and labels); also the route
-            name, ``POST /models/{name}``. Any name for an ONNX file (its metadata supplies them).
-        pretrained: ``True`` for the weights entry's file, a local checkpoint path, an exported ``.onnx`` file (the
-            onnxruntime or openvino backend), or ``False`` for random weights (protocol tests only).
+            name, ``POST /models/{name}``. Any name for an ONNX file or a ``save_pretrained`` folder (its metadata
+            or ``config.json`` supplies them).
+        pretrained: ``True`` for the weights entry's file, a local checkpoint path, a folder written by
+            :func:`mobilevit.save_pretrained`, an exported ``.onnx`` file (the onnxruntime or openvino backend), or
+            ``False`` for random weights (protocol tests only).
     """
 
     name: str
@@ -34,12 +36,26 @@ class ModelSpec:
         """Whether the model is an exported ONNX file (served by the onnxruntime or openvino backend)."""
         return isinstance(self.pretrained, str) and self.pretrained.lower().endswith(".onnx")
 
+    @property
+    def saved_folder(self) -> str | None:
+        """The ``save_pretrained`` folder (or its ``model.safetensors``) this model is built from, when its name is not
+        a registered model (the folder's ``config.json`` names the architecture); else ``None``."""
+        if not isinstance(self.pretrained, str) or self.is_onnx or _is_registered(self.name):
+            return None
+        from ..weights.pretrained import read_saved_config
+
+        return self.pretrained if read_saved_config(self.pretrained) is not None else None
+
     @classmethod
     def parse(cls, text: str, pretrained: bool | str = True) -> ModelSpec:
-        """``NAME``, ``NAME=CHECKPOINT`` (the checkpoint path wins over ``pretrained``), or ``FILE.onnx`` (named after
-        the file's stem)."""
-        if "=" not in text and text.strip().lower().endswith(".onnx"):
-            return cls(Path(text.strip()).stem, text.strip())
+        """``NAME``, ``NAME=CHECKPOINT`` (the checkpoint path wins over ``pretrained``), ``FILE.onnx`` (named after
+        the file's stem), or a folder written by :func:`mobilevit.save_pretrained` (named after the folder; it holds
+        the weights, so it wins over ``pretrained`` too)."""
+        text = text.strip() if "=" not in text else text
+        if "=" not in text and text.lower().endswith(".onnx"):
+            return cls(Path(text).stem, text)
+        if "=" not in text and Path(text).is_dir() and not _is_registered(text):
+            return cls(Path(text).resolve().name, text)
         name, sep, path = text.partition("=")
         name = name.strip()
         if not name:
@@ -57,8 +73,13 @@ class ModelSpec:
             raise ValueError(
                 f"{self.name}: {'ONNX file' if self.is_onnx else 'checkpoint'} {self.pretrained!r} does not exist"
             )
-        if self.is_onnx:
-            return  # any route name; the file's metadata says what it is
+        if self.is_onnx or self.saved_folder is not None:
+            return  # any route name; the file's metadata (or the folder's config.json) says what it is
+        if isinstance(self.pretrained, str) and Path(self.pretrained).is_dir() and not _is_registered(self.name):
+            raise ValueError(
+                f"{self.name}: {self.pretrained!r} is not a folder written by mobilevit.save_pretrained; for another "
+                "checkpoint, name its architecture: --model ARCH=CHECKPOINT"
+            )
         get_config(self.name)  # ValueError with suggestions for an unknown architecture
         if "." in self.name:
             try:
@@ -75,7 +96,8 @@ class ServeConfig:
         models: the served models; ``POST /`` uses the first.
         host: interface to bind; loopback by default, so nothing is exposed unless asked for.
         port: TCP port (0: any free port).
-        token: bearer token required on the prediction routes (``None``: no authentication).
+        token: bearer token required on the prediction routes (``None``: no authentication; an empty or blank token
+            is refused, as an unset ``$VAR`` in ``--token "$VAR"`` gives one).
         backend: inference runtime: ``"eager"`` (PyTorch, the folded model), or ``"onnxruntime"`` or ``"openvino"``
             (OpenVINO's CPU plugin, fp32) with every model an exported ``.onnx`` file (see :func:`infer_backend`).
         max_batch_size: requests run together in one forward pass (1 turns dynamic batching off).
@@ -83,9 +105,12 @@ class ServeConfig:
             little latency at low load for much larger batches at high load.
         max_body_mb: largest request body, checked while reading (the upload is never buffered beyond it).
         max_pixels: largest decoded image (width * height), checked from the header before decoding.
-        timeout: seconds a request may wait for its answer (queue + model) before a 504.
-        queue_size: requests admitted per model (being decoded, queued or running); beyond it a 503 with
-            ``Retry-After`` tells clients to back off.
+        timeout: seconds a request may wait for its answer (decoding, queue and model) once its body has arrived,
+            before a 504.
+        body_timeout: seconds a client may take to send its request body, before a 408. Separate from ``timeout``:
+            a request joins the model's queue only once its body is complete, so a slow upload delays only itself.
+        queue_size: requests admitted per model (being decoded, queued or running; a request is admitted once its
+            body has arrived); beyond it a 503 with ``Retry-After`` tells clients to back off.
         decode_workers: threads that decode and preprocess images off the event loop.
         retry_after: seconds suggested in ``Retry-After`` headers.
         threads: intra-op threads: PyTorch's for the process (``mobilevit serve`` sets them), or each onnxruntime
@@ -105,6 +130,7 @@ class ServeConfig:
     max_body_mb: float = 16.0
     max_pixels: int = 25_000_000
     timeout: float = 30.0
+    body_timeout: float = 30.0
     queue_size: int = 64
     decode_workers: int = field(default_factory=lambda: min(4, os.cpu_count() or 1))
     retry_after: int = 1
@@ -146,10 +172,15 @@ class ServeConfig:
             (self.max_body_mb > 0, f"--max-body-mb must be > 0, got {self.max_body_mb}"),
             (self.max_pixels >= 1, f"--max-pixels must be at least 1, got {self.max_pixels}"),
             (self.timeout > 0, f"--timeout must be > 0 seconds, got {self.timeout}"),
+            (self.body_timeout > 0, f"--body-timeout must be > 0 seconds, got {self.body_timeout}"),
             (self.queue_size >= 1, f"--queue-size must be at least 1, got {self.queue_size}"),
             (self.threads >= 0, f"--threads must be 0 (one per core) or more, got {self.threads}"),
             (self.decode_workers >= 1, f"decode_workers must be at least 1, got {self.decode_workers}"),
-            (self.token is None or self.token.strip() != "", "--token must not be empty"),
+            (
+                self.token is None or self.token.strip() != "",
+                f'--token (or ${TOKEN_ENV}) is empty or blank: an unset variable in --token "$VAR"? Give the '
+                "token, or leave out both to serve without authentication",
+            ),
         ]
         for ok, message in checks:
             if not ok:
@@ -164,6 +195,17 @@ class ServeConfig:
         """Check every model name and checkpoint path (separate: it imports the registry)."""
         for spec in self.models:
             spec.validate()
+
+
+def _is_registered(name: str) -> bool:
+    """Whether ``name`` is an architecture or ``arch.tag`` of the registry (the tag is checked by ``validate``)."""
+    from ..registry import get_config
+
+    try:
+        get_config(name)
+    except ValueError:
+        return False
+    return True
 
 
 def infer_backend(models: tuple[ModelSpec, ...]) -> str:

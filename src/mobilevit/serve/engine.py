@@ -3,9 +3,10 @@
 The event loop never runs the model nor decodes images: decoding and preprocessing go to a shared thread pool, the
 forward pass to the model's own single thread (one forward at a time per model; PyTorch, onnxruntime or OpenVINO uses
 the cores inside it).
+A request is admitted (takes a place in the queue) only once its body has arrived, so slow uploads never hold places.
 The worker takes the first waiting request, waits at most ``max_wait_ms`` for up to ``max_batch_size`` requests
-(only while more admitted requests are still being read or decoded), then runs the batch; each request keeps its
-own ``top_k`` and ``function_to_apply``.
+(only while more admitted requests are still being decoded), then runs the batch; each request keeps its own ``top_k``
+and ``function_to_apply``.
 """
 
 from __future__ import annotations
@@ -123,12 +124,17 @@ class BatchEngine:
         predictor.logits(example[None])  # the first forward is slow (allocations); do it before traffic
         return predictor
 
-    def admit(self) -> None:
-        """Reserve a place for a new request or raise :class:`OverloadedError`; pair with :meth:`release`."""
+    def check_open(self) -> None:
+        """Raise :class:`OverloadedError` when the model takes no requests now (not loaded yet, or shutting down)."""
         if self._closing:
             raise OverloadedError("the server is shutting down")
         if self.predictor is None:
             raise OverloadedError(f"model {self.name} is not loaded yet" if self.error is None else self.error)
+
+    def admit(self) -> None:
+        """Reserve a place for a new request (its body complete) or raise :class:`OverloadedError`; pair with
+        :meth:`release`."""
+        self.check_open()
         if self.admitted >= self.queue_size:
             raise OverloadedError(f"model {self.name} is busy: {self.admitted} requests in its queue")
         self.admitted += 1
@@ -147,7 +153,7 @@ class BatchEngine:
 
     async def _next_batch(self) -> list[_Job]:
         await self._nonempty.wait()
-        # Wait for the batch to fill only while more admitted requests are on their way (being read or decoded):
+        # Wait for the batch to fill only while more admitted requests are on their way (being decoded):
         # a lone request runs at once instead of paying max_wait_ms.
         coming = self.admitted > len(self._pending)
         if coming and len(self._pending) < self.max_batch_size and self.max_wait > 0:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import reprlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +24,10 @@ DEFAULT_TOP_K = 5  # as the Inference API
 _FORM_TYPES = ("multipart/form-data",)
 _TOP_LEVEL_KEYS = {"inputs", "parameters", "options"}  # "options" (wait_for_model, use_cache) is accepted, ignored
 _PARAMETERS = {"top_k", "function_to_apply"}
+ECHO_CHARS = 64  # an error message quotes at most this much of what the client sent
+_echo = reprlib.Repr()  # repr() bounded in length and depth: a value from the body can be 16 MB or deeply nested
+_echo.maxstring = _echo.maxother = _echo.maxlong = ECHO_CHARS
+_echo.maxlevel = 3
 
 
 class RequestError(Exception):
@@ -42,6 +47,16 @@ class ClassifyRequest:
     image: bytes
     top_k: int = DEFAULT_TOP_K
     function: Activation = "softmax"
+
+
+def clip(text: str, limit: int = ECHO_CHARS) -> str:
+    """``text`` cut to ``limit`` characters (then ``"..."``), for echoing client input in an error message."""
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def echo(value: Any) -> str:
+    """A short repr of a value taken from the request, for an error message."""
+    return _echo.repr(value)
 
 
 def _media_type(content_type: str | None) -> str:
@@ -74,17 +89,17 @@ def _parameters(params: Any) -> tuple[int, Activation]:
         raise RequestError(400, f"parameters must be a JSON object, got {type(params).__name__}")
     unknown = sorted(set(params) - _PARAMETERS)
     if unknown:
-        raise RequestError(400, f"unknown parameters {unknown}; supported: {sorted(_PARAMETERS)}")
+        raise RequestError(400, f"unknown parameters {echo(unknown)}; supported: {sorted(_PARAMETERS)}")
     top_k = params.get("top_k")
     if top_k is None:
         top_k = DEFAULT_TOP_K
     elif isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
-        raise RequestError(400, f"top_k must be a positive integer, got {top_k!r}")
+        raise RequestError(400, f"top_k must be a positive integer, got {echo(top_k)}")
     function = params.get("function_to_apply")
     if function is None:
         function = "softmax"
     elif function not in ACTIVATIONS:
-        raise RequestError(400, f"function_to_apply must be one of {', '.join(ACTIVATIONS)}; got {function!r}")
+        raise RequestError(400, f"function_to_apply must be one of {', '.join(ACTIVATIONS)}; got {echo(function)}")
     return top_k, function
 
 
@@ -101,13 +116,18 @@ def parse_request(body: bytes, content_type: str | None) -> ClassifyRequest:
         return ClassifyRequest(body)
     try:
         payload = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+    except json.JSONDecodeError as err:
         raise RequestError(400, f"invalid JSON: {err}") from None
+    except RecursionError:
+        raise RequestError(400, "invalid JSON: nested too deeply") from None
+    except ValueError as err:  # not UTF-8, or an integer of more than 4300 digits (sys.get_int_max_str_digits)
+        reason = "not UTF-8" if isinstance(err, UnicodeDecodeError) else "a number is too long"
+        raise RequestError(400, f"invalid JSON: {reason}") from None
     if not isinstance(payload, dict):
         raise RequestError(400, f"JSON body must be an object with 'inputs', got {type(payload).__name__}")
     unknown = sorted(set(payload) - _TOP_LEVEL_KEYS)
     if unknown:
-        raise RequestError(400, f"unknown JSON keys {unknown}; expected 'inputs' and optional 'parameters'")
+        raise RequestError(400, f"unknown JSON keys {echo(unknown)}; expected 'inputs' and optional 'parameters'")
     inputs = payload.get("inputs")
     if not isinstance(inputs, str) or not inputs:
         raise RequestError(400, "'inputs' must be a non-empty base64 string of the image")
