@@ -22,13 +22,19 @@ best (target >= 2 at batch 1); ``vs_timm_best`` = our best / timm's best form (t
 include its ONNX file in OpenVINO, so a faster runtime alone does not count as ours.
 
 The roofline columns say what those ratios cost in arithmetic: ``GMACs`` of the folded model (the least work any
-form does per image), this CPU's fp32 peak measured at the start (``mobilevit.bench.measure_peak_gmacs``), and as a
-% of that peak the rate of timm eager (``timm_eager_pct``), of our best form (``best_pct``) and the rate a form would
-need to be twice as fast as timm eager (``2x_needs_pct``): above 100, no fp32 form can reach 2x on this CPU.
+form does per image), the rate in GMAC/s of timm eager (``timm_eager_GMAC_s``), of our best form (``best_GMAC_s``)
+and the rate a form would need to be twice as fast as timm eager (``2x_needs_GMAC_s = 2 * GMACs * batch /
+timm_eager_s``), and each as a % of this CPU's fp32 FMA limit (``*_pct_limit``; cores x fp32 FMA lanes per cycle x
+maximum clock, ``mobilevit.bench.fp32_fma_limit``): above 100, no fp32 form that does the counted MACs can reach 2x
+on this CPU. The limit needs the maximum clock: from cpufreq where the machine exposes it, else ``--max-clock-ghz``
+(virtual machines hide it; without either the % columns stay empty). The dense peak measured at the start (the
+fastest of a matmul, a 1x1 and a direct 3x3 convolution, ``mobilevit.bench.measure_peak_gmacs``) is printed beside the
+limit: it is what tuned kernels reach, and a whole network can run above it.
 
     python benchmarks/bench_backends.py                                # every shared architecture, batch 1 and 8
     python benchmarks/bench_backends.py --quick --models mobileone_s0,mobilevit_xxs
     python benchmarks/bench_backends.py --models 'fastvit*' --rounds 30 --threads 2 --json out.json
+    python benchmarks/bench_backends.py --threads 2 --max-clock-ghz 3.7    # a VM that hides its boost clock
 """
 
 from __future__ import annotations
@@ -134,7 +140,7 @@ def prepare(
 
 
 def run_model(
-    name: str, batch_sizes: list[int], rounds: int, forms: list[str], workdir: Path, peak_gmacs: float
+    name: str, batch_sizes: list[int], rounds: int, forms: list[str], workdir: Path, limit_gmacs: float | None
 ) -> list[dict]:
     resolution = native_resolution(name)
     forwards, errors, _, gmacs = prepare(name, workdir, forms)
@@ -165,10 +171,16 @@ def run_model(
         row["timm_best"] = min(theirs, key=theirs.get) if theirs else None
         row["GMACs"] = round(gmacs, 3)
 
-        work = 100 * gmacs * batch * 1000 / peak_gmacs  # % of peak x ms
-        row["timm_eager_pct"] = round(work / stats["timm_eager"]["median_ms"], 1)
-        row["best_pct"] = round(work / ours[best], 1) if best else None
-        row["2x_needs_pct"] = round(2 * work / stats["timm_eager"]["median_ms"], 1)
+        work = gmacs * batch * 1000  # GMAC/s x ms
+        rates = {
+            "timm_eager": work / stats["timm_eager"]["median_ms"],
+            "best": work / ours[best] if best else None,
+            "2x_needs": 2 * work / stats["timm_eager"]["median_ms"],
+        }
+        for key, rate in rates.items():
+            row[f"{key}_GMAC_s"] = round(rate, 1) if rate else None
+        for key, rate in rates.items():
+            row[f"{key}_pct_limit"] = round(100 * rate / limit_gmacs, 1) if rate and limit_gmacs else None
         row["max_rel_diff"] = f"{worst:.1e}"
         row["errors"] = "; ".join(f"{k}: {v}" for k, v in errors.items())
         rows.append(row)
@@ -185,6 +197,11 @@ def main() -> None:
     parser.add_argument("--skip", default="", help="comma-separated forms to leave out, e.g. compile")
     parser.add_argument("--quick", action="store_true", help=f"5 rounds, batch 1, default models {QUICK_MODELS}")
     parser.add_argument("--json", type=Path, help="also write the header and rows as JSON here")
+    parser.add_argument(
+        "--max-clock-ghz",
+        type=float,
+        help="the CPU's maximum (boost) clock for the FMA limit, where cpufreq does not expose it (virtual machines)",
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -200,17 +217,22 @@ def main() -> None:
     assert "timm_eager" in forms, "timm_eager is the reference; it cannot be skipped"
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
 
-    peak = measure_peak_gmacs()
-    print(f"measured fp32 peak: {peak['measured_peak_gmacs']:.1f} GMAC/s ({peak['peak_method']})", flush=True)
+    peak = measure_peak_gmacs(clock_ghz=args.max_clock_ghz)
+    print(f"measured dense fp32 peak: {peak['measured_peak_gmacs']:.1f} GMAC/s ({peak['peak_method']})", flush=True)
+    limit = peak["fma_limit_gmacs"]
+    print(f"fp32 FMA limit: {peak['fma_limit_method']}", flush=True)
+    if not limit:
+        print("the *_pct_limit columns stay empty: pass --max-clock-ghz (the CPU's maximum boost clock)", flush=True)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in names:
-            rows += run_model(name, batch_sizes, args.rounds, forms, Path(tmp), peak["measured_peak_gmacs"])
+            rows += run_model(name, batch_sizes, args.rounds, forms, Path(tmp), limit)
 
     header = system_info(timm=timm.__version__, rounds=args.rounds, timing="median of interleaved rounds") | peak
     print("\n" + ", ".join(f"{k} {v}" for k, v in header.items()) + "\n")
     columns = ["model", "res", "batch", *(f"{f}_ms" for f in forms), "best_ours", "vs_timm_eager", "timm_best"]
-    columns += ["vs_timm_best", "GMACs", "timm_eager_pct", "best_pct", "2x_needs_pct", "max_rel_diff"]
+    columns += ["vs_timm_best", "GMACs", "timm_eager_GMAC_s", "best_GMAC_s", "2x_needs_GMAC_s"]
+    columns += ["timm_eager_pct_limit", "best_pct_limit", "2x_needs_pct_limit", "max_rel_diff"]
     print(markdown_table([{k: "" if v is None else v for k, v in r.items()} for r in rows], columns))
     for row in rows:
         if row["errors"]:

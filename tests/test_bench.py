@@ -9,16 +9,21 @@ import csv
 import importlib.util
 import io
 import json
+import os
+import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 import timm
 import torch
 from timm.utils import reparameterize_model as timm_reparameterize
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import mobilevit
 from conftest import randomize_batchnorm
-from mobilevit.bench import measure_peak_gmacs
+from mobilevit.bench import fp32_fma_limit, measure_peak_gmacs
+from mobilevit.bench.profile import fp32_fmas_per_cycle, max_clock_ghz
 from mobilevit.bench.report import FORMATS, format_report, latency_accuracy_chart, published_top1
 from mobilevit.bench.run import COLUMNS, bench_table, make_backend, parse_backends
 from mobilevit.cli import main
@@ -26,6 +31,7 @@ from mobilevit.cli import main
 HAS_ORT = importlib.util.find_spec("onnxruntime") is not None
 HAS_MPL = importlib.util.find_spec("matplotlib") is not None
 PEAK = 50.0  # a made-up peak, so pct_peak is checked against a known number
+LIMIT = 80.0  # and a made-up FMA limit for pct_fma_limit
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
@@ -42,7 +48,14 @@ def rows() -> list[dict]:
     torch.set_num_threads(1)
     try:
         return bench_table(
-            ["mobileone_s0"], ["eager", "reparam"], (1, 2), resolution=64, repeats=2, warmup=1, peak_gmacs=PEAK
+            ["mobileone_s0"],
+            ["eager", "reparam"],
+            (1, 2),
+            resolution=64,
+            repeats=2,
+            warmup=1,
+            peak_gmacs=PEAK,
+            fma_limit_gmacs=LIMIT,
         )
     finally:
         torch.set_num_threads(threads)
@@ -57,6 +70,7 @@ def test_rows_have_every_field_and_consistent_arithmetic(rows: list[dict]) -> No
         assert r["img_per_s"] == pytest.approx(r["batch"] * 1000 / r["median_ms"])
         assert r["GMAC_per_s"] == pytest.approx(r["GMACs"] * r["batch"] / (r["median_ms"] / 1000))
         assert r["pct_peak"] == pytest.approx(100 * r["GMAC_per_s"] / PEAK)
+        assert r["pct_fma_limit"] == pytest.approx(100 * r["GMAC_per_s"] / LIMIT)
         assert r["setup_s"] >= 0
 
 
@@ -123,12 +137,149 @@ def test_slow_backends_compute_the_eager_logits(name: str, backend: str, tmp_pat
     assert (out - ref).abs().max() <= 1e-4 * ref.abs().max()
 
 
-def test_peak_is_measured_and_explained() -> None:
-    peak = measure_peak_gmacs(size=256, repeats=2, warmup=1)
+def test_peak_times_dense_kernels_and_reports_the_fastest() -> None:
+    products = []
+
+    class RecordProducts(TorchDispatchMode):
+        def __torch_dispatch__(self, func: Any, types: object, args: tuple = (), kwargs: dict | None = None) -> Any:
+            if func.overloadpacket in (torch.ops.aten.convolution, torch.ops.aten.mm, torch.ops.aten.addmm):
+                products.append((func.overloadpacket, tuple(args[1].shape)))
+            return func(*args, **(kwargs or {}))
+
+    with RecordProducts():
+        peak = measure_peak_gmacs(size=256, repeats=2, warmup=1)
+    assert any(op is torch.ops.aten.mm for op, _ in products)
+    assert {shape[2:] for op, shape in products if op is torch.ops.aten.convolution} <= {(1, 1), (3, 3)}
+    method = peak["peak_method"]
     assert peak["measured_peak_gmacs"] > 0
     assert peak["measured_peak_gflops"] == pytest.approx(2 * peak["measured_peak_gmacs"])
-    assert "torch.mm" in peak["peak_method"] and "conv2d 3x3" in peak["peak_method"]
-    assert f"{torch.get_num_threads()} threads" in peak["peak_method"]
+    assert f"{peak['peak_kernel']} ({peak['measured_peak_gmacs']:.1f} GMAC/s)" in method  # the fastest one's rate
+    assert f"{torch.get_num_threads()} threads" in method
+    assert "wino" not in method.split("left out")[0]
+    assert {"fma_limit_gmacs", "fma_limit_method", "measured_pct_of_fma_limit"} <= set(peak)
+
+
+@pytest.mark.parametrize("onednn_says", [None, ["jit_wino_4x3:avx512_core"]])
+def test_a_convolution_not_shown_to_run_direct_never_sets_the_peak(
+    onednn_says: list[str] | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Winograd 3x3 convolution does fewer multiplications than the MACs counted (a run once reported 193 "GMAC/s"
+    for it beside a 92 GMAC/s matmul). Stand-in: a 3x3 convolution that returns at once; it must not become the peak,
+    whether it leaves no oneDNN log (None) or oneDNN names a Winograd implementation."""
+    import mobilevit.bench.profile as profile
+
+    real_conv2d = torch.nn.functional.conv2d
+    done: dict[tuple, torch.Tensor] = {}
+
+    def instant_3x3(x: torch.Tensor, weight: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        if weight.shape[-1] != 3:
+            return real_conv2d(x, weight, *args, **kwargs)
+        key = (tuple(x.shape), tuple(weight.shape))  # padding 1: the output has the input's height and width
+        return done.setdefault(key, torch.zeros(x.shape[0], weight.shape[0], *x.shape[2:]))
+
+    monkeypatch.setattr(torch.nn.functional, "conv2d", instant_3x3)
+    if onednn_says is not None:
+        monkeypatch.setattr(profile, "onednn_convolutions", lambda call: (call(), onednn_says)[1], raising=False)
+    peak = measure_peak_gmacs(size=256, repeats=2, warmup=1)
+    matmul_or_1x1 = re.findall(r"(?:torch\.mm|conv2d 1x1) [^(]*\(([\d.]+) GMAC/s\)", peak["peak_method"])
+    assert f"{peak['measured_peak_gmacs']:.1f}" in matmul_or_1x1, peak["peak_method"]
+    assert "3x3" not in peak["peak_kernel"]
+    assert "3x3 32->32 on 64x64 left out" in peak["peak_method"]
+
+
+def test_measured_peak_never_exceeds_the_fma_limit() -> None:
+    """The limit is an upper bound by construction: a dense kernel above it means the limit is computed wrong.
+
+    Where the machine hides its maximum clock (VMs), MOBILEVIT_MAX_CLOCK_GHZ supplies it (e.g. from the CPU's data
+    sheet)."""
+    clock = float(os.environ["MOBILEVIT_MAX_CLOCK_GHZ"]) if os.environ.get("MOBILEVIT_MAX_CLOCK_GHZ") else None
+    limit = fp32_fma_limit(clock_ghz=clock)
+    if limit["fma_limit_gmacs"] is None:
+        pytest.skip(
+            f"this machine's fp32 FMA limit cannot be read (set MOBILEVIT_MAX_CLOCK_GHZ): {limit['fma_limit_method']}"
+        )
+    peak = measure_peak_gmacs(clock_ghz=clock)
+    assert peak["fma_limit_gmacs"] == limit["fma_limit_gmacs"]
+    assert peak["measured_peak_gmacs"] <= peak["fma_limit_gmacs"], peak["peak_method"]
+
+
+def _cpuinfo(vendor: str, family: int, model: int, name: str, flags: str, cores: int = 1, smt: int = 1) -> str:
+    """/proc/cpuinfo as Linux writes it on x86, one block per logical processor."""
+    blocks = []
+    for i in range(cores * smt):
+        blocks.append(
+            f"processor\t: {i}\nvendor_id\t: {vendor}\ncpu family\t: {family}\nmodel\t\t: {model}\n"
+            f"model name\t: {name}\ncpu MHz\t\t: 2596.152\nphysical id\t: 0\ncore id\t\t: {i % cores}\n"
+            f"cpu cores\t: {cores}\nflags\t\t: fpu sse sse2 {flags}\n"
+        )
+    return "\n".join(blocks) + "\n"
+
+
+ICE_LAKE = _cpuinfo("GenuineIntel", 6, 106, "Intel(R) Xeon(R) Platinum 8375C CPU @ 2.90GHz", "fma avx avx2 avx512f")
+COFFEE_LAKE = _cpuinfo("GenuineIntel", 6, 158, "Intel(R) Core(TM) i7-9700K CPU @ 3.60GHz", "fma avx avx2")
+SANDY_BRIDGE = _cpuinfo("GenuineIntel", 6, 45, "Intel(R) Xeon(R) CPU E5-2670 0 @ 2.60GHz", "avx")
+GENOA = _cpuinfo("AuthenticAMD", 25, 17, "AMD EPYC", "fma avx avx2 avx512f avx512dq avx512bw avx512vl", cores=2)
+MILAN = _cpuinfo("AuthenticAMD", 25, 1, "AMD EPYC 7763 64-Core Processor", "fma avx avx2")
+ROME = _cpuinfo("AuthenticAMD", 23, 49, "AMD EPYC 7R32", "fma avx avx2")
+NAPLES = _cpuinfo("AuthenticAMD", 23, 1, "AMD EPYC 7601 32-Core Processor", "fma avx avx2")
+GRAVITON = "processor\t: 0\nBogoMIPS\t: 243.75\nFeatures\t: fp asimd evtstrm aes pmull sha1 sha2 crc32\n\n"
+
+
+@pytest.mark.parametrize(
+    ("cpuinfo", "fmas"),
+    [
+        (ICE_LAKE, 32),  # AVX-512, 2 FMA units: 2 x 16 fp32 lanes
+        (COFFEE_LAKE, 16),  # AVX2 + FMA, 2 FMA units: 2 x 8
+        (GENOA, 16),  # Zen 4: AVX-512 double-pumped over 2 x 256-bit pipes
+        (MILAN, 16),  # Zen 3: 2 x 256-bit FMA pipes
+        (ROME, 16),  # Zen 2: 2 x 256-bit
+        (NAPLES, 8),  # Zen 1: 2 x 128-bit
+        (SANDY_BRIDGE, None),  # AVX without FMA
+        (GRAVITON, None),  # not x86: width not tabulated
+    ],
+)
+def test_fp32_fmas_per_cycle_of_known_cpus(cpuinfo: str, fmas: int | None) -> None:
+    count, why = fp32_fmas_per_cycle(cpuinfo)
+    assert count == fmas and why
+
+
+def _cpufreq(root: Path, max_khz: int | None, driver: str = "amd-pstate", boost: str | None = None) -> Path:
+    """A sysfs CPU folder (``/sys/devices/system/cpu``) with cpu0's cpufreq files."""
+    (root / "cpu0" / "cpufreq").mkdir(parents=True)
+    if max_khz is not None:
+        (root / "cpu0" / "cpufreq" / "cpuinfo_max_freq").write_text(f"{max_khz}\n")
+        (root / "cpu0" / "cpufreq" / "scaling_driver").write_text(f"{driver}\n")
+    if boost is not None:
+        (root / "cpufreq").mkdir()
+        (root / "cpufreq" / "boost").write_text(f"{boost}\n")
+    return root
+
+
+def test_fma_limit_is_cores_times_lanes_times_max_clock(tmp_path: Path) -> None:
+    # 2 Zen 4 cores x 16 fp32 FMA per cycle x 3.7 GHz
+    limit = fp32_fma_limit(threads=2, cpuinfo=GENOA, cpu_dir=_cpufreq(tmp_path, 3_700_000))
+    assert limit["fma_limit_gmacs"] == pytest.approx(2 * 16 * 3.7)
+    assert limit["fma_per_cycle"] == 32
+    assert "3.70 GHz" in limit["fma_limit_method"] and "Zen 4" in limit["fma_limit_method"]
+    # one thread: one core; more threads than cores (SMT): the cores' FMA units, not the threads'
+    assert fp32_fma_limit(1, cpuinfo=GENOA, cpu_dir=tmp_path)["fma_limit_gmacs"] == pytest.approx(16 * 3.7)
+    smt = _cpuinfo("GenuineIntel", 6, 106, "Intel(R) Xeon(R) Platinum 8375C CPU @ 2.90GHz", "fma avx2 avx512f", 2, 2)
+    assert fp32_fma_limit(4, cpuinfo=smt, cpu_dir=tmp_path)["fma_limit_gmacs"] == pytest.approx(2 * 32 * 3.7)
+    # a clock given by the caller (a VM hides it)
+    assert fp32_fma_limit(2, 3.0, cpuinfo=COFFEE_LAKE, cpu_dir=tmp_path / "none")["fma_limit_gmacs"] == 48.0
+
+
+def test_fma_limit_is_not_computed_from_a_clock_that_is_not_the_maximum(tmp_path: Path) -> None:
+    """model name GHz and 'cpu MHz' are base or current clocks (here 2.6 GHz on a VM whose matmul needs >= 2.9)."""
+    limit = fp32_fma_limit(2, cpuinfo=GENOA, cpu_dir=_cpufreq(tmp_path / "vm", None))
+    assert limit["fma_limit_gmacs"] is None and limit["fma_per_cycle"] == 32
+    assert "2.60 GHz" in limit["fma_limit_method"] and "cannot be read" in limit["fma_limit_method"]
+    assert "2.90 GHz" in fp32_fma_limit(2, cpuinfo=ICE_LAKE, cpu_dir=tmp_path / "vm")["fma_limit_method"]
+    # acpi-cpufreq's table ends at the base clock; only with boost off is that the maximum
+    boosting = _cpufreq(tmp_path / "acpi", 2_600_000, "acpi-cpufreq", boost="1")
+    assert max_clock_ghz(boosting)[0] is None
+    assert max_clock_ghz(_cpufreq(tmp_path / "acpi-off", 2_600_000, "acpi-cpufreq", boost="0"))[0] == 2.6
+    assert fp32_fma_limit(2, cpuinfo=GRAVITON, cpu_dir=_cpufreq(tmp_path / "arm", 2_500_000))["fma_limit_gmacs"] is None
 
 
 def test_report_formats_parse(rows: list[dict]) -> None:
@@ -176,11 +327,16 @@ def test_cli_writes_json_report_and_chart(tmp_path: Path) -> None:
     header = data["header"]
     assert header["torch"] == torch.__version__ and header["threads"] == 1 and header["measured_peak_gmacs"] > 0
     assert "torch.mm" in header["peak_method"] and header["cpu"]
+    assert header["fma_limit_method"] and "fma_limit_gmacs" in header  # None where the clock cannot be read
     assert {(r["model"], r["backend"]) for r in data["rows"]} == {
         (m, b) for m in ("mobileone_s0", "mobilevit_xxs") for b in ("eager", "reparam")
     }
     for r in data["rows"]:
         assert r["pct_peak"] == pytest.approx(100 * r["GMAC_per_s"] / header["measured_peak_gmacs"])
+        if header["fma_limit_gmacs"]:
+            assert r["pct_fma_limit"] == pytest.approx(100 * r["GMAC_per_s"] / header["fma_limit_gmacs"])
+        else:
+            assert r["pct_fma_limit"] is None
     if HAS_MPL:
         blob = chart.read_bytes()
         assert blob.startswith(PNG_SIGNATURE) and len(blob) > 1000

@@ -180,7 +180,15 @@ def cmd_bench(args: argparse.Namespace) -> None:
     progress = (lambda msg: print(msg, file=sys.stderr, flush=True)) if sys.stderr.isatty() else None
     peak = measure_peak_gmacs()
     rows = bench_table(
-        names, backends, args.batch_sizes, args.resolution, args.repeats, 3, peak["measured_peak_gmacs"], progress
+        names,
+        backends,
+        args.batch_sizes,
+        args.resolution,
+        args.repeats,
+        3,
+        peak["measured_peak_gmacs"],
+        progress,
+        fma_limit_gmacs=peak.get("fma_limit_gmacs"),
     )
     header = system_info(peak, backends=",".join(backends), resolution=args.resolution, repeats=args.repeats)
     text = format_report(header, rows, "json" if args.json else args.format)
@@ -374,13 +382,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "bench",
-        help="measure fp32 CPU latency, throughput and %% of peak of models per backend on this machine",
+        help="measure fp32 CPU latency, throughput and %% of this CPU's peak of models per backend on this machine",
         description="Backends: eager = the model as created (FastViT/MobileOne in their train-time, unfolded form); "
         "reparam = mobilevit.reparameterize_model (branches and BatchNorms folded); compile = torch.compile of the "
         "folded model (compile time reported as setup_s); onnxruntime = the folded model exported to ONNX and run by "
         "onnxruntime with the same thread count; openvino = the same ONNX file compiled by OpenVINO's CPU plugin "
-        "(fp32, same thread count). % of peak is against the faster of a 2048x2048 fp32 matmul and a large 3x3 "
-        "convolution, measured at the start.",
+        "(fp32, same thread count). pct_peak is against the measured dense peak: the fastest of a 2048x2048 fp32 "
+        "matmul, a 1x1 and a 3x3 convolution (one FMA per MAC; the 3x3 only when oneDNN ran it direct, not as "
+        "Winograd), measured at the start; pct_fma_limit against the CPU's fp32 FMA limit (cores x FMAs per cycle "
+        "x maximum clock), where /proc/cpuinfo and cpufreq's cpuinfo_max_freq tell them (virtual machines usually "
+        "hide the clock: the report header then says so).",
     )
     p.add_argument("models", nargs="*", help="names or patterns (default: all)")
     p.add_argument(

@@ -80,6 +80,7 @@ COLUMNS = (
     "img_per_s",
     "GMAC_per_s",
     "pct_peak",
+    "pct_fma_limit",
     "setup_s",
     "error",
 )
@@ -173,6 +174,7 @@ def bench_table(
     warmup: int = 3,
     peak_gmacs: float | None = None,
     progress: Callable[[str], None] | None = None,
+    fma_limit_gmacs: float | None = None,
 ) -> list[dict]:
     """fp32 CPU latency of each model under each backend and batch size, at the current ``torch.get_num_threads()``.
 
@@ -188,14 +190,18 @@ def bench_table(
         resolution: square input size.
         repeats: timed calls per backend.
         warmup: untimed calls per backend before timing (after the first call, which is the compile for ``compile``).
-        peak_gmacs: this machine's peak (:func:`~mobilevit.bench.profile.measure_peak_gmacs`) for ``pct_peak``.
+        peak_gmacs: the measured dense peak (:func:`~mobilevit.bench.profile.measure_peak_gmacs`) for ``pct_peak``.
         progress: called with a short message before each step (the CLI's progress display).
+        fma_limit_gmacs: the CPU's fp32 FMA limit (:func:`~mobilevit.bench.profile.fp32_fma_limit`) for
+            ``pct_fma_limit``; ``None`` where it cannot be read.
 
     Returns:
         One row per (model, backend, batch) with the keys of :data:`COLUMNS`: ``params_M`` and ``GMACs`` (batch 1) of
         the module the backend runs; ``img_per_s = batch * 1000 / median_ms``; ``GMAC_per_s = GMACs * batch /
-        (median_ms / 1000)``; ``pct_peak = 100 * GMAC_per_s / peak_gmacs``; ``setup_s`` the preparation time
-        (compile: the first call at this batch size, where inductor compiles).
+        (median_ms / 1000)``; ``pct_peak = 100 * GMAC_per_s / peak_gmacs`` (can pass 100: a network's kernels can beat
+        the measured dense ones); ``pct_fma_limit = 100 * GMAC_per_s / fma_limit_gmacs`` (cannot, at the counted MACs,
+        unless a kernel does fewer multiplications than counted, e.g. a Winograd convolution); ``setup_s`` the
+        preparation time (compile: the first call at this batch size, where inductor compiles).
     """
     backends = parse_backends(backends)
     input_size = (resolution, resolution)
@@ -255,6 +261,7 @@ def bench_table(
                         row["img_per_s"] = batch * 1e3 / median
                         row["GMAC_per_s"] = gmacs * batch / (median / 1e3)
                         row["pct_peak"] = 100 * row["GMAC_per_s"] / peak_gmacs if peak_gmacs else None
+                        row["pct_fma_limit"] = 100 * row["GMAC_per_s"] / fma_limit_gmacs if fma_limit_gmacs else None
                         row["setup_s"] = setup[backend]
                         row["error"] = None
                     else:
@@ -265,7 +272,8 @@ def bench_table(
 
 
 def system_info(peak: dict | None = None, **settings: object) -> dict:
-    """The header of a benchmark report: versions, CPU, threads, the measured peak and the run's settings."""
+    """The header of a benchmark report: versions, CPU, threads, the run's settings, and ``peak``: the measured dense
+    peak beside the fp32 FMA limit (:func:`~mobilevit.bench.profile.measure_peak_gmacs`)."""
     import importlib.metadata
     import platform
 
