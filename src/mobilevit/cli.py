@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from .errors import MobileViTError, missing_optional_dependency
+from .errors import MobileViTError, UsageError, missing_optional_dependency
 
 if TYPE_CHECKING:
     from tqdm import tqdm
@@ -33,7 +33,7 @@ def _models(patterns: Sequence[str]) -> list[str]:
         if any(ch in pattern for ch in "*?["):
             matched = list_models(pattern)
             if not matched:
-                raise ValueError(f"No model matches {pattern!r}. See `mobilevit list`.")
+                raise UsageError(f"No model matches {pattern!r}. See `mobilevit list`.")
             names += matched
         else:
             get_config(pattern)
@@ -93,7 +93,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     files = find_images(args.paths)
     if not files:
-        raise ValueError(f"No images found in {' '.join(args.paths)}")
+        raise UsageError(f"No images found in {' '.join(args.paths)}")
     predictor = _predictor(args)
     bar = _progress(len(files), not args.no_progress, "predict")
     failures = 0
@@ -166,7 +166,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
 
     names, backends = _models(args.models), parse_backends(args.backends)
     if args.chart and 1 not in args.batch_sizes:
-        raise ValueError("--chart plots batch-1 latency: include 1 in --batch-sizes")
+        raise UsageError("--chart plots batch-1 latency: include 1 in --batch-sizes")
     needs = [
         ("onnxruntime" in backends, "onnxruntime"),
         ("openvino" in backends, "openvino"),
@@ -174,7 +174,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
     ]
     for needed, module in needs:
         if needed and importlib.util.find_spec(module) is None:
-            raise ValueError(f"{module} is not installed (pip install {module}); it is needed for this run")
+            raise UsageError(f"{module} is not installed (pip install {module}); it is needed for this run")
     if args.threads:
         torch.set_num_threads(args.threads)
     progress = (lambda msg: print(msg, file=sys.stderr, flush=True)) if sys.stderr.isatty() else None
@@ -216,7 +216,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .serve.config import TOKEN_ENV, infer_backend
 
     if args.pretrained and len(args.model) > 1:
-        raise ValueError("--pretrained applies to a single --model; with several, write --model NAME=CHECKPOINT")
+        raise UsageError("--pretrained applies to a single --model; with several, write --model NAME=CHECKPOINT")
     default = args.pretrained or not args.random_weights
     if args.random_weights:
         print("WARNING: random weights; predictions mean nothing (protocol testing only).", file=sys.stderr)
@@ -296,11 +296,11 @@ def cmd_export(args: argparse.Namespace) -> int:
     from .registry import create_model
 
     if args.quantize and args.format != "onnx":
-        raise ValueError("--quantize applies to --format onnx only")
+        raise UsageError("--quantize applies to --format onnx only")
     if args.calibration and not args.quantize:
-        raise ValueError("--calibration is for --quantize int8")
+        raise UsageError("--calibration is for --quantize int8")
     if args.quantize and args.quantize_mode == "static" and not args.calibration:
-        raise ValueError(
+        raise UsageError(
             "static int8 quantization needs calibration images: --calibration DIR (or --quantize-mode dynamic)"
         )
     pretrained = args.pretrained or not args.random_weights

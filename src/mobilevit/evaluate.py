@@ -13,6 +13,7 @@ import torch
 import torch.distributed as dist
 
 from .data.images import IMAGE_SUFFIXES
+from .errors import UsageError
 from .predict import Predictor
 
 logger = logging.getLogger(__name__)
@@ -26,7 +27,7 @@ def _read_csv(path: Path) -> list[tuple[Path, int]]:
     with path.open(newline="") as f:
         rows = [r for r in csv.reader(f) if r and not r[0].startswith("#")]
     if not rows:
-        raise ValueError(f"{path}: empty label file")
+        raise UsageError(f"{path}: empty label file")
     header = [c.strip().lower() for c in rows[0]]
     file_col, label_col, first_row = 0, 1, 1
     if len(header) >= 2 and not header[1].lstrip("-").isdigit():  # a header row
@@ -38,7 +39,7 @@ def _read_csv(path: Path) -> list[tuple[Path, int]]:
         try:
             samples.append((path.parent / row[file_col].strip(), int(row[label_col])))
         except (IndexError, ValueError):
-            raise ValueError(f"{path}, row {n}: expected a file and an integer class index, got {row}") from None
+            raise UsageError(f"{path}, row {n}: expected a file and an integer class index, got {row}") from None
     return samples
 
 
@@ -57,7 +58,7 @@ def read_labelled(path: str | os.PathLike) -> tuple[list[tuple[Path, int]], list
         return _read_csv(path / "labels.csv"), None
     classes = sorted(d.name for d in path.iterdir() if d.is_dir())
     if not classes:
-        raise ValueError(f"{path}: neither a labels.csv nor class sub-folders (ImageFolder layout)")
+        raise UsageError(f"{path}: neither a labels.csv nor class sub-folders (ImageFolder layout)")
     samples = [
         (f, i)
         for i, c in enumerate(classes)

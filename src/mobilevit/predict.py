@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from .data.images import ImageError, open_image
 from .data.transforms import eval_transform
+from .errors import UsageError
 from .weights.entries import check_labels, labels_for
 
 logger = logging.getLogger(__name__)
@@ -49,7 +50,7 @@ class Prediction:
 def check_activation(function: str) -> None:
     """Raise a clear error for an unknown score function, before any image is decoded."""
     if function not in ACTIVATIONS:
-        raise ValueError(f"function must be one of {', '.join(ACTIVATIONS)}; got {function!r}")
+        raise UsageError(f"function must be one of {', '.join(ACTIVATIONS)}; got {function!r}")
 
 
 def scores_from_logits(logits: Tensor, function: Activation) -> Tensor:
@@ -60,7 +61,7 @@ def scores_from_logits(logits: Tensor, function: Activation) -> Tensor:
         return logits.float().sigmoid()
     if function == "none":
         return logits.float()
-    raise ValueError(f"function must be one of {', '.join(ACTIVATIONS)}; got {function!r}")
+    raise UsageError(f"function must be one of {', '.join(ACTIVATIONS)}; got {function!r}")
 
 
 def _as_pil(item: ImageInput, name: str | None = None) -> Image.Image:
@@ -122,7 +123,7 @@ class Predictor:
     ) -> None:
         """What every backend shares: the eval transform, the labels and the batching."""
         if batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+            raise UsageError(f"batch_size must be at least 1, got {batch_size}")
         self.preprocess = preprocess
         self.transform: Callable[[Image.Image], Tensor] = eval_transform(preprocess)
         if labels is None:
@@ -185,7 +186,7 @@ class Predictor:
         unspecified (it differs between a batch of 1 and a batch of 16), a stable sort does not.
         """
         if top_k < 1:
-            raise ValueError(f"top_k must be at least 1, got {top_k}")
+            raise UsageError(f"top_k must be at least 1, got {top_k}")
         scores = scores_from_logits(logits, function)
         values, indices = scores.sort(dim=-1, descending=True, stable=True)
         values, indices = values[..., :top_k], indices[..., :top_k]
@@ -278,13 +279,13 @@ class OnnxPredictor(Predictor):
         if not self.path.is_file():
             raise FileNotFoundError(f"No such ONNX file: {self.path}")
         if threads < 0:
-            raise ValueError(f"threads must be 0 ({self.runtime}'s default) or more, got {threads}")
+            raise UsageError(f"threads must be 0 ({self.runtime}'s default) or more, got {threads}")
         try:
             self._open_runtime(threads)
         except ImportError:
             raise
         except Exception as err:  # each runtime has its own exception types for a file it cannot read
-            raise ValueError(f"{self.path}: not an ONNX model {self.runtime} can load ({err})") from None
+            raise UsageError(f"{self.path}: not an ONNX model {self.runtime} can load ({err})") from None
         try:
             meta = ExportMetadata.from_dict(self._runtime_metadata())
         except (ValueError, KeyError):
@@ -292,7 +293,7 @@ class OnnxPredictor(Predictor):
         self.metadata: ExportMetadata | None = meta
         preprocess = preprocess or (meta.preprocess if meta is not None else None)
         if preprocess is None:
-            raise ValueError(
+            raise UsageError(
                 f"{self.path}: the file records no preprocessing (not written by `mobilevit export`); export it with "
                 f"`mobilevit export --format onnx`, or pass preprocess= (and labels=) to {type(self).__name__}"
             )
@@ -301,7 +302,7 @@ class OnnxPredictor(Predictor):
         inputs, outputs = self._runtime_signature()
         if len(inputs) != 1 or len(inputs[0][1]) != 4 or inputs[0][1][1] not in (3, None):
             shapes = ", ".join(str(shape) for _, shape in inputs) or "none"
-            raise ValueError(f"{self.path}: expected one [batch, 3, height, width] input, got {shapes}")
+            raise UsageError(f"{self.path}: expected one [batch, 3, height, width] input, got {shapes}")
         self._input, self._output = inputs[0][0], outputs[0][0]
         self._shape = inputs[0][1]  # e.g. [None, 3, None, None], or [1, 3, 256, 256] when static
         num_classes = outputs[0][1][-1]
@@ -311,7 +312,7 @@ class OnnxPredictor(Predictor):
         try:
             self.check_size(height, width)
         except ValueError as err:
-            raise ValueError(
+            raise UsageError(
                 f"{err}, but its preprocessing crops {height}x{width}: export it again with "
                 f"`--input-size {height} {width}`"
             ) from None
@@ -343,10 +344,10 @@ class OnnxPredictor(Predictor):
         fixed = self._shape[2:]
         if any(f is not None and f != n for f, n in zip(fixed, (height, width), strict=True)):
             size = "x".join(str(f or "any") for f in fixed)
-            raise ValueError(f"{self.path} takes {size} inputs only (exported with a fixed size), not {height}x{width}")
+            raise UsageError(f"{self.path} takes {size} inputs only (exported with a fixed size), not {height}x{width}")
         multiple = self.metadata.size_multiple if self.metadata is not None else 1
         if any(f is None and n % multiple for f, n in zip(fixed, (height, width), strict=True)):
-            raise ValueError(
+            raise UsageError(
                 f"{self.path} takes heights and widths that are multiples of {multiple} "
                 f"(the patch grid of {self.metadata.arch if self.metadata else 'the model'}), not {height}x{width}"
             )
@@ -418,13 +419,13 @@ def resolve_backend(model: str | os.PathLike, backend: str | None = None) -> str
     if backend is None:
         return "onnxruntime" if is_onnx else "eager"
     if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
+        raise UsageError(f"backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
     if backend == "eager" and is_onnx:
-        raise ValueError(
+        raise UsageError(
             f"{model} is an ONNX file: run it with --backend onnxruntime or openvino (eager runs PyTorch models)"
         )
     if backend in ONNX_PREDICTORS and not is_onnx:
-        raise ValueError(
+        raise UsageError(
             f"--backend {backend} runs an exported .onnx file (write one with `mobilevit export --format onnx`); "
             f"got {str(model)!r}"
         )
@@ -452,6 +453,6 @@ def load_predictor(
     backend = resolve_backend(model, backend)
     if backend in ONNX_PREDICTORS:
         if pretrained is not True:
-            raise ValueError(f"{model}: an ONNX file carries its weights; --pretrained/--random-weights do not apply")
+            raise UsageError(f"{model}: an ONNX file carries its weights; --pretrained/--random-weights do not apply")
         return ONNX_PREDICTORS[backend](model, threads=threads, **kwargs)
     return Predictor.from_pretrained(str(model), pretrained=pretrained, **kwargs)

@@ -10,6 +10,7 @@ from typing import Any
 
 from torch import nn
 
+from .errors import UsageError
 from .models import fastvit, mobileone, mobilevit
 from .reparam import reparameterize_model
 from .weights.load import CheckpointError
@@ -40,7 +41,7 @@ def get_config(name: str) -> Any:
     """The config dataclass of architecture ``name`` (an ``arch.tag`` weights name also works)."""
     arch = name.split(".", 1)[0]
     if arch not in _ARCHS:
-        raise ValueError(f"Unknown model {name!r}.{_suggest(arch, list(_ARCHS))} See mobilevit.list_models().")
+        raise UsageError(f"Unknown model {name!r}.{_suggest(arch, list(_ARCHS))} See mobilevit.list_models().")
     return _ARCHS[arch][1]
 
 
@@ -63,7 +64,7 @@ def find_arch(cfg: Any) -> str:
         if type(base) is type(cfg)
     ]
     if not candidates:
-        raise ValueError(f"{type(cfg).__name__} is not the config of any registered architecture")
+        raise UsageError(f"{type(cfg).__name__} is not the config of any registered architecture")
     return min(candidates)[1]
 
 
@@ -77,7 +78,7 @@ def _weights_entry(name: str) -> Any:
         arch = name.split(".", 1)[0]
         available = list_weights(f"{arch}.*")
         listing = f"Available for {arch}: {', '.join(available)}" if available else f"{arch} has no registered weights"
-        raise ValueError(
+        raise UsageError(
             f"No pretrained weights {name!r}. {listing}. A local checkpoint also works: "
             f"create_model({arch!r}, pretrained='path/to/checkpoint')."
         ) from e
@@ -138,7 +139,7 @@ def create_model(
 
         saved = read_saved_config(name)
         if saved is None or pretrained not in (False, True):
-            raise ValueError(
+            raise UsageError(
                 f"{name!r} is neither a registered model nor a folder written by mobilevit.save_pretrained; for "
                 "another checkpoint, name the architecture: create_model('arch', pretrained='path')"
             )

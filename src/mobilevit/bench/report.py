@@ -11,6 +11,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..errors import MissingDependencyError, UsageError
+
 logger = logging.getLogger(__name__)
 
 
@@ -83,7 +85,7 @@ def format_report(header: dict[str, Any], rows: Sequence[dict[str, Any]], fmt: s
     if fmt == "table":
         lines = [f"# {k}: {_cell(v)}" for k, v in header.items()]
         return "\n".join(lines) + "\n" + text_table(rows, columns)
-    raise ValueError(f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
+    raise UsageError(f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -136,7 +138,7 @@ def latency_accuracy_chart(
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError as error:
-        raise ImportError(
+        raise MissingDependencyError(
             "--chart needs matplotlib: pip install 'mobilevit[bench]' (or pip install matplotlib)"
         ) from error
 
@@ -147,7 +149,7 @@ def latency_accuracy_chart(
         if row["model"] not in best or row["median_ms"] < best[row["model"]]["median_ms"]:
             best[row["model"]] = row
     if not best:
-        raise ValueError(
+        raise UsageError(
             "the chart needs batch-1 latencies: include 1 in --batch-sizes" + (f" and {backend}" if backend else "")
         )
     lines: dict[str, list[tuple[float, float, str, str]]] = {}
@@ -163,7 +165,7 @@ def latency_accuracy_chart(
         plotted.append({"model": model, "backend": row["backend"], "median_ms": row["median_ms"], "top1": top1})
         plotted[-1]["weights"] = weights
     if not lines:
-        raise ValueError("none of the benched models has a published top-1 to plot")
+        raise UsageError("none of the benched models has a published top-1 to plot")
 
     fig, ax = plt.subplots(figsize=(8, 5.5), dpi=120)
     for fam, points in sorted(lines.items()):

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..errors import UsageError
 from ..registry import create_model
 from ..reparam import reparameterize_model
 from .profile import compare_latency, count_macs, count_params
@@ -91,7 +92,7 @@ def parse_backends(text: str | Sequence[str]) -> list[str]:
     names = [n.strip() for n in (text.split(",") if isinstance(text, str) else text) if n.strip()]
     unknown = [n for n in names if n not in BACKENDS]
     if unknown or not names:
-        raise ValueError(
+        raise UsageError(
             f"unknown backend(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(BACKENDS)}"
         )
     return list(dict.fromkeys(names))
@@ -157,7 +158,7 @@ def make_backend(
         t1 = time.perf_counter()
         runtime = ONNX_PREDICTORS[name](path, threads=torch.get_num_threads())  # PyTorch's CPU budget
         return Backend(name, runtime.forward, folded, export_s + time.perf_counter() - t1, onnx)
-    raise ValueError(f"unknown backend {name!r}; choose from {', '.join(BACKENDS)}")
+    raise UsageError(f"unknown backend {name!r}; choose from {', '.join(BACKENDS)}")
 
 
 def _first_line(error: BaseException) -> str:

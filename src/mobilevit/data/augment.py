@@ -37,6 +37,8 @@ import torch
 from torch import Tensor
 from torchvision.transforms import v2
 
+from ..errors import UsageError
+
 if TYPE_CHECKING:
     from ..train.config import AugmentConfig
 
@@ -75,9 +77,9 @@ class RandAugmentLevel(v2.RandAugment):
         fill: fill value of the geometric ops (None: black).
         """
         if not 0 <= level <= LEVEL_MAX:
-            raise ValueError(f"RandAugment level must be in [0, {LEVEL_MAX}], got {level}")
+            raise UsageError(f"RandAugment level must be in [0, {LEVEL_MAX}], got {level}")
         if level_std < 0:
-            raise ValueError(f"RandAugment level std must be >= 0, got {level_std}")
+            raise UsageError(f"RandAugment level std must be >= 0, got {level_std}")
         super().__init__(
             num_ops=num_ops,
             magnitude=round(level * _BINS_PER_LEVEL),
@@ -160,9 +162,9 @@ def train_transform(
         A callable taking a PIL image or a ``uint8 [3, H, W]`` tensor and returning a ``float32 [3, h, w]`` tensor.
     """
     if channel_order not in ("RGB", "BGR"):
-        raise ValueError(f"channel_order must be 'RGB' or 'BGR', got {channel_order!r}")
+        raise UsageError(f"channel_order must be 'RGB' or 'BGR', got {channel_order!r}")
     if len(mean) != 3 or len(std) != 3:
-        raise ValueError(f"mean and std need 3 values, got {mean!r} and {std!r}")
+        raise UsageError(f"mean and std need 3 values, got {mean!r} and {std!r}")
     mode = v2.InterpolationMode(interpolation or cfg_aug.interpolation)
     steps: list[Callable[..., Any]] = [
         v2.ToImage(),  # PIL -> uint8 tensor first: the geometric ops below run on tensors
@@ -264,11 +266,11 @@ class MixupCutmix:
         label_smoothing: smoothing of the one-hots before mixing.
         """
         if num_classes < 1:
-            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+            raise UsageError(f"num_classes must be >= 1, got {num_classes}")
         if mixup_alpha < 0 or cutmix_alpha < 0:
-            raise ValueError(f"alphas must be >= 0, got mixup {mixup_alpha}, cutmix {cutmix_alpha}")
+            raise UsageError(f"alphas must be >= 0, got mixup {mixup_alpha}, cutmix {cutmix_alpha}")
         if not (0 <= prob <= 1 and 0 <= switch_prob <= 1 and 0 <= label_smoothing < 1):
-            raise ValueError("prob and switch_prob must be in [0, 1], label_smoothing in [0, 1)")
+            raise UsageError("prob and switch_prob must be in [0, 1], label_smoothing in [0, 1)")
         self.num_classes = num_classes
         self.mixup_alpha = float(mixup_alpha)
         self.cutmix_alpha = float(cutmix_alpha)
@@ -318,7 +320,7 @@ class MixupCutmix:
             The mixed ``[B, C, H, W]`` images and ``[B, num_classes]`` float32 soft targets (rows sum to 1).
         """
         if images.ndim != 4 or targets.ndim != 1 or targets.shape[0] != images.shape[0]:
-            raise ValueError(
+            raise UsageError(
                 f"expected images [B, C, H, W] and targets [B], got {tuple(images.shape)}, {tuple(targets.shape)}"
             )
         mode, lam = self._choose()

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset, default_collate
 
+from ..errors import UsageError
 from .images import ImageError, open_image
 
 logger = logging.getLogger(__name__)
@@ -54,7 +55,7 @@ class ImageDataset(Dataset):
         transform: per-image transform, e.g. an :class:`~mobilevit.data.transforms.EvalTransform`.
         """
         if not samples:
-            raise ValueError("the dataset is empty: no image files found")
+            raise UsageError("the dataset is empty: no image files found")
         self.samples = [(Path(p), int(t)) for p, t in samples]
         self.classes = list(classes) if classes is not None else None
         self.transform = transform

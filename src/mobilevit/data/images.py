@@ -22,6 +22,8 @@ from typing import IO
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from ..errors import MobileViTError
+
 IMAGE_SUFFIXES = frozenset(
     {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".avif", ".ppm", ".pgm"}
 )
@@ -31,7 +33,7 @@ _HIGH_BIT_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I", "F"})
 ImageSource = str | os.PathLike | bytes | bytearray | memoryview | Image.Image
 
 
-class ImageError(ValueError):
+class ImageError(MobileViTError, ValueError):
     """An input that cannot be read as an image (missing, not an image, truncated, too large, unsupported mode)."""
 
 

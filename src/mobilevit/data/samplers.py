@@ -47,6 +47,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset, Sampler, get_worker_info
 
+from ..errors import UsageError
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -149,10 +151,10 @@ def scale_sizes(
         divisor: every size is rounded to a multiple of this (:func:`make_divisible`).
     """
     if num_scales < 1:
-        raise ValueError(f"num_scales must be >= 1, got {num_scales}")
+        raise UsageError(f"num_scales must be >= 1, got {num_scales}")
     (base_h, base_w), (min_h, min_w), (max_h, max_w) = _pair(base_size), _pair(min_size), _pair(max_size)
     if min_h > max_h or min_w > max_w:
-        raise ValueError(f"min_size {min_size} is larger than max_size {max_size}")
+        raise UsageError(f"min_size {min_size} is larger than max_size {max_size}")
     heights = np.linspace(min_h, max_h, num_scales).tolist()
     widths = np.linspace(min_w, max_w, num_scales).tolist()
     pairs = list(zip(heights, widths, strict=True))
@@ -175,7 +177,7 @@ def variable_batch_shapes(
     truncated, as cvnets does). Sorted by size.
     """
     if base_batch_size < 1:
-        raise ValueError(f"base_batch_size must be >= 1, got {base_batch_size}")
+        raise UsageError(f"base_batch_size must be >= 1, got {base_batch_size}")
     base_h, base_w = _pair(base_size)
     pixels = base_h * base_w * base_batch_size
     sizes = scale_sizes(base_size, min_size, max_size, num_scales, divisor)
@@ -192,7 +194,7 @@ def fixed_batch_shapes(
 ) -> list[BatchShape]:
     """cvnets' ``multi_scale_sampler`` table: the sizes of :func:`scale_sizes`, all with the same ``batch_size``."""
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        raise UsageError(f"batch_size must be >= 1, got {batch_size}")
     return [BatchShape(h, w, batch_size) for h, w in scale_sizes(base_size, min_size, max_size, num_scales, divisor)]
 
 
@@ -204,7 +206,7 @@ def _distributed_rank_world(rank: int | None, world_size: int | None) -> tuple[i
         if world_size is None:
             world_size = torch.distributed.get_world_size() if initialized else 1
     if world_size < 1 or not 0 <= rank < world_size:
-        raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
+        raise UsageError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
     return rank, world_size
 
 
@@ -238,9 +240,9 @@ class MultiScaleBatchSampler(Sampler[list[SizedIndex]]):
         super().__init__()
         self.num_samples = num_samples if isinstance(num_samples, int) else len(num_samples)
         if self.num_samples < 1:
-            raise ValueError("the dataset is empty")
+            raise UsageError("the dataset is empty")
         if not shapes:
-            raise ValueError("shapes must not be empty")
+            raise UsageError("shapes must not be empty")
         self.shapes = tuple(shapes)
         self.shuffle = shuffle
         self.seed = int(seed)
@@ -360,13 +362,13 @@ class MultiScaleBatchSampler(Sampler[list[SizedIndex]]):
     def load_state_dict(self, state: dict[str, int]) -> None:
         """Resume: the next iteration yields the batches of ``state["epoch"]`` after ``state["batches_done"]``."""
         if state["world_size"] != self.world_size:
-            raise ValueError(f"state was saved with world_size {state['world_size']}, this run has {self.world_size}")
+            raise UsageError(f"state was saved with world_size {state['world_size']}, this run has {self.world_size}")
         self.seed = int(state["seed"])
         self.epoch = int(state["epoch"])
         self._plan_cache = None
         done = int(state["batches_done"])
         if not 0 <= done <= len(self._plan()):
-            raise ValueError(f"batches_done {done} is outside the epoch's {len(self._plan())} batches")
+            raise UsageError(f"batches_done {done} is outside the epoch's {len(self._plan())} batches")
         self._start = self._yielded = done
 
 

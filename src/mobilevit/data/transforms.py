@@ -47,6 +47,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
+from ..errors import UsageError
 from .images import to_rgb
 
 if TYPE_CHECKING:
@@ -108,7 +109,7 @@ def crop_offsets(width: int, height: int, crop: tuple[int, int], offset: str) ->
         return round((height - crop_h) / 2.0), round((width - crop_w) / 2.0)  # half to even, as torchvision
     if offset == "floor":
         return (height - crop_h) // 2, (width - crop_w) // 2
-    raise ValueError(f"crop_offset must be 'round' or 'floor', got {offset!r}")
+    raise UsageError(f"crop_offset must be 'round' or 'floor', got {offset!r}")
 
 
 def _resize_pil(img: Image.Image, size: tuple[int, int], interpolation: str) -> np.ndarray:
@@ -270,13 +271,13 @@ class EvalTransform:
     def __post_init__(self) -> None:
         pre = self.pre
         if getattr(pre, "resize_backend", "pil") not in _RESIZERS:
-            raise ValueError(f"resize_backend must be one of {sorted(_RESIZERS)}, got {pre.resize_backend!r}")
+            raise UsageError(f"resize_backend must be one of {sorted(_RESIZERS)}, got {pre.resize_backend!r}")
         if pre.interpolation not in _PIL_INTERPOLATION:
-            raise ValueError(f"unknown interpolation {pre.interpolation!r}")
+            raise UsageError(f"unknown interpolation {pre.interpolation!r}")
         if getattr(pre, "resize_backend", "pil") == "opencv" and pre.interpolation not in _CV2_INTERPOLATION:
-            raise ValueError(f"interpolation {pre.interpolation!r} has no OpenCV equivalent here")
+            raise UsageError(f"interpolation {pre.interpolation!r} has no OpenCV equivalent here")
         if pre.channel_order not in ("RGB", "BGR"):
-            raise ValueError(f"channel_order must be 'RGB' or 'BGR', got {pre.channel_order!r}")
+            raise UsageError(f"channel_order must be 'RGB' or 'BGR', got {pre.channel_order!r}")
         crop_offsets(1, 1, (1, 1), getattr(pre, "crop_offset", "round"))  # validates the name
 
     @property
@@ -382,7 +383,7 @@ def transform_for(weights: str | WeightsEntry | Preprocess | Any, *, upstream: b
         source = entry if entry is not None else weights
         pre = getattr(source, "upstream_preprocess", None) or pre
     if pre is None:
-        raise ValueError(f"no preprocessing known for {weights!r}; pass a Preprocess or a weights name")
+        raise UsageError(f"no preprocessing known for {weights!r}; pass a Preprocess or a weights name")
     return eval_transform(pre)
 
 

@@ -40,6 +40,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from ..errors import UsageError
 from .metadata import OUTPUT_NAME, ExportMetadata
 
 logger = logging.getLogger(__name__)
@@ -96,7 +97,7 @@ def coreml_graph_module(
         return _ImageModel(model, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), classifier).eval()
     pre = metadata.preprocess
     if pre is None:
-        raise ValueError(
+        raise UsageError(
             "an image input needs the weights' preprocessing (mean, std, channel order); pass preprocess= "
             "or export with image_input=False"
         )
@@ -129,9 +130,9 @@ def export_coreml(
         import coremltools as ct
 
     if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
+        raise UsageError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
     if Path(output).suffix != ".mlpackage":
-        raise ValueError(f"{output}: an ML Program is saved as a .mlpackage directory; use that suffix")
+        raise UsageError(f"{output}: an ML Program is saved as a .mlpackage directory; use that suffix")
     meta = replace(
         metadata,
         dynamic_axes=(),
@@ -236,7 +237,7 @@ def inspect_coreml(path: str | os.PathLike) -> CoreMLSummary:
     kind = spec.WhichOneof("Type")
     desc = spec.description
     if len(desc.input) != 1:
-        raise ValueError(f"{path}: expected one input, found {len(desc.input)}")
+        raise UsageError(f"{path}: expected one input, found {len(desc.input)}")
     feature = desc.input[0]
     labels: tuple[str, ...] = ()
     num_outputs = 0
@@ -296,20 +297,20 @@ def validate_coreml(path: str | os.PathLike) -> CoreMLSummary:
     summary = inspect_coreml(path)
     meta = ExportMetadata.from_dict(summary.metadata)
     if summary.model_type != "mlProgram":
-        raise ValueError(f"{path}: a {summary.model_type or 'neural network'} model, not an ML Program")
+        raise UsageError(f"{path}: a {summary.model_type or 'neural network'} model, not an ML Program")
     expected_shape = (1, 3, *meta.input_size)
     if summary.input_name != meta.input_name or summary.input_shape != expected_shape:
-        raise ValueError(
+        raise UsageError(
             f"{path}: input {summary.input_name} {summary.input_shape}, "
             f"metadata says {meta.input_name} {expected_shape}"
         )
     order = meta.preprocess.channel_order if meta.preprocess is not None else summary.color_layout
     if summary.input_kind == "image" and summary.color_layout != order:
-        raise ValueError(f"{path}: image input in {summary.color_layout}, the weights expect {order}")
+        raise UsageError(f"{path}: image input in {summary.color_layout}, the weights expect {order}")
     if summary.num_outputs != len(meta.labels):
-        raise ValueError(f"{path}: {summary.num_outputs} outputs for {len(meta.labels)} labels")
+        raise UsageError(f"{path}: {summary.num_outputs} outputs for {len(meta.labels)} labels")
     if summary.class_labels and summary.class_labels != meta.labels:
-        raise ValueError(f"{path}: the classifier's labels differ from the recorded labels")
+        raise UsageError(f"{path}: the classifier's labels differ from the recorded labels")
     if meta.output_name not in summary.output_names:
-        raise ValueError(f"{path}: no output {meta.output_name!r} (outputs: {', '.join(summary.output_names)})")
+        raise UsageError(f"{path}: no output {meta.output_name!r} (outputs: {', '.join(summary.output_names)})")
     return summary

@@ -25,6 +25,7 @@ from typing import Any
 
 from torch import nn
 
+from ..errors import UsageError
 from ..weights.entries import Preprocess
 from ..weights.pretrained import _to_json, preprocess_from_json
 
@@ -90,7 +91,7 @@ class ExportMetadata:
     def from_dict(cls, data: dict[str, str]) -> ExportMetadata:
         """Read back :meth:`to_dict` (as found in an exported file); raises ``ValueError`` for a foreign file."""
         if data.get("library") != "mobilevit":
-            raise ValueError("not a file exported by mobilevit (no 'library': 'mobilevit' metadata)")
+            raise UsageError("not a file exported by mobilevit (no 'library': 'mobilevit' metadata)")
         return cls(
             arch=data["arch"],
             weights=data.get("weights", ""),

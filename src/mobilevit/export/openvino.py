@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..errors import MissingDependencyError
+from ..errors import MissingDependencyError, UsageError
 
 INSTALL_HINT = "OpenVINO is not installed: pip install 'mobilevit[openvino]' (or pip install openvino)"
 
@@ -55,7 +55,7 @@ def openvino_model(path: str | os.PathLike, threads: int = 0) -> Any:
         RuntimeError: OpenVINO cannot read or compile the file.
     """
     if threads < 0:
-        raise ValueError(f"threads must be 0 (OpenVINO's default) or more, got {threads}")
+        raise UsageError(f"threads must be 0 (OpenVINO's default) or more, got {threads}")
     core, model = _read(path)
     import openvino
     import openvino.properties as props

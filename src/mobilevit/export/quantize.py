@@ -28,6 +28,7 @@ import numpy as np
 
 from ..data.images import find_images, open_image
 from ..data.transforms import eval_transform
+from ..errors import UsageError
 from ..weights.entries import Preprocess
 
 logger = logging.getLogger(__name__)
@@ -109,9 +110,9 @@ def quantize_onnx(
     from .metadata import ExportMetadata
 
     if mode not in MODES:
-        raise ValueError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
+        raise UsageError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
     if method not in METHODS:
-        raise ValueError(f"method must be one of {', '.join(METHODS)}; got {method!r}")
+        raise UsageError(f"method must be one of {', '.join(METHODS)}; got {method!r}")
     model, output = Path(model), Path(output)
     if not model.is_file():
         raise FileNotFoundError(f"No such ONNX file: {model}")
@@ -123,14 +124,14 @@ def quantize_onnx(
     images: list[Path] = []
     if mode == "static":
         if calibration is None:
-            raise ValueError("static quantization needs calibration images (a folder or files); or use mode='dynamic'")
+            raise UsageError("static quantization needs calibration images (a folder or files); or use mode='dynamic'")
         sources = [calibration] if isinstance(calibration, str | os.PathLike) else list(calibration)
         images = [p for p in find_images(sources) if p.is_file()][:max_images]
         if not images:
-            raise ValueError(f"no calibration images found in {', '.join(str(s) for s in sources)}")
+            raise UsageError(f"no calibration images found in {', '.join(str(s) for s in sources)}")
         preprocess = preprocess or (meta.preprocess if meta is not None else None)
         if preprocess is None:
-            raise ValueError(f"{model}: the file records no preprocessing; pass preprocess= for the calibration images")
+            raise UsageError(f"{model}: the file records no preprocessing; pass preprocess= for the calibration images")
     output.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         # shape inference and graph cleanup first, as onnxruntime recommends before quantizing

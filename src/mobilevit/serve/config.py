@@ -10,6 +10,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..errors import UsageError
+
 BACKENDS: tuple[str, ...] = ("eager", "onnxruntime", "openvino")  # as mobilevit.predict.BACKENDS (without torch)
 ONNX_BACKENDS: tuple[str, ...] = ("onnxruntime", "openvino")
 TOKEN_ENV = "MOBILEVIT_TOKEN"
@@ -59,9 +61,9 @@ class ModelSpec:
         name, sep, path = text.partition("=")
         name = name.strip()
         if not name:
-            raise ValueError(f"--model {text!r}: expected NAME or NAME=CHECKPOINT")
+            raise UsageError(f"--model {text!r}: expected NAME or NAME=CHECKPOINT")
         if sep and not path:
-            raise ValueError(f"--model {text!r}: no checkpoint after '='")
+            raise UsageError(f"--model {text!r}: no checkpoint after '='")
         return cls(name, path if sep else pretrained)
 
     def validate(self) -> None:
@@ -70,13 +72,13 @@ class ModelSpec:
         from ..weights.entries import get_weights
 
         if isinstance(self.pretrained, str) and not Path(self.pretrained).exists():
-            raise ValueError(
+            raise UsageError(
                 f"{self.name}: {'ONNX file' if self.is_onnx else 'checkpoint'} {self.pretrained!r} does not exist"
             )
         if self.is_onnx or self.saved_folder is not None:
             return  # any route name; the file's metadata (or the folder's config.json) says what it is
         if isinstance(self.pretrained, str) and Path(self.pretrained).is_dir() and not _is_registered(self.name):
-            raise ValueError(
+            raise UsageError(
                 f"{self.name}: {self.pretrained!r} is not a folder written by mobilevit.save_pretrained; for another "
                 "checkpoint, name its architecture: --model ARCH=CHECKPOINT"
             )
@@ -85,7 +87,7 @@ class ModelSpec:
             try:
                 get_weights(self.name)
             except KeyError as err:
-                raise ValueError(err.args[0]) from None
+                raise UsageError(err.args[0]) from None
 
 
 @dataclass(frozen=True)
@@ -147,21 +149,21 @@ class ServeConfig:
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first bad option."""
         if not self.models:
-            raise ValueError("at least one --model is required")
+            raise UsageError("at least one --model is required")
         names = [m.name for m in self.models]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
-            raise ValueError(f"--model given twice for {', '.join(dupes)}; each served name must be unique")
+            raise UsageError(f"--model given twice for {', '.join(dupes)}; each served name must be unique")
         if self.backend not in BACKENDS:
-            raise ValueError(f"--backend {self.backend!r} is not available; choose from {', '.join(BACKENDS)}")
+            raise UsageError(f"--backend {self.backend!r} is not available; choose from {', '.join(BACKENDS)}")
         for spec in self.models:
             if self.backend in ONNX_BACKENDS and not spec.is_onnx:
-                raise ValueError(
+                raise UsageError(
                     f"--backend {self.backend} serves exported .onnx files (`mobilevit export --format onnx`); model "
                     f"{spec.name!r} has none: use --model FILE.onnx or --model NAME=FILE.onnx"
                 )
             if self.backend == "eager" and spec.is_onnx:
-                raise ValueError(
+                raise UsageError(
                     f"{spec.pretrained} is an ONNX file: serve it with --backend onnxruntime or openvino "
                     "(one server runs every model with the same backend)"
                 )
@@ -184,9 +186,9 @@ class ServeConfig:
         ]
         for ok, message in checks:
             if not ok:
-                raise ValueError(message)
+                raise UsageError(message)
         if self.queue_size < self.max_batch_size:
-            raise ValueError(
+            raise UsageError(
                 f"--queue-size ({self.queue_size}) is smaller than --max-batch-size ({self.max_batch_size}): "
                 "batches could never fill"
             )

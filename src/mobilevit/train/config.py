@@ -27,6 +27,8 @@ from typing import Any, Literal, TypeVar, Union
 
 import yaml
 
+from ..errors import MobileViTError
+
 __all__ = [
     "AugmentConfig",
     "ConfigError",
@@ -49,7 +51,7 @@ __all__ = [
 ]
 
 
-class ConfigError(ValueError):
+class ConfigError(MobileViTError, ValueError):
     """A config that does not match the schema: unknown key, wrong type, bad override."""
 
 

@@ -55,6 +55,7 @@ from ..data.augment import MixupCutmix, TrainTransformFactory
 from ..data.datasets import ImageDataset, collate_skipping, skip_none
 from ..data.samplers import MultiScaleBatchSampler, MultiScaleDataset
 from ..data.transforms import eval_transform, transform_for
+from ..errors import MissingDependencyError, MobileViTError, UsageError
 from . import checkpoint as ckpt
 from .config import DistillConfig, ModelConfig, TrainConfig, to_dict, to_yaml
 from .losses import build_loss
@@ -93,7 +94,7 @@ EPOCH_COLUMNS = (
 )
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(MobileViTError, RuntimeError):
     """The loss (or the weights) became NaN or infinite; the run stopped and the last good checkpoint is intact."""
 
 
@@ -234,12 +235,12 @@ def build_teacher(cfg: DistillConfig, num_classes: int) -> tuple[nn.Module, Any]
 
     spec = cfg.teacher
     if spec is None:
-        raise ValueError("distill.teacher is not set")
+        raise UsageError("distill.teacher is not set")
     if spec.startswith("timm:"):
         try:
             import timm
         except ImportError as err:
-            raise ImportError(f"distill.teacher={spec} needs timm: pip install timm") from err
+            raise MissingDependencyError(f"distill.teacher={spec} needs timm: pip install timm") from err
         model = timm.create_model(spec[len("timm:") :], pretrained=True)
         info = model.pretrained_cfg
         pre: Any = _TeacherPreprocess(tuple(info["mean"]), tuple(info["std"]))
@@ -248,9 +249,9 @@ def build_teacher(cfg: DistillConfig, num_classes: int) -> tuple[nn.Module, Any]
             model = create_model(cfg.teacher_arch, pretrained=spec) if cfg.teacher_arch else create_model(spec)
         else:  # "arch.tag", or an architecture name with its default weights
             if cfg.teacher_arch is not None:
-                raise ValueError(f"distill.teacher_arch is for a checkpoint file; {spec!r} is not a file")
+                raise UsageError(f"distill.teacher_arch is for a checkpoint file; {spec!r} is not a file")
             if "." not in spec and spec not in list_models():
-                raise ValueError(f"distill.teacher {spec!r}: no such file, weights name or architecture")
+                raise UsageError(f"distill.teacher {spec!r}: no such file, weights name or architecture")
             model = create_model(spec, pretrained=True)
         info = model.pretrained_cfg
         pre = info.preprocess if info is not None and info.preprocess is not None else None
@@ -258,7 +259,7 @@ def build_teacher(cfg: DistillConfig, num_classes: int) -> tuple[nn.Module, Any]
             pre = transform_for(info.arch if info is not None else spec).pre
     outputs = getattr(model, "num_classes", None)
     if outputs != num_classes:
-        raise ValueError(
+        raise UsageError(
             f"distill.teacher {spec} has {outputs} outputs but the student has model.num_classes={num_classes}; "
             "the teacher must classify the same classes"
         )
@@ -493,9 +494,9 @@ def train(
         FileExistsError: a checkpoint exists and ``resume`` is false.
     """
     if cfg.data.train is None:
-        raise ValueError("no training data: set data.train (or pass --data)")
+        raise UsageError("no training data: set data.train (or pass --data)")
     if cfg.accumulation_steps < 1 or cfg.checkpoint_every < 1 or cfg.log_every < 1:
-        raise ValueError("accumulation_steps, checkpoint_every and log_every must be >= 1")
+        raise UsageError("accumulation_steps, checkpoint_every and log_every must be >= 1")
     world = _setup_distributed()
     try:
         return _train(cfg, resume, progress, world)
@@ -539,7 +540,7 @@ def _train(
     # -- data ------------------------------------------------------------------------------------------------------
     train_set = ImageDataset.from_path(cfg.data.train)
     if train_set.num_classes > cfg.model.num_classes:
-        raise ValueError(
+        raise UsageError(
             f"{cfg.data.train} has {train_set.num_classes} classes but the model has {cfg.model.num_classes} outputs; "
             f"set model.num_classes={train_set.num_classes} (or --num-classes)"
         )
@@ -577,7 +578,7 @@ def _train(
     schedule = WarmupCosineSchedule(optimizer, cfg.optimizer.lr, total_steps, warmup, cfg.schedule)
     amp_dtype = torch.bfloat16 if cfg.amp_dtype == "bfloat16" else torch.float16
     if cfg.amp and world.device.type == "cpu" and amp_dtype != torch.bfloat16:
-        raise ValueError("amp on CPU supports bfloat16 only (amp_dtype=bfloat16)")
+        raise UsageError("amp on CPU supports bfloat16 only (amp_dtype=bfloat16)")
     amp = functools.partial(torch.autocast, world.device.type, dtype=amp_dtype, enabled=cfg.amp)
     scaler = torch.amp.GradScaler("cuda") if cfg.amp and amp_dtype == torch.float16 else None
     criterion = build_criterion(cfg)

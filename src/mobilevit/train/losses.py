@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..errors import UsageError
+
 if TYPE_CHECKING:
     from .config import TrainConfig
 
@@ -48,7 +50,7 @@ class LabelSmoothingCrossEntropy(nn.Module):
         """
         super().__init__()
         if not 0 <= smoothing < 1:
-            raise ValueError(f"smoothing must be in [0, 1), got {smoothing}")
+            raise UsageError(f"smoothing must be in [0, 1), got {smoothing}")
         self.smoothing = float(smoothing)
 
     def forward(self, logits: Tensor, targets: Tensor) -> Tensor:
@@ -74,7 +76,7 @@ class SoftTargetCrossEntropy(nn.Module):
         targets: ``[B, C]`` rows of probabilities.
         """
         if targets.shape != logits.shape:
-            raise ValueError(f"soft targets {tuple(targets.shape)} do not match logits {tuple(logits.shape)}")
+            raise UsageError(f"soft targets {tuple(targets.shape)} do not match logits {tuple(logits.shape)}")
         return torch.sum(-targets * F.log_softmax(logits.float(), dim=-1), dim=-1).mean()
 
 
@@ -128,13 +130,13 @@ class DistillationLoss(nn.Module):
         """
         super().__init__()
         if kind not in ("hard", "soft"):
-            raise ValueError(f"kind must be 'hard' or 'soft', got {kind!r}")
+            raise UsageError(f"kind must be 'hard' or 'soft', got {kind!r}")
         if not 0 <= alpha <= 1:
-            raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+            raise UsageError(f"alpha must be in [0, 1], got {alpha}")
         if tau <= 0:
-            raise ValueError(f"tau must be > 0, got {tau}")
+            raise UsageError(f"tau must be > 0, got {tau}")
         if reduction not in ("batchmean", "deit"):
-            raise ValueError(f"reduction must be 'batchmean' or 'deit', got {reduction!r}")
+            raise UsageError(f"reduction must be 'batchmean' or 'deit', got {reduction!r}")
         self.base = base
         self.kind = kind
         self.alpha = float(alpha)
@@ -160,7 +162,7 @@ class DistillationLoss(nn.Module):
         teacher_logits: teacher ``[B, C]`` on the same images.
         """
         if teacher_logits.shape != logits.shape:
-            raise ValueError(f"teacher logits {tuple(teacher_logits.shape)} do not match {tuple(logits.shape)}")
+            raise UsageError(f"teacher logits {tuple(teacher_logits.shape)} do not match {tuple(logits.shape)}")
         base = self.base(logits, targets)
         if self.alpha == 0:
             return base

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import UsageError
 from .config import OptimizerConfig, ScheduleConfig
 
 logger = logging.getLogger(__name__)
@@ -81,7 +82,7 @@ def layer_ids(model: nn.Module) -> tuple[dict[str, int], int]:
     """
     missing = [a for a in ("stem", "stages", "head") if not isinstance(getattr(model, a, None), nn.Module)]
     if missing:
-        raise ValueError(
+        raise UsageError(
             f"layer_decay needs a model with stem, stages and head modules; {type(model).__name__} has no "
             f"{', '.join(missing)}"
         )
@@ -104,7 +105,7 @@ def layer_ids(model: nn.Module) -> tuple[dict[str, int], int]:
         elif top == "head":
             ids[name] = head_id
         else:
-            raise ValueError(f"layer_decay: parameter {name!r} is in no stem, stage, top-level module or head")
+            raise UsageError(f"layer_decay: parameter {name!r} is in no stem, stage, top-level module or head")
     return ids, head_id + 1
 
 
@@ -129,7 +130,7 @@ def param_groups(
         ids, num_layers = {name: 0 for name, _ in model.named_parameters()}, 1
     else:
         if not 0.0 < layer_decay <= 1.0:
-            raise ValueError(f"optimizer.layer_decay must be in (0, 1], got {layer_decay}")
+            raise UsageError(f"optimizer.layer_decay must be in (0, 1], got {layer_decay}")
         ids, num_layers = layer_ids(model)
     groups: dict[tuple[int, bool], dict[str, Any]] = {}
     for name, param in model.named_parameters():
@@ -153,14 +154,14 @@ def build_optimizer(model: nn.Module, cfg: OptimizerConfig) -> torch.optim.Optim
     """AdamW or SGD over :func:`param_groups` of ``model`` with the config's settings and peak ``lr``."""
     groups = param_groups(unwrap(model), cfg.weight_decay, cfg.no_decay_norm_bias, cfg.layer_decay)
     if not any(g["params"] for g in groups):
-        raise ValueError("the model has no trainable parameters")
+        raise UsageError("the model has no trainable parameters")
     if cfg.name == "adamw":
         return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
     if cfg.name == "sgd":
         if cfg.nesterov and cfg.momentum <= 0:
-            raise ValueError("optimizer.nesterov needs optimizer.momentum > 0")
+            raise UsageError("optimizer.nesterov needs optimizer.momentum > 0")
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
-    raise ValueError(f"unknown optimizer {cfg.name!r} (adamw or sgd)")
+    raise UsageError(f"unknown optimizer {cfg.name!r} (adamw or sgd)")
 
 
 class WarmupCosineSchedule:
@@ -183,7 +184,7 @@ class WarmupCosineSchedule:
         cfg: ``warmup_init_lr`` and ``min_lr``.
         """
         if cfg.name != "cosine":
-            raise ValueError(f"unknown schedule {cfg.name!r}")
+            raise UsageError(f"unknown schedule {cfg.name!r}")
         self.optimizer = optimizer
         self.peak_lr = peak_lr
         self.total_steps = max(1, int(total_steps))
@@ -261,7 +262,7 @@ class ModelEMA:
         momentum: weight of the new value, ``ema = (1 - momentum) * ema + momentum * model``.
         """
         if not 0.0 < momentum <= 1.0:
-            raise ValueError(f"EMA momentum must be in (0, 1], got {momentum}")
+            raise UsageError(f"EMA momentum must be in (0, 1], got {momentum}")
         self.momentum = momentum
         self.module = copy.deepcopy(unwrap(model)).eval()
         for p in self.module.parameters():

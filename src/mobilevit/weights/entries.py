@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from ..errors import MobileViTError
+from ..errors import MobileViTError, UsageError
 
 Interpolation = Literal["bilinear", "bicubic"]
 ChannelOrder = Literal["RGB", "BGR"]
@@ -86,11 +86,11 @@ class Preprocess:
 
     def __post_init__(self) -> None:
         if not 0.0 < self.crop_pct <= 1.0:
-            raise ValueError(f"crop_pct must be in (0, 1], got {self.crop_pct}")
+            raise UsageError(f"crop_pct must be in (0, 1], got {self.crop_pct}")
         if self.resize_size < min(self.input_size):
-            raise ValueError(f"resize_size {self.resize_size} is smaller than the crop {self.input_size}")
+            raise UsageError(f"resize_size {self.resize_size} is smaller than the crop {self.input_size}")
         if abs(min(self.input_size) / self.crop_pct - self.resize_size) >= 1.0:
-            raise ValueError(f"crop_pct {self.crop_pct} does not match {self.input_size} / {self.resize_size}")
+            raise UsageError(f"crop_pct {self.crop_pct} does not match {self.input_size} / {self.resize_size}")
 
 
 @dataclass(frozen=True)
@@ -153,13 +153,13 @@ class WeightsEntry:
 
     def __post_init__(self) -> None:
         if not self.name.startswith(self.arch + ".") or self.name.count(".") != 1:
-            raise ValueError(f"weights name {self.name!r} must be '{self.arch}.<tag>'")
+            raise UsageError(f"weights name {self.name!r} must be '{self.arch}.<tag>'")
         if self.source not in SOURCES:
-            raise ValueError(f"{self.name}: unknown source {self.source!r}")
+            raise UsageError(f"{self.name}: unknown source {self.source!r}")
         if self.format not in FORMATS:
-            raise ValueError(f"{self.name}: unknown format {self.format!r}")
+            raise UsageError(f"{self.name}: unknown format {self.format!r}")
         if not (self.hub_repo_id or self.url or self.download_page):
-            raise ValueError(f"{self.name}: needs a hub_repo_id, a url or a download_page")
+            raise UsageError(f"{self.name}: needs a hub_repo_id, a url or a download_page")
 
     @property
     def tag(self) -> str:
@@ -828,7 +828,7 @@ def labels(entry: WeightsEntry | str) -> list[str]:
     if isinstance(entry, str):
         entry = get_weights(entry)
     if entry.labels != "imagenet-1k":
-        raise ValueError(f"{entry.name}: no label names known for label set {entry.labels!r}")
+        raise UsageError(f"{entry.name}: no label names known for label set {entry.labels!r}")
     names = list(_imagenet_categories())
     assert len(names) == entry.num_classes, (len(names), entry.num_classes)
     return names

@@ -30,6 +30,7 @@ from typing import Any
 
 from torch import nn
 
+from ..errors import UsageError
 from .entries import Preprocess, WeightsEntry
 from .load import LIBRARY, CheckpointError
 
@@ -167,7 +168,7 @@ def save_pretrained(
     info: PretrainedCfg | None = getattr(model, "pretrained_cfg", None)
     arch = arch or (info.arch if info is not None else None) or find_arch(cfg)
     if arch not in _ARCHS:
-        raise ValueError(f"Unknown architecture {arch!r}")
+        raise UsageError(f"Unknown architecture {arch!r}")
     num_classes = int(getattr(model, "num_classes", cfg.num_classes))
     features_only = bool(getattr(model, "features_only", False))
 
@@ -176,7 +177,7 @@ def save_pretrained(
     if labels is not None:
         labels = [str(x) for x in labels]
         if not features_only and len(labels) != num_classes:
-            raise ValueError(f"{len(labels)} labels for a model with {num_classes} outputs")
+            raise UsageError(f"{len(labels)} labels for a model with {num_classes} outputs")
     if preprocess is None and info is not None:
         preprocess = info.preprocess
     if preprocess is None and arch in DEFAULT_TAGS:

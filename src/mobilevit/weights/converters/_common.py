@@ -7,6 +7,8 @@ from collections.abc import Callable, Sequence
 
 from torch import Tensor
 
+from ...errors import UsageError
+
 Rule = tuple[str, "str | Callable[[re.Match[str]], str]"]
 
 # Our token mixers and MLPs are linear layers; upstream v2 code uses 1x1 convolutions for them.
@@ -21,7 +23,7 @@ def rename(state_dict: dict[str, Tensor], rules: Sequence[Rule]) -> dict[str, Te
         for pattern, repl in rules:
             new = re.sub(pattern, repl, new)
         if new in out:
-            raise ValueError(f"Conversion maps two tensors to {new!r} (second one: {key!r})")
+            raise UsageError(f"Conversion maps two tensors to {new!r} (second one: {key!r})")
         out[new] = value
     assert len(out) == len(state_dict)
     return out

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ...errors import UsageError
 from ...layers import bn_scale_shift, fold_input_affine_into_linear, scale_output
 from ._common import rename
 
@@ -54,7 +55,7 @@ _BN_STATS = ("weight", "bias", "running_mean", "running_var", "num_batches_track
 def _network_prefixes(cfg: Any) -> dict[str, str]:
     """ml-fastvit ``network.<i>.`` prefix -> ours, following how ml-fastvit lays out the list for this config."""
     if cfg.downsamples[0]:
-        raise ValueError("ml-fastvit has no patch embedding before stage 0; this config (downsamples[0]=True) has one")
+        raise UsageError("ml-fastvit has no patch embedding before stage 0; this config (downsamples[0]=True) has one")
     prefixes, index = {}, 0
     for i in range(len(cfg.depths)):
         if cfg.pos_embs[i]:
@@ -113,7 +114,7 @@ def convert_fastvit(state_dict: dict[str, Tensor], cfg: Any) -> dict[str, Tensor
         if key.startswith("network."):
             prefix = next((p for p in prefixes if key.startswith(p)), None)
             if prefix is None:
-                raise ValueError(
+                raise UsageError(
                     f"ml-fastvit key {key!r} has no place in this configuration (it has network entries "
                     f"{sorted({p.split('.')[1] for p in prefixes}, key=int)})"
                 )
