@@ -4,6 +4,7 @@ health, metrics, and configuration errors. A real server process is tested in ``
 from __future__ import annotations
 
 import base64
+import dataclasses
 import io
 import json
 import struct
@@ -556,3 +557,33 @@ def test_saved_folder_is_served(saved_folder: Path, monkeypatch: pytest.MonkeyPa
             r = c.post(path, content=jpeg_bytes(), params={"top_k": 3})
             assert r.status_code == 200, r.text
             assert all(p["label"].startswith("thing ") for p in r.json())
+
+
+def test_labels_file_names_a_served_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``serve --labels FILE`` names the outputs of a checkpoint that carries no names (predict's and eval's flag)."""
+    import mobilevit
+    import mobilevit.serve
+
+    checkpoint = tmp_path / "two.pt"
+    torch.save(mobilevit.create_model("mobileone_s0", num_classes=2).state_dict(), checkpoint)
+    (tmp_path / "labels.txt").write_text("ants\nbees\n")
+    seen: list[ServeConfig] = []
+    monkeypatch.setattr(mobilevit.serve, "run", lambda config, **kwargs: seen.append(config) or 0)
+    monkeypatch.delenv("MOBILEVIT_TOKEN", raising=False)
+    argv = [
+        "serve",
+        "--model",
+        "mobileone_s0",
+        "--pretrained",
+        str(checkpoint),
+        "--labels",
+        str(tmp_path / "labels.txt"),
+    ]
+    assert main(argv) == 0
+    assert seen[0].models[0].labels == ("ants", "bees")
+    assert main([*argv[:2], "mobileone_s0", "--model", "fastvit_t8", "--labels", "x"]) == 2  # one model only
+    with TestClient(create_app(dataclasses.replace(seen[0], max_batch_size=2, queue_size=4))) as c:
+        wait_ready(c)
+        r = c.post("/", content=jpeg_bytes(), params={"top_k": 2})
+        assert r.status_code == 200, r.text
+        assert sorted(p["label"] for p in r.json()) == ["ants", "bees"]

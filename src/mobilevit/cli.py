@@ -209,6 +209,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    import dataclasses
     import functools
     import os
 
@@ -220,7 +221,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     default = args.pretrained or not args.random_weights
     if args.random_weights:
         print("WARNING: random weights; predictions mean nothing (protocol testing only).", file=sys.stderr)
+    if args.labels and len(args.model) > 1:
+        raise UsageError("--labels applies to a single --model")
     models = tuple(ModelSpec.parse(text, default) for text in args.model)
+    if args.labels:
+        models = (dataclasses.replace(models[0], labels=_labels(args.labels)),)
     config = ServeConfig(
         models=models,
         host=args.host,
@@ -417,6 +422,7 @@ def build_parser() -> argparse.ArgumentParser:
         "save_pretrained; repeat to serve several (POST / uses the first)",
     )
     p.add_argument("--pretrained", help="local checkpoint for a single --model")
+    p.add_argument("--labels", help="class names of a single --model, one per line or a JSON list")
     p.add_argument("--random-weights", action="store_true", help="no weights at all (protocol testing only)")
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default: loopback only)")
     p.add_argument("--port", type=int, default=8000)

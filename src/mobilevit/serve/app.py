@@ -141,14 +141,15 @@ def default_loader(config: ServeConfig, index: int) -> Loader:
     """Build the predictor of ``config.models[index]``: from its weights (eager) or its ONNX file (onnxruntime or
     openvino)."""
     spec = config.models[index]
+    options = {"batch_size": config.max_batch_size, "labels": spec.labels}
     if config.backend != "eager":
         assert isinstance(spec.pretrained, str)  # ServeConfig.validate: every model is an .onnx file
         path = spec.pretrained
-        return lambda: load_predictor(path, config.backend, batch_size=config.max_batch_size, threads=config.threads)
+        return lambda: load_predictor(path, config.backend, threads=config.threads, **options)
     folder = spec.saved_folder
     if folder is not None:  # a save_pretrained folder served under any name: its config.json names the architecture
-        return lambda: load_predictor(folder, "eager", batch_size=config.max_batch_size)
-    return lambda: load_predictor(spec.name, "eager", pretrained=spec.pretrained, batch_size=config.max_batch_size)
+        return lambda: load_predictor(folder, "eager", **options)
+    return lambda: load_predictor(spec.name, "eager", pretrained=spec.pretrained, **options)
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:

@@ -28,10 +28,12 @@ class ModelSpec:
         pretrained: ``True`` for the weights entry's file, a local checkpoint path, a folder written by
             :func:`mobilevit.save_pretrained`, an exported ``.onnx`` file (the onnxruntime or openvino backend), or
             ``False`` for random weights (protocol tests only).
+        labels: class names, one per output, replacing the model's own (a fine-tuned checkpoint without names).
     """
 
     name: str
     pretrained: bool | str = True
+    labels: tuple[str, ...] | None = None
 
     @property
     def is_onnx(self) -> bool:
