@@ -122,3 +122,45 @@ def test_overrides_reach_the_model() -> None:
     assert model.stem.conv.in_channels == 1
     rates = [m.drop_prob for m in model.modules() if type(m).__name__ == "DropPath"]
     assert rates[0] == 0.0 and rates[-1] == pytest.approx(0.2)
+
+
+# one model per family and block kind; the others (the wide ones take seconds each to initialise twice) with -m slow
+INIT_FAST = {"mobilevit_xxs", "mobilevitv2_050", "mobilevitv3_xxs", "mobilevitv3_050", "fastvit_sa12", "mobileone_s0"}
+
+
+@pytest.mark.parametrize("name", [n if n in INIT_FAST else pytest.param(n, marks=pytest.mark.slow) for n in ALL])
+def test_features_only_initialised_like_the_classifier(name: str) -> None:
+    """Under one seed a feature extractor's parameters and buffers equal the classifier's backbone: the family's init
+    runs before the head is built, in both."""
+    torch.manual_seed(0)
+    full = mobilevit.create_model(name).state_dict()
+    torch.manual_seed(0)
+    feat = mobilevit.create_model(name, features_only=True).state_dict()
+    assert feat.keys() <= full.keys()
+    differ = [k for k, v in feat.items() if not torch.equal(v, full[k])]
+    assert not differ, f"{len(differ)} of {len(feat)} tensors differ, e.g. {differ[:3]}"
+
+
+@pytest.mark.parametrize("name", ["mobilevit_s", "mobilevitv2_050", "mobilevitv3_xxs", "mobilevitv3_050"])
+@pytest.mark.parametrize("features_only", [False, True])
+def test_mobilevit_init_statistics(name: str, features_only: bool) -> None:
+    """cvnets' init (``_init_weights`` in models/mobilevit.py): truncated-normal std 0.02 linears, Kaiming-normal
+    (fan-out) convolutions, zero biases, unit norms; PyTorch's default would give linears std ~1/sqrt(3 * fan_in)
+    (0.072 for a 64-wide qkv) and uniform non-zero biases."""
+    torch.manual_seed(0)
+    model = mobilevit.create_model(name, features_only=features_only)
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    norms = [m for m in model.modules() if isinstance(m, (torch.nn.BatchNorm2d, torch.nn.LayerNorm))]
+    assert linears and convs and norms
+    for m in linears:
+        assert m.weight.std().item() == pytest.approx(0.02, rel=0.15), m
+    qkv = torch.cat([m.attn.qkv.weight.flatten() for m in model.modules() if hasattr(m, "attn")])
+    assert qkv.std().item() == pytest.approx(0.02, rel=0.02)
+    conv_weights = torch.cat(
+        [(m.weight * (m.out_channels * m.weight[0, 0].numel() / 2) ** 0.5).flatten() for m in convs]
+    )
+    assert conv_weights.std().item() == pytest.approx(1.0, rel=0.05)  # std sqrt(2 / fan_out), normalised to 1
+    biases = [m.bias for m in linears + convs if m.bias is not None] + [m.bias for m in norms]
+    assert all(torch.count_nonzero(b) == 0 for b in biases)
+    assert all(torch.all(m.weight == 1) for m in norms)

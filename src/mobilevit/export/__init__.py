@@ -39,6 +39,7 @@ from .torchscript import export_torchscript, load_torchscript
 
 logger = logging.getLogger(__name__)
 
+AXES = ("batch", "height", "width")  # the input axes that an export keeps dynamic or fixes
 ExportFormat = Literal["onnx", "coreml", "torchscript"]
 FORMATS: tuple[str, ...] = ("onnx", "coreml", "torchscript")
 SUFFIXES = {
@@ -88,7 +89,7 @@ def export_model(
         output: the file to write.
         input_size: (H, W) to trace at (default: the preprocessing's crop, e.g. 256x256).
         dynamic: let the batch vary, and for ONNX also height and width when ``input_size`` is a multiple of
-            :func:`~mobilevit.export.metadata.size_multiple` (64 for MobileViT, any size for FastViT/MobileOne).
+            :func:`~mobilevit.export.metadata.size_multiple` (any size for every family).
             ``False`` fixes every axis. CoreML always takes one size, batch 1.
         opset: ONNX opset (ignored for TorchScript).
         preprocess: preprocessing to record instead of ``model.pretrained_cfg``'s.
@@ -156,50 +157,65 @@ def check_export(
     model: nn.Module,
     path: str | os.PathLike,
     input_size: tuple[int, int] | None = None,
-    batch_size: int = 2,
+    batch_size: int | None = None,
     seed: int = 0,
 ) -> ExportParity:
     """Run the exported file (onnxruntime for ONNX, ``torch.jit.load`` for TorchScript) against the eager model.
+
+    The comparison runs at the shape the file takes: an ONNX file exported with ``dynamic=False`` fixes the batch
+    (1) and the size in its graph and is checked at exactly those; a TorchScript archive exported so is checked at
+    batch 1.
 
     Args:
         model: the eager model the file was exported from (train-time or folded; used in eval mode, not modified).
         path: a file written by :func:`export_model`; the format comes from its suffix.
         input_size: (H, W) of the random batch (default: the size recorded in the file).
-        batch_size: batch of the comparison (2 exercises a dynamic batch axis).
+        batch_size: batch of the comparison (default: 2, which exercises a dynamic batch axis, or the file's fixed
+            batch).
         seed: seed of the random batch.
 
     Returns:
         The comparison.
 
     Raises:
-        ValueError: for a CoreML package (its runtime exists only on macOS; :func:`validate_coreml` checks the spec).
+        ValueError: for a CoreML package (its runtime exists only on macOS; :func:`validate_coreml` checks the spec),
+            or for a ``batch_size`` / ``input_size`` that the file fixes to other values.
     """
     fmt = _format_of(path)
     if fmt == "coreml":
         raise ValueError(f"{path}: CoreML models run only on macOS; check the spec with validate_coreml()")
+    if fmt == "onnx":
+        meta = read_onnx_metadata(path)
+        session = onnx_session(path)
+        # the graph's own input shape: an int where the axis is fixed, a name (or None) where it is dynamic
+        batch, _, height, width = (d if isinstance(d, int) else None for d in session.get_inputs()[0].shape)
+        fixed = (batch, height, width)
+
+        def run(x: torch.Tensor) -> np.ndarray:
+            return session.run([meta.output_name], {meta.input_name: x.numpy()})[0]
+    else:
+        module, meta = load_torchscript(path)
+        # an archive declares its shapes only in its metadata: a fixed batch is 1; the size is checked where asked
+        fixed = (None if "batch" in meta.dynamic_axes else 1, None, None)
+
+        def run(x: torch.Tensor) -> np.ndarray:
+            with torch.no_grad():
+                return module(x).numpy()
+
+    batch_size = batch_size if batch_size is not None else fixed[0] or 2
+    size = tuple(input_size or meta.input_size)
+    for axis, want, got in zip(AXES, fixed, (batch_size, *size), strict=True):
+        if want is not None and want != got:
+            raise ValueError(f"{path} was exported with a fixed {axis} of {want}; cannot check it at {got}")
+    x = torch.randn(batch_size, 3, *size, generator=torch.Generator().manual_seed(seed))
     was_training = model.training
     model.eval()
     try:
-        if fmt == "onnx":
-            meta = read_onnx_metadata(path)
-            session = onnx_session(path)
-
-            def run(x: torch.Tensor) -> np.ndarray:
-                return session.run([meta.output_name], {meta.input_name: x.numpy()})[0]
-        else:
-            module, meta = load_torchscript(path)
-
-            def run(x: torch.Tensor) -> np.ndarray:
-                with torch.no_grad():
-                    return module(x).numpy()
-
-        size = input_size or meta.input_size
-        x = torch.randn(batch_size, 3, *size, generator=torch.Generator().manual_seed(seed))
         with torch.no_grad():
             ref = model(x).numpy()
-        out = run(x)
     finally:
         model.train(was_training)
+    out = run(x)
     if out.shape != ref.shape:
         raise ValueError(f"{path}: output shape {out.shape}, eager {ref.shape}")
     return ExportParity(tuple(x.shape), float(np.abs(out - ref).max()), float(np.abs(ref).max()))

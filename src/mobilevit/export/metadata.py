@@ -11,7 +11,7 @@ archive's ``_extra_files``, so that a runtime needs nothing but the exported fil
       "input_name": "pixel_values", "output_name": "logits",
       "input_size": "[256, 256]",                        # the (H, W) the file was exported and checked at
       "dynamic_axes": "[\"batch\", \"height\", \"width\"]",
-      "size_multiple": "64",                             # dynamic H and W must be multiples of this
+      "size_multiple": "1",                              # dynamic H and W must be multiples of this
       "preprocess": "{\"input_size\": [256, 256], \"resize_size\": 288, ...}",  # Preprocess as JSON
       "labels": "[\"tench\", \"goldfish\", ...]"         # index-aligned with the logits
     }
@@ -33,18 +33,16 @@ FORMAT_VERSION = 1
 INPUT_NAME = "pixel_values"
 OUTPUT_NAME = "logits"
 # every MobileViT/FastViT/MobileOne variant downsamples by 32 before its last stage
-NETWORK_STRIDE = 32
 
 
 def size_multiple(model: nn.Module) -> int:
-    """The multiple that input heights and widths must have for one exported graph to serve every size.
+    """The multiple that input heights and widths must have for one exported graph to serve every size: ``1``.
 
-    MobileViT blocks resize a feature map that is not a multiple of their patch (a data-dependent branch that an
-    exported graph cannot keep), so the deepest block (stride 32, patch 2) needs inputs that are multiples of 64.
-    FastViT and MobileOne are fully convolutional up to the pooled head: any size works (``1``).
+    MobileViT blocks always emit their patch-grid resize (an identity on the grid) and FastViT and MobileOne are fully
+    convolutional up to the pooled head, so a dynamic graph takes every size the eager model takes. (Files exported by
+    earlier versions recorded 64 for MobileViT; the predictor still honours what a file records.)
     """
-    patches = [m.patch_size for m in model.modules() if hasattr(m, "patch_size") and hasattr(m, "transformer")]
-    return NETWORK_STRIDE * max(patches) if patches else 1
+    return 1
 
 
 @dataclass(frozen=True)

@@ -5,10 +5,11 @@ Exporter choice (measured with torch 2.14.1, onnx 1.23, onnxruntime 1.32): the d
 (``dynamo=False``) cannot export MobileViT v2/v3-on-v2 at all (``PatchLayerNorm`` normalises over ``x.shape[1:]``, a
 shape it must treat as constant) and, for MobileViT v1, bakes the traced feature-map sizes into the patch
 ``Reshape`` nodes, so a dynamic height/width graph fails in onnxruntime at any other size. The dynamo exporter
-records those sizes symbolically: one graph takes any batch, and any height/width that is a multiple of
-:func:`~mobilevit.export.metadata.size_multiple` (64 for MobileViT, anything for FastViT and MobileOne), within 2e-6
-of the eager logits' scale. The patch unfold/fold (:mod:`mobilevit.layers.patches`) is reshape/permute only, so the
-graph has no ``Col2Im``/``Im2Col``.
+records those sizes symbolically, and the MobileViT blocks always emit their patch-grid resize (an identity where the
+feature map is already a multiple of the patch) with a target size computed from the input's shape, so one graph takes
+any batch and every height/width the eager model takes, on the patch grid or not, within 2e-6 of the eager logits'
+scale (:func:`~mobilevit.export.metadata.size_multiple` records which sizes the file promises to serve). The patch
+unfold/fold (:mod:`mobilevit.layers.patches`) is reshape/permute only, so the graph has no ``Col2Im``/``Im2Col``.
 
 Input ``pixel_values`` ``[batch, 3, height, width]`` (float32, already preprocessed as the metadata says), output
 ``logits`` ``[batch, num_classes]``.

@@ -1,7 +1,7 @@
 """TorchScript export (``torch.jit.trace``) of the folded model, with its metadata in the archive's ``_extra_files``.
 
 Tracing records the operations run on one example input: shapes that Python code computes (the MobileViT patch
-grid, its resize decision) are frozen at the traced size, so a MobileViT archive is exact at its ``input_size`` and at
+grid, its resize target) are frozen at the traced size, so a MobileViT archive is exact at its ``input_size`` and at
 other multiples of 64 only where the traced reshape sizes still hold. Use ONNX for inputs of varying size.
 """
 

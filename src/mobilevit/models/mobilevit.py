@@ -14,7 +14,6 @@ All variants share one skeleton: a stride-2 3x3 stem, five stages (strides 1, 2,
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -149,9 +148,23 @@ MODEL_CFGS: dict[str, MobileViTConfig] = {
 }
 
 
-def _resize_needed(h: int, w: int, patch: int) -> tuple[int, int]:
-    """The smallest size at or above ``(h, w)`` that is a multiple of ``patch``."""
-    return math.ceil(h / patch) * patch, math.ceil(w / patch) * patch
+def _patch_grid_size(h: int, w: int, patch: int) -> tuple[int, int]:
+    """The smallest size at or above ``(h, w)`` that is a multiple of ``patch``.
+
+    Integer arithmetic only, so that under ``torch.export`` symbolic heights and widths stay symbolic and the exported
+    graph computes the size from its input's shape.
+    """
+    return (h + patch - 1) // patch * patch, (w + patch - 1) // patch * patch
+
+
+def _resize(x: Tensor, size: tuple[int, int], align_corners: bool) -> Tensor:
+    """Bilinear resize of ``[B, C, H, W]`` to ``size``, emitted even when ``size`` is already ``(H, W)``.
+
+    Resizing to the input's own size returns the input exactly (every output pixel samples one input pixel with
+    weight 1). Emitting it unconditionally, rather than behind a Python ``if`` on the shape, is what keeps an exported
+    graph (ONNX, ``torch.export``) valid at every input size: a branch would be decided once, at the traced size.
+    """
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=align_corners)
 
 
 class MobileViTBlock(nn.Module):
@@ -201,17 +214,13 @@ class MobileViTBlock(nn.Module):
         local = self.conv_embed(self.conv_local(x))
         H, W = local.shape[-2:]
         p = self.patch_size
-        new_h, new_w = _resize_needed(H, W, p)
-        g = local
-        if (new_h, new_w) != (H, W):
-            g = F.interpolate(g, size=(new_h, new_w), mode="bilinear", align_corners=False)
-        tokens = unfold_patches(g, p, p)  # [B, C, H, W] -> [B, P, N, C]
+        new_h, new_w = _patch_grid_size(H, W, p)
+        g = _resize(local, (new_h, new_w), align_corners=False)  # identity when H and W are multiples of p
+        tokens = unfold_patches(g, p, p)  # [B, C, new_h, new_w] -> [B, P, N, C]
         B, P, N, C = tokens.shape
         tokens = self.norm(self.transformer(tokens.reshape(B * P, N, C)))  # attention over N within each P
         g = fold_patches(tokens.reshape(B, P, N, C), new_h // p, new_w // p, p, p)  # -> [B, C, new_h, new_w]
-        if (new_h, new_w) != (H, W):
-            g = F.interpolate(g, size=(H, W), mode="bilinear", align_corners=False)
-        g = self.conv_proj(g)
+        g = self.conv_proj(_resize(g, (H, W), align_corners=False))  # back to [B, C, H, W]
         if self.v3_fusion:
             return self.conv_fusion(torch.cat((local, g), dim=1)) + x
         return self.conv_fusion(torch.cat((x, g), dim=1))
@@ -258,9 +267,8 @@ class MobileViTV2Block(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         H, W = x.shape[-2:]
         p = self.patch_size
-        new_h, new_w = _resize_needed(H, W, p)
-        if (new_h, new_w) != (H, W):
-            x = F.interpolate(x, size=(new_h, new_w), mode="bilinear", align_corners=True)
+        new_h, new_w = _patch_grid_size(H, W, p)
+        x = _resize(x, (new_h, new_w), align_corners=True)  # identity when H and W are multiples of p
         local = self.conv_embed(self.conv_local(x))
         tokens = self.norm(self.transformer(unfold_patches(local, p, p)))  # [B, P, N, C]
         g = fold_patches(tokens, new_h // p, new_w // p, p, p)  # -> [B, C, new_h, new_w]
@@ -315,6 +323,10 @@ class MobileViT(ClassifierModel):
             if bad:
                 raise ValueError(f"out_indices {bad} out of range: MobileViT has {len(stages)} feature levels (0-4)")
             self.feature_info = [self.feature_info[i] for i in self.out_indices]
+        # before the head exists, so that a feature extractor gets the same init (and, under one seed, the same
+        # numbers) as the classifier's backbone
+        self.apply(_init_weights)
+        if features_only:
             return
         if cfg.num_features:
             self.final_conv: nn.Module = ConvNormAct(in_channels, cfg.num_features, 1)
@@ -323,7 +335,8 @@ class MobileViT(ClassifierModel):
             self.final_conv = nn.Identity()
             self.num_features = in_channels
         self.head = ClassifierHead(self.num_features, cfg.num_classes, cfg.drop_rate)
-        self.apply(_init_weights)
+        self.final_conv.apply(_init_weights)
+        self.head.apply(_init_weights)
 
     @staticmethod
     def _make_block(cfg: MobileViTConfig, stage: MobileViTStage, drop_path: tuple[float, ...]) -> nn.Module:
