@@ -222,3 +222,26 @@ def test_train_with_the_progress_bar_on(tmp_path: Path, capsys: pytest.CaptureFi
     assert "train:" in captured.err and "2/" not in captured.out
     assert "done: 2 steps" in captured.out
     assert json.loads((tmp_path / "run" / "final" / "config.json").read_text())["labels"] == ["a", "b"]
+
+
+def test_a_plain_value_error_is_a_bug_not_a_user_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only the package's own error types (which a user can fix) become one line; a stray ValueError is a bug."""
+    import mobilevit.cli as cli
+    from mobilevit.errors import UsageError
+
+    def buggy(args: object) -> int:
+        raise ValueError("operands could not be broadcast together")
+
+    monkeypatch.setattr(cli, "cmd_list", buggy)
+    with pytest.raises(ValueError, match="broadcast"):
+        main(["list"])
+    with pytest.raises(ValueError):  # the package's own errors are still ValueErrors for Python callers
+        mobilevit.create_model("mobilevit_xxxs")
+    assert issubclass(UsageError, ValueError)
+
+
+def test_a_broken_yaml_config_is_a_user_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "bad.yaml").write_text("model: [\n")
+    argv = ["train", "--config", str(tmp_path / "bad.yaml"), "--data", str(tmp_path), "--output", str(tmp_path / "o")]
+    assert main([*argv, "--no-progress"]) == 2
+    assert "bad.yaml is not valid YAML" in capsys.readouterr().err

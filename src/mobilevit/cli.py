@@ -493,7 +493,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     try:
         return args.func(args) or 0
-    except (MobileViTError, ValueError, OSError) as err:  # what a user can fix; a bug shows its traceback
+    except (MobileViTError, OSError) as err:  # what a user can fix (files included); a bug shows its traceback
         return _user_error(args, err)
     except ModuleNotFoundError as err:
         missing = missing_optional_dependency(err)

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..errors import UsageError
 from ..reparam import reparameterize_model
 from ..weights.entries import Preprocess
 from .coreml import CoreMLSummary, Precision, export_coreml, inspect_coreml, read_coreml_metadata, validate_coreml
@@ -102,9 +103,9 @@ def export_model(
         The written file.
     """
     if format not in FORMATS:
-        raise ValueError(f"format must be one of {', '.join(FORMATS)}; got {format!r}")
+        raise UsageError(f"format must be one of {', '.join(FORMATS)}; got {format!r}")
     if getattr(model, "features_only", False):
-        raise ValueError("export a classifier: features_only models have no logits to check or label")
+        raise UsageError("export a classifier: features_only models have no logits to check or label")
     folded = reparameterize_model(model).eval()
     meta = model_metadata(folded, input_size, (), preprocess, labels)
     axes = _dynamic_axes(folded, meta.input_size, dynamic, format)
@@ -129,7 +130,7 @@ def read_metadata(path: str | os.PathLike) -> ExportMetadata:
 def _format_of(path: str | os.PathLike) -> str:
     suffix = Path(str(path).rstrip("/")).suffix.lower()
     if suffix not in SUFFIXES:
-        raise ValueError(f"{path}: cannot tell the format from the suffix (expected one of {', '.join(SUFFIXES)})")
+        raise UsageError(f"{path}: cannot tell the format from the suffix (expected one of {', '.join(SUFFIXES)})")
     return SUFFIXES[suffix]
 
 
@@ -183,7 +184,7 @@ def check_export(
     """
     fmt = _format_of(path)
     if fmt == "coreml":
-        raise ValueError(f"{path}: CoreML models run only on macOS; check the spec with validate_coreml()")
+        raise UsageError(f"{path}: CoreML models run only on macOS; check the spec with validate_coreml()")
     if fmt == "onnx":
         meta = read_onnx_metadata(path)
         session = onnx_session(path)
@@ -206,7 +207,7 @@ def check_export(
     size = tuple(input_size or meta.input_size)
     for axis, want, got in zip(AXES, fixed, (batch_size, *size), strict=True):
         if want is not None and want != got:
-            raise ValueError(f"{path} was exported with a fixed {axis} of {want}; cannot check it at {got}")
+            raise UsageError(f"{path} was exported with a fixed {axis} of {want}; cannot check it at {got}")
     x = torch.randn(batch_size, 3, *size, generator=torch.Generator().manual_seed(seed))
     was_training = model.training
     model.eval()
@@ -217,7 +218,7 @@ def check_export(
         model.train(was_training)
     out = run(x)
     if out.shape != ref.shape:
-        raise ValueError(f"{path}: output shape {out.shape}, eager {ref.shape}")
+        raise UsageError(f"{path}: output shape {out.shape}, eager {ref.shape}")
     return ExportParity(tuple(x.shape), float(np.abs(out - ref).max()), float(np.abs(ref).max()))
 
 

@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..errors import UsageError
+
 
 class MultiHeadAttention(nn.Module):
     """Scaled dot-product attention over ``[B, N, C]`` tokens with a fused qkv projection.
@@ -26,7 +28,7 @@ class MultiHeadAttention(nn.Module):
     ) -> None:
         super().__init__()
         if dim % num_heads:
-            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
+            raise UsageError(f"dim {dim} is not divisible by num_heads {num_heads}")
         self.num_heads = num_heads
         self.attn_drop = attn_drop
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ..errors import UsageError
+
 
 class DropPath(nn.Module):
     """Zero a residual branch for a random subset of samples during training, rescaling the rest."""
@@ -12,7 +14,7 @@ class DropPath(nn.Module):
     def __init__(self, drop_prob: float = 0.0) -> None:
         super().__init__()
         if not 0.0 <= drop_prob < 1.0:
-            raise ValueError(f"drop_prob must be in [0, 1), got {drop_prob}")
+            raise UsageError(f"drop_prob must be in [0, 1), got {drop_prob}")
         self.drop_prob = drop_prob
 
     def forward(self, x: Tensor) -> Tensor:

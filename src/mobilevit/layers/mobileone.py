@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..errors import UsageError
 from .conv import ConvNormAct
 from .fold import batchnorm_scale_shift, conv_from_kernel, fold_bn_into_conv, identity_kernel
 from .squeeze_excite import SqueezeExcite
@@ -140,7 +141,7 @@ class LargeKernelConv(nn.Module):
     ) -> None:
         super().__init__()
         if small_kernel is not None and small_kernel > kernel_size:
-            raise ValueError(f"small_kernel {small_kernel} is larger than kernel_size {kernel_size}")
+            raise UsageError(f"small_kernel {small_kernel} is larger than kernel_size {kernel_size}")
         self.kernel_size = kernel_size
         self.stride = stride
         self.groups = groups

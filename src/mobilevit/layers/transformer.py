@@ -6,6 +6,7 @@ from typing import Literal
 
 from torch import Tensor, nn
 
+from ..errors import UsageError
 from .attention import MultiHeadAttention, SeparableSelfAttention
 from .drop import DropPath
 from .norm import PatchLayerNorm
@@ -64,7 +65,7 @@ class TransformerLayer(nn.Module):
             self.attn = SeparableSelfAttention(dim, attn_drop, proj_drop)
             self.norm2 = PatchLayerNorm(dim)
         else:
-            raise ValueError(f"attention must be 'mha' or 'separable', got {attention!r}")
+            raise UsageError(f"attention must be 'mha' or 'separable', got {attention!r}")
         self.drop_path1 = DropPath(drop_path)
         self.mlp = Mlp(dim, mlp_dim, hidden_drop=mlp_drop, drop=proj_drop)
         self.drop_path2 = DropPath(drop_path)

@@ -22,6 +22,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from ..errors import UsageError
 from ..layers import (
     ClassifierHead,
     ClassifierModel,
@@ -68,16 +69,16 @@ class FastViTConfig:
         fields = ("embed_dims", "mlp_ratios", "token_mixers", "pos_embs", "downsamples")
         wrong = [f for f in fields if len(getattr(self, f)) != n]
         if wrong:
-            raise ValueError(f"{', '.join(wrong)} must have one entry per stage ({n}, as depths)")
+            raise UsageError(f"{', '.join(wrong)} must have one entry per stage ({n}, as depths)")
         bad = [m for m in self.token_mixers if m not in ("repmixer", "attention")]
         if bad:
-            raise ValueError(f"token_mixers must be 'repmixer' or 'attention', got {bad}")
+            raise UsageError(f"token_mixers must be 'repmixer' or 'attention', got {bad}")
         for i in range(1, n):
             if self.embed_dims[i] != self.embed_dims[i - 1] and not self.downsamples[i]:
-                raise ValueError(f"stage {i} changes width, so it needs a patch embedding: set downsamples[{i}]=True")
+                raise UsageError(f"stage {i} changes width, so it needs a patch embedding: set downsamples[{i}]=True")
         bad_heads = [d for d, m in zip(self.embed_dims, self.token_mixers, strict=True) if m == "attention"]
         if any(d % self.attention_head_dim for d in bad_heads):
-            raise ValueError(f"attention stages need widths divisible by attention_head_dim {self.attention_head_dim}")
+            raise UsageError(f"attention stages need widths divisible by attention_head_dim {self.attention_head_dim}")
 
 
 MODEL_CFGS: dict[str, FastViTConfig] = {
@@ -346,7 +347,7 @@ class FastViT(ClassifierModel):
         if features_only:
             bad = [i for i in self.out_indices if not 0 <= i < len(stages)]
             if bad:
-                raise ValueError(f"out_indices {bad} out of range: FastViT has {len(stages)} feature levels")
+                raise UsageError(f"out_indices {bad} out of range: FastViT has {len(stages)} feature levels")
             self.feature_info = [self.feature_info[i] for i in self.out_indices]
             return
         self.num_features = int(in_channels * cfg.cls_ratio)

@@ -19,6 +19,7 @@ from functools import partial
 import torch
 from torch import Tensor, nn
 
+from ..errors import UsageError
 from ..layers import ClassifierHead, ClassifierModel, MobileOneBlock
 
 
@@ -37,11 +38,11 @@ class MobileOneConfig:
 
     def __post_init__(self) -> None:
         if not len(self.channels) == len(self.depths) == len(self.se_blocks):
-            raise ValueError("channels, depths and se_blocks must have one entry per stage")
+            raise UsageError("channels, depths and se_blocks must have one entry per stage")
         if any(se > d for se, d in zip(self.se_blocks, self.depths, strict=True)):
-            raise ValueError(f"se_blocks {self.se_blocks} exceed the stage depths {self.depths}")
+            raise UsageError(f"se_blocks {self.se_blocks} exceed the stage depths {self.depths}")
         if self.num_conv_branches < 1:
-            raise ValueError(f"num_conv_branches must be >= 1, got {self.num_conv_branches}")
+            raise UsageError(f"num_conv_branches must be >= 1, got {self.num_conv_branches}")
 
 
 def _mobileone(
@@ -107,7 +108,7 @@ class MobileOne(ClassifierModel):
         if features_only:
             bad = [i for i in self.out_indices if not 0 <= i < len(self.feature_info)]
             if bad:
-                raise ValueError(f"out_indices {bad} out of range: MobileOne has {len(self.feature_info)} levels (0-4)")
+                raise UsageError(f"out_indices {bad} out of range: MobileOne has {len(self.feature_info)} levels (0-4)")
             self.feature_info = [self.feature_info[i] for i in self.out_indices]
             return
         self.num_features = in_channels

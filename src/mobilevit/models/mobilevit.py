@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..errors import UsageError
 from ..layers import (
     ClassifierHead,
     ClassifierModel,
@@ -70,9 +71,9 @@ class MobileViTConfig:
 
     def __post_init__(self) -> None:
         if self.attention not in ("mha", "separable"):
-            raise ValueError(f"attention must be 'mha' or 'separable', got {self.attention!r}")
+            raise UsageError(f"attention must be 'mha' or 'separable', got {self.attention!r}")
         if len(self.stages) != 5:
-            raise ValueError(f"MobileViT has 5 stages, got {len(self.stages)}")
+            raise UsageError(f"MobileViT has 5 stages, got {len(self.stages)}")
 
 
 def _v1_config(
@@ -321,7 +322,7 @@ class MobileViT(ClassifierModel):
         if features_only:
             bad = [i for i in self.out_indices if not 0 <= i < len(stages)]
             if bad:
-                raise ValueError(f"out_indices {bad} out of range: MobileViT has {len(stages)} feature levels (0-4)")
+                raise UsageError(f"out_indices {bad} out of range: MobileViT has {len(stages)} feature levels (0-4)")
             self.feature_info = [self.feature_info[i] for i in self.out_indices]
         # before the head exists, so that a feature extractor gets the same init (and, under one seed, the same
         # numbers) as the classifier's backbone

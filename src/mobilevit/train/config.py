@@ -322,8 +322,16 @@ def from_yaml(source: str | Path, cls: type[C] = TrainConfig) -> C:  # type: ign
     if isinstance(source, Path) or (
         isinstance(source, str) and source.endswith((".yaml", ".yml")) and "\n" not in source
     ):
+        where = str(source)
         source = Path(source).read_text()
-    data = yaml.safe_load(source)
+    else:
+        where = "the YAML config"
+    try:
+        data = yaml.safe_load(source)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{where} is not valid YAML: {err}") from None
+    if data is not None and not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping of config keys, got {type(data).__name__}")
     return from_dict({} if data is None else data, cls)
 
 
