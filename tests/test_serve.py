@@ -587,3 +587,31 @@ def test_labels_file_names_a_served_model(tmp_path: Path, monkeypatch: pytest.Mo
         r = c.post("/", content=jpeg_bytes(), params={"top_k": 2})
         assert r.status_code == 200, r.text
         assert sorted(p["label"] for p in r.json()) == ["ants", "bees"]
+
+
+def test_connections_have_nagle_off() -> None:
+    """The server's own listening socket must give connections with TCP_NODELAY, as uvicorn's would: with Nagle on,
+    every answer waited for the client's delayed ACK (40 ms per request at concurrency 1)."""
+    import asyncio
+    import socket
+
+    from mobilevit.serve.server import bind
+
+    sock = bind("127.0.0.1", 0)
+    sock.listen()
+
+    async def nodelay_of_an_accepted_connection() -> int:
+        accepted: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+        def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            accepted.set_result(writer.get_extra_info("socket").getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+            writer.close()
+
+        server = await asyncio.start_server(on_connect, sock=sock)  # what uvicorn does with a socket it is given
+        async with server:
+            _, writer = await asyncio.open_connection(*sock.getsockname()[:2])
+            value = await asyncio.wait_for(accepted, 10)
+            writer.close()
+            return value
+
+    assert asyncio.run(nodelay_of_an_accepted_connection()) != 0
