@@ -42,10 +42,8 @@ class MissingDependencyError(MobileViTError, ImportError):
         return cls(f"{top} is not installed{what}: {how}")
 
 
-def missing_optional_dependency(err: BaseException) -> MissingDependencyError | None:
+def missing_optional_dependency(err: ImportError) -> MissingDependencyError | None:
     """The one-line error for a ``ModuleNotFoundError`` of an optional dependency, else ``None`` (a bug)."""
-    if isinstance(err, MissingDependencyError):
-        return err
     name = getattr(err, "name", None)
     if isinstance(err, ModuleNotFoundError) and name and name.split(".", 1)[0] in EXTRAS:
         return MissingDependencyError.for_module(name)

@@ -164,7 +164,8 @@ class Predictor:
         preprocess = (info.preprocess if info is not None else None) or (entry or get_weights(info.arch)).preprocess
         names = check_labels(labels, model.num_classes, "--labels") if labels is not None else model_labels(model)
         predictor = cls(model, preprocess, names, **kwargs)
-        predictor.source = (info.source if pretrained is not True or entry is None else entry.name) if info else None
+        if info is not None:  # the weights name when the entry's own file was loaded, else the file or folder
+            predictor.source = entry.name if pretrained is True and entry is not None else info.source
         return predictor
 
     def _load(self, item: ImageInput, name: str | None = None) -> Tensor:
