@@ -7,6 +7,8 @@ input, ``ImportError`` for a missing optional dependency), so ``except ValueErro
 
 from __future__ import annotations
 
+import difflib
+
 # optional dependency (top-level module name) -> the extra that installs it
 EXTRAS: dict[str, str] = {
     "onnx": "export",
@@ -48,3 +50,9 @@ def missing_optional_dependency(err: ImportError) -> MissingDependencyError | No
     if isinstance(err, ModuleNotFoundError) and name and name.split(".", 1)[0] in EXTRAS:
         return MissingDependencyError.for_module(name)
     return None
+
+
+def suggest(word: str, choices: list[str]) -> str:
+    """`` Did you mean 'a', 'b'?`` with the closest of ``choices`` to a mistyped ``word``, or ``""``."""
+    close = difflib.get_close_matches(word, choices, n=3, cutoff=0.5)
+    return f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""

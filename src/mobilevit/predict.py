@@ -26,6 +26,7 @@ from .data.images import ImageError, open_image
 from .data.transforms import eval_transform
 from .errors import UsageError
 from .weights.entries import check_labels, labels_for
+from .weights.pretrained import model_io
 
 logger = logging.getLogger(__name__)
 
@@ -151,21 +152,15 @@ class Predictor:
         random weights, for testing only; a warning says so.
         """
         from .registry import create_model
-        from .weights.entries import get_weights
-        from .weights.pretrained import model_labels
 
         model = create_model(name, pretrained=pretrained)
         if not pretrained:
             logger.warning("%s has random weights: its predictions mean nothing", name)
-        info = getattr(model, "pretrained_cfg", None)
-        entry = info.entry if info is not None else None
-        if entry is None and info is None:
-            entry = get_weights(name)  # random weights: the architecture's default preprocessing
-        preprocess = (info.preprocess if info is not None else None) or (entry or get_weights(info.arch)).preprocess
-        names = check_labels(labels, model.num_classes, "--labels") if labels is not None else model_labels(model)
-        predictor = cls(model, preprocess, names, **kwargs)
-        if info is not None:  # the weights name when the entry's own file was loaded, else the file or folder
-            predictor.source = entry.name if pretrained is True and entry is not None else info.source
+        io = model_io(model)
+        names = check_labels(labels, model.num_classes, "--labels") if labels is not None else io.labels
+        predictor = cls(model, io.preprocess, names, **kwargs)
+        if io.source is not None:  # the weights name when the entry's own file was loaded, else the file or folder
+            predictor.source = io.weights if pretrained is True and io.weights is not None else io.source
         return predictor
 
     def _load(self, item: ImageInput, name: str | None = None) -> Tensor:

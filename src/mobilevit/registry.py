@@ -3,46 +3,31 @@
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import fnmatch
 import os
 from typing import Any
 
 from torch import nn
 
-from .errors import UsageError
-from .models import fastvit, mobileone, mobilevit
+from .errors import UsageError, suggest
+from .models import ARCHITECTURES, architecture
 from .reparam import reparameterize_model
-from .weights.load import CheckpointError
-
-# Each family module exposes MODEL_CFGS (name -> frozen config dataclass) and its model class.
-_FAMILIES: tuple[tuple[type[nn.Module], dict[str, Any]], ...] = (
-    (mobilevit.MobileViT, mobilevit.MODEL_CFGS),
-    (fastvit.FastViT, fastvit.MODEL_CFGS),
-    (mobileone.MobileOne, mobileone.MODEL_CFGS),
-)
-_ARCHS: dict[str, tuple[type[nn.Module], Any]] = {
-    name: (model_cls, cfg) for model_cls, cfgs in _FAMILIES for name, cfg in cfgs.items()
-}
+from .weights.entries import get_weights, labels_for, list_weights
+from .weights.hub import resolve_weights
+from .weights.load import CheckpointError, convert_checkpoint, is_folded_checkpoint, load_into, read_checkpoint
+from .weights.pretrained import PretrainedCfg, preprocess_from_json, read_saved_config
+from .weights.pretrained import config_overrides as saved_overrides
 
 
 def list_models(pattern: str | None = None) -> list[str]:
     """Sorted architecture names, optionally filtered by a shell-style ``pattern`` such as ``"mobilevitv2_*"``."""
-    names = sorted(_ARCHS)
+    names = sorted(ARCHITECTURES)
     return [n for n in names if fnmatch.fnmatch(n, pattern)] if pattern else names
-
-
-def _suggest(word: str, choices: list[str]) -> str:
-    close = difflib.get_close_matches(word, choices, n=3, cutoff=0.5)
-    return f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
 
 
 def get_config(name: str) -> Any:
     """The config dataclass of architecture ``name`` (an ``arch.tag`` weights name also works)."""
-    arch = name.split(".", 1)[0]
-    if arch not in _ARCHS:
-        raise UsageError(f"Unknown model {name!r}.{_suggest(arch, list(_ARCHS))} See mobilevit.list_models().")
-    return _ARCHS[arch][1]
+    return architecture(name)[1]
 
 
 def build_config(name: str, **overrides: Any) -> Any:
@@ -51,27 +36,13 @@ def build_config(name: str, **overrides: Any) -> Any:
     fields = [f.name for f in dataclasses.fields(cfg)]
     unknown = [k for k in overrides if k not in fields]
     if unknown:
-        hints = "".join(_suggest(k, fields) for k in unknown)
+        hints = "".join(suggest(k, fields) for k in unknown)
         raise TypeError(f"Unknown option(s) {unknown} for {name!r}.{hints} Valid options: {', '.join(sorted(fields))}.")
     return dataclasses.replace(cfg, **overrides)
 
 
-def find_arch(cfg: Any) -> str:
-    """The registered architecture whose config is closest to ``cfg`` (fewest differing fields, same family)."""
-    candidates = [
-        (sum(getattr(cfg, f.name) != getattr(base, f.name) for f in dataclasses.fields(base)), name)
-        for name, (_, base) in _ARCHS.items()
-        if type(base) is type(cfg)
-    ]
-    if not candidates:
-        raise UsageError(f"{type(cfg).__name__} is not the config of any registered architecture")
-    return min(candidates)[1]
-
-
 def _weights_entry(name: str) -> Any:
     """The weights entry of ``arch.tag`` (or the default one of a bare architecture), with a helpful error."""
-    from .weights.entries import get_weights, list_weights
-
     try:
         return get_weights(name)
     except KeyError as e:
@@ -85,7 +56,7 @@ def _weights_entry(name: str) -> Any:
 
 
 def _is_checkpoint_path(name: str) -> bool:
-    return name.split(".", 1)[0] not in _ARCHS and os.path.exists(name)
+    return name.split(".", 1)[0] not in ARCHITECTURES and os.path.exists(name)
 
 
 def create_model(
@@ -130,13 +101,8 @@ def create_model(
             downloadable now; the message says how to supply it.
         mobilevit.weights.CheckpointError: the checkpoint cannot be read or does not fit the architecture.
     """
-    from .weights.pretrained import PretrainedCfg, preprocess_from_json
-    from .weights.pretrained import config_overrides as saved_overrides
-
     name = os.fspath(name)
     if _is_checkpoint_path(name):
-        from .weights.pretrained import read_saved_config
-
         saved = read_saved_config(name)
         if saved is None or pretrained not in (False, True):
             raise UsageError(
@@ -156,7 +122,7 @@ def create_model(
         )
 
     arch = name.split(".", 1)[0]
-    model_cls = _ARCHS[arch][0] if arch in _ARCHS else None
+    model_cls = ARCHITECTURES[arch][0] if arch in ARCHITECTURES else None
     cfg = build_config(name, **config_overrides)
     kwargs: dict[str, Any] = {"features_only": features_only}
     if out_indices is not None:
@@ -169,10 +135,6 @@ def create_model(
         model = reparameterize_model(model, inplace=True) if reparameterized else model
         model.pretrained_cfg = None
         return model
-
-    from .weights.entries import labels_for
-    from .weights.hub import resolve_weights
-    from .weights.load import convert_checkpoint, is_folded_checkpoint, load_into, read_checkpoint
 
     entry = None
     fmt = None
@@ -190,7 +152,7 @@ def create_model(
     if saved is not None:  # our own folder: its config is the base, the caller's overrides win
         if saved.get("arch") != arch:
             raise CheckpointError(f"{path} holds weights for {saved.get('arch')!r}, not {arch!r}")
-        cfg = build_config(arch, **{**saved_overrides(saved, _ARCHS[arch][1]), **config_overrides})
+        cfg = build_config(arch, **{**saved_overrides(saved, ARCHITECTURES[arch][1]), **config_overrides})
     state_dict = convert_checkpoint(state_dict, info, arch, cfg, source=str(path), fmt=fmt)
     ckpt_classes = state_dict["head.fc.weight"].shape[0] if "head.fc.weight" in state_dict else None
     if num_classes is None:
@@ -214,3 +176,13 @@ def create_model(
         labels = labels_for(num_classes, entry, saved.get("labels") if saved else None)
     model.pretrained_cfg = PretrainedCfg(arch=arch, source=str(path), entry=entry, preprocess=preprocess, labels=labels)
     return model
+
+
+def from_pretrained(path: str | os.PathLike, **kwargs: Any) -> nn.Module:
+    """Rebuild a model written by :func:`mobilevit.save_pretrained`: same as ``create_model(path, **kwargs)``.
+
+    Args:
+        path: the folder (or its ``model.safetensors``).
+        **kwargs: :func:`create_model` arguments, e.g. ``num_classes`` or ``reparameterized=True``.
+    """
+    return create_model(os.fspath(path), **kwargs)

@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
 
 from torch import nn
 
 from ..errors import UsageError
-from ..weights.entries import Preprocess
-from ..weights.pretrained import _to_json, preprocess_from_json
+from ..weights.entries import Preprocess, check_labels
+from ..weights.load import LIBRARY
+from ..weights.pretrained import model_io, preprocess_from_json, preprocess_to_json
 
 FORMAT_VERSION = 1
 INPUT_NAME = "pixel_values"
@@ -72,7 +72,7 @@ class ExportMetadata:
     def to_dict(self) -> dict[str, str]:
         """The flat string dictionary stored in the exported file."""
         return {
-            "library": "mobilevit",
+            "library": LIBRARY,
             "format_version": str(FORMAT_VERSION),
             "arch": self.arch,
             "weights": self.weights,
@@ -81,14 +81,14 @@ class ExportMetadata:
             "input_size": json.dumps(list(self.input_size)),
             "dynamic_axes": json.dumps(list(self.dynamic_axes)),
             "size_multiple": str(self.size_multiple),
-            "preprocess": json.dumps(_to_json(self.preprocess)),
+            "preprocess": json.dumps(preprocess_to_json(self.preprocess)),
             "labels": json.dumps(list(self.labels)),
         }
 
     @classmethod
     def from_dict(cls, data: dict[str, str]) -> ExportMetadata:
         """Read back :meth:`to_dict` (as found in an exported file); raises ``ValueError`` for a foreign file."""
-        if data.get("library") != "mobilevit":
+        if data.get("library") != LIBRARY:
             raise UsageError("not a file exported by mobilevit (no 'library': 'mobilevit' metadata)")
         return cls(
             arch=data["arch"],
@@ -116,31 +116,16 @@ def model_metadata(
         model: a model of this package; its ``pretrained_cfg`` supplies the preprocessing and labels.
         input_size: (H, W) of the export (default: the preprocessing's crop).
         dynamic_axes: the input axes the exported graph accepts at any size.
-        preprocess: override of the preprocessing (default: ``model.pretrained_cfg``, else the architecture's default
-            weights entry, as the predictor does for random weights).
-        labels: override of the class names (default: :func:`~mobilevit.weights.model_labels`).
+        preprocess: override of the preprocessing (default: :func:`~mobilevit.weights.model_io`).
+        labels: override of the class names (default: :func:`~mobilevit.weights.model_io`).
     """
-    from ..registry import find_arch
-    from ..weights.entries import DEFAULT_TAGS, check_labels, get_weights
-    from ..weights.pretrained import model_labels
-
-    info: Any = getattr(model, "pretrained_cfg", None)
-    arch = info.arch if info is not None else find_arch(model.cfg)
-    num_classes = int(getattr(model, "num_classes", 0))
-    default_entry = get_weights(arch) if arch in DEFAULT_TAGS else None
-    if preprocess is None:
-        preprocess = info.preprocess if info is not None else None
-    if preprocess is None and info is not None and info.entry is not None:
-        preprocess = info.entry.preprocess
-    if preprocess is None and default_entry is not None:
-        preprocess = default_entry.preprocess
-    labels = check_labels(labels, num_classes) if labels is not None else model_labels(model)
-    if input_size is None:
-        input_size = tuple(preprocess.input_size) if preprocess is not None else (256, 256)
-    weights = info.entry.name if info is not None and info.entry is not None else ""
+    io = model_io(model)
+    preprocess = preprocess or io.preprocess
+    labels = check_labels(labels, int(model.num_classes)) if labels is not None else io.labels
+    input_size = input_size or preprocess.input_size
     return ExportMetadata(
-        arch=arch,
-        weights=weights,
+        arch=io.arch,
+        weights=io.weights or "",
         input_size=(int(input_size[0]), int(input_size[1])),
         dynamic_axes=tuple(dynamic_axes),
         size_multiple=size_multiple(model),

@@ -30,6 +30,7 @@ from ..data.images import find_images, open_image
 from ..data.transforms import eval_transform
 from ..errors import UsageError
 from ..weights.entries import Preprocess
+from ..weights.load import LIBRARY
 
 logger = logging.getLogger(__name__)
 
@@ -118,7 +119,7 @@ def quantize_onnx(
         raise FileNotFoundError(f"No such ONNX file: {model}")
     proto = onnx.load(str(model), load_external_data=False)
     props = {p.key: p.value for p in proto.metadata_props}
-    meta = ExportMetadata.from_dict(props) if props.get("library") == "mobilevit" else None
+    meta = ExportMetadata.from_dict(props) if props.get("library") == LIBRARY else None
     input_name = proto.graph.input[0].name
     del proto
     images: list[Path] = []

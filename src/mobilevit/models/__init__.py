@@ -1,1 +1,53 @@
-"""Model families, one file each."""
+"""Model families, one file each, and the table of every architecture: name -> (model class, config)."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from torch import nn
+
+from ..errors import UsageError, suggest
+from . import fastvit, mobileone, mobilevit
+
+# Each family module exposes MODEL_CFGS (name -> frozen config dataclass) and its model class.
+_FAMILIES: tuple[tuple[type[nn.Module], dict[str, Any]], ...] = (
+    (mobilevit.MobileViT, mobilevit.MODEL_CFGS),
+    (fastvit.FastViT, fastvit.MODEL_CFGS),
+    (mobileone.MobileOne, mobileone.MODEL_CFGS),
+)
+ARCHITECTURES: dict[str, tuple[type[nn.Module], Any]] = {
+    name: (model_cls, cfg) for model_cls, cfgs in _FAMILIES for name, cfg in cfgs.items()
+}
+
+
+def architecture(name: str) -> tuple[type[nn.Module], Any]:
+    """``(model class, registered config)`` of architecture ``name`` (an ``arch.tag`` weights name also works)."""
+    arch = name.split(".", 1)[0]
+    if arch not in ARCHITECTURES:
+        raise UsageError(f"Unknown model {name!r}.{suggest(arch, list(ARCHITECTURES))} See mobilevit.list_models().")
+    return ARCHITECTURES[arch]
+
+
+def find_arch(cfg: Any) -> str:
+    """The registered architecture whose config is closest to ``cfg`` (fewest differing fields, same family)."""
+    candidates = [
+        (sum(getattr(cfg, f.name) != getattr(base, f.name) for f in dataclasses.fields(base)), name)
+        for name, (_, base) in ARCHITECTURES.items()
+        if type(base) is type(cfg)
+    ]
+    if not candidates:
+        raise UsageError(f"{type(cfg).__name__} is not the config of any registered architecture")
+    return min(candidates)[1]
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The model inside ``DistributedDataParallel`` / ``DataParallel`` wrappers and ``torch.compile`` results."""
+    while True:
+        inner = getattr(model, "_orig_mod", None) or getattr(model, "module", None)
+        if not isinstance(inner, nn.Module):
+            return model
+        model = inner
+
+
+__all__ = ["ARCHITECTURES", "architecture", "find_arch", "unwrap_model"]

@@ -15,7 +15,6 @@ a wrong type raises naming the dotted field.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import functools
 import re
 import types
@@ -27,7 +26,7 @@ from typing import Any, Literal, TypeVar, Union
 
 import yaml
 
-from ..errors import MobileViTError
+from ..errors import MobileViTError, suggest
 
 __all__ = [
     "AugmentConfig",
@@ -209,11 +208,6 @@ C = TypeVar("C")
 _FLOAT_RE = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
 
 
-def _suggest(word: str, choices: list[str]) -> str:
-    close = difflib.get_close_matches(word, choices, n=3, cutoff=0.5)
-    return f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-
-
 @functools.cache
 def _hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
@@ -284,7 +278,7 @@ def _from_mapping(cls: type[C], data: dict[str, Any], where: str = "") -> C:
     if unknown:
         key = str(unknown[0])
         full = f"{where}.{key}" if where else key
-        raise ConfigError(f"Unknown config key {full!r}.{_suggest(key, names)} Valid keys: {', '.join(names)}.")
+        raise ConfigError(f"Unknown config key {full!r}.{suggest(key, names)} Valid keys: {', '.join(names)}.")
     kwargs = {k: _convert(v, hints[k], f"{where}.{k}" if where else k) for k, v in data.items()}
     return cls(**kwargs)
 
@@ -374,7 +368,7 @@ def _override(cfg: Any, path: list[str], text: str, where: str) -> Any:
     names = [f.name for f in dataclasses.fields(cfg)]
     full = f"{where}.{name}" if where else name
     if name not in names:
-        raise ConfigError(f"Unknown config key {full!r}.{_suggest(name, names)} Valid keys: {', '.join(names)}.")
+        raise ConfigError(f"Unknown config key {full!r}.{suggest(name, names)} Valid keys: {', '.join(names)}.")
     current = getattr(cfg, name)
     if rest:
         if not dataclasses.is_dataclass(current):
@@ -399,6 +393,6 @@ def load_recipe(name: str) -> TrainConfig:
     """The shipped recipe ``name`` (see :func:`list_recipes`) as a :class:`TrainConfig`."""
     names = list_recipes()
     if name not in names:
-        raise ConfigError(f"Unknown recipe {name!r}.{_suggest(name, names)} Available: {', '.join(names)}.")
+        raise ConfigError(f"Unknown recipe {name!r}.{suggest(name, names)} Available: {', '.join(names)}.")
     text = resources.files(__package__).joinpath(_RECIPES, f"{name}.yaml").read_text()
     return from_yaml(text)

@@ -12,19 +12,20 @@ from .load import (
     read_checkpoint,
     read_converted,
 )
-from .pretrained import PretrainedCfg, from_pretrained, model_labels, save_pretrained
+from .pretrained import ModelIO, PretrainedCfg, model_io, model_labels, save_pretrained
 
 __all__ = [
     "CheckpointError",
+    "ModelIO",
     "PretrainedCfg",
     "WeightsUnavailableError",
     "cached_weights",
     "convert_checkpoint",
     "detect_format",
-    "from_pretrained",
     "is_folded_checkpoint",
     "labels_for",
     "load_into",
+    "model_io",
     "model_labels",
     "read_checkpoint",
     "read_converted",

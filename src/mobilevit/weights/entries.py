@@ -20,7 +20,6 @@ Channel order is recorded per entry as what the *weights* expect; see ``docs/wei
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import fnmatch
 import functools
 import math
@@ -30,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from ..errors import MobileViTError, UsageError
+from ..errors import MobileViTError, UsageError, suggest
 
 Interpolation = Literal["bilinear", "bicubic"]
 ChannelOrder = Literal["RGB", "BGR"]
@@ -772,11 +771,6 @@ DEFAULT_TAGS: dict[str, str] = {
 }
 
 
-def _suggest(word: str, choices: list[str]) -> str:
-    close = difflib.get_close_matches(word, choices, n=3, cutoff=0.5)
-    return f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-
-
 class UnknownWeightsError(MobileViTError, KeyError):
     """No weights entry by that name (a ``KeyError`` whose message prints without quotes)."""
 
@@ -788,7 +782,7 @@ def default_weights(arch: str) -> str:
     """The recommended weights name (``"arch.tag"``) for an architecture."""
     if arch not in DEFAULT_TAGS:
         raise UnknownWeightsError(
-            f"No pretrained weights for architecture {arch!r}.{_suggest(arch, sorted(DEFAULT_TAGS))}"
+            f"No pretrained weights for architecture {arch!r}.{suggest(arch, sorted(DEFAULT_TAGS))}"
         )
     return f"{arch}.{DEFAULT_TAGS[arch]}"
 
@@ -804,7 +798,7 @@ def get_weights(name: str) -> WeightsEntry:
     if name not in WEIGHTS:
         arch = name.split(".", 1)[0]
         same_arch = sorted(n for n in WEIGHTS if n.startswith(arch + "."))
-        hint = f" Weights for {arch!r}: {', '.join(same_arch)}." if same_arch else _suggest(name, sorted(WEIGHTS))
+        hint = f" Weights for {arch!r}: {', '.join(same_arch)}." if same_arch else suggest(name, sorted(WEIGHTS))
         raise UnknownWeightsError(f"Unknown weights {name!r}.{hint} See mobilevit.weights.entries.list_weights().")
     return WEIGHTS[name]
 

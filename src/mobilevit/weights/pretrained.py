@@ -16,7 +16,7 @@
     }
 
 The same JSON is stored in the safetensors metadata (``mobilevit_config``) so the file alone also loads.
-``create_model(folder)`` (or :func:`from_pretrained`) needs nothing else.
+``create_model(folder)`` (or ``mobilevit.from_pretrained(folder)``) needs nothing else.
 """
 
 from __future__ import annotations
@@ -31,7 +31,8 @@ from typing import Any
 from torch import nn
 
 from ..errors import UsageError
-from .entries import Preprocess, WeightsEntry
+from ..models import ARCHITECTURES, find_arch, unwrap_model
+from .entries import Preprocess, WeightsEntry, get_weights, labels_for
 from .load import LIBRARY, CheckpointError
 
 FORMAT_VERSION = 1
@@ -108,6 +109,11 @@ def config_overrides(saved: dict[str, Any], base: Any) -> dict[str, Any]:
     return overrides
 
 
+def preprocess_to_json(preprocess: Preprocess) -> dict[str, Any]:
+    """The JSON form of a :class:`Preprocess` (read back by :func:`preprocess_from_json`)."""
+    return _to_json(preprocess)
+
+
 def preprocess_from_json(data: dict[str, Any] | None) -> Preprocess | None:
     """A :class:`Preprocess` from its JSON form (``None`` stays ``None``)."""
     if data is None:
@@ -116,21 +122,6 @@ def preprocess_from_json(data: dict[str, Any] | None) -> Preprocess | None:
         return Preprocess(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"config.json: invalid preprocess {data}: {e}") from e
-
-
-def saved_labels(saved: dict[str, Any]) -> tuple[str, ...] | None:
-    labels = saved.get("labels")
-    return None if labels is None else tuple(str(x) for x in labels)
-
-
-# ---------------------------------------------------------------------------------------------- save / load
-def _unwrap(model: nn.Module) -> nn.Module:
-    """The model inside a DistributedDataParallel / DataParallel wrapper or a ``torch.compile`` result."""
-    for attr in ("_orig_mod", "module"):
-        inner = getattr(model, attr, None)
-        if isinstance(inner, nn.Module) and hasattr(inner, "cfg"):
-            return _unwrap(inner)
-    return model
 
 
 def save_pretrained(
@@ -157,17 +148,15 @@ def save_pretrained(
     """
     from safetensors.torch import save_file
 
-    from ..registry import _ARCHS, find_arch
-    from .entries import DEFAULT_TAGS, get_weights
     from .load import is_folded_checkpoint
 
-    model = _unwrap(model)
+    model = unwrap_model(model)
     cfg = getattr(model, "cfg", None)
     if cfg is None:
         raise TypeError(f"save_pretrained needs a model of this package (with a .cfg), got {type(model).__name__}")
     info: PretrainedCfg | None = getattr(model, "pretrained_cfg", None)
     arch = arch or (info.arch if info is not None else None) or find_arch(cfg)
-    if arch not in _ARCHS:
+    if arch not in ARCHITECTURES:
         raise UsageError(f"Unknown architecture {arch!r}")
     num_classes = int(getattr(model, "num_classes", cfg.num_classes))
     features_only = bool(getattr(model, "features_only", False))
@@ -178,13 +167,11 @@ def save_pretrained(
         labels = [str(x) for x in labels]
         if not features_only and len(labels) != num_classes:
             raise UsageError(f"{len(labels)} labels for a model with {num_classes} outputs")
-    if preprocess is None and info is not None:
-        preprocess = info.preprocess
-    if preprocess is None and arch in DEFAULT_TAGS:
-        preprocess = get_weights(arch).preprocess
+    if preprocess is None:
+        preprocess = model_io(model).preprocess
 
     state_dict = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    model_cls, base = _ARCHS[arch]
+    model_cls, base = ARCHITECTURES[arch]
     fresh_cfg = dataclasses.replace(cfg, num_classes=num_classes)
     fresh_kwargs: dict[str, Any] = {"features_only": features_only}
     if features_only:
@@ -201,7 +188,7 @@ def save_pretrained(
         "features_only": features_only,
         **({"out_indices": list(model.out_indices)} if features_only else {}),
         "labels": labels,
-        "preprocess": _to_json(preprocess) if preprocess is not None else None,
+        "preprocess": preprocess_to_json(preprocess) if preprocess is not None else None,
         "weights": info.entry.name if info is not None and info.entry is not None else None,
     }
     directory = Path(directory)
@@ -220,11 +207,50 @@ def model_labels(model: nn.Module) -> tuple[str, ...]:
     The checkpoint's own names (``model.pretrained_cfg.labels``) when it has them, else its entry's, else ImageNet-1k's
     for 1000 outputs (random weights included), else ``class_<i>``.
     """
-    from .entries import labels_for
-
     info: PretrainedCfg | None = getattr(model, "pretrained_cfg", None)
     num_classes = int(getattr(model, "num_classes", 0))
     return labels_for(num_classes, info.entry if info is not None else None, info.labels if info is not None else None)
+
+
+@dataclass(frozen=True)
+class ModelIO:
+    """What a model expects and what it answers: the one rule every path (predict, serve, export, train) follows.
+
+    Attributes:
+        arch: architecture name.
+        preprocess: the eval transform: the checkpoint's own (our saved config), else its weights entry's, else the
+            architecture's default weights entry's (random weights too), else the ImageNet-style default.
+        labels: class names by :func:`~mobilevit.weights.labels_for`; empty for a ``features_only`` model.
+        weights: the weights entry's name (``arch.tag``), or ``None``.
+        source: the file or folder the weights came from; ``None`` for random weights.
+    """
+
+    arch: str
+    preprocess: Preprocess
+    labels: tuple[str, ...]
+    weights: str | None = None
+    source: str | None = None
+
+
+def model_io(model: nn.Module) -> ModelIO:
+    """The :class:`ModelIO` of a model of this package (a DDP or ``torch.compile`` wrapper is unwrapped)."""
+    model = unwrap_model(model)
+    info: PretrainedCfg | None = getattr(model, "pretrained_cfg", None)
+    arch = info.arch if info is not None else find_arch(model.cfg)
+    entry = info.entry if info is not None else None
+    preprocess = info.preprocess if info is not None else None
+    if preprocess is None and entry is not None:
+        preprocess = entry.preprocess
+    if preprocess is None:
+        preprocess = get_weights(arch).preprocess  # every architecture has default weights (test_entries checks)
+    labels = () if getattr(model, "features_only", False) else model_labels(model)
+    return ModelIO(
+        arch=arch,
+        preprocess=preprocess,
+        labels=labels,
+        weights=entry.name if entry is not None else None,
+        source=info.source if info is not None else None,
+    )
 
 
 def read_saved_config(path: str | os.PathLike) -> dict[str, Any] | None:
@@ -254,25 +280,15 @@ def read_saved_config(path: str | os.PathLike) -> dict[str, Any] | None:
     return None
 
 
-def from_pretrained(path: str | os.PathLike, **kwargs: Any) -> nn.Module:
-    """Rebuild a model written by :func:`save_pretrained`: same as ``create_model(path, **kwargs)``.
-
-    Args:
-        path: the folder (or its ``model.safetensors``).
-        **kwargs: :func:`mobilevit.create_model` arguments, e.g. ``num_classes`` or ``reparameterized=True``.
-    """
-    from ..registry import create_model
-
-    return create_model(os.fspath(path), **kwargs)
-
-
 __all__ = [
+    "ModelIO",
     "PretrainedCfg",
     "config_diff",
     "config_overrides",
-    "from_pretrained",
+    "model_io",
     "model_labels",
     "preprocess_from_json",
+    "preprocess_to_json",
     "read_saved_config",
     "save_pretrained",
 ]
