@@ -25,6 +25,7 @@ from mobilevit.cli import main
 from mobilevit.evaluate import evaluate, read_labelled
 from mobilevit.export import export_model
 from mobilevit.predict import OnnxPredictor, Predictor, load_predictor, resolve_backend
+from mobilevit.runtime import OnnxRuntime
 from mobilevit.weights.entries import get_weights, labels
 
 onnx = pytest.importorskip("onnx")
@@ -92,7 +93,7 @@ def test_random_weights_match_eager(xxs: tuple[Predictor, Path, Path], photos: l
 def test_static_export_runs_one_image_at_a_time(xxs: tuple[Predictor, Path, Path], photos: list[Path]) -> None:
     eager, _, static = xxs
     runtime = load_predictor(static, batch_size=4)  # the graph takes [1, 3, 256, 256] only
-    assert runtime.session.get_inputs()[0].shape == [1, 3, 256, 256]
+    assert runtime.runtime.session.get_inputs()[0].shape == [1, 3, 256, 256]
     for answer, reference in zip(runtime.predict(photos), eager.predict(photos), strict=True):
         assert_same_answers(answer, reference)
     with pytest.raises(ValueError, match=r"takes 256x256 inputs only .* not 224x224"):
@@ -141,7 +142,7 @@ def test_backend_choice_and_errors(xxs: tuple[Predictor, Path, Path], tmp_path: 
         load_predictor(tmp_path / "junk.onnx")
     with pytest.raises(FileNotFoundError, match="No such ONNX file"):
         load_predictor(tmp_path / "missing.onnx")
-    threads = OnnxPredictor(path, threads=1).session.get_session_options().intra_op_num_threads
+    threads = OnnxPredictor(path, threads=1).runtime.session.get_session_options().intra_op_num_threads
     assert threads == 1
 
 
@@ -244,8 +245,8 @@ def test_server_answers_like_eager_and_survives_bad_requests(served: tuple[Predi
         health = client.get("/health").json()
         assert health["ready"], health
         engine = client.app.state.engines[path.stem]
-        assert isinstance(engine.predictor, OnnxPredictor)
-        assert engine.predictor.session.get_session_options().intra_op_num_threads == 1
+        assert isinstance(engine.predictor.runtime, OnnxRuntime)
+        assert engine.predictor.runtime.session.get_session_options().intra_op_num_threads == 1
         for photo in photos[:2]:
             r = client.post(f"/models/{path.stem}", content=photo.read_bytes())
             assert r.status_code == 200, r.text

@@ -21,8 +21,9 @@ from torch import nn
 import mobilevit
 from conftest import randomize_batchnorm
 from mobilevit.cli import main
-from mobilevit.export import export_model, openvino_model, read_openvino_metadata
+from mobilevit.export import export_model
 from mobilevit.predict import BACKENDS, OpenVINOPredictor, Predictor, load_predictor, resolve_backend
+from mobilevit.runtime import OpenVINORuntime, openvino_model, read_openvino_metadata
 from mobilevit.weights.entries import get_weights, labels
 
 openvino = pytest.importorskip("openvino", reason="openvino is not installed (pip install 'mobilevit[openvino]')")
@@ -77,7 +78,7 @@ def test_logits_match_eager(name: str, exported: Callable[[str], tuple[nn.Module
 
 
 def test_runs_fp32_with_the_threads_asked_for(exported: Callable[[str], tuple[nn.Module, Path]]) -> None:
-    compiled = OpenVINOPredictor(exported("mobileone_s0")[1], threads=1).compiled_model
+    compiled = OpenVINOPredictor(exported("mobileone_s0")[1], threads=1).runtime.compiled_model
     assert compiled.get_property("INFERENCE_PRECISION_HINT") == openvino.Type.f32  # not bf16, even where the CPU has it
     assert compiled.get_property("INFERENCE_NUM_THREADS") == 1
     assert compiled.get_property("PERFORMANCE_HINT") == "LATENCY"
@@ -88,7 +89,7 @@ def test_photo_answers_match_eager(
     exported: Callable[[str], tuple[nn.Module, Path]], xxs_eager: Predictor, chelsea: Path
 ) -> None:
     runtime = load_predictor(exported("mobilevit_xxs")[1], "openvino", threads=1)
-    assert isinstance(runtime, OpenVINOPredictor)
+    assert isinstance(runtime.runtime, OpenVINORuntime)
     # the preprocessing (BGR, no mean/std) and labels come from the file, and are the weights entry's
     assert runtime.preprocess == xxs_eager.preprocess and runtime.labels == xxs_eager.labels
     for function in ("softmax", "none"):
@@ -181,8 +182,8 @@ def test_serve_config_and_loader(exported: Callable[[str], tuple[nn.Module, Path
     path = exported("mobileone_s0")[1]
     config = ServeConfig(models=(ModelSpec.parse(str(path)),), backend="openvino", max_batch_size=4, threads=1)
     predictor = default_loader(config, 0)()
-    assert isinstance(predictor, OpenVINOPredictor) and predictor.batch_size == 4
-    assert predictor.compiled_model.get_property("INFERENCE_NUM_THREADS") == 1
+    assert isinstance(predictor.runtime, OpenVINORuntime) and predictor.batch_size == 4
+    assert predictor.runtime.compiled_model.get_property("INFERENCE_NUM_THREADS") == 1
     with pytest.raises(ValueError, match=r"--backend openvino serves exported \.onnx files"):
         ServeConfig(models=(ModelSpec("mobileone_s0"),), backend="openvino")
 

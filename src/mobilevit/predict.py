@@ -1,21 +1,21 @@
 """The predictor: build once from a model name, checkpoint or exported ONNX file, then classify images in batches.
 
 Used by the ``predict`` and ``eval`` commands, the HTTP server and the benchmarks, so that every path runs the same
-preprocessing (from the weights entry, or the metadata of an exported file) and the same folded model.
-:class:`OnnxPredictor` runs an ONNX file in onnxruntime and differs from :class:`Predictor` only in ``forward``;
-:class:`OpenVINOPredictor` runs the same file in OpenVINO and differs from :class:`OnnxPredictor` only in the runtime.
+preprocessing (from :func:`~mobilevit.weights.model_io`, or the metadata of an exported file), labels, top-k and
+scores. A :class:`Predictor` is that preprocessing and those labels around a :class:`~mobilevit.runtime.Runtime`: the
+folded PyTorch model (:meth:`Predictor.from_pretrained`), or an exported file in onnxruntime or OpenVINO
+(:meth:`Predictor.from_exported`; :func:`OnnxPredictor` and :func:`OpenVINOPredictor` name those two).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
@@ -25,15 +25,18 @@ from torch import Tensor, nn
 from .data.images import ImageError, open_image
 from .data.transforms import eval_transform
 from .errors import UsageError
-from .weights.entries import check_labels, labels_for
+from .runtime import BACKENDS, EXPORTED_BACKENDS, Runtime, Signature, TorchRuntime, open_runtime, resolve_backend
+from .weights.entries import Preprocess, check_labels, labels_for
 from .weights.pretrained import model_io
+
+if TYPE_CHECKING:
+    from .export import ExportMetadata
 
 logger = logging.getLogger(__name__)
 
 ImageInput = str | os.PathLike | bytes | Image.Image | np.ndarray | Tensor
 Activation = Literal["softmax", "sigmoid", "none"]
-ACTIVATIONS: tuple[str, ...] = ("softmax", "sigmoid", "none")
-Signature = list[tuple[str, list[int | None]]]  # (name, shape) of each graph input or output; None: a dynamic dim
+ACTIVATIONS: tuple[str, ...] = ("softmax", "sigmoid", "none")  # the score functions: the CLI's and the server's
 
 
 @dataclass(frozen=True)
@@ -87,46 +90,67 @@ def _as_pil(item: ImageInput, name: str | None = None) -> Image.Image:
     raise ImageError(f"{name or type(item).__name__}: unsupported input type {type(item).__name__}")
 
 
+@dataclass(frozen=True)
+class InputSizes:
+    """The input heights and widths a runtime takes: the ones its graph fixes, else multiples of ``multiple``.
+
+    Attributes:
+        fixed: (H, W) fixed by the graph, ``None`` where any size goes.
+        multiple: a size that is not fixed must be a multiple of this (what an exported file records).
+        model: the model in error messages (an exported file's path).
+        grid: what sets ``multiple``, in error messages (an architecture name).
+    """
+
+    fixed: tuple[int | None, int | None] = (None, None)
+    multiple: int = 1
+    model: str = "the model"
+    grid: str = "the model"
+
+    def check(self, height: int, width: int) -> None:
+        """Raise ``ValueError`` when the runtime cannot take ``[B, 3, height, width]`` inputs."""
+        pairs = list(zip(self.fixed, (height, width), strict=True))
+        if any(f is not None and f != n for f, n in pairs):
+            size = "x".join(str(f or "any") for f in self.fixed)
+            message = f"{self.model} takes {size} inputs only (exported with a fixed size), not {height}x{width}"
+            raise UsageError(message)
+        if any(f is None and n % self.multiple for f, n in pairs):
+            raise UsageError(
+                f"{self.model} takes heights and widths that are multiples of {self.multiple} "
+                f"(the patch grid of {self.grid}), not {height}x{width}"
+            )
+
+
 class Predictor:
-    """Image classifier with its preprocessing and labels.
+    """Image classifier: the preprocessing and labels of a model around the runtime that runs it.
 
     Args:
-        model: the network (put in eval mode; folded for speed when ``fold``).
+        runtime: the :class:`~mobilevit.runtime.Runtime`; a PyTorch module runs in a
+            :class:`~mobilevit.runtime.TorchRuntime` (folded when ``fold``).
         preprocess: the weights' :class:`~mobilevit.weights.entries.Preprocess`.
         labels: class names, index-aligned with the outputs (default: ``"class_<i>"``).
         batch_size: images per forward pass.
-        fold: re-parameterize (fold BatchNorms and branches) — same outputs, faster.
         workers: threads that decode and preprocess images while the model runs.
+        fold: for a PyTorch module: re-parameterize it (fold BatchNorms and branches) — same outputs, faster.
+        sizes: the input sizes the runtime takes (default: any).
     """
 
     def __init__(
         self,
-        model: nn.Module,
-        preprocess: Any,
+        runtime: Runtime | nn.Module,
+        preprocess: Preprocess,
         labels: Sequence[str] | None = None,
         batch_size: int = 16,
-        fold: bool = True,
         workers: int | None = None,
+        *,
+        fold: bool = True,
+        sizes: InputSizes | None = None,
     ) -> None:
-        from .reparam import reparameterize_model
-
-        model = model.eval()
-        self.model = reparameterize_model(model) if fold else model
-        self._setup(preprocess, labels, getattr(model, "num_classes", None), batch_size, workers)
-
-    def _setup(
-        self,
-        preprocess: Any,
-        labels: Sequence[str] | None,
-        num_classes: int | None,
-        batch_size: int,
-        workers: int | None,
-    ) -> None:
-        """What every backend shares: the eval transform, the labels and the batching."""
         if batch_size < 1:
             raise UsageError(f"batch_size must be at least 1, got {batch_size}")
+        self.runtime = runtime if isinstance(runtime, Runtime) else TorchRuntime(runtime, fold)
         self.preprocess = preprocess
         self.transform: Callable[[Image.Image], Tensor] = eval_transform(preprocess)
+        num_classes = self.runtime.signature()[1][0][1][-1]  # the logits' last dim; None when the model does not say
         if labels is None:
             labels = labels_for(num_classes or 0)
         elif num_classes:
@@ -134,7 +158,16 @@ class Predictor:
         self.labels = list(labels)
         self.batch_size = batch_size
         self.workers = workers or min(4, os.cpu_count() or 1)
+        self.sizes = sizes or InputSizes()
+        self.fixed_batch: int | None = self.runtime.fixed_batch  # the batch every run takes (None: any)
         self.source: str | None = None  # where the weights came from: a weights name or a file (None: unknown/random)
+
+    @property
+    def model(self) -> nn.Module:
+        """The PyTorch module an eager predictor runs (folded unless built with ``fold=False``)."""
+        if not isinstance(self.runtime, TorchRuntime):
+            raise AttributeError(f"a {self.runtime.name} predictor runs an exported file, not a PyTorch module")
+        return self.runtime.model
 
     @classmethod
     def from_pretrained(
@@ -146,10 +179,10 @@ class Predictor:
     ) -> Predictor:
         """Build from ``"arch"``, ``"arch.tag"`` or a saved folder, and weights (``True``: the entry's file; or a path).
 
-        The preprocessing comes from the weights entry (the architecture's default entry for a bare name or a path);
-        the class names from :func:`~mobilevit.weights.model_labels` (the checkpoint's own, its entry's, ImageNet-1k's
-        for 1000 outputs, else ``class_<i>``) unless ``labels`` gives one per output. ``pretrained=False`` gives
-        random weights, for testing only; a warning says so.
+        The preprocessing, the class names and the source come from :func:`~mobilevit.weights.model_io` (the
+        checkpoint's own, its entry's, the architecture's default entry's; ImageNet-1k names for 1000 outputs, else
+        ``class_<i>``) unless ``labels`` gives one per output. ``pretrained=False`` gives random weights, for testing
+        only; a warning says so. ``kwargs``: ``batch_size``, ``workers``, ``fold``.
         """
         from .registry import create_model
 
@@ -163,12 +196,79 @@ class Predictor:
             predictor.source = io.weights if pretrained is True and io.weights is not None else io.source
         return predictor
 
+    @classmethod
+    def from_exported(
+        cls,
+        path: str | os.PathLike,
+        preprocess: Preprocess | None = None,
+        labels: Sequence[str] | None = None,
+        batch_size: int = 16,
+        threads: int = 0,
+        workers: int | None = None,
+        *,
+        backend: str = "onnxruntime",
+    ) -> Predictor:
+        """Build over an exported ``.onnx`` file run by onnxruntime or OpenVINO, with the metadata it records.
+
+        The preprocessing and labels are the ones :func:`mobilevit.export.export_model` recorded in the file; pass
+        ``preprocess`` (and ``labels``) for an ONNX file from elsewhere. A graph exported with a fixed batch runs that
+        many images at a time (the last run padded); a graph that cannot take the preprocessing's crop is refused.
+
+        Args:
+            path: the ``.onnx`` file (input ``[B, 3, H, W]`` float32, output ``[B, num_classes]`` logits).
+            preprocess: a :class:`~mobilevit.weights.entries.Preprocess` replacing the file's (required when it has
+                none).
+            labels: class names replacing the file's.
+            batch_size: images per run.
+            threads: the runtime's inference threads (0: its default, one per physical core).
+            workers: threads that decode and preprocess images while the model runs.
+            backend: ``"onnxruntime"`` or ``"openvino"``.
+        """
+        runtime = open_runtime(path, backend, threads)
+        meta = _recorded_metadata(runtime)
+        preprocess = preprocess or (meta.preprocess if meta is not None else None)
+        if preprocess is None:
+            raise UsageError(
+                f"{path}: the file records no preprocessing (not written by `mobilevit export`); export it with "
+                f"`mobilevit export --format onnx`, or pass preprocess= (and labels=) to "
+                f"{ONNX_PREDICTORS[backend].__name__}"
+            )
+        if labels is None and meta is not None:
+            labels = meta.labels
+        shape = _image_input(runtime.signature()[0], path)
+        sizes = InputSizes((shape[2], shape[3]), 1, str(path))
+        if meta is not None:
+            sizes = InputSizes(sizes.fixed, meta.size_multiple, str(path), meta.arch)
+        height, width = preprocess.input_size
+        try:
+            sizes.check(height, width)
+        except ValueError as err:
+            raise UsageError(
+                f"{err}, but its preprocessing crops {height}x{width}: export it again with "
+                f"`--input-size {height} {width}`"
+            ) from None
+        predictor = cls(runtime, preprocess, labels, batch_size, workers, sizes=sizes)
+        predictor.source = str(path)
+        return predictor
+
     def _load(self, item: ImageInput, name: str | None = None) -> Tensor:
         return self.transform(_as_pil(item, name))
 
+    @torch.inference_mode()
     def forward(self, batch: Tensor) -> Tensor:
-        """One pass of the model over a preprocessed ``[B, 3, H, W]`` batch (the only backend-specific step)."""
-        return self.model(batch)
+        """One pass of the runtime over a preprocessed ``[B, 3, H, W]`` batch, whatever ``B``.
+
+        A runtime that takes a fixed batch runs several times, the last run padded with zeros.
+        """
+        self.sizes.check(batch.shape[2], batch.shape[3])
+        fixed = self.fixed_batch
+        if fixed is None:
+            return self.runtime.run(batch)
+        outputs = []
+        for part in batch.split(fixed):
+            padded = torch.cat([part, part.new_zeros(fixed - len(part), *part.shape[1:])])
+            outputs.append(self.runtime.run(padded)[: len(part)])
+        return torch.cat(outputs)
 
     @torch.inference_mode()
     def logits(self, batch: Tensor) -> Tensor:
@@ -241,191 +341,37 @@ class Predictor:
                     progress(len(chunk))
 
 
-class OnnxPredictor(Predictor):
-    """The predictor over an exported ONNX file, run by onnxruntime: same preprocessing, labels, top-k and scores.
+def _recorded_metadata(runtime: Runtime) -> ExportMetadata | None:
+    """The :class:`~mobilevit.export.ExportMetadata` the file records, or ``None`` (not written by this package)."""
+    from .export import ExportMetadata
 
-    Only :meth:`forward` differs from :class:`Predictor`. The preprocessing and labels are the ones
-    :func:`mobilevit.export.export_model` recorded in the file; pass ``preprocess`` (and ``labels``) for an ONNX file
-    from elsewhere. The runtime is four small hooks (``_open_runtime``, ``_runtime_metadata``, ``_runtime_signature``,
-    ``_run``); :class:`OpenVINOPredictor` overrides only those.
-
-    Args:
-        path: the ``.onnx`` file (input ``[B, 3, H, W]`` float32, output ``[B, num_classes]`` logits).
-        preprocess: a :class:`~mobilevit.weights.entries.Preprocess` replacing the file's (required when it has none).
-        labels: class names replacing the file's.
-        batch_size: images per run (a graph exported with a fixed batch runs that many at a time).
-        threads: the runtime's inference threads (0: its default, one per physical core).
-        workers: threads that decode and preprocess images while the model runs.
-    """
-
-    runtime = "onnxruntime"
-
-    def __init__(
-        self,
-        path: str | os.PathLike,
-        preprocess: Any = None,
-        labels: Sequence[str] | None = None,
-        batch_size: int = 16,
-        threads: int = 0,
-        workers: int | None = None,
-    ) -> None:
-        from .export import ExportMetadata
-
-        self.path = Path(path)
-        if not self.path.is_file():
-            raise FileNotFoundError(f"No such ONNX file: {self.path}")
-        if threads < 0:
-            raise UsageError(f"threads must be 0 ({self.runtime}'s default) or more, got {threads}")
-        try:
-            self._open_runtime(threads)
-        except ImportError:
-            raise
-        except Exception as err:  # each runtime has its own exception types for a file it cannot read
-            raise UsageError(f"{self.path}: not an ONNX model {self.runtime} can load ({err})") from None
-        try:
-            meta = ExportMetadata.from_dict(self._runtime_metadata())
-        except (ValueError, KeyError):
-            meta = None  # not written by `mobilevit export`
-        self.metadata: ExportMetadata | None = meta
-        preprocess = preprocess or (meta.preprocess if meta is not None else None)
-        if preprocess is None:
-            raise UsageError(
-                f"{self.path}: the file records no preprocessing (not written by `mobilevit export`); export it with "
-                f"`mobilevit export --format onnx`, or pass preprocess= (and labels=) to {type(self).__name__}"
-            )
-        if labels is None and meta is not None:
-            labels = meta.labels
-        inputs, outputs = self._runtime_signature()
-        if len(inputs) != 1 or len(inputs[0][1]) != 4 or inputs[0][1][1] not in (3, None):
-            shapes = ", ".join(str(shape) for _, shape in inputs) or "none"
-            raise UsageError(f"{self.path}: expected one [batch, 3, height, width] input, got {shapes}")
-        self._input, self._output = inputs[0][0], outputs[0][0]
-        self._shape = inputs[0][1]  # e.g. [None, 3, None, None], or [1, 3, 256, 256] when static
-        num_classes = outputs[0][1][-1]
-        self._setup(preprocess, labels, num_classes, batch_size, workers)
-        self.source = str(self.path)
-        height, width = preprocess.input_size
-        try:
-            self.check_size(height, width)
-        except ValueError as err:
-            raise UsageError(
-                f"{err}, but its preprocessing crops {height}x{width}: export it again with "
-                f"`--input-size {height} {width}`"
-            ) from None
-
-    def _open_runtime(self, threads: int) -> None:
-        """Load ``self.path`` in the runtime (raise anything but ImportError for a file it cannot read)."""
-        from .export import onnx_session
-
-        self.session: Any = onnx_session(self.path, threads)
-
-    def _runtime_metadata(self) -> dict[str, str]:
-        """The file's ``metadata_props``."""
-        return dict(self.session.get_modelmeta().custom_metadata_map)
-
-    def _runtime_signature(self) -> tuple[Signature, Signature]:
-        """``(inputs, outputs)``: the name and shape of each, a dynamic dimension as ``None``."""
-
-        def described(values: list[Any]) -> Signature:
-            return [(v.name, [d if isinstance(d, int) else None for d in v.shape]) for v in values]
-
-        return described(self.session.get_inputs()), described(self.session.get_outputs())
-
-    def _run(self, x: np.ndarray) -> np.ndarray:
-        """One run of the graph on a float32 ``[B, 3, H, W]`` array the graph can take."""
-        return self.session.run([self._output], {self._input: x})[0]
-
-    def check_size(self, height: int, width: int) -> None:
-        """Raise ``ValueError`` when the graph cannot take ``[B, 3, height, width]`` inputs."""
-        fixed = self._shape[2:]
-        if any(f is not None and f != n for f, n in zip(fixed, (height, width), strict=True)):
-            size = "x".join(str(f or "any") for f in fixed)
-            raise UsageError(f"{self.path} takes {size} inputs only (exported with a fixed size), not {height}x{width}")
-        multiple = self.metadata.size_multiple if self.metadata is not None else 1
-        if any(f is None and n % multiple for f, n in zip(fixed, (height, width), strict=True)):
-            raise UsageError(
-                f"{self.path} takes heights and widths that are multiples of {multiple} "
-                f"(the patch grid of {self.metadata.arch if self.metadata else 'the model'}), not {height}x{width}"
-            )
-
-    def forward(self, batch: Tensor) -> Tensor:
-        """One run of the graph (several when it has a fixed batch: the last one padded with zeros)."""
-        self.check_size(batch.shape[2], batch.shape[3])
-        x = np.ascontiguousarray(batch.numpy(), dtype=np.float32)
-        fixed = self._shape[0]
-        if fixed is None:
-            return torch.from_numpy(self._run(x))
-        outputs = []
-        for start in range(0, len(x), fixed):
-            part = x[start : start + fixed]
-            padded = np.concatenate([part, np.zeros((fixed - len(part), *part.shape[1:]), np.float32)])
-            outputs.append(self._run(padded)[: len(part)])
-        return torch.from_numpy(np.concatenate(outputs))
+    try:
+        return ExportMetadata.from_dict(runtime.metadata())
+    except (ValueError, KeyError):
+        return None
 
 
-class OpenVINOPredictor(OnnxPredictor):
-    """The predictor over an exported ONNX file, run by OpenVINO's CPU plugin in fp32: only the runtime differs.
-
-    Same file, preprocessing, labels, arguments and answers as :class:`OnnxPredictor`; the file is compiled by
-    :func:`~mobilevit.export.openvino_model` (``threads``: OpenVINO's inference threads, 0 for its default). The
-    compiled model gets one infer request, run under a lock: an infer request is not safe to run from two threads at
-    once, the server calls :meth:`forward` from one model thread, and with the LATENCY hint OpenVINO runs one
-    inference at a time anyway (one stream).
-    """
-
-    runtime = "openvino"
-
-    def _open_runtime(self, threads: int) -> None:
-        from .export import openvino_model, read_openvino_metadata
-
-        self.compiled_model: Any = openvino_model(self.path, threads)
-        self._metadata_props = read_openvino_metadata(self.path)  # reads the file again: tens of ms, once
-        self._request = self.compiled_model.create_infer_request()
-        self._lock = threading.Lock()
-
-    def _runtime_metadata(self) -> dict[str, str]:
-        return self._metadata_props
-
-    def _runtime_signature(self) -> tuple[Signature, Signature]:
-        def described(values: list[Any]) -> Signature:
-            return [
-                (v.get_any_name(), [d.get_length() if d.is_static else None for d in v.get_partial_shape()])
-                for v in values
-            ]
-
-        return described(self.compiled_model.inputs), described(self.compiled_model.outputs)
-
-    def _run(self, x: np.ndarray) -> np.ndarray:
-        with self._lock:  # an infer request runs one inference at a time; its output is copied out before release
-            return self._request.infer({self._input: x})[self._output]
+def _image_input(inputs: Signature, path: str | os.PathLike) -> list[int | None]:
+    """The shape of the graph's one ``[batch, 3, height, width]`` input (``None`` where dynamic), or a clear error."""
+    if len(inputs) != 1 or len(inputs[0][1]) != 4 or inputs[0][1][1] not in (3, None):
+        shapes = ", ".join(str(shape) for _, shape in inputs) or "none"
+        raise UsageError(f"{path}: expected one [batch, 3, height, width] input, got {shapes}")
+    return inputs[0][1]
 
 
-# the runtimes of an exported ONNX file, by backend name; "eager" is Predictor on the PyTorch model
-ONNX_PREDICTORS: dict[str, type[OnnxPredictor]] = {"onnxruntime": OnnxPredictor, "openvino": OpenVINOPredictor}
-BACKENDS: tuple[str, ...] = ("eager", *ONNX_PREDICTORS)
+def OnnxPredictor(path: str | os.PathLike, *args: Any, **kwargs: Any) -> Predictor:  # noqa: N802 (a constructor)
+    """The predictor over an exported ``.onnx`` file run by onnxruntime: :meth:`Predictor.from_exported`."""
+    return Predictor.from_exported(path, *args, backend="onnxruntime", **kwargs)
 
 
-def resolve_backend(model: str | os.PathLike, backend: str | None = None) -> str:
-    """The backend that runs ``model``: ``backend`` when given (checked against the file), else inferred from it.
+def OpenVINOPredictor(path: str | os.PathLike, *args: Any, **kwargs: Any) -> Predictor:  # noqa: N802 (a constructor)
+    """The predictor over an exported ``.onnx`` file run by OpenVINO's CPU plugin in fp32:
+    :meth:`Predictor.from_exported`."""
+    return Predictor.from_exported(path, *args, backend="openvino", **kwargs)
 
-    An exported ``.onnx`` file runs in onnxruntime unless ``backend="openvino"``; an architecture, ``arch.tag`` or
-    saved folder runs eagerly.
-    """
-    is_onnx = str(model).lower().endswith(".onnx")
-    if backend is None:
-        return "onnxruntime" if is_onnx else "eager"
-    if backend not in BACKENDS:
-        raise UsageError(f"backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
-    if backend == "eager" and is_onnx:
-        raise UsageError(
-            f"{model} is an ONNX file: run it with --backend onnxruntime or openvino (eager runs PyTorch models)"
-        )
-    if backend in ONNX_PREDICTORS and not is_onnx:
-        raise UsageError(
-            f"--backend {backend} runs an exported .onnx file (write one with `mobilevit export --format onnx`); "
-            f"got {str(model)!r}"
-        )
-    return backend
+
+# the predictor of an exported file, by backend name; "eager" is Predictor.from_pretrained
+ONNX_PREDICTORS: dict[str, Callable[..., Predictor]] = {"onnxruntime": OnnxPredictor, "openvino": OpenVINOPredictor}
 
 
 def load_predictor(
@@ -439,16 +385,34 @@ def load_predictor(
 
     Args:
         model: architecture, ``arch.tag`` or saved folder (:meth:`Predictor.from_pretrained`), or a ``.onnx`` file
-            (:class:`OnnxPredictor`, :class:`OpenVINOPredictor`).
+            (:meth:`Predictor.from_exported`).
         backend: ``"eager"``, ``"onnxruntime"`` or ``"openvino"``; ``None`` infers it from ``model`` (see
-            :func:`resolve_backend`).
+            :func:`~mobilevit.runtime.resolve_backend`).
         pretrained: weights of an eager model; an ONNX file carries its own, so it must stay ``True`` there.
         threads: the ONNX runtime's inference threads (0: its default); eager models use ``torch.set_num_threads``.
-        **kwargs: ``batch_size``, ``workers``.
+        **kwargs: ``batch_size``, ``workers``, ``labels``.
     """
     backend = resolve_backend(model, backend)
-    if backend in ONNX_PREDICTORS:
+    if backend in EXPORTED_BACKENDS:
         if pretrained is not True:
             raise UsageError(f"{model}: an ONNX file carries its weights; --pretrained/--random-weights do not apply")
-        return ONNX_PREDICTORS[backend](model, threads=threads, **kwargs)
+        return Predictor.from_exported(model, threads=threads, backend=backend, **kwargs)
     return Predictor.from_pretrained(str(model), pretrained=pretrained, **kwargs)
+
+
+__all__ = [
+    "ACTIVATIONS",
+    "BACKENDS",
+    "ONNX_PREDICTORS",
+    "Activation",
+    "ImageInput",
+    "InputSizes",
+    "OnnxPredictor",
+    "OpenVINOPredictor",
+    "Prediction",
+    "Predictor",
+    "check_activation",
+    "load_predictor",
+    "resolve_backend",
+    "scores_from_logits",
+]

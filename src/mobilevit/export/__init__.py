@@ -4,7 +4,8 @@ Every export is of the re-parameterized, BatchNorm-folded model (:func:`mobilevi
 and carries the preprocessing and the labels (:class:`~mobilevit.export.metadata.ExportMetadata`), so a runtime needs
 nothing else. :func:`check_export` runs the file and compares its logits with the eager model's (CoreML runs only
 on macOS: :func:`validate_coreml` checks its spec instead). :func:`quantize_onnx` writes an int8 ONNX file.
-:func:`onnx_session` and :func:`openvino_model` load an ONNX file in onnxruntime or OpenVINO (CPU).
+:mod:`mobilevit.runtime` runs the files (``onnx_session``, ``openvino_model`` and ``read_openvino_metadata`` are its
+names, also importable from here).
 
 Example::
 
@@ -30,11 +31,11 @@ from torch import nn
 
 from ..errors import UsageError
 from ..reparam import reparameterize_model
+from ..runtime import OnnxRuntime, Runtime, TorchRuntime, onnx_session, openvino_model, read_openvino_metadata
 from ..weights.entries import Preprocess
 from .coreml import CoreMLSummary, Precision, export_coreml, inspect_coreml, read_coreml_metadata, validate_coreml
 from .metadata import ExportMetadata, model_metadata, size_multiple
-from .onnx import DEFAULT_OPSET, export_onnx, onnx_session, read_onnx_metadata
-from .openvino import openvino_model, read_openvino_metadata
+from .onnx import DEFAULT_OPSET, export_onnx, read_onnx_metadata
 from .quantize import quantize_onnx
 from .torchscript import export_torchscript, load_torchscript
 
@@ -161,7 +162,8 @@ def check_export(
     batch_size: int | None = None,
     seed: int = 0,
 ) -> ExportParity:
-    """Run the exported file (onnxruntime for ONNX, ``torch.jit.load`` for TorchScript) against the eager model.
+    """Run the exported file in its runtime (:mod:`mobilevit.runtime`: onnxruntime for ONNX, the loaded module for
+    TorchScript) against the eager model.
 
     The comparison runs at the shape the file takes: an ONNX file exported with ``dynamic=False`` fixes the batch
     (1) and the size in its graph and is checked at exactly those; a TorchScript archive exported so is checked at
@@ -185,24 +187,7 @@ def check_export(
     fmt = _format_of(path)
     if fmt == "coreml":
         raise UsageError(f"{path}: CoreML models run only on macOS; check the spec with validate_coreml()")
-    if fmt == "onnx":
-        meta = read_onnx_metadata(path)
-        session = onnx_session(path)
-        # the graph's own input shape: an int where the axis is fixed, a name (or None) where it is dynamic
-        batch, _, height, width = (d if isinstance(d, int) else None for d in session.get_inputs()[0].shape)
-        fixed = (batch, height, width)
-
-        def run(x: torch.Tensor) -> np.ndarray:
-            return session.run([meta.output_name], {meta.input_name: x.numpy()})[0]
-    else:
-        module, meta = load_torchscript(path)
-        # an archive declares its shapes only in its metadata: a fixed batch is 1; the size is checked where asked
-        fixed = (None if "batch" in meta.dynamic_axes else 1, None, None)
-
-        def run(x: torch.Tensor) -> np.ndarray:
-            with torch.no_grad():
-                return module(x).numpy()
-
+    runtime, meta, fixed = _open_export(path, fmt)
     batch_size = batch_size if batch_size is not None else fixed[0] or 2
     size = tuple(input_size or meta.input_size)
     for axis, want, got in zip(AXES, fixed, (batch_size, *size), strict=True):
@@ -216,10 +201,23 @@ def check_export(
             ref = model(x).numpy()
     finally:
         model.train(was_training)
-    out = run(x)
+    out = runtime.run(x).numpy()
     if out.shape != ref.shape:
         raise UsageError(f"{path}: output shape {out.shape}, eager {ref.shape}")
     return ExportParity(tuple(x.shape), float(np.abs(out - ref).max()), float(np.abs(ref).max()))
+
+
+def _open_export(path: str | os.PathLike, fmt: str) -> tuple[Runtime, ExportMetadata, tuple[int | None, ...]]:
+    """``(runtime, metadata, fixed)`` of an ONNX or TorchScript file: ``fixed`` is its (batch, height, width), an int
+    where the file fixes the axis, ``None`` where it is dynamic."""
+    if fmt == "onnx":
+        runtime = OnnxRuntime(path)
+        meta = ExportMetadata.from_dict(runtime.metadata())
+        batch, _, height, width = runtime.signature()[0][0][1]  # the graph's own input shape
+        return runtime, meta, (batch, height, width)
+    module, meta = load_torchscript(path)
+    # an archive declares its shapes only in its metadata: a fixed batch is 1; the size is checked where asked
+    return TorchRuntime(module, fold=False), meta, (None if "batch" in meta.dynamic_axes else 1, None, None)
 
 
 __all__ = [

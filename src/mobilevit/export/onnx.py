@@ -100,21 +100,3 @@ def read_onnx_metadata(path: str | os.PathLike) -> ExportMetadata:
 
     proto = onnx.load(str(path), load_external_data=False)
     return ExportMetadata.from_dict({p.key: p.value for p in proto.metadata_props})
-
-
-def onnx_session(path: str | os.PathLike, threads: int = 0) -> object:
-    """An onnxruntime CPU session for ``path`` (``threads=0``: onnxruntime's default).
-
-    Its worker threads sleep between runs instead of spinning (onnxruntime's default): the predictor and the server
-    decode images on the same cores while the model runs. Measured with ``benchmarks/bench_serve.py`` (MobileOne-S0,
-    2 cores): one request at a time went from 46.8 to 65.5 req/s, batched throughput at concurrency 32 stayed at 105.
-    It matters even more in a benchmark that alternates runtimes in one process: spinning threads take the cores from
-    the next runtime's call (mobilevit_xxs at 256 took 16-28 ms beside other spinning sessions, 10 ms without).
-    """
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    if threads:
-        options.intra_op_num_threads = threads
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])

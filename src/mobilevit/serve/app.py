@@ -18,7 +18,7 @@ import hmac
 import html
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import Any
@@ -32,7 +32,7 @@ from starlette.requests import ClientDisconnect
 from torch import Tensor
 
 from ..data.images import ImageError, open_image
-from ..predict import Predictor, load_predictor
+from ..predict import ACTIVATIONS, Predictor, load_predictor
 from .config import ServeConfig
 from .engine import BatchEngine, OverloadedError, pin_torch_threads
 from .page import PAGE
@@ -57,7 +57,7 @@ class ErrorBody(BaseModel):
     error: str
 
 
-_REQUEST_BODY = {
+REQUEST_BODY = {  # the OpenAPI schema of a prediction request
     "required": True,
     "content": {
         "image/*": {"schema": {"type": "string", "format": "binary"}},
@@ -72,7 +72,7 @@ _REQUEST_BODY = {
                         "type": "object",
                         "properties": {
                             "top_k": {"type": "integer", "minimum": 1, "default": 5},
-                            "function_to_apply": {"enum": ["softmax", "sigmoid", "none"], "default": "softmax"},
+                            "function_to_apply": {"enum": list(ACTIVATIONS), "default": "softmax"},
                         },
                     },
                 },
@@ -80,7 +80,7 @@ _REQUEST_BODY = {
         },
     },
 }
-_ERRORS: dict[int | str, dict[str, Any]] = {
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {  # the OpenAPI schema of each error answer
     code: {"model": ErrorBody, "description": text}
     for code, text in {
         400: "not an image, bad base64, bad JSON or parameters",
@@ -152,8 +152,240 @@ def default_loader(config: ServeConfig, index: int) -> Loader:
     return lambda: load_predictor(spec.name, "eager", pretrained=spec.pretrained, **options)
 
 
-def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    """The body of every error answer: ``{"error": message}``."""
     return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+class Routes:
+    """What the routes serve: one :class:`BatchEngine` per model, the metrics, the decode threads, and the handlers.
+
+    Args:
+        config: validated server configuration.
+        loaders: ``{name: () -> Predictor}`` overriding how a model is built; default :func:`default_loader`.
+        on_fatal: called with the reason when a model fails to load.
+    """
+
+    def __init__(
+        self, config: ServeConfig, loaders: dict[str, Loader] | None, on_fatal: Callable[[str], None] | None
+    ) -> None:
+        self.config = config
+        self.on_fatal = on_fatal
+        self.metrics = Metrics()
+        self.retry = {"Retry-After": str(config.retry_after)}
+        self.engines: dict[str, BatchEngine] = {}
+        for i, spec in enumerate(config.models):
+            load = (loaders or {}).get(spec.name) or default_loader(config, i)
+            observe = self.metrics.batch_size.labels(spec.name).observe
+            engine = BatchEngine(spec.name, load, config.max_batch_size, config.max_wait_ms, config.queue_size, observe)
+            self.engines[spec.name] = engine
+            self.metrics.watch(engine)
+        self.default_model = config.models[0].name
+        # Each request is preprocessed by one thread (the pool gives the parallelism across requests): PyTorch ops
+        # there would otherwise start an OpenMP team per decode thread, whose spinning workers take the model's cores.
+        self.decode_pool = ThreadPoolExecutor(
+            config.decode_workers, thread_name_prefix="decode", initializer=pin_torch_threads, initargs=(1,)
+        )
+
+    # ------------------------------------------------------------------------------------------------ lifecycle
+
+    async def load_all(self) -> None:
+        """Load every model in turn; the first failure goes to ``on_fatal`` and stops the loading."""
+        for engine in self.engines.values():
+            try:
+                await engine.start()
+            except Exception as err:
+                if self.on_fatal is not None:
+                    self.on_fatal(f"{engine.name}: {err}")
+                return
+        logger.info("ready: %s", ", ".join(self.engines))
+
+    @asynccontextmanager
+    async def lifespan(self, app: FastAPI) -> AsyncIterator[None]:
+        """Load the models in the background; on shutdown answer what is queued, then stop the workers."""
+        loading = asyncio.create_task(self.load_all())
+        try:
+            yield
+        finally:
+            loading.cancel()
+            for engine in self.engines.values():
+                await engine.stop(drain_timeout=self.config.timeout)
+            self.decode_pool.shutdown(wait=True, cancel_futures=True)
+
+    # ------------------------------------------------------------------------------------ one prediction request
+
+    def check_token(self, request: Request) -> None:
+        """Raise a 401 unless the request carries the bearer token (when the server has one)."""
+        if self.config.token is None:
+            return
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        challenge = {"WWW-Authenticate": "Bearer"}
+        if scheme.lower() != "bearer" or not given.strip():
+            raise RequestError(401, "a bearer token is required (Authorization: Bearer <token>)", challenge)
+        if not hmac.compare_digest(given.strip().encode(), self.config.token.encode()):
+            raise RequestError(401, "invalid token", challenge)
+
+    async def read_body(self, request: Request) -> bytes:
+        """The body, refused with 413 as soon as it exceeds the limit (never buffered beyond it)."""
+        limit = self.config.max_body_bytes
+        close = {"Connection": "close"}  # the rest of the body is not worth reading
+        too_large = RequestError(413, f"request body larger than the limit of {self.config.max_body_mb:g} MB", close)
+        declared = request.headers.get("content-length")
+        if declared is not None:
+            if not declared.isdigit():
+                raise RequestError(400, f"bad Content-Length {clip(declared)!r}", close)
+            if int(declared) > limit:
+                raise too_large
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                raise too_large
+        return bytes(body)
+
+    async def receive(self, request: Request, engine: BatchEngine) -> bytes:
+        """The body within ``body_timeout`` (else 408); ``mobilevit_receiving`` counts requests waiting for theirs."""
+        receiving = self.metrics.receiving.labels(engine.name)
+        receiving.inc()
+        try:
+            return await asyncio.wait_for(self.read_body(request), self.config.body_timeout)
+        except TimeoutError:
+            message = f"request body not received within {self.config.body_timeout:g} s (--body-timeout)"
+            raise RequestError(408, message, {"Connection": "close"}) from None
+        finally:
+            receiving.dec()
+
+    def decode(self, data: bytes, engine: BatchEngine) -> Tensor:
+        """Decode thread: bytes -> upright RGB image -> the weights' preprocessing."""
+        assert engine.predictor is not None
+        image = open_image(data, "image", max_pixels=self.config.max_pixels)
+        return engine.predictor.transform(image)
+
+    async def classify(self, request: Request, body: bytes, engine: BatchEngine) -> JSONResponse:
+        """Parse, decode (in the decode pool), then wait for the model's answer."""
+        parsed = parse_request(body, request.headers.get("content-type"))
+        loop = asyncio.get_running_loop()
+        try:
+            image = await loop.run_in_executor(self.decode_pool, self.decode, parsed.image, engine)
+        except ImageError as err:
+            raise RequestError(400, str(err)) from None
+        predictions = await engine.submit(image, parsed.top_k, parsed.function)
+        return JSONResponse(encode_predictions(predictions))
+
+    async def admitted_answer(self, request: Request, engine: BatchEngine) -> tuple[Response, float]:
+        """Check, receive, admit and answer one request for a served model: ``(response, when its body arrived)``."""
+        try:
+            engine.check_open()  # before reading a body the model could not take
+            body = await self.receive(request, engine)
+            received = time.perf_counter()
+            engine.admit()  # only now, with the body complete: a slow upload never holds a place in the queue
+        except OverloadedError as err:
+            raise RequestError(503, str(err), self.retry) from None
+        try:
+            return await asyncio.wait_for(self.classify(request, body, engine), self.config.timeout), received
+        except TimeoutError:
+            raise RequestError(504, f"no answer within {self.config.timeout:g} s") from None
+        except OverloadedError as err:  # shutting down while queued
+            raise RequestError(503, str(err), self.retry) from None
+        finally:
+            engine.release()
+
+    async def handle(self, request: Request, name: str) -> Response:
+        """Answer a prediction request for model ``name``: every outcome becomes a response, and is counted."""
+        engine = self.engines.get(name)
+        label = name if engine is not None else UNKNOWN_MODEL  # never a name the client made up
+        received: float | None = None  # when the body was complete
+        try:
+            self.check_token(request)
+            if engine is None:
+                raise RequestError(404, f"no model {clip(name)!r}; served: {', '.join(self.engines)}")
+            response, received = await self.admitted_answer(request, engine)
+        except RequestError as err:
+            response = error_response(err.status, err.message, err.headers)
+        except ClientDisconnect:  # hung up mid-upload: the client's doing, not a server error
+            logger.info("%s: the client hung up before its request body was complete", name)
+            response = Response(status_code=DISCONNECTED)
+        except Exception as err:  # a bug or a failed forward pass: answer 500, keep serving
+            logger.exception("%s: request failed", name)
+            response = error_response(500, f"internal error: {type(err).__name__}: {err}")
+        self.metrics.requests.labels(label, str(response.status_code)).inc()
+        if received is not None:
+            self.metrics.latency.labels(label).observe(time.perf_counter() - received)
+        return response
+
+    # ---------------------------------------------------------------------------------------------- the routes
+
+    async def predict_default(self, request: Request) -> Response:
+        return await self.handle(request, self.default_model)
+
+    async def predict_named(self, name: str, request: Request) -> Response:
+        return await self.handle(request, name)
+
+    async def health(self) -> JSONResponse:
+        models = {
+            name: {"ready": e.ready, "queue": e.admitted, **({"error": e.error} if e.error else {})}
+            for name, e in self.engines.items()
+        }
+        ready = all(e.ready for e in self.engines.values())
+        body = {"status": "ok" if ready else "loading", "live": True, "ready": ready, "models": models}
+        return JSONResponse(body, status_code=200 if ready else 503, headers=None if ready else self.retry)
+
+    async def live(self) -> JSONResponse:
+        return JSONResponse({"live": True})
+
+    async def prometheus(self) -> Response:
+        return Response(generate_latest(self.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    async def page(self) -> HTMLResponse:
+        return HTMLResponse(PAGE.replace("__MODEL__", html.escape(self.default_model)))
+
+
+def add_error_handlers(app: FastAPI) -> None:
+    """Every error answer, the framework's (404, 405, ...) and unhandled ones (500), as ``{"error": ...}``."""
+
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return error_response(exc.status_code, str(exc.detail), getattr(exc, "headers", None))
+
+    async def internal_error(request: Request, exc: Exception) -> JSONResponse:
+        logger.exception("unhandled error on %s", request.url.path)
+        return error_response(500, f"internal error: {type(exc).__name__}")
+
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(Exception, internal_error)
+
+
+def add_routes(app: FastAPI, routes: Routes) -> None:
+    """The prediction routes (in the OpenAPI schema with their request body and errors), health, metrics, the page."""
+    predict = {
+        "response_model": list[LabelScore],
+        "responses": ERROR_RESPONSES,
+        "openapi_extra": {"requestBody": REQUEST_BODY},
+    }
+    app.add_api_route(
+        "/",
+        routes.predict_default,
+        methods=["POST"],
+        summary="Classify an image with the default (first) model",
+        **predict,
+    )
+    app.add_api_route(
+        "/models/{name}",
+        routes.predict_named,
+        methods=["POST"],
+        summary="Classify an image with the named model",
+        **predict,
+    )
+    readable: list[tuple[str, Callable[[], Awaitable[Response]], dict[str, Any]]] = [
+        ("/health", routes.health, {"summary": "Readiness: 200 when every model is loaded, else 503 (HEAD too)"}),
+        ("/health/live", routes.live, {"summary": "Liveness: 200 while the process answers (HEAD too)"}),
+        ("/metrics", routes.prometheus, {"summary": "Prometheus metrics"}),
+        ("/", routes.page, {"response_class": HTMLResponse, "include_in_schema": False}),
+    ]
+    for path, endpoint, options in readable:
+        app.add_api_route(path, endpoint, methods=["GET"], **options)
+    # HEAD like GET (uvicorn sends the headers only); out of the schema, where it would repeat the GET operations
+    for path, endpoint, _ in readable:
+        app.add_api_route(path, endpoint, methods=["HEAD"], include_in_schema=False)
 
 
 def create_app(
@@ -172,199 +404,15 @@ def create_app(
             :func:`default_loader`.
         on_fatal: called with the reason when a model fails to load (the CLI stops the server).
     """
-    metrics = Metrics()
-    retry = {"Retry-After": str(config.retry_after)}
-    engines: dict[str, BatchEngine] = {}
-    for i, spec in enumerate(config.models):
-        load = (loaders or {}).get(spec.name) or default_loader(config, i)
-        hist = metrics.batch_size.labels(spec.name)
-        engines[spec.name] = BatchEngine(
-            spec.name, load, config.max_batch_size, config.max_wait_ms, config.queue_size, hist.observe
-        )
-        metrics.watch(engines[spec.name])
-    default_model = config.models[0].name
-    # Each request is preprocessed by one thread (the pool gives the parallelism across requests): PyTorch ops there
-    # would otherwise start an OpenMP team per decode thread, whose spinning workers take the cores from the model.
-    decode_pool = ThreadPoolExecutor(
-        config.decode_workers, thread_name_prefix="decode", initializer=pin_torch_threads, initargs=(1,)
-    )
-
-    async def load_all() -> None:
-        for engine in engines.values():
-            try:
-                await engine.start()
-            except Exception as err:
-                if on_fatal is not None:
-                    on_fatal(f"{engine.name}: {err}")
-                return
-        logger.info("ready: %s", ", ".join(engines))
-
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        loading = asyncio.create_task(load_all())
-        try:
-            yield
-        finally:
-            loading.cancel()
-            for engine in engines.values():
-                await engine.stop(drain_timeout=config.timeout)
-            decode_pool.shutdown(wait=True, cancel_futures=True)
-
+    routes = Routes(config, loaders, on_fatal)
     app = FastAPI(
         title="mobilevit serve",
         description="Image classification, compatible with the Hugging Face Inference API.",
-        lifespan=lifespan,
+        lifespan=routes.lifespan,
     )
-    app.state.engines = engines
-    app.state.metrics = metrics
+    app.state.engines = routes.engines
+    app.state.metrics = routes.metrics
     app.state.config = config
-
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return _error(exc.status_code, str(exc.detail), getattr(exc, "headers", None))
-
-    @app.exception_handler(Exception)
-    async def internal_error(request: Request, exc: Exception) -> JSONResponse:
-        logger.exception("unhandled error on %s", request.url.path)
-        return _error(500, f"internal error: {type(exc).__name__}")
-
-    def check_token(request: Request) -> None:
-        if config.token is None:
-            return
-        header = request.headers.get("authorization", "")
-        scheme, _, given = header.partition(" ")
-        challenge = {"WWW-Authenticate": "Bearer"}
-        if scheme.lower() != "bearer" or not given.strip():
-            raise RequestError(401, "a bearer token is required (Authorization: Bearer <token>)", challenge)
-        if not hmac.compare_digest(given.strip().encode(), config.token.encode()):
-            raise RequestError(401, "invalid token", challenge)
-
-    async def read_body(request: Request) -> bytes:
-        """The body, refused with 413 as soon as it exceeds the limit (never buffered beyond it)."""
-        limit = config.max_body_bytes
-        close = {"Connection": "close"}  # the rest of the body is not worth reading
-        too_large = RequestError(413, f"request body larger than the limit of {config.max_body_mb:g} MB", close)
-        declared = request.headers.get("content-length")
-        if declared is not None:
-            if not declared.isdigit():
-                raise RequestError(400, f"bad Content-Length {clip(declared)!r}", close)
-            if int(declared) > limit:
-                raise too_large
-        body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > limit:
-                raise too_large
-        return bytes(body)
-
-    def decode(data: bytes, engine: BatchEngine) -> Tensor:
-        """Decode thread: bytes -> upright RGB image -> the weights' preprocessing."""
-        assert engine.predictor is not None
-        image = open_image(data, "image", max_pixels=config.max_pixels)
-        return engine.predictor.transform(image)
-
-    async def receive(request: Request, engine: BatchEngine) -> bytes:
-        """The body within ``body_timeout`` (else 408); ``mobilevit_receiving`` counts requests waiting for theirs."""
-        receiving = metrics.receiving.labels(engine.name)
-        receiving.inc()
-        try:
-            return await asyncio.wait_for(read_body(request), config.body_timeout)
-        except TimeoutError:
-            message = f"request body not received within {config.body_timeout:g} s (--body-timeout)"
-            raise RequestError(408, message, {"Connection": "close"}) from None
-        finally:
-            receiving.dec()
-
-    async def classify(request: Request, body: bytes, engine: BatchEngine) -> JSONResponse:
-        parsed = parse_request(body, request.headers.get("content-type"))
-        loop = asyncio.get_running_loop()
-        try:
-            image = await loop.run_in_executor(decode_pool, decode, parsed.image, engine)
-        except ImageError as err:
-            raise RequestError(400, str(err)) from None
-        predictions = await engine.submit(image, parsed.top_k, parsed.function)
-        return JSONResponse(encode_predictions(predictions))
-
-    async def handle(request: Request, name: str) -> Response:
-        engine = engines.get(name)
-        label = name if engine is not None else UNKNOWN_MODEL  # never a name the client made up
-        received: float | None = None  # when the body was complete
-        try:
-            check_token(request)
-            if engine is None:
-                raise RequestError(404, f"no model {clip(name)!r}; served: {', '.join(engines)}")
-            try:
-                engine.check_open()  # before reading a body the model could not take
-                body = await receive(request, engine)
-                received = time.perf_counter()
-                engine.admit()  # only now, with the body complete: a slow upload never holds a place in the queue
-            except OverloadedError as err:
-                raise RequestError(503, str(err), retry) from None
-            try:
-                response: Response = await asyncio.wait_for(classify(request, body, engine), config.timeout)
-            except TimeoutError:
-                raise RequestError(504, f"no answer within {config.timeout:g} s") from None
-            except OverloadedError as err:  # shutting down while queued
-                raise RequestError(503, str(err), retry) from None
-            finally:
-                engine.release()
-        except RequestError as err:
-            response = _error(err.status, err.message, err.headers)
-        except ClientDisconnect:  # hung up mid-upload: the client's doing, not a server error
-            logger.info("%s: the client hung up before its request body was complete", name)
-            response = Response(status_code=DISCONNECTED)
-        except Exception as err:  # a bug or a failed forward pass: answer 500, keep serving
-            logger.exception("%s: request failed", name)
-            response = _error(500, f"internal error: {type(err).__name__}: {err}")
-        metrics.requests.labels(label, str(response.status_code)).inc()
-        if received is not None:
-            metrics.latency.labels(label).observe(time.perf_counter() - received)
-        return response
-
-    @app.post(
-        "/",
-        response_model=list[LabelScore],
-        responses=_ERRORS,
-        openapi_extra={"requestBody": _REQUEST_BODY},
-        summary="Classify an image with the default (first) model",
-    )
-    async def predict_default(request: Request) -> Response:
-        return await handle(request, default_model)
-
-    @app.post(
-        "/models/{name}",
-        response_model=list[LabelScore],
-        responses=_ERRORS,
-        openapi_extra={"requestBody": _REQUEST_BODY},
-        summary="Classify an image with the named model",
-    )
-    async def predict_named(name: str, request: Request) -> Response:
-        return await handle(request, name)
-
-    @app.get("/health", summary="Readiness: 200 when every model is loaded, else 503 (HEAD too)")
-    async def health() -> JSONResponse:
-        models = {
-            name: {"ready": e.ready, "queue": e.admitted, **({"error": e.error} if e.error else {})}
-            for name, e in engines.items()
-        }
-        ready = all(e.ready for e in engines.values())
-        body = {"status": "ok" if ready else "loading", "live": True, "ready": ready, "models": models}
-        return JSONResponse(body, status_code=200 if ready else 503, headers=None if ready else retry)
-
-    @app.get("/health/live", summary="Liveness: 200 while the process answers (HEAD too)")
-    async def live() -> JSONResponse:
-        return JSONResponse({"live": True})
-
-    @app.get("/metrics", summary="Prometheus metrics")
-    async def prometheus() -> Response:
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
-
-    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
-    async def page() -> HTMLResponse:
-        return HTMLResponse(PAGE.replace("__MODEL__", html.escape(default_model)))
-
-    # HEAD like GET (uvicorn sends the headers only); out of the schema, where it would repeat the GET operations
-    for path, endpoint in (("/health", health), ("/health/live", live), ("/metrics", prometheus), ("/", page)):
-        app.add_api_route(path, endpoint, methods=["HEAD"], include_in_schema=False)
-
+    add_error_handlers(app)
+    add_routes(app, routes)
     return app

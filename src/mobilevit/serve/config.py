@@ -11,10 +11,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import UsageError
+from ..runtime import BACKENDS, is_onnx_file, resolve_backend
 
-BACKENDS: tuple[str, ...] = ("eager", "onnxruntime", "openvino")  # as mobilevit.predict.BACKENDS (without torch)
-ONNX_BACKENDS: tuple[str, ...] = ("onnxruntime", "openvino")
-TOKEN_ENV = "MOBILEVIT_TOKEN"
+TOKEN_ENV = "MOBILEVIT_TOKEN"  # the environment variable that holds the bearer token when --token is not given
+
+
+def resolve_token(given: str | None) -> str | None:
+    """The bearer token: ``given`` (``--token``) when set, else ``$MOBILEVIT_TOKEN``, else ``None`` (no token).
+
+    An empty value is returned as it is (and refused by :meth:`ServeConfig.validate`), not taken for "no token".
+    """
+    return given if given is not None else os.environ.get(TOKEN_ENV)
 
 
 @dataclass(frozen=True)
@@ -38,7 +45,7 @@ class ModelSpec:
     @property
     def is_onnx(self) -> bool:
         """Whether the model is an exported ONNX file (served by the onnxruntime or openvino backend)."""
-        return isinstance(self.pretrained, str) and self.pretrained.lower().endswith(".onnx")
+        return isinstance(self.pretrained, str) and is_onnx_file(self.pretrained)
 
     @property
     def saved_folder(self) -> str | None:
@@ -56,7 +63,7 @@ class ModelSpec:
         the file's stem), or a folder written by :func:`mobilevit.save_pretrained` (named after the folder; it holds
         the weights, so it wins over ``pretrained`` too)."""
         text = text.strip() if "=" not in text else text
-        if "=" not in text and text.lower().endswith(".onnx"):
+        if "=" not in text and is_onnx_file(text):
             return cls(Path(text).stem, text)
         if "=" not in text and Path(text).is_dir() and not _is_registered(text):
             return cls(Path(text).resolve().name, text)
@@ -156,19 +163,8 @@ class ServeConfig:
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise UsageError(f"--model given twice for {', '.join(dupes)}; each served name must be unique")
-        if self.backend not in BACKENDS:
-            raise UsageError(f"--backend {self.backend!r} is not available; choose from {', '.join(BACKENDS)}")
-        for spec in self.models:
-            if self.backend in ONNX_BACKENDS and not spec.is_onnx:
-                raise UsageError(
-                    f"--backend {self.backend} serves exported .onnx files (`mobilevit export --format onnx`); model "
-                    f"{spec.name!r} has none: use --model FILE.onnx or --model NAME=FILE.onnx"
-                )
-            if self.backend == "eager" and spec.is_onnx:
-                raise UsageError(
-                    f"{spec.pretrained} is an ONNX file: serve it with --backend onnxruntime or openvino "
-                    "(one server runs every model with the same backend)"
-                )
+        for spec in self.models:  # one backend runs every model
+            resolve_backend(spec.pretrained if spec.is_onnx else spec.name, self.backend, "serve")
         checks = [
             (0 <= self.port <= 65535, f"--port must be in 0..65535, got {self.port}"),
             (self.max_batch_size >= 1, f"--max-batch-size must be at least 1, got {self.max_batch_size}"),
@@ -213,5 +209,10 @@ def _is_registered(name: str) -> bool:
 
 
 def infer_backend(models: tuple[ModelSpec, ...]) -> str:
-    """``"onnxruntime"`` when a model is an ``.onnx`` file (:meth:`ServeConfig.validate` rejects a mix), else eager."""
-    return "onnxruntime" if any(spec.is_onnx for spec in models) else "eager"
+    """The backend of the first ``.onnx`` file among ``models``, else eager (:meth:`ServeConfig.validate` rejects a
+    mix), as :func:`~mobilevit.runtime.resolve_backend` infers it."""
+    files = [spec.pretrained for spec in models if spec.is_onnx]
+    return resolve_backend(files[0] if files else "")  # "": no file, a PyTorch model
+
+
+__all__ = ["BACKENDS", "TOKEN_ENV", "ModelSpec", "ServeConfig", "infer_backend", "resolve_token"]

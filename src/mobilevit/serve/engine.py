@@ -24,7 +24,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from ..predict import Activation, OnnxPredictor, Prediction, Predictor
+from ..predict import Activation, Prediction, Predictor
 
 logger = logging.getLogger(__name__)
 
@@ -97,11 +97,6 @@ class BatchEngine:
     def ready(self) -> bool:
         return self.predictor is not None and not self._closing
 
-    @property
-    def queued(self) -> int:
-        """Requests waiting for the model (decoded, not yet in a batch)."""
-        return len(self._pending)
-
     async def start(self) -> None:
         """Load the model in its thread, warm it up with one forward pass, then start the batching worker."""
         loop = asyncio.get_running_loop()
@@ -117,11 +112,10 @@ class BatchEngine:
 
     def _load_and_warm_up(self) -> Predictor:
         predictor = self._load()
-        if isinstance(predictor, OnnxPredictor):  # the runtime has its own threads; PyTorch only stacks and scores
+        if not predictor.runtime.uses_torch_threads:  # the runtime has its own threads; PyTorch only stacks and scores
             pin_torch_threads(1)
-        predictor.batch_size = max(predictor.batch_size, self.max_batch_size)  # one forward per batch
         example = predictor.transform(Image.new("RGB", (64, 64)))
-        predictor.logits(example[None])  # the first forward is slow (allocations); do it before traffic
+        predictor.forward(example[None])  # the first forward is slow (allocations); do it before traffic
         return predictor
 
     def check_open(self) -> None:
@@ -190,9 +184,9 @@ class BatchEngine:
                     job.future.set_result(answer)
 
     def _forward(self, batch: list[_Job]) -> list[list[Prediction]]:
-        """Model thread: one forward pass, then each request's own top-k and activation."""
+        """Model thread: one forward pass of the whole batch, then each request's own top-k and activation."""
         assert self.predictor is not None
-        logits = self.predictor.logits(torch.stack([job.image for job in batch]))  # [B, num_classes]
+        logits = self.predictor.forward(torch.stack([job.image for job in batch]))  # [B, num_classes]
         topk = self.predictor.topk
         return [topk(row[None], job.top_k, job.function)[0] for row, job in zip(logits, batch, strict=True)]
 

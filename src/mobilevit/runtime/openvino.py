@@ -1,7 +1,7 @@
-"""OpenVINO runtime for the exported ONNX files: the same graph compiled for OpenVINO's CPU plugin, in fp32.
+"""The OpenVINO runtime: an exported ONNX file compiled for OpenVINO's CPU plugin, in fp32.
 
-OpenVINO reads the ``.onnx`` file written by :func:`~mobilevit.export.onnx.export_onnx` directly (its ONNX frontend;
-no conversion step and no ``.xml`` file), keeps the dynamic batch/height/width of the file, and puts the file's
+OpenVINO reads the ``.onnx`` file written by :func:`~mobilevit.export.export_model` directly (its ONNX frontend; no
+conversion step and no ``.xml`` file), keeps the dynamic batch/height/width of the file, and puts the file's
 ``metadata_props`` (preprocessing, labels) in the model's ``rt_info["framework"]``.
 
 The precision is fixed to fp32: on a CPU with bf16 (AVX512-BF16, AMX) the CPU plugin may otherwise run in bf16, which
@@ -12,10 +12,16 @@ predictor and the server call it).
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
-from ..errors import MissingDependencyError, UsageError
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..errors import MissingDependencyError
+from .base import Runtime, Signature, check_threads, load_file
 
 INSTALL_HINT = "OpenVINO is not installed: pip install 'mobilevit[openvino]' (or pip install openvino)"
 
@@ -46,7 +52,7 @@ def openvino_model(path: str | os.PathLike, threads: int = 0) -> Any:
 
     Returns:
         The compiled model. Calling it reuses one infer request, which is not safe from several threads at once: use
-        one ``create_infer_request()`` per thread, or a lock (:class:`~mobilevit.predict.OpenVINOPredictor`).
+        one ``create_infer_request()`` per thread, or a lock (:class:`OpenVINORuntime`).
 
     Raises:
         ValueError: negative ``threads``.
@@ -54,8 +60,7 @@ def openvino_model(path: str | os.PathLike, threads: int = 0) -> Any:
         FileNotFoundError: no file at ``path``.
         RuntimeError: OpenVINO cannot read or compile the file.
     """
-    if threads < 0:
-        raise UsageError(f"threads must be 0 (OpenVINO's default) or more, got {threads}")
+    check_threads(threads, "OpenVINO")
     core, model = _read(path)
     import openvino
     import openvino.properties as props
@@ -80,3 +85,49 @@ def read_openvino_metadata(path: str | os.PathLike) -> dict[str, str]:
     if "framework" not in rt_info:
         return {}
     return {key: value.astype(str) for key, value in rt_info["framework"].items()}
+
+
+class OpenVINORuntime(Runtime):
+    """An ``.onnx`` file compiled by :func:`openvino_model`, run through one infer request under a lock.
+
+    An infer request is not safe to run from two threads at once; the server calls :meth:`run` from one model thread,
+    and with the LATENCY hint OpenVINO runs one inference at a time anyway (one stream).
+
+    Args:
+        path: the ``.onnx`` file.
+        threads: OpenVINO's inference threads (0: its default).
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        ImportError: OpenVINO is not installed.
+        ValueError: a file OpenVINO cannot load, or negative ``threads``.
+    """
+
+    name = "openvino"
+
+    def __init__(self, path: str | os.PathLike, threads: int = 0) -> None:
+        check_threads(threads, self.name)
+        self.compiled_model: Any = load_file(path, self.name, lambda p: openvino_model(p, threads))
+        self._metadata = read_openvino_metadata(path)  # reads the file again: tens of ms, once
+        self._request = self.compiled_model.create_infer_request()
+        self._lock = threading.Lock()
+        inputs, outputs = self.signature()
+        self._input = inputs[0][0] if inputs else ""
+        self._output = outputs[0][0] if outputs else ""
+
+    def run(self, batch: Tensor | np.ndarray) -> Tensor:
+        x = np.ascontiguousarray(batch, dtype=np.float32)
+        with self._lock:  # an infer request runs one inference at a time; its output is copied out before release
+            return torch.from_numpy(self._request.infer({self._input: x})[self._output])
+
+    def signature(self) -> tuple[Signature, Signature]:
+        def described(values: list[Any]) -> Signature:
+            return [
+                (v.get_any_name(), [d.get_length() if d.is_static else None for d in v.get_partial_shape()])
+                for v in values
+            ]
+
+        return described(self.compiled_model.inputs), described(self.compiled_model.outputs)
+
+    def metadata(self) -> dict[str, str]:
+        return dict(self._metadata)

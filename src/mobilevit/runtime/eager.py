@@ -1,0 +1,35 @@
+"""The eager runtime: a PyTorch module (by default re-parameterized: BatchNorms and branches folded) in eval mode."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from ..reparam import reparameterize_model
+from .base import Runtime, Signature
+
+
+class TorchRuntime(Runtime):
+    """A PyTorch classifier run eagerly, under ``torch.inference_mode``.
+
+    Args:
+        model: the network (put in eval mode); a TorchScript module runs the same way.
+        fold: re-parameterize it (:func:`~mobilevit.reparameterize_model`): same outputs, faster.
+    """
+
+    name = "eager"
+    uses_torch_threads = True
+
+    def __init__(self, model: nn.Module, fold: bool = True) -> None:
+        model = model.eval()
+        self.model = reparameterize_model(model) if fold else model
+
+    def run(self, batch: Tensor | np.ndarray) -> Tensor:
+        with torch.inference_mode():
+            return self.model(torch.as_tensor(batch))
+
+    def signature(self) -> tuple[Signature, Signature]:
+        """Any batch and size; ``num_classes`` outputs when the module says how many (else ``None``)."""
+        num_classes = getattr(self.model, "num_classes", None)  # any module runs; ours all have it
+        return [("pixel_values", [None, 3, None, None])], [("logits", [None, num_classes])]
