@@ -169,7 +169,7 @@ def test_nan_loss_stops_and_keeps_last_checkpoint(data: Path, tmp_path: Path, mo
     torch.set_num_threads(1)
     import mobilevit.train.loop as loop
 
-    real = loop.build_criterion
+    real = loop.build_loss
 
     def poisoned(cfg: TrainConfig) -> torch.nn.Module:
         inner, calls = real(cfg), []
@@ -181,7 +181,7 @@ def test_nan_loss_stops_and_keeps_last_checkpoint(data: Path, tmp_path: Path, mo
 
         return loss  # type: ignore[return-value]
 
-    monkeypatch.setattr(loop, "build_criterion", poisoned)
+    monkeypatch.setattr(loop, "build_loss", poisoned)
     out = tmp_path / "nan"
     with pytest.raises(NonFiniteLossError, match=r"NaN or infinite at step 3.*last\.pt \(step 2\)"):
         train(config(data, out, "epochs=2", "checkpoint_every=2"))
