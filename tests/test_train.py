@@ -250,3 +250,24 @@ def test_paper_augmentations_run(data: Path, tmp_path: Path) -> None:
     assert result.step > 0 and len(epochs) == 1 and np.isfinite(epochs[0]["train_loss"])
     # soft targets are counted as images, not as class entries
     assert epochs[0]["images"] == 3 * 8
+
+
+def test_val_preprocess_is_the_weights_entry_unless_the_config_sets_it() -> None:
+    """The validation transform (recorded in final/) is the weights entry's; data.val_* replace only what they set."""
+    import dataclasses
+
+    import mobilevit
+    from mobilevit.train.build import val_preprocess
+    from mobilevit.train.config import DataConfig
+    from mobilevit.weights.entries import get_weights
+
+    model = mobilevit.create_model("fastvit_t8", num_classes=3)
+    entry = get_weights("fastvit_t8").preprocess  # ImageNet mean/std, 256 crop of a 284 resize, bicubic
+    unset = DataConfig(val_resize=None, val_crop=None, val_interpolation=None)  # type: ignore[arg-type]
+    assert val_preprocess(model, unset) == entry
+    crop_only = val_preprocess(model, dataclasses.replace(unset, val_crop=128))
+    assert crop_only.input_size == (128, 128) and crop_only.interpolation == entry.interpolation
+    assert abs(crop_only.resize_size - 128 * entry.resize_size / min(entry.input_size)) <= 0.5  # the entry's ratio
+    every = val_preprocess(model, DataConfig(val_resize=72, val_crop=64, val_interpolation="bilinear"))
+    assert (every.input_size, every.resize_size, every.interpolation) == ((64, 64), 72, "bilinear")
+    assert (every.mean, every.std, every.channel_order) == (entry.mean, entry.std, entry.channel_order)
