@@ -8,7 +8,7 @@ https://github.com/apple/ml-cvnets (facts, not code):
   (:func:`make_divisible`); de-duplicated and sorted.
 - **Batch per size.** The variable-batch sampler keeps the number of pixels per batch near the base:
   ``max(1, int(round(base_h * base_w * base_batch / (h * w), 2)))`` -- cvnets rounds to two decimals and then
-  *truncates*, which is why the SPEC's worked example (base 256, batch 128, range 160-320, 5 scales) gives
+  *truncates*, which is why the worked example (base 256, batch 128, range 160-320, 5 scales) gives
   ``(160, 327), (192, 227), (256, 128), (288, 101), (320, 81)`` (327.68 -> 327, 227.56 -> 227).
   The fixed multi-scale sampler (cvnets' ``multi_scale_sampler``) uses the same sizes with the base batch size.
 - **An epoch.** The index list is shuffled with a generator seeded by ``(seed, epoch)`` (:meth:`set_epoch`), padded by
