@@ -169,7 +169,7 @@ def test_nan_loss_stops_and_keeps_last_checkpoint(data: Path, tmp_path: Path, mo
     torch.set_num_threads(1)
     import mobilevit.train.loop as loop
 
-    real = loop.build_criterion
+    real = loop.build_loss
 
     def poisoned(cfg: TrainConfig) -> torch.nn.Module:
         inner, calls = real(cfg), []
@@ -181,7 +181,7 @@ def test_nan_loss_stops_and_keeps_last_checkpoint(data: Path, tmp_path: Path, mo
 
         return loss  # type: ignore[return-value]
 
-    monkeypatch.setattr(loop, "build_criterion", poisoned)
+    monkeypatch.setattr(loop, "build_loss", poisoned)
     out = tmp_path / "nan"
     with pytest.raises(NonFiniteLossError, match=r"NaN or infinite at step 3.*last\.pt \(step 2\)"):
         train(config(data, out, "epochs=2", "checkpoint_every=2"))
@@ -250,3 +250,24 @@ def test_paper_augmentations_run(data: Path, tmp_path: Path) -> None:
     assert result.step > 0 and len(epochs) == 1 and np.isfinite(epochs[0]["train_loss"])
     # soft targets are counted as images, not as class entries
     assert epochs[0]["images"] == 3 * 8
+
+
+def test_val_preprocess_is_the_weights_entry_unless_the_config_sets_it() -> None:
+    """The validation transform (recorded in final/) is the weights entry's; data.val_* replace only what they set."""
+    import dataclasses
+
+    import mobilevit
+    from mobilevit.train.build import val_preprocess
+    from mobilevit.train.config import DataConfig
+    from mobilevit.weights.entries import get_weights
+
+    model = mobilevit.create_model("fastvit_t8", num_classes=3)
+    entry = get_weights("fastvit_t8").preprocess  # ImageNet mean/std, 256 crop of a 284 resize, bicubic
+    unset = DataConfig(val_resize=None, val_crop=None, val_interpolation=None)  # type: ignore[arg-type]
+    assert val_preprocess(model, unset) == entry
+    crop_only = val_preprocess(model, dataclasses.replace(unset, val_crop=128))
+    assert crop_only.input_size == (128, 128) and crop_only.interpolation == entry.interpolation
+    assert abs(crop_only.resize_size - 128 * entry.resize_size / min(entry.input_size)) <= 0.5  # the entry's ratio
+    every = val_preprocess(model, DataConfig(val_resize=72, val_crop=64, val_interpolation="bilinear"))
+    assert (every.input_size, every.resize_size, every.interpolation) == ((64, 64), 72, "bilinear")
+    assert (every.mean, every.std, every.channel_order) == (entry.mean, entry.std, entry.channel_order)

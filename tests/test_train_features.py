@@ -62,7 +62,7 @@ class _Spy:
         self.student_io: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.criterion_args: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
         self.teacher: nn.Module | None = None
-        real_model, real_teacher, real_criterion = loop.build_model, loop.build_teacher, loop.build_criterion
+        real_model, real_teacher, real_criterion = loop.build_model, loop.build_teacher, loop.build_loss
 
         def build_model(cfg):
             model = real_model(cfg)
@@ -89,7 +89,7 @@ class _Spy:
 
         monkeypatch.setattr(loop, "build_model", build_model)
         monkeypatch.setattr(loop, "build_teacher", build_teacher)
-        monkeypatch.setattr(loop, "build_criterion", build_criterion)
+        monkeypatch.setattr(loop, "build_loss", build_criterion)
 
 
 @pytest.mark.parametrize("kind", ["hard", "soft"])

@@ -1,10 +1,11 @@
-"""Top-1 / top-5 accuracy of a predictor over a labelled image set, on one process or sharded under torchrun."""
+"""Top-1 / top-5 accuracy of a predictor over a labelled image set, on one process or sharded under torchrun.
+
+The sets are read by :func:`mobilevit.data.datasets.read_labelled` (also importable from here).
+"""
 
 from __future__ import annotations
 
-import csv
 import logging
-import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -12,60 +13,12 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from .data.images import IMAGE_SUFFIXES
-from .errors import UsageError
+from .data.datasets import read_labelled
 from .predict import Predictor
 
 logger = logging.getLogger(__name__)
 
-_FILE_COLUMNS = ("file", "filename", "path", "image")
-_LABEL_COLUMNS = ("class_index", "label", "target", "class")
-
-
-def _read_csv(path: Path) -> list[tuple[Path, int]]:
-    """Rows of (file, class index); a header naming the columns is optional. Paths are relative to the CSV."""
-    with path.open(newline="") as f:
-        rows = [r for r in csv.reader(f) if r and not r[0].startswith("#")]
-    if not rows:
-        raise UsageError(f"{path}: empty label file")
-    header = [c.strip().lower() for c in rows[0]]
-    file_col, label_col, first_row = 0, 1, 1
-    if len(header) >= 2 and not header[1].lstrip("-").isdigit():  # a header row
-        file_col = next((header.index(c) for c in _FILE_COLUMNS if c in header), 0)
-        label_col = next((header.index(c) for c in _LABEL_COLUMNS if c in header), 1)
-        rows, first_row = rows[1:], 2
-    samples = []
-    for n, row in enumerate(rows, start=first_row):
-        try:
-            samples.append((path.parent / row[file_col].strip(), int(row[label_col])))
-        except (IndexError, ValueError):
-            raise UsageError(f"{path}, row {n}: expected a file and an integer class index, got {row}") from None
-    return samples
-
-
-def read_labelled(path: str | os.PathLike) -> tuple[list[tuple[Path, int]], list[str] | None]:
-    """Samples ``(file, class index)`` from a CSV file, a folder holding ``labels.csv``, or an ImageFolder tree.
-
-    Returns:
-        The samples, and the class names for an ImageFolder tree (sorted sub-folder names, index order), else None.
-    """
-    path = Path(path)
-    if path.is_file():
-        return _read_csv(path), None
-    if not path.is_dir():
-        raise FileNotFoundError(f"No such dataset: {path}")
-    if (path / "labels.csv").is_file():
-        return _read_csv(path / "labels.csv"), None
-    classes = sorted(d.name for d in path.iterdir() if d.is_dir())
-    if not classes:
-        raise UsageError(f"{path}: neither a labels.csv nor class sub-folders (ImageFolder layout)")
-    samples = [
-        (f, i)
-        for i, c in enumerate(classes)
-        for f in sorted((path / c).rglob("*"))
-        if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
-    ]
-    return samples, classes
+__all__ = ["check_targets", "evaluate", "match_classes", "read_labelled"]
 
 
 def _normalized(name: str) -> str:

@@ -1,1 +1,1 @@
-"""Data: reading images, the eval transform (and later datasets and samplers)."""
+"""Data: reading images, eval transforms from a weights entry, train augmentation, labelled datasets, samplers."""

@@ -1,7 +1,7 @@
 """Train-time augmentation: the per-sample torchvision v2 pipeline and batch-level mixup / cutmix.
 
 Follows the recipes of ml-cvnets (https://github.com/apple/ml-cvnets; MobileViT v1 arXiv 2110.02178, v2 arXiv
-2206.02680) and apple/ml-fastvit (arXiv 2303.14189, trained with timm), with the numbers of SPEC.md 2a:
+2206.02680) and apple/ml-fastvit (arXiv 2303.14189, trained with timm), with these numbers:
 
 - MobileViT v1: random-resized-crop (bilinear) + horizontal flip;
 - MobileViT v2/v3: RRC (bicubic), flip, RandAugment, random erasing 0.25, mixup 0.2 / cutmix 1.0;
@@ -15,8 +15,8 @@ Per sample (:func:`train_transform`, or :class:`TrainTransformFactory` for the m
 Per batch (:class:`MixupCutmix`, applied by the training loop after collation): mixup or cutmix with the batch
 reversed, targets mixed from label-smoothed one-hots exactly as timm's ``Mixup(mode="batch")``.
 
-RandAugment magnitude. ``AugmentConfig.randaugment_magnitude`` is the level of timm's recipe strings and of the
-RandAugment paper, on a 0-10 scale: "rand-m9-mstd0.5" is ``randaugment_magnitude=9``,
+RandAugment magnitude. ``randaugment_magnitude`` (:class:`AugmentSettings`) is the level of timm's recipe strings
+and of the RandAugment paper, on a 0-10 scale: "rand-m9-mstd0.5" is ``randaugment_magnitude=9``,
 ``randaugment_magnitude_std=0.5``, ``randaugment_num_ops=2`` (timm's default "n2"). torchvision's RandAugment
 indexes ``num_magnitude_bins=31`` bins spanning the same op ranges (rotate 30 deg, shear 0.3, enhance 0.9, ...), so
 level ``m`` is bin ``3 m``; with ``mstd > 0`` each op draws its level from ``N(m, mstd)`` clipped to [0, 10] (timm's
@@ -31,21 +31,20 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal, Protocol
 
 import torch
 from torch import Tensor
 from torchvision.transforms import v2
 
 from ..errors import UsageError
-
-if TYPE_CHECKING:
-    from ..train.config import AugmentConfig
+from .samplers import to_pair
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "LEVEL_MAX",
+    "AugmentSettings",
     "MixupCutmix",
     "RandAugmentLevel",
     "TrainTransformFactory",
@@ -55,6 +54,23 @@ __all__ = [
 
 LEVEL_MAX = 10  # timm's _LEVEL_DENOM: RandAugment levels run 0..10
 _BINS_PER_LEVEL = 3  # torchvision's 31 magnitude bins = 3 per level
+
+
+class AugmentSettings(Protocol):
+    """The augmentation settings read here: the fields of a recipe's ``TrainConfig.augment``."""
+
+    rrc_scale: tuple[float, float]  # random-resized-crop area range
+    rrc_ratio: tuple[float, float]  # and aspect-ratio range
+    interpolation: Literal["bilinear", "bicubic"]
+    hflip: float  # probability
+    randaugment: bool
+    randaugment_num_ops: int
+    randaugment_magnitude: int  # level on the 0-10 scale
+    randaugment_magnitude_std: float
+    random_erase: float  # probability
+    mixup_alpha: float  # 0 disables
+    cutmix_alpha: float  # 0 disables
+    label_smoothing: float
 
 
 class RandAugmentLevel(v2.RandAugment):
@@ -131,15 +147,8 @@ class _FlipChannels(v2.Transform):
         return inpt
 
 
-def _pair(size: int | Sequence[int]) -> tuple[int, int]:
-    if isinstance(size, int):
-        return size, size
-    height, width = size
-    return int(height), int(width)
-
-
 def train_transform(
-    cfg_aug: AugmentConfig,
+    cfg_aug: AugmentSettings,
     size: int | Sequence[int],
     mean: Sequence[float] = (0.0, 0.0, 0.0),
     std: Sequence[float] = (1.0, 1.0, 1.0),
@@ -168,7 +177,7 @@ def train_transform(
     mode = v2.InterpolationMode(interpolation or cfg_aug.interpolation)
     steps: list[Callable[..., Any]] = [
         v2.ToImage(),  # PIL -> uint8 tensor first: the geometric ops below run on tensors
-        v2.RandomResizedCrop(_pair(size), scale=cfg_aug.rrc_scale, ratio=cfg_aug.rrc_ratio, interpolation=mode),
+        v2.RandomResizedCrop(to_pair(size), scale=cfg_aug.rrc_scale, ratio=cfg_aug.rrc_ratio, interpolation=mode),
     ]
     if cfg_aug.hflip > 0:
         steps.append(v2.RandomHorizontalFlip(cfg_aug.hflip))
@@ -198,7 +207,7 @@ class TrainTransformFactory:
 
     def __init__(
         self,
-        cfg_aug: AugmentConfig,
+        cfg_aug: AugmentSettings,
         mean: Sequence[float] = (0.0, 0.0, 0.0),
         std: Sequence[float] = (1.0, 1.0, 1.0),
         channel_order: Literal["RGB", "BGR"] = "RGB",
@@ -281,7 +290,7 @@ class MixupCutmix:
         self.last_mode: Literal["none", "mixup", "cutmix"] = "none"
 
     @classmethod
-    def from_config(cls, cfg_aug: AugmentConfig, num_classes: int) -> MixupCutmix | None:
+    def from_config(cls, cfg_aug: AugmentSettings, num_classes: int) -> MixupCutmix | None:
         """The recipe's mixer, or None when both alphas are 0 (train with hard targets then)."""
         if cfg_aug.mixup_alpha <= 0 and cfg_aug.cutmix_alpha <= 0:
             return None

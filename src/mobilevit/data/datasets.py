@@ -1,8 +1,9 @@
-"""Labelled image datasets for training: ImageFolder trees and CSV lists, skipping (and counting) corrupt files.
+"""Labelled image sets: ImageFolder trees and CSV lists, read for training and evaluation, corrupt files skipped.
 
-The layouts are those of :func:`mobilevit.evaluate.read_labelled` (torchvision's ``ImageFolder``: one sub-folder per
-class, sorted; or a CSV of ``file, class index`` rows, paths relative to the CSV, optional header). Files are decoded by
-:func:`mobilevit.data.images.open_image` (8-bit RGB, EXIF orientation applied).
+:func:`read_labelled` reads the layouts: torchvision's ``ImageFolder`` (one sub-folder per class, sorted), or a CSV of
+``file, class index`` rows (paths relative to the CSV, optional header), or a folder holding such a ``labels.csv``.
+:class:`ImageDataset` decodes the files with :func:`mobilevit.data.images.open_image` (8-bit RGB, EXIF orientation
+applied).
 
 A file that cannot be decoded is logged and its sample comes back as ``(None, target)``; :func:`collate_skipping`
 drops such samples from the batch and reports how many it dropped, so the training loop can count them per epoch
@@ -16,6 +17,7 @@ even when ``DataLoader`` workers (separate processes) do the decoding::
 
 from __future__ import annotations
 
+import csv
 import logging
 import os
 from collections.abc import Callable, Sequence
@@ -27,11 +29,64 @@ from torch import Tensor
 from torch.utils.data import Dataset, default_collate
 
 from ..errors import UsageError
-from .images import ImageError, open_image
+from .images import IMAGE_SUFFIXES, ImageError, open_image
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ImageDataset", "SkipNone", "collate_skipping", "skip_none"]
+__all__ = ["ImageDataset", "SkipNone", "collate_skipping", "read_labelled", "skip_none"]
+
+_FILE_COLUMNS = ("file", "filename", "path", "image")
+_LABEL_COLUMNS = ("class_index", "label", "target", "class")
+
+
+def _read_csv(path: Path) -> list[tuple[Path, int]]:
+    """Rows of (file, class index); a header naming the columns is optional. Paths are relative to the CSV."""
+    with path.open(newline="") as f:
+        rows = [r for r in csv.reader(f) if r and not r[0].startswith("#")]
+    if not rows:
+        raise UsageError(f"{path}: empty label file")
+    header = [c.strip().lower() for c in rows[0]]
+    file_col, label_col, first_row = 0, 1, 1
+    if len(header) >= 2 and not header[1].lstrip("-").isdigit():  # a header row
+        file_col = next((header.index(c) for c in _FILE_COLUMNS if c in header), 0)
+        label_col = next((header.index(c) for c in _LABEL_COLUMNS if c in header), 1)
+        rows, first_row = rows[1:], 2
+    samples = []
+    for n, row in enumerate(rows, start=first_row):
+        try:
+            samples.append((path.parent / row[file_col].strip(), int(row[label_col])))
+        except (IndexError, ValueError):
+            raise UsageError(f"{path}, row {n}: expected a file and an integer class index, got {row}") from None
+    return samples
+
+
+def read_labelled(path: str | os.PathLike) -> tuple[list[tuple[Path, int]], list[str] | None]:
+    """Samples ``(file, class index)`` from a CSV file, a folder holding ``labels.csv``, or an ImageFolder tree.
+
+    Returns:
+        The samples, and the class names for an ImageFolder tree (sorted sub-folder names, index order), else None.
+
+    Raises:
+        FileNotFoundError: no such file or folder.
+        ValueError: an empty or malformed CSV, or a folder with neither ``labels.csv`` nor class sub-folders.
+    """
+    path = Path(path)
+    if path.is_file():
+        return _read_csv(path), None
+    if not path.is_dir():
+        raise FileNotFoundError(f"No such dataset: {path}")
+    if (path / "labels.csv").is_file():
+        return _read_csv(path / "labels.csv"), None
+    classes = sorted(d.name for d in path.iterdir() if d.is_dir())
+    if not classes:
+        raise UsageError(f"{path}: neither a labels.csv nor class sub-folders (ImageFolder layout)")
+    samples = [
+        (f, i)
+        for i, c in enumerate(classes)
+        for f in sorted((path / c).rglob("*"))
+        if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
+    ]
+    return samples, classes
 
 
 class ImageDataset(Dataset):
@@ -61,22 +116,8 @@ class ImageDataset(Dataset):
         self.transform = transform
 
     @classmethod
-    def from_folder(cls, root: str | os.PathLike, transform: Callable[[Any], Any] | None = None) -> ImageDataset:
-        """An ImageFolder tree: ``root/<class>/**/<image>``, classes indexed in sorted order."""
-        return cls.from_path(root, transform)
-
-    @classmethod
-    def from_csv(cls, path: str | os.PathLike, transform: Callable[[Any], Any] | None = None) -> ImageDataset:
-        """A CSV of ``file, class index`` rows (paths relative to the CSV; a header row is optional)."""
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"No such CSV file: {path}")
-        return cls.from_path(path, transform)
-
-    @classmethod
     def from_path(cls, path: str | os.PathLike, transform: Callable[[Any], Any] | None = None) -> ImageDataset:
-        """A CSV file, a folder holding ``labels.csv``, or an ImageFolder tree (see ``read_labelled``)."""
-        from ..evaluate import read_labelled
-
+        """A CSV file, a folder holding ``labels.csv``, or an ImageFolder tree (see :func:`read_labelled`)."""
         samples, classes = read_labelled(path)
         return cls(samples, classes, transform)
 

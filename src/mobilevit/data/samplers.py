@@ -8,7 +8,7 @@ https://github.com/apple/ml-cvnets (facts, not code):
   (:func:`make_divisible`); de-duplicated and sorted.
 - **Batch per size.** The variable-batch sampler keeps the number of pixels per batch near the base:
   ``max(1, int(round(base_h * base_w * base_batch / (h * w), 2)))`` -- cvnets rounds to two decimals and then
-  *truncates*, which is why the SPEC's worked example (base 256, batch 128, range 160-320, 5 scales) gives
+  *truncates*, which is why the worked example (base 256, batch 128, range 160-320, 5 scales) gives
   ``(160, 327), (192, 227), (256, 128), (288, 101), (320, 81)`` (327.68 -> 327, 227.56 -> 227).
   The fixed multi-scale sampler (cvnets' ``multi_scale_sampler``) uses the same sizes with the base batch size.
 - **An epoch.** The index list is shuffled with a generator seeded by ``(seed, epoch)`` (:meth:`set_epoch`), padded by
@@ -61,6 +61,7 @@ __all__ = [
     "multi_scale_train_transform",
     "scale_sizes",
     "seeded_rngs",
+    "to_pair",
     "variable_batch_shapes",
 ]
 
@@ -127,11 +128,12 @@ def make_divisible(value: float, divisor: int = 32, min_value: int | None = None
     return rounded
 
 
-def _pair(size: int | Sequence[int]) -> tuple[int, int]:
+def to_pair(size: int | Sequence[int]) -> tuple[int, int]:
+    """``(height, width)`` of a size given as one int (square) or as a pair."""
     if isinstance(size, int):
         return size, size
-    h, w = size
-    return int(h), int(w)
+    height, width = size
+    return int(height), int(width)
 
 
 def scale_sizes(
@@ -152,7 +154,7 @@ def scale_sizes(
     """
     if num_scales < 1:
         raise UsageError(f"num_scales must be >= 1, got {num_scales}")
-    (base_h, base_w), (min_h, min_w), (max_h, max_w) = _pair(base_size), _pair(min_size), _pair(max_size)
+    (base_h, base_w), (min_h, min_w), (max_h, max_w) = to_pair(base_size), to_pair(min_size), to_pair(max_size)
     if min_h > max_h or min_w > max_w:
         raise UsageError(f"min_size {min_size} is larger than max_size {max_size}")
     heights = np.linspace(min_h, max_h, num_scales).tolist()
@@ -178,7 +180,7 @@ def variable_batch_shapes(
     """
     if base_batch_size < 1:
         raise UsageError(f"base_batch_size must be >= 1, got {base_batch_size}")
-    base_h, base_w = _pair(base_size)
+    base_h, base_w = to_pair(base_size)
     pixels = base_h * base_w * base_batch_size
     sizes = scale_sizes(base_size, min_size, max_size, num_scales, divisor)
     return [BatchShape(h, w, max(1, int(round(pixels / (h * w), 2)))) for h, w in sizes]
@@ -289,7 +291,7 @@ class MultiScaleBatchSampler(Sampler[list[SizedIndex]]):
         cls, num_samples: int | Sized, size: int | Sequence[int] = 256, batch_size: int = 128, **kwargs: Any
     ) -> MultiScaleBatchSampler:
         """One size for every batch (the fixed-256 recipes; validation with ``shuffle=False``)."""
-        h, w = _pair(size)
+        h, w = to_pair(size)
         return cls(num_samples, [BatchShape(h, w, batch_size)], **kwargs)
 
     @property

@@ -1,9 +1,10 @@
-"""Training (issue 6): config and recipes, the loop (single process or torchrun), optimizer/schedule/EMA, checkpoints.
+"""Training: config and recipes, the loop (single process or torchrun), optimizer/schedule/EMA, checkpoints.
 
 Recipes follow the official configs of ml-cvnets (https://github.com/apple/ml-cvnets), apple/ml-fastvit and
 the MobileOne paper; see :mod:`mobilevit.train.config`.
 """
 
+from .build import build_model, build_teacher
 from .config import (
     AugmentConfig,
     ConfigError,
@@ -24,7 +25,7 @@ from .config import (
     to_dict,
     to_yaml,
 )
-from .loop import NonFiniteLossError, TrainResult, build_model, build_teacher, train
+from .loop import NonFiniteLossError, TrainResult, train
 from .optim import ModelEMA, WarmupCosineSchedule, build_optimizer, layer_ids, param_groups
 
 __all__ = [

@@ -7,6 +7,9 @@ and the random-number generator states, so that a resumed run continues the unin
 :func:`save_checkpoint` writes to a temporary file in the target folder, ``fsync``s it, renames it over the target with
 ``os.replace`` (atomic on POSIX and Windows) and ``fsync``s the folder: a reader sees the old file or the new one,
 never a partial one, whatever instant the process is killed.
+
+:func:`seed_batch` seeds the global generators from a micro-batch's position in the run, so a resumed run draws what
+the uninterrupted run drew whatever it drew before.
 """
 
 from __future__ import annotations
@@ -23,7 +26,15 @@ import torch
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["LAST", "get_rng_state", "load_checkpoint", "save_checkpoint", "set_rng_state"]
+__all__ = [
+    "LAST",
+    "get_rng_state",
+    "load_checkpoint",
+    "save_checkpoint",
+    "seed_batch",
+    "seed_everything",
+    "set_rng_state",
+]
 
 LAST = "last.pt"  # the latest training state in the output folder; ``--resume`` reads it
 
@@ -91,3 +102,25 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's global generators (torch also seeds every CUDA device)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+_BATCH_SEED_STREAM = 0xBA7C  # tells the micro-batch seeds apart from other seed streams of the same run seed
+
+
+def seed_batch(seed: int, rank: int, epoch: int, batch: int) -> None:
+    """Seed the global generators (torch CPU and CUDA, Python, NumPy) for micro-batch ``batch`` of ``epoch``.
+
+    Mixup / cutmix, dropout and drop path draw from these; seeding them from ``(seed, rank, epoch, batch)`` before
+    every micro-batch makes those draws independent of what the process drew before, so a run resumed from any
+    checkpoint (and replaying the steps after it) draws what the uninterrupted run drew.
+    """
+    entropy = [seed % 2**64, rank, epoch, batch, _BATCH_SEED_STREAM]
+    value = int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0]) >> 1  # [0, 2**63)
+    seed_everything(value)
