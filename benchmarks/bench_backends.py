@@ -18,7 +18,7 @@ MobileViT and FastViT, 224 for MobileOne) the forms are
 timed round-robin (one call of each per round, ``--rounds`` rounds, median), so a noisy neighbour slows every form
 alike. Both onnxruntime sessions get the same options (intra-op threads = torch threads, sequential execution, no
 spinning), and both OpenVINO models too (inference threads = torch threads). ``vs_timm_eager`` = timm eager / our
-best (target >= 2 at batch 1); ``vs_timm_best`` = our best / timm's best form (target <= 1.0), where timm's forms
+best (2 means twice as fast); ``vs_timm_best`` = our best / timm's best form (1.0 is parity), where timm's forms
 include its ONNX file in OpenVINO, so a faster runtime alone does not count as ours.
 
 The roofline columns say what those ratios cost in arithmetic: ``GMACs`` of the folded model (the least work any

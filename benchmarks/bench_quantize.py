@@ -84,7 +84,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     if not WEIGHTS.is_file() or not (EVAL_IMAGES / "labels.csv").is_file():
-        raise SystemExit(f"needs {WEIGHTS} and {EVAL_IMAGES} (the shared test data, SPEC.md section 3)")
+        raise SystemExit(f"needs {WEIGHTS} and {EVAL_IMAGES} (the shared test data in ../shared beside the checkout)")
 
     samples, _ = read_labelled(EVAL_IMAGES)
     eager = Predictor.from_pretrained(ENTRY, pretrained=WEIGHTS, batch_size=10)
