@@ -65,7 +65,7 @@ def extract_once(archive: Path, dest: Path) -> Path:
     if done.is_file():
         return dest
     if not archive.is_file():
-        raise SystemExit(f"{archive} not found: the benchmark needs the shared test data (put the shared data at ../shared beside the checkout)")
+        raise SystemExit(f"{archive} not found: the benchmark needs the shared test data at ../shared")
     dest.mkdir(parents=True, exist_ok=True)
     print(f"extracting {archive} -> {dest}", flush=True)
     with tarfile.open(archive) as tar:

@@ -5,12 +5,14 @@ ImageNet weights (``../shared/weights/mobileone_s0_reparam.safetensors``) get a 
 :func:`mobilevit.train.train` in two modes:
 
 - ``linear``: linear probe, backbone frozen, only the head trains (AdamW, lr 1e-3);
-- ``full``: every weight trains with a modest learning rate (AdamW, lr 1e-4; docs/training.md compares other learning rates).
+- ``full``: every weight trains with a modest learning rate (AdamW, lr 1e-4;
+  docs/training.md compares other learning rates).
 
 Both use random-resized-crop + flip at 224, batch 32, label smoothing 0.1, linear warmup over half an epoch then a
 cosine to lr/100, and an EMA of the weights. The EMA momentum is 0.1, not cvnets' 0.0005: these runs take about 40
 optimizer steps, and an average over 2,000 steps would still be the initial random head. Validation is the eval
-transform of MobileOne (resize 256, center crop 224, ImageNet mean/std) after every epoch; the JSON report records the goal of 0.90 val top-1 beside the runs.
+transform of MobileOne (resize 256, center crop 224, ImageNet mean/std) after every epoch; the JSON report records
+the goal of 0.90 val top-1 beside the runs.
 
     python benchmarks/finetune_hymenoptera.py                          # both modes, 5 epochs each (~2.5 min)
     python benchmarks/finetune_hymenoptera.py --modes linear --epochs 1  # smoke test (~20 s)
