@@ -294,7 +294,6 @@ class MobileViT(ClassifierModel):
         self.cfg = cfg
         self.num_classes = cfg.num_classes
         self.features_only = features_only
-        self.out_indices = tuple(out_indices)
         self.stem = ConvNormAct(cfg.in_channels, cfg.stem_channels, 3, stride=2)
 
         num_layers = sum(s.transformer_depth for s in cfg.stages)
@@ -318,16 +317,12 @@ class MobileViT(ClassifierModel):
             stride *= stage.stride
             self.feature_info.append({"stride": stride, "num_channels": stage.out_channels, "module": f"stages.{i}"})
         self.stages = nn.Sequential(*stages)
-
-        if features_only:
-            bad = [i for i in self.out_indices if not 0 <= i < len(stages)]
-            if bad:
-                raise UsageError(f"out_indices {bad} out of range: MobileViT has {len(stages)} feature levels (0-4)")
-            self.feature_info = [self.feature_info[i] for i in self.out_indices]
+        self.select_out_indices(out_indices)
         # before the head exists, so that a feature extractor gets the same init (and, under one seed, the same
         # numbers) as the classifier's backbone
         self.apply(_init_weights)
         if features_only:
+            self.final_conv = nn.Identity()
             return
         if cfg.num_features:
             self.final_conv: nn.Module = ConvNormAct(in_channels, cfg.num_features, 1)
@@ -358,18 +353,9 @@ class MobileViT(ClassifierModel):
             return MobileViTBlock(num_heads=cfg.num_heads, **common)
         return MobileViTV2Block(**common)
 
-    def forward_intermediates(self, x: Tensor) -> list[Tensor]:
-        """The selected stage outputs (strides 2, 4, 8, 16, 32 by default), for dense prediction."""
-        return self.collect_stages(self.stem(x.contiguous(memory_format=torch.channels_last)), [])
-
-    def forward_features(self, x: Tensor) -> Tensor:
-        """``[B, in_channels, H, W] -> [B, num_features, H/32, W/32]``.
-
-        The network runs on channels-last memory (same values; the CPU convolutions and the patch unfold/fold are
-        faster that way), so the returned map is channels-last too.
-        """
+    def forward_stem(self, x: Tensor) -> Tensor:
         x = x.contiguous(memory_format=torch.channels_last)  # [B, C, H, W] stored as [B, H, W, C]
-        return self.final_conv(self.stages(self.stem(x)))
+        return self.stem(x)
 
 
 def _init_weights(module: nn.Module) -> None:
