@@ -56,7 +56,7 @@ class ClassifierModel(nn.Module):
     stem_is_level: bool = False
     init_classifier: Callable[[nn.Module], None] | None = None
     # (regex, suffix): a parameter's place is the numbers the regex captures, then the suffix
-    block_matchers: tuple[tuple[str, tuple[int, ...] | None], ...] = ((r"^stages\.(\d+)\.(\d+)", None),)
+    block_matchers: tuple[tuple[str, tuple[int, ...] | None], ...] = ((r"^stages\.(\d+)\.(\d+)\.", None),)
 
     def forward_stem(self, x: Tensor) -> Tensor:
         raise NotImplementedError
@@ -155,6 +155,7 @@ class ClassifierModel(nn.Module):
             self.final_conv = nn.Identity()
             self.num_features = self.feature_info[last]["num_channels"]
             self.head = ClassifierHead(self.num_features, 0, self.head.drop.p)
+            self.head.train(self.training)
             self.num_classes = 0
         self.stages = self.stages[: last + 1 - self.stem_is_level]
         self.feature_info = self.feature_info[: last + 1]
@@ -190,12 +191,12 @@ class ClassifierModel(nn.Module):
     def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
         """Regexes that group parameter names for layer-wise learning-rate decay (timm's contract).
 
-        ``stem`` matches the stem; ``blocks`` is a list of ``(regex, suffix)``: a parameter's place among the blocks
-        is the numbers its regex captures followed by ``suffix``. Blocks are whole stages with ``coarse``, else single
-        blocks; ``final_conv`` comes after every stage. Parameters no regex matches are the head's.
+        Groups come in the dict's order: ``stem``; ``blocks``, a list of ``(regex, suffix)`` where a parameter's place
+        is the numbers its regex captures followed by ``suffix`` (whole stages with ``coarse``, else single blocks);
+        ``final_conv``. Parameters no regex matches are the head's, the last group.
         """
-        blocks = [(r"^stages\.(\d+)", None)] if coarse else list(self.block_matchers)
-        return {"stem": r"^stem\.", "blocks": [*blocks, (r"^final_conv\.", (99999,))]}
+        blocks = [(r"^stages\.(\d+)\.", None)] if coarse else list(self.block_matchers)
+        return {"stem": r"^stem\.", "blocks": blocks, "final_conv": r"^final_conv\."}
 
     def forward(self, x: Tensor) -> Tensor | list[Tensor]:
         """Logits, or with ``features_only`` the maps of the ``out_indices`` feature levels."""
