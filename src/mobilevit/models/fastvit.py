@@ -37,6 +37,7 @@ from ..layers import (
     identity_kernel,
     linear_from,
     scale_output,
+    trunc_normal_init_,
 )
 
 TokenMixer = Literal["repmixer", "attention"]
@@ -381,13 +382,9 @@ def _init_weights(module: nn.Module) -> None:
     """ml-fastvit's initialisation: truncated-normal (std 0.02) linears and ConvFFN convs, PyTorch defaults else."""
     if isinstance(module, ConvMlp):
         for conv in (module.conv.conv, module.fc1, module.fc2):
-            nn.init.trunc_normal_(conv.weight, std=0.02)
-            if conv.bias is not None:
-                nn.init.zeros_(conv.bias)
+            trunc_normal_init_(conv)
     elif isinstance(module, nn.Linear):
-        nn.init.trunc_normal_(module.weight, std=0.02)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
+        trunc_normal_init_(module)
 
 
 FastViT.init_classifier = staticmethod(_init_weights)

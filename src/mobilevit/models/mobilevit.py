@@ -31,6 +31,7 @@ from ..layers import (
     TransformerLayer,
     fold_patches,
     make_divisible,
+    trunc_normal_init_,
     unfold_patches,
 )
 
@@ -168,6 +169,21 @@ def _resize(x: Tensor, size: tuple[int, int], align_corners: bool) -> Tensor:
     return F.interpolate(x, size=size, mode="bilinear", align_corners=align_corners)
 
 
+def _transformer(
+    dim: int,
+    mlp_dim: int,
+    depth: int,
+    attention: Literal["mha", "separable"],
+    num_heads: int,
+    drop: tuple[float, float, float],
+    drop_path: tuple[float, ...],
+) -> nn.Sequential:
+    """``depth`` transformer layers; ``drop`` is (attention, projection, MLP) dropout, ``drop_path`` one rate per
+    layer (none: 0 everywhere)."""
+    rates = drop_path or (0.0,) * depth
+    return nn.Sequential(*(TransformerLayer(dim, mlp_dim, attention, num_heads, *drop, rate) for rate in rates))
+
+
 class MobileViTBlock(nn.Module):
     """MobileViT v1 block, or the MobileViTv3 block on the v1 base (``v3_fusion=True``).
 
@@ -197,12 +213,8 @@ class MobileViTBlock(nn.Module):
         self.v3_fusion = v3_fusion
         self.conv_local = ConvNormAct(in_channels, in_channels, kernel_size, groups=in_channels if v3_fusion else 1)
         self.conv_embed = nn.Conv2d(in_channels, transformer_dim, 1, bias=False)
-        drop_path = drop_path or (0.0,) * depth
-        self.transformer = nn.Sequential(
-            *(
-                TransformerLayer(transformer_dim, mlp_dim, "mha", num_heads, attn_drop, proj_drop, mlp_drop, dp)
-                for dp in drop_path
-            )
+        self.transformer = _transformer(
+            transformer_dim, mlp_dim, depth, "mha", num_heads, (attn_drop, proj_drop, mlp_drop), drop_path
         )
         self.norm = nn.LayerNorm(transformer_dim)
         self.conv_proj = ConvNormAct(transformer_dim, in_channels, 1)
@@ -254,12 +266,8 @@ class MobileViTV2Block(nn.Module):
         self.v3_fusion = v3_fusion
         self.conv_local = ConvNormAct(in_channels, in_channels, kernel_size, groups=in_channels)
         self.conv_embed = nn.Conv2d(in_channels, transformer_dim, 1, bias=False)
-        drop_path = drop_path or (0.0,) * depth
-        self.transformer = nn.Sequential(
-            *(
-                TransformerLayer(transformer_dim, mlp_dim, "separable", 1, attn_drop, proj_drop, mlp_drop, dp)
-                for dp in drop_path
-            )
+        self.transformer = _transformer(
+            transformer_dim, mlp_dim, depth, "separable", 1, (attn_drop, proj_drop, mlp_drop), drop_path
         )
         self.norm = PatchLayerNorm(transformer_dim)
         proj_in = 2 * transformer_dim if v3_fusion else transformer_dim
@@ -365,9 +373,7 @@ def _init_weights(module: nn.Module) -> None:
         if module.bias is not None:
             nn.init.zeros_(module.bias)
     elif isinstance(module, nn.Linear):
-        nn.init.trunc_normal_(module.weight, std=0.02)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
+        trunc_normal_init_(module)
     elif isinstance(module, (nn.BatchNorm2d, nn.LayerNorm, PatchLayerNorm)):
         nn.init.ones_(module.weight)
         nn.init.zeros_(module.bias)
