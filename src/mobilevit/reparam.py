@@ -4,8 +4,7 @@ Every block with train-time-only structure has a ``reparameterize()`` method tha
 and large-kernel convs (branches -> one conv), RepMixer and RepCPE (skip -> kernel), FastViT blocks (layer scales and
 the attention BatchNorm -> neighbouring projections) and :class:`~mobilevit.layers.ConvNormAct` (BatchNorm -> conv,
 which covers every conv-BN pair of MobileViT, including its inverted residuals). :func:`reparameterize_model` calls
-them all, parents before
-children.
+them all, parents before children.
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ from .fold import (
     scale_output,
 )
 from .head import ClassifierHead, ClassifierModel
+from .init import trunc_normal_init_
 from .inverted_residual import InvertedResidual
 from .mobileone import LargeKernelConv, MobileOneBlock
 from .norm import PatchLayerNorm
@@ -45,5 +46,6 @@ __all__ = [
     "linear_from",
     "make_divisible",
     "scale_output",
+    "trunc_normal_init_",
     "unfold_patches",
 ]

@@ -9,11 +9,18 @@ from .fold import conv_from_kernel, fold_bn_into_conv
 
 
 def make_divisible(value: float, divisor: int = 8, min_value: int | None = None) -> int:
-    """Round ``value`` to the nearest multiple of ``divisor``, never going more than 10% below it.
+    """Round ``value`` to the nearest multiple of ``divisor``, never below ``min_value`` nor 10% below ``value``.
 
-    This is the channel-rounding rule of MobileNetV2, used by every MobileViT width family.
+    The rounding rule of MobileNetV2: ``max(min_value, int(value + divisor / 2) // divisor * divisor)``, plus one
+    ``divisor`` if that lost more than 10%. It rounds the channels of every MobileViT width family (divisor 8 or 16)
+    and cvnets' multi-scale crop sizes (divisor 32).
+
+    Args:
+        value: the number to round.
+        divisor: the multiple.
+        min_value: the smallest result; ``None`` for ``divisor``.
     """
-    min_value = min_value or divisor
+    min_value = divisor if min_value is None else min_value
     rounded = max(min_value, int(value + divisor / 2) // divisor * divisor)
     if rounded < 0.9 * value:
         rounded += divisor

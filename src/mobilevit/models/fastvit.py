@@ -37,6 +37,7 @@ from ..layers import (
     identity_kernel,
     linear_from,
     scale_output,
+    trunc_normal_init_,
 )
 
 TokenMixer = Literal["repmixer", "attention"]
@@ -319,12 +320,18 @@ class FastViT(ClassifierModel):
         out_indices: which stage outputs ``forward`` returns with ``features_only``.
     """
 
+    # a stage's patch embedding and position encoding come before its blocks
+    block_matchers = (
+        (r"^stages\.(\d+)\.downsample\.", (-2,)),
+        (r"^stages\.(\d+)\.pos_emb\.", (-1,)),
+        (r"^stages\.(\d+)\.blocks\.(\d+)\.", None),
+    )
+
     def __init__(self, cfg: FastViTConfig, features_only: bool = False, out_indices: tuple[int, ...] = (0, 1, 2, 3)):
         super().__init__()
         self.cfg = cfg
         self.num_classes = cfg.num_classes
         self.features_only = features_only
-        self.out_indices = tuple(out_indices)
         dim0 = cfg.embed_dims[0]
         self.stem = nn.Sequential(
             MobileOneBlock(cfg.in_channels, dim0, 3, stride=2),
@@ -343,19 +350,16 @@ class FastViT(ClassifierModel):
             self.feature_info.append({"stride": stride, "num_channels": dim, "module": f"stages.{i}"})
         self.stages = nn.Sequential(*stages)
         self.apply(_init_weights)
-
+        self.select_out_indices(out_indices)
         if features_only:
-            bad = [i for i in self.out_indices if not 0 <= i < len(stages)]
-            if bad:
-                raise UsageError(f"out_indices {bad} out of range: FastViT has {len(stages)} feature levels")
-            self.feature_info = [self.feature_info[i] for i in self.out_indices]
+            self.final_conv: nn.Module = nn.Identity()
             return
         self.num_features = int(in_channels * cfg.cls_ratio)
         self.final_conv = MobileOneBlock(in_channels, self.num_features, 3, groups=in_channels, use_se=True)
         self.head = ClassifierHead(self.num_features, cfg.num_classes, cfg.drop_rate)
         self.head.fc.apply(_init_weights)
 
-    def _stem(self, x: Tensor) -> Tensor:
+    def forward_stem(self, x: Tensor) -> Tensor:
         # The first block reads the image in NCHW memory: on channels-last memory, oneDNN (torch 2.14, CPU) crashes in
         # the backward pass of its stride-2 1x1 conv over 3 channels. Everything after it runs channels-last.
         x = self.stem[0](x.contiguous())
@@ -364,30 +368,23 @@ class FastViT(ClassifierModel):
             x = block(x)
         return x
 
-    def forward_intermediates(self, x: Tensor) -> list[Tensor]:
-        """The selected stage outputs, for dense prediction (channels-last tensors, see :meth:`forward_features`)."""
-        return self.collect_stages(self._stem(x), [])
-
-    def forward_features(self, x: Tensor) -> Tensor:
-        """``[B, in_channels, H, W] -> [B, num_features, H/32, W/32]`` (through the final 3x3 expansion).
-
-        The network runs on channels-last memory (same values; CPU depthwise and 1x1 convolutions are faster that
-        way), so the returned map is channels-last too.
-        """
-        return self.final_conv(self.stages(self._stem(x)))
+    def no_weight_decay(self) -> set[str]:
+        """Layer scales and the RepCPE position encoding, as the ml-fastvit recipe leaves undecayed."""
+        return {
+            f"{prefix}.{name}"
+            for prefix, module in self.named_modules()
+            if isinstance(module, (LayerScale2d, RepCPE))
+            for name, _ in module.named_parameters()
+        }
 
 
 def _init_weights(module: nn.Module) -> None:
     """ml-fastvit's initialisation: truncated-normal (std 0.02) linears and ConvFFN convs, PyTorch defaults else."""
     if isinstance(module, ConvMlp):
         for conv in (module.conv.conv, module.fc1, module.fc2):
-            nn.init.trunc_normal_(conv.weight, std=0.02)
-            if conv.bias is not None:
-                nn.init.zeros_(conv.bias)
+            trunc_normal_init_(conv)
     elif isinstance(module, nn.Linear):
-        nn.init.trunc_normal_(module.weight, std=0.02)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
+        trunc_normal_init_(module)
 
 
 FastViT.init_classifier = staticmethod(_init_weights)

@@ -77,6 +77,8 @@ class MobileOne(ClassifierModel):
         out_indices: which of those five levels ``forward`` returns with ``features_only``.
     """
 
+    stem_is_level = True  # feature level 0 is the stem output (stride 2)
+
     def __init__(
         self, cfg: MobileOneConfig, features_only: bool = False, out_indices: tuple[int, ...] = (0, 1, 2, 3, 4)
     ) -> None:
@@ -84,7 +86,6 @@ class MobileOne(ClassifierModel):
         self.cfg = cfg
         self.num_classes = cfg.num_classes
         self.features_only = features_only
-        self.out_indices = tuple(out_indices)
         relu = partial(nn.ReLU, inplace=True)  # acts on each block's fresh output
         self.stem = MobileOneBlock(cfg.in_channels, cfg.stem_channels, 3, stride=2, act=relu)
         self.feature_info: list[dict] = [{"stride": 2, "num_channels": cfg.stem_channels, "module": "stem"}]
@@ -104,31 +105,15 @@ class MobileOne(ClassifierModel):
             stride *= 2
             self.feature_info.append({"stride": stride, "num_channels": out_channels, "module": f"stages.{i}"})
         self.stages = nn.Sequential(*stages)
-
+        self.final_conv = nn.Identity()  # no expansion before the head
+        self.select_out_indices(out_indices)
         if features_only:
-            bad = [i for i in self.out_indices if not 0 <= i < len(self.feature_info)]
-            if bad:
-                raise UsageError(f"out_indices {bad} out of range: MobileOne has {len(self.feature_info)} levels (0-4)")
-            self.feature_info = [self.feature_info[i] for i in self.out_indices]
             return
         self.num_features = in_channels
         self.head = ClassifierHead(self.num_features, cfg.num_classes, cfg.drop_rate)
 
-    def _stem(self, x: Tensor) -> Tensor:
+    def forward_stem(self, x: Tensor) -> Tensor:
         # The stem reads the image in NCHW memory: on channels-last memory, oneDNN (torch 2.14, CPU) crashes in the
         # backward pass of its stride-2 1x1 conv over 3 channels. Everything after it runs channels-last.
         x = self.stem(x.contiguous())
         return x.contiguous(memory_format=torch.channels_last)  # [B, C, H, W] stored as [B, H, W, C]
-
-    def forward_intermediates(self, x: Tensor) -> list[Tensor]:
-        """The selected levels: stem output (stride 2), then each stage's (strides 4, 8, 16, 32), channels-last."""
-        x = self._stem(x)
-        return self.collect_stages(x, [x] if 0 in self.out_indices else [], first_level=1)
-
-    def forward_features(self, x: Tensor) -> Tensor:
-        """``[B, in_channels, H, W] -> [B, num_features, H/32, W/32]``.
-
-        The network runs on channels-last memory (same values; CPU depthwise and 1x1 convolutions are faster that
-        way), so the returned map is channels-last too.
-        """
-        return self.stages(self._stem(x))

@@ -31,6 +31,7 @@ from ..layers import (
     TransformerLayer,
     fold_patches,
     make_divisible,
+    trunc_normal_init_,
     unfold_patches,
 )
 
@@ -168,6 +169,21 @@ def _resize(x: Tensor, size: tuple[int, int], align_corners: bool) -> Tensor:
     return F.interpolate(x, size=size, mode="bilinear", align_corners=align_corners)
 
 
+def _transformer(
+    dim: int,
+    mlp_dim: int,
+    depth: int,
+    attention: Literal["mha", "separable"],
+    num_heads: int,
+    drop: tuple[float, float, float],
+    drop_path: tuple[float, ...],
+) -> nn.Sequential:
+    """``depth`` transformer layers; ``drop`` is (attention, projection, MLP) dropout, ``drop_path`` one rate per
+    layer (none: 0 everywhere)."""
+    rates = drop_path or (0.0,) * depth
+    return nn.Sequential(*(TransformerLayer(dim, mlp_dim, attention, num_heads, *drop, rate) for rate in rates))
+
+
 class MobileViTBlock(nn.Module):
     """MobileViT v1 block, or the MobileViTv3 block on the v1 base (``v3_fusion=True``).
 
@@ -197,12 +213,8 @@ class MobileViTBlock(nn.Module):
         self.v3_fusion = v3_fusion
         self.conv_local = ConvNormAct(in_channels, in_channels, kernel_size, groups=in_channels if v3_fusion else 1)
         self.conv_embed = nn.Conv2d(in_channels, transformer_dim, 1, bias=False)
-        drop_path = drop_path or (0.0,) * depth
-        self.transformer = nn.Sequential(
-            *(
-                TransformerLayer(transformer_dim, mlp_dim, "mha", num_heads, attn_drop, proj_drop, mlp_drop, dp)
-                for dp in drop_path
-            )
+        self.transformer = _transformer(
+            transformer_dim, mlp_dim, depth, "mha", num_heads, (attn_drop, proj_drop, mlp_drop), drop_path
         )
         self.norm = nn.LayerNorm(transformer_dim)
         self.conv_proj = ConvNormAct(transformer_dim, in_channels, 1)
@@ -254,12 +266,8 @@ class MobileViTV2Block(nn.Module):
         self.v3_fusion = v3_fusion
         self.conv_local = ConvNormAct(in_channels, in_channels, kernel_size, groups=in_channels)
         self.conv_embed = nn.Conv2d(in_channels, transformer_dim, 1, bias=False)
-        drop_path = drop_path or (0.0,) * depth
-        self.transformer = nn.Sequential(
-            *(
-                TransformerLayer(transformer_dim, mlp_dim, "separable", 1, attn_drop, proj_drop, mlp_drop, dp)
-                for dp in drop_path
-            )
+        self.transformer = _transformer(
+            transformer_dim, mlp_dim, depth, "separable", 1, (attn_drop, proj_drop, mlp_drop), drop_path
         )
         self.norm = PatchLayerNorm(transformer_dim)
         proj_in = 2 * transformer_dim if v3_fusion else transformer_dim
@@ -294,7 +302,6 @@ class MobileViT(ClassifierModel):
         self.cfg = cfg
         self.num_classes = cfg.num_classes
         self.features_only = features_only
-        self.out_indices = tuple(out_indices)
         self.stem = ConvNormAct(cfg.in_channels, cfg.stem_channels, 3, stride=2)
 
         num_layers = sum(s.transformer_depth for s in cfg.stages)
@@ -318,16 +325,12 @@ class MobileViT(ClassifierModel):
             stride *= stage.stride
             self.feature_info.append({"stride": stride, "num_channels": stage.out_channels, "module": f"stages.{i}"})
         self.stages = nn.Sequential(*stages)
-
-        if features_only:
-            bad = [i for i in self.out_indices if not 0 <= i < len(stages)]
-            if bad:
-                raise UsageError(f"out_indices {bad} out of range: MobileViT has {len(stages)} feature levels (0-4)")
-            self.feature_info = [self.feature_info[i] for i in self.out_indices]
+        self.select_out_indices(out_indices)
         # before the head exists, so that a feature extractor gets the same init (and, under one seed, the same
         # numbers) as the classifier's backbone
         self.apply(_init_weights)
         if features_only:
+            self.final_conv = nn.Identity()
             return
         if cfg.num_features:
             self.final_conv: nn.Module = ConvNormAct(in_channels, cfg.num_features, 1)
@@ -358,18 +361,9 @@ class MobileViT(ClassifierModel):
             return MobileViTBlock(num_heads=cfg.num_heads, **common)
         return MobileViTV2Block(**common)
 
-    def forward_intermediates(self, x: Tensor) -> list[Tensor]:
-        """The selected stage outputs (strides 2, 4, 8, 16, 32 by default), for dense prediction."""
-        return self.collect_stages(self.stem(x.contiguous(memory_format=torch.channels_last)), [])
-
-    def forward_features(self, x: Tensor) -> Tensor:
-        """``[B, in_channels, H, W] -> [B, num_features, H/32, W/32]``.
-
-        The network runs on channels-last memory (same values; the CPU convolutions and the patch unfold/fold are
-        faster that way), so the returned map is channels-last too.
-        """
+    def forward_stem(self, x: Tensor) -> Tensor:
         x = x.contiguous(memory_format=torch.channels_last)  # [B, C, H, W] stored as [B, H, W, C]
-        return self.final_conv(self.stages(self.stem(x)))
+        return self.stem(x)
 
 
 def _init_weights(module: nn.Module) -> None:
@@ -379,9 +373,7 @@ def _init_weights(module: nn.Module) -> None:
         if module.bias is not None:
             nn.init.zeros_(module.bias)
     elif isinstance(module, nn.Linear):
-        nn.init.trunc_normal_(module.weight, std=0.02)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
+        trunc_normal_init_(module)
     elif isinstance(module, (nn.BatchNorm2d, nn.LayerNorm, PatchLayerNorm)):
         nn.init.ones_(module.weight)
         nn.init.zeros_(module.bias)

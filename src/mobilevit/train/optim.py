@@ -1,10 +1,11 @@
-"""Optimizer, learning-rate schedule and weight EMA of the ml-cvnets / ml-fastvit / MobileOne recipes (SPEC.md 2a).
+"""Optimizer, learning-rate schedule and weight EMA of the ml-cvnets / ml-fastvit / MobileOne recipes.
 
 - :func:`param_groups` / :func:`build_optimizer`: AdamW (MobileViT, FastViT) or SGD with momentum (MobileOne, arXiv
-  2206.04040) with no weight decay on normalization parameters, biases, layer scales and position parameters (cvnets
-  ``no_decay_bn_filter_bias``; timm's ``param_groups_weight_decay``); optionally layer-wise learning-rate decay for
-  fine-tuning (BEiT, arXiv 2106.08254): the head at ``lr``, every earlier layer of :func:`layer_ids` one more factor
-  ``layer_decay`` lower, the stem the lowest.
+  2206.04040) with no weight decay on 1-D parameters (norms, biases) and on what the model's ``no_weight_decay()``
+  hook names (cvnets ``no_decay_bn_filter_bias``; timm's ``param_groups_weight_decay``); optionally layer-wise
+  learning-rate decay for fine-tuning (BEiT, arXiv 2106.08254): the head at ``lr``, every earlier layer of
+  :func:`layer_ids` (from the model's ``group_matcher()`` hook) one more factor ``layer_decay`` lower, the stem the
+  lowest.
 - :class:`WarmupCosineSchedule`: per-iteration linear warmup from ``warmup_init_lr`` to the peak, then a cosine from
   the peak to ``min_lr`` (cvnets ``cosine`` scheduler with ``warmup_iterations``); each group's learning rate is that
   times its ``lr_scale``. Optionally the weight decay follows a cosine too (MobileOne: 1e-4 -> 1e-5).
@@ -17,12 +18,14 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import re
 from typing import Any
 
 import torch
 from torch import nn
 
 from ..errors import UsageError
+from ..models import unwrap_model
 from .config import OptimizerConfig, ScheduleConfig
 
 logger = logging.getLogger(__name__)
@@ -34,79 +37,51 @@ __all__ = [
     "layer_ids",
     "no_weight_decay",
     "param_groups",
-    "unwrap",
 ]
-
-_NORMS = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm, nn.modules.instancenorm._InstanceNorm)
-# parameter names (last component) that are scales or positions, whatever their shape (FastViT's LayerScale2d gamma
-# is [C, 1, 1])
-_NO_DECAY_NAMES = ("gamma", "layer_scale", "pos_embed", "pos_emb", "position", "rel_pos", "cls_token")
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The model inside a ``DistributedDataParallel`` / ``torch.compile`` wrapper."""
-    while True:
-        inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
-        if not isinstance(inner, nn.Module):
-            return model
-        model = inner
 
 
 def no_weight_decay(model: nn.Module) -> set[str]:
-    """Names of the trainable parameters that get no weight decay: norms, biases, 1-D tensors, scales, positions."""
-    names = set()
-    for module_name, module in model.named_modules():
-        for name, param in module.named_parameters(recurse=False):
-            full = f"{module_name}.{name}" if module_name else name
-            if (
-                isinstance(module, _NORMS)
-                or name == "bias"
-                or param.ndim <= 1
-                or any(key in full.lower() for key in _NO_DECAY_NAMES)
-            ):
-                names.add(full)
-    return names
+    """Names of the parameters that get no weight decay: every 1-D parameter (norm scales and shifts, biases) and
+    those the model's ``no_weight_decay()`` hook names (FastViT: layer scales and position encodings)."""
+    hook = getattr(model, "no_weight_decay", None)
+    named = set(hook()) if callable(hook) else set()
+    return {name for name, param in model.named_parameters() if param.ndim <= 1 or name in named}
 
 
 def layer_ids(model: nn.Module) -> tuple[dict[str, int], int]:
-    """The depth of every parameter for layer-wise learning-rate decay, from the model contract.
+    """The depth of every parameter for layer-wise learning-rate decay, from the model's ``group_matcher(coarse=True)``.
 
-    Layers, in forward order: ``stem`` (0), each element of ``stages`` (1 .. S), each other top-level module that has
-    parameters (the final conv of MobileViT and FastViT), and ``head`` (the last layer).
+    Layers, in forward order: the stem (0), each block group of the matcher in the order of the numbers it captures
+    (each stage, then the final conv of MobileViT and FastViT where it has parameters), and the head: every parameter
+    no regex matches, always the last layer.
 
     Returns:
         ``({parameter name: layer}, number of layers)``.
 
     Raises:
-        ValueError: the model does not have ``stem``, ``stages`` and ``head``, or a parameter is outside them.
+        UsageError: the model has no ``group_matcher`` hook.
     """
-    missing = [a for a in ("stem", "stages", "head") if not isinstance(getattr(model, a, None), nn.Module)]
-    if missing:
+    matcher = getattr(model, "group_matcher", None)
+    if not callable(matcher):
         raise UsageError(
-            f"layer_decay needs a model with stem, stages and head modules; {type(model).__name__} has no "
-            f"{', '.join(missing)}"
+            f"layer_decay needs a model with stem, stages and head (a group_matcher() hook); {type(model).__name__} "
+            "has none"
         )
-    num_stages = len(model.stages)  # type: ignore[arg-type]
-    necks = [
-        name
-        for name, child in model.named_children()
-        if name not in ("stem", "stages", "head") and any(True for _ in child.parameters())
-    ]
-    head_id = num_stages + 1 + len(necks)
-    ids = {}
-    for name, _ in model.named_parameters():
-        top, _, rest = name.partition(".")
-        if top == "stem":
-            ids[name] = 0
-        elif top == "stages":
-            ids[name] = 1 + int(rest.split(".", 1)[0])
-        elif top in necks:
-            ids[name] = num_stages + 1 + necks.index(top)
-        elif top == "head":
-            ids[name] = head_id
-        else:
-            raise UsageError(f"layer_decay: parameter {name!r} is in no stem, stage, top-level module or head")
-    return ids, head_id + 1
+    rules = []  # (position of the group, compiled regex, suffix)
+    for position, spec in enumerate(matcher(coarse=True).values()):
+        for regex, suffix in [(spec, None)] if isinstance(spec, str) else spec:
+            rules.append((position, re.compile(regex), tuple(suffix or ())))
+
+    def place(name: str) -> tuple[float, ...]:
+        for position, regex, suffix in rules:
+            match = regex.match(name)
+            if match:
+                return (position, *(float(n) for n in match.groups()), *suffix)
+        return (math.inf,)  # the head
+
+    places = {name: place(name) for name, _ in model.named_parameters()}
+    layer = {p: i for i, p in enumerate(sorted({*places.values(), (math.inf,)}))}
+    return {name: layer[p] for name, p in places.items()}, len(layer)
 
 
 def param_groups(
@@ -121,7 +96,7 @@ def param_groups(
     Args:
         model: the (unwrapped) model.
         weight_decay: decay of the weight matrices and convolution kernels.
-        no_decay_norm_bias: exempt norms, biases, layer scales and position parameters (see :func:`no_weight_decay`);
+        no_decay_norm_bias: exempt norms, biases and the model's own choice (see :func:`no_weight_decay`);
             ``False`` decays everything, as the MobileViT v1 recipe does.
         layer_decay: factor in (0, 1] between consecutive layers; ``None`` for one learning rate.
     """
@@ -152,7 +127,7 @@ def param_groups(
 
 def build_optimizer(model: nn.Module, cfg: OptimizerConfig) -> torch.optim.Optimizer:
     """AdamW or SGD over :func:`param_groups` of ``model`` with the config's settings and peak ``lr``."""
-    groups = param_groups(unwrap(model), cfg.weight_decay, cfg.no_decay_norm_bias, cfg.layer_decay)
+    groups = param_groups(unwrap_model(model), cfg.weight_decay, cfg.no_decay_norm_bias, cfg.layer_decay)
     if not any(g["params"] for g in groups):
         raise UsageError("the model has no trainable parameters")
     if cfg.name == "adamw":
@@ -264,7 +239,7 @@ class ModelEMA:
         if not 0.0 < momentum <= 1.0:
             raise UsageError(f"EMA momentum must be in (0, 1], got {momentum}")
         self.momentum = momentum
-        self.module = copy.deepcopy(unwrap(model)).eval()
+        self.module = copy.deepcopy(unwrap_model(model)).eval()
         for p in self.module.parameters():
             p.requires_grad_(False)
         self._param_names = {name for name, _ in self.module.named_parameters()}
@@ -273,7 +248,7 @@ class ModelEMA:
     def update(self, model: nn.Module) -> None:
         """Move the average toward ``model``'s current weights; copy its buffers."""
         ema_state = self.module.state_dict()
-        for name, value in unwrap(model).state_dict().items():
+        for name, value in unwrap_model(model).state_dict().items():
             target = ema_state[name]
             if name in self._param_names and target.dtype.is_floating_point:
                 target.lerp_(value.detach(), self.momentum)
