@@ -5,7 +5,7 @@ https://github.com/apple/ml-cvnets (facts, not code):
 
 - **Sizes.** ``linspace(min, max, num_scales)`` for heights and for widths, plus the base size when it is not already
   in the list; each rounded to a multiple of ``divisor`` (32) with the MobileNet ``make_divisible`` rule
-  (:func:`make_divisible`); de-duplicated and sorted.
+  (:func:`mobilevit.layers.make_divisible`); de-duplicated and sorted.
 - **Batch per size.** The variable-batch sampler keeps the number of pixels per batch near the base:
   ``max(1, int(round(base_h * base_w * base_batch / (h * w), 2)))`` -- cvnets rounds to two decimals and then
   *truncates*, which is why the worked example (base 256, batch 128, range 160-320, 5 scales) gives
@@ -48,6 +48,7 @@ from torch import Tensor
 from torch.utils.data import Dataset, Sampler, get_worker_info
 
 from ..errors import UsageError
+from ..layers import make_divisible
 
 logger = logging.getLogger(__name__)
 
@@ -115,19 +116,6 @@ def seeded_rngs(seed: int, restore: bool = True) -> Iterator[None]:
             np.random.set_state(states[2])
 
 
-def make_divisible(value: float, divisor: int = 32, min_value: int | None = None) -> int:
-    """Round ``value`` to the nearest multiple of ``divisor``, never below ``min_value`` nor 10% below ``value``.
-
-    The MobileNet rule cvnets uses for crop sizes: ``max(min_value, int(v + d / 2) // d * d)``, plus one ``divisor``
-    if that lost more than 10%.
-    """
-    min_value = divisor if min_value is None else min_value
-    rounded = max(min_value, int(value + divisor / 2) // divisor * divisor)
-    if rounded < 0.9 * value:
-        rounded += divisor
-    return rounded
-
-
 def to_pair(size: int | Sequence[int]) -> tuple[int, int]:
     """``(height, width)`` of a size given as one int (square) or as a pair."""
     if isinstance(size, int):
@@ -150,7 +138,7 @@ def scale_sizes(
         min_size: the smallest crop before rounding.
         max_size: the largest crop before rounding.
         num_scales: points of ``linspace(min_size, max_size, num_scales)``.
-        divisor: every size is rounded to a multiple of this (:func:`make_divisible`).
+        divisor: every size is rounded to a multiple of this (:func:`mobilevit.layers.make_divisible`).
     """
     if num_scales < 1:
         raise UsageError(f"num_scales must be >= 1, got {num_scales}")
