@@ -20,7 +20,7 @@ from .converters import CONVERTERS
 
 logger = logging.getLogger(__name__)
 
-_HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")  # a transformers folder holds one of these
 LIBRARY = "mobilevit"  # the "library" value of our config.json, which tells our folders from transformers ones
 _WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "module")
 # a MobileOne block of ours / timm's, train-time (``conv_kxk.<i>.``) or folded (``reparam_conv.``)
@@ -34,7 +34,7 @@ class CheckpointError(MobileViTError, ValueError):
 def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[str, Any]]:
     """Read a state dict from a file, a transformers folder or a folder written by :func:`mobilevit.save_pretrained`.
 
-    A folder's ``config.json`` tells the two folder kinds apart: ours has ``"library": "mobilevit"``, a transformers
+    A folder's ``config.json`` tells the two folder kinds apart: ours has ``"library"`` set to :data:`LIBRARY`, a transformers
     one has ``model_type``.
 
     Returns:
@@ -48,11 +48,11 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[st
     info: dict[str, Any] = {}
     if path.is_dir():
         config_file = path / "config.json"
-        weights = next((path / f for f in _HF_WEIGHT_FILES if (path / f).exists()), None)
+        weights = next((path / f for f in HF_WEIGHT_FILES if (path / f).exists()), None)
         if not config_file.exists() or weights is None:
             raise CheckpointError(
                 f"{path} is a folder but not a checkpoint folder: it needs config.json and one of "
-                f"{', '.join(_HF_WEIGHT_FILES)} (a transformers folder, or one written by mobilevit.save_pretrained)"
+                f"{', '.join(HF_WEIGHT_FILES)} (a transformers folder, or one written by mobilevit.save_pretrained)"
             )
         try:
             config = json.loads(config_file.read_text())
