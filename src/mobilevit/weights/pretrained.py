@@ -51,8 +51,8 @@ class PretrainedCfg:
         source: the file or folder the weights were read from.
         entry: the registered weights entry (named ``arch.tag``, or the default of a bare name with
             ``pretrained=True``), if any. Holds the published metrics, license and the upstream preprocessing.
-        preprocess: the eval transform these weights expect (from the checkpoint's own config, else the entry);
-            ``None`` when unknown (a bare architecture name with a foreign file).
+        preprocess: the eval transform these weights expect: the one given (the checkpoint's own config), else the
+            entry's; ``None`` when unknown (a bare architecture name with a foreign file).
         labels: class names, index-aligned with the classifier; ``None`` when unknown or when the classifier was
             replaced (a new ``num_classes``).
     """
@@ -62,6 +62,10 @@ class PretrainedCfg:
     entry: WeightsEntry | None = None
     preprocess: Preprocess | None = None
     labels: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.preprocess is None and self.entry is not None:
+            object.__setattr__(self, "preprocess", self.entry.preprocess)  # frozen: set once, here
 
     @property
     def name(self) -> str:
@@ -238,9 +242,7 @@ def model_io(model: nn.Module) -> ModelIO:
     info: PretrainedCfg | None = getattr(model, "pretrained_cfg", None)
     arch = info.arch if info is not None else find_arch(model.cfg)
     entry = info.entry if info is not None else None
-    preprocess = info.preprocess if info is not None else None
-    if preprocess is None and entry is not None:
-        preprocess = entry.preprocess
+    preprocess = info.preprocess if info is not None else None  # the checkpoint's own, else its entry's
     if preprocess is None:
         preprocess = get_weights(arch).preprocess  # every architecture has default weights (test_entries checks)
     labels = () if getattr(model, "features_only", False) else model_labels(model)
