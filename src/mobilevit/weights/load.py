@@ -34,8 +34,8 @@ class CheckpointError(MobileViTError, ValueError):
 def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[str, Any]]:
     """Read a state dict from a file, a transformers folder or a folder written by :func:`mobilevit.save_pretrained`.
 
-    A folder's ``config.json`` tells the two folder kinds apart: ours has ``"library"`` set to :data:`LIBRARY`, a transformers
-    one has ``model_type``.
+    A folder's ``config.json`` tells the two folder kinds apart: ours has ``"library"`` set to :data:`LIBRARY`, a
+    transformers one has ``model_type``.
 
     Returns:
         The tensors, and extra information: ``{"hf_config": ...}`` for a transformers folder, ``{"arch": ...,
