@@ -14,7 +14,14 @@ from .models import ARCHITECTURES, architecture
 from .reparam import reparameterize_model
 from .weights.entries import WeightsEntry, get_weights, labels_for, list_weights
 from .weights.hub import resolve_weights
-from .weights.load import CheckpointError, convert_checkpoint, is_folded_checkpoint, load_into, read_checkpoint
+from .weights.load import (
+    CONFIG_METADATA_KEY,
+    CheckpointError,
+    convert_checkpoint,
+    is_folded_checkpoint,
+    load_into,
+    read_checkpoint,
+)
 from .weights.pretrained import PretrainedCfg, preprocess_from_json, read_saved_config
 from .weights.pretrained import config_overrides as saved_overrides
 
@@ -162,7 +169,7 @@ def _read_weights(
     A folder of ours supplies the base config; the caller's overrides win over it.
     """
     state_dict, info = read_checkpoint(path)
-    saved = info.get("mobilevit_config")
+    saved = info.get(CONFIG_METADATA_KEY)
     if saved is not None:
         if saved.get("arch") != arch:
             raise CheckpointError(f"{path} holds weights for {saved.get('arch')!r}, not {arch!r}")

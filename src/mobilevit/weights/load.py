@@ -22,6 +22,7 @@ logger = logging.getLogger(__name__)
 
 HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")  # a transformers folder holds one of these
 LIBRARY = "mobilevit"  # the "library" value of our config.json, which tells our folders from transformers ones
+CONFIG_METADATA_KEY = "mobilevit_config"  # the safetensors metadata key holding a copy of our config.json
 _WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "module")
 # a MobileOne block of ours / timm's, train-time (``conv_kxk.<i>.``) or folded (``reparam_conv.``)
 _MOBILEONE_BLOCK = re.compile(r"\.conv_kxk\.\d+\.|(^|\.)reparam_conv\.")
@@ -59,7 +60,7 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[st
         except (ValueError, OSError) as e:
             raise CheckpointError(f"Cannot read {config_file}: {e}") from e
         if is_mobilevit_config(config):
-            info["mobilevit_config"] = config
+            info[CONFIG_METADATA_KEY] = config
             info["arch"] = config["arch"]
         elif isinstance(config, dict) and "model_type" in config:
             info["hf_config"] = config
@@ -79,12 +80,12 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[st
             state_dict = load_file(str(path))
         except (SafetensorError, OSError, ValueError) as e:
             raise CheckpointError(f"Cannot read safetensors file {path}: {e}") from e
-        if "mobilevit_config" in metadata and "mobilevit_config" not in info:
+        if CONFIG_METADATA_KEY in metadata and CONFIG_METADATA_KEY not in info:
             try:
-                info["mobilevit_config"] = json.loads(metadata.pop("mobilevit_config"))
+                info[CONFIG_METADATA_KEY] = json.loads(metadata.pop(CONFIG_METADATA_KEY))
             except ValueError as e:
-                raise CheckpointError(f"{path}: unreadable 'mobilevit_config' metadata: {e}") from e
-        metadata.pop("mobilevit_config", None)
+                raise CheckpointError(f"{path}: unreadable {CONFIG_METADATA_KEY!r} metadata: {e}") from e
+        metadata.pop(CONFIG_METADATA_KEY, None)
         info = {**metadata, **info}
         return _unwrap(state_dict, path), info
     try:

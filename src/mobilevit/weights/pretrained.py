@@ -33,7 +33,7 @@ from torch import nn
 from ..errors import UsageError
 from ..models import ARCHITECTURES, find_arch, unwrap_model
 from .entries import Preprocess, WeightsEntry, get_weights, labels_for
-from .load import LIBRARY, CheckpointError
+from .load import CONFIG_METADATA_KEY, LIBRARY, CheckpointError, is_folded_checkpoint, is_mobilevit_config
 
 FORMAT_VERSION = 1
 CONFIG_NAME = "config.json"
@@ -152,8 +152,6 @@ def save_pretrained(
     """
     from safetensors.torch import save_file
 
-    from .load import is_folded_checkpoint
-
     model = unwrap_model(model)
     cfg = getattr(model, "cfg", None)
     if cfg is None:
@@ -199,7 +197,7 @@ def save_pretrained(
     directory.mkdir(parents=True, exist_ok=True)
     text = json.dumps(config, indent=2)
     save_file(
-        state_dict, str(directory / WEIGHTS_NAME), metadata={"format": "pt", "arch": arch, "mobilevit_config": text}
+        state_dict, str(directory / WEIGHTS_NAME), metadata={"format": "pt", "arch": arch, CONFIG_METADATA_KEY: text}
     )
     (directory / CONFIG_NAME).write_text(text + "\n")
     return directory
@@ -257,8 +255,6 @@ def model_io(model: nn.Module) -> ModelIO:
 
 def read_saved_config(path: str | os.PathLike) -> dict[str, Any] | None:
     """Our ``config.json`` (or the copy in a safetensors file's metadata) at ``path``, or ``None`` if it has none."""
-    from .load import is_mobilevit_config
-
     path = Path(path)
     if path.is_dir():
         config_file = path / CONFIG_NAME
@@ -275,7 +271,7 @@ def read_saved_config(path: str | os.PathLike) -> dict[str, Any] | None:
 
         try:
             with safe_open(str(path), "pt") as f:
-                text = (f.metadata() or {}).get("mobilevit_config")
+                text = (f.metadata() or {}).get(CONFIG_METADATA_KEY)
             return json.loads(text) if text else None
         except (SafetensorError, OSError, ValueError):
             return None
