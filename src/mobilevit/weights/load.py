@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import MobileViTError
+from ..reparam import reparameterize_model
 from .converters import CONVERTERS
 
 logger = logging.getLogger(__name__)
@@ -207,7 +208,6 @@ def is_folded_checkpoint(model: nn.Module, state_dict: dict[str, Tensor]) -> boo
 
     The classifier is ignored (it may be replaced), so is anything a ``features_only`` model does not hold.
     """
-    from ..reparam import reparameterize_model
 
     def mismatch(m: nn.Module) -> int:
         expected = {k for k in m.state_dict() if not k.startswith("head.")}

@@ -173,20 +173,13 @@ def save_pretrained(
         preprocess = model_io(model).preprocess
 
     state_dict = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    model_cls, base = ARCHITECTURES[arch]
-    fresh_cfg = dataclasses.replace(cfg, num_classes=num_classes)
-    fresh_kwargs: dict[str, Any] = {"features_only": features_only}
-    if features_only:
-        fresh_kwargs["out_indices"] = tuple(model.out_indices)
-    reparameterized = is_folded_checkpoint(model_cls(fresh_cfg, **fresh_kwargs), state_dict)
-
     config: dict[str, Any] = {
         "library": LIBRARY,
         "format_version": FORMAT_VERSION,
         "arch": arch,
         "num_classes": num_classes,
-        "config": config_diff(cfg, base),
-        "reparameterized": reparameterized,
+        "config": config_diff(cfg, ARCHITECTURES[arch][1]),
+        "reparameterized": _is_folded(model, arch, num_classes, state_dict),
         "features_only": features_only,
         **({"out_indices": list(model.out_indices)} if features_only else {}),
         "labels": labels,
@@ -201,6 +194,16 @@ def save_pretrained(
     )
     (directory / CONFIG_NAME).write_text(text + "\n")
     return directory
+
+
+def _is_folded(model: nn.Module, arch: str, num_classes: int, state_dict: dict[str, Any]) -> bool:
+    """Whether ``model`` (of architecture ``arch``, with weights ``state_dict``) is in its re-parameterized form."""
+    features_only = bool(getattr(model, "features_only", False))
+    kwargs: dict[str, Any] = {"features_only": features_only}
+    if features_only:
+        kwargs["out_indices"] = tuple(model.out_indices)
+    fresh = ARCHITECTURES[arch][0](dataclasses.replace(model.cfg, num_classes=num_classes), **kwargs)
+    return is_folded_checkpoint(fresh, state_dict)
 
 
 def model_labels(model: nn.Module) -> tuple[str, ...]:
