@@ -395,6 +395,22 @@ def test_transform_for_names_entries_and_configs() -> None:
         transform_for(object())
 
 
+def test_transform_for_models() -> None:
+    """A model's transform is its checkpoint's own preprocessing, else its entry's, else its default weights'."""
+    from mobilevit import create_model
+    from mobilevit.weights import PretrainedCfg
+
+    model = create_model("mobilevitv2_050")  # random weights: the default entry's preprocessing
+    assert transform_for(model).pre == WEIGHTS[E.default_weights("mobilevitv2_050")].preprocess == E.TIMM_V2
+    entry = WEIGHTS["mobilevitv2_100.hf_in1k"]
+    model.pretrained_cfg = PretrainedCfg(arch="mobilevitv2_050", source="x", entry=entry)
+    assert transform_for(model).pre == entry.preprocess == E.HF_PROCESSOR_RGB
+    assert transform_for(model, upstream=True).pre == entry.upstream_preprocess == E.HF_PROCESSOR
+    model.pretrained_cfg = PretrainedCfg(arch="mobilevitv2_050", source="x", entry=entry, preprocess=E.CVNETS_V2_384)
+    assert transform_for(model).pre == E.CVNETS_V2_384
+    assert transform_for(torch.nn.DataParallel(model)).pre == E.CVNETS_V2_384
+
+
 def test_transform_pickles_for_dataloader_workers(package_images: Images) -> None:
     t = transform_for("mobilevit_xxs.orig_in1k")
     img = package_images[0][1]

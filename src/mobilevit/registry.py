@@ -7,14 +7,21 @@ import fnmatch
 import os
 from typing import Any
 
-from torch import nn
+from torch import Tensor, nn
 
 from .errors import UsageError, suggest
 from .models import ARCHITECTURES, architecture
 from .reparam import reparameterize_model
-from .weights.entries import get_weights, labels_for, list_weights
+from .weights.entries import WeightsEntry, get_weights, labels_for, list_weights
 from .weights.hub import resolve_weights
-from .weights.load import CheckpointError, convert_checkpoint, is_folded_checkpoint, load_into, read_checkpoint
+from .weights.load import (
+    CONFIG_METADATA_KEY,
+    CheckpointError,
+    convert_checkpoint,
+    is_folded_checkpoint,
+    load_into,
+    read_checkpoint,
+)
 from .weights.pretrained import PretrainedCfg, preprocess_from_json, read_saved_config
 from .weights.pretrained import config_overrides as saved_overrides
 
@@ -41,7 +48,7 @@ def build_config(name: str, **overrides: Any) -> Any:
     return dataclasses.replace(cfg, **overrides)
 
 
-def _weights_entry(name: str) -> Any:
+def _weights_entry(name: str) -> WeightsEntry:
     """The weights entry of ``arch.tag`` (or the default one of a bare architecture), with a helpful error."""
     try:
         return get_weights(name)
@@ -103,79 +110,111 @@ def create_model(
     """
     name = os.fspath(name)
     if _is_checkpoint_path(name):
-        saved = read_saved_config(name)
-        if saved is None or pretrained not in (False, True):
-            raise UsageError(
-                f"{name!r} is neither a registered model nor a folder written by mobilevit.save_pretrained; for "
-                "another checkpoint, name the architecture: create_model('arch', pretrained='path')"
-            )
+        saved = _saved_folder_config(name, pretrained)
         if out_indices is None and saved.get("out_indices") is not None:
             out_indices = tuple(saved["out_indices"])
-        return create_model(
-            saved["arch"],
-            pretrained=name,
-            num_classes=num_classes,
-            features_only=features_only or bool(saved.get("features_only")),
-            out_indices=out_indices,
-            reparameterized=reparameterized,
-            **config_overrides,
-        )
-
+        features_only = features_only or bool(saved.get("features_only"))
+        name, pretrained = saved["arch"], name
     arch = name.split(".", 1)[0]
-    model_cls = ARCHITECTURES[arch][0] if arch in ARCHITECTURES else None
     cfg = build_config(name, **config_overrides)
-    kwargs: dict[str, Any] = {"features_only": features_only}
-    if out_indices is not None:
-        kwargs["out_indices"] = tuple(out_indices)
-
     if pretrained is False or pretrained is None or pretrained == "":
-        if num_classes is not None:
-            cfg = dataclasses.replace(cfg, num_classes=num_classes)
-        model = model_cls(cfg, **kwargs)
+        model = _build(arch, cfg, features_only, out_indices, num_classes)
         model = reparameterize_model(model, inplace=True) if reparameterized else model
         model.pretrained_cfg = None
         return model
 
-    entry = None
-    fmt = None
-    if pretrained is True:
-        entry = _weights_entry(name)
-        path = resolve_weights(entry)
-        fmt = entry.format
-    else:
-        path = pretrained
-        if "." in name:
-            entry = _weights_entry(name)
-
-    state_dict, info = read_checkpoint(path)
-    saved = info.get("mobilevit_config")
-    if saved is not None:  # our own folder: its config is the base, the caller's overrides win
-        if saved.get("arch") != arch:
-            raise CheckpointError(f"{path} holds weights for {saved.get('arch')!r}, not {arch!r}")
-        cfg = build_config(arch, **{**saved_overrides(saved, ARCHITECTURES[arch][1]), **config_overrides})
-    state_dict = convert_checkpoint(state_dict, info, arch, cfg, source=str(path), fmt=fmt)
+    path, entry, fmt = _weights_location(name, pretrained)
+    state_dict, saved, cfg = _read_weights(path, arch, cfg, fmt, config_overrides)
     ckpt_classes = state_dict["head.fc.weight"].shape[0] if "head.fc.weight" in state_dict else None
     if num_classes is None:
         num_classes = ckpt_classes if ckpt_classes is not None else cfg.num_classes
-    cfg = dataclasses.replace(cfg, num_classes=num_classes)
-    model = model_cls(cfg, **kwargs)
+    model = _build(arch, cfg, features_only, out_indices, num_classes)
+    keep_head = num_classes == ckpt_classes
+    _load_weights(model, state_dict, str(path), keep_head=keep_head, reparameterized=reparameterized)
+    labelled = num_classes if keep_head and not features_only else None
+    model.pretrained_cfg = _pretrained_cfg(arch, str(path), entry, saved, labelled)
+    return model
+
+
+def _saved_folder_config(path: str, pretrained: bool | str | os.PathLike) -> dict[str, Any]:
+    """Our config of a folder written by :func:`mobilevit.save_pretrained`, named as the model itself."""
+    saved = read_saved_config(path)
+    if saved is None or pretrained not in (False, True):
+        raise UsageError(
+            f"{path!r} is neither a registered model nor a folder written by mobilevit.save_pretrained; for "
+            "another checkpoint, name the architecture: create_model('arch', pretrained='path')"
+        )
+    return saved
+
+
+def _weights_location(
+    name: str, pretrained: bool | str | os.PathLike
+) -> tuple[str | os.PathLike, WeightsEntry | None, str | None]:
+    """``(path, entry, format)`` of the weights to load.
+
+    ``pretrained=True`` takes the entry's file (cached or downloaded) and its recorded format; a path is read as it
+    is, described by the entry only when ``name`` is an ``arch.tag``.
+    """
+    if pretrained is True:
+        entry = _weights_entry(name)
+        return resolve_weights(entry), entry, entry.format
+    return pretrained, _weights_entry(name) if "." in name else None, None
+
+
+def _read_weights(
+    path: str | os.PathLike, arch: str, cfg: Any, fmt: str | None, config_overrides: dict[str, Any]
+) -> tuple[dict[str, Tensor], dict[str, Any] | None, Any]:
+    """Read and convert a checkpoint: ``(state_dict in our key names, our saved config or None, config)``.
+
+    A folder of ours supplies the base config; the caller's overrides win over it.
+    """
+    state_dict, info = read_checkpoint(path)
+    saved = info.get(CONFIG_METADATA_KEY)
+    if saved is not None:
+        if saved.get("arch") != arch:
+            raise CheckpointError(f"{path} holds weights for {saved.get('arch')!r}, not {arch!r}")
+        cfg = build_config(arch, **{**saved_overrides(saved, ARCHITECTURES[arch][1]), **config_overrides})
+    return convert_checkpoint(state_dict, info, arch, cfg, source=str(path), fmt=fmt), saved, cfg
+
+
+def _build(
+    arch: str, cfg: Any, features_only: bool, out_indices: tuple[int, ...] | None, num_classes: int | None
+) -> nn.Module:
+    """A fresh model of ``arch`` with config ``cfg``, its ``num_classes`` replaced when one is given."""
+    if num_classes is not None:
+        cfg = dataclasses.replace(cfg, num_classes=num_classes)
+    kwargs: dict[str, Any] = {"features_only": features_only}
+    if out_indices is not None:
+        kwargs["out_indices"] = tuple(out_indices)
+    return ARCHITECTURES[arch][0](cfg, **kwargs)
+
+
+def _load_weights(
+    model: nn.Module, state_dict: dict[str, Tensor], source: str, keep_head: bool, reparameterized: bool
+) -> None:
+    """Load converted weights strictly, into the folded form when the checkpoint has it; fold after if asked."""
     folded = is_folded_checkpoint(model, state_dict)
     if folded:
         reparameterize_model(model, inplace=True)  # a fresh model: folding it only gives it the checkpoint's layout
-    keep_head = num_classes == ckpt_classes
-    load_into(model, state_dict, source=str(path), keep_head=keep_head)
+    load_into(model, state_dict, source=source, keep_head=keep_head)
     if reparameterized and not folded:
         reparameterize_model(model, inplace=True)
 
-    # what the weights expect and mean: the checkpoint's own config first, then the entry
-    preprocess = preprocess_from_json(saved.get("preprocess")) if saved else None
-    if entry is not None:
-        preprocess = preprocess or entry.preprocess
-    labels = None  # the checkpoint's classes: its own names, its entry's, or ImageNet-1k's for 1000 (labels_for)
-    if keep_head and not features_only:
-        labels = labels_for(num_classes, entry, saved.get("labels") if saved else None)
-    model.pretrained_cfg = PretrainedCfg(arch=arch, source=str(path), entry=entry, preprocess=preprocess, labels=labels)
-    return model
+
+def _pretrained_cfg(
+    arch: str, source: str, entry: WeightsEntry | None, saved: dict[str, Any] | None, labelled: int | None
+) -> PretrainedCfg:
+    """What the loaded weights expect and mean: the checkpoint's own config first, then the entry.
+
+    Args:
+        saved: our saved config of the checkpoint, if it has one.
+        labelled: the number of classes whose names the checkpoint answers; ``None`` when its classifier was
+            replaced or dropped (``features_only``), so that it has no labels.
+    """
+    saved = saved or {}
+    labels = labels_for(labelled, entry, saved.get("labels")) if labelled is not None else None
+    preprocess = preprocess_from_json(saved.get("preprocess"))  # None: PretrainedCfg takes the entry's
+    return PretrainedCfg(arch=arch, source=source, entry=entry, preprocess=preprocess, labels=labels)
 
 
 def from_pretrained(path: str | os.PathLike, **kwargs: Any) -> nn.Module:

@@ -45,15 +45,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from torch import Tensor
+from torch import Tensor, nn
 
 from ..errors import UsageError
+from ..weights.entries import Preprocess, WeightsEntry, get_weights
+from ..weights.pretrained import model_io
 from .images import to_rgb
 
 if TYPE_CHECKING:
     from types import ModuleType
-
-    from ..weights.entries import Preprocess, WeightsEntry
 
 logger = logging.getLogger(__name__)
 
@@ -65,9 +65,6 @@ _PIL_INTERPOLATION = {
 }
 # cv2.INTER_NEAREST / INTER_LINEAR / INTER_CUBIC (ml-cvnets v0.1 `_str_to_cv2_interpolation`)
 _CV2_INTERPOLATION = {"nearest": 0, "bilinear": 1, "bicubic": 2}
-# torch's non-antialiased modes that compute what cv2.resize computes (half-pixel centres, clamped borders,
-# bicubic a = -0.75)
-_TORCH_INTERPOLATION = {"nearest": "nearest", "bilinear": "bilinear", "bicubic": "bicubic"}
 # Above this many times the crop's pixels, only the window that the crop keeps is resampled. Photos up to an aspect
 # ratio of about 6:1 stay below it and are resized whole, bit-exact with timm, transformers and ml-cvnets; the cost is
 # then at most 8 crops' worth of pixels (0.5M for a 256x256 crop).
@@ -126,9 +123,10 @@ def _resize_opencv(img: Image.Image, size: tuple[int, int], interpolation: str) 
     if cv2 is not None:
         return cv2.resize(arr, size, interpolation=_CV2_INTERPOLATION[interpolation])
     x = torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))[None].float()  # [H, W, 3] -> [1, 3, H, W]
-    mode = _TORCH_INTERPOLATION[interpolation]
-    kwargs: dict[str, Any] = {} if mode == "nearest" else {"align_corners": False, "antialias": False}
-    y = F.interpolate(x, size=(size[1], size[0]), mode=mode, **kwargs)
+    # torch's non-antialiased modes of the same names compute what cv2.resize computes (half-pixel centres, clamped
+    # borders, bicubic a = -0.75)
+    kwargs: dict[str, Any] = {} if interpolation == "nearest" else {"align_corners": False, "antialias": False}
+    y = F.interpolate(x, size=(size[1], size[0]), mode=interpolation, **kwargs)
     y = y.round_().clamp_(0, 255).to(torch.uint8)  # OpenCV returns 8-bit pixels
     return y[0].permute(1, 2, 0).numpy()  # [1, 3, H, W] -> [H, W, 3]
 
@@ -253,32 +251,27 @@ def _crop_window(resized: int, crop: int, offset: int) -> tuple[range, int]:
     return kept, kept.start - start
 
 
-def _short_side(pre: Any) -> int:
-    size = getattr(pre, "resize_size", None)
-    return int(size) if size else math.floor(min(pre.input_size) / pre.crop_pct)
-
-
 @dataclass(frozen=True)
 class EvalTransform:
     """``PIL image -> [3, H, W] float32 tensor`` as the weights described by ``pre`` expect; picklable.
 
     Attributes:
-        pre: the preprocessing (a :class:`~mobilevit.weights.entries.Preprocess`, or any object with its fields).
+        pre: the preprocessing.
     """
 
     pre: Preprocess
 
     def __post_init__(self) -> None:
         pre = self.pre
-        if getattr(pre, "resize_backend", "pil") not in _RESIZERS:
+        if pre.resize_backend not in _RESIZERS:
             raise UsageError(f"resize_backend must be one of {sorted(_RESIZERS)}, got {pre.resize_backend!r}")
         if pre.interpolation not in _PIL_INTERPOLATION:
             raise UsageError(f"unknown interpolation {pre.interpolation!r}")
-        if getattr(pre, "resize_backend", "pil") == "opencv" and pre.interpolation not in _CV2_INTERPOLATION:
+        if pre.resize_backend == "opencv" and pre.interpolation not in _CV2_INTERPOLATION:
             raise UsageError(f"interpolation {pre.interpolation!r} has no OpenCV equivalent here")
         if pre.channel_order not in ("RGB", "BGR"):
             raise UsageError(f"channel_order must be 'RGB' or 'BGR', got {pre.channel_order!r}")
-        crop_offsets(1, 1, (1, 1), getattr(pre, "crop_offset", "round"))  # validates the name
+        crop_offsets(1, 1, (1, 1), pre.crop_offset)  # validates the name
 
     @property
     def input_size(self) -> tuple[int, int]:
@@ -290,11 +283,11 @@ class EvalTransform:
         if img.mode != "RGB":
             img = to_rgb(img)
         pre = self.pre
-        backend = getattr(pre, "resize_backend", "pil")
-        size, crop = resized_size(img.width, img.height, _short_side(pre)), self.input_size
+        backend = pre.resize_backend
+        size, crop = resized_size(img.width, img.height, pre.resize_size), self.input_size
         (w, h), (crop_h, crop_w) = size, crop
         # the crop's (top, left) in the resized image, padded with black to the crop where it is smaller
-        top, left = crop_offsets(max(w, crop_w), max(h, crop_h), crop, getattr(pre, "crop_offset", "round"))
+        top, left = crop_offsets(max(w, crop_w), max(h, crop_h), crop, pre.crop_offset)
         (rows, y), (cols, x) = _crop_window(h, crop_h, top), _crop_window(w, crop_w, left)
         if img.size == size:  # nothing to resample: cut the window out before converting to numpy
             kept = np.asarray(img.crop((cols.start, rows.start, cols.stop, rows.stop)))
@@ -340,51 +333,46 @@ class EvalTransform:
         return torch.from_numpy(x)
 
 
-def eval_transform(pre: Preprocess) -> EvalTransform:
+def eval_transform(preprocess: Preprocess) -> EvalTransform:
     """The eval transform of a weights entry's preprocessing: ``PIL image -> [3, H, W] float32 tensor``.
 
     Non-RGB images are converted with :func:`~mobilevit.data.images.to_rgb`; decode files with
     :func:`~mobilevit.data.images.open_image`, which also applies the EXIF orientation.
 
     Args:
-        pre: ``input_size`` (H, W), ``resize_size`` (the shorter side before the crop; derived from ``crop_pct``
-            only when missing), ``interpolation``, ``mean``, ``std``, ``channel_order`` ("RGB" or "BGR"), and
-            optionally ``resize_backend`` ("pil" or "opencv") and ``crop_offset`` ("round" or "floor").
+        preprocess: the steps (size, resize, crop, channel order, normalization) the weights expect.
     """
-    return EvalTransform(pre)
+    return EvalTransform(preprocess)
 
 
-def transform_for(weights: str | WeightsEntry | Preprocess | Any, *, upstream: bool = False) -> EvalTransform:
+def transform_for(weights: str | WeightsEntry | Preprocess | nn.Module, *, upstream: bool = False) -> EvalTransform:
     """The eval transform for a weights name (``"arch.tag"`` or a bare architecture), an entry, or a model.
 
     Args:
-        weights: a weights name, a :class:`~mobilevit.weights.entries.WeightsEntry`, a ``Preprocess``, or anything
-            with a ``preprocess`` attribute (a ``PretrainedCfg``) or a ``pretrained_cfg`` one (a model from
-            ``create_model``).
+        weights: a weights name, a :class:`~mobilevit.weights.entries.WeightsEntry`, a ``Preprocess``, or a model of
+            this package (its preprocessing by :func:`~mobilevit.weights.model_io`).
         upstream: use the entry's ``upstream_preprocess`` (the source's own pipeline, e.g. the transformers
             processor that flips MobileViTV2's input to BGR) when it has one; for parity checks, not for accuracy.
+            A model's entry is the one it was loaded from.
 
     Raises:
         KeyError: an unknown weights name.
-        ValueError: nothing that says how the weights were preprocessed.
+        ValueError: an argument of none of these types.
     """
     if isinstance(weights, str):
-        from ..weights.entries import get_weights
-
         weights = get_weights(weights)
-    cfg = getattr(weights, "pretrained_cfg", None)
-    if cfg is not None and not hasattr(weights, "input_size"):
-        weights = cfg
-    if hasattr(weights, "input_size"):
+    if isinstance(weights, Preprocess):
         return eval_transform(weights)
-    entry = getattr(weights, "entry", None)  # a PretrainedCfg: its own preprocess wins, the entry has the upstream
-    pre = getattr(weights, "preprocess", None)
-    if upstream:
-        source = entry if entry is not None else weights
-        pre = getattr(source, "upstream_preprocess", None) or pre
-    if pre is None:
-        raise UsageError(f"no preprocessing known for {weights!r}; pass a Preprocess or a weights name")
-    return eval_transform(pre)
+    if isinstance(weights, WeightsEntry):
+        return eval_transform((upstream and weights.upstream_preprocess) or weights.preprocess)
+    if isinstance(weights, nn.Module):
+        io = model_io(weights)
+        upstream_pre = get_weights(io.weights).upstream_preprocess if upstream and io.weights else None
+        return eval_transform(upstream_pre or io.preprocess)
+    raise UsageError(
+        f"no preprocessing known for {type(weights).__name__}; pass a weights name, a WeightsEntry, a Preprocess or "
+        "a model of this package"
+    )
 
 
 __all__ = ["EvalTransform", "crop_offsets", "eval_transform", "resized_size", "transform_for"]

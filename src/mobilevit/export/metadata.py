@@ -32,15 +32,14 @@ from ..weights.pretrained import model_io, preprocess_from_json, preprocess_to_j
 FORMAT_VERSION = 1
 INPUT_NAME = "pixel_values"
 OUTPUT_NAME = "logits"
-# every MobileViT/FastViT/MobileOne variant downsamples by 32 before its last stage
 
 
 def size_multiple(model: nn.Module) -> int:
     """The multiple that input heights and widths must have for one exported graph to serve every size: ``1``.
 
     MobileViT blocks always emit their patch-grid resize (an identity on the grid) and FastViT and MobileOne are fully
-    convolutional up to the pooled head, so a dynamic graph takes every size the eager model takes. (Files exported by
-    earlier versions recorded 64 for MobileViT; the predictor still honours what a file records.)
+    convolutional up to the pooled head, so a dynamic graph takes every size the eager model takes. The predictor
+    honours whatever multiple a file records.
     """
     return 1
 
@@ -89,7 +88,7 @@ class ExportMetadata:
     def from_dict(cls, data: dict[str, str]) -> ExportMetadata:
         """Read back :meth:`to_dict` (as found in an exported file); raises ``ValueError`` for a foreign file."""
         if data.get("library") != LIBRARY:
-            raise UsageError("not a file exported by mobilevit (no 'library': 'mobilevit' metadata)")
+            raise UsageError(f"not a file exported by {LIBRARY} (no 'library': '{LIBRARY}' metadata)")
         return cls(
             arch=data["arch"],
             weights=data.get("weights", ""),

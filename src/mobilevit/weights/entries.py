@@ -198,7 +198,6 @@ MMPRETRAIN_V1 = (
     "mmpretrain configs/mobilevit/metafile.yml: the cvnets .pt files re-evaluated with BGR input, resize 288 / crop 256"
 )
 PAPER_V1_TABLE = "paper arXiv:2110.02178 (ImageNet-1k results)"
-PAPER_V2_TABLE = "paper arXiv:2206.02680 (ImageNet-1k results)"
 V3_README = "micronDLA/MobileViTv3 README.md (Classification ImageNet-1K table)"
 FASTVIT_README = "apple/ml-fastvit README.md (model zoo tables)"
 MOBILEONE_README = "apple/ml-mobileone README.md (model zoo table)"
@@ -396,8 +395,8 @@ def _mobileone(variant: str, reparam: bool, top1: float) -> WeightsEntry:
             if reparam
             else "Train-time form (Apple's 'unfused' checkpoint, a plain state dict)."
         )
-        + " Apple publishes no eval transform; resize 256 / crop 224 bilinear (the SPEC's reference, 77/100 top-1 on "
-        "imagenet-samples-100 for S0). timm evaluates S1-S4 with crop_pct 0.9.",
+        + " Apple publishes no eval transform; resize 256 / crop 224 bilinear, timm's S0 pipeline, gives S0 77/100 "
+        "top-1 on imagenet-samples-100. timm evaluates S1-S4 with crop_pct 0.9.",
         evidence=EV_MOBILEONE,
     )
 

@@ -27,12 +27,11 @@ import urllib.request
 from pathlib import Path
 
 from .entries import WeightsEntry, get_weights
-from .load import CheckpointError
+from .load import HF_WEIGHT_FILES, CheckpointError
 
 logger = logging.getLogger(__name__)
 
 PROBE_TIMEOUT = 3.0  # seconds to reach the server's host before giving up on a download
-HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")  # a transformers repository holds one of these
 _DEFAULT_ENDPOINT = "https://huggingface.co"
 
 

@@ -16,12 +16,14 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import MobileViTError
+from ..reparam import reparameterize_model
 from .converters import CONVERTERS
 
 logger = logging.getLogger(__name__)
 
-_HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")  # a transformers folder holds one of these
 LIBRARY = "mobilevit"  # the "library" value of our config.json, which tells our folders from transformers ones
+CONFIG_METADATA_KEY = "mobilevit_config"  # the safetensors metadata key holding a copy of our config.json
 _WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "module")
 # a MobileOne block of ours / timm's, train-time (``conv_kxk.<i>.``) or folded (``reparam_conv.``)
 _MOBILEONE_BLOCK = re.compile(r"\.conv_kxk\.\d+\.|(^|\.)reparam_conv\.")
@@ -34,8 +36,8 @@ class CheckpointError(MobileViTError, ValueError):
 def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[str, Any]]:
     """Read a state dict from a file, a transformers folder or a folder written by :func:`mobilevit.save_pretrained`.
 
-    A folder's ``config.json`` tells the two folder kinds apart: ours has ``"library": "mobilevit"``, a transformers
-    one has ``model_type``.
+    A folder's ``config.json`` tells the two folder kinds apart: ours has ``"library"`` set to :data:`LIBRARY`, a
+    transformers one has ``model_type``.
 
     Returns:
         The tensors, and extra information: ``{"hf_config": ...}`` for a transformers folder, ``{"arch": ...,
@@ -48,18 +50,18 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[st
     info: dict[str, Any] = {}
     if path.is_dir():
         config_file = path / "config.json"
-        weights = next((path / f for f in _HF_WEIGHT_FILES if (path / f).exists()), None)
+        weights = next((path / f for f in HF_WEIGHT_FILES if (path / f).exists()), None)
         if not config_file.exists() or weights is None:
             raise CheckpointError(
                 f"{path} is a folder but not a checkpoint folder: it needs config.json and one of "
-                f"{', '.join(_HF_WEIGHT_FILES)} (a transformers folder, or one written by mobilevit.save_pretrained)"
+                f"{', '.join(HF_WEIGHT_FILES)} (a transformers folder, or one written by mobilevit.save_pretrained)"
             )
         try:
             config = json.loads(config_file.read_text())
         except (ValueError, OSError) as e:
             raise CheckpointError(f"Cannot read {config_file}: {e}") from e
         if is_mobilevit_config(config):
-            info["mobilevit_config"] = config
+            info[CONFIG_METADATA_KEY] = config
             info["arch"] = config["arch"]
         elif isinstance(config, dict) and "model_type" in config:
             info["hf_config"] = config
@@ -79,12 +81,12 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[st
             state_dict = load_file(str(path))
         except (SafetensorError, OSError, ValueError) as e:
             raise CheckpointError(f"Cannot read safetensors file {path}: {e}") from e
-        if "mobilevit_config" in metadata and "mobilevit_config" not in info:
+        if CONFIG_METADATA_KEY in metadata and CONFIG_METADATA_KEY not in info:
             try:
-                info["mobilevit_config"] = json.loads(metadata.pop("mobilevit_config"))
+                info[CONFIG_METADATA_KEY] = json.loads(metadata.pop(CONFIG_METADATA_KEY))
             except ValueError as e:
-                raise CheckpointError(f"{path}: unreadable 'mobilevit_config' metadata: {e}") from e
-        metadata.pop("mobilevit_config", None)
+                raise CheckpointError(f"{path}: unreadable {CONFIG_METADATA_KEY!r} metadata: {e}") from e
+        metadata.pop(CONFIG_METADATA_KEY, None)
         info = {**metadata, **info}
         return _unwrap(state_dict, path), info
     try:
@@ -206,7 +208,6 @@ def is_folded_checkpoint(model: nn.Module, state_dict: dict[str, Tensor]) -> boo
 
     The classifier is ignored (it may be replaced), so is anything a ``features_only`` model does not hold.
     """
-    from ..reparam import reparameterize_model
 
     def mismatch(m: nn.Module) -> int:
         expected = {k for k in m.state_dict() if not k.startswith("head.")}

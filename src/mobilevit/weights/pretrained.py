@@ -33,7 +33,7 @@ from torch import nn
 from ..errors import UsageError
 from ..models import ARCHITECTURES, find_arch, unwrap_model
 from .entries import Preprocess, WeightsEntry, get_weights, labels_for
-from .load import LIBRARY, CheckpointError
+from .load import CONFIG_METADATA_KEY, LIBRARY, CheckpointError, is_folded_checkpoint, is_mobilevit_config
 
 FORMAT_VERSION = 1
 CONFIG_NAME = "config.json"
@@ -51,8 +51,8 @@ class PretrainedCfg:
         source: the file or folder the weights were read from.
         entry: the registered weights entry (named ``arch.tag``, or the default of a bare name with
             ``pretrained=True``), if any. Holds the published metrics, license and the upstream preprocessing.
-        preprocess: the eval transform these weights expect (from the checkpoint's own config, else the entry);
-            ``None`` when unknown (a bare architecture name with a foreign file).
+        preprocess: the eval transform these weights expect: the one given (the checkpoint's own config), else the
+            entry's; ``None`` when unknown (a bare architecture name with a foreign file).
         labels: class names, index-aligned with the classifier; ``None`` when unknown or when the classifier was
             replaced (a new ``num_classes``).
     """
@@ -62,6 +62,10 @@ class PretrainedCfg:
     entry: WeightsEntry | None = None
     preprocess: Preprocess | None = None
     labels: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.preprocess is None and self.entry is not None:
+            object.__setattr__(self, "preprocess", self.entry.preprocess)  # frozen: set once, here
 
     @property
     def name(self) -> str:
@@ -148,8 +152,6 @@ def save_pretrained(
     """
     from safetensors.torch import save_file
 
-    from .load import is_folded_checkpoint
-
     model = unwrap_model(model)
     cfg = getattr(model, "cfg", None)
     if cfg is None:
@@ -171,20 +173,13 @@ def save_pretrained(
         preprocess = model_io(model).preprocess
 
     state_dict = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    model_cls, base = ARCHITECTURES[arch]
-    fresh_cfg = dataclasses.replace(cfg, num_classes=num_classes)
-    fresh_kwargs: dict[str, Any] = {"features_only": features_only}
-    if features_only:
-        fresh_kwargs["out_indices"] = tuple(model.out_indices)
-    reparameterized = is_folded_checkpoint(model_cls(fresh_cfg, **fresh_kwargs), state_dict)
-
     config: dict[str, Any] = {
         "library": LIBRARY,
         "format_version": FORMAT_VERSION,
         "arch": arch,
         "num_classes": num_classes,
-        "config": config_diff(cfg, base),
-        "reparameterized": reparameterized,
+        "config": config_diff(cfg, ARCHITECTURES[arch][1]),
+        "reparameterized": _is_folded(model, arch, num_classes, state_dict),
         "features_only": features_only,
         **({"out_indices": list(model.out_indices)} if features_only else {}),
         "labels": labels,
@@ -195,10 +190,20 @@ def save_pretrained(
     directory.mkdir(parents=True, exist_ok=True)
     text = json.dumps(config, indent=2)
     save_file(
-        state_dict, str(directory / WEIGHTS_NAME), metadata={"format": "pt", "arch": arch, "mobilevit_config": text}
+        state_dict, str(directory / WEIGHTS_NAME), metadata={"format": "pt", "arch": arch, CONFIG_METADATA_KEY: text}
     )
     (directory / CONFIG_NAME).write_text(text + "\n")
     return directory
+
+
+def _is_folded(model: nn.Module, arch: str, num_classes: int, state_dict: dict[str, Any]) -> bool:
+    """Whether ``model`` (of architecture ``arch``, with weights ``state_dict``) is in its re-parameterized form."""
+    features_only = bool(getattr(model, "features_only", False))
+    kwargs: dict[str, Any] = {"features_only": features_only}
+    if features_only:
+        kwargs["out_indices"] = tuple(model.out_indices)
+    fresh = ARCHITECTURES[arch][0](dataclasses.replace(model.cfg, num_classes=num_classes), **kwargs)
+    return is_folded_checkpoint(fresh, state_dict)
 
 
 def model_labels(model: nn.Module) -> tuple[str, ...]:
@@ -238,9 +243,7 @@ def model_io(model: nn.Module) -> ModelIO:
     info: PretrainedCfg | None = getattr(model, "pretrained_cfg", None)
     arch = info.arch if info is not None else find_arch(model.cfg)
     entry = info.entry if info is not None else None
-    preprocess = info.preprocess if info is not None else None
-    if preprocess is None and entry is not None:
-        preprocess = entry.preprocess
+    preprocess = info.preprocess if info is not None else None  # the checkpoint's own, else its entry's
     if preprocess is None:
         preprocess = get_weights(arch).preprocess  # every architecture has default weights (test_entries checks)
     labels = () if getattr(model, "features_only", False) else model_labels(model)
@@ -255,8 +258,6 @@ def model_io(model: nn.Module) -> ModelIO:
 
 def read_saved_config(path: str | os.PathLike) -> dict[str, Any] | None:
     """Our ``config.json`` (or the copy in a safetensors file's metadata) at ``path``, or ``None`` if it has none."""
-    from .load import is_mobilevit_config
-
     path = Path(path)
     if path.is_dir():
         config_file = path / CONFIG_NAME
@@ -273,7 +274,7 @@ def read_saved_config(path: str | os.PathLike) -> dict[str, Any] | None:
 
         try:
             with safe_open(str(path), "pt") as f:
-                text = (f.metadata() or {}).get("mobilevit_config")
+                text = (f.metadata() or {}).get(CONFIG_METADATA_KEY)
             return json.loads(text) if text else None
         except (SafetensorError, OSError, ValueError):
             return None

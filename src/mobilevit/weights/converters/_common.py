@@ -32,7 +32,3 @@ def rename(state_dict: dict[str, Tensor], rules: Sequence[Rule]) -> dict[str, Te
 def squeeze_pointwise(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
     """``[out, in, 1, 1]`` 1x1-conv weights of transformer layers -> ``[out, in]`` linear weights."""
     return {k: v.flatten(1) if v.ndim == 4 and _LINEAR_IN_TRANSFORMER.search(k) else v for k, v in state_dict.items()}
-
-
-def drop_keys(state_dict: dict[str, Tensor], suffixes: tuple[str, ...]) -> dict[str, Tensor]:
-    return {k: v for k, v in state_dict.items() if not k.endswith(suffixes)}
