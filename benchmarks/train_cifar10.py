@@ -66,8 +66,9 @@ import mobilevit
 from common import CACHE, SHARED_DATA, extract_once
 from mobilevit.bench.report import markdown_table
 from mobilevit.data.augment import train_transform
-from mobilevit.data.transforms import eval_transform, transform_for
+from mobilevit.data.transforms import eval_transform
 from mobilevit.train import AugmentConfig, TrainConfig, from_dict, train
+from mobilevit.weights.entries import get_weights
 
 ARCH = "mobilevit_xxs"
 NUM_CLASSES = 10
@@ -133,7 +134,7 @@ def write_csv(samples: list[tuple[str, int]], path: Path) -> Path:
 def eval_loader(root: Path, n: int | None, args: argparse.Namespace) -> DataLoader:
     """Test images (``n`` of them, balanced, or all) through the eval transform: resize 64, [0, 1] RGB."""
     pre = replace(
-        transform_for(ARCH).pre,
+        get_weights(ARCH).preprocess,
         input_size=(args.resolution, args.resolution),
         resize_size=args.resolution,
         crop_pct=1.0,
