@@ -152,7 +152,7 @@ def test_eval_under_torchrun_matches(s0_weights: Path, shared: Path, tmp_path: P
     args = ["eval", str(subset), "--model", S0_ENTRY, "--pretrained", str(s0_weights), "--json", "--no-progress"]
     single = subprocess.run([sys.executable, "-m", "mobilevit.cli", *args], capture_output=True, text=True, check=True)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517"]
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     multi = subprocess.run([*launcher, "-m", "mobilevit.cli", *args], capture_output=True, text=True, env=env)
     assert multi.returncode == 0, multi.stderr[-2000:]
     one = json.loads(single.stdout)
