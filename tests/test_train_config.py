@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+import types
+from pathlib import Path
+
 import pytest
 
 from mobilevit import list_models
@@ -160,7 +164,7 @@ def test_partial_yaml_and_yaml11_floats():
 @pytest.mark.parametrize("variant", ["s0", "s1", "s2", "s3", "s4"])
 def test_mobileone_values(variant):
     """MobileOne paper (arXiv 2206.04040): SGD, lr 0.1 at batch 256, cosine, wd 1e-4 annealed to 1e-5, LS 0.1,
-    EMA 0.9995, 300 epochs, 224 input; eval resize 256 / crop 224 bilinear (SPEC.md)."""
+    EMA 0.9995, 300 epochs, 224 input; eval resize 256 / crop 224 bilinear (the published weights' preprocessing)."""
     cfg = load_recipe(f"mobileone_{variant}")
     assert cfg.model.name == f"mobileone_{variant}"
     assert (cfg.optimizer.name, cfg.optimizer.lr, cfg.optimizer.weight_decay) == ("sgd", 0.1, 1e-4)
@@ -189,3 +193,61 @@ def test_new_sections_override():
     assert cfg.logging.tensorboard and cfg.logging.csv
     with pytest.raises(ConfigError, match=r"optimizer\.name: expected one of"):
         apply_overrides(TrainConfig(), ["optimizer.name=lamb"])
+
+
+def test_every_recipe_trains_its_own_model():
+    """A variant that extends a family base names its own network and output folder (finetune: any model)."""
+    for name in list_recipes():
+        cfg = load_recipe(name)
+        assert cfg.output_dir == f"runs/{name}"
+        assert name == "finetune" or cfg.model.name == name
+
+
+@pytest.mark.parametrize(
+    ("v3", "recipe"),
+    [("xxs", "mobilevit_xxs"), ("xs", "mobilevit_xs"), ("s", "mobilevit_s"), ("050", "mobilevitv2_050"),
+     ("075", "mobilevitv2_075"), ("100", "mobilevitv2_100")],
+)  # fmt: skip
+def test_v3_trains_with_the_recipe_it_builds_on(v3, recipe):
+    """MobileViT v3 (arXiv 2209.15159) trains its v1- and v2-based networks with the v1 and v2 recipes."""
+    cfg, ref = load_recipe(f"mobilevitv3_{v3}"), load_recipe(recipe)
+    assert cfg.model.name == f"mobilevitv3_{v3}"
+    assert dataclasses.replace(cfg, model=ref.model, output_dir=ref.output_dir) == ref
+
+
+def test_family_bases_are_not_recipes():
+    names = list_recipes()
+    assert not [n for n in names if n.startswith("_")]
+    with pytest.raises(ConfigError, match="Unknown recipe '_mobilevitv2'"):
+        load_recipe("_mobilevitv2")
+
+
+@pytest.fixture
+def recipes_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty recipes folder in place of the shipped one."""
+    (tmp_path / "recipes").mkdir()
+    monkeypatch.setattr("mobilevit.train.config.resources", types.SimpleNamespace(files=lambda package: tmp_path))
+    return tmp_path / "recipes"
+
+
+def test_base_merges_deeply_and_the_recipe_wins(recipes_folder: Path):
+    (recipes_folder / "_family.yaml").write_text("optimizer:\n  lr: 0.5\n  weight_decay: 0.25\nepochs: 7\n")
+    (recipes_folder / "middle.yaml").write_text("base: _family.yaml\noptimizer:\n  lr: 0.125\nseed: 3\n")
+    (recipes_folder / "leaf.yaml").write_text("base: middle.yaml\noptimizer:\n  momentum: 0.5\nepochs: 9\n")
+    assert list_recipes() == ["leaf", "middle"]
+    cfg = load_recipe("leaf")
+    assert (cfg.optimizer.lr, cfg.optimizer.weight_decay, cfg.optimizer.momentum) == (0.125, 0.25, 0.5)
+    assert (cfg.epochs, cfg.seed, cfg.optimizer.eps) == (9, 3, TrainConfig().optimizer.eps)
+
+
+def test_base_errors(recipes_folder: Path):
+    (recipes_folder / "a.yaml").write_text("base: b.yaml\n")
+    (recipes_folder / "b.yaml").write_text("base: a.yaml\n")
+    (recipes_folder / "c.yaml").write_text("base: _missing.yaml\n")
+    (recipes_folder / "d.yaml").write_text("base: [a.yaml]\n")
+    with pytest.raises(ConfigError, match=r"cycle: a\.yaml -> b\.yaml -> a\.yaml"):
+        load_recipe("a")
+    with pytest.raises(ConfigError, match=r"c\.yaml: base '_missing\.yaml' is not a file"):
+        load_recipe("c")
+    with pytest.raises(ConfigError, match=r"d\.yaml: base must be a file name"):
+        load_recipe("d")

@@ -344,14 +344,47 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+_BENCH_DESCRIPTION = (
+    "Backends: eager = the model as created (FastViT/MobileOne in their train-time, unfolded form); "
+    "reparam = mobilevit.reparameterize_model (branches and BatchNorms folded); compile = torch.compile of the "
+    "folded model (compile time reported as setup_s); onnxruntime = the folded model exported to ONNX and run by "
+    "onnxruntime with the same thread count; openvino = the same ONNX file compiled by OpenVINO's CPU plugin "
+    "(fp32, same thread count). pct_peak is against the measured dense peak: the fastest of a 2048x2048 fp32 "
+    "matmul, a 1x1 and a 3x3 convolution (one FMA per MAC; the 3x3 only when oneDNN ran it direct, not as "
+    "Winograd), measured at the start; pct_fma_limit against the CPU's fp32 FMA limit (cores x FMAs per cycle "
+    "x maximum clock), where /proc/cpuinfo and cpufreq's cpuinfo_max_freq tell them (virtual machines usually "
+    "hide the clock: the report header then says so)."
+)
+
+
+def _weights_args(p: argparse.ArgumentParser) -> None:
+    """``--pretrained`` and ``--random-weights`` of the commands that load one model."""
+    p.add_argument("--pretrained", help="local checkpoint file or folder (default: the weights entry's file)")
+    p.add_argument("--random-weights", action="store_true", help="no weights at all (testing only)")
+
+
+def _predictor_args(p: argparse.ArgumentParser) -> None:
+    """The model, weights, runtime and output options shared by ``predict`` and ``eval``."""
     from .predict import BACKENDS
 
-    parser = argparse.ArgumentParser(prog="mobilevit", description=__doc__)
-    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
-    sub = parser.add_subparsers(dest="command", required=True)
+    p.add_argument(
+        "--model", required=True, help="architecture, arch.tag (see `mobilevit list --weights`) or a .onnx file"
+    )
+    _weights_args(p)
+    p.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        help="PyTorch, or onnxruntime or OpenVINO (CPU, fp32) for a file from `mobilevit export` "
+        "(default: onnxruntime for .onnx)",
+    )
+    p.add_argument("--threads", type=int, default=0, help="model intra-op threads (0: the runtime's default)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--labels", help="class names, one per line or a JSON list (default: the model's own)")
+    p.add_argument("--json", action="store_true", help="JSON output (one object per input for predict)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
-    p = sub.add_parser("list", help="the model table: architectures, parameters and MACs")
+
+def _list_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("models", nargs="*", help="names or patterns such as 'mobilevitv2_*' (default: all)")
     p.add_argument("--macs", action="store_true", help="also count MACs (takes a few seconds)")
     p.add_argument("--resolution", type=int, default=256, help="input size for the MAC count")
@@ -359,49 +392,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=cmd_list)
 
-    for cmd, helptext in (("predict", "classify images"), ("eval", "top-1/top-5 accuracy on a labelled image set")):
-        p = sub.add_parser(cmd, help=helptext)
-        if cmd == "predict":
-            p.add_argument("paths", nargs="+", help="image files, folders (recursive) or glob patterns")
-            p.add_argument("--top-k", type=int, default=5)
-            p.add_argument("--function", choices=["softmax", "sigmoid", "none"], default="softmax")
-        else:
-            p.add_argument("data", help="ImageFolder tree, a CSV of (file, class index), or a folder with labels.csv")
-        p.add_argument(
-            "--model", required=True, help="architecture, arch.tag (see `mobilevit list --weights`) or a .onnx file"
-        )
-        p.add_argument("--pretrained", help="local checkpoint file or folder (default: the weights entry's file)")
-        p.add_argument("--random-weights", action="store_true", help="no weights at all (testing only)")
-        p.add_argument(
-            "--backend",
-            choices=BACKENDS,
-            help="PyTorch, or onnxruntime or OpenVINO (CPU, fp32) for a file from `mobilevit export` "
-            "(default: onnxruntime for .onnx)",
-        )
-        p.add_argument("--threads", type=int, default=0, help="model intra-op threads (0: the runtime's default)")
-        p.add_argument("--batch-size", type=int, default=16)
-        p.add_argument("--labels", help="class names, one per line or a JSON list (default: the model's own)")
-        p.add_argument("--json", action="store_true", help="JSON output (one object per input for predict)")
-        p.add_argument("--no-progress", action="store_true", help="no progress bar")
-        p.set_defaults(func=cmd_predict if cmd == "predict" else cmd_eval)
 
-    p = sub.add_parser(
-        "bench",
-        help="measure fp32 CPU latency, throughput and %% of this CPU's peak of models per backend on this machine",
-        description="Backends: eager = the model as created (FastViT/MobileOne in their train-time, unfolded form); "
-        "reparam = mobilevit.reparameterize_model (branches and BatchNorms folded); compile = torch.compile of the "
-        "folded model (compile time reported as setup_s); onnxruntime = the folded model exported to ONNX and run by "
-        "onnxruntime with the same thread count; openvino = the same ONNX file compiled by OpenVINO's CPU plugin "
-        "(fp32, same thread count). pct_peak is against the measured dense peak: the fastest of a 2048x2048 fp32 "
-        "matmul, a 1x1 and a 3x3 convolution (one FMA per MAC; the 3x3 only when oneDNN ran it direct, not as "
-        "Winograd), measured at the start; pct_fma_limit against the CPU's fp32 FMA limit (cores x FMAs per cycle "
-        "x maximum clock), where /proc/cpuinfo and cpufreq's cpuinfo_max_freq tell them (virtual machines usually "
-        "hide the clock: the report header then says so).",
-    )
+def _predict_args(p: argparse.ArgumentParser) -> None:
+    from .predict import ACTIVATIONS
+
+    p.add_argument("paths", nargs="+", help="image files, folders (recursive) or glob patterns")
+    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--function", choices=ACTIVATIONS, default="softmax")
+    _predictor_args(p)
+    p.set_defaults(func=cmd_predict)
+
+
+def _eval_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("data", help="ImageFolder tree, a CSV of (file, class index), or a folder with labels.csv")
+    _predictor_args(p)
+    p.set_defaults(func=cmd_eval)
+
+
+def _bench_args(p: argparse.ArgumentParser) -> None:
+    from .bench.run import BACKENDS, DEFAULT_BACKENDS
+
     p.add_argument("models", nargs="*", help="names or patterns (default: all)")
-    p.add_argument(
-        "--backends", default="eager,reparam", help="comma-separated: eager, reparam, compile, onnxruntime, openvino"
-    )
+    p.add_argument("--backends", default=",".join(DEFAULT_BACKENDS), help=f"comma-separated: {', '.join(BACKENDS)}")
     p.add_argument("--batch-sizes", type=_csv_ints, default=[1, 8], help="comma-separated, e.g. 1,8")
     p.add_argument("--resolution", type=int, default=256)
     p.add_argument("--repeats", type=int, default=20, help="timed runs per measurement (interleaved over backends)")
@@ -412,7 +424,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="same as --format json")
     p.set_defaults(func=cmd_bench)
 
-    p = sub.add_parser("serve", help="HTTP server compatible with the Hugging Face Inference API")
+
+def _serve_args(p: argparse.ArgumentParser) -> None:
+    from .predict import BACKENDS
+
     p.add_argument(
         "--model",
         action="append",
@@ -449,12 +464,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_serve)
 
-    p = sub.add_parser(
-        "export", help="write the folded model as ONNX, CoreML or TorchScript, with preprocessing and labels"
-    )
+
+def _export_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="architecture or arch.tag (see `mobilevit list --weights`)")
-    p.add_argument("--pretrained", help="local checkpoint file or folder (default: the weights entry's file)")
-    p.add_argument("--random-weights", action="store_true", help="no weights at all (testing only)")
+    _weights_args(p)
     p.add_argument("--format", choices=["onnx", "coreml", "torchscript"], required=True)
     p.add_argument("--output", required=True, help="file to write (.onnx, .mlpackage, .pt)")
     p.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), help="trace size (default: the weights')")
@@ -473,7 +486,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("train", help="train or fine-tune a model with a recipe (runs under torchrun too)")
+
+def _train_args(p: argparse.ArgumentParser) -> None:
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--recipe", help="shipped recipe name, e.g. mobilevit_xxs")
     source.add_argument("--config", help="YAML config file (as written to OUTPUT/config.yaml)")
@@ -485,6 +499,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-classes", type=int, help="classifier outputs (a new head when fine-tuning)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``mobilevit`` parser: one subcommand per ``cmd_*`` function."""
+    parser = argparse.ArgumentParser(prog="mobilevit", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _list_args(sub.add_parser("list", help="the model table: architectures, parameters and MACs"))
+    _predict_args(sub.add_parser("predict", help="classify images"))
+    _eval_args(sub.add_parser("eval", help="top-1/top-5 accuracy on a labelled image set"))
+    _bench_args(
+        sub.add_parser(
+            "bench",
+            help="measure fp32 CPU latency, throughput and %% of this CPU's peak of models per backend on this machine",
+            description=_BENCH_DESCRIPTION,
+        )
+    )
+    _serve_args(sub.add_parser("serve", help="HTTP server compatible with the Hugging Face Inference API"))
+    _export_args(
+        sub.add_parser(
+            "export", help="write the folded model as ONNX, CoreML or TorchScript, with preprocessing and labels"
+        )
+    )
+    _train_args(sub.add_parser("train", help="train or fine-tune a model with a recipe (runs under torchrun too)"))
     return parser
 
 

@@ -26,7 +26,7 @@ def model_table(names: Iterable[str], macs: bool = True, resolution: int = 256) 
     rows = []
     for name in names:
         model = create_model(name).eval()
-        row = {"model": name, "family": name.split("_", 1)[0]}
+        row = {"model": name, "family": family(name)}
         row["params_M"] = count_params(model) / 1e6
         if macs:
             row[f"GMACs@{resolution}"] = count_macs(model, (resolution, resolution)) / 1e9
@@ -59,15 +59,6 @@ BACKENDS: tuple[str, ...] = ("eager", "reparam", "compile", "onnxruntime", "open
 # model, ~10 s, shared by the two) are opt-in: the default answers "how fast is this model" in seconds, the others
 # "which runtime to deploy"
 DEFAULT_BACKENDS: tuple[str, ...] = ("eager", "reparam")
-BACKEND_HELP = {
-    "eager": "the model as created (train-time form: FastViT/MobileOne branches and BatchNorms unfolded)",
-    "reparam": "mobilevit.reparameterize_model(model): branches and BatchNorms folded into single convolutions",
-    "compile": "torch.compile (CPU inductor) of the folded model; setup_s is its compile time at that batch size",
-    "onnxruntime": "the folded model exported by mobilevit.export.export_model, run by an onnxruntime CPU session "
-    "with intra_op_num_threads = torch threads and sequential execution; setup_s is export + session creation",
-    "openvino": "the same ONNX file (exported once per model) compiled by mobilevit.export.openvino_model for "
-    "OpenVINO's CPU plugin: fp32, LATENCY hint, inference threads = torch threads; setup_s is export + compilation",
-}
 COLUMNS = (
     "model",
     "family",
@@ -166,6 +157,92 @@ def _first_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {text[0] if text else ''}"[:200]
 
 
+def _prepare(
+    name: str,
+    backends: Sequence[str],
+    input_size: tuple[int, int],
+    workdir: Path,
+    progress: Callable[[str], None] | None,
+) -> tuple[dict[str, Backend], dict[str, str]]:
+    """The backends of model ``name`` that could be prepared, and an error line for each that could not.
+
+    The folding time counts in the ``setup_s`` of reparam and compile; both ONNX runtimes share one export.
+    """
+    model = create_model(name).eval()
+    t0 = time.perf_counter()
+    folded = reparameterize_model(model).eval()
+    fold_s = time.perf_counter() - t0
+    ready: dict[str, Backend] = {}
+    errors: dict[str, str] = {}
+    for backend in backends:
+        if progress:
+            progress(f"{name}: preparing {backend}")
+        onnx = next((b.onnx for b in ready.values() if b.onnx), None)
+        try:
+            ready[backend] = make_backend(backend, model, folded, input_size, workdir, onnx)
+        except Exception as error:  # one backend failing for one model must not end the run
+            logger.warning("%s: backend %s failed: %s", name, backend, error)
+            errors[backend] = _first_line(error)
+            continue
+        if backend in ("reparam", "compile"):
+            ready[backend].setup_s += fold_s
+    return ready, errors
+
+
+def _first_calls(
+    name: str,
+    ready: dict[str, Backend],
+    errors: dict[str, str],
+    x: torch.Tensor,
+    progress: Callable[[str], None] | None,
+) -> tuple[dict[str, Callable[[], object]], dict[str, float]]:
+    """One untimed call of each ready backend on ``x``: the callables to time and each backend's setup seconds.
+
+    A backend whose call fails gets its error line in ``errors`` and is left out. For compile, the first call at a
+    batch size is where inductor compiles: its time counts as setup.
+    """
+    fns: dict[str, Callable[[], object]] = {}
+    setup: dict[str, float] = {}
+    for backend, runner in ready.items():
+        if backend in errors:
+            continue
+        if progress:
+            progress(f"{name}: first call of {backend} at batch {x.shape[0]}")
+        t0 = time.perf_counter()
+        try:
+            runner.forward(x)
+        except Exception as error:  # e.g. inductor cannot compile this model
+            logger.warning("%s: backend %s failed at batch %d: %s", name, backend, x.shape[0], error)
+            errors[backend] = _first_line(error)
+            continue
+        first_s = time.perf_counter() - t0
+        setup[backend] = runner.setup_s + (first_s if backend == "compile" else 0.0)
+        fns[backend] = lambda f=runner.forward, x=x: f(x)
+    return fns, setup
+
+
+def _timed_row(
+    row: dict,
+    stats: dict[str, float],
+    counts: tuple[float, float],
+    setup_s: float,
+    peak_gmacs: float | None,
+    fma_limit_gmacs: float | None,
+) -> dict:
+    """``row`` completed with one backend's timings ``stats``, its ``(params_M, GMACs)`` and setup seconds, and the
+    percentages of ``peak_gmacs`` and ``fma_limit_gmacs`` (``None`` where that number is unknown)."""
+    params_m, gmacs = counts
+    median, batch = stats["median_ms"], row["batch"]
+    row |= {"params_M": params_m, "GMACs": gmacs, "median_ms": median, "p90_ms": stats["p90_ms"]}
+    row["img_per_s"] = batch * 1e3 / median
+    row["GMAC_per_s"] = gmacs * batch / (median / 1e3)
+    row["pct_peak"] = 100 * row["GMAC_per_s"] / peak_gmacs if peak_gmacs else None
+    row["pct_fma_limit"] = 100 * row["GMAC_per_s"] / fma_limit_gmacs if fma_limit_gmacs else None
+    row["setup_s"] = setup_s
+    row["error"] = None
+    return row
+
+
 def bench_table(
     names: Iterable[str],
     backends: Sequence[str] = DEFAULT_BACKENDS,
@@ -209,45 +286,13 @@ def bench_table(
     rows = []
     with tempfile.TemporaryDirectory(prefix="mobilevit-bench-") as tmp:
         for name in names:
-            model = create_model(name).eval()
-            t0 = time.perf_counter()
-            folded = reparameterize_model(model).eval()
-            fold_s = time.perf_counter() - t0
-            ready: dict[str, Backend] = {}
-            errors: dict[str, str] = {}
-            for backend in backends:
-                if progress:
-                    progress(f"{name}: preparing {backend}")
-                onnx = next((b.onnx for b in ready.values() if b.onnx), None)  # one export for both ONNX runtimes
-                try:
-                    ready[backend] = make_backend(backend, model, folded, input_size, Path(tmp), onnx)
-                except Exception as error:  # one backend failing for one model must not end the run
-                    logger.warning("%s: backend %s failed: %s", name, backend, error)
-                    errors[backend] = _first_line(error)
-                if backend in ("reparam", "compile") and backend in ready:
-                    ready[backend].setup_s += fold_s
-            counts = {}
-            for module in {id(b.module): b.module for b in ready.values()}.values():
-                counts[id(module)] = (count_params(module) / 1e6, count_macs(module, input_size) / 1e9)
+            ready, errors = _prepare(name, backends, input_size, Path(tmp), progress)
+            modules = {id(b.module): b.module for b in ready.values()}  # eager's train-time form, the folded one
+            counts = {key: (count_params(m) / 1e6, count_macs(m, input_size) / 1e9) for key, m in modules.items()}
             for batch in batch_sizes:
                 x = torch.randn(batch, 3, *input_size, generator=torch.Generator().manual_seed(0))
-                fns, setup = {}, {}
                 with torch.inference_mode():
-                    for backend, runner in ready.items():
-                        if backend in errors:
-                            continue
-                        if progress:
-                            progress(f"{name}: first call of {backend} at batch {batch}")
-                        t0 = time.perf_counter()
-                        try:
-                            runner.forward(x)
-                        except Exception as error:  # e.g. inductor cannot compile this model
-                            logger.warning("%s: backend %s failed at batch %d: %s", name, backend, batch, error)
-                            errors[backend] = _first_line(error)
-                            continue
-                        first_s = time.perf_counter() - t0
-                        setup[backend] = runner.setup_s + (first_s if backend == "compile" else 0.0)
-                        fns[backend] = lambda f=runner.forward, x=x: f(x)
+                    fns, setup = _first_calls(name, ready, errors, x, progress)
                     if progress:
                         progress(f"{name}: timing {', '.join(fns)} at batch {batch}")
                     stats = compare_latency(fns, rounds=repeats, warmup=warmup) if fns else {}
@@ -255,19 +300,10 @@ def bench_table(
                     row = {"model": name, "family": family(name), "backend": backend, "batch": batch}
                     row["resolution"] = resolution
                     if backend in stats:
-                        params_m, gmacs = counts[id(ready[backend].module)]
-                        median = stats[backend]["median_ms"]
-                        row |= {"params_M": params_m, "GMACs": gmacs, "median_ms": median}
-                        row["p90_ms"] = stats[backend]["p90_ms"]
-                        row["img_per_s"] = batch * 1e3 / median
-                        row["GMAC_per_s"] = gmacs * batch / (median / 1e3)
-                        row["pct_peak"] = 100 * row["GMAC_per_s"] / peak_gmacs if peak_gmacs else None
-                        row["pct_fma_limit"] = 100 * row["GMAC_per_s"] / fma_limit_gmacs if fma_limit_gmacs else None
-                        row["setup_s"] = setup[backend]
-                        row["error"] = None
+                        counted = counts[id(ready[backend].module)]
+                        row = _timed_row(row, stats[backend], counted, setup[backend], peak_gmacs, fma_limit_gmacs)
                     else:
-                        row |= {c: None for c in COLUMNS if c not in row}
-                        row["error"] = errors.get(backend, "not run")
+                        row |= {c: None for c in COLUMNS if c not in row} | {"error": errors.get(backend, "not run")}
                     rows.append(row)
     return rows
 

@@ -165,6 +165,15 @@ def export_coreml(
             compute_precision=ct.precision.FLOAT16 if precision == "float16" else ct.precision.FLOAT32,
             **kwargs,
         )
+    _describe(mlmodel, meta, image_input)
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    mlmodel.save(str(output))
+    return output, meta
+
+
+def _describe(mlmodel: Any, meta: ExportMetadata, image_input: bool) -> None:
+    """Write the descriptions Xcode shows and ``meta`` as the user-defined metadata of ``mlmodel``."""
     weights = f" ({meta.weights})" if meta.weights else ""
     mlmodel.short_description = f"{meta.arch}{weights} image classifier, exported by mobilevit"
     height, width = meta.input_size
@@ -175,10 +184,6 @@ def export_coreml(
     )
     for key, value in meta.to_dict().items():
         mlmodel.user_defined_metadata[key] = value
-    output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    mlmodel.save(str(output))
-    return output, meta
 
 
 def _load_spec(path: str | os.PathLike) -> Any:

@@ -74,6 +74,68 @@ def _reader(images: list[Path], preprocess: Preprocess, input_name: str, batch_s
     return _Reader()
 
 
+def _read_export(model: Path) -> tuple[dict[str, str], Preprocess | None, str]:
+    """The metadata properties of the ONNX file ``model``, the preprocessing they record (``None`` for a file not
+    exported by this package) and the graph's input name."""
+    import onnx
+
+    from .metadata import ExportMetadata
+
+    if not model.is_file():
+        raise FileNotFoundError(f"No such ONNX file: {model}")
+    proto = onnx.load(str(model), load_external_data=False)
+    props = {p.key: p.value for p in proto.metadata_props}
+    preprocess = ExportMetadata.from_dict(props).preprocess if props.get("library") == LIBRARY else None
+    return props, preprocess, proto.graph.input[0].name
+
+
+def _calibration_images(
+    calibration: str | os.PathLike | Sequence[str | os.PathLike] | None, max_images: int
+) -> list[Path]:
+    """The first ``max_images`` image files of ``calibration`` (a folder, files or glob patterns); none raises."""
+    if calibration is None:
+        raise UsageError("static quantization needs calibration images (a folder or files); or use mode='dynamic'")
+    sources = [calibration] if isinstance(calibration, str | os.PathLike) else list(calibration)
+    images = [p for p in find_images(sources) if p.is_file()][:max_images]
+    if not images:
+        raise UsageError(f"no calibration images found in {', '.join(str(s) for s in sources)}")
+    return images
+
+
+def _quantize_static(prepared: Path, output: Path, reader: Any, per_channel: bool, method: CalibrationMethod) -> None:
+    """int8 weights and activations in QDQ format, activation ranges from ``reader``'s batches by ``method``."""
+    from onnxruntime.quantization import CalibrationMethod as OrtMethod
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
+    quantize_static(
+        str(prepared),
+        str(output),
+        reader,
+        quant_format=QuantFormat.QDQ,
+        per_channel=per_channel,
+        activation_type=QuantType.QInt8,
+        weight_type=QuantType.QInt8,
+        calibrate_method={
+            "minmax": OrtMethod.MinMax,
+            "entropy": OrtMethod.Entropy,
+            "percentile": OrtMethod.Percentile,
+        }[method],
+        # minmax: merge the ranges every 16 images instead of holding every activation of every image
+        extra_options={"CalibMaxIntermediateOutputs": 16} if method == "minmax" else {},
+    )
+
+
+def _write_metadata(path: Path, props: dict[str, str], quantization: dict[str, Any]) -> None:
+    """Replace the metadata of the ONNX file ``path`` by ``props`` plus a ``quantization`` JSON entry."""
+    import onnx
+
+    proto = onnx.load(str(path))
+    del proto.metadata_props[:]
+    for key, value in {**props, "quantization": json.dumps(quantization)}.items():
+        proto.metadata_props.add(key=key, value=value)
+    onnx.save(proto, str(path))
+
+
 def quantize_onnx(
     model: str | os.PathLike,
     output: str | os.PathLike,
@@ -103,34 +165,18 @@ def quantize_onnx(
     Returns:
         The written file.
     """
-    import onnx
-    from onnxruntime.quantization import CalibrationMethod as OrtMethod
-    from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
+    from onnxruntime.quantization import QuantType, quantize_dynamic
     from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    from .metadata import ExportMetadata
 
     if mode not in MODES:
         raise UsageError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
     if method not in METHODS:
         raise UsageError(f"method must be one of {', '.join(METHODS)}; got {method!r}")
     model, output = Path(model), Path(output)
-    if not model.is_file():
-        raise FileNotFoundError(f"No such ONNX file: {model}")
-    proto = onnx.load(str(model), load_external_data=False)
-    props = {p.key: p.value for p in proto.metadata_props}
-    meta = ExportMetadata.from_dict(props) if props.get("library") == LIBRARY else None
-    input_name = proto.graph.input[0].name
-    del proto
-    images: list[Path] = []
+    props, recorded, input_name = _read_export(model)
     if mode == "static":
-        if calibration is None:
-            raise UsageError("static quantization needs calibration images (a folder or files); or use mode='dynamic'")
-        sources = [calibration] if isinstance(calibration, str | os.PathLike) else list(calibration)
-        images = [p for p in find_images(sources) if p.is_file()][:max_images]
-        if not images:
-            raise UsageError(f"no calibration images found in {', '.join(str(s) for s in sources)}")
-        preprocess = preprocess or (meta.preprocess if meta is not None else None)
+        images = _calibration_images(calibration, max_images)
+        preprocess = preprocess or recorded
         if preprocess is None:
             raise UsageError(f"{model}: the file records no preprocessing; pass preprocess= for the calibration images")
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -139,33 +185,11 @@ def quantize_onnx(
         prepared = Path(tmp) / "prepared.onnx"
         quant_pre_process(str(model), str(prepared), skip_symbolic_shape=False)
         if mode == "static":
-            quantize_static(
-                str(prepared),
-                str(output),
-                # one image per run: the histogram methods need equal batch shapes, and a fixed-batch graph takes 1
-                _reader(images, preprocess, input_name, 1),  # type: ignore[arg-type]
-                quant_format=QuantFormat.QDQ,
-                per_channel=per_channel,
-                activation_type=QuantType.QInt8,
-                weight_type=QuantType.QInt8,
-                calibrate_method={
-                    "minmax": OrtMethod.MinMax,
-                    "entropy": OrtMethod.Entropy,
-                    "percentile": OrtMethod.Percentile,
-                }[method],
-                # minmax: merge the ranges every 16 images instead of holding every activation of every image
-                extra_options={"CalibMaxIntermediateOutputs": 16} if method == "minmax" else {},
-            )
+            # one image per run: the histogram methods need equal batch shapes, and a fixed-batch graph takes 1
+            _quantize_static(prepared, output, _reader(images, preprocess, input_name, 1), per_channel, method)
             how = {"mode": mode, "format": "QDQ", "method": method, "calibration_images": len(images)}
         else:
             quantize_dynamic(str(prepared), str(output), per_channel=per_channel, weight_type=QuantType.QUInt8)
             how = {"mode": mode}
-    quantized = onnx.load(str(output))
-    del quantized.metadata_props[:]
-    for key, value in {
-        **props,
-        "quantization": json.dumps({"dtype": "int8", "per_channel": per_channel, **how}),
-    }.items():
-        quantized.metadata_props.add(key=key, value=value)
-    onnx.save(quantized, str(output))
+    _write_metadata(output, props, {"dtype": "int8", "per_channel": per_channel, **how})
     return output

@@ -2,7 +2,10 @@
 
 The recipes follow the official training configs of ml-cvnets (https://github.com/apple/ml-cvnets,
 ``config/classification/imagenet/``: MobileViT v1 arXiv 2110.02178, v2 arXiv 2206.02680, v3 arXiv 2209.15159) and
-apple/ml-fastvit (arXiv 2303.14189) / apple/ml-mobileone (arXiv 2206.04040); the numbers are those of SPEC.md 2a.
+apple/ml-fastvit (arXiv 2303.14189) and the MobileOne paper (arXiv 2206.04040); each recipe's header names its source
+and the values it chooses where the source gives none. A recipe may extend another file of the recipes folder with a
+``base: FILE.yaml`` key: the base is merged in deeply and the recipe's own values win. Files named ``_*.yaml`` are
+family bases, not recipes.
 
     cfg = load_recipe("mobilevit_xxs")
     cfg = apply_overrides(cfg, ["optimizer.lr=0.002", "epochs=5"])
@@ -320,13 +323,18 @@ def from_yaml(source: str | Path, cls: type[C] = TrainConfig) -> C:  # type: ign
         source = Path(source).read_text()
     else:
         where = "the YAML config"
+    return from_dict(_read_mapping(source, where), cls)
+
+
+def _read_mapping(text: str, where: str) -> dict[str, Any]:
+    """The mapping of YAML ``text`` (empty text: ``{}``); ``where`` names it in errors."""
     try:
-        data = yaml.safe_load(source)
+        data = yaml.safe_load(text)
     except yaml.YAMLError as err:
         raise ConfigError(f"{where} is not valid YAML: {err}") from None
     if data is not None and not isinstance(data, dict):
         raise ConfigError(f"{where}: expected a mapping of config keys, got {type(data).__name__}")
-    return from_dict({} if data is None else data, cls)
+    return {} if data is None else data
 
 
 def _parse_value(text: str, tp: Any, where: str) -> Any:
@@ -381,18 +389,44 @@ def _override(cfg: Any, path: list[str], text: str, where: str) -> Any:
 
 
 _RECIPES = "recipes"
+BASE_KEY = "base"  # a recipe's key naming the file of the recipes folder it extends
 
 
 def list_recipes() -> list[str]:
-    """Names of the shipped recipes (``src/mobilevit/train/recipes/*.yaml``), sorted."""
+    """Names of the shipped recipes (``src/mobilevit/train/recipes/*.yaml`` except the ``_*.yaml`` bases), sorted."""
     folder = resources.files(__package__).joinpath(_RECIPES)
-    return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
+    return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml") and p.name[0] != "_")
 
 
 def load_recipe(name: str) -> TrainConfig:
-    """The shipped recipe ``name`` (see :func:`list_recipes`) as a :class:`TrainConfig`."""
+    """The shipped recipe ``name`` (see :func:`list_recipes`) as a :class:`TrainConfig`, its bases merged in."""
     names = list_recipes()
     if name not in names:
         raise ConfigError(f"Unknown recipe {name!r}.{suggest(name, names)} Available: {', '.join(names)}.")
-    text = resources.files(__package__).joinpath(_RECIPES, f"{name}.yaml").read_text()
-    return from_yaml(text)
+    return from_dict(_recipe_mapping(f"{name}.yaml"))
+
+
+def _recipe_mapping(file: str, extended_by: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The mapping of recipe file ``file`` over the mapping of its ``base`` (recursively); ``extended_by``: the files
+    that extend it, to refuse a cycle."""
+    if file in extended_by:
+        raise ConfigError(f"recipe bases form a cycle: {' -> '.join((*extended_by, file))}")
+    resource = resources.files(__package__).joinpath(_RECIPES, file)
+    if not resource.is_file():
+        raise ConfigError(f"{extended_by[-1]}: base {file!r} is not a file of the recipes folder")
+    data = _read_mapping(resource.read_text(), file)
+    base = data.pop(BASE_KEY, None)
+    if base is None:
+        return data
+    if not isinstance(base, str):
+        raise ConfigError(f"{file}: {BASE_KEY} must be a file name such as _mobilevit.yaml, got {base!r}")
+    return _merge(_recipe_mapping(base, (*extended_by, file)), data)
+
+
+def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``override`` merged in: sections merge key by key, any other value of ``override`` replaces."""
+    merged = dict(base)
+    for key, value in override.items():
+        both_sections = isinstance(value, dict) and isinstance(merged.get(key), dict)
+        merged[key] = _merge(merged[key], value) if both_sections else value
+    return merged
