@@ -263,7 +263,7 @@ def test_val_preprocess_is_the_weights_entry_unless_the_config_sets_it() -> None
 
     model = mobilevit.create_model("fastvit_t8", num_classes=3)
     entry = get_weights("fastvit_t8").preprocess  # ImageNet mean/std, 256 crop of a 284 resize, bicubic
-    unset = DataConfig(val_resize=None, val_crop=None, val_interpolation=None)  # type: ignore[arg-type]
+    unset = DataConfig()  # no val_* set: the weights entry's transform
     assert val_preprocess(model, unset) == entry
     crop_only = val_preprocess(model, dataclasses.replace(unset, val_crop=128))
     assert crop_only.input_size == (128, 128) and crop_only.interpolation == entry.interpolation

@@ -69,8 +69,12 @@ def _predictor(args: argparse.Namespace) -> Predictor:
         args.model, args.backend, pretrained=pretrained, threads=args.threads, batch_size=args.batch_size, labels=labels
     )
     if args.random_weights:
-        print(f"WARNING: {args.model} has random weights; its predictions mean nothing.", file=sys.stderr)
+        _warn_random_weights(args.model, "its predictions mean nothing")
     return predictor
+
+
+def _warn_random_weights(model: str, consequence: str) -> None:
+    print(f"WARNING: {model} has random weights; {consequence}.", file=sys.stderr)
 
 
 def _labels(path: str | None) -> tuple[str, ...] | None:
@@ -119,7 +123,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     import torch.distributed as dist
 
-    from .evaluate import check_targets, evaluate, match_classes, read_labelled
+    from .data.datasets import read_labelled
+    from .evaluate import check_targets, evaluate, match_classes
     from .predict import resolve_backend
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
@@ -211,16 +216,15 @@ def cmd_bench(args: argparse.Namespace) -> None:
 def cmd_serve(args: argparse.Namespace) -> int:
     import dataclasses
     import functools
-    import os
 
     from .serve import ModelSpec, ServeConfig, run
-    from .serve.config import TOKEN_ENV, infer_backend
+    from .serve.config import infer_backend, resolve_token
 
     if args.pretrained and len(args.model) > 1:
         raise UsageError("--pretrained applies to a single --model; with several, write --model NAME=CHECKPOINT")
     default = args.pretrained or not args.random_weights
     if args.random_weights:
-        print("WARNING: random weights; predictions mean nothing (protocol testing only).", file=sys.stderr)
+        _warn_random_weights(", ".join(args.model), "predictions mean nothing (protocol testing only)")
     if args.labels and len(args.model) > 1:
         raise UsageError("--labels applies to a single --model")
     models = tuple(ModelSpec.parse(text, default) for text in args.model)
@@ -230,7 +234,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         models=models,
         host=args.host,
         port=args.port,
-        token=args.token if args.token is not None else os.environ.get(TOKEN_ENV),  # "" is refused, not "no token"
+        token=resolve_token(args.token),  # "" is refused, not "no token"
         backend=args.backend or infer_backend(models),
         max_batch_size=args.max_batch_size,
         max_wait_ms=args.max_wait_ms,
@@ -310,7 +314,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         )
     pretrained = args.pretrained or not args.random_weights
     if args.random_weights:
-        print(f"WARNING: {args.model} has random weights; the exported file predicts nothing useful.", file=sys.stderr)
+        _warn_random_weights(args.model, "the exported file predicts nothing useful")
     model = create_model(args.model, pretrained=pretrained)
     options = {
         "input_size": tuple(args.input_size) if args.input_size else None,

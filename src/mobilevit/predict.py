@@ -182,13 +182,11 @@ class Predictor:
         The preprocessing, the class names and the source come from :func:`~mobilevit.weights.model_io` (the
         checkpoint's own, its entry's, the architecture's default entry's; ImageNet-1k names for 1000 outputs, else
         ``class_<i>``) unless ``labels`` gives one per output. ``pretrained=False`` gives random weights, for testing
-        only; a warning says so. ``kwargs``: ``batch_size``, ``workers``, ``fold``.
+        only (the command line warns). ``kwargs``: ``batch_size``, ``workers``, ``fold``.
         """
         from .registry import create_model
 
         model = create_model(name, pretrained=pretrained)
-        if not pretrained:
-            logger.warning("%s has random weights: its predictions mean nothing", name)
         io = model_io(model)
         names = check_labels(labels, model.num_classes, "--labels") if labels is not None else io.labels
         predictor = cls(model, io.preprocess, names, **kwargs)

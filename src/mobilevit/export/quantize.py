@@ -10,7 +10,7 @@ Two modes:
   set. onnxruntime's CPU ``ConvInteger`` kernel takes uint8 weights only, hence uint8 rather than int8.
 
 The output keeps the input file's metadata (preprocessing, labels, sizes) and adds a ``quantization`` entry, so
-:class:`~mobilevit.predict.OnnxPredictor`, ``mobilevit predict/eval --backend onnxruntime`` and the server run it
+:func:`~mobilevit.predict.OnnxPredictor`, ``mobilevit predict/eval --backend onnxruntime`` and the server run it
 unchanged.
 """
 

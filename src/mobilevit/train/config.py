@@ -77,9 +77,10 @@ class DataConfig:
     train: str | None = None  # ImageFolder root or CSV list
     val: str | None = None
     num_workers: int = 4
-    val_resize: int = 288  # resize the short side (MobileViT eval: 288 -> 256)
-    val_crop: int = 256
-    val_interpolation: Literal["bilinear", "bicubic"] = "bilinear"
+    # the validation transform; None: the model's weights entry's (mobilevit.weights.model_io)
+    val_resize: int | None = None  # resize the short side (MobileViT eval: 288 -> 256)
+    val_crop: int | None = None
+    val_interpolation: Literal["bilinear", "bicubic"] | None = None
 
 
 @dataclass(frozen=True)
