@@ -9,7 +9,6 @@ folded PyTorch model (:meth:`Predictor.from_pretrained`), or an exported file in
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -32,7 +31,6 @@ from .weights.pretrained import model_io
 if TYPE_CHECKING:
     from .export import ExportMetadata
 
-logger = logging.getLogger(__name__)
 
 ImageInput = str | os.PathLike | bytes | Image.Image | np.ndarray | Tensor
 Activation = Literal["softmax", "sigmoid", "none"]
