@@ -19,7 +19,11 @@ from reference_utils import max_rel_diff, randomize_layer_scales
 
 FASTVIT = mobilevit.list_models("fastvit_*")
 MOBILEONE = mobilevit.list_models("mobileone_*")
-BIG = {"fastvit_sa36", "fastvit_ma36"}  # batch 1, and the 256x256 comparison only with -m slow
+BIG = {"fastvit_sa36", "fastvit_ma36"}  # compared at batch 1
+# Against timm: a square size and one whose maps are odd from stride 8 on; every variant at the small pair by
+# default, at the full-size pair with -m slow.
+SIZES = [(256, 256), (200, 264)]
+SMALL_SIZES = [(128, 128), (104, 136)]
 
 # ml-fastvit's own constructor arguments of the fastvit_custom_sa fixture, in our config's terms
 CUSTOM_SA = dict(
@@ -87,13 +91,13 @@ def test_folded_mobileone_matches_paper(name: str) -> None:
 
 @pytest.mark.parametrize("name", FASTVIT + MOBILEONE)
 def test_timm_state_dict_gives_timm_logits(name: str) -> None:
-    _compare_with_timm(name, [(200, 264)] if name in BIG else [(256, 256), (200, 264)])
+    _compare_with_timm(name, SMALL_SIZES)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", sorted(BIG))
-def test_timm_state_dict_gives_timm_logits_at_256(name: str) -> None:
-    _compare_with_timm(name, [(256, 256)])
+@pytest.mark.parametrize("name", FASTVIT + MOBILEONE)
+def test_timm_state_dict_gives_timm_logits_full_size(name: str) -> None:
+    _compare_with_timm(name, SIZES)
 
 
 @pytest.mark.parametrize("name", ["fastvit_sa12", "mobileone_s4"])

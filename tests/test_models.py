@@ -67,9 +67,9 @@ def test_macs_match_paper(name: str) -> None:
 def test_contract_and_gradients(name: str) -> None:
     model = mobilevit.create_model(name, num_classes=7)
     assert model.training, "create_model returns a model in train mode"
-    x = torch.randn(2, 3, 128, 192)
+    x = torch.randn(2, 3, 64, 96)
     feats = model.forward_features(x)
-    assert feats.shape == (2, model.num_features, 4, 6)
+    assert feats.shape == (2, model.num_features, 2, 3)
     model.eval()
     assert torch.allclose(model.forward_head(feats, pre_logits=True), feats.mean((2, 3)))
     model.train()
@@ -96,12 +96,12 @@ def test_features_only(name: str) -> None:
     assert [f["stride"] for f in feat.feature_info] == strides
     captured = []
     full.get_submodule(feat.feature_info[-1]["module"]).register_forward_hook(lambda m, i, o: captured.append(o))
-    x = torch.randn(1, 3, 128, 192)
+    x = torch.randn(1, 3, 64, 96)
     with torch.no_grad():
         maps = feat(x)
         full(x)
     for info, fmap in zip(feat.feature_info, maps, strict=True):
-        assert fmap.shape == (1, info["num_channels"], 128 // info["stride"], 192 // info["stride"])
+        assert fmap.shape == (1, info["num_channels"], 64 // info["stride"], 96 // info["stride"])
     assert torch.equal(maps[-1], captured[0])  # the last level is what the classifier's backbone computes
     last = len(strides) - 1
     sub = mobilevit.create_model(name, features_only=True, out_indices=(1, last))

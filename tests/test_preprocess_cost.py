@@ -81,7 +81,7 @@ def _spy_sizes(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
 def test_extreme_aspect_ratios_cost_what_the_crop_keeps(
     tag: str, size: tuple[int, int], opencv: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The issue's 407-byte 10000x10 PNG was resized to 256000x256 (~200 MB) before the crop; 1x300000 was refused."""
+    """A 407-byte 10000x10 PNG would be resized to 256000x256 (~200 MB) before the crop; 1x300000 is served too."""
     if opencv != "cv2" and WEIGHTS[tag].preprocess.resize_backend != "opencv":
         pytest.skip("the fallback only concerns the OpenCV path")
     t = transform_for(tag)
