@@ -38,9 +38,8 @@ browser:
 		&& (apt-get install -y -qq chromium >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null 2>&1)) \
 		|| echo "chromium not installed: the browser test will skip"; }
 
-# The default suite checks every variant at small input sizes; test-slow runs the
-# full-size sweeps of every variant (parity with timm/transformers, re-parameterization, export) that the default run
-# leaves out, and test-all runs both.
+# The default suite checks every variant at small input sizes; test-slow runs the full-size sweeps of every variant
+# (parity with timm and transformers, re-parameterization, export) that the default run leaves out; test-all runs both.
 test: setup browser
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/python -m pytest -q
