@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip
 
-.PHONY: setup quickstart browser test test-slow lint bench clean
+.PHONY: setup quickstart browser test test-slow test-all lint bench clean
 
 setup: $(VENV)/.installed
 
@@ -38,12 +38,17 @@ browser:
 		&& (apt-get install -y -qq chromium >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null 2>&1)) \
 		|| echo "chromium not installed: the browser test will skip"; }
 
+# The default suite checks every variant at small input sizes; test-slow runs the full-size sweeps of every variant
+# (parity with timm and transformers, re-parameterization, export) that the default run leaves out; test-all runs both.
 test: setup browser
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/python -m pytest -q
 
 test-slow: setup
 	$(BIN)/python -m pytest -q -m slow
+
+test-all: setup browser
+	$(BIN)/python -m pytest -q -m ""
 
 lint: setup
 	$(BIN)/ruff check src tests benchmarks

@@ -30,9 +30,11 @@ TIMM_ARCHS = [
     "mobilevitv2_050", "mobilevitv2_075", "mobilevitv2_100", "mobilevitv2_125",
     "mobilevitv2_150", "mobilevitv2_175", "mobilevitv2_200",
 ]  # fmt: skip
-# (H, W): the training size; one that is not a multiple of 32 (25x33 maps at stride 8, so every MobileViT block
-# resizes before unfolding); a non-square multiple of 32 (even maps everywhere, no resizing).
-SIZES = {"256": (256, 256), "200x264": (200, 264), "192x320": (192, 320)}
+# (H, W): a square size; one that is not a multiple of 32 (odd maps from stride 8 on, so every MobileViT block resizes
+# before unfolding); a non-square multiple of 64 (even maps everywhere, no resizing). Every variant is compared at the
+# small sizes by default, and at the full sizes (256 is the training size) with -m slow.
+SIZES = {"128": (128, 128), "104x136": (104, 136), "128x192": (128, 192)}
+FULL_SIZES = {"256": (256, 256), "200x264": (200, 264), "192x320": (192, 320)}
 
 # transformers configs of the official checkpoints (apple/mobilevit-*, apple/mobilevitv2-*)
 HF_V1_CONFIGS = {
@@ -42,9 +44,22 @@ HF_V1_CONFIGS = {
 }
 HF_ARCHS = [*HF_V1_CONFIGS, *(n for n in TIMM_ARCHS if n.startswith("mobilevitv2_"))]
 # transformers' MobileViTV2 zero-pads feature maps that are not a multiple of the patch grid instead of resizing them
-# as ml-cvnets (and timm, and we) do, so it is no reference at 200x264; only sizes that are multiples of 64 (even maps
-# down to stride 32) are compared against transformers.
-HF_SIZES = {"256": (256, 256), "192x320": (192, 320)}
+# as ml-cvnets (and timm, and we) do, so it is no reference off that grid; only sizes that are multiples of 64 (even
+# maps down to stride 32) are compared against transformers.
+HF_SIZES = ["128", "128x192"]
+HF_FULL_SIZES = ["256", "192x320"]
+
+
+def _sizes(small: list[str], full: list[str]) -> list:
+    """``small`` as they are, and ``full`` marked slow."""
+    return [*small, *(pytest.param(size, marks=pytest.mark.slow) for size in full)]
+
+
+def _input(size: str) -> Tensor:
+    """Batch 1 at a square size, batch 2 otherwise."""
+    height, width = (SIZES | FULL_SIZES)[size]
+    return make_input((height, width), batch=1 if height == width else 2)
+
 
 CVNETS_CASES = ["mobilevit_xxs", "mobilevitv2_050", "mobilevitv3_xxs", "mobilevitv3_050"]
 
@@ -130,10 +145,10 @@ def timm_pair(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathF
     return ref, mobilevit.create_model(name, pretrained=path).eval()
 
 
-@pytest.mark.parametrize("size", list(SIZES))
+@pytest.mark.parametrize("size", _sizes(list(SIZES), list(FULL_SIZES)))
 def test_timm_logits(timm_pair: tuple[nn.Module, nn.Module], size: str) -> None:
     ref, ours = timm_pair
-    x = make_input(SIZES[size], batch=1 if size == "256" else 2)
+    x = _input(size)
     with torch.inference_mode():
         assert_logits_close(ours(x), ref(x), f"timm at {size}")
 
@@ -142,34 +157,30 @@ def test_timm_logits(timm_pair: tuple[nn.Module, nn.Module], size: str) -> None:
 @pytest.fixture(scope="module", params=HF_ARCHS)
 def hf_models(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> tuple[dict[str, Tensor], dict[str, nn.Module]]:
-    """transformers' logits at each of ``HF_SIZES``, and our model loaded from its state dict and from its folder."""
+) -> tuple[nn.Module, dict[str, nn.Module]]:
+    """A transformers model, and ours loaded from its state dict and from its saved folder."""
     name = request.param
     ref = hf_reference(name)
     tmp = tmp_path_factory.mktemp(name)
     torch.save(ref.state_dict(), tmp / "state_dict.pth")
     ref.save_pretrained(tmp / "folder")  # config.json + model.safetensors, as on the Hub
     assert (tmp / "folder" / "config.json").exists() and (tmp / "folder" / "model.safetensors").exists()
-    # transformers' models take pixel_values as they are (the RGB->BGR flip lives in its image processor)
-    with torch.inference_mode():
-        ref_logits = {size: ref(pixel_values=_hf_input(size)).logits for size in HF_SIZES}
     ours = {
         "state_dict": mobilevit.create_model(name, pretrained=tmp / "state_dict.pth").eval(),
         "folder": mobilevit.create_model(name, pretrained=tmp / "folder").eval(),
     }
-    return ref_logits, ours
+    return ref, ours
 
 
-def _hf_input(size: str) -> Tensor:
-    return make_input(HF_SIZES[size], batch=1 if size == "256" else 2)
-
-
-@pytest.mark.parametrize("source", ["state_dict", "folder"])
-@pytest.mark.parametrize("size", list(HF_SIZES))
-def test_transformers_logits(hf_models: tuple[dict[str, Tensor], dict[str, nn.Module]], source: str, size: str) -> None:
-    ref_logits, ours = hf_models
+@pytest.mark.parametrize("size", _sizes(HF_SIZES, HF_FULL_SIZES))
+def test_transformers_logits(hf_models: tuple[nn.Module, dict[str, nn.Module]], size: str) -> None:
+    ref, ours = hf_models
+    x = _input(size)
     with torch.inference_mode():
-        assert_logits_close(ours[source](_hf_input(size)), ref_logits[size], f"transformers ({source}) at {size}")
+        # transformers' models take pixel_values as they are (the RGB->BGR flip lives in its image processor)
+        expected = ref(pixel_values=x).logits
+        for source, model in ours.items():
+            assert_logits_close(model(x), expected, f"transformers ({source}) at {size}")
 
 
 @pytest.mark.parametrize("name", ["mobilevit_xxs", "mobilevitv2_050"])
@@ -188,7 +199,7 @@ def test_transformers_deeplabv3_backbone_loads_as_features(name: str, tmp_path: 
     randomize_norms_and_biases(seg).eval()
     seg.save_pretrained(tmp_path / "deeplab")
     model = mobilevit.create_model(name, pretrained=tmp_path / "deeplab", features_only=True).eval()
-    x = make_input((256, 256))
+    x = make_input((128, 128))
     with torch.inference_mode():
         expected = backbone(x, output_hidden_states=True).hidden_states  # the five stage outputs, strides 2-32
         ours = model(x)
@@ -208,7 +219,7 @@ def test_transformers_base_model_loads(name: str, tmp_path: Path) -> None:
     randomize_norms_and_biases(base).eval()
     base.save_pretrained(tmp_path / "base")
     model = mobilevit.create_model(name, pretrained=tmp_path / "base").eval()
-    x = make_input((256, 256))
+    x = make_input((128, 128))
     with torch.inference_mode():
         assert_logits_close(model.forward_features(x), base(x).last_hidden_state, "base model features")
 
@@ -278,7 +289,7 @@ def test_file_formats_give_identical_models(fmt: str, tmp_path: Path) -> None:
     got = model.state_dict()
     assert list(got) == list(expected)
     assert all(torch.equal(got[k], expected[k]) for k in expected)
-    x = make_input((256, 256))
+    x = make_input((128, 128))
     with torch.inference_mode():
         logits = model(x)
         assert torch.equal(logits, baseline(x))
@@ -295,7 +306,7 @@ def test_our_safetensors_round_trip(name: str, tmp_path: Path) -> None:
     path = tmp_path / f"{name}.safetensors"
     save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(path), metadata={"arch": name})
     model = mobilevit.create_model(name, pretrained=path).eval()
-    x = make_input((200, 264))
+    x = make_input((104, 136))
     with torch.inference_mode():
         assert torch.equal(model(x), source(x))
 
@@ -494,7 +505,7 @@ def test_new_num_classes_keeps_backbone(name: str, tmp_path: Path) -> None:
     assert ten_sd["head.fc.bias"].shape == (10,)
     assert not torch.equal(ten_sd["head.fc.weight"], sd["head.fc.weight"][:10]), "the new head is fresh, not a slice"
 
-    x = make_input((256, 256))
+    x = make_input((128, 128))
     with torch.inference_mode():
         ref_features = ref.forward_features(x)
         assert_logits_close(ten.forward_features(x), ref_features, "features of the 10-class model")
@@ -507,7 +518,7 @@ def test_same_num_classes_keeps_head(name: str, tmp_path: Path) -> None:
     ref, sd = timm_reference(name)
     model = mobilevit.create_model(name, pretrained=save_timm(name, tmp_path / "ckpt.pth"), num_classes=1000).eval()
     assert torch.equal(model.state_dict()["head.fc.weight"], sd["head.fc.weight"])
-    x = make_input((256, 256))
+    x = make_input((128, 128))
     with torch.inference_mode():
         assert_logits_close(model(x), ref(x), "num_classes=1000")
 
@@ -516,7 +527,7 @@ def test_num_classes_zero_gives_pooled_features(tmp_path: Path) -> None:
     ref, _ = timm_reference("mobilevit_xxs")
     path = save_timm("mobilevit_xxs", tmp_path / "ckpt.pth")
     model = mobilevit.create_model("mobilevit_xxs", pretrained=path, num_classes=0).eval()
-    x = make_input((256, 256))
+    x = make_input((128, 128))
     with torch.inference_mode():
         expected = ref.forward_head(ref.forward_features(x), pre_logits=True)
         assert_logits_close(model(x), expected, "num_classes=0")

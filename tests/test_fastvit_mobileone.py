@@ -19,7 +19,11 @@ from reference_utils import max_rel_diff, randomize_layer_scales
 
 FASTVIT = mobilevit.list_models("fastvit_*")
 MOBILEONE = mobilevit.list_models("mobileone_*")
-BIG = {"fastvit_sa36", "fastvit_ma36"}  # batch 1, and the 256x256 comparison only with -m slow
+BIG = {"fastvit_sa36", "fastvit_ma36"}  # compared at batch 1
+# Against timm: a square size and one whose maps are odd from stride 8 on; every variant at the small pair by
+# default, at the full-size pair with -m slow.
+SIZES = [(256, 256), (200, 264)]
+SMALL_SIZES = [(128, 128), (104, 136)]
 
 # ml-fastvit's own constructor arguments of the fastvit_custom_sa fixture, in our config's terms
 CUSTOM_SA = dict(
@@ -34,12 +38,20 @@ def test_registered_variants() -> None:
     assert [f"mobileone_s{i}" for i in range(5)] == MOBILEONE
 
 
-@pytest.mark.parametrize("name", FASTVIT + MOBILEONE)
-def test_architecture_matches_timm(name: str) -> None:
-    """Same parameter count and the same tensors with the same shapes as timm's model (after the key rename)."""
+@pytest.fixture(scope="module")
+def timm_pair(name: str) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """timm's model (randomized norms and layer scales, eval mode) and ours built fresh, built once per architecture
+    (``name`` has module scope in the tests that use it, so pytest runs them grouped by architecture)."""
     timm = pytest.importorskip("timm")
-    ref = timm.create_model(name)
-    model = mobilevit.create_model(name)
+    torch.manual_seed(0)
+    ref = randomize_layer_scales(randomize_batchnorm(timm.create_model(name))).eval()
+    return ref, mobilevit.create_model(name).eval()
+
+
+@pytest.mark.parametrize("name", FASTVIT + MOBILEONE, scope="module")
+def test_architecture_matches_timm(name: str, timm_pair: tuple[torch.nn.Module, torch.nn.Module]) -> None:
+    """Same parameter count and the same tensors with the same shapes as timm's model (after the key rename)."""
+    ref, model = timm_pair
     assert count_params(model) == count_params(ref)
     converted = CONVERTERS[("timm", type(model.cfg).__name__)](ref.state_dict(), model.cfg)
     ours = model.state_dict()
@@ -56,11 +68,8 @@ def test_train_time_branches_follow_the_paper() -> None:
         assert (len(with_se) > 0) == (name == "mobileone_s4")
 
 
-def _compare_with_timm(name: str, sizes: list[tuple[int, int]]) -> None:
-    timm = pytest.importorskip("timm")
-    torch.manual_seed(0)
-    ref = randomize_layer_scales(randomize_batchnorm(timm.create_model(name))).eval()
-    model = mobilevit.create_model(name).eval()
+def _compare_with_timm(name: str, pair: tuple[torch.nn.Module, torch.nn.Module], sizes: list[tuple[int, int]]) -> None:
+    ref, model = pair
     model.load_state_dict(CONVERTERS[("timm", type(model.cfg).__name__)](ref.state_dict(), model.cfg), strict=True)
     batch = 1 if name in BIG else 2
     for size in sizes:
@@ -85,15 +94,17 @@ def test_folded_mobileone_matches_paper(name: str) -> None:
     assert abs(count_macs(model, (224, 224)) / 1e6 - mmacs) <= 0.01 * mmacs
 
 
-@pytest.mark.parametrize("name", FASTVIT + MOBILEONE)
-def test_timm_state_dict_gives_timm_logits(name: str) -> None:
-    _compare_with_timm(name, [(200, 264)] if name in BIG else [(256, 256), (200, 264)])
+@pytest.mark.parametrize("name", FASTVIT + MOBILEONE, scope="module")
+def test_timm_state_dict_gives_timm_logits(name: str, timm_pair: tuple[torch.nn.Module, torch.nn.Module]) -> None:
+    _compare_with_timm(name, timm_pair, SMALL_SIZES)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", sorted(BIG))
-def test_timm_state_dict_gives_timm_logits_at_256(name: str) -> None:
-    _compare_with_timm(name, [(256, 256)])
+@pytest.mark.parametrize("name", FASTVIT + MOBILEONE, scope="module")
+def test_timm_state_dict_gives_timm_logits_full_size(
+    name: str, timm_pair: tuple[torch.nn.Module, torch.nn.Module]
+) -> None:
+    _compare_with_timm(name, timm_pair, SIZES)
 
 
 @pytest.mark.parametrize("name", ["fastvit_sa12", "mobileone_s4"])
