@@ -30,8 +30,8 @@ from mobilevit.cli import main
 
 HAS_ORT = importlib.util.find_spec("onnxruntime") is not None
 HAS_MPL = importlib.util.find_spec("matplotlib") is not None
-PEAK = 50.0  # a made-up peak, so pct_peak is checked against a known number
-LIMIT = 80.0  # and a made-up FMA limit for pct_fma_limit
+PEAK = 50.0  # made-up peak and FMA limit, so the rows fixture does not measure the machine
+LIMIT = 80.0
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 

@@ -3,7 +3,7 @@ gives the eager answers (labels, scores, accuracy), with the preprocessing and l
 errors for files or input sizes it cannot run.
 
 References: the eager PyTorch predictor on the same weights, and Apple's own result for the real MobileOne-S0
-weights on ``imagenet-samples-100`` (77/100 top-1, 93/100 top-5; SPEC.md).
+weights on ``imagenet-samples-100`` (77/100 top-1, 93/100 top-5 with Apple's own code).
 """
 
 from __future__ import annotations
@@ -211,7 +211,7 @@ def test_s0_cli_eval_reproduces_the_reference(
     argv = ["eval", str(SAMPLES), "--model", str(path), "--backend", backend, "--threads", "2", "--json"]
     assert main([*argv, "--no-progress"]) == 0
     result = json.loads(capsys.readouterr().out)
-    # Apple's own code gets 77/100 top-1 and 93/100 top-5 on these photos (SPEC.md)
+    # Apple's own code gets 77/100 top-1 and 93/100 top-5 on these photos
     assert result["backend"] == backend
     assert (result["count"], result["correct_top1"], result["correct_top5"]) == (100, 77, 93)
 

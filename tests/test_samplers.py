@@ -1,4 +1,4 @@
-"""Tests of the cvnets multi-scale samplers (mobilevit.data.samplers) against SPEC.md's worked example."""
+"""Tests of the cvnets multi-scale samplers (mobilevit.data.samplers) against the worked example of ml-cvnets' defaults."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Training loop (issue 6): learning, atomic checkpoints + SIGKILL/resume, NaN stop, corrupt images, torchrun.
+"""Training loop: learning, atomic checkpoints + SIGKILL/resume, NaN stop, corrupt images, torchrun.
 
 All runs use a tiny synthetic ImageFolder (3 classes of coloured squares, 64x64) and mobilevit_xxs at 64x64, one
 thread per process; no network.

@@ -1,4 +1,4 @@
-"""Training features (issue 6): distillation with a teacher in the loop, SGD, layer-wise lr decay, weight-decay
+"""Training features: distillation with a teacher in the loop, SGD, layer-wise lr decay, weight-decay
 annealing, metrics.csv / TensorBoard.
 
 Runs use the tiny synthetic ImageFolder of tests/test_train.py (3 classes, 64x64) with mobilevit_xxs as the student,

@@ -68,13 +68,7 @@ def _predictor(args: argparse.Namespace) -> Predictor:
     predictor = load_predictor(
         args.model, args.backend, pretrained=pretrained, threads=args.threads, batch_size=args.batch_size, labels=labels
     )
-    if args.random_weights:
-        _warn_random_weights(args.model, "its predictions mean nothing")
     return predictor
-
-
-def _warn_random_weights(model: str, consequence: str) -> None:
-    print(f"WARNING: {model} has random weights; {consequence}.", file=sys.stderr)
 
 
 def _labels(path: str | None) -> tuple[str, ...] | None:
@@ -223,8 +217,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.pretrained and len(args.model) > 1:
         raise UsageError("--pretrained applies to a single --model; with several, write --model NAME=CHECKPOINT")
     default = args.pretrained or not args.random_weights
-    if args.random_weights:
-        _warn_random_weights(", ".join(args.model), "predictions mean nothing (protocol testing only)")
     if args.labels and len(args.model) > 1:
         raise UsageError("--labels applies to a single --model")
     models = tuple(ModelSpec.parse(text, default) for text in args.model)
@@ -302,6 +294,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from .export import check_export, export_model, quantize_onnx, validate_coreml
+    from .predict import warn_random_weights
     from .registry import create_model
 
     if args.quantize and args.format != "onnx":
@@ -314,7 +307,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         )
     pretrained = args.pretrained or not args.random_weights
     if args.random_weights:
-        _warn_random_weights(args.model, "the exported file predicts nothing useful")
+        warn_random_weights(args.model, "the exported file predicts nothing useful")
     model = create_model(args.model, pretrained=pretrained)
     options = {
         "input_size": tuple(args.input_size) if args.input_size else None,

@@ -9,6 +9,7 @@ folded PyTorch model (:meth:`Predictor.from_pretrained`), or an exported file in
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -31,6 +32,8 @@ from .weights.pretrained import model_io
 if TYPE_CHECKING:
     from .export import ExportMetadata
 
+
+logger = logging.getLogger(__name__)
 
 ImageInput = str | os.PathLike | bytes | Image.Image | np.ndarray | Tensor
 Activation = Literal["softmax", "sigmoid", "none"]
@@ -118,6 +121,11 @@ class InputSizes:
             )
 
 
+def warn_random_weights(name: str, consequence: str) -> None:
+    """The one warning for a model run with random weights (the CLI shows it on stderr)."""
+    logger.warning("%s has random weights: %s", name, consequence)
+
+
 class Predictor:
     """Image classifier: the preprocessing and labels of a model around the runtime that runs it.
 
@@ -180,11 +188,13 @@ class Predictor:
         The preprocessing, the class names and the source come from :func:`~mobilevit.weights.model_io` (the
         checkpoint's own, its entry's, the architecture's default entry's; ImageNet-1k names for 1000 outputs, else
         ``class_<i>``) unless ``labels`` gives one per output. ``pretrained=False`` gives random weights, for testing
-        only (the command line warns). ``kwargs``: ``batch_size``, ``workers``, ``fold``.
+        only; a warning says so. ``kwargs``: ``batch_size``, ``workers``, ``fold``.
         """
         from .registry import create_model
 
         model = create_model(name, pretrained=pretrained)
+        if not pretrained:
+            warn_random_weights(name, "its predictions mean nothing")
         io = model_io(model)
         names = check_labels(labels, model.num_classes, "--labels") if labels is not None else io.labels
         predictor = cls(model, io.preprocess, names, **kwargs)
