@@ -1,4 +1,4 @@
-"""Tests of the cvnets multi-scale samplers (mobilevit.data.samplers) against the worked example of ml-cvnets' defaults."""
+"""Tests of the cvnets multi-scale samplers (mobilevit.data.samplers) against a worked example of cvnets' defaults."""
 
 from __future__ import annotations
 
