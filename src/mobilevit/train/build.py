@@ -145,10 +145,7 @@ def val_preprocess(model: nn.Module, data: DataConfig) -> Preprocess:
 class BatchNormalize:
     """Batch ``[B, 3, H, W]`` RGB in [0, 1] -> the model's input: channel order, mean and std of its preprocessing."""
 
-    def __init__(self, pre: Any) -> None:
-        """Args:
-        pre: anything with ``channel_order``, ``mean`` and ``std`` (a :class:`~mobilevit.weights.entries.Preprocess`).
-        """
+    def __init__(self, pre: Preprocess) -> None:
         self.bgr = pre.channel_order == "BGR"
         self.mean = torch.tensor(pre.mean, dtype=torch.float32).view(1, 3, 1, 1)
         self.std = torch.tensor(pre.std, dtype=torch.float32).view(1, 3, 1, 1)
