@@ -314,8 +314,6 @@ def system_info(peak: dict | None = None, **settings: object) -> dict:
     import importlib.metadata
     import platform
 
-    from .. import __version__
-
     try:
         import onnxruntime
 
@@ -327,7 +325,7 @@ def system_info(peak: dict | None = None, **settings: object) -> dict:
     except importlib.metadata.PackageNotFoundError:
         openvino_version = None
     info = {
-        "mobilevit": __version__,
+        "mobilevit": importlib.metadata.version("mobilevit"),
         "torch": torch.__version__,
         "onnxruntime": ort_version,
         "openvino": openvino_version,
