@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -34,3 +35,12 @@ def randomize_batchnorm(model: torch.nn.Module, seed: int = 100) -> torch.nn.Mod
             m.running_mean = 0.1 * torch.randn(c, generator=g)
             m.running_var = 0.5 + torch.rand(c, generator=g)
     return model
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """PyTorch on one thread for the module's tests, restored afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

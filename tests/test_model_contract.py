@@ -9,7 +9,6 @@ factory. The parameters without weight decay are checked against the recipe writ
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -31,11 +30,8 @@ INDICES = [(None, False), (1, False), (3, False), ([0, 2], False), ((-1, 1), Fal
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _one_thread(one_torch_thread: None) -> None:
+    """Every test of this module runs PyTorch on one thread."""
 
 
 @pytest.fixture(scope="module", params=TIMM_NAMES)
