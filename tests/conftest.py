@@ -1,13 +1,34 @@
-"""Shared test fixtures: the ``../shared`` data folder (skipped cleanly when absent) and reference helpers."""
+"""Shared test fixtures: the ``../shared`` data folder (skipped cleanly when absent) and reference helpers.
+
+The suite runs every process on one intra-op thread (PyTorch, OpenMP and MKL here; subprocesses inherit the
+environment). The tests' models are small, so extra threads gain little, and on a busy machine an OpenMP team whose
+second thread is descheduled waits at every barrier: a 10 ms forward then takes a second. Set ``OMP_NUM_THREADS``
+yourself to run the suite with more.
+"""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
-from pathlib import Path
 
-import pytest
-import torch
+for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+from collections.abc import Callable  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+import mobilevit  # noqa: E402
+from reference_utils import randomize_layer_scales  # noqa: E402
+
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
+# One variant of each family and block kind (MobileViT v1, v2, v3 on v2, FastViT with attention stages, MobileOne
+# with SE), the set every exported-file test (export parity, onnxruntime, OpenVINO) shares, exported once per session.
+EXPORT_FAMILIES = ("mobilevit_xxs", "mobilevitv2_050", "mobilevitv3_050", "fastvit_sa12", "mobileone_s4")
+# The size each is traced at: MobileViT v1 off its 64-pixel patch grid (the graph must still take every size).
+EXPORT_SIZES = {"mobilevit_xxs": (104, 136)}
 
 SHARED = Path(os.environ.get("MOBILEVIT_SHARED", Path(__file__).resolve().parents[1].parent / "shared"))
 
@@ -37,10 +58,28 @@ def randomize_batchnorm(model: torch.nn.Module, seed: int = 100) -> torch.nn.Mod
     return model
 
 
-@pytest.fixture(scope="module")
-def one_torch_thread() -> Iterator[None]:
-    """PyTorch on one thread for the module's tests, restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def random_model(name: str) -> torch.nn.Module:
+    """``name`` with random weights (seed 0), BatchNorm statistics and layer scales randomised so that conversions
+    of them show in the logits, in eval mode."""
+    torch.manual_seed(0)
+    return randomize_layer_scales(randomize_batchnorm(mobilevit.create_model(name))).eval()
+
+
+@pytest.fixture(scope="session")
+def onnx_export(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], tuple[torch.nn.Module, Path]]:
+    """``onnx_export(arch)``: :func:`random_model` and its dynamic ONNX export traced at ``EXPORT_SIZES`` (default
+    128x128), made once per session."""
+    pytest.importorskip("onnxscript", reason="exporting needs onnxscript (pip install 'mobilevit[export]')")
+    from mobilevit.export import export_model
+
+    folder = tmp_path_factory.mktemp("onnx")
+    made: dict[str, tuple[torch.nn.Module, Path]] = {}
+
+    def get(name: str) -> tuple[torch.nn.Module, Path]:
+        if name not in made:
+            model = random_model(name)
+            size = EXPORT_SIZES.get(name, (128, 128))
+            made[name] = model, export_model(model, "onnx", folder / f"{name}.onnx", input_size=size)
+        return made[name]
+
+    return get

@@ -12,7 +12,6 @@ import functools
 import json
 import os
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -115,16 +114,6 @@ def hf_reference(name: str) -> nn.Module:
         config = transformers.MobileViTConfig(**HF_V1_CONFIGS[name], num_labels=1000)
         model = transformers.MobileViTForImageClassification(config)
     return randomize_norms_and_biases(model).eval()
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """Batch-1 forwards of small models gain little from intra-op threads, and on a busy machine (other jobs, xdist
-    workers) oversubscribed threads make them many times slower; restored after this module."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 # ------------------------------------------------------------------------------------------------------------ timm

@@ -10,30 +10,24 @@ stages, MobileOne with SE) at small sizes; every variant, at full sizes, runs wi
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
 
 import mobilevit
-from conftest import randomize_batchnorm
+from conftest import EXPORT_FAMILIES, random_model
 from mobilevit.cli import main
 from mobilevit.export import check_export, export_model, read_metadata
-from reference_utils import randomize_layer_scales
 
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 
-FAST = ["mobilevit_s", "mobilevitv2_050", "mobilevitv3_050", "fastvit_sa12", "mobileone_s4"]
-# and at its own size, the one where a Reshape node of mobilevit_s's graph can break in onnxruntime (off the 64-grid)
-RESHAPE_CHECK = {"mobilevit_s": ((320, 224),)}
+# and at its own size, the one where a Reshape node of a MobileViT v1 graph can break in onnxruntime (off the 64-grid)
+RESHAPE_CHECK = {"mobilevit_xxs": ((320, 224),)}
 TOLERANCE = 1e-4  # of the logit scale (random-init MobileOne logits reach 1e5; trained models' are ~10)
-
-
-def _model(name: str) -> torch.nn.Module:
-    torch.manual_seed(0)
-    return randomize_layer_scales(randomize_batchnorm(mobilevit.create_model(name))).eval()
 
 
 # Sizes the graph exported at 256x256 must serve. MobileViT: a multiple of 64, sizes whose feature maps are odd at
@@ -45,43 +39,46 @@ MOBILEVIT_SMALL_SIZES = ((192, 128), (192, 96), (104, 136), (97, 131), (64, 64),
 
 
 def _sizes(model_name: str, small: bool = False) -> tuple[tuple[int, int], ...]:
-    """The export size first, then the other sizes the dynamic graph must serve."""
+    """The other sizes the dynamic graph must serve, beside the one it was traced at."""
     if model_name.startswith("mobilevit"):
-        return ((128, 128), *MOBILEVIT_SMALL_SIZES) if small else ((256, 256), *MOBILEVIT_SIZES)
-    return ((128, 128), (97, 131)) if small else ((256, 256), (250, 226))
+        return ((128, 128), *MOBILEVIT_SMALL_SIZES) if small else MOBILEVIT_SIZES
+    return ((128, 128), (97, 131)) if small else ((250, 226),)
 
 
-def _check_onnx(name: str, tmp_path: Path, sizes: tuple[tuple[int, int], ...]) -> None:
-    model = _model(name)
-    path = export_model(model, "onnx", tmp_path / f"{name}.onnx", input_size=sizes[0])
+def _check_onnx(model: torch.nn.Module, path: Path, sizes: tuple[tuple[int, int], ...]) -> None:
+    name = path.stem
     proto = onnx.load(str(path))
     onnx.checker.check_model(proto)
     ops = {node.op_type for node in proto.graph.node}
     assert not ops & {"Col2Im", "Im2Col"}, ops
     dims = [d.dim_param or d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim]
     assert dims == ["batch", 3, "height", "width"], dims
-    assert read_metadata(path).size_multiple == 1  # every size the eager model takes
-    for size in sizes:
+    meta = read_metadata(path)
+    assert meta.size_multiple == 1 and meta.dynamic_axes == ("batch", "height", "width")  # every size eager takes
+    for size in (meta.input_size, *sizes):
         parity = check_export(model, path, input_size=size, batch_size=2)
         assert parity.input_shape == (2, 3, *size)
         print(f"{name} {size}: max abs diff {parity.max_abs_diff:.2e}, {parity.max_rel_diff:.2e} of the logit scale")
         assert parity.max_rel_diff <= TOLERANCE, f"{name} at {size}: {parity.max_rel_diff:.2e} of the logit scale"
+    assert check_export(model, path, batch_size=3).max_rel_diff <= TOLERANCE  # another batch, at the traced size
 
 
-@pytest.mark.parametrize("name", FAST)
-def test_onnx_parity_dynamic(name: str, tmp_path: Path) -> None:
-    _check_onnx(name, tmp_path, _sizes(name, small=True) + RESHAPE_CHECK.get(name, ()))
+@pytest.mark.parametrize("name", EXPORT_FAMILIES)
+def test_onnx_parity_dynamic(name: str, onnx_export: Callable[[str], tuple[torch.nn.Module, Path]]) -> None:
+    """Traced at 128x128 (MobileViT v1 at 104x136, off its patch grid), the graph serves every batch and size."""
+    _check_onnx(*onnx_export(name), _sizes(name, small=True) + RESHAPE_CHECK.get(name, ()))
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", mobilevit.list_models())
 def test_onnx_parity_every_variant(name: str, tmp_path: Path) -> None:
-    _check_onnx(name, tmp_path, _sizes(name))
+    model = random_model(name)
+    _check_onnx(model, export_model(model, "onnx", tmp_path / f"{name}.onnx", input_size=(256, 256)), _sizes(name))
 
 
 def test_onnx_metadata(tmp_path: Path) -> None:
     """Preprocessing, labels and sizes round trip through ``metadata_props``."""
-    model = _model("fastvit_t8")
+    model = random_model("fastvit_t8")
     path = export_model(model, "onnx", tmp_path / "m.onnx", input_size=(128, 128), dynamic=False)
     meta = read_metadata(path)
     assert meta.arch == "fastvit_t8" and meta.input_size == (128, 128) and meta.dynamic_axes == ()
@@ -97,7 +94,7 @@ def test_onnx_metadata(tmp_path: Path) -> None:
 def test_static_onnx_is_checked_at_its_fixed_shape(tmp_path: Path) -> None:
     """``dynamic=False`` fixes batch 1 and the size in the graph: the check runs there, and says so when asked for
     another shape (instead of an onnxruntime error)."""
-    model = _model("mobileone_s0")
+    model = random_model("mobileone_s0")
     path = export_model(model, "onnx", tmp_path / "m.onnx", input_size=(96, 128), dynamic=False)
     parity = check_export(model, path)
     assert parity.input_shape == (1, 3, 96, 128) and parity.max_rel_diff <= TOLERANCE
@@ -108,7 +105,7 @@ def test_static_onnx_is_checked_at_its_fixed_shape(tmp_path: Path) -> None:
 
 
 def test_static_torchscript_is_checked_at_batch_1(tmp_path: Path) -> None:
-    model = _model("mobileone_s0")
+    model = random_model("mobileone_s0")
     path = export_model(model, "torchscript", tmp_path / "m.pt", input_size=(64, 96), dynamic=False)
     assert read_metadata(path).dynamic_axes == ()
     assert check_export(model, path).input_shape == (1, 3, 64, 96)
@@ -137,18 +134,9 @@ def test_cli_export_static(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     assert main([*argv, "--input-size", "64", "64", "--quantize", "int8", "--quantize-mode", "dynamic"]) == 0
 
 
-def test_mobilevit_traced_off_grid_stays_dynamic(tmp_path: Path) -> None:
-    """A MobileViT traced at a size off the 64-grid still gives a graph for any batch, height and width."""
-    model = _model("mobilevit_xxs")
-    path = export_model(model, "onnx", tmp_path / "m.onnx", input_size=(104, 136))
-    assert read_metadata(path).dynamic_axes == ("batch", "height", "width")
-    assert check_export(model, path, batch_size=3).max_rel_diff <= TOLERANCE
-    assert check_export(model, path, batch_size=2, input_size=(128, 64)).max_rel_diff <= TOLERANCE
-
-
 @pytest.mark.parametrize("name", ["mobilevitv2_050", "fastvit_sa12", "mobileone_s0"])
 def test_torchscript_round_trip(name: str, tmp_path: Path) -> None:
-    model = _model(name)
+    model = random_model(name)
     path = export_model(model, "torchscript", tmp_path / f"{name}.pt", input_size=(128, 128))
     meta = read_metadata(path)
     assert meta.arch == name and len(meta.labels) == model.num_classes and meta.dynamic_axes == ("batch",)
@@ -157,7 +145,7 @@ def test_torchscript_round_trip(name: str, tmp_path: Path) -> None:
 
 
 def test_export_does_not_modify_the_model(tmp_path: Path) -> None:
-    model = _model("mobileone_s0").train()
+    model = random_model("mobileone_s0").train()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     export_model(model, "torchscript", tmp_path / "m.pt", input_size=(64, 64))
     assert model.training
@@ -167,7 +155,7 @@ def test_export_does_not_modify_the_model(tmp_path: Path) -> None:
 
 def test_bad_format(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="format must be one of"):
-        export_model(_model("mobileone_s0"), "tflite", tmp_path / "m.tflite")  # type: ignore[arg-type]
+        export_model(random_model("mobileone_s0"), "tflite", tmp_path / "m.tflite")  # type: ignore[arg-type]
 
 
 def test_cli_export(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -192,7 +180,7 @@ def _coreml_export(name: str, out: Path, entry: str | None = None, **kwargs: obj
     from mobilevit.weights.entries import get_weights
 
     pre = get_weights(entry).preprocess if entry else None
-    return export_model(_model(name), "coreml", out / f"{name}.mlpackage", preprocess=pre, **kwargs)
+    return export_model(random_model(name), "coreml", out / f"{name}.mlpackage", preprocess=pre, **kwargs)
 
 
 @pytest.mark.parametrize("name", sorted(COREML_FAST))
@@ -214,7 +202,7 @@ def test_coreml_spec(name: str, tmp_path: Path) -> None:
     assert meta.arch == name and meta.labels == summary.class_labels and meta.preprocess.channel_order == order
     assert all(summary.metadata[k] == v for k, v in meta.to_dict().items())
     with pytest.raises(ValueError, match="only on macOS"):
-        check_export(_model(name), path)
+        check_export(random_model(name), path)
 
 
 def test_coreml_float16_tensor_input(tmp_path: Path) -> None:
@@ -238,7 +226,7 @@ def test_coreml_graph_applies_the_preprocessing(entry: str) -> None:
     from mobilevit.weights.entries import get_weights
 
     pre = get_weights(entry).preprocess
-    model = _model(entry.split(".")[0])
+    model = random_model(entry.split(".")[0])
     image = Image.open(Path(skimage.__file__).parent / "data" / "chelsea.png").convert("RGB")
     transform = eval_transform(pre)
     pixels = transform.pixels(image).float().unsqueeze(0) / 255.0  # what the ImageType gives: [0, 1], channel order
@@ -251,12 +239,12 @@ def test_coreml_graph_applies_the_preprocessing(entry: str) -> None:
 def test_coreml_bad_arguments(tmp_path: Path) -> None:
     pytest.importorskip("coremltools")
     with pytest.raises(ValueError, match="precision must be one of"):
-        export_model(_model("mobileone_s0"), "coreml", tmp_path / "m.mlpackage", precision="int4")  # type: ignore[arg-type]
+        export_model(random_model("mobileone_s0"), "coreml", tmp_path / "m.mlpackage", precision="int4")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"\.mlpackage"):
         from mobilevit.export.coreml import export_coreml
         from mobilevit.export.metadata import model_metadata
 
-        model = _model("mobileone_s0")
+        model = random_model("mobileone_s0")
         export_coreml(model, tmp_path / "m.mlmodel", model_metadata(model))
 
 
@@ -267,7 +255,7 @@ def test_coreml_every_variant(name: str, tmp_path: Path) -> None:
 
     path = _coreml_export(name, tmp_path)
     summary = validate_coreml(path)
-    assert summary.model_type == "mlProgram" and summary.num_outputs == _model(name).num_classes
+    assert summary.model_type == "mlProgram" and summary.num_outputs == random_model(name).num_classes
 
 
 def test_cli_export_coreml(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -584,8 +584,3 @@ def test_the_entry_format_wins_over_detection(tmp_path: Path, caplog: pytest.Log
     assert not [r for r in caplog.records if "weights entry says" in r.getMessage()]
     x = torch.randn(1, 3, 224, 224)
     assert_close(logits(model, x), logits(ref, x), "timm mobileone")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread(one_torch_thread: None) -> None:
-    """Every test of this module runs PyTorch on one thread."""

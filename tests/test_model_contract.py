@@ -29,11 +29,6 @@ SIZE = (64, 96)
 INDICES = [(None, False), (1, False), (3, False), ([0, 2], False), ((-1, 1), False), ([1], True), ([0, 3], True)]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread(one_torch_thread: None) -> None:
-    """Every test of this module runs PyTorch on one thread."""
-
-
 @pytest.fixture(scope="module", params=TIMM_NAMES)
 def pair(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, nn.Module, Path]:
     """``(name, timm model with random weights in eval mode, path of its saved state dict)``."""

@@ -12,6 +12,7 @@ import base64
 import dataclasses
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -20,7 +21,7 @@ from PIL import Image
 from torchvision.models import ResNet50_Weights
 
 import mobilevit
-from conftest import SHARED, randomize_batchnorm
+from conftest import SHARED
 from mobilevit.cli import main
 from mobilevit.evaluate import evaluate, read_labelled
 from mobilevit.export import export_model
@@ -45,14 +46,13 @@ def photos() -> list[Path]:
 
 
 @pytest.fixture(scope="module")
-def xxs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Predictor, Path, Path]:
+def xxs(
+    onnx_export: Callable[[str], tuple[torch.nn.Module, Path]], tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Predictor, Path, Path]:
     """MobileViT-XXS with random weights (BatchNorms randomised so the logits spread): the eager predictor, its
     dynamic ONNX export and a static one (batch fixed at 1, 256x256)."""
-    torch.manual_seed(0)
-    model = randomize_batchnorm(mobilevit.create_model("mobilevit_xxs")).eval()
-    folder = tmp_path_factory.mktemp("xxs")
-    dynamic = export_model(model, "onnx", folder / "xxs.onnx")
-    static = export_model(model, "onnx", folder / "xxs_static.onnx", dynamic=False)
+    model, dynamic = onnx_export("mobilevit_xxs")
+    static = export_model(model, "onnx", tmp_path_factory.mktemp("xxs") / "xxs_static.onnx", dynamic=False)
     entry = get_weights("mobilevit_xxs")
     return Predictor(model, entry.preprocess, labels(entry), batch_size=3), dynamic, static
 

@@ -18,8 +18,7 @@ import pytest
 import torch
 from torch import nn
 
-import mobilevit
-from conftest import randomize_batchnorm
+from conftest import EXPORT_FAMILIES
 from mobilevit.cli import main
 from mobilevit.export import export_model
 from mobilevit.predict import BACKENDS, OpenVINOPredictor, Predictor, load_predictor, resolve_backend
@@ -30,25 +29,8 @@ openvino = pytest.importorskip("openvino", reason="openvino is not installed (pi
 onnx = pytest.importorskip("onnx", reason="exporting needs onnx (pip install 'mobilevit[export]')")
 pytest.importorskip("onnxscript", reason="exporting needs onnxscript (pip install 'mobilevit[export]')")
 
-FAMILIES = ("mobilevit_xxs", "mobilevitv2_050", "mobilevitv3_xxs", "fastvit_t8", "mobileone_s0")
-SIZES = ((128, 128), (192, 128))  # both on MobileViT's 64-pixel grid; the second is not the traced size
-
-
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], tuple[nn.Module, Path]]:
-    """``exported(arch)``: the random-init model (BatchNorms randomised so the logits spread) and its dynamic ONNX
-    export traced at 128x128, made once per architecture."""
-    folder = tmp_path_factory.mktemp("openvino")
-    made: dict[str, tuple[nn.Module, Path]] = {}
-
-    def get(name: str) -> tuple[nn.Module, Path]:
-        if name not in made:
-            torch.manual_seed(0)
-            model = randomize_batchnorm(mobilevit.create_model(name)).eval()
-            made[name] = model, export_model(model, "onnx", folder / f"{name}.onnx", input_size=(128, 128))
-        return made[name]
-
-    return get
+MOBILEONE = "mobileone_s4"
+SIZES = ((128, 128), (192, 128))  # on MobileViT's 64-pixel grid, neither the size MobileViT v1 was traced at
 
 
 @pytest.fixture(scope="module")
@@ -58,15 +40,15 @@ def chelsea() -> Path:
 
 
 @pytest.fixture(scope="module")
-def xxs_eager(exported: Callable[[str], tuple[nn.Module, Path]]) -> Predictor:
+def xxs_eager(onnx_export: Callable[[str], tuple[nn.Module, Path]]) -> Predictor:
     """The eager predictor of the random-init MobileViT-XXS, with its weights entry's preprocessing and labels."""
     entry = get_weights("mobilevit_xxs")
-    return Predictor(exported("mobilevit_xxs")[0], entry.preprocess, labels(entry))
+    return Predictor(onnx_export("mobilevit_xxs")[0], entry.preprocess, labels(entry))
 
 
-@pytest.mark.parametrize("name", FAMILIES)
-def test_logits_match_eager(name: str, exported: Callable[[str], tuple[nn.Module, Path]]) -> None:
-    model, path = exported(name)
+@pytest.mark.parametrize("name", EXPORT_FAMILIES)
+def test_logits_match_eager(name: str, onnx_export: Callable[[str], tuple[nn.Module, Path]]) -> None:
+    model, path = onnx_export(name)
     runtime = OpenVINOPredictor(path, threads=1)
     for size in SIZES:
         x = torch.randn(2, 3, *size, generator=torch.Generator().manual_seed(1))
@@ -77,8 +59,8 @@ def test_logits_match_eager(name: str, exported: Callable[[str], tuple[nn.Module
         assert (out - expected).abs().max() <= 1e-5 * expected.abs().max(), (name, size)
 
 
-def test_runs_fp32_with_the_threads_asked_for(exported: Callable[[str], tuple[nn.Module, Path]]) -> None:
-    compiled = OpenVINOPredictor(exported("mobileone_s0")[1], threads=1).runtime.compiled_model
+def test_runs_fp32_with_the_threads_asked_for(onnx_export: Callable[[str], tuple[nn.Module, Path]]) -> None:
+    compiled = OpenVINOPredictor(onnx_export(MOBILEONE)[1], threads=1).runtime.compiled_model
     assert compiled.get_property("INFERENCE_PRECISION_HINT") == openvino.Type.f32  # not bf16, even where the CPU has it
     assert compiled.get_property("INFERENCE_NUM_THREADS") == 1
     assert compiled.get_property("PERFORMANCE_HINT") == "LATENCY"
@@ -86,9 +68,9 @@ def test_runs_fp32_with_the_threads_asked_for(exported: Callable[[str], tuple[nn
 
 
 def test_photo_answers_match_eager(
-    exported: Callable[[str], tuple[nn.Module, Path]], xxs_eager: Predictor, chelsea: Path
+    onnx_export: Callable[[str], tuple[nn.Module, Path]], xxs_eager: Predictor, chelsea: Path
 ) -> None:
-    runtime = load_predictor(exported("mobilevit_xxs")[1], "openvino", threads=1)
+    runtime = load_predictor(onnx_export("mobilevit_xxs")[1], "openvino", threads=1)
     assert isinstance(runtime.runtime, OpenVINORuntime)
     # the preprocessing (BGR, no mean/std) and labels come from the file, and are the weights entry's
     assert runtime.preprocess == xxs_eager.preprocess and runtime.labels == xxs_eager.labels
@@ -100,9 +82,9 @@ def test_photo_answers_match_eager(
         assert [p.score for p in answer] == pytest.approx([p.score for p in reference], abs=1e-5 * scale)
 
 
-def test_calls_from_several_threads(exported: Callable[[str], tuple[nn.Module, Path]]) -> None:
+def test_calls_from_several_threads(onnx_export: Callable[[str], tuple[nn.Module, Path]]) -> None:
     """One infer request behind a lock: concurrent calls each get their own batch's logits."""
-    runtime = OpenVINOPredictor(exported("mobileone_s0")[1], threads=1)
+    runtime = OpenVINOPredictor(onnx_export(MOBILEONE)[1], threads=1)
     batches = [torch.randn(n, 3, 64, 64) for n in (1, 2, 3)]
     expected = [runtime.logits(b) for b in batches]
     results: dict[int, list[torch.Tensor]] = {}
@@ -120,13 +102,13 @@ def test_calls_from_several_threads(exported: Callable[[str], tuple[nn.Module, P
 
 
 def test_cli_predict_and_eval(
-    exported: Callable[[str], tuple[nn.Module, Path]],
+    onnx_export: Callable[[str], tuple[nn.Module, Path]],
     xxs_eager: Predictor,
     chelsea: Path,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    path = exported("mobilevit_xxs")[1]
+    path = onnx_export("mobilevit_xxs")[1]
     argv = ["predict", str(chelsea), "--model", str(path), "--backend", "openvino", "--threads", "1"]
     assert main([*argv, "--json", "--no-progress"]) == 0
     record = json.loads(capsys.readouterr().out)
@@ -172,14 +154,14 @@ def test_bench_row_shares_the_onnx_export(monkeypatch: pytest.MonkeyPatch, capsy
     assert len(exports) == 1  # one ONNX file per model, run by both runtimes
 
 
-def test_serve_config_and_loader(exported: Callable[[str], tuple[nn.Module, Path]]) -> None:
+def test_serve_config_and_loader(onnx_export: Callable[[str], tuple[nn.Module, Path]]) -> None:
     pytest.importorskip("fastapi")
     from mobilevit.serve import ModelSpec, ServeConfig
     from mobilevit.serve.app import default_loader
     from mobilevit.serve.config import BACKENDS as SERVE_BACKENDS
 
     assert SERVE_BACKENDS == BACKENDS == ("eager", "onnxruntime", "openvino")
-    path = exported("mobileone_s0")[1]
+    path = onnx_export(MOBILEONE)[1]
     config = ServeConfig(models=(ModelSpec.parse(str(path)),), backend="openvino", max_batch_size=4, threads=1)
     predictor = default_loader(config, 0)()
     assert isinstance(predictor.runtime, OpenVINORuntime) and predictor.batch_size == 4
@@ -189,12 +171,12 @@ def test_serve_config_and_loader(exported: Callable[[str], tuple[nn.Module, Path
 
 
 def test_files_it_cannot_run(
-    exported: Callable[[str], tuple[nn.Module, Path]],
+    onnx_export: Callable[[str], tuple[nn.Module, Path]],
     chelsea: Path,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    path = exported("mobileone_s0")[1]
+    path = onnx_export(MOBILEONE)[1]
     junk = tmp_path / "junk.onnx"
     junk.write_bytes(b"not a protobuf")
     with pytest.raises(ValueError, match=r"junk\.onnx: not an ONNX model openvino can load \(Unable to read the model"):
@@ -220,12 +202,12 @@ def test_files_it_cannot_run(
 
 
 def test_missing_install_says_which_extra(
-    exported: Callable[[str], tuple[nn.Module, Path]],
+    onnx_export: Callable[[str], tuple[nn.Module, Path]],
     chelsea: Path,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    path = exported("mobileone_s0")[1]
+    path = onnx_export(MOBILEONE)[1]
     monkeypatch.setitem(sys.modules, "openvino", None)  # `import openvino` now raises ImportError
     with pytest.raises(ImportError, match=r"pip install 'mobilevit\[openvino\]'"):
         openvino_model(path)

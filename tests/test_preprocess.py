@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import pickle
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -48,15 +48,6 @@ Images = list[tuple[str, Image.Image]]
 # ---------------------------------------------------------------------------------------------------------------------
 # Photos
 # ---------------------------------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    """timm's ToTensor converts a channels-last tensor, which is slow with several threads on a shared machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _skimage_dir() -> Path:
     skimage = pytest.importorskip("skimage", reason="scikit-image (dev extra) ships the package photos")
     return Path(skimage.__file__).parent / "data"

@@ -16,7 +16,7 @@ photos, ``skimage.data``) or random weights in the format the file name says:
   fixture in a temporary torch hub cache, ``HF_HUB_OFFLINE=1``.
 
 The commands run as subprocesses (the ``mobilevit`` and ``torchrun`` scripts beside ``sys.executable``) with progress
-bars on, two threads (one per torchrun process), ``$TOKEN`` set. What is changed, and only because it must be:
+bars on, the suite's threads (one, see conftest), ``$TOKEN`` set. What is changed, and only because it must be:
 
 - ``mobilevit train`` gets :data:`TRAIN_OVERRIDES` appended (1 epoch, 64-96 px, batches of 4): seconds, not days;
 - ``mobilevit bench`` gets ``--repeats 2``;
@@ -384,8 +384,6 @@ def assets(tmp_path_factory: pytest.TempPathFactory) -> Assets:
         HF_HUB_OFFLINE="1",
         HF_ENDPOINT=f"http://127.0.0.1:{_free_port()}",  # an accidental download fails here, at once
         **SHELL_VARIABLES,
-        OMP_NUM_THREADS="2",
-        MKL_NUM_THREADS="2",
         MPLBACKEND="Agg",
         PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",
     )
