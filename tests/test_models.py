@@ -100,7 +100,8 @@ def test_features_only(name: str) -> None:
     strides = [4, 8, 16, 32] if name.startswith("fastvit") else [2, 4, 8, 16, 32]
     full = mobilevit.create_model(name).eval()
     feat = mobilevit.create_model(name, features_only=True).eval()
-    feat.load_state_dict({k: v for k, v in full.state_dict().items() if k in feat.state_dict()})
+    wanted = feat.state_dict().keys()
+    feat.load_state_dict({k: v for k, v in full.state_dict().items() if k in wanted})
     assert [f["stride"] for f in feat.feature_info] == strides
     captured = []
     full.get_submodule(feat.feature_info[-1]["module"]).register_forward_hook(lambda m, i, o: captured.append(o))
