@@ -40,15 +40,19 @@ browser:
 
 # The default suite checks every variant at small input sizes; test-slow runs the full-size sweeps of every variant
 # (parity with timm and transformers, re-parameterization, export) that the default run leaves out; test-all runs both.
+# Each runs in one pytest-xdist worker per core (a test module stays in one worker), every worker on one intra-op
+# thread (tests/conftest.py).
+PYTEST := $(BIN)/python -m pytest -q -n auto --dist loadfile
+
 test: setup browser
 	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/python -m pytest -q
+	$(PYTEST)
 
 test-slow: setup
-	$(BIN)/python -m pytest -q -m slow
+	$(PYTEST) -m slow
 
 test-all: setup browser
-	$(BIN)/python -m pytest -q -m ""
+	$(PYTEST) -m ""
 
 lint: setup
 	$(BIN)/ruff check src tests benchmarks

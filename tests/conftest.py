@@ -68,18 +68,25 @@ def random_model(name: str) -> torch.nn.Module:
 @pytest.fixture(scope="session")
 def onnx_export(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], tuple[torch.nn.Module, Path]]:
     """``onnx_export(arch)``: :func:`random_model` and its dynamic ONNX export traced at ``EXPORT_SIZES`` (default
-    128x128), made once per session."""
+    128x128), exported once per run: pytest-xdist workers share the files through their common temporary folder."""
     pytest.importorskip("onnxscript", reason="exporting needs onnxscript (pip install 'mobilevit[export]')")
+    from filelock import FileLock
+
     from mobilevit.export import export_model
 
-    folder = tmp_path_factory.mktemp("onnx")
+    root = tmp_path_factory.getbasetemp()
+    folder = (root.parent if os.environ.get("PYTEST_XDIST_WORKER") else root) / "onnx-exports"
+    folder.mkdir(exist_ok=True)
     made: dict[str, tuple[torch.nn.Module, Path]] = {}
 
     def get(name: str) -> tuple[torch.nn.Module, Path]:
         if name not in made:
-            model = random_model(name)
-            size = EXPORT_SIZES.get(name, (128, 128))
-            made[name] = model, export_model(model, "onnx", folder / f"{name}.onnx", input_size=size)
+            model, path = random_model(name), folder / f"{name}.onnx"
+            with FileLock(f"{path}.lock"):
+                if not path.is_file():  # written aside and renamed: a failed export leaves no file behind
+                    size = EXPORT_SIZES.get(name, (128, 128))
+                    export_model(model, "onnx", folder / f"{name}.partial.onnx", input_size=size).rename(path)
+            made[name] = model, path
         return made[name]
 
     return get
