@@ -52,7 +52,7 @@ def pipelines(weights: str) -> dict[str, tuple[Callable[[bytes], Image.Image], C
     """(decode, preprocess) of each pipeline for ``weights``: ours exact, ours fast, timm's."""
     entry = get_weights(weights)
     pre = entry.preprocess
-    exact, fast = eval_transform(pre), eval_transform(pre, window_resize=True)
+    transform = eval_transform(pre)
     timm_transform = create_transform(**resolve_data_config({}, model=timm.create_model(entry.arch)))
 
     def timm_decode(data: bytes) -> Image.Image:
@@ -62,8 +62,8 @@ def pipelines(weights: str) -> dict[str, tuple[Callable[[bytes], Image.Image], C
         return open_image(data, fast_decode=True, min_short_side=pre.resize_size)
 
     return {
-        "ours exact": (open_image, exact),
-        "ours fast_decode": (fast_decode, fast),
+        "ours exact": (open_image, transform),
+        "ours fast_decode": (fast_decode, transform),
         "timm": (timm_decode, timm_transform),
     }
 
@@ -81,7 +81,7 @@ def check_against_predictor(weights: str, data: bytes) -> None:
 
 def time_sets(sets: dict[str, list[bytes]], weights: list[str], rounds: int) -> list[dict[str, object]]:
     """Per (set, weights, pipeline): median over rounds of the mean decode, preprocess and total ms per image."""
-    runs = {(s, w, p): stages for w in weights for p, stages in pipelines(w).items() for s in sets}
+    runs = {(s, w, p): stages for s in sets for w in weights for p, stages in pipelines(w).items()}
     times: dict[tuple[str, str, str], list[tuple[float, float]]] = {key: [] for key in runs}
     for r in range(rounds + 1):  # round 0 warms up (first-call allocations, lazy imports)
         for (set_name, w, p), (decode, transform) in runs.items():

@@ -80,16 +80,17 @@ IMAGENET_SAMPLES = SHARED_DATA / "imagenet-samples-100"
 def upscaled_copies(source: Path, dest: Path, long_side: int, count: int | None = None, quality: int = 90) -> Path:
     """Large JPEG copies of a labelled folder's photos: a folder that ``mobilevit eval`` reads, made once.
 
-    The first ``count`` files of ``source/labels.csv`` (all by default) are upscaled (PIL bicubic, aspect kept) to
-    ``long_side`` pixels on their longer side, as a camera's 12-megapixel photos are 4000x3000, and saved as JPEG at
-    ``quality`` under ``dest`` with their ``labels.csv`` rows. An earlier run with the same arguments is reused.
+    The first ``count`` files of ``source/labels.csv`` (all by default) are upscaled (PIL bicubic) to ``long_side``
+    pixels on their longer side and a multiple of 8 on the shorter (the aspect kept within 4 pixels), as a camera's
+    12-megapixel photos are 4000x3000, and saved as JPEG at ``quality`` under ``dest`` with their ``labels.csv`` rows.
+    An earlier run with the same arguments is reused.
     """
     import csv
 
     from PIL import Image
 
     done = dest / ".done"
-    recipe = f"{source} {long_side} {count} {quality}"
+    recipe = f"{source} {long_side} {count} {quality} multiple of 8"
     if done.is_file() and done.read_text() == recipe:
         return dest
     if not (source / "labels.csv").is_file():
@@ -102,8 +103,9 @@ def upscaled_copies(source: Path, dest: Path, long_side: int, count: int | None 
     for row in rows:
         with Image.open(source / row[0]) as img:
             img = img.convert("RGB")
-            scale = long_side / max(img.size)
-            img = img.resize((round(img.width * scale), round(img.height * scale)), Image.Resampling.BICUBIC)
+            short = 8 * round(long_side * min(img.size) / max(img.size) / 8)
+            size = (long_side, short) if img.width >= img.height else (short, long_side)
+            img = img.resize(size, Image.Resampling.BICUBIC)
         img.save(dest / Path(row[0]).with_suffix(".jpg").name, quality=quality)
         row[0] = Path(row[0]).with_suffix(".jpg").name
     with (dest / "labels.csv").open("w", newline="") as f:

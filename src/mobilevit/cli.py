@@ -389,7 +389,7 @@ def _predictor_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--fast-decode",
         action="store_true",
-        help="decode large JPEGs DCT-downscaled and resize only the crop: faster, approximate (default: exact)",
+        help="decode JPEGs twice the model's resize or larger DCT-downscaled: faster, approximate (default: exact)",
     )
 
 
@@ -475,8 +475,8 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
         "--fast-decode",
         action=argparse.BooleanOptionalAction,
         default=True,
-        help="decode large JPEGs DCT-downscaled and resize only the crop (default); --no-fast-decode: bit-exact "
-        "preprocessing, as `mobilevit predict`",
+        help="decode JPEGs twice the model's resize or larger DCT-downscaled (default); --no-fast-decode: "
+        "bit-exact preprocessing of every image, as `mobilevit predict`",
     )
     p.set_defaults(func=cmd_serve)
 

@@ -143,9 +143,10 @@ class Predictor:
         workers: threads that decode and preprocess images while the model runs.
         fold: for a PyTorch module: re-parameterize it (fold BatchNorms and branches) — same outputs, faster.
         sizes: the input sizes the runtime takes (default: any).
-        fast_decode: decode large JPEGs DCT-downscaled and resize only the crop window (see :meth:`prepare`):
-            several times faster on photos larger than the model needs, approximate; ``False`` (the default) is
-            bit-exact with the reference pipelines. :func:`~mobilevit.evaluate.evaluate` follows this setting too.
+        fast_decode: decode JPEGs at least twice the size the model needs DCT-downscaled (see :meth:`prepare`):
+            several times faster for camera photos, approximate; other images are decoded as without it. ``False``
+            (the default) is bit-exact with the reference pipelines. :func:`~mobilevit.evaluate.evaluate` follows
+            this setting too.
     """
 
     def __init__(
@@ -164,8 +165,7 @@ class Predictor:
             raise UsageError(f"batch_size must be at least 1, got {batch_size}")
         self.runtime = runtime if isinstance(runtime, Runtime) else TorchRuntime(runtime, fold)
         self.preprocess = preprocess
-        self.transform: Callable[[Image.Image], Tensor] = eval_transform(preprocess)  # exact
-        self.fast_transform: Callable[[Image.Image], Tensor] = eval_transform(preprocess, window_resize=True)
+        self.transform: Callable[[Image.Image], Tensor] = eval_transform(preprocess)
         self.fast_decode = fast_decode
         num_classes = self.runtime.signature()[1][0][1][-1]  # the logits' last dim; None when the model does not say
         if labels is None:
@@ -241,7 +241,7 @@ class Predictor:
             threads: the runtime's inference threads (0: its default, one per physical core).
             workers: threads that decode and preprocess images while the model runs.
             backend: ``"onnxruntime"`` or ``"openvino"``.
-            fast_decode: approximate, faster decoding and resizing (see :class:`Predictor`).
+            fast_decode: approximate, faster decoding of large JPEGs (see :class:`Predictor`).
         """
         runtime = open_runtime(path, backend, threads)
         meta = _recorded_metadata(runtime)
@@ -285,17 +285,15 @@ class Predictor:
             name: the input in error messages.
             max_pixels: largest accepted ``width * height`` (default: PIL's limit), checked before decoding.
             fast_decode: ``None`` for the predictor's setting. ``True``: a JPEG file or bytes at least twice the
-                resize is decoded DCT-downscaled (:func:`~mobilevit.data.images.open_image`), and PIL resizes
-                resample only the crop window; other decodes are exact. ``False``: bit-exact with the reference
-                pipelines (timm, transformers, ml-cvnets).
+                preprocessing's ``resize_size`` on its shorter side is decoded DCT-downscaled
+                (:func:`~mobilevit.data.images.open_image`), approximately; any other input gives the same tensor as
+                ``False``, which is bit-exact with the reference pipelines (timm, transformers, ml-cvnets).
 
         Raises:
             ImageError: an unreadable input, naming it.
         """
         fast = self.fast_decode if fast_decode is None else fast_decode
-        draft = self.preprocess.resize_size if fast else None
-        image = _as_pil(item, name, max_pixels, draft)
-        return self.fast_transform(image) if fast else self.transform(image)
+        return self.transform(_as_pil(item, name, max_pixels, self.preprocess.resize_size if fast else None))
 
     @torch.inference_mode()
     def forward(self, batch: Tensor) -> Tensor:

@@ -8,8 +8,8 @@ size raise :class:`ImageError` naming the file and the cause.
 
 Exact decoding is the default. ``fast_decode`` trades exactness for speed on large JPEGs: one whose shorter side is at
 least twice the size the caller will resize it to is decoded DCT-downscaled by libjpeg (PIL's ``Image.draft``: 1/2,
-1/4 or 1/8 of each side, never below that size), about 8x less work for a 12-megapixel photo; other files decode as
-without it.
+1/4 or 1/8 of each side, never below that size), a third of the time for a 12-megapixel photo and a fraction of
+the resizing after it; other files decode as without it.
 
 PIL's global switches are left alone: ``ImageFile.LOAD_TRUNCATED_IMAGES`` stays as the user set it (``False`` by
 default, so a truncated file is an error), and the pixel limit follows ``PIL.Image.MAX_IMAGE_PIXELS`` unless a
@@ -101,9 +101,23 @@ def _describe(err: BaseException) -> str:
     return f"{type(err).__name__}: {text}" if text else type(err).__name__
 
 
+def draft_scale(width: int, height: int, short_side: int) -> int:
+    """The DCT scale (8, 4, 2, or 1: none) at which ``fast_decode`` decodes a ``width`` x ``height`` JPEG that is
+    resized to ``short_side``: the largest that keeps both sides at ``short_side`` or more and divides both.
+
+    A scale that does not divide a side would give a last row or column covering only part of a block (libjpeg rounds
+    the scaled size up), so the image would stretch by up to a pixel against the exact decode; camera sizes (4000x3000,
+    4032x3024, 6000x4000) divide by 8, and other sizes take the largest scale that divides them.
+    """
+    for scale in (8, 4, 2):
+        if min(width, height) >= scale * short_side and width % scale == 0 and height % scale == 0:
+            return scale
+    return 1
+
+
 def _decode(fp: IO[bytes] | Image.Image, label: str, max_pixels: int | None, draft: int | None) -> Image.Image:
-    """Open (unless given an image), check the size before any pixel is decoded, load (a JPEG of ``draft`` or more
-    twice over at a reduced scale), rotate upright, convert."""
+    """Open (unless given an image), check the size before any pixel is decoded, load (a JPEG at the
+    :func:`draft_scale` for a resize to ``draft``), rotate upright, convert."""
     try:
         if isinstance(fp, Image.Image):
             img = fp
@@ -117,9 +131,9 @@ def _decode(fp: IO[bytes] | Image.Image, label: str, max_pixels: int | None, dra
             raise ImageError(f"{label}: {w}x{h} is {w * h} pixels, more than the limit of {max_pixels} (image bomb?)")
         if w == 0 or h == 0:
             raise ImageError(f"{label}: image has no pixels ({w}x{h})")
-        if draft is not None and min(w, h) >= 2 * draft:
-            # libjpeg's largest scale (1/2, 1/4, 1/8) that keeps both sides >= draft; other formats ignore it
-            img.draft(None, (draft, draft))
+        scale = draft_scale(w, h, draft) if draft is not None else 1
+        if scale > 1:
+            img.draft(None, (w // scale, h // scale))  # JPEG only: other formats ignore it
         img.load()  # decode now, so that a truncated or corrupt file fails here, naming the file
         if img is fp:  # the caller's image: rotated into a new one (an upright image is copied)
             return to_rgb(ImageOps.exif_transpose(img))
@@ -156,9 +170,9 @@ def open_image(
         max_pixels: largest accepted ``width * height``, checked from the header before any pixel is decoded;
             default :func:`pixel_limit` (PIL's own limit). A server may pass a smaller one.
         fast_decode: decode a JPEG file whose shorter side is at least ``2 * min_short_side`` DCT-downscaled (1/2,
-            1/4 or 1/8 per side, the shorter side kept at ``min_short_side`` or more): several times faster, and
-            approximate (the pixels are block averages, not the exact decode's). Other inputs are decoded exactly.
-            The image comes back smaller, upright, with the stored image's aspect ratio to within one pixel.
+            1/4 or 1/8 per side, the shorter side kept at ``min_short_side`` or more, see :func:`draft_scale`):
+            several times faster, and approximate (each pixel is about the mean of its block, not the exact
+            decode's). The image comes back smaller by that scale, upright. Other inputs are decoded exactly.
         min_short_side: the shorter side the caller resizes to (a model's ``resize_size``); needed by
             ``fast_decode``.
 
@@ -248,4 +262,4 @@ def find_images(paths: list[str | os.PathLike] | tuple[str | os.PathLike, ...]) 
     return out
 
 
-__all__ = ["IMAGE_SUFFIXES", "ImageError", "find_images", "open_image", "pixel_limit", "to_rgb"]
+__all__ = ["IMAGE_SUFFIXES", "ImageError", "draft_scale", "find_images", "open_image", "pixel_limit", "to_rgb"]

@@ -23,9 +23,7 @@ describes them:
    the whole image is resized and cropped, exactly as the reference pipelines do; beyond, only the crop window is
    resampled, with the filter weights of the whole resize (PIL: ``Image.resize(box=...)`` one axis at a time, in
    the order PIL uses; OpenCV: ``cv2.resize``'s fixed-point arithmetic written out in numpy), within one 8-bit
-   level of resizing everything. ``window_resize=True`` (the predictor's ``fast_decode``) resamples only the crop
-   window of every PIL resize, whatever the image's shape: 1.5-2.5x less resizing for a 4:3 photo, about 4% of the
-   pixels one level off; OpenCV resizes stay whole there, since ``cv2.resize`` of the whole image is the faster;
+   level of resizing everything;
 3. reorder the channels to ``channel_order`` (RGB -> BGR for weights trained on OpenCV-decoded images);
 4. scale to [0, 1], subtract ``mean`` and divide by ``std`` (float32, the same operations in the same order as
    torchvision's ``ToTensor`` + ``Normalize``).
@@ -259,12 +257,9 @@ class EvalTransform:
 
     Attributes:
         pre: the preprocessing.
-        window_resize: resample only the pixels the crop keeps in every PIL resize (within one 8-bit level of
-            resizing the whole image as the reference pipelines do, and faster); ``False``: bit-exact with them.
     """
 
     pre: Preprocess
-    window_resize: bool = False
 
     def __post_init__(self) -> None:
         pre = self.pre
@@ -296,7 +291,7 @@ class EvalTransform:
         (rows, y), (cols, x) = _crop_window(h, crop_h, top), _crop_window(w, crop_w, left)
         if img.size == size:  # nothing to resample: cut the window out before converting to numpy
             kept = np.asarray(img.crop((cols.start, rows.start, cols.stop, rows.stop)))
-        elif w * h <= FULL_RESIZE_MAX_RATIO * crop_h * crop_w and not (self.window_resize and backend == "pil"):
+        elif w * h <= FULL_RESIZE_MAX_RATIO * crop_h * crop_w:
             kept = _RESIZERS[backend](img, size, pre.interpolation)[rows.start : rows.stop, cols.start : cols.stop]
         else:
             kept = _WINDOW_RESIZERS[backend](img, size, rows, cols, pre.interpolation)
@@ -338,7 +333,7 @@ class EvalTransform:
         return torch.from_numpy(x)
 
 
-def eval_transform(preprocess: Preprocess, *, window_resize: bool = False) -> EvalTransform:
+def eval_transform(preprocess: Preprocess) -> EvalTransform:
     """The eval transform of a weights entry's preprocessing: ``PIL image -> [3, H, W] float32 tensor``.
 
     Non-RGB images are converted with :func:`~mobilevit.data.images.to_rgb`; decode files with
@@ -346,10 +341,8 @@ def eval_transform(preprocess: Preprocess, *, window_resize: bool = False) -> Ev
 
     Args:
         preprocess: the steps (size, resize, crop, channel order, normalization) the weights expect.
-        window_resize: resample only the crop window (PIL resizes; within one 8-bit level, faster); see
-            :class:`EvalTransform`.
     """
-    return EvalTransform(preprocess, window_resize)
+    return EvalTransform(preprocess)
 
 
 def transform_for(weights: str | WeightsEntry | Preprocess | nn.Module, *, upstream: bool = False) -> EvalTransform:

@@ -256,8 +256,8 @@ class Routes:
             receiving.dec()
 
     def decode(self, data: bytes, engine: BatchEngine) -> Tensor:
-        """Decode thread: bytes -> upright RGB image -> the weights' preprocessing (``config.fast_decode``: approximate,
-        faster for large JPEGs)."""
+        """Decode thread: bytes -> upright RGB image -> the weights' preprocessing (``config.fast_decode``: large
+        JPEGs decoded DCT-downscaled)."""
         assert engine.predictor is not None
         return engine.predictor.prepare(
             data, "image", max_pixels=self.config.max_pixels, fast_decode=self.config.fast_decode

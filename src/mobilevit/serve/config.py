@@ -123,10 +123,10 @@ class ServeConfig:
         queue_size: requests admitted per model (being decoded, queued or running; a request is admitted once its
             body has arrived); beyond it a 503 with ``Retry-After`` tells clients to back off.
         decode_workers: threads that decode and preprocess images off the event loop.
-        fast_decode: decode JPEGs at least twice the model's resize DCT-downscaled and resample only the crop
-            window (:meth:`~mobilevit.predict.Predictor.prepare`): a 12-megapixel photo costs several times less,
-            with the same top-1/top-5 on the accuracy check of docs/decoding.md; ``False`` answers exactly what
-            ``mobilevit predict`` answers (bit-exact preprocessing).
+        fast_decode: decode JPEGs at least twice the model's resize DCT-downscaled
+            (:meth:`~mobilevit.predict.Predictor.prepare`): a 12-megapixel photo costs several times less, with
+            top-1/top-5 unchanged within one image in docs/decoding.md's check; other images are answered exactly
+            as ``mobilevit predict`` answers them, and ``False`` answers every image so.
         retry_after: seconds suggested in ``Retry-After`` headers.
         threads: intra-op threads: PyTorch's for the process (``mobilevit serve`` sets them), or each onnxruntime
             session's or OpenVINO model's; 0 keeps the runtime's default
