@@ -40,7 +40,8 @@ from timm.data import create_transform, resolve_data_config
 import mobilevit
 from common import IMAGENET_SAMPLES, upscaled_copies
 from mobilevit.bench.report import markdown_table
-from mobilevit.data.images import open_image
+from mobilevit.data.datasets import read_labelled
+from mobilevit.data.images import draft_scale, open_image
 from mobilevit.data.transforms import eval_transform
 from mobilevit.predict import Predictor
 from mobilevit.weights.entries import get_weights
@@ -128,14 +129,19 @@ def time_decoders(images: list[bytes], short_side: int, rounds: int) -> list[dic
 
     def pil_draft(data: bytes) -> object:
         img = Image.open(io.BytesIO(data))
-        img.draft(None, (short_side, short_side))
+        scale = draft_scale(img.width, img.height, short_side)
+        img.draft(None, (img.width // scale, img.height // scale))
         img.load()
         return img
 
     def tv(data: bytes) -> object:
         return decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8))
 
-    decoders = {"PIL (exact)": pil, f"PIL draft >= {short_side}": pil_draft, "torchvision decode_jpeg": tv}
+    decoders = {
+        "PIL (exact)": pil,
+        f"PIL draft (fast_decode for {short_side})": pil_draft,
+        "torchvision decode_jpeg": tv,
+    }
     times: dict[str, list[float]] = {name: [] for name in decoders}
     for r in range(rounds + 1):
         for name, decode in decoders.items():
@@ -179,10 +185,9 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         large_dir = upscaled_copies(args.images, args.upscaled_dir or Path(tmp), args.long_side, args.large)
-        small = [p.read_bytes() for p in sorted(args.images.glob("*.JPEG"))]
-        large = [p.read_bytes() for p in sorted(large_dir.glob("*.jpg"))]
-    with Image.open(io.BytesIO(large[0])) as first:
-        large_name = f"{first.width}x{first.height} JPEG (x{len(large)})"
+        small = [p.read_bytes() for p, _ in read_labelled(args.images)[0]]
+        large = [p.read_bytes() for p, _ in read_labelled(large_dir)[0]]
+    large_name = f"JPEGs {args.long_side} px on the longer side (x{len(large)})"
     sets = {f"ImageNet-sized (x{len(small)})": small, large_name: large}
     for w in args.weights:
         check_against_predictor(w, large[0])
