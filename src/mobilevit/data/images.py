@@ -8,8 +8,8 @@ size raise :class:`ImageError` naming the file and the cause.
 
 Exact decoding is the default. ``fast_decode`` trades exactness for speed on large JPEGs: one whose shorter side is at
 least twice the size the caller will resize it to is decoded DCT-downscaled by libjpeg (PIL's ``Image.draft``: 1/2,
-1/4 or 1/8 of each side, never below that size), a third of the time for a 12-megapixel photo and a fraction of
-the resizing after it; other files decode as without it.
+1/4 or 1/8 of each side, never below that size): less than half the decoding time of a 12-megapixel photo and a
+fraction of the resizing after it. Other files decode as without it.
 
 PIL's global switches are left alone: ``ImageFile.LOAD_TRUNCATED_IMAGES`` stays as the user set it (``False`` by
 default, so a truncated file is an error), and the pixel limit follows ``PIL.Image.MAX_IMAGE_PIXELS`` unless a
