@@ -72,3 +72,43 @@ def extract_once(archive: Path, dest: Path) -> Path:
         tar.extractall(dest, filter="data")
     done.write_text(str(archive))
     return dest
+
+
+IMAGENET_SAMPLES = SHARED_DATA / "imagenet-samples-100"
+
+
+def upscaled_copies(source: Path, dest: Path, long_side: int, count: int | None = None, quality: int = 90) -> Path:
+    """Large JPEG copies of a labelled folder's photos: a folder that ``mobilevit eval`` reads, made once.
+
+    The first ``count`` files of ``source/labels.csv`` (all by default) are upscaled (PIL bicubic) to ``long_side``
+    pixels on their longer side and a multiple of 8 on the shorter (the aspect kept within 4 pixels), as a camera's
+    12-megapixel photos are 4000x3000, and saved as JPEG at ``quality`` under ``dest`` with their ``labels.csv`` rows.
+    An earlier run with the same arguments is reused.
+    """
+    import csv
+
+    from PIL import Image
+
+    done = dest / ".done"
+    recipe = f"{source} {long_side} {count} {quality} multiple of 8"
+    if done.is_file() and done.read_text() == recipe:
+        return dest
+    if not (source / "labels.csv").is_file():
+        raise SystemExit(f"{source}/labels.csv not found: the benchmark needs the shared test data at ../shared")
+    with (source / "labels.csv").open(newline="") as f:
+        header, *rows = list(csv.reader(f))
+    rows = rows[:count]
+    dest.mkdir(parents=True, exist_ok=True)
+    print(f"writing {len(rows)} JPEGs upscaled to {long_side} px to {dest}", flush=True)
+    for row in rows:
+        with Image.open(source / row[0]) as img:
+            img = img.convert("RGB")
+            short = 8 * round(long_side * min(img.size) / max(img.size) / 8)
+            size = (long_side, short) if img.width >= img.height else (short, long_side)
+            img = img.resize(size, Image.Resampling.BICUBIC)
+        img.save(dest / Path(row[0]).with_suffix(".jpg").name, quality=quality)
+        row[0] = Path(row[0]).with_suffix(".jpg").name
+    with (dest / "labels.csv").open("w", newline="") as f:
+        csv.writer(f).writerows([header, *rows])
+    done.write_text(recipe)
+    return dest

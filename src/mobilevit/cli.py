@@ -66,7 +66,13 @@ def _predictor(args: argparse.Namespace) -> Predictor:
     pretrained = args.pretrained or not args.random_weights
     labels = _labels(args.labels)
     predictor = load_predictor(
-        args.model, args.backend, pretrained=pretrained, threads=args.threads, batch_size=args.batch_size, labels=labels
+        args.model,
+        args.backend,
+        pretrained=pretrained,
+        threads=args.threads,
+        batch_size=args.batch_size,
+        labels=labels,
+        fast_decode=args.fast_decode,
     )
     return predictor
 
@@ -236,6 +242,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         body_timeout=args.body_timeout,
         queue_size=args.queue_size,
         threads=args.threads,
+        fast_decode=args.fast_decode,
     )
     announce = functools.partial(print, file=sys.stderr, flush=True)  # where it listens, what it serves
     return run(config, log_level="info" if args.verbose else "warning", announce=announce)
@@ -379,6 +386,11 @@ def _predictor_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--labels", help="class names, one per line or a JSON list (default: the model's own)")
     p.add_argument("--json", action="store_true", help="JSON output (one object per input for predict)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--fast-decode",
+        action="store_true",
+        help="decode JPEGs twice the model's resize or larger DCT-downscaled: faster, approximate (default: exact)",
+    )
 
 
 def _list_args(p: argparse.ArgumentParser) -> None:
@@ -458,6 +470,13 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--queue-size", type=int, default=64, help="requests admitted per model before 503s")
     p.add_argument(
         "--threads", type=int, default=0, help="PyTorch/ONNX runtime threads (0: one per core; use 1 on shared cores)"
+    )
+    p.add_argument(
+        "--fast-decode",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="decode JPEGs twice the model's resize or larger DCT-downscaled (default); --no-fast-decode: "
+        "bit-exact preprocessing of every image, as `mobilevit predict`",
     )
     p.set_defaults(func=cmd_serve)
 

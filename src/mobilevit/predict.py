@@ -69,8 +69,11 @@ def scores_from_logits(logits: Tensor, function: Activation) -> Tensor:
     raise UsageError(f"function must be one of {', '.join(ACTIVATIONS)}; got {function!r}")
 
 
-def _as_pil(item: ImageInput, name: str | None = None) -> Image.Image:
-    """Any accepted image input as an RGB PIL image (tensors must be uint8 ``[3, H, W]``/``[H, W, 3]`` or float)."""
+def _as_pil(
+    item: ImageInput, name: str | None = None, max_pixels: int | None = None, draft: int | None = None
+) -> Image.Image:
+    """Any accepted image input as an RGB PIL image (tensors must be uint8 ``[3, H, W]``/``[H, W, 3]`` or float);
+    files and bytes decoded by :func:`~mobilevit.data.images.open_image`, fast when ``draft`` gives the resize."""
     if isinstance(item, np.ndarray):
         arr = item
         if arr.ndim == 3 and arr.shape[0] in (1, 3, 4) and arr.shape[-1] not in (1, 3, 4):
@@ -86,8 +89,10 @@ def _as_pil(item: ImageInput, name: str | None = None) -> Image.Image:
         return open_image(Image.fromarray(np.ascontiguousarray(arr)))
     if isinstance(item, Tensor):
         return _as_pil(item.detach().cpu().numpy(), name or "tensor")
-    if isinstance(item, Path | str | os.PathLike | bytes | Image.Image):
-        return open_image(item, name)
+    if isinstance(item, Image.Image):
+        return open_image(item, name, max_pixels)
+    if isinstance(item, Path | str | os.PathLike | bytes):
+        return open_image(item, name, max_pixels, fast_decode=draft is not None, min_short_side=draft)
     raise ImageError(f"{name or type(item).__name__}: unsupported input type {type(item).__name__}")
 
 
@@ -138,6 +143,10 @@ class Predictor:
         workers: threads that decode and preprocess images while the model runs.
         fold: for a PyTorch module: re-parameterize it (fold BatchNorms and branches) — same outputs, faster.
         sizes: the input sizes the runtime takes (default: any).
+        fast_decode: decode JPEGs at least twice the size the model needs DCT-downscaled (see :meth:`prepare`):
+            several times faster for camera photos, approximate; other images are decoded as without it. ``False``
+            (the default) is bit-exact with the reference pipelines. :func:`~mobilevit.evaluate.evaluate` follows
+            this setting too.
     """
 
     def __init__(
@@ -150,12 +159,14 @@ class Predictor:
         *,
         fold: bool = True,
         sizes: InputSizes | None = None,
+        fast_decode: bool = False,
     ) -> None:
         if batch_size < 1:
             raise UsageError(f"batch_size must be at least 1, got {batch_size}")
         self.runtime = runtime if isinstance(runtime, Runtime) else TorchRuntime(runtime, fold)
         self.preprocess = preprocess
         self.transform: Callable[[Image.Image], Tensor] = eval_transform(preprocess)
+        self.fast_decode = fast_decode
         num_classes = self.runtime.signature()[1][0][1][-1]  # the logits' last dim; None when the model does not say
         if labels is None:
             labels = labels_for(num_classes or 0)
@@ -188,7 +199,7 @@ class Predictor:
         The preprocessing, the class names and the source come from :func:`~mobilevit.weights.model_io` (the
         checkpoint's own, its entry's, the architecture's default entry's; ImageNet-1k names for 1000 outputs, else
         ``class_<i>``) unless ``labels`` gives one per output. ``pretrained=False`` gives random weights, for testing
-        only; a warning says so. ``kwargs``: ``batch_size``, ``workers``, ``fold``.
+        only; a warning says so. ``kwargs``: ``batch_size``, ``workers``, ``fold``, ``fast_decode``.
         """
         from .registry import create_model
 
@@ -213,6 +224,7 @@ class Predictor:
         workers: int | None = None,
         *,
         backend: str = "onnxruntime",
+        fast_decode: bool = False,
     ) -> Predictor:
         """Build over an exported ``.onnx`` file run by onnxruntime or OpenVINO, with the metadata it records.
 
@@ -229,6 +241,7 @@ class Predictor:
             threads: the runtime's inference threads (0: its default, one per physical core).
             workers: threads that decode and preprocess images while the model runs.
             backend: ``"onnxruntime"`` or ``"openvino"``.
+            fast_decode: approximate, faster decoding of large JPEGs (see :class:`Predictor`).
         """
         runtime = open_runtime(path, backend, threads)
         meta = _recorded_metadata(runtime)
@@ -253,12 +266,34 @@ class Predictor:
                 f"{err}, but its preprocessing crops {height}x{width}: export it again with "
                 f"`--input-size {height} {width}`"
             ) from None
-        predictor = cls(runtime, preprocess, labels, batch_size, workers, sizes=sizes)
+        predictor = cls(runtime, preprocess, labels, batch_size, workers, sizes=sizes, fast_decode=fast_decode)
         predictor.source = str(path)
         return predictor
 
-    def _load(self, item: ImageInput, name: str | None = None) -> Tensor:
-        return self.transform(_as_pil(item, name))
+    def prepare(
+        self,
+        item: ImageInput,
+        name: str | None = None,
+        *,
+        max_pixels: int | None = None,
+        fast_decode: bool | None = None,
+    ) -> Tensor:
+        """Decode one image input and preprocess it into the model's ``[3, H, W]`` float32 input.
+
+        Args:
+            item: a path, encoded bytes, a PIL image, an array or a tensor (see :meth:`predict`).
+            name: the input in error messages.
+            max_pixels: largest accepted ``width * height`` (default: PIL's limit), checked before decoding.
+            fast_decode: ``None`` for the predictor's setting. ``True``: a JPEG file or bytes at least twice the
+                preprocessing's ``resize_size`` on its shorter side is decoded DCT-downscaled
+                (:func:`~mobilevit.data.images.open_image`), approximately; any other input gives the same tensor as
+                ``False``, which is bit-exact with the reference pipelines (timm, transformers, ml-cvnets).
+
+        Raises:
+            ImageError: an unreadable input, naming it.
+        """
+        fast = self.fast_decode if fast_decode is None else fast_decode
+        return self.transform(_as_pil(item, name, max_pixels, self.preprocess.resize_size if fast else None))
 
     @torch.inference_mode()
     def forward(self, batch: Tensor) -> Tensor:
@@ -308,7 +343,7 @@ class Predictor:
         if not isinstance(inputs, list | tuple):
             inputs = [inputs]
         check_activation(function)
-        batch = torch.stack([self._load(item) for item in inputs])
+        batch = torch.stack([self.prepare(item) for item in inputs])
         return self.topk(self.logits(batch), top_k, function)
 
     def predict_files(
@@ -326,7 +361,7 @@ class Predictor:
 
         def load(path: str | os.PathLike) -> Tensor | ImageError:
             try:
-                return self._load(path, str(path))
+                return self.prepare(path, str(path))
             except ImageError as err:
                 return err
 
@@ -396,7 +431,7 @@ def load_predictor(
             :func:`~mobilevit.runtime.resolve_backend`).
         pretrained: weights of an eager model; an ONNX file carries its own, so it must stay ``True`` there.
         threads: the ONNX runtime's inference threads (0: its default); eager models use ``torch.set_num_threads``.
-        **kwargs: ``batch_size``, ``workers``, ``labels``.
+        **kwargs: ``batch_size``, ``workers``, ``labels``, ``fast_decode``.
     """
     backend = resolve_backend(model, backend)
     if backend in EXPORTED_BACKENDS:

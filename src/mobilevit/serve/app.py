@@ -31,7 +31,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from torch import Tensor
 
-from ..data.images import ImageError, open_image
+from ..data.images import ImageError
 from ..predict import ACTIVATIONS, Predictor, load_predictor
 from .config import ServeConfig
 from .engine import BatchEngine, OverloadedError, pin_torch_threads
@@ -256,10 +256,12 @@ class Routes:
             receiving.dec()
 
     def decode(self, data: bytes, engine: BatchEngine) -> Tensor:
-        """Decode thread: bytes -> upright RGB image -> the weights' preprocessing."""
+        """Decode thread: bytes -> upright RGB image -> the weights' preprocessing (``config.fast_decode``: large
+        JPEGs decoded DCT-downscaled)."""
         assert engine.predictor is not None
-        image = open_image(data, "image", max_pixels=self.config.max_pixels)
-        return engine.predictor.transform(image)
+        return engine.predictor.prepare(
+            data, "image", max_pixels=self.config.max_pixels, fast_decode=self.config.fast_decode
+        )
 
     async def classify(self, request: Request, body: bytes, engine: BatchEngine) -> JSONResponse:
         """Parse, decode (in the decode pool), then wait for the model's answer."""

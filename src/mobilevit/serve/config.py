@@ -123,6 +123,10 @@ class ServeConfig:
         queue_size: requests admitted per model (being decoded, queued or running; a request is admitted once its
             body has arrived); beyond it a 503 with ``Retry-After`` tells clients to back off.
         decode_workers: threads that decode and preprocess images off the event loop.
+        fast_decode: decode JPEGs at least twice the model's resize DCT-downscaled
+            (:meth:`~mobilevit.predict.Predictor.prepare`): a 12-megapixel photo costs several times less, with
+            top-1/top-5 unchanged within one image in docs/decoding.md's check; other images are answered exactly
+            as ``mobilevit predict`` answers them, and ``False`` answers every image so.
         retry_after: seconds suggested in ``Retry-After`` headers.
         threads: intra-op threads: PyTorch's for the process (``mobilevit serve`` sets them), or each onnxruntime
             session's or OpenVINO model's; 0 keeps the runtime's default
@@ -144,6 +148,7 @@ class ServeConfig:
     body_timeout: float = 30.0
     queue_size: int = 64
     decode_workers: int = field(default_factory=lambda: min(4, os.cpu_count() or 1))
+    fast_decode: bool = True
     retry_after: int = 1
     threads: int = 0
 
