@@ -321,6 +321,7 @@ def _int8_options(args: argparse.Namespace) -> dict[str, object]:
         "quantize_activations": lambda v: v == "symmetric",
         "quantize_ops": _name_list,
         "keep_fp32": _name_list,
+        "equalize": lambda v: None if v == "off" else v,
     }
     return {INT8_FLAGS[flag][0]: values.get(flag, lambda v: v)(value) for flag, value in given.items()}
 
@@ -330,10 +331,10 @@ def _name_list(text: str) -> tuple[str, ...]:
     return () if text.strip().lower() == "none" else tuple(part.strip() for part in text.split(",") if part.strip())
 
 
-def _alpha(text: str) -> float | None:
-    """``--equalize``: ``off`` or a number between 0 and 1."""
+def _alpha(text: str) -> float | str:
+    """``--equalize``: ``"off"`` or a number between 0 and 1."""
     if text.lower() == "off":
-        return None
+        return "off"
     try:
         value = float(text)
     except ValueError:

@@ -43,12 +43,14 @@ class Pair:
 
     Attributes:
         producer: the ``Conv`` whose output channels are divided.
+        activation: the tensor that int8 quantizes between the two: the ReLU's output, else the producer's.
         consumer: the ``Conv`` or ``Gemm`` whose input channels are multiplied.
         kind: how the consumer's weight holds its input channels: ``"conv"`` (``[O, C, kh, kw]``), ``"depthwise"``
             (``[C, 1, kh, kw]``), ``"gemm_t"`` (``[O, C]``, transB) or ``"gemm"`` (``[C, O]``).
     """
 
     producer: Any
+    activation: str
     consumer: Any
     kind: str
 
@@ -100,9 +102,11 @@ def find_pairs(graph: Any) -> list[Pair]:
             continue
         if len(producer.input) > 2 and producer.input[2] in shared:
             continue
-        node = _only_consumer(producer.output[0], consumers, outputs)
+        activation = producer.output[0]
+        node = _only_consumer(activation, consumers, outputs)
         if node is not None and node.op_type == "Relu":
-            node = _only_consumer(node.output[0], consumers, outputs)
+            activation = node.output[0]
+            node = _only_consumer(activation, consumers, outputs)
         pooled = False
         while node is not None and node.op_type in POOLS and _pools_spatially(node, weights):
             pooled = True
@@ -111,7 +115,7 @@ def find_pairs(graph: Any) -> list[Pair]:
             continue
         kind = _consumer_kind(node, weights, pooled)
         if kind is not None:
-            pairs.append(Pair(producer, node, kind))
+            pairs.append(Pair(producer, activation, node, kind))
     return pairs
 
 
@@ -218,7 +222,7 @@ def equalize_channels(
 
     proto = onnx.load(str(model))
     pairs = find_pairs(proto.graph)
-    act_max = channel_stats(proto, [p.producer.output[0] for p in pairs], batches, "absmax")
+    act_max = channel_stats(proto, [p.activation for p in pairs], batches, "absmax")
     inits = {init.name: init for init in proto.graph.initializer}
     arrays: dict[str, np.ndarray] = {}
     for pair in pairs:
@@ -227,7 +231,7 @@ def equalize_channels(
                 if name in inits and name not in arrays:
                     arrays[name] = numpy_helper.to_array(inits[name]).astype(np.float64)
         weight_max = _input_channel_max(arrays[pair.consumer.input[1]], pair.kind)
-        _scale_pair(arrays, pair, _scales(act_max[pair.producer.output[0]], weight_max, alpha))
+        _scale_pair(arrays, pair, _scales(act_max[pair.activation], weight_max, alpha))
     for name, array in arrays.items():
         inits[name].CopyFrom(numpy_helper.from_array(array.astype(np.float32), name))
     onnx.save(proto, str(output))

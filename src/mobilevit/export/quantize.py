@@ -195,10 +195,17 @@ def _resolve_keep_fp32(graph: Any, keep_fp32: tuple[str, ...]) -> tuple[str, ...
 
 
 def _check_op_types(graph: Any, op_types: tuple[str, ...]) -> None:
+    """Every entry an ONNX operator, and at least one of them in ``graph`` (a list may name types a model lacks)."""
+    import onnx
+
     present = sorted({n.op_type for n in graph.node})
-    missing = [op for op in op_types if op not in present]
-    if missing:
-        raise UsageError(f"op_types: the graph has no {', '.join(missing)} node (it has {', '.join(present)})")
+    for op in op_types:
+        if not onnx.defs.has(op):
+            close = [p for p in present if p.lower() == op.lower()]
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise UsageError(f"op_types: {op!r} is not an ONNX operator{hint}")
+    if not set(op_types) & set(present):
+        raise UsageError(f"op_types: the graph has no {', '.join(op_types)} node (it has {', '.join(present)})")
 
 
 def _options(
