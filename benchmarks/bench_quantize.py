@@ -16,7 +16,7 @@ file of one model, interleaved (one preprocessed photo, ``--threads`` intra-op t
 the fp32 file in the same run.
 
     python benchmarks/bench_quantize.py                     # fp32 vs the default int8, MobileOne-S0
-    python benchmarks/bench_quantize.py --sweep             # every configuration, three models (about 30 min)
+    python benchmarks/bench_quantize.py --sweep             # every configuration, three models (about 1 h, 2 cores)
     python benchmarks/bench_quantize.py --sweep --models mobileone_s0 --repeats 500 --json
 """
 
