@@ -296,6 +296,61 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+# the int8 flags of `export`: flag -> (quantize_onnx argument, static mode only)
+INT8_FLAGS = {
+    "quantize_method": ("method", True),
+    "quantize_weights": ("per_channel", False),
+    "quantize_activations": ("symmetric", True),
+    "quantize_ops": ("op_types", False),
+    "keep_fp32": ("keep_fp32", False),
+    "equalize": ("equalize", True),
+    "bias_correction": ("bias_correction", True),
+}
+
+
+def _int8_options(args: argparse.Namespace) -> dict[str, object]:
+    """The ``quantize_onnx`` keyword arguments the int8 flags give (only those given), after checking that they go
+    with ``--quantize int8`` and its mode."""
+    given = {flag: getattr(args, flag) for flag in INT8_FLAGS if getattr(args, flag) is not None}
+    flags = [*given, *(["calibration"] if args.calibration else [])]
+    if flags and not args.quantize:
+        names = ", ".join("--" + flag.replace("_", "-") for flag in flags)
+        raise UsageError(f"{names} {'is' if len(flags) == 1 else 'are'} for --quantize int8")
+    if args.quantize and args.quantize_mode == "static" and not args.calibration:
+        raise UsageError(
+            "static int8 quantization needs calibration images: --calibration DIR (or --quantize-mode dynamic)"
+        )
+    static_only = [f"--{flag.replace('_', '-')}" for flag in given if INT8_FLAGS[flag][1]]
+    if args.quantize and args.quantize_mode == "dynamic" and static_only:
+        raise UsageError(f"{', '.join(static_only)}: for --quantize-mode static only (dynamic calibrates nothing)")
+    values = {
+        "quantize_weights": lambda v: v == "per-channel",
+        "quantize_activations": lambda v: v == "symmetric",
+        "quantize_ops": _name_list,
+        "keep_fp32": _name_list,
+        "equalize": lambda v: None if v == "off" else v,
+    }
+    return {INT8_FLAGS[flag][0]: values.get(flag, lambda v: v)(value) for flag, value in given.items()}
+
+
+def _name_list(text: str) -> tuple[str, ...]:
+    """``"first,last"`` -> ``("first", "last")``; ``"none"`` -> ``()``."""
+    return () if text.strip().lower() == "none" else tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def _alpha(text: str) -> float | str:
+    """``--equalize``: ``"off"`` or a number between 0 and 1."""
+    if text.lower() == "off":
+        return "off"
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'off' or a number between 0 and 1, got {text!r}") from None
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"expected 'off' or a number between 0 and 1, got {text!r}")
+    return value
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     import tempfile
     from pathlib import Path
@@ -306,12 +361,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     if args.quantize and args.format != "onnx":
         raise UsageError("--quantize applies to --format onnx only")
-    if args.calibration and not args.quantize:
-        raise UsageError("--calibration is for --quantize int8")
-    if args.quantize and args.quantize_mode == "static" and not args.calibration:
-        raise UsageError(
-            "static int8 quantization needs calibration images: --calibration DIR (or --quantize-mode dynamic)"
-        )
+    int8 = _int8_options(args)
     pretrained = args.pretrained or not args.random_weights
     if args.random_weights:
         warn_random_weights(args.model, "the exported file predicts nothing useful")
@@ -336,7 +386,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.quantize:
         with tempfile.TemporaryDirectory() as tmp:
             fp32 = export_model(model, "onnx", Path(tmp) / "fp32.onnx", **options)
-            path = quantize_onnx(fp32, args.output, args.calibration, mode=args.quantize_mode)
+            path = quantize_onnx(fp32, args.output, args.calibration, mode=args.quantize_mode, **int8)
         check_export(model, path)  # runs in onnxruntime; int8 logits on random input say nothing about accuracy
         print(f"wrote {path} (onnx, int8 {args.quantize_mode}); measure its accuracy with `mobilevit eval`")
         return 0
@@ -493,6 +543,39 @@ def _export_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quantize", choices=["int8"], help="ONNX: write an int8 model (onnxruntime quantization)")
     p.add_argument("--quantize-mode", choices=["static", "dynamic"], default="static", help="int8: calibrated or not")
     p.add_argument("--calibration", help="int8 static: folder of calibration images (not your evaluation images)")
+    p.add_argument(
+        "--quantize-method",
+        choices=["minmax", "percentile", "entropy"],
+        help="int8 static: activation range estimate (default: minmax)",
+    )
+    p.add_argument(
+        "--quantize-weights", choices=["per-channel", "per-tensor"], help="int8: weight scales (default: per-channel)"
+    )
+    p.add_argument(
+        "--quantize-activations",
+        choices=["asymmetric", "symmetric"],
+        help="int8 static: activation zero points (default: asymmetric)",
+    )
+    p.add_argument(
+        "--quantize-ops", metavar="OPS", help="int8: quantize only these op types, e.g. Conv,Gemm,MatMul (default: all)"
+    )
+    p.add_argument(
+        "--keep-fp32",
+        metavar="NODES",
+        help="int8: nodes left in float: first, last and/or node names, comma-separated, or none (default: first,last)",
+    )
+    p.add_argument(
+        "--equalize",
+        type=_alpha,
+        metavar="ALPHA",
+        help="int8 static: channel equalization strength 0-1, or off (default: 0.75)",
+    )
+    p.add_argument(
+        "--bias-correction",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="int8 static: correct each bias for its weights' rounding (default: on)",
+    )
     p.add_argument("--precision", choices=["float32", "float16"], default="float32", help="CoreML arithmetic")
     p.add_argument(
         "--coreml-input",

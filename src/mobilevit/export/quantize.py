@@ -6,12 +6,16 @@ Two modes:
   images, written in QDQ format (``QuantizeLinear``/``DequantizeLinear`` pairs around each quantized op, which
   onnxruntime fuses into integer kernels). Calibration images go through the weights' own eval preprocessing, the
   one recorded in the file (:class:`~mobilevit.export.metadata.ExportMetadata`), exactly as at prediction time.
+  Before calibration the channels between consecutive convolutions are equalized, and after quantization each bias
+  is corrected for its weights' rounding (:mod:`mobilevit.export.quant_fixes`); the first and last layers stay in
+  float. Each of these is an option of :func:`quantize_onnx`; docs/export.md measures every choice.
 - ``"dynamic"``: weights uint8 ahead of time, activation ranges computed per batch at run time; no calibration
   set. onnxruntime's CPU ``ConvInteger`` kernel takes uint8 weights only, hence uint8 rather than int8.
 
-The output keeps the input file's metadata (preprocessing, labels, sizes) and adds a ``quantization`` entry, so
-:func:`~mobilevit.predict.OnnxPredictor`, ``mobilevit predict/eval --backend onnxruntime`` and the server run it
-unchanged.
+The output keeps the input file's metadata (preprocessing, labels, sizes) and adds a ``quantization`` entry that
+records what was done (mode, weights, method, the nodes kept in float, equalization, bias correction, calibration
+image count), so :func:`~mobilevit.predict.OnnxPredictor`, ``mobilevit predict/eval --backend onnxruntime`` and the
+server run it unchanged.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import logging
 import os
 import tempfile
 from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -31,6 +36,7 @@ from ..data.transforms import eval_transform
 from ..errors import UsageError
 from ..weights.entries import Preprocess
 from ..weights.load import LIBRARY
+from .quant_fixes import correct_bias, equalize_channels
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +44,22 @@ QuantizeMode = Literal["static", "dynamic"]
 CalibrationMethod = Literal["minmax", "entropy", "percentile"]
 MODES: tuple[str, ...] = ("static", "dynamic")
 METHODS: tuple[str, ...] = ("minmax", "entropy", "percentile")
+ANCHORS: tuple[str, ...] = ("first", "last")  # keep_fp32 words for the first and last Conv/Gemm/MatMul
+COMPUTE_OPS = ("Conv", "Gemm", "MatMul")
+
+
+@dataclass(frozen=True)
+class Options:
+    """What :func:`quantize_onnx` does, checked; ``keep_fp32`` holds node names (``first``/``last`` resolved)."""
+
+    mode: str
+    per_channel: bool
+    method: str
+    keep_fp32: tuple[str, ...]
+    symmetric: bool
+    op_types: tuple[str, ...] | None
+    equalize: float | None
+    bias_correction: bool
 
 
 def calibration_batches(
@@ -60,12 +82,12 @@ def calibration_batches(
         yield np.stack(batch)
 
 
-def _reader(images: list[Path], preprocess: Preprocess, input_name: str, batch_size: int) -> Any:
+def _reader(batches: list[np.ndarray], input_name: str) -> Any:
     from onnxruntime.quantization import CalibrationDataReader
 
     class _Reader(CalibrationDataReader):
         def __init__(self) -> None:
-            self.batches = calibration_batches(images, preprocess, batch_size)
+            self.batches = iter(batches)
 
         def get_next(self) -> dict[str, np.ndarray] | None:
             batch = next(self.batches, None)
@@ -102,26 +124,31 @@ def _calibration_images(
     return images
 
 
-def _quantize_static(prepared: Path, output: Path, reader: Any, per_channel: bool, method: CalibrationMethod) -> None:
-    """int8 weights and activations in QDQ format, activation ranges from ``reader``'s batches by ``method``."""
+def _quantize_static(
+    prepared: Path, output: Path, batches: list[np.ndarray], input_name: str, options: Options
+) -> None:
+    """int8 weights and activations in QDQ format, activation ranges from ``batches`` by ``options.method``."""
     from onnxruntime.quantization import CalibrationMethod as OrtMethod
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
+    # no CalibMaxIntermediateOutputs: onnxruntime 1.32 then drops every full group of images and calibrates on the
+    # last partial one (and fails when the count is a multiple); minmax keeps two small vectors per tensor and image
     quantize_static(
         str(prepared),
         str(output),
-        reader,
+        _reader(batches, input_name),
         quant_format=QuantFormat.QDQ,
-        per_channel=per_channel,
+        per_channel=options.per_channel,
         activation_type=QuantType.QInt8,
         weight_type=QuantType.QInt8,
         calibrate_method={
             "minmax": OrtMethod.MinMax,
             "entropy": OrtMethod.Entropy,
             "percentile": OrtMethod.Percentile,
-        }[method],
-        # minmax: merge the ranges every 16 images instead of holding every activation of every image
-        extra_options={"CalibMaxIntermediateOutputs": 16} if method == "minmax" else {},
+        }[options.method],
+        op_types_to_quantize=list(options.op_types) if options.op_types else None,
+        nodes_to_exclude=list(options.keep_fp32),
+        extra_options={"ActivationSymmetric": options.symmetric},
     )
 
 
@@ -136,6 +163,75 @@ def _write_metadata(path: Path, props: dict[str, str], quantization: dict[str, A
     onnx.save(proto, str(path))
 
 
+def _names(value: str | Sequence[str] | None, what: str) -> tuple[str, ...]:
+    """``value`` as a tuple of non-empty strings (one string is one entry)."""
+    if value is None:
+        return ()
+    items = (value,) if isinstance(value, str) else tuple(value)
+    if not all(isinstance(v, str) and v for v in items):
+        raise UsageError(f"{what} takes names (strings); got {value!r}")
+    return items
+
+
+def _resolve_keep_fp32(graph: Any, keep_fp32: tuple[str, ...]) -> tuple[str, ...]:
+    """Node names for ``keep_fp32``: ``first``/``last`` become the first/last Conv, Gemm or MatMul of the graph."""
+    compute = [n.name for n in graph.node if n.op_type in COMPUTE_OPS]
+    names = {n.name for n in graph.node}
+    resolved = []
+    for entry in keep_fp32:
+        if entry in ANCHORS:
+            if not compute:
+                raise UsageError(f"keep_fp32={entry!r}: the graph has no {', '.join(COMPUTE_OPS)} node")
+            resolved.append(compute[0] if entry == "first" else compute[-1])
+        elif entry in names:
+            resolved.append(entry)
+        else:
+            examples = ", ".join(compute[:3])
+            raise UsageError(
+                f"keep_fp32: no node named {entry!r} in the graph; give {' or '.join(ANCHORS)} or node names "
+                f"(its {'/'.join(COMPUTE_OPS)} nodes are named like {examples})"
+            )
+    return tuple(dict.fromkeys(resolved))
+
+
+def _check_op_types(graph: Any, op_types: tuple[str, ...]) -> None:
+    """Every entry an ONNX operator, and at least one of them in ``graph`` (a list may name types a model lacks)."""
+    import onnx
+
+    present = sorted({n.op_type for n in graph.node})
+    for op in op_types:
+        if not onnx.defs.has(op):
+            close = [p for p in present if p.lower() == op.lower()]
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise UsageError(f"op_types: {op!r} is not an ONNX operator{hint}")
+    if not set(op_types) & set(present):
+        raise UsageError(f"op_types: the graph has no {', '.join(op_types)} node (it has {', '.join(present)})")
+
+
+def _options(
+    mode: str,
+    per_channel: bool,
+    method: str,
+    keep_fp32: str | Sequence[str] | None,
+    symmetric: bool,
+    op_types: str | Sequence[str] | None,
+    equalize: float | None,
+    bias_correction: bool,
+) -> Options:
+    """The checked options, before the graph is read (``keep_fp32`` still as given)."""
+    if mode not in MODES:
+        raise UsageError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
+    if method not in METHODS:
+        raise UsageError(f"method must be one of {', '.join(METHODS)}; got {method!r}")
+    if equalize is not None and (isinstance(equalize, bool) or not 0 <= equalize <= 1):
+        raise UsageError(f"equalize must be None (off) or an alpha between 0 and 1; got {equalize!r}")
+    for name, flag in (("per_channel", per_channel), ("symmetric", symmetric), ("bias_correction", bias_correction)):
+        if not isinstance(flag, bool):
+            raise UsageError(f"{name} must be True or False; got {flag!r}")
+    ops = _names(op_types, "op_types") or None
+    return Options(mode, per_channel, method, _names(keep_fp32, "keep_fp32"), symmetric, ops, equalize, bias_correction)
+
+
 def quantize_onnx(
     model: str | os.PathLike,
     output: str | os.PathLike,
@@ -143,10 +239,19 @@ def quantize_onnx(
     mode: QuantizeMode = "static",
     per_channel: bool = True,
     method: CalibrationMethod = "minmax",
+    keep_fp32: str | Sequence[str] | None = ("first", "last"),
+    symmetric: bool = False,
+    op_types: str | Sequence[str] | None = None,
+    equalize: float | None = 0.75,
+    bias_correction: bool = True,
     max_images: int = 500,
     preprocess: Preprocess | None = None,
 ) -> Path:
     """Write an int8 version of an ONNX file exported by :func:`~mobilevit.export.export_model`.
+
+    The defaults are the configuration measured best on MobileOne-S0 with Apple's weights (docs/export.md, "int8
+    quantization"): per-channel weights, minmax activation ranges, the first and last layers in float,
+    channel equalization and bias correction (:mod:`mobilevit.export.quant_fixes`).
 
     Args:
         model: the float32 ``.onnx`` file.
@@ -154,42 +259,86 @@ def quantize_onnx(
         calibration: static mode: a folder (searched recursively), image files or glob patterns, of images like the
             ones the model will see; keep them disjoint from any images you evaluate on.
         mode: ``"static"`` (calibrated activations, QDQ) or ``"dynamic"`` (no calibration).
-        per_channel: one weight scale per output channel (recommended: per-tensor scales lose most of the accuracy
-            of re-parameterized convolutions, whose folded kernels differ widely in range between channels).
-        method: static mode's range estimate: ``"minmax"``, ``"entropy"`` or ``"percentile"`` (99.999%). The
-            histogram methods (entropy, percentile) hold every activation of every calibration image in memory
-            (onnxruntime's calibrator): keep ``max_images`` to a few hundred at most with them.
-        max_images: use at most this many calibration images (the first ones, sorted).
+        per_channel: one weight scale per output channel (per-tensor scales lose most of the accuracy of
+            re-parameterized convolutions, whose folded kernels differ widely in range between channels).
+        method: static mode's activation range estimate: ``"minmax"``, ``"entropy"`` or ``"percentile"`` (99.999%).
+            The histogram methods hold every activation of every calibration image in memory (onnxruntime's
+            calibrator): keep ``max_images`` to a few hundred at most with them.
+        keep_fp32: nodes left in float: ``"first"`` and ``"last"`` (the first and last Conv/Gemm/MatMul: the stem and
+            the classifier) and/or node names of the graph. ``None`` or ``()`` quantizes every node.
+        symmetric: static mode: activations quantized symmetrically around 0 (zero point 0) instead of over their
+            measured [min, max].
+        op_types: quantize only nodes of these ONNX op types (e.g. ``("Conv", "Gemm", "MatMul")`` keeps softmax,
+            normalization and element-wise ops in float); ``None``: every op type onnxruntime quantizes.
+        equalize: static mode: the alpha of channel equalization before calibration (1: equal activation ranges, 0:
+            equal weight ranges), or ``None`` for none.
+        bias_correction: static mode: move each quantized bias back by the mean shift its weights' rounding causes.
+        max_images: use at most this many calibration images (the first ones, sorted); they are held in memory
+            preprocessed (0.6 MB each at 224x224).
         preprocess: the calibration preprocessing, replacing the one recorded in the file.
 
     Returns:
         The written file.
     """
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    if mode not in MODES:
-        raise UsageError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
-    if method not in METHODS:
-        raise UsageError(f"method must be one of {', '.join(METHODS)}; got {method!r}")
+    options = _options(mode, per_channel, method, keep_fp32, symmetric, op_types, equalize, bias_correction)
     model, output = Path(model), Path(output)
     props, recorded, input_name = _read_export(model)
+    batches: list[np.ndarray] = []
     if mode == "static":
         images = _calibration_images(calibration, max_images)
         preprocess = preprocess or recorded
         if preprocess is None:
             raise UsageError(f"{model}: the file records no preprocessing; pass preprocess= for the calibration images")
+        batches = list(calibration_batches(images, preprocess, 1))  # one image per run: equal histogram shapes
+        if not batches:
+            raise UsageError(f"none of the {len(images)} calibration images could be read")
     output.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
-        # shape inference and graph cleanup first, as onnxruntime recommends before quantizing
-        prepared = Path(tmp) / "prepared.onnx"
-        quant_pre_process(str(model), str(prepared), skip_symbolic_shape=False)
-        if mode == "static":
-            # one image per run: the histogram methods need equal batch shapes, and a fixed-batch graph takes 1
-            _quantize_static(prepared, output, _reader(images, preprocess, input_name, 1), per_channel, method)
-            how = {"mode": mode, "format": "QDQ", "method": method, "calibration_images": len(images)}
-        else:
-            quantize_dynamic(str(prepared), str(output), per_channel=per_channel, weight_type=QuantType.QUInt8)
-            how = {"mode": mode}
-    _write_metadata(output, props, {"dtype": "int8", "per_channel": per_channel, **how})
+        how = _quantize(model, output, Path(tmp), batches, input_name, options)
+    _write_metadata(output, props, how)
     return output
+
+
+def _quantize(
+    model: Path, output: Path, tmp: Path, batches: list[np.ndarray], input_name: str, options: Options
+) -> dict[str, Any]:
+    """Prepare, (equalize,) quantize and (correct) ``model`` into ``output``; returns the metadata entry."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    # shape inference and graph cleanup first, as onnxruntime recommends before quantizing
+    prepared = tmp / "prepared.onnx"
+    quant_pre_process(str(model), str(prepared), skip_symbolic_shape=False)
+    graph = onnx.load(str(prepared), load_external_data=False).graph
+    if options.op_types:
+        _check_op_types(graph, options.op_types)
+    resolved = Options(**{**asdict(options), "keep_fp32": _resolve_keep_fp32(graph, options.keep_fp32)})
+    how: dict[str, Any] = {"dtype": "int8", "mode": options.mode, "per_channel": options.per_channel}
+    how |= {"keep_fp32": list(resolved.keep_fp32), "op_types": list(options.op_types) if options.op_types else None}
+    if options.mode == "dynamic":
+        quantize_dynamic(
+            str(prepared),
+            str(output),
+            per_channel=options.per_channel,
+            weight_type=QuantType.QUInt8,
+            op_types_to_quantize=how["op_types"],
+            nodes_to_exclude=how["keep_fp32"],
+        )
+        return how
+    source, pairs = prepared, 0
+    if options.equalize is not None:
+        source = tmp / "equalized.onnx"
+        pairs = equalize_channels(prepared, source, batches, options.equalize)
+    _quantize_static(source, output, batches, input_name, resolved)
+    corrected = correct_bias(source, output, batches) if options.bias_correction else 0
+    return how | {
+        "format": "QDQ",
+        "method": options.method,
+        "activations": "symmetric" if options.symmetric else "asymmetric",
+        "equalize": options.equalize,
+        "equalized_pairs": pairs,
+        "bias_correction": options.bias_correction,
+        "bias_corrected_layers": corrected,
+        "calibration_images": len(batches),
+    }
