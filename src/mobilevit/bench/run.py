@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import tempfile
@@ -16,6 +17,8 @@ from torch import nn
 from ..errors import UsageError
 from ..registry import create_model
 from ..reparam import reparameterize_model
+from ..weights.entries import resize_size_for
+from ..weights.pretrained import model_io
 from .profile import compare_latency, count_macs, count_params
 
 logger = logging.getLogger(__name__)
@@ -155,7 +158,12 @@ def make_backend(
         fmt = EXPORT_FORMATS[name]
         if exported is None:
             file = workdir / f"{type(model).__name__}_{id(model)}{SUFFIXES[fmt]}"
-            exported = (export_model(folded, fmt, file, input_size=input_size), time.perf_counter() - t0)
+            # a file of one fixed size must record a preprocessing that crops it, or the predictor refuses it
+            pre = model_io(folded).preprocess
+            resize = resize_size_for(min(input_size), pre.crop_pct)
+            preprocess = dataclasses.replace(pre, input_size=input_size, resize_size=resize)
+            path = export_model(folded, fmt, file, input_size=input_size, preprocess=preprocess)
+            exported = (path, time.perf_counter() - t0)
         path, export_s = exported
         t1 = time.perf_counter()
         runtime = EXPORTED_PREDICTORS[name](path, threads=torch.get_num_threads())  # PyTorch's CPU budget

@@ -48,7 +48,7 @@ from .pt2e import quantize_pt2e
 
 logger = logging.getLogger(__name__)
 
-MAX_BATCH = 16  # upper bound of a dynamic batch (the predictor's default batch size); memory is planned for it
+MAX_BATCH = 8  # upper bound of a dynamic batch: memory is planned for it (see the module docstring)
 
 
 def executorch_dynamic_axes(model: nn.Module) -> tuple[str, ...]:

@@ -110,13 +110,16 @@ class ExecuTorchRuntime(Runtime):
         self.path = Path(path)
         self.method: Any = program.load_method("forward")
         self._metadata = program_metadata(program, path)
+        # the largest batch the program's memory was planned for (a dynamic batch's upper bound)
+        self.max_batch = int(self.method.metadata.input_tensor_meta(0).sizes()[0])
         self._lock = threading.Lock()  # a method holds one set of planned buffers: one execution at a time
 
     def run(self, batch: Tensor | np.ndarray) -> Tensor:
+        """The logits of ``batch``; a batch larger than the planned one (:attr:`max_batch`) runs in parts."""
         x = torch.as_tensor(batch, dtype=torch.float32).contiguous()
         with self._lock:
             # the output lives in the method's planned memory, which the next execution overwrites: copy it out
-            return self.method.execute([x])[0].clone()
+            return torch.cat([self.method.execute([part.contiguous()])[0].clone() for part in x.split(self.max_batch)])
 
     def signature(self) -> tuple[Signature, Signature]:
         """The planned (largest) shapes, with the axes the metadata declares dynamic as ``None``."""
