@@ -13,6 +13,7 @@ import dataclasses
 import importlib.util
 import json
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -147,6 +148,30 @@ def test_cli_predict_gives_the_eager_answers(
     for answer, reference in zip(answers, eager.predict(photos), strict=True):
         assert [p["label"] for p in answer["predictions"]] == [p.label for p in reference]
         assert [p["score"] for p in answer["predictions"]] == pytest.approx([p.score for p in reference], abs=1e-4)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_server_answers_like_eager(exported: Callable, photos: list[Path], fmt: str) -> None:
+    pytest.importorskip("fastapi")
+    from starlette.testclient import TestClient
+
+    from mobilevit.serve import ModelSpec, ServeConfig, create_app
+    from mobilevit.serve.config import infer_backend
+
+    model, path = exported("mobileone_s0", fmt)
+    models = (ModelSpec.parse(str(path)),)
+    assert models[0] == ModelSpec(path.stem, str(path)) and infer_backend(models) == FORMATS[fmt][1]
+    config = ServeConfig(models=models, backend=FORMATS[fmt][1], max_batch_size=4, max_wait_ms=2, threads=1)
+    eager = Predictor(model, small_preprocess("mobileone_s0"), labels(get_weights("mobileone_s0")))
+    with TestClient(create_app(config)) as client:
+        deadline = time.monotonic() + 60
+        while client.get("/health").status_code != 200 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        r = client.post(f"/models/{path.stem}", content=photos[1].read_bytes())
+        assert r.status_code == 200, r.text
+        reference = eager.predict(photos[1])[0]
+        assert [a["label"] for a in r.json()] == [p.label for p in reference]
+        assert [a["score"] for a in r.json()] == pytest.approx([p.score for p in reference], abs=1e-4)
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
