@@ -441,8 +441,8 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
         action="append",
         required=True,
         metavar="NAME[=CHECKPOINT]",
-        help="arch or arch.tag, optionally =local checkpoint, or [NAME=]FILE.onnx, or [NAME=]FOLDER written by "
-        "save_pretrained; repeat to serve several (POST / uses the first)",
+        help="arch or arch.tag, optionally =local checkpoint, or [NAME=]FILE.onnx|.pte|.tflite, or [NAME=]FOLDER "
+        "written by save_pretrained; repeat to serve several (POST / uses the first)",
     )
     p.add_argument("--pretrained", help="local checkpoint for a single --model")
     p.add_argument("--labels", help="class names of a single --model, one per line or a JSON list")
@@ -453,8 +453,8 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--backend",
         choices=BACKENDS,
-        help="inference runtime of every model: eager, or onnxruntime or openvino for .onnx files (default: "
-        "onnxruntime when the models are .onnx files, else eager)",
+        help="inference runtime of every model: eager, or onnxruntime or openvino for .onnx files, executorch for "
+        ".pte, litert for .tflite (default: by the files' suffix, else eager)",
     )
     p.add_argument("--max-batch-size", type=int, default=16, help="requests per forward pass (1: no batching)")
     p.add_argument("--max-wait-ms", type=float, default=5.0, help="longest wait for a batch to fill")
