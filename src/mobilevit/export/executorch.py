@@ -13,10 +13,13 @@ preprocessing and the labels travel with the program to the device.
 
 Shapes: ExecuTorch plans every tensor's memory ahead of time, for the largest shape an input may take.
 
-- The batch is dynamic, ``1..MAX_BATCH``, for MobileViT v1, MobileViTv3 on v1, FastViT and MobileOne. Models with
-  MobileViT v2's :class:`~mobilevit.layers.norm.PatchLayerNorm` (v2, and v3 on v2) get a fixed batch of 1:
-  ExecuTorch's portable layer-norm kernel plans its mean/rstd outputs at the traced batch and fails (error 0x12) at
-  any other.
+- The batch is dynamic, ``1..MAX_BATCH``, for MobileViT v1, MobileViTv3 on v1, FastViT without attention stages
+  (T8, T12, S12) and MobileOne. Two kinds of block get a fixed batch of 1 instead. MobileViT v2's
+  :class:`~mobilevit.layers.norm.PatchLayerNorm` (v2, and v3 on v2): ExecuTorch's portable layer-norm kernel plans
+  its mean/rstd outputs at the traced batch and fails (error 0x12) at any other. FastViT's
+  :class:`~mobilevit.models.fastvit.AttentionBlock` (SA12-SA36, MA36): with a symbolic batch the lowered program
+  returns wrong logits (7-12% of their scale off, at every batch including 1), while the fixed-batch program matches
+  eager within 1e-6.
 - Height and width are fixed at the export size: arbitrary sizes trip ``torch.export``'s guards on the MobileViT
   patch grid, and a device application feeds one crop size anyway. The metadata records the fixed axes, and the
   predictor runs a fixed-batch program one image at a time.
@@ -42,6 +45,7 @@ from torch import nn
 
 from ..errors import MissingDependencyError
 from ..layers.norm import PatchLayerNorm
+from ..models.fastvit import AttentionBlock
 from ..runtime.executorch import INSTALL_HINT, METADATA_METHOD
 from .metadata import ExportMetadata
 from .pt2e import quantize_pt2e
@@ -52,9 +56,11 @@ MAX_BATCH = 8  # upper bound of a dynamic batch: memory is planned for it (see t
 
 
 def executorch_dynamic_axes(model: nn.Module) -> tuple[str, ...]:
-    """``("batch",)`` when ExecuTorch runs ``model`` at any batch, ``()`` for models with a
-    :class:`~mobilevit.layers.norm.PatchLayerNorm` (see the module docstring)."""
-    return () if any(isinstance(m, PatchLayerNorm) for m in model.modules()) else ("batch",)
+    """``("batch",)`` when ExecuTorch runs ``model`` right at any batch, ``()`` for models with a
+    :class:`~mobilevit.layers.norm.PatchLayerNorm` or a FastViT
+    :class:`~mobilevit.models.fastvit.AttentionBlock` (see the module docstring)."""
+    fixed = any(isinstance(m, PatchLayerNorm | AttentionBlock) for m in model.modules())
+    return () if fixed else ("batch",)
 
 
 def export_executorch(
