@@ -114,7 +114,7 @@ def prepare(
 
     def ours_in(runtime: str) -> Callable:
         backend = make_backend(runtime, ours, folded, size, workdir, files.get("ours"))
-        files["ours"] = backend.onnx
+        files["ours"] = backend.exported
         return backend.forward
 
     builders: dict[str, Callable[[], Callable]] = {

@@ -155,7 +155,7 @@ def test_export_does_not_modify_the_model(tmp_path: Path) -> None:
 
 def test_bad_format(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="format must be one of"):
-        export_model(random_model("mobileone_s0"), "tflite", tmp_path / "m.tflite")  # type: ignore[arg-type]
+        export_model(random_model("mobileone_s0"), "tensorrt", tmp_path / "m.plan")  # type: ignore[arg-type]
 
 
 def test_cli_export(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -357,4 +357,4 @@ def test_cli_export_int8(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert "needs calibration images" in capsys.readouterr().err
     coreml = [*argv[:5], "coreml", "--output", str(tmp_path / "m.mlpackage")]
     assert main([*coreml, "--quantize", "int8"]) == 2
-    assert "--quantize applies to --format onnx only" in capsys.readouterr().err
+    assert "--quantize applies to --format onnx, executorch and tflite" in capsys.readouterr().err

@@ -26,12 +26,14 @@ bars on, the suite's threads (one, see conftest), ``$TOKEN`` set. What is change
 - torchrun's rendezvous port is a free one (``PET_MASTER_PORT``), so parallel runs cannot collide.
 
 A command passes when it exits 0 and its output is what the README documents (JSON where ``--json`` is given).
-``make`` lines and the 8-process distillation run (a timm teacher to download) are skipped with the reason; CoreML
-export and ``bench`` (its backends include ``compile``) are marked slow (``make test-slow``).
+``make`` lines and the 8-process distillation run (a timm teacher to download) are skipped with the reason; CoreML,
+ExecuTorch and LiteRT export and ``bench`` (its backends include ``compile``) are marked slow (``make test-slow``), the
+last two skipped without their toolchain.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -200,6 +202,10 @@ def _marks(cmd: Command) -> list[pytest.MarkDecorator]:
         return [pytest.mark.slow]  # torch.compile: tens of seconds per model and batch size
     if cmd.subcommand == "export" and "coreml" in cmd.argv:
         return [pytest.mark.slow]  # coremltools conversion
+    for fmt, module, extra in (("executorch", "executorch", "executorch"), ("tflite", "litert_torch", "litert")):
+        if cmd.subcommand == "export" and fmt in cmd.argv:  # a conversion of tens of seconds, in its own toolchain
+            missing = importlib.util.find_spec(module) is None
+            return [pytest.mark.slow, pytest.mark.skipif(missing, reason=f"needs pip install 'mobilevit[{extra}]'")]
     return []
 
 

@@ -175,6 +175,8 @@ def cmd_bench(args: argparse.Namespace) -> None:
     needs = [
         ("onnxruntime" in backends, "onnxruntime"),
         ("openvino" in backends, "openvino"),
+        ("executorch" in backends, "executorch"),
+        ("litert" in backends, "litert_torch"),
         (args.chart, "matplotlib"),
     ]
     for needed, module in needs:
@@ -359,9 +361,13 @@ def cmd_export(args: argparse.Namespace) -> int:
     from .predict import warn_random_weights
     from .registry import create_model
 
-    if args.quantize and args.format != "onnx":
-        raise UsageError("--quantize applies to --format onnx only")
+    if args.quantize and args.format not in ("onnx", "executorch", "tflite"):
+        raise UsageError("--quantize applies to --format onnx, executorch and tflite")
+    if args.quantize and args.format != "onnx" and args.quantize_mode != "static":
+        raise UsageError(f"--format {args.format} quantizes statically only: drop --quantize-mode")
     int8 = _int8_options(args)
+    if int8 and args.format != "onnx":
+        raise UsageError(f"--format {args.format}: the int8 options ({', '.join(int8)}) are for --format onnx")
     pretrained = args.pretrained or not args.random_weights
     if args.random_weights:
         warn_random_weights(args.model, "the exported file predicts nothing useful")
@@ -383,6 +389,10 @@ def cmd_export(args: argparse.Namespace) -> int:
             f"{s.input_shape}, {s.num_outputs} classes; spec checked (running it needs macOS)"
         )
         return 0
+    if args.quantize and args.format != "onnx":
+        path = export_model(model, args.format, args.output, quantize="int8", calibration=args.calibration, **options)
+        print(f"wrote {path} ({args.format}, int8 static); measure its accuracy with `mobilevit eval`")
+        return 0
     if args.quantize:
         with tempfile.TemporaryDirectory() as tmp:
             fp32 = export_model(model, "onnx", Path(tmp) / "fp32.onnx", **options)
@@ -399,15 +409,16 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 _BENCH_DESCRIPTION = (
-    "Backends: eager = the model as created (FastViT/MobileOne in their train-time, unfolded form); "
-    "reparam = mobilevit.reparameterize_model (branches and BatchNorms folded); compile = torch.compile of the "
-    "folded model (compile time reported as setup_s); onnxruntime = the folded model exported to ONNX and run by "
-    "onnxruntime with the same thread count; openvino = the same ONNX file compiled by OpenVINO's CPU plugin "
-    "(fp32, same thread count). pct_peak is against the measured dense peak: the fastest of a 2048x2048 fp32 "
-    "matmul, a 1x1 and a 3x3 convolution (one FMA per MAC; the 3x3 only when oneDNN ran it direct, not as "
-    "Winograd), measured at the start; pct_fma_limit against the CPU's fp32 FMA limit (cores x FMAs per cycle "
-    "x maximum clock), where /proc/cpuinfo and cpufreq's cpuinfo_max_freq tell them (virtual machines usually "
-    "hide the clock: the report header then says so)."
+    "Backends: eager = the model as created (FastViT/MobileOne in their train-time, unfolded form); reparam = "
+    "mobilevit.reparameterize_model (branches and BatchNorms folded); compile = torch.compile of the folded model "
+    "(compile time reported as setup_s); onnxruntime = the folded model exported to ONNX and run by onnxruntime with "
+    "the same thread count; openvino = the same ONNX file compiled by OpenVINO's CPU plugin (fp32, same thread count);"
+    " executorch = the folded model exported to a .pte program (XNNPACK); litert = the folded model converted to "
+    ".tflite (XNNPACK), batch 1 per call. pct_peak is against the measured dense peak: the fastest of a 2048x2048 fp32"
+    " matmul, a 1x1 and a 3x3 convolution (one FMA per MAC; the 3x3 only when oneDNN ran it direct, not as Winograd), "
+    "measured at the start; pct_fma_limit against the CPU's fp32 FMA limit (cores x FMAs per cycle x maximum clock), "
+    "where /proc/cpuinfo and cpufreq's cpuinfo_max_freq tell them (virtual machines usually hide the clock: the report"
+    " header then says so)."
 )
 
 
@@ -422,14 +433,16 @@ def _predictor_args(p: argparse.ArgumentParser) -> None:
     from .predict import BACKENDS
 
     p.add_argument(
-        "--model", required=True, help="architecture, arch.tag (see `mobilevit list --weights`) or a .onnx file"
+        "--model",
+        required=True,
+        help="architecture, arch.tag (see `mobilevit list --weights`) or an exported .onnx, .pte or .tflite file",
     )
     _weights_args(p)
     p.add_argument(
         "--backend",
         choices=BACKENDS,
-        help="PyTorch, or onnxruntime or OpenVINO (CPU, fp32) for a file from `mobilevit export` "
-        "(default: onnxruntime for .onnx)",
+        help="PyTorch, or the runtime of a file from `mobilevit export`: onnxruntime or OpenVINO (CPU, fp32) for "
+        ".onnx, executorch for .pte, litert for .tflite (default: by the suffix; onnxruntime for .onnx)",
     )
     p.add_argument("--threads", type=int, default=0, help="model intra-op threads (0: the runtime's default)")
     p.add_argument("--batch-size", type=int, default=16)
@@ -492,8 +505,8 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
         action="append",
         required=True,
         metavar="NAME[=CHECKPOINT]",
-        help="arch or arch.tag, optionally =local checkpoint, or [NAME=]FILE.onnx, or [NAME=]FOLDER written by "
-        "save_pretrained; repeat to serve several (POST / uses the first)",
+        help="arch or arch.tag, optionally =local checkpoint, or [NAME=]FILE.onnx|.pte|.tflite, or [NAME=]FOLDER "
+        "written by save_pretrained; repeat to serve several (POST / uses the first)",
     )
     p.add_argument("--pretrained", help="local checkpoint for a single --model")
     p.add_argument("--labels", help="class names of a single --model, one per line or a JSON list")
@@ -504,8 +517,8 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--backend",
         choices=BACKENDS,
-        help="inference runtime of every model: eager, or onnxruntime or openvino for .onnx files (default: "
-        "onnxruntime when the models are .onnx files, else eager)",
+        help="inference runtime of every model: eager, or onnxruntime or openvino for .onnx files, executorch for "
+        ".pte, litert for .tflite (default: by the files' suffix, else eager)",
     )
     p.add_argument("--max-batch-size", type=int, default=16, help="requests per forward pass (1: no batching)")
     p.add_argument("--max-wait-ms", type=float, default=5.0, help="longest wait for a batch to fill")
@@ -534,14 +547,18 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
 def _export_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="architecture or arch.tag (see `mobilevit list --weights`)")
     _weights_args(p)
-    p.add_argument("--format", choices=["onnx", "coreml", "torchscript"], required=True)
-    p.add_argument("--output", required=True, help="file to write (.onnx, .mlpackage, .pt)")
+    from .export import FORMATS
+
+    p.add_argument("--format", choices=FORMATS, required=True)
+    p.add_argument("--output", required=True, help="file to write (.onnx, .mlpackage, .pt, .pte, .tflite)")
     p.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), help="trace size (default: the weights')")
     p.add_argument("--opset", type=int, default=20, help="ONNX opset (18 or higher; 20 has a native Gelu)")
     p.add_argument("--labels", help="class names to record, one per line or a JSON list (default: the model's own)")
     p.add_argument("--static", action="store_true", help="fix the batch, height and width (default: dynamic)")
-    p.add_argument("--quantize", choices=["int8"], help="ONNX: write an int8 model (onnxruntime quantization)")
-    p.add_argument("--quantize-mode", choices=["static", "dynamic"], default="static", help="int8: calibrated or not")
+    p.add_argument("--quantize", choices=["int8"], help="write an int8 model (ONNX, ExecuTorch, LiteRT)")
+    p.add_argument(
+        "--quantize-mode", choices=["static", "dynamic"], default="static", help="ONNX int8: calibrated or not"
+    )
     p.add_argument("--calibration", help="int8 static: folder of calibration images (not your evaluation images)")
     p.add_argument(
         "--quantize-method",
@@ -618,7 +635,9 @@ def build_parser() -> argparse.ArgumentParser:
     _serve_args(sub.add_parser("serve", help="HTTP server compatible with the Hugging Face Inference API"))
     _export_args(
         sub.add_parser(
-            "export", help="write the folded model as ONNX, CoreML or TorchScript, with preprocessing and labels"
+            "export",
+            help="write the folded model as ONNX, CoreML, TorchScript, ExecuTorch or LiteRT, with preprocessing and "
+            "labels",
         )
     )
     _train_args(sub.add_parser("train", help="train or fine-tune a model with a recipe (runs under torchrun too)"))

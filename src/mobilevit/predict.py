@@ -1,10 +1,11 @@
-"""The predictor: build once from a model name, checkpoint or exported ONNX file, then classify images in batches.
+"""The predictor: build once from a model name, checkpoint or exported file, then classify images in batches.
 
 Used by the ``predict`` and ``eval`` commands, the HTTP server and the benchmarks, so that every path runs the same
 preprocessing (from :func:`~mobilevit.weights.model_io`, or the metadata of an exported file), labels, top-k and
 scores. A :class:`Predictor` is that preprocessing and those labels around a :class:`~mobilevit.runtime.Runtime`: the
-folded PyTorch model (:meth:`Predictor.from_pretrained`), or an exported file in onnxruntime or OpenVINO
-(:meth:`Predictor.from_exported`; :func:`OnnxPredictor` and :func:`OpenVINOPredictor` name those two).
+folded PyTorch model (:meth:`Predictor.from_pretrained`), or an exported file (:meth:`Predictor.from_exported`): an
+``.onnx`` file in onnxruntime or OpenVINO (:func:`OnnxPredictor`, :func:`OpenVINOPredictor`), an ExecuTorch ``.pte``
+program or a LiteRT ``.tflite`` model.
 """
 
 from __future__ import annotations
@@ -223,24 +224,26 @@ class Predictor:
         threads: int = 0,
         workers: int | None = None,
         *,
-        backend: str = "onnxruntime",
+        backend: str | None = None,
         fast_decode: bool = False,
     ) -> Predictor:
-        """Build over an exported ``.onnx`` file run by onnxruntime or OpenVINO, with the metadata it records.
+        """Build over an exported file, with the metadata it records: ``.onnx`` run by onnxruntime or OpenVINO,
+        ``.pte`` by ExecuTorch, ``.tflite`` by LiteRT.
 
         The preprocessing and labels are the ones :func:`mobilevit.export.export_model` recorded in the file; pass
-        ``preprocess`` (and ``labels``) for an ONNX file from elsewhere. A graph exported with a fixed batch runs that
+        ``preprocess`` (and ``labels``) for a file from elsewhere. A graph exported with a fixed batch runs that
         many images at a time (the last run padded); a graph that cannot take the preprocessing's crop is refused.
 
         Args:
-            path: the ``.onnx`` file (input ``[B, 3, H, W]`` float32, output ``[B, num_classes]`` logits).
+            path: the exported file (input ``[B, 3, H, W]`` float32, output ``[B, num_classes]`` logits).
             preprocess: a :class:`~mobilevit.weights.entries.Preprocess` replacing the file's (required when it has
                 none).
             labels: class names replacing the file's.
             batch_size: images per run.
             threads: the runtime's inference threads (0: its default, one per physical core).
             workers: threads that decode and preprocess images while the model runs.
-            backend: ``"onnxruntime"`` or ``"openvino"``.
+            backend: ``"onnxruntime"`` or ``"openvino"`` for ``.onnx``, ``"executorch"``, ``"litert"``; ``None``: the
+                one the suffix implies (:func:`~mobilevit.runtime.resolve_backend`).
             fast_decode: approximate, faster decoding of large JPEGs (see :class:`Predictor`).
         """
         runtime = open_runtime(path, backend, threads)
@@ -249,8 +252,7 @@ class Predictor:
         if preprocess is None:
             raise UsageError(
                 f"{path}: the file records no preprocessing (not written by `mobilevit export`); export it with "
-                f"`mobilevit export --format onnx`, or pass preprocess= (and labels=) to "
-                f"{ONNX_PREDICTORS[backend].__name__}"
+                f"`mobilevit export`, or pass preprocess= (and labels=) to {_constructor_name(backend)}"
             )
         if labels is None and meta is not None:
             labels = meta.labels
@@ -411,8 +413,27 @@ def OpenVINOPredictor(path: str | os.PathLike, *args: Any, **kwargs: Any) -> Pre
     return Predictor.from_exported(path, *args, backend="openvino", **kwargs)
 
 
+def ExecuTorchPredictor(path: str | os.PathLike, *args: Any, **kwargs: Any) -> Predictor:  # noqa: N802
+    """The predictor over an exported ``.pte`` program run by ExecuTorch (XNNPACK): :meth:`Predictor.from_exported`."""
+    return Predictor.from_exported(path, *args, backend="executorch", **kwargs)
+
+
+def LiteRTPredictor(path: str | os.PathLike, *args: Any, **kwargs: Any) -> Predictor:  # noqa: N802 (a constructor)
+    """The predictor over an exported ``.tflite`` model run by LiteRT (XNNPACK): :meth:`Predictor.from_exported`."""
+    return Predictor.from_exported(path, *args, backend="litert", **kwargs)
+
+
 # the predictor of an exported file, by backend name; "eager" is Predictor.from_pretrained
 ONNX_PREDICTORS: dict[str, Callable[..., Predictor]] = {"onnxruntime": OnnxPredictor, "openvino": OpenVINOPredictor}
+EXPORTED_PREDICTORS: dict[str, Callable[..., Predictor]] = {
+    **ONNX_PREDICTORS,
+    "executorch": ExecuTorchPredictor,
+    "litert": LiteRTPredictor,
+}
+
+
+def _constructor_name(backend: str | None) -> str:
+    return EXPORTED_PREDICTORS[backend].__name__ if backend in EXPORTED_PREDICTORS else "Predictor.from_exported"
 
 
 def load_predictor(
@@ -422,21 +443,24 @@ def load_predictor(
     threads: int = 0,
     **kwargs: Any,
 ) -> Predictor:
-    """The predictor the CLI and the server use: eager for a model name, onnxruntime or OpenVINO for a ``.onnx`` file.
+    """The predictor the CLI and the server use: eager for a model name, a runtime for an exported file (``.onnx``:
+    onnxruntime or OpenVINO; ``.pte``: ExecuTorch; ``.tflite``: LiteRT).
 
     Args:
-        model: architecture, ``arch.tag`` or saved folder (:meth:`Predictor.from_pretrained`), or a ``.onnx`` file
+        model: architecture, ``arch.tag`` or saved folder (:meth:`Predictor.from_pretrained`), or an exported file
             (:meth:`Predictor.from_exported`).
-        backend: ``"eager"``, ``"onnxruntime"`` or ``"openvino"``; ``None`` infers it from ``model`` (see
+        backend: one of :data:`BACKENDS`; ``None`` infers it from ``model`` (see
             :func:`~mobilevit.runtime.resolve_backend`).
-        pretrained: weights of an eager model; an ONNX file carries its own, so it must stay ``True`` there.
-        threads: the ONNX runtime's inference threads (0: its default); eager models use ``torch.set_num_threads``.
+        pretrained: weights of an eager model; an exported file carries its own, so it must stay ``True`` there.
+        threads: the runtime's inference threads (0: its default); eager models use ``torch.set_num_threads``.
         **kwargs: ``batch_size``, ``workers``, ``labels``, ``fast_decode``.
     """
     backend = resolve_backend(model, backend)
     if backend in EXPORTED_BACKENDS:
         if pretrained is not True:
-            raise UsageError(f"{model}: an ONNX file carries its weights; --pretrained/--random-weights do not apply")
+            raise UsageError(
+                f"{model}: an exported file carries its weights; --pretrained/--random-weights do not apply"
+            )
         return Predictor.from_exported(model, threads=threads, backend=backend, **kwargs)
     return Predictor.from_pretrained(str(model), pretrained=pretrained, **kwargs)
 
@@ -444,10 +468,13 @@ def load_predictor(
 __all__ = [
     "ACTIVATIONS",
     "BACKENDS",
+    "EXPORTED_PREDICTORS",
     "ONNX_PREDICTORS",
     "Activation",
+    "ExecuTorchPredictor",
     "ImageInput",
     "InputSizes",
+    "LiteRTPredictor",
     "OnnxPredictor",
     "OpenVINOPredictor",
     "Prediction",

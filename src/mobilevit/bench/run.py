@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import tempfile
@@ -16,6 +17,8 @@ from torch import nn
 from ..errors import UsageError
 from ..registry import create_model
 from ..reparam import reparameterize_model
+from ..weights.entries import resize_size_for
+from ..weights.pretrained import model_io
 from .profile import compare_latency, count_macs, count_params
 
 logger = logging.getLogger(__name__)
@@ -52,13 +55,21 @@ def weights_table(patterns: Iterable[str] = (), macs: bool = False) -> list[dict
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# Backends: the same model run five ways
+# Backends: the same model run seven ways
 
-BACKENDS: tuple[str, ...] = ("eager", "reparam", "compile", "onnxruntime", "openvino")
+BACKENDS: tuple[str, ...] = ("eager", "reparam", "compile", "onnxruntime", "openvino", "executorch", "litert")
 # compile (tens of seconds of inductor compilation per model and batch size), onnxruntime and openvino (an export per
-# model, ~10 s, shared by the two) are opt-in: the default answers "how fast is this model" in seconds, the others
-# "which runtime to deploy"
+# model, ~10 s, shared by the two), executorch and litert (an export each, 10-60 s) are opt-in: the default answers
+# "how fast is this model" in seconds, the others "which runtime to deploy"
 DEFAULT_BACKENDS: tuple[str, ...] = ("eager", "reparam")
+# the exported file each runtime backend runs: the export format (onnxruntime and openvino share one ONNX file)
+EXPORT_FORMATS: dict[str, str] = {
+    "onnxruntime": "onnx",
+    "openvino": "onnx",
+    "executorch": "executorch",
+    "litert": "tflite",
+}
+SUFFIXES = {"onnx": ".onnx", "executorch": ".pte", "tflite": ".tflite"}
 COLUMNS = (
     "model",
     "family",
@@ -96,7 +107,7 @@ def family(name: str) -> str:
 
 @dataclass
 class Backend:
-    """One way to run a model: ``forward(x)`` returns the logits (a tensor, or an array for onnxruntime and openvino).
+    """One way to run a model: ``forward(x)`` returns the logits.
 
     Attributes:
         name: one of :data:`BACKENDS`.
@@ -104,15 +115,15 @@ class Backend:
         module: the PyTorch module whose parameters and MACs this backend executes (train-time for eager, folded
             for the others).
         setup_s: seconds spent preparing it (folding; export and session creation or compilation).
-        onnx: for onnxruntime and openvino, the ONNX file it runs and the seconds its export took (the other runtime
-            reuses the file, see :func:`make_backend`).
+        exported: for a runtime backend (:data:`EXPORT_FORMATS`), the file it runs and the seconds its export took
+            (onnxruntime and openvino share the ONNX file, see :func:`make_backend`).
     """
 
     name: str
     forward: Callable[[torch.Tensor], object]
     module: nn.Module
     setup_s: float = 0.0
-    onnx: tuple[Path, float] | None = None
+    exported: tuple[Path, float] | None = None
 
 
 def make_backend(
@@ -121,12 +132,14 @@ def make_backend(
     folded: nn.Module,
     input_size: tuple[int, int],
     workdir: Path,
-    onnx: tuple[Path, float] | None = None,
+    exported: tuple[Path, float] | None = None,
 ) -> Backend:
     """Prepare backend ``name`` for ``model`` (eval mode) and its folded copy ``folded``.
 
-    ``onnx``: the ``Backend.onnx`` of an ONNX runtime already prepared for this model; onnxruntime and openvino then
-    run that file instead of exporting again (their ``setup_s`` both count its export time).
+    ``exported``: the ``Backend.exported`` of a runtime backend already prepared for this model with a file of the
+    format ``name`` runs (:data:`EXPORT_FORMATS`); ``name`` then runs that file instead of exporting again (the
+    ``setup_s`` of both count its export time). A file with a fixed batch (LiteRT, some ExecuTorch programs) runs
+    a batch one image at a time, as the predictor does.
 
     Raises whatever the backend raises when it cannot handle the model (an export error, a missing runtime).
     """
@@ -138,17 +151,23 @@ def make_backend(
     if name == "compile":
         # compilation happens on the first call for each input shape: the caller times that call as setup_s
         return Backend(name, torch.compile(folded, dynamic=False), folded)
-    if name in ("onnxruntime", "openvino"):
+    if name in EXPORT_FORMATS:
         from ..export import export_model
-        from ..predict import ONNX_PREDICTORS
+        from ..predict import EXPORTED_PREDICTORS
 
-        if onnx is None:
-            file = workdir / f"{type(model).__name__}_{id(model)}.onnx"
-            onnx = (export_model(folded, "onnx", file, input_size=input_size), time.perf_counter() - t0)
-        path, export_s = onnx
+        fmt = EXPORT_FORMATS[name]
+        if exported is None:
+            file = workdir / f"{type(model).__name__}_{id(model)}{SUFFIXES[fmt]}"
+            # a file of one fixed size must record a preprocessing that crops it, or the predictor refuses it
+            pre = model_io(folded).preprocess
+            resize = resize_size_for(min(input_size), pre.crop_pct)
+            preprocess = dataclasses.replace(pre, input_size=input_size, resize_size=resize)
+            path = export_model(folded, fmt, file, input_size=input_size, preprocess=preprocess)
+            exported = (path, time.perf_counter() - t0)
+        path, export_s = exported
         t1 = time.perf_counter()
-        runtime = ONNX_PREDICTORS[name](path, threads=torch.get_num_threads())  # PyTorch's CPU budget
-        return Backend(name, runtime.forward, folded, export_s + time.perf_counter() - t1, onnx)
+        runtime = EXPORTED_PREDICTORS[name](path, threads=torch.get_num_threads())  # PyTorch's CPU budget
+        return Backend(name, runtime.forward, folded, export_s + time.perf_counter() - t1, exported)
     raise UsageError(f"unknown backend {name!r}; choose from {', '.join(BACKENDS)}")
 
 
@@ -177,9 +196,10 @@ def _prepare(
     for backend in backends:
         if progress:
             progress(f"{name}: preparing {backend}")
-        onnx = next((b.onnx for b in ready.values() if b.onnx), None)
+        fmt = EXPORT_FORMATS.get(backend)
+        exported = next((b.exported for b in ready.values() if b.exported and EXPORT_FORMATS[b.name] == fmt), None)
         try:
-            ready[backend] = make_backend(backend, model, folded, input_size, workdir, onnx)
+            ready[backend] = make_backend(backend, model, folded, input_size, workdir, exported)
         except Exception as error:  # one backend failing for one model must not end the run
             logger.warning("%s: backend %s failed: %s", name, backend, error)
             errors[backend] = _first_line(error)

@@ -1,9 +1,11 @@
-"""Export for deployment: one call from a model to an ONNX, CoreML or TorchScript file that gives the same answers.
+"""Export for deployment: one call from a model to an ONNX, CoreML, TorchScript, ExecuTorch or LiteRT file that gives
+the same answers.
 
 Every export is of the re-parameterized, BatchNorm-folded model (:func:`mobilevit.reparameterize_model`) in eval mode,
 and carries the preprocessing and the labels (:class:`~mobilevit.export.metadata.ExportMetadata`), so a runtime needs
 nothing else. :func:`check_export` runs the file and compares its logits with the eager model's (CoreML runs only
-on macOS: :func:`validate_coreml` checks its spec instead). :func:`quantize_onnx` writes an int8 ONNX file.
+on macOS: :func:`validate_coreml` checks its spec instead). :func:`quantize_onnx` writes an int8 ONNX file;
+ExecuTorch and LiteRT files are quantized while exporting (``export_model(..., quantize="int8", calibration=...)``).
 :mod:`mobilevit.runtime` runs the files (``onnx_session``, ``openvino_model`` and ``read_openvino_metadata`` are its
 names, also importable from here).
 
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -29,34 +32,52 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..data.images import find_images
 from ..errors import UsageError
 from ..reparam import reparameterize_model
-from ..runtime import OnnxRuntime, Runtime, TorchRuntime, onnx_session, openvino_model, read_openvino_metadata
+from ..runtime import (
+    Runtime,
+    TorchRuntime,
+    onnx_session,
+    open_runtime,
+    openvino_model,
+    read_executorch_metadata,
+    read_litert_metadata,
+    read_openvino_metadata,
+)
 from ..weights.entries import Preprocess
 from .coreml import CoreMLSummary, Precision, export_coreml, inspect_coreml, read_coreml_metadata, validate_coreml
+from .executorch import MAX_BATCH, executorch_dynamic_axes, export_executorch
+from .litert import export_litert
 from .metadata import ExportMetadata, model_metadata, size_multiple
 from .onnx import DEFAULT_OPSET, export_onnx, read_onnx_metadata
-from .quantize import quantize_onnx
+from .quantize import calibration_batches, quantize_onnx
 from .torchscript import export_torchscript, load_torchscript
 
 logger = logging.getLogger(__name__)
 
 AXES = ("batch", "height", "width")  # the input axes that an export keeps dynamic or fixes
-ExportFormat = Literal["onnx", "coreml", "torchscript"]
-FORMATS: tuple[str, ...] = ("onnx", "coreml", "torchscript")
+ExportFormat = Literal["onnx", "coreml", "torchscript", "executorch", "tflite"]
+FORMATS: tuple[str, ...] = ("onnx", "coreml", "torchscript", "executorch", "tflite")
 SUFFIXES = {
     ".onnx": "onnx",
     ".mlpackage": "coreml",
     ".pt": "torchscript",
     ".ts": "torchscript",
     ".torchscript": "torchscript",
+    ".pte": "executorch",
+    ".tflite": "tflite",
 }
+QUANTIZED_FORMATS = ("executorch", "tflite")  # the formats export_model quantizes (ONNX: quantize_onnx)
+Calibration = str | os.PathLike | Sequence[str | os.PathLike]
 
 
 def _dynamic_axes(model: nn.Module, input_size: tuple[int, int], dynamic: bool, fmt: str) -> tuple[str, ...]:
     """``batch`` (when ``dynamic``), plus ``height``/``width`` if the graph generalises from the traced size."""
-    if not dynamic or fmt == "coreml":
-        return ()  # CoreML: one image size per model (see mobilevit.export.coreml)
+    if not dynamic or fmt in ("coreml", "tflite"):
+        return ()  # CoreML, LiteRT: one image size per model (see mobilevit.export.coreml and .litert)
+    if fmt == "executorch":
+        return executorch_dynamic_axes(model)  # at most the batch (see mobilevit.export.executorch)
     if fmt == "torchscript":
         return ("batch",)  # tracing freezes Python shape arithmetic (see mobilevit.export.torchscript)
     multiple = size_multiple(model)
@@ -82,23 +103,34 @@ def export_model(
     labels: list[str] | tuple[str, ...] | None = None,
     precision: Precision = "float32",
     image_input: bool = True,
+    quantize: Literal["int8"] | None = None,
+    calibration: Calibration | None = None,
+    max_calibration_images: int = 500,
 ) -> Path:
-    """Write the folded, eval-mode ``model`` as an ONNX, CoreML or TorchScript file with its preprocessing and labels.
+    """Write the folded, eval-mode ``model`` as an ONNX, CoreML, TorchScript, ExecuTorch or LiteRT file with its
+    preprocessing and labels.
 
     Args:
         model: a model of this package (train-time or already folded; it is not modified).
-        format: ``"onnx"``, ``"coreml"`` (an ML Program, ``.mlpackage``) or ``"torchscript"``.
+        format: ``"onnx"``, ``"coreml"`` (an ML Program, ``.mlpackage``), ``"torchscript"``, ``"executorch"``
+            (``.pte``, XNNPACK delegate) or ``"tflite"`` (LiteRT).
         output: the file to write.
         input_size: (H, W) to trace at (default: the preprocessing's crop, e.g. 256x256).
         dynamic: let the batch vary, and for ONNX also height and width when ``input_size`` is a multiple of
-            :func:`~mobilevit.export.metadata.size_multiple` (any size for every family).
-            ``False`` fixes every axis. CoreML always takes one size, batch 1.
-        opset: ONNX opset (ignored for TorchScript).
+            :func:`~mobilevit.export.metadata.size_multiple` (any size for every family); ExecuTorch: the batch
+            (``1..MAX_BATCH``) for the families whose program runs at any batch. ``False`` fixes every axis. CoreML
+            and LiteRT always take one size, batch 1.
+        opset: ONNX opset (ignored for the other formats).
         preprocess: preprocessing to record instead of ``model.pretrained_cfg``'s.
         labels: class names to record instead of ``model.pretrained_cfg``'s.
         precision: CoreML only: ``"float32"`` or ``"float16"`` weights and arithmetic.
         image_input: CoreML only: an image input with the preprocessing inside the model (default), or a
             preprocessed ``pixel_values`` tensor (see :mod:`mobilevit.export.coreml`).
+        quantize: ExecuTorch and LiteRT only: ``"int8"`` for int8 weights and activations (static ranges measured on
+            ``calibration``; batch 1). An ONNX file is quantized after export: :func:`quantize_onnx`.
+        calibration: int8: a folder (searched recursively), image files or glob patterns, of images like the ones
+            the model will see (not your evaluation images), preprocessed as the recorded preprocessing says.
+        max_calibration_images: int8: use at most this many calibration images (the first ones, sorted).
 
     Returns:
         The written file.
@@ -107,15 +139,40 @@ def export_model(
         raise UsageError(f"format must be one of {', '.join(FORMATS)}; got {format!r}")
     if getattr(model, "features_only", False):
         raise UsageError("export a classifier: features_only models have no logits to check or label")
+    if quantize is not None and (quantize != "int8" or format not in QUANTIZED_FORMATS):
+        raise UsageError(
+            f"quantize='int8' applies to {' and '.join(QUANTIZED_FORMATS)} (ONNX: quantize_onnx); got {quantize!r} "
+            f"for {format}"
+        )
     folded = reparameterize_model(model).eval()
     meta = model_metadata(folded, input_size, (), preprocess, labels)
-    axes = _dynamic_axes(folded, meta.input_size, dynamic, format)
+    axes = _dynamic_axes(folded, meta.input_size, dynamic and quantize is None, format)
     meta = model_metadata(folded, meta.input_size, axes, preprocess, labels)
     if format == "onnx":
         return export_onnx(folded, output, meta, opset)
     if format == "coreml":
         return export_coreml(folded, output, meta, precision=precision, image_input=image_input)[0]
-    return export_torchscript(folded, output, meta)
+    if format == "torchscript":
+        return export_torchscript(folded, output, meta)
+    batches = _calibration(calibration, meta, max_calibration_images) if quantize else None
+    if format == "executorch":
+        return export_executorch(folded, output, meta, batches)
+    return export_litert(folded, output, meta, batches)
+
+
+def _calibration(calibration: Calibration | None, meta: ExportMetadata, max_images: int) -> list[np.ndarray]:
+    """``[1, 3, H, W]`` batches of the first ``max_images`` images of ``calibration``, preprocessed as ``meta`` says
+    and checked against the export size."""
+    if calibration is None:
+        raise UsageError("int8 quantization needs calibration images: calibration= a folder or files")
+    sources = [calibration] if isinstance(calibration, str | os.PathLike) else list(calibration)
+    images = [p for p in find_images(sources) if p.is_file()][:max_images]
+    if not images:
+        raise UsageError(f"no calibration images found in {', '.join(str(s) for s in sources)}")
+    if meta.preprocess is None or tuple(meta.preprocess.input_size) != tuple(meta.input_size):
+        crop = meta.preprocess.input_size if meta.preprocess is not None else None
+        raise UsageError(f"calibrating needs the preprocessing to crop the export size {meta.input_size}, not {crop}")
+    return list(calibration_batches(images, meta.preprocess, 1))
 
 
 def read_metadata(path: str | os.PathLike) -> ExportMetadata:
@@ -125,6 +182,10 @@ def read_metadata(path: str | os.PathLike) -> ExportMetadata:
         return read_onnx_metadata(path)
     if fmt == "coreml":
         return read_coreml_metadata(path)
+    if fmt == "executorch":
+        return ExportMetadata.from_dict(read_executorch_metadata(path))
+    if fmt == "tflite":
+        return ExportMetadata.from_dict(read_litert_metadata(path))
     return load_torchscript(path)[1]
 
 
@@ -162,12 +223,12 @@ def check_export(
     batch_size: int | None = None,
     seed: int = 0,
 ) -> ExportParity:
-    """Run the exported file in its runtime (:mod:`mobilevit.runtime`: onnxruntime for ONNX, the loaded module for
-    TorchScript) against the eager model.
+    """Run the exported file in its runtime (:mod:`mobilevit.runtime`: onnxruntime for ONNX, ExecuTorch for ``.pte``,
+    LiteRT for ``.tflite``, the loaded module for TorchScript) against the eager model.
 
-    The comparison runs at the shape the file takes: an ONNX file exported with ``dynamic=False`` fixes the batch
-    (1) and the size in its graph and is checked at exactly those; a TorchScript archive exported so is checked at
-    batch 1.
+    The comparison runs at the shape the file takes: an ONNX file exported with ``dynamic=False``, an ExecuTorch
+    program without a dynamic batch and every LiteRT file fix the batch (1) and the size in the file and are checked
+    at exactly those; a TorchScript archive exported so is checked at batch 1.
 
     Args:
         model: the eager model the file was exported from (train-time or folded; used in eval mode, not modified).
@@ -208,12 +269,12 @@ def check_export(
 
 
 def _open_export(path: str | os.PathLike, fmt: str) -> tuple[Runtime, ExportMetadata, tuple[int | None, ...]]:
-    """``(runtime, metadata, fixed)`` of an ONNX or TorchScript file: ``fixed`` is its (batch, height, width), an int
-    where the file fixes the axis, ``None`` where it is dynamic."""
-    if fmt == "onnx":
-        runtime = OnnxRuntime(path)
+    """``(runtime, metadata, fixed)`` of an ONNX, ExecuTorch, LiteRT or TorchScript file: ``fixed`` is its (batch,
+    height, width), an int where the file fixes the axis, ``None`` where it is dynamic."""
+    if fmt in ("onnx", "executorch", "tflite"):
+        runtime = open_runtime(path)  # onnxruntime, ExecuTorch or LiteRT, by the suffix
         meta = ExportMetadata.from_dict(runtime.metadata())
-        batch, _, height, width = runtime.signature()[0][0][1]  # the graph's own input shape
+        batch, _, height, width = runtime.signature()[0][0][1]  # the file's own input shape
         return runtime, meta, (batch, height, width)
     module, meta = load_torchscript(path)
     # an archive declares its shapes only in its metadata: a fixed batch is 1; the size is checked where asked
@@ -222,10 +283,14 @@ def _open_export(path: str | os.PathLike, fmt: str) -> tuple[Runtime, ExportMeta
 
 __all__ = [
     "FORMATS",
+    "MAX_BATCH",
+    "SUFFIXES",
     "CoreMLSummary",
     "ExportMetadata",
     "ExportParity",
     "check_export",
+    "export_executorch",
+    "export_litert",
     "export_model",
     "inspect_coreml",
     "load_torchscript",
@@ -233,6 +298,8 @@ __all__ = [
     "onnx_session",
     "openvino_model",
     "quantize_onnx",
+    "read_executorch_metadata",
+    "read_litert_metadata",
     "read_metadata",
     "read_openvino_metadata",
     "size_multiple",

@@ -1,4 +1,5 @@
-"""Runtimes: one classifier run eagerly in PyTorch, or as an exported ``.onnx`` file in onnxruntime or OpenVINO.
+"""Runtimes: one classifier run eagerly in PyTorch, or as an exported file: ``.onnx`` in onnxruntime or OpenVINO,
+``.pte`` in ExecuTorch, ``.tflite`` in LiteRT.
 
 Each is a :class:`Runtime` (``run``, ``signature``, ``metadata``, ``name``); the predictor
 (:class:`~mobilevit.predict.Predictor`) and the parity check of exported files
@@ -19,42 +20,66 @@ from __future__ import annotations
 import os
 
 from ..errors import UsageError
-from .base import BACKENDS, EXPORTED_BACKENDS, Runtime, Signature, is_onnx_file, resolve_backend
+from .base import (
+    BACKENDS,
+    EXPORTED_BACKENDS,
+    FILE_BACKENDS,
+    Runtime,
+    Signature,
+    exported_suffix,
+    is_exported_file,
+    resolve_backend,
+)
 from .eager import TorchRuntime
+from .executorch import ExecuTorchRuntime, read_executorch_metadata
+from .litert import LiteRTRuntime, read_litert_metadata
 from .onnx import OnnxRuntime, onnx_session
 from .openvino import OpenVINORuntime, openvino_model, read_openvino_metadata
 
-EXPORTED_RUNTIMES: dict[str, type[OnnxRuntime] | type[OpenVINORuntime]] = {
+EXPORTED_RUNTIMES: dict[str, type[Runtime]] = {
     "onnxruntime": OnnxRuntime,
     "openvino": OpenVINORuntime,
+    "executorch": ExecuTorchRuntime,
+    "litert": LiteRTRuntime,
 }
 
 
-def open_runtime(path: str | os.PathLike, backend: str = "onnxruntime", threads: int = 0) -> Runtime:
-    """The exported ``.onnx`` file at ``path`` in ``backend`` (``"onnxruntime"`` or ``"openvino"``).
+def open_runtime(path: str | os.PathLike, backend: str | None = None, threads: int = 0) -> Runtime:
+    """The exported file at ``path`` in ``backend`` (default: the one its suffix implies, see
+    :func:`resolve_backend`).
 
     Args:
-        path: the ``.onnx`` file.
-        backend: one of :data:`EXPORTED_BACKENDS`.
+        path: an ``.onnx``, ``.pte`` or ``.tflite`` file.
+        backend: one of :data:`EXPORTED_BACKENDS` that runs files of this suffix (:data:`FILE_BACKENDS`).
         threads: the runtime's inference threads (0: its default).
     """
-    if backend not in EXPORTED_RUNTIMES:
+    if backend is not None and backend not in EXPORTED_RUNTIMES:
         raise UsageError(f"an exported file runs in {' or '.join(EXPORTED_RUNTIMES)}, not {backend!r}")
+    if exported_suffix(path) is not None:
+        backend = resolve_backend(path, backend)  # a file of a known kind runs only in its own backends
+    elif backend is None:
+        raise UsageError(f"{path}: cannot tell the runtime from the suffix (expected {', '.join(FILE_BACKENDS)})")
     return EXPORTED_RUNTIMES[backend](path, threads)
 
 
 __all__ = [
     "BACKENDS",
     "EXPORTED_BACKENDS",
+    "FILE_BACKENDS",
+    "ExecuTorchRuntime",
+    "LiteRTRuntime",
     "OnnxRuntime",
     "OpenVINORuntime",
     "Runtime",
     "Signature",
     "TorchRuntime",
-    "is_onnx_file",
+    "exported_suffix",
+    "is_exported_file",
     "onnx_session",
     "open_runtime",
     "openvino_model",
+    "read_executorch_metadata",
+    "read_litert_metadata",
     "read_openvino_metadata",
     "resolve_backend",
 ]

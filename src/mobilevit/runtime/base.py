@@ -22,21 +22,34 @@ from ..errors import UsageError
 Signature = list[tuple[str, list[int | None]]]  # (name, shape) of each graph input or output; None: a dynamic dim
 T = TypeVar("T")
 
-BACKENDS: tuple[str, ...] = ("eager", "onnxruntime", "openvino")
-EXPORTED_BACKENDS: tuple[str, ...] = ("onnxruntime", "openvino")  # the backends that run an exported .onnx file
+BACKENDS: tuple[str, ...] = ("eager", "onnxruntime", "openvino", "executorch", "litert")
+# the backends that run each kind of exported file, by suffix; a suffix's first backend is its default
+FILE_BACKENDS: dict[str, tuple[str, ...]] = {
+    ".onnx": ("onnxruntime", "openvino"),
+    ".pte": ("executorch",),
+    ".tflite": ("litert",),
+}
+EXPORTED_BACKENDS: tuple[str, ...] = tuple(b for backends in FILE_BACKENDS.values() for b in backends)
+# per suffix: what the file is called in messages and the `mobilevit export --format` that writes it
+FILE_KINDS: dict[str, tuple[str, str]] = {
+    ".onnx": ("ONNX", "onnx"),
+    ".pte": ("ExecuTorch", "executorch"),
+    ".tflite": ("LiteRT", "tflite"),
+}
 
-# how resolve_backend words a model/backend mismatch, per command: (an .onnx file with eager, a name with a runtime)
+# how resolve_backend words a model/backend mismatch, per command: (an exported file with eager or with a backend
+# that cannot run it, a name with a runtime)
 _MISMATCH = {
     "run": (
-        "{model} is an ONNX file: run it with --backend onnxruntime or openvino (eager runs PyTorch models)",
-        "--backend {backend} runs an exported .onnx file (write one with `mobilevit export --format onnx`); "
+        "{model} is {article} {kind} file: run it with --backend {backends} (eager runs PyTorch models)",
+        "--backend {backend} runs an exported {suffixes} file (write one with `mobilevit export --format {fmt}`); "
         "got {model!r}",
     ),
     "serve": (
-        "{model} is an ONNX file: serve it with --backend onnxruntime or openvino (one server runs every model with "
+        "{model} is {article} {kind} file: serve it with --backend {backends} (one server runs every model with "
         "the same backend)",
-        "--backend {backend} serves exported .onnx files (`mobilevit export --format onnx`); model {model!r} has none: "
-        "use --model FILE.onnx or --model NAME=FILE.onnx",
+        "--backend {backend} serves exported {suffixes} files (`mobilevit export --format {fmt}`); model {model!r} "
+        "has none: use --model FILE{suffix} or --model NAME=FILE{suffix}",
     ),
 }
 
@@ -70,32 +83,48 @@ class Runtime(ABC):
         return self.signature()[0][0][1][0]
 
 
-def is_onnx_file(model: str | os.PathLike) -> bool:
-    """Whether ``model`` names an exported ``.onnx`` file (by its suffix) rather than a PyTorch model."""
-    return str(model).lower().endswith(".onnx")
+def exported_suffix(model: str | os.PathLike) -> str | None:
+    """The suffix of an exported file (``.onnx``, ``.pte``, ``.tflite``) that ``model`` names, else ``None``."""
+    suffix = Path(str(model)).suffix.lower()
+    return suffix if suffix in FILE_BACKENDS else None
+
+
+def is_exported_file(model: str | os.PathLike) -> bool:
+    """Whether ``model`` names an exported file (by its suffix: :data:`FILE_BACKENDS`) rather than a PyTorch model."""
+    return exported_suffix(model) is not None
 
 
 def resolve_backend(model: str | os.PathLike, backend: str | None = None, command: str = "run") -> str:
     """The backend that runs ``model``: ``backend`` when given (checked against the model), else inferred from it.
 
-    An exported ``.onnx`` file runs in onnxruntime unless ``backend="openvino"``; an architecture, ``arch.tag`` or
-    saved folder runs eagerly.
+    An exported file runs in the first backend :data:`FILE_BACKENDS` lists for its suffix (``.onnx``: onnxruntime,
+    unless ``backend="openvino"``; ``.pte``: executorch; ``.tflite``: litert); an architecture, ``arch.tag`` or saved
+    folder runs eagerly.
 
     Args:
-        model: architecture, ``arch.tag``, saved folder or ``.onnx`` file.
+        model: architecture, ``arch.tag``, saved folder or exported file.
         backend: one of :data:`BACKENDS`, or ``None`` to infer it.
         command: ``"run"`` or ``"serve"``: how an error for a backend that cannot run ``model`` is worded.
     """
-    exported = is_onnx_file(model)
+    suffix = exported_suffix(model)
     if backend is None:
-        return "onnxruntime" if exported else "eager"
+        return FILE_BACKENDS[suffix][0] if suffix else "eager"
     if backend not in BACKENDS:
         raise UsageError(f"backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
-    onnx_with_eager, name_with_runtime = _MISMATCH[command]
-    if backend == "eager" and exported:
-        raise UsageError(onnx_with_eager.format(model=model, backend=backend))
-    if backend in EXPORTED_BACKENDS and not exported:
-        raise UsageError(name_with_runtime.format(model=str(model), backend=backend))
+    file_with_other, name_with_runtime = _MISMATCH[command]
+    if suffix and backend not in FILE_BACKENDS[suffix]:
+        kind = FILE_KINDS[suffix][0]
+        article = "an" if kind[0] in "AEIOU" else "a"
+        backends = " or ".join(FILE_BACKENDS[suffix])
+        raise UsageError(file_with_other.format(model=model, article=article, kind=kind, backends=backends))
+    if backend in EXPORTED_BACKENDS and not suffix:
+        suffixes = [s for s, names in FILE_BACKENDS.items() if backend in names]
+        fmt = FILE_KINDS[suffixes[0]][1]
+        raise UsageError(
+            name_with_runtime.format(
+                model=str(model), backend=backend, suffixes=" or ".join(suffixes), suffix=suffixes[0], fmt=fmt
+            )
+        )
     return backend
 
 
@@ -106,16 +135,18 @@ def check_threads(threads: int, runtime: str) -> None:
 
 
 def load_file(path: str | os.PathLike, runtime: str, load: Callable[[Path], T]) -> T:
-    """``load(path)`` for an existing ``.onnx`` file; a file the runtime cannot read is a :class:`UsageError`.
+    """``load(path)`` for an existing exported file; a file the runtime cannot read is a :class:`UsageError`.
 
     An ImportError (the runtime is not installed) passes through: it says what to install.
     """
     path = Path(path)
+    kind = FILE_KINDS.get(path.suffix.lower(), ("ONNX", ""))[0]
     if not path.is_file():
-        raise FileNotFoundError(f"No such ONNX file: {path}")
+        raise FileNotFoundError(f"No such {kind} file: {path}")
     try:
         return load(path)
     except ImportError:
         raise
     except Exception as err:  # each runtime has its own exception types for a file it cannot read
-        raise UsageError(f"{path}: not an ONNX model {runtime} can load ({err})") from None
+        article = "an" if kind[0] in "AEIOU" else "a"
+        raise UsageError(f"{path}: not {article} {kind} model {runtime} can load ({err})") from None

@@ -138,12 +138,12 @@ class Metrics:
 
 
 def default_loader(config: ServeConfig, index: int) -> Loader:
-    """Build the predictor of ``config.models[index]``: from its weights (eager) or its ONNX file (onnxruntime or
-    openvino)."""
+    """Build the predictor of ``config.models[index]``: from its weights (eager) or its exported file (onnxruntime or
+    openvino for ``.onnx``, executorch for ``.pte``, litert for ``.tflite``)."""
     spec = config.models[index]
     options = {"batch_size": config.max_batch_size, "labels": spec.labels}
     if config.backend != "eager":
-        assert isinstance(spec.pretrained, str)  # ServeConfig.validate: every model is an .onnx file
+        assert isinstance(spec.pretrained, str)  # ServeConfig.validate: every model is an exported file
         path = spec.pretrained
         return lambda: load_predictor(path, config.backend, threads=config.threads, **options)
     folder = spec.saved_folder

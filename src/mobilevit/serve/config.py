@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import UsageError
-from ..runtime import BACKENDS, is_onnx_file, resolve_backend
+from ..runtime import BACKENDS, is_exported_file, resolve_backend
 
 TOKEN_ENV = "MOBILEVIT_TOKEN"  # the environment variable that holds the bearer token when --token is not given
 
@@ -30,11 +30,11 @@ class ModelSpec:
 
     Args:
         name: architecture or ``arch.tag`` (the weights entry supplies preprocessing and labels); also the route
-            name, ``POST /models/{name}``. Any name for an ONNX file or a ``save_pretrained`` folder (its metadata
+            name, ``POST /models/{name}``. Any name for an exported file or a ``save_pretrained`` folder (its metadata
             or ``config.json`` supplies them).
         pretrained: ``True`` for the weights entry's file, a local checkpoint path, a folder written by
-            :func:`mobilevit.save_pretrained`, an exported ``.onnx`` file (the onnxruntime or openvino backend), or
-            ``False`` for random weights (protocol tests only).
+            :func:`mobilevit.save_pretrained`, an exported ``.onnx``, ``.pte`` or ``.tflite`` file (a runtime
+            backend), or ``False`` for random weights (protocol tests only).
         labels: class names, one per output, replacing the model's own (a fine-tuned checkpoint without names).
     """
 
@@ -43,15 +43,15 @@ class ModelSpec:
     labels: tuple[str, ...] | None = None
 
     @property
-    def is_onnx(self) -> bool:
-        """Whether the model is an exported ONNX file (served by the onnxruntime or openvino backend)."""
-        return isinstance(self.pretrained, str) and is_onnx_file(self.pretrained)
+    def is_exported(self) -> bool:
+        """Whether the model is an exported file (``.onnx``, ``.pte``, ``.tflite``), served by a runtime backend."""
+        return isinstance(self.pretrained, str) and is_exported_file(self.pretrained)
 
     @property
     def saved_folder(self) -> str | None:
         """The ``save_pretrained`` folder (or its ``model.safetensors``) this model is built from, when its name is not
         a registered model (the folder's ``config.json`` names the architecture); else ``None``."""
-        if not isinstance(self.pretrained, str) or self.is_onnx or _is_registered(self.name):
+        if not isinstance(self.pretrained, str) or self.is_exported or _is_registered(self.name):
             return None
         from ..weights.pretrained import read_saved_config
 
@@ -59,11 +59,11 @@ class ModelSpec:
 
     @classmethod
     def parse(cls, text: str, pretrained: bool | str = True) -> ModelSpec:
-        """``NAME``, ``NAME=CHECKPOINT`` (the checkpoint path wins over ``pretrained``), ``FILE.onnx`` (named after
-        the file's stem), or a folder written by :func:`mobilevit.save_pretrained` (named after the folder; it holds
-        the weights, so it wins over ``pretrained`` too)."""
+        """``NAME``, ``NAME=CHECKPOINT`` (the checkpoint path wins over ``pretrained``), an exported ``FILE.onnx``,
+        ``.pte`` or ``.tflite`` (named after the file's stem), or a folder written by :func:`mobilevit.save_pretrained`
+        (named after the folder; it holds the weights, so it wins over ``pretrained`` too)."""
         text = text.strip() if "=" not in text else text
-        if "=" not in text and is_onnx_file(text):
+        if "=" not in text and is_exported_file(text):
             return cls(Path(text).stem, text)
         if "=" not in text and Path(text).is_dir() and not _is_registered(text):
             return cls(Path(text).resolve().name, text)
@@ -82,9 +82,10 @@ class ModelSpec:
 
         if isinstance(self.pretrained, str) and not Path(self.pretrained).exists():
             raise UsageError(
-                f"{self.name}: {'ONNX file' if self.is_onnx else 'checkpoint'} {self.pretrained!r} does not exist"
+                f"{self.name}: {'exported file' if self.is_exported else 'checkpoint'} {self.pretrained!r} does not "
+                "exist"
             )
-        if self.is_onnx or self.saved_folder is not None:
+        if self.is_exported or self.saved_folder is not None:
             return  # any route name; the file's metadata (or the folder's config.json) says what it is
         if isinstance(self.pretrained, str) and Path(self.pretrained).is_dir() and not _is_registered(self.name):
             raise UsageError(
@@ -110,7 +111,8 @@ class ServeConfig:
         token: bearer token required on the prediction routes (``None``: no authentication; an empty or blank token
             is refused, as an unset ``$VAR`` in ``--token "$VAR"`` gives one).
         backend: inference runtime: ``"eager"`` (PyTorch, the folded model), or ``"onnxruntime"`` or ``"openvino"``
-            (OpenVINO's CPU plugin, fp32) with every model an exported ``.onnx`` file (see :func:`infer_backend`).
+            (OpenVINO's CPU plugin, fp32) with every model an exported ``.onnx`` file, ``"executorch"`` with ``.pte``
+            files, ``"litert"`` with ``.tflite`` files (see :func:`infer_backend`).
         max_batch_size: requests run together in one forward pass (1 turns dynamic batching off).
         max_wait_ms: how long the batcher waits for a batch to fill once it has one request; a few ms trades a
             little latency at low load for much larger batches at high load.
@@ -169,7 +171,7 @@ class ServeConfig:
         if dupes:
             raise UsageError(f"--model given twice for {', '.join(dupes)}; each served name must be unique")
         for spec in self.models:  # one backend runs every model
-            resolve_backend(spec.pretrained if spec.is_onnx else spec.name, self.backend, "serve")
+            resolve_backend(spec.pretrained if spec.is_exported else spec.name, self.backend, "serve")
         checks = [
             (0 <= self.port <= 65535, f"--port must be in 0..65535, got {self.port}"),
             (self.max_batch_size >= 1, f"--max-batch-size must be at least 1, got {self.max_batch_size}"),
@@ -214,9 +216,9 @@ def _is_registered(name: str) -> bool:
 
 
 def infer_backend(models: tuple[ModelSpec, ...]) -> str:
-    """The backend of the first ``.onnx`` file among ``models``, else eager (:meth:`ServeConfig.validate` rejects a
+    """The backend of the first exported file among ``models``, else eager (:meth:`ServeConfig.validate` rejects a
     mix), as :func:`~mobilevit.runtime.resolve_backend` infers it."""
-    files = [spec.pretrained for spec in models if spec.is_onnx]
+    files = [spec.pretrained for spec in models if spec.is_exported]
     return resolve_backend(files[0] if files else "")  # "": no file, a PyTorch model
 
 

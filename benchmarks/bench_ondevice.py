@@ -1,0 +1,149 @@
+"""ExecuTorch and LiteRT files: parity with eager per family, int8 accuracy of Apple's MobileOne-S0, batch-1 latency.
+
+Three parts, every file written by ``mobilevit.export.export_model`` and run through the package's own runtimes
+(``mobilevit.runtime``), as ``mobilevit predict --model FILE`` runs it:
+
+1. Parity: one variant per family (random weights, BatchNorms and layer scales randomised), exported at
+   ``--resolution``; the largest logit difference from the eager model relative to the largest eager logit
+   (``check_export``), and the export time.
+2. int8 accuracy: Apple's real MobileOne-S0 weights (../shared/weights), fp32 and int8 files of each format, top-1 /
+   top-5 on ``imagenet-samples-100`` through the predictor (eager fp32 beside them), int8 calibrated on the 100
+   disjoint photos of ``imagenet-calib-100``; and how often the int8 top-1 equals the fp32 file's.
+3. Latency: batch-1 time of one preprocessed 224x224 image in the S0 files (fp32 and int8 per runtime) and eager
+   PyTorch, the runtimes interleaved round by round (``mobilevit.bench.profile.compare_latency``) so a busy machine
+   slows them alike; ``--threads`` for every runtime.
+
+    python benchmarks/bench_ondevice.py                          # all three parts
+    python benchmarks/bench_ondevice.py --skip-parity --threads 1 --repeats 50 --json
+    python benchmarks/bench_ondevice.py --workdir runs/ondevice  # keep the exported files
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import json
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+import mobilevit
+from common import SHARED_DATA, randomize
+from mobilevit.bench.profile import compare_latency
+from mobilevit.bench.report import markdown_table
+from mobilevit.evaluate import evaluate, read_labelled
+from mobilevit.export import check_export, export_model
+from mobilevit.predict import Predictor, load_predictor
+
+FAMILIES = ("mobilevit_xxs", "mobilevitv2_050", "mobilevitv3_xxs", "fastvit_t8", "mobileone_s0")
+FORMATS = {"executorch": ".pte", "tflite": ".tflite"}  # export format -> suffix (the runtime follows the suffix)
+ENTRY = "mobileone_s0.orig_in1k_reparam"
+WEIGHTS = SHARED_DATA.parent / "weights" / "mobileone_s0_reparam.safetensors"
+EVAL_IMAGES = SHARED_DATA / "imagenet-samples-100"
+CALIBRATION = SHARED_DATA / "imagenet-calib-100"
+
+
+def parity_rows(workdir: Path, resolution: int) -> list[dict]:
+    rows = []
+    for name in FAMILIES:
+        torch.manual_seed(0)
+        model = randomize(mobilevit.create_model(name)).eval()
+        for fmt, suffix in FORMATS.items():
+            t0 = time.perf_counter()
+            path = export_model(model, fmt, workdir / f"{name}{suffix}", input_size=(resolution, resolution))
+            export_s = time.perf_counter() - t0
+            parity = check_export(model, path)
+            meta = mobilevit.export.read_metadata(path)
+            rows.append(
+                {
+                    "model": name,
+                    "format": fmt,
+                    "dynamic_axes": ",".join(meta.dynamic_axes) or "none",
+                    "max_rel_diff": f"{parity.max_rel_diff:.1e}",
+                    "export_s": round(export_s, 1),
+                    "size_MB": round(path.stat().st_size / 1e6, 2),
+                }
+            )
+            print(rows[-1], flush=True)
+    return rows
+
+
+def s0_files(workdir: Path) -> dict[str, Path]:
+    """Apple's MobileOne-S0 as fp32 and int8 files of each format: ``{"executorch fp32": path, ...}``."""
+    model = mobilevit.create_model(ENTRY, pretrained=str(WEIGHTS))
+    files = {}
+    for fmt, suffix in FORMATS.items():
+        files[f"{fmt} fp32"] = export_model(model, fmt, workdir / f"s0{suffix}")
+        t0 = time.perf_counter()
+        files[f"{fmt} int8"] = export_model(
+            model, fmt, workdir / f"s0_int8{suffix}", quantize="int8", calibration=CALIBRATION
+        )
+        print(f"{fmt} int8 export (100 calibration images) took {time.perf_counter() - t0:.0f} s", flush=True)
+    return files
+
+
+def accuracy_rows(files: dict[str, Path], threads: int) -> list[dict]:
+    samples, _ = read_labelled(EVAL_IMAGES)
+    eager = Predictor.from_pretrained(ENTRY, pretrained=str(WEIGHTS))
+    predictors = {"eager fp32": eager} | {k: load_predictor(p, threads=threads) for k, p in files.items()}
+    photos = [path for path, _ in samples]
+    top1 = {k: [a[0].index for a in p.predict(photos, top_k=1)] for k, p in predictors.items()}
+    rows = []
+    for key, predictor in predictors.items():
+        result = evaluate(predictor, samples)
+        fp32 = top1[key.replace("int8", "fp32")]
+        agree = sum(a == b for a, b in zip(top1[key], fp32, strict=True))
+        rows.append(
+            {
+                "runtime": key,
+                "top1": f"{result['correct_top1']}/{result['count']}",
+                "top5": f"{result['correct_top5']}/{result['count']}",
+                "top1_same_as_fp32": f"{agree}/{len(photos)}",
+            }
+        )
+        print(rows[-1], flush=True)
+    return rows
+
+
+def latency_rows(files: dict[str, Path], threads: int, repeats: int) -> list[dict]:
+    x = torch.rand(1, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    eager = mobilevit.reparameterize_model(mobilevit.create_model(ENTRY, pretrained=str(WEIGHTS))).eval()
+    runtimes = {k: load_predictor(p, threads=threads).runtime for k, p in files.items()}
+    fns = {"eager fp32 (folded)": lambda: eager(x)} | {k: (lambda r=r: r.run(x)) for k, r in runtimes.items()}
+    with torch.inference_mode():
+        stats = compare_latency(fns, rounds=repeats, warmup=5)
+    return [
+        {"runtime": k, "median_ms": round(s["median_ms"], 2), "min_ms": round(s["min_ms"], 2)} for k, s in stats.items()
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--threads", type=int, default=2, help="threads of every runtime (and PyTorch)")
+    parser.add_argument("--repeats", type=int, default=30, help="interleaved rounds of the latency part")
+    parser.add_argument("--resolution", type=int, default=224, help="export size of the parity part")
+    parser.add_argument("--skip-parity", action="store_true", help="only the MobileOne-S0 parts")
+    parser.add_argument("--workdir", type=Path, help="keep the exported files here (default: a temporary folder)")
+    parser.add_argument("--json", action="store_true", help="print the tables as JSON")
+    args = parser.parse_args()
+    if not WEIGHTS.is_file() or not (EVAL_IMAGES / "labels.csv").is_file() or not CALIBRATION.is_dir():
+        raise SystemExit(f"needs the shared weights and photos at {SHARED_DATA.parent}")
+    torch.set_num_threads(args.threads)
+    versions = ", ".join(f"{name} {importlib.metadata.version(name)}" for name in ("executorch", "litert-torch"))
+    print(f"torch {torch.__version__}, {versions}, {platform.machine()}, {args.threads} threads", flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = args.workdir or Path(tmp)
+        workdir.mkdir(parents=True, exist_ok=True)
+        tables = {} if args.skip_parity else {"parity": parity_rows(workdir, args.resolution)}
+        files = s0_files(workdir)
+        tables["accuracy"] = accuracy_rows(files, args.threads)
+        tables["latency"] = latency_rows(files, args.threads, args.repeats)
+    for name, rows in tables.items():
+        print(json.dumps({name: rows}) if args.json else f"\n{name}\n\n{markdown_table(rows)}")
+
+
+if __name__ == "__main__":
+    main()

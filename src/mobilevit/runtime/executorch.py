@@ -1,0 +1,145 @@
+"""The ExecuTorch runtime: a ``.pte`` program run by ExecuTorch's Python runtime (its XNNPACK delegate on the CPU).
+
+A program written by :func:`~mobilevit.export.export_model` has two methods: ``forward`` (``[B, 3, H, W]`` float32
+in, ``[B, num_classes]`` logits out) and ``mobilevit_metadata``, a constant method that returns the
+:class:`~mobilevit.export.metadata.ExportMetadata` dictionary as one JSON string. A ``.pte`` file declares only the
+upper bound of each input dimension (what its memory was planned for), so which axes may vary comes from that
+metadata.
+
+ExecuTorch runs XNNPACK kernels on one thread pool per process: ``threads`` resizes that pool, for every program the
+process runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..errors import MissingDependencyError, UsageError
+from .base import Runtime, Signature, check_threads, load_file
+
+INSTALL_HINT = "ExecuTorch is not installed: pip install 'mobilevit[executorch]' (or pip install executorch)"
+METADATA_METHOD = "mobilevit_metadata"  # the constant method holding the metadata JSON
+AXES = {0: "batch", 2: "height", 3: "width"}  # input dimension -> the metadata's name for it
+
+
+def _executorch_runtime() -> Any:
+    """ExecuTorch's process-wide ``Runtime``, or an ImportError saying how to install ExecuTorch."""
+    try:
+        from executorch.runtime import Runtime as ExecuTorch
+    except ImportError as err:
+        raise MissingDependencyError(INSTALL_HINT) from err
+    return ExecuTorch.get()
+
+
+def load_program(path: str | os.PathLike) -> Any:
+    """The ExecuTorch program in the ``.pte`` file at ``path`` (memory-mapped; its methods are loaded on demand).
+
+    Raises:
+        ImportError: ExecuTorch is not installed (the ``executorch`` extra).
+        FileNotFoundError: no file at ``path``.
+        ValueError: a file ExecuTorch cannot load.
+    """
+    runtime = _executorch_runtime()
+    return load_file(path, "ExecuTorch", lambda p: runtime.load_program(str(p)))
+
+
+def program_metadata(program: Any, path: str | os.PathLike) -> dict[str, str]:
+    """The metadata dictionary of a loaded program (``{}`` for a program without the metadata method)."""
+    if METADATA_METHOD not in program.method_names:
+        return {}
+    (text,) = program.load_method(METADATA_METHOD).execute([])
+    try:
+        data = json.loads(text)
+    except (TypeError, json.JSONDecodeError):
+        raise UsageError(f"{path}: its {METADATA_METHOD} method does not return a JSON object") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"{path}: its {METADATA_METHOD} method does not return a JSON object")
+    return {str(k): str(v) for k, v in data.items()}
+
+
+def read_executorch_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The metadata stored in the ``.pte`` file at ``path`` (``{}`` when it has none).
+
+    Parse it with :meth:`~mobilevit.export.metadata.ExportMetadata.from_dict` (a file written by
+    :func:`~mobilevit.export.export_model`).
+    """
+    return program_metadata(load_program(path), path)
+
+
+def set_threads(threads: int) -> None:
+    """Resize ExecuTorch's process-wide thread pool to ``threads`` (0: leave it as it is, one thread per core)."""
+    check_threads(threads, "ExecuTorch")
+    if not threads:
+        return
+    from executorch.extension.pybindings import portable_lib
+
+    # the pool is shared by every program of the process: resize it only when the count changes
+    if portable_lib._threadpool_get_thread_count() != threads:
+        portable_lib._unsafe_reset_threadpool(threads)
+
+
+class ExecuTorchRuntime(Runtime):
+    """A ``.pte`` program's ``forward`` method run by ExecuTorch, one call at a time under a lock.
+
+    Args:
+        path: the ``.pte`` file.
+        threads: the size of ExecuTorch's thread pool (0: its default, one per core). The pool is process-wide.
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        ImportError: ExecuTorch is not installed.
+        ValueError: a file ExecuTorch cannot load, a program without a ``forward`` method, or negative ``threads``.
+    """
+
+    name = "executorch"
+
+    def __init__(self, path: str | os.PathLike, threads: int = 0) -> None:
+        check_threads(threads, self.name)
+        program = load_program(path)
+        if "forward" not in program.method_names:
+            raise UsageError(f"{path}: the ExecuTorch program has no forward method ({sorted(program.method_names)})")
+        set_threads(threads)
+        self.path = Path(path)
+        self.method: Any = program.load_method("forward")
+        self._metadata = program_metadata(program, path)
+        # the largest batch the program's memory was planned for (a dynamic batch's upper bound)
+        self.max_batch = int(self.method.metadata.input_tensor_meta(0).sizes()[0])
+        self._lock = threading.Lock()  # a method holds one set of planned buffers: one execution at a time
+
+    def run(self, batch: Tensor | np.ndarray) -> Tensor:
+        """The logits of ``batch``; a batch larger than the planned one (:attr:`max_batch`) runs in parts."""
+        x = torch.as_tensor(batch, dtype=torch.float32).contiguous()
+        with self._lock:
+            # the output lives in the method's planned memory, which the next execution overwrites: copy it out
+            return torch.cat([self.method.execute([part.contiguous()])[0].clone() for part in x.split(self.max_batch)])
+
+    def signature(self) -> tuple[Signature, Signature]:
+        """The planned (largest) shapes, with the axes the metadata declares dynamic as ``None``."""
+        meta = self.method.metadata
+        dynamic = set(json.loads(self._metadata.get("dynamic_axes", "[]")))
+
+        def shape(info: Any) -> list[int | None]:
+            sizes = list(info.sizes())
+            return [None if AXES.get(i) in dynamic else s for i, s in enumerate(sizes)]
+
+        inputs = [
+            (self._metadata.get("input_name", f"input_{i}"), shape(meta.input_tensor_meta(i)))
+            for i in range(meta.num_inputs())
+        ]
+        outputs = [
+            (self._metadata.get("output_name", f"output_{i}"), shape(meta.output_tensor_meta(i)))
+            for i in range(meta.num_outputs())
+        ]
+        return inputs, outputs
+
+    def metadata(self) -> dict[str, str]:
+        """The file's metadata (the ``mobilevit_metadata`` method's JSON)."""
+        return dict(self._metadata)
