@@ -99,7 +99,7 @@ class Segmentation:
 
     def binary_mask(self, index: int) -> Image.Image:
         """An 8-bit image, 255 where class ``index`` won and 0 elsewhere."""
-        return Image.fromarray(np.where(self.mask == index, 255, 0).astype(np.uint8), mode="L")
+        return Image.fromarray((self.mask == index).view(np.uint8) * np.uint8(255), mode="L")
 
     def overlay(self, image: Image.Image | None = None, alpha: float = 0.5, legend: bool = True) -> Image.Image:
         """The image tinted with each class's colour (``background`` untinted) and a legend of the classes present.
