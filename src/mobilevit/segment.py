@@ -4,12 +4,12 @@ A :class:`Segmenter` is a :class:`~mobilevit.predict.Predictor` for segmentation
 FastViT or MobileOne backbone): the same runtime, decoding, weights' preprocessing settings, labels, batching and
 file loop, with three differences:
 
-- the image is resized whole to the model's input size, nothing cropped
-  (:class:`~mobilevit.data.transforms.SegmentationTransform`), so that every pixel gets a class;
-- the model's ``[num_classes, h, w]`` logits are resized back to the image's size, bilinearly with
-  ``align_corners=False`` (transformers' ``post_process_semantic_segmentation`` does the same), and each pixel takes
-  its highest-scoring class (:func:`segment_logits`). This runs in bands of rows, so that a large photo never holds
-  ``num_classes`` full-size float maps at once;
+- the image is resized whole to the model's input size, nothing cropped (the preprocessing's
+  ``resize_mode="exact"``, which a segmenter always uses), so that every pixel gets a class;
+- the model's ``[num_classes, h, w]`` logits are resized back to the image's size as
+  :func:`~mobilevit.layers.upsample_logits` resizes them (bilinear, ``align_corners=False``, as transformers'
+  ``post_process_semantic_segmentation``), and each pixel takes its highest-scoring class (:func:`segment_logits`).
+  This runs in bands of rows, so that a large photo never holds ``num_classes`` full-size float maps at once;
 - images are always decoded exactly (``fast_decode`` does not apply): the mask must have the input's size.
 
 Example::
@@ -26,6 +26,7 @@ Example::
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -39,7 +40,6 @@ from torch import Tensor, nn
 
 from .data.images import ImageError
 from .data.segmentation import class_fractions, mask_image, overlay_image
-from .data.transforms import segmentation_transform
 from .errors import UsageError
 from .predict import ImageInput, InputSizes, Predictor, decode_input
 from .runtime import EXPORTED_BACKENDS, Runtime, resolve_backend
@@ -99,7 +99,7 @@ class Segmentation:
 
     def binary_mask(self, index: int) -> Image.Image:
         """An 8-bit image, 255 where class ``index`` won and 0 elsewhere."""
-        return Image.fromarray((self.mask == index).view(np.uint8) * np.uint8(255), mode="L")
+        return Image.fromarray((self.mask == index).view(np.uint8) * np.uint8(255))
 
     def overlay(self, image: Image.Image | None = None, alpha: float = 0.5, legend: bool = True) -> Image.Image:
         """The image tinted with each class's colour (``background`` untinted) and a legend of the classes present.
@@ -131,8 +131,9 @@ def segment_logits(
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """The class mask at ``size`` of one image's ``[num_classes, h, w]`` logits, and optionally each class's score.
 
-    Equal to ``F.interpolate(logits[None], size, mode="bilinear", align_corners=False)[0].argmax(0)``, computed in
-    bands of output rows (widths first, then each band's rows), so that memory stays at ``band_elements`` floats.
+    Equal to ``upsample_logits(logits[None], size)[0].argmax(0)`` (:func:`~mobilevit.layers.upsample_logits`:
+    bilinear, ``align_corners=False``), computed in bands of output rows (widths first, then each band's rows), so that
+    memory stays at ``band_elements`` floats.
 
     Args:
         logits: ``[num_classes, h, w]``.
@@ -175,7 +176,8 @@ class Segmenter(Predictor):
 
     Args:
         runtime: the :class:`~mobilevit.runtime.Runtime`, or a PyTorch segmentation model.
-        preprocess: the weights' preprocessing; its ``input_size`` is the size the whole image is resized to.
+        preprocess: the weights' preprocessing; its ``input_size`` is the size the whole image is resized to (a
+            preprocessing that would crop is made an exact resize to that size).
         labels: class names, index-aligned with the logits' channels.
         batch_size: images per forward pass.
         workers: threads that decode and preprocess images while the model runs.
@@ -196,8 +198,10 @@ class Segmenter(Predictor):
         fold: bool = True,
         sizes: InputSizes | None = None,
     ) -> None:
+        if preprocess.resize_mode != "exact":  # a crop would leave part of the image without a prediction
+            size = preprocess.input_size
+            preprocess = dataclasses.replace(preprocess, resize_mode="exact", resize_size=min(size), crop_pct=1.0)
         super().__init__(runtime, preprocess, labels, batch_size, workers, fold=fold, sizes=sizes)
-        self.transform = segmentation_transform(preprocess)
 
     def load(
         self, item: ImageInput, name: str | None = None, *, max_pixels: int | None = None

@@ -31,32 +31,10 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from ..errors import UsageError
+from ..weights.entries import VOC_LABELS
 from .images import IMAGE_SUFFIXES, ImageError
 
 IGNORE_INDEX = 255  # ground-truth pixels that are not scored (VOC's object boundaries and "void")
-VOC_CLASSES = (
-    "background",
-    "aeroplane",
-    "bicycle",
-    "bird",
-    "boat",
-    "bottle",
-    "bus",
-    "car",
-    "cat",
-    "chair",
-    "cow",
-    "diningtable",
-    "dog",
-    "horse",
-    "motorbike",
-    "person",
-    "pottedplant",
-    "sheep",
-    "sofa",
-    "train",
-    "tvmonitor",
-)
 UNCOLOURED = frozenset({"background"})  # classes an overlay leaves as they are (by label, case aside)
 _MASK_MODES = frozenset({"P", "L", "I;16", "I;16B", "I;16L", "I"})
 
@@ -104,8 +82,8 @@ def mask_image(mask: np.ndarray) -> Image.Image:
     if mask.ndim != 2:
         raise UsageError(f"a mask is [H, W] class indices, got shape {tuple(mask.shape)}")
     if mask.size and int(mask.max()) > 255:
-        return Image.fromarray(mask.astype(np.uint16), mode="I;16")
-    img = Image.fromarray(mask.astype(np.uint8), mode="P")
+        return Image.fromarray(mask.astype(np.uint16))
+    img = Image.fromarray(mask.astype(np.uint8))  # "L"; the palette makes it "P", values kept
     img.putpalette(voc_palette().tobytes())
     return img
 
@@ -165,7 +143,7 @@ def overlay_image(
     weight = round(alpha * 256)
     blended = (pixels * (256 - weight) + colours * weight) >> 8
     out = np.where(tinted[mask][..., None], blended, pixels).astype(np.uint8)
-    result = Image.fromarray(out, mode="RGB")
+    result = Image.fromarray(out)
     if legend:
         fractions = class_fractions(mask, len(labels))
         shown = [c for c in np.argsort(-fractions, kind="stable") if fractions[c] > 0 and tinted[c]]
@@ -191,7 +169,8 @@ def _folder_pairs(images: Path, masks: Path) -> list[tuple[Path, Path]]:
     missing = [str(m) for _, m in pairs if not m.is_file()]
     if missing:
         more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
-        raise UsageError(f"{len(missing)} images under {images} have no mask: {', '.join(missing[:3])}{more}")
+        count = f"{len(missing)} images under {images} have" if len(missing) > 1 else f"an image under {images} has"
+        raise UsageError(f"{count} no mask: {', '.join(missing[:3])}{more}")
     return pairs
 
 
@@ -279,7 +258,7 @@ def segmentation_scores(confmat: np.ndarray, labels: Sequence[str] | None = None
 
 __all__ = [
     "IGNORE_INDEX",
-    "VOC_CLASSES",
+    "VOC_LABELS",
     "class_fractions",
     "confusion_matrix",
     "list_segmentation_set",

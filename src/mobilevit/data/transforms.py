@@ -337,32 +337,6 @@ class EvalTransform:
         return torch.from_numpy(x)
 
 
-@dataclass(frozen=True)
-class SegmentationTransform(EvalTransform):
-    """``PIL image -> [3, H, W] float32 tensor`` for a segmentation model: the whole image resized to ``input_size``.
-
-    Nothing is cropped, so every pixel of the image has a prediction (the model's logits are resized back to the
-    image's size); the aspect ratio is not kept, as in ml-cvnets' segmentation validation (``Resize`` to 512x512).
-    The resize filter and backend, channel order and normalization are the preprocessing's, as for
-    :class:`EvalTransform`; ``resize_size`` and the crop settings are not used.
-    """
-
-    def _array(self, img: Image.Image) -> np.ndarray:
-        if img.mode != "RGB":
-            img = to_rgb(img)
-        height, width = self.input_size
-        arr = _RESIZERS[self.pre.resize_backend](img, (width, height), self.pre.interpolation)
-        if self.pre.channel_order == "BGR":
-            arr = arr[..., ::-1]
-        return np.ascontiguousarray(arr.transpose(2, 0, 1))  # [H, W, 3] -> [3, H, W]
-
-
-def segmentation_transform(preprocess: Preprocess) -> SegmentationTransform:
-    """The transform of a segmentation model's preprocessing: resize the whole image, no crop
-    (:class:`SegmentationTransform`)."""
-    return SegmentationTransform(preprocess)
-
-
 def eval_transform(preprocess: Preprocess) -> EvalTransform:
     """The eval transform of a weights entry's preprocessing: ``PIL image -> [3, H, W] float32 tensor``.
 
@@ -405,12 +379,4 @@ def transform_for(weights: str | WeightsEntry | Preprocess | nn.Module, *, upstr
     )
 
 
-__all__ = [
-    "EvalTransform",
-    "SegmentationTransform",
-    "crop_offsets",
-    "eval_transform",
-    "resized_size",
-    "segmentation_transform",
-    "transform_for",
-]
+__all__ = ["EvalTransform", "crop_offsets", "eval_transform", "resized_size", "transform_for"]
