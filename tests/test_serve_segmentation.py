@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import io
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -33,6 +32,7 @@ from mobilevit.segment import Segmentation, Segmenter
 from mobilevit.serve import ModelSpec, ServeConfig, create_app
 from mobilevit.weights.entries import VOC_LABELS, Preprocess
 from test_serve import photo, wait_ready
+from test_serve_process import free_port, headless_chromium
 
 TOKEN = "seg-token"
 PREPROCESS = Preprocess(
@@ -171,14 +171,6 @@ def test_classifier_beside_the_segmentation_model(client: TestClient, classifier
 # ------------------------------------------------------------------------------------------------- a real process
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(folders: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """``mobilevit serve`` with the segmentation models and the classifier side by side (the classifier first)."""
@@ -233,12 +225,8 @@ def test_huggingface_client(server: str, segmenter: Segmenter, classifier: Predi
 
 
 def test_page_shows_the_overlay_in_headless_chromium(server: str, tmp_path: Path) -> None:
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if chromium is None:
-        pytest.skip("chromium not installed (apt-get install chromium)")
     url = f"{server}/?demo=1&model=page&token={TOKEN}"
-    flags = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--no-first-run"]
-    flags += ["--window-size=800,900", "--virtual-time-budget=20000", f"--user-data-dir={tmp_path / 'profile'}"]
+    flags = headless_chromium(tmp_path, "800,900")
     dom = subprocess.run([*flags, "--dump-dom", url], capture_output=True, text=True, timeout=90).stdout
     assert "done" in dom and dom.count('class="segment"') >= 1, dom[-3000:]
     assert 'class="overlay"' in dom

@@ -6,8 +6,8 @@ import argparse
 import json
 import logging
 import sys
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 from .errors import MobileViTError, UsageError, missing_optional_dependency
 
@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from tqdm import tqdm
 
     from .predict import Predictor
-    from .segment import Segmenter
+    from .segment import Segmentation, Segmenter
 
 
 def _csv_ints(text: str) -> list[int]:
@@ -103,21 +103,37 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise UsageError(f"No images found in {' '.join(args.paths)}")
     predictor = _predictor(args)
     bar = _progress(len(files), not args.no_progress, "predict")
-    failures = 0
-    update = bar.update if bar is not None else None
-    for path, answer in predictor.predict_files(files, args.top_k, args.function, update):
+    answers = predictor.predict_files(files, args.top_k, args.function, bar.update if bar is not None else None)
+
+    def describe(path: str, answer: list) -> tuple[dict, str]:
+        record = {"file": path, "predictions": [p.to_dict() for p in answer]}
+        return record, f"{path}: " + ", ".join(f"{p.label} ({p.score:.3f})" for p in answer)
+
+    return _report(args, bar, answers, describe, "classified")
+
+
+def _report(
+    args: argparse.Namespace,
+    bar: tqdm | None,
+    answers: Iterable[tuple[str, Any]],
+    describe: Callable[[str, Any], tuple[dict, str]],
+    verb: str,
+) -> int:
+    """One line per input as its answer arrives (a JSON object with ``--json``), an unreadable one reported in place;
+    the exit code: 1 when any input failed."""
+    failures = total = 0
+    for path, answer in answers:
+        total += 1
         if isinstance(answer, Exception):
             failures += 1
-            record = {"file": path, "error": str(answer)}
-            text = f"{path}: ERROR {answer}"
+            record, text = {"file": path, "error": str(answer)}, f"{path}: ERROR {answer}"
         else:
-            record = {"file": path, "predictions": [p.to_dict() for p in answer]}
-            text = f"{path}: " + ", ".join(f"{p.label} ({p.score:.3f})" for p in answer)
+            record, text = describe(path, answer)
         (bar.write if bar is not None and not args.json else print)(json.dumps(record) if args.json else text)
     if bar is not None:
         bar.close()
     if failures:
-        print(f"{failures} of {len(files)} inputs could not be classified", file=sys.stderr)
+        print(f"{failures} of {total} inputs could not be {verb}", file=sys.stderr)
     return 1 if failures else 0
 
 
@@ -155,26 +171,23 @@ def cmd_segment(args: argparse.Namespace) -> int:
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
     bar = _progress(len(files), not args.no_progress, "segment")
-    failures = 0
-    update = bar.update if bar is not None else None
-    for (path, answer), stem in zip(segmenter.segment_files(files, update), _output_stems(files), strict=True):
-        if isinstance(answer, Exception):
-            failures += 1
-            record: dict = {"file": path, "error": str(answer)}
-            text = f"{path}: ERROR {answer}"
-        else:
-            mask, overlay = output / f"{stem}_mask.png", output / f"{stem}_overlay.jpg"
-            answer.mask_image().save(mask)
-            answer.overlay().save(overlay, quality=90)
-            record = {"file": path, "mask": str(mask), "overlay": str(overlay), **answer.to_dict()}
-            shares = ", ".join(f"{c['label']} {c['fraction']:.1%}" for c in answer.classes())
-            text = f"{path}: {shares} -> {mask}, {overlay}"
-        (bar.write if bar is not None and not args.json else print)(json.dumps(record) if args.json else text)
-    if bar is not None:
-        bar.close()
-    if failures:
-        print(f"{failures} of {len(files)} inputs could not be segmented", file=sys.stderr)
-    return 1 if failures else 0
+    segmented = segmenter.segment_files(files, bar.update if bar is not None else None)
+    results = zip(segmented, _output_stems(files), strict=True)
+    stem = [""]  # the output name of the input being reported
+
+    def answers() -> Iterator[tuple[str, Segmentation | Exception]]:
+        for (path, answer), stem[0] in results:
+            yield path, answer
+
+    def describe(path: str, answer: Segmentation) -> tuple[dict, str]:
+        mask, overlay = output / f"{stem[0]}_mask.png", output / f"{stem[0]}_overlay.jpg"
+        answer.mask_image().save(mask)
+        answer.overlay().save(overlay, quality=90)
+        shares = ", ".join(f"{c['label']} {c['fraction']:.1%}" for c in answer.classes())
+        record = {"file": path, "mask": str(mask), "overlay": str(overlay), **answer.to_dict()}
+        return record, f"{path}: {shares} -> {mask}, {overlay}"
+
+    return _report(args, bar, answers(), describe, "segmented")
 
 
 def _eval_runner(args: argparse.Namespace) -> Predictor:

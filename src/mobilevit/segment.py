@@ -41,7 +41,7 @@ from torch import Tensor, nn
 from .data.images import ImageError
 from .data.segmentation import class_fractions, mask_image, overlay_image
 from .errors import UsageError
-from .predict import ImageInput, InputSizes, Predictor, decode_input
+from .predict import ImageInput, Predictor, decode_input
 from .runtime import EXPORTED_BACKENDS, Runtime, resolve_backend
 from .weights.entries import Preprocess
 
@@ -179,29 +179,19 @@ class Segmenter(Predictor):
         preprocess: the weights' preprocessing; its ``input_size`` is the size the whole image is resized to (a
             preprocessing that would crop is made an exact resize to that size).
         labels: class names, index-aligned with the logits' channels.
-        batch_size: images per forward pass.
-        workers: threads that decode and preprocess images while the model runs.
-        fold: for a PyTorch module: re-parameterize it (same outputs, faster).
-        sizes: the input sizes the runtime takes (default: any).
+        **kwargs: ``batch_size``, ``workers``, ``fold``, ``sizes``, as for the predictor (``fast_decode`` has no
+            effect: every image is decoded whole).
     """
 
     task = "segmentation"
 
     def __init__(
-        self,
-        runtime: Runtime | nn.Module,
-        preprocess: Preprocess,
-        labels: Sequence[str] | None = None,
-        batch_size: int = 16,
-        workers: int | None = None,
-        *,
-        fold: bool = True,
-        sizes: InputSizes | None = None,
+        self, runtime: Runtime | nn.Module, preprocess: Preprocess, labels: Sequence[str] | None = None, **kwargs: Any
     ) -> None:
         if preprocess.resize_mode != "exact":  # a crop would leave part of the image without a prediction
             size = preprocess.input_size
             preprocess = dataclasses.replace(preprocess, resize_mode="exact", resize_size=min(size), crop_pct=1.0)
-        super().__init__(runtime, preprocess, labels, batch_size, workers, fold=fold, sizes=sizes)
+        super().__init__(runtime, preprocess, labels, **kwargs)
 
     def load(
         self, item: ImageInput, name: str | None = None, *, max_pixels: int | None = None
@@ -301,7 +291,8 @@ def load_model(
     """The runner of ``model``'s own task: a :class:`Segmenter` for a segmentation model, else the
     :class:`~mobilevit.predict.Predictor` of :func:`~mobilevit.predict.load_predictor` (an exported file included).
 
-    ``fast_decode`` in ``kwargs`` applies to a classifier only (a segmenter decodes every image whole).
+    ``kwargs``: ``batch_size``, ``workers``, ``labels``, ``fold``, ``fast_decode`` (a classifier's only: a segmenter
+    decodes every image whole).
     """
     from .predict import load_predictor
     from .registry import create_model
@@ -310,7 +301,6 @@ def load_model(
         return load_predictor(model, backend, pretrained, threads, **kwargs)
     network = create_model(str(model), pretrained=pretrained)
     if getattr(network, "task", "classification") == "segmentation":
-        kwargs.pop("fast_decode", None)
         return Segmenter.from_model(network, pretrained=pretrained, **kwargs)
     return Predictor.from_model(network, pretrained=pretrained, **kwargs)
 
