@@ -29,8 +29,11 @@ MOBILEVIT_PREFIXES = ("mobilevit_", "mobilevitv2_", "mobilevitv3_")
 def test_entry_schema(name: str) -> None:
     e = WEIGHTS[name]
     assert e.name == name  # the table's key is the entry's own name
-    assert e.arch in mobilevit.list_models()
-    assert e.num_classes == 1000 and e.labels == "imagenet-1k"
+    assert e.arch in mobilevit.list_models(task=e.task)
+    if e.task == "segmentation":
+        assert e.num_classes == 21 and e.labels == "pascal-voc"
+    else:
+        assert e.num_classes == 1000 and e.labels == "imagenet-1k"
     assert e.license and e.paper and e.evidence, "license, paper and evidence are required"
     # where it lives
     if e.hub_repo_id:
@@ -49,7 +52,11 @@ def test_entry_schema(name: str) -> None:
     # published metrics, each with where it was published
     assert e.metrics
     for m in e.metrics:
-        assert 50.0 < m.top1 < 100.0 and m.source
+        assert m.source
+        if e.task == "segmentation":  # PASCAL VOC mean IoU
+            assert m.top1 is None and m.top5 is None and 50.0 < m.miou < 100.0
+            continue
+        assert 50.0 < m.top1 < 100.0 and m.miou is None
         assert m.top5 is None or m.top1 < m.top5 < 100.0
 
 
@@ -64,7 +71,9 @@ def test_preprocess_is_sane(name: str) -> None:
         assert pre.crop_offset in ("round", "floor")
         assert len(pre.mean) == 3 and len(pre.std) == 3
         assert all(0.0 <= m <= 1.0 for m in pre.mean) and all(0.0 < s <= 1.0 for s in pre.std)
-    if e.arch.startswith(MOBILEVIT_PREFIXES):
+    if e.task == "segmentation":  # the whole image, resized: every pixel gets a label
+        assert p.resize_mode == "exact" and p.crop_pct == 1.0 and p.resize_size == min(p.input_size)
+    if e.arch.removeprefix("deeplabv3_").startswith(MOBILEVIT_PREFIXES):
         # MobileViT: patches of 2 at stride 32 -> sizes are multiples of 32; pixels in [0, 1] without normalization
         assert p.input_size[0] % 32 == 0 and p.input_size[1] % 32 == 0
         assert p.mean == (0.0, 0.0, 0.0) and p.std == (1.0, 1.0, 1.0)
@@ -86,14 +95,18 @@ def test_channel_order_per_source() -> None:
             "mobilevitv3_xxs.orig_in1k",
             "mobilevitv3_xs.orig_in1k",
             "mobilevitv3_s.orig_in1k",
+            "deeplabv3_mobilevit_xxs.hf_voc",
+            "deeplabv3_mobilevit_xs.hf_voc",
+            "deeplabv3_mobilevit_s.hf_voc",
         ]
     )
-    # cvnets v0.1 evaluated with cv2.resize; nothing else did
+    # cvnets v0.1 evaluated with cv2.resize (the DeepLabV3 models too); nothing else did
     assert {n for n, e in WEIGHTS.items() if e.preprocess.resize_backend == "opencv"} == {
         n for n in bgr if not n.endswith(".hf_in1k")
     }
-    v2 = WEIGHTS["mobilevitv2_100.hf_in1k"]
-    assert v2.preprocess.channel_order == "RGB" and v2.upstream_preprocess.channel_order == "BGR"
+    for name in ("mobilevitv2_100.hf_in1k", "deeplabv3_mobilevitv2_100.hf_voc"):
+        v2 = WEIGHTS[name]
+        assert v2.preprocess.channel_order == "RGB" and v2.upstream_preprocess.channel_order == "BGR"
 
 
 def test_formats_have_converters() -> None:
@@ -207,6 +220,8 @@ def test_hf_processor_defaults_match_entries() -> None:
     assert d.do_resize and d.do_center_crop
     for name in HF_ENTRIES:
         e = WEIGHTS[name]
+        if e.task == "segmentation":
+            continue  # saved with their own sizes, checked below
         upstream = e.upstream_preprocess or e.preprocess
         assert (d.crop_size.height, d.crop_size.width) == upstream.input_size
         assert upstream.channel_order == "BGR" and upstream.mean == E.NO_MEAN and upstream.std == E.NO_STD
@@ -214,6 +229,13 @@ def test_hf_processor_defaults_match_entries() -> None:
     saved = proc_cls(crop_size=256, size=288, resample=resampling.BILINEAR)
     assert saved.size.shortest_edge == E.HF_PROCESSOR.resize_size == 288
     assert (saved.crop_size.height, saved.crop_size.width) == E.HF_PROCESSOR.input_size
+    # and for the DeepLabV3 ports MobileViTImageProcessor(crop_size=512, size=544)
+    saved = proc_cls(crop_size=512, size=544, resample=resampling.BILINEAR)
+    assert saved.size.shortest_edge == E.HF_SEG_PROCESSOR.resize_size == 544
+    assert (saved.crop_size.height, saved.crop_size.width) == E.HF_SEG_PROCESSOR.input_size
+    for name in HF_ENTRIES:
+        if WEIGHTS[name].task == "segmentation":
+            assert WEIGHTS[name].upstream_preprocess == E.HF_SEG_PROCESSOR
 
 
 @pytest.mark.parametrize("name", HF_ENTRIES)

@@ -70,7 +70,7 @@ def test_onnx_parity_dynamic(name: str, onnx_export: Callable[[str], tuple[torch
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", mobilevit.list_models())
+@pytest.mark.parametrize("name", mobilevit.list_models(task="classification"))
 def test_onnx_parity_every_variant(name: str, tmp_path: Path) -> None:
     model = random_model(name)
     _check_onnx(model, export_model(model, "onnx", tmp_path / f"{name}.onnx", input_size=(256, 256)), _sizes(name))
@@ -249,7 +249,7 @@ def test_coreml_bad_arguments(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", mobilevit.list_models())
+@pytest.mark.parametrize("name", mobilevit.list_models(task="classification"))
 def test_coreml_every_variant(name: str, tmp_path: Path) -> None:
     from mobilevit.export import validate_coreml
 

@@ -8,7 +8,7 @@ import torch
 import mobilevit
 from mobilevit.bench import count_macs, count_params
 
-ALL = mobilevit.list_models()
+ALL = mobilevit.list_models(task="classification")
 
 # Parameter counts in millions as printed in the papers' tables (v1: arXiv 2110.02178 Table 1; v2: 2206.02680
 # Table 2; v3: 2209.15159 Tables 1 and 2), compared at the printed precision.

@@ -8,12 +8,13 @@ photos, ``skimage.data``) or random weights in the format the file name says:
 
 - ``cat.png`` / ``cat.jpg`` (chelsea, a tabby), ``photos/`` and ``more/*.jpg``; ImageFolder trees whose folders are
   ImageNet WordNet ids (``imagenet-val/``, ``data/``, ``imagenet/{train,val}``) and ``hymenoptera_data/`` (2 classes);
+  ``voc/``, a PASCAL VOC segmentation folder of those photos with hand-drawn masks (VOC classes, 255 borders);
 - ``mobileone_s0_unfused.pth.tar`` (ml-mobileone's plain state dict, train-time form), ``s0.pth.tar`` (``{"state_dict":
   ...}``, folded, Apple's key names), ``mobileone_s0_reparam.safetensors`` (Apple's real weights from ``../shared``,
   else random ones with Apple's key names), ``fastvit_t8.pth.tar`` (the ml-fastvit fixture in ``../shared``),
   ``./my-finetune`` (a ``save_pretrained`` folder) and ``s0.onnx`` (``mobilevit export --random-weights``);
-- weights names (``arch.tag``) resolve offline: timm-format random weights in a temporary Hugging Face cache, cvnets'
-  fixture in a temporary torch hub cache, ``HF_HUB_OFFLINE=1``.
+- weights names (``arch.tag``) resolve offline: timm-format random weights (transformers' for the DeepLabV3 VOC
+  entries) in a temporary Hugging Face cache, cvnets' fixture in a temporary torch hub cache, ``HF_HUB_OFFLINE=1``.
 
 The commands run as subprocesses (the ``mobilevit`` and ``torchrun`` scripts beside ``sys.executable``) with progress
 bars on, the suite's threads (one, see conftest), ``$TOKEN`` set. What is changed, and only because it must be:
@@ -279,6 +280,50 @@ def apple_mobileone_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor
     return out
 
 
+def _voc_folder(root: Path) -> None:
+    """A PASCAL VOC segmentation folder: three photos, each mask a background with one class's box, a 255 border."""
+    import numpy as np
+
+    from mobilevit.data.segmentation import mask_image
+
+    for sub in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
+        (root / sub).mkdir(parents=True)
+    for name, photo, voc_class in (
+        ("cat", "chelsea.png", 8),
+        ("cup", "coffee.png", 5),
+        ("moped", "motorcycle_left.png", 14),
+    ):
+        image = _photo(photo, 200)
+        image.save(root / "JPEGImages" / f"{name}.jpg", quality=90)
+        mask = np.zeros((image.height, image.width), np.uint8)
+        mask[image.height // 4 : -image.height // 4, image.width // 4 : -image.width // 4] = 255
+        mask[image.height // 4 + 2 : -image.height // 4 - 2, image.width // 4 + 2 : -image.width // 4 - 2] = voc_class
+        mask_image(mask).save(root / "SegmentationClass" / f"{name}.png")
+    (root / "ImageSets" / "Segmentation" / "val.txt").write_text("cat\ncup\n")
+    (root / "ImageSets" / "Segmentation" / "train.txt").write_text("moped\n")
+
+
+def _transformers_deeplabv3_xxs(folder: Path) -> dict[str, Path]:
+    """transformers' MobileViTForSemanticSegmentation with the xx-small DeepLabV3 config, random weights, as the files
+    of its Hub repository."""
+    transformers = pytest.importorskip("transformers")
+    from mobilevit.weights.entries import VOC_LABELS
+
+    torch.manual_seed(0)
+    config = transformers.MobileViTConfig(
+        num_labels=21,
+        id2label=dict(enumerate(VOC_LABELS)),
+        label2id={label: i for i, label in enumerate(VOC_LABELS)},
+        hidden_sizes=[64, 80, 96],
+        neck_hidden_sizes=[16, 16, 24, 48, 64, 80, 320],
+        expand_ratio=2.0,
+        image_size=512,
+        output_stride=16,
+    )
+    transformers.MobileViTForSemanticSegmentation(config).save_pretrained(folder)
+    return {"config.json": folder / "config.json", "model.safetensors": folder / "model.safetensors"}
+
+
 def _timm_safetensors(arch: str, path: Path) -> Path:
     """timm's ``arch`` with random weights, saved as the timm Hub repository's model.safetensors."""
     timm = pytest.importorskip("timm")
@@ -337,6 +382,7 @@ def assets(tmp_path_factory: pytest.TempPathFactory) -> Assets:
     _image_tree(files / "imagenet" / "val", dict(list(imagenet.items())[:2]), per_class=2)
     _synthetic_tree(files / "hymenoptera_data" / "train", ["ants", "bees"], per_class=4, seed=0)
     _synthetic_tree(files / "hymenoptera_data" / "val", ["ants", "bees"], per_class=2, seed=1)
+    _voc_folder(files / "voc")
 
     # local checkpoints, each in the format its name says
     torch.manual_seed(0)
@@ -369,6 +415,8 @@ def assets(tmp_path_factory: pytest.TempPathFactory) -> Assets:
         entry = get_weights(name)
         file = _timm_safetensors(entry.arch, root / f"{name}.safetensors")
         put_in_hf_cache(hf, entry.hub_repo_id, {entry.filename: file})
+    voc_xxs = get_weights("deeplabv3_mobilevit_xxs.hf_voc")
+    put_in_hf_cache(hf, voc_xxs.hub_repo_id, _transformers_deeplabv3_xxs(root / "deeplabv3_xxs"))
     cvnets_fixture = SHARED / "fixtures" / "mobilevit_xxs" / "mobilevit_xxs.pt"
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("TORCH_HOME", str(torch_home))
@@ -460,6 +508,15 @@ def _check_output(cmd: Command, done: subprocess.CompletedProcess[str], folder: 
                 assert record["predictions"] and all({"label", "score"} <= set(p) for p in record["predictions"])
         else:
             assert all(re.match(r".+: .+ \(\d\.\d{3}\)", line) for line in lines), out
+    elif cmd.subcommand == "segment":
+        _check_segment(cmd, out, folder)
+    elif cmd.subcommand == "eval" and "segmentation" in cmd.argv:
+        if "--json" in cmd.argv:
+            result = json.loads(out.strip().splitlines()[-1])
+            assert {"miou", "pixel_accuracy", "per_class_iou", "count", "weights"} <= set(result), result
+            assert result["count"] > 0 and 0 <= result["miou"] <= 1 and 0 <= result["pixel_accuracy"] <= 1, result
+        else:
+            assert re.search(r"mIoU \d\.\d{4} over \d+ classes, pixel accuracy \d\.\d{4}", out), out
     elif cmd.subcommand == "eval":
         if "--json" in cmd.argv:
             result = json.loads(out.strip().splitlines()[-1])
@@ -478,6 +535,24 @@ def _check_output(cmd: Command, done: subprocess.CompletedProcess[str], folder: 
         report = (folder / _output(cmd)).read_text() if "--output" in cmd.argv else out
         if "json" in cmd.argv:
             assert json.loads(report)["rows"]
+
+
+def _check_segment(cmd: Command, out: str, folder: Path) -> None:
+    """One line per image naming its mask and overlay, both written at the image's size."""
+    from PIL import Image
+
+    lines = [line for line in out.splitlines() if line.strip()]
+    assert lines, "segment printed nothing"
+    for line in lines:
+        if "--json" in cmd.argv:
+            record = json.loads(line)
+            assert {"file", "mask", "overlay", "height", "width", "classes"} <= set(record), record
+            files, size = (record["mask"], record["overlay"]), (record["width"], record["height"])
+        else:
+            found = re.fullmatch(r"(.+): .+% -> (.+_mask\.png), (.+_overlay\.jpg)", line)
+            assert found, line
+            files, size = found.group(2, 3), Image.open(folder / found.group(1)).size
+        assert all(Image.open(folder / f).size == size for f in files), (files, size)
 
 
 @pytest.mark.parametrize("cmd", _params(RUN))

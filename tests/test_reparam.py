@@ -15,7 +15,7 @@ from mobilevit.bench import count_macs, count_params
 from mobilevit.layers import ConvNormAct, LargeKernelConv, MobileOneBlock
 from reference_utils import max_rel_diff, randomize_layer_scales
 
-ALL = mobilevit.list_models()
+ALL = mobilevit.list_models(task="classification")
 # A square size and one whose maps are odd at strides 8-32 (MobileViT resizes them before unfolding): every variant at
 # the small pair in the default run, at the full-size pair with -m slow.
 SIZES = [(256, 256), (200, 264)]

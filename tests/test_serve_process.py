@@ -213,13 +213,18 @@ def test_load_burst(server: Server, direct: Predictor) -> None:
     print(f"500 requests in {elapsed:.1f} s; RSS {before:.0f} -> {after:.0f} MB")
 
 
-def test_page_in_headless_chromium(server: Server, tmp_path: Path) -> None:
+def headless_chromium(tmp_path: Path, size: str = "800,800") -> list[str]:
+    """The command line of headless Chromium with a fresh profile (the test skips when it is not installed)."""
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
         pytest.skip("chromium not installed (apt-get install chromium)")
-    url = f"{server.url}/?demo=1&token={TOKEN}"
     flags = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--no-first-run"]
-    flags += ["--window-size=800,800", "--virtual-time-budget=20000", f"--user-data-dir={tmp_path / 'profile'}"]
+    return [*flags, f"--window-size={size}", "--virtual-time-budget=20000", f"--user-data-dir={tmp_path / 'profile'}"]
+
+
+def test_page_in_headless_chromium(server: Server, tmp_path: Path) -> None:
+    url = f"{server.url}/?demo=1&token={TOKEN}"
+    flags = headless_chromium(tmp_path)
     dom = subprocess.run([*flags, "--dump-dom", url], capture_output=True, text=True, timeout=90).stdout
     assert dom.count('class="prediction"') == 5, dom[-2000:]
     assert "done" in dom

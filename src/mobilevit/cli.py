@@ -6,15 +6,18 @@ import argparse
 import json
 import logging
 import sys
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 from .errors import MobileViTError, UsageError, missing_optional_dependency
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from tqdm import tqdm
 
     from .predict import Predictor
+    from .segment import Segmentation, Segmenter
 
 
 def _csv_ints(text: str) -> list[int]:
@@ -100,22 +103,149 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise UsageError(f"No images found in {' '.join(args.paths)}")
     predictor = _predictor(args)
     bar = _progress(len(files), not args.no_progress, "predict")
-    failures = 0
-    update = bar.update if bar is not None else None
-    for path, answer in predictor.predict_files(files, args.top_k, args.function, update):
+    answers = predictor.predict_files(files, args.top_k, args.function, bar.update if bar is not None else None)
+
+    def describe(path: str, answer: list) -> tuple[dict, str]:
+        record = {"file": path, "predictions": [p.to_dict() for p in answer]}
+        return record, f"{path}: " + ", ".join(f"{p.label} ({p.score:.3f})" for p in answer)
+
+    return _report(args, bar, answers, describe, "classified")
+
+
+def _report(
+    args: argparse.Namespace,
+    bar: tqdm | None,
+    answers: Iterable[tuple[str, Any]],
+    describe: Callable[[str, Any], tuple[dict, str]],
+    verb: str,
+) -> int:
+    """One line per input as its answer arrives (a JSON object with ``--json``), an unreadable one reported in place;
+    the exit code: 1 when any input failed."""
+    failures = total = 0
+    for path, answer in answers:
+        total += 1
         if isinstance(answer, Exception):
             failures += 1
-            record = {"file": path, "error": str(answer)}
-            text = f"{path}: ERROR {answer}"
+            record, text = {"file": path, "error": str(answer)}, f"{path}: ERROR {answer}"
         else:
-            record = {"file": path, "predictions": [p.to_dict() for p in answer]}
-            text = f"{path}: " + ", ".join(f"{p.label} ({p.score:.3f})" for p in answer)
+            record, text = describe(path, answer)
         (bar.write if bar is not None and not args.json else print)(json.dumps(record) if args.json else text)
     if bar is not None:
         bar.close()
     if failures:
-        print(f"{failures} of {len(files)} inputs could not be classified", file=sys.stderr)
+        print(f"{failures} of {total} inputs could not be {verb}", file=sys.stderr)
     return 1 if failures else 0
+
+
+def _output_stems(files: list[Path]) -> list[str]:
+    """The name each input's outputs start with: its stem, numbered from the second input of the same stem on."""
+    seen: dict[str, int] = {}
+    stems = []
+    for path in files:
+        n = seen[path.stem] = seen.get(path.stem, 0) + 1
+        stems.append(path.stem if n == 1 else f"{path.stem}_{n}")
+    return stems
+
+
+def _segmenter(args: argparse.Namespace) -> Segmenter:
+    import torch
+
+    from .segment import load_segmenter
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    pretrained = args.pretrained or not args.random_weights
+    labels = _labels(args.labels)
+    return load_segmenter(args.model, args.backend, pretrained, batch_size=args.batch_size, labels=labels)
+
+
+def cmd_segment(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .data.images import find_images
+
+    files = find_images(args.paths)
+    if not files:
+        raise UsageError(f"No images found in {' '.join(args.paths)}")
+    segmenter = _segmenter(args)
+    output = Path(args.output)
+    output.mkdir(parents=True, exist_ok=True)
+    bar = _progress(len(files), not args.no_progress, "segment")
+    segmented = segmenter.segment_files(files, bar.update if bar is not None else None)
+    results = zip(segmented, _output_stems(files), strict=True)
+    stem = [""]  # the output name of the input being reported
+
+    def answers() -> Iterator[tuple[str, Segmentation | Exception]]:
+        for (path, answer), stem[0] in results:
+            yield path, answer
+
+    def describe(path: str, answer: Segmentation) -> tuple[dict, str]:
+        mask, overlay = output / f"{stem[0]}_mask.png", output / f"{stem[0]}_overlay.jpg"
+        answer.mask_image().save(mask)
+        answer.overlay().save(overlay, quality=90)
+        shares = ", ".join(f"{c['label']} {c['fraction']:.1%}" for c in answer.classes())
+        record = {"file": path, "mask": str(mask), "overlay": str(overlay), **answer.to_dict()}
+        return record, f"{path}: {shares} -> {mask}, {overlay}"
+
+    return _report(args, bar, answers(), describe, "segmented")
+
+
+def _eval_runner(args: argparse.Namespace) -> Predictor:
+    """The classifier or segmenter ``eval`` scores: ``--task``'s, else the model's own task's."""
+    import torch
+
+    from .predict import load_predictor
+    from .segment import load_model, load_segmenter
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    pretrained = args.pretrained or not args.random_weights
+    options = {"batch_size": args.batch_size, "labels": _labels(args.labels)}
+    if args.task == "segmentation":
+        return load_segmenter(args.model, args.backend, pretrained, **options)
+    options["fast_decode"] = args.fast_decode
+    load = load_predictor if args.task == "classification" else load_model
+    return load(args.model, args.backend, pretrained=pretrained, threads=args.threads, **options)
+
+
+def _eval_classification(args: argparse.Namespace, predictor: Predictor, rank: int) -> dict:
+    from .data.datasets import read_labelled
+    from .evaluate import check_targets, evaluate, match_classes
+
+    if args.split is not None:
+        raise UsageError("--split is for segmentation sets (VOC layout); a classification set is read whole")
+    samples, classes = read_labelled(args.data)
+    if classes is not None:  # an ImageFolder tree: its folders name the classes, matched to the model's labels
+        index = match_classes(classes, predictor.labels)
+        samples = [(path, index[target]) for path, target in samples]
+    else:
+        check_targets(samples, len(predictor.labels), args.data)
+    bar = _progress(len(samples), not args.no_progress and rank == 0, "eval")
+    result = evaluate(predictor, samples, bar.update if bar is not None else None)
+    if bar is not None:
+        bar.close()
+    summary = (
+        f"{args.model}: top-1 {result['top1']:.4f} ({result['correct_top1']}/{result['count']}), "
+        f"top-5 {result['top5']:.4f} ({result['correct_top5']}/{result['count']})"
+    )
+    return {"task": "classification", **result, "summary": summary}
+
+
+def _eval_segmentation(args: argparse.Namespace, segmenter: Segmenter, rank: int) -> dict:
+    from .evaluate import evaluate_segmentation, list_segmentation_set
+
+    split = args.split or "val"
+    pairs = list_segmentation_set(args.data, split)
+    bar = _progress(len(pairs), not args.no_progress and rank == 0, "eval")
+    result = evaluate_segmentation(segmenter, pairs, bar.update if bar is not None else None)
+    if bar is not None:
+        bar.close()
+    lines = [
+        f"{args.model}: mIoU {result['miou']:.4f} over {result['classes_scored']} classes, pixel accuracy "
+        f"{result['pixel_accuracy']:.4f} ({result['count']} images, split {split})"
+    ]
+    lines += [f"  {label:<24} {'-' if iou is None else f'{iou:.4f}'}" for label, iou in result["per_class_iou"].items()]
+    return {"task": "segmentation", "split": split, **result, "summary": "\n".join(lines)}
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -123,34 +253,22 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     import torch.distributed as dist
 
-    from .data.datasets import read_labelled
-    from .evaluate import check_targets, evaluate, match_classes
     from .predict import resolve_backend
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
         dist.init_process_group("gloo")  # launched by torchrun: shard the images, sum the counts
-    samples, classes = read_labelled(args.data)
-    predictor = _predictor(args)
-    if classes is not None:  # an ImageFolder tree: its folders name the classes, matched to the model's labels
-        index = match_classes(classes, predictor.labels)
-        samples = [(path, index[target]) for path, target in samples]
-    else:
-        check_targets(samples, len(predictor.labels), args.data)
+    runner = _eval_runner(args)
     rank = dist.get_rank() if dist.is_initialized() else 0
-    bar = _progress(len(samples), not args.no_progress and rank == 0, "eval")
-    result = evaluate(predictor, samples, bar.update if bar is not None else None)
-    if bar is not None:
-        bar.close()
+    if runner.task == "segmentation":
+        result = _eval_segmentation(args, runner, rank)  # type: ignore[arg-type]
+    else:
+        result = _eval_classification(args, runner, rank)
+    summary = result.pop("summary")
     backend = resolve_backend(args.model, args.backend)
-    result = {"model": args.model, "weights": predictor.source, "backend": backend, **result}
+    result = {"model": args.model, "weights": runner.source, "backend": backend, **result}
     if rank == 0:
-        if args.json:
-            print(json.dumps(result))
-        else:
-            print(
-                f"{args.model}: top-1 {result['top1']:.4f} ({result['correct_top1']}/{result['count']}), "
-                f"top-5 {result['top5']:.4f} ({result['correct_top5']}/{result['count']})"
-            )
+        print(json.dumps(result) if args.json else summary)
+        if not args.json:
             for failure in result["failed"]:
                 print(f"skipped {failure['file']}: {failure['error']}", file=sys.stderr)
     if dist.is_initialized():
@@ -428,32 +546,38 @@ def _weights_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--random-weights", action="store_true", help="no weights at all (testing only)")
 
 
-def _predictor_args(p: argparse.ArgumentParser) -> None:
-    """The model, weights, runtime and output options shared by ``predict`` and ``eval``."""
+def _predictor_args(p: argparse.ArgumentParser, exported: bool = True) -> None:
+    """The model, weights, runtime and output options shared by ``predict``, ``eval`` and (without exported files and
+    fast decoding) ``segment``."""
     from .predict import BACKENDS
 
     p.add_argument(
         "--model",
         required=True,
-        help="architecture, arch.tag (see `mobilevit list --weights`) or an exported .onnx, .pte or .tflite file",
+        help="architecture, arch.tag (see `mobilevit list --weights`) or an exported .onnx, .pte or .tflite file"
+        if exported
+        else "segmentation architecture or arch.tag (see `mobilevit list --weights 'deeplabv3_*'`) or saved folder",
     )
     _weights_args(p)
-    p.add_argument(
-        "--backend",
-        choices=BACKENDS,
-        help="PyTorch, or the runtime of a file from `mobilevit export`: onnxruntime or OpenVINO (CPU, fp32) for "
-        ".onnx, executorch for .pte, litert for .tflite (default: by the suffix; onnxruntime for .onnx)",
-    )
+    if exported:
+        p.add_argument(
+            "--backend",
+            choices=BACKENDS,
+            help="PyTorch, or the runtime of a file from `mobilevit export`: onnxruntime or OpenVINO (CPU, fp32) for "
+            ".onnx, executorch for .pte, litert for .tflite (default: by the suffix; onnxruntime for .onnx)",
+        )
     p.add_argument("--threads", type=int, default=0, help="model intra-op threads (0: the runtime's default)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--labels", help="class names, one per line or a JSON list (default: the model's own)")
-    p.add_argument("--json", action="store_true", help="JSON output (one object per input for predict)")
+    p.add_argument("--json", action="store_true", help="JSON output (one object per input for predict and segment)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument(
-        "--fast-decode",
-        action="store_true",
-        help="decode JPEGs twice the model's resize or larger DCT-downscaled: faster, approximate (default: exact)",
-    )
+    if exported:
+        p.add_argument(
+            "--fast-decode",
+            action="store_true",
+            help="decode JPEGs twice the model's resize or larger DCT-downscaled: faster, approximate (default: "
+            "exact; classification only)",
+        )
 
 
 def _list_args(p: argparse.ArgumentParser) -> None:
@@ -476,9 +600,33 @@ def _predict_args(p: argparse.ArgumentParser) -> None:
 
 
 def _eval_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("data", help="ImageFolder tree, a CSV of (file, class index), or a folder with labels.csv")
+    p.add_argument(
+        "data",
+        help="classification: ImageFolder tree, a CSV of (file, class index), or a folder with labels.csv; "
+        "segmentation: a PASCAL VOC folder (JPEGImages/, SegmentationClass/, ImageSets/Segmentation/SPLIT.txt) or "
+        "images/ + masks/ (palette or grayscale PNGs of class indices, 255 ignored)",
+    )
+    p.add_argument(
+        "--task",
+        choices=["classification", "segmentation"],
+        help="top-1/top-5, or mIoU, per-class IoU and pixel accuracy (default: the model's own task)",
+    )
+    p.add_argument("--split", help="segmentation, VOC layout: the ImageSets/Segmentation/SPLIT.txt list (default: val)")
     _predictor_args(p)
     p.set_defaults(func=cmd_eval)
+
+
+def _segment_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("paths", nargs="+", help="image files, folders (recursive) or glob patterns")
+    p.add_argument(
+        "--output",
+        required=True,
+        metavar="DIR",
+        help="folder for each image's STEM_mask.png (palette PNG: the palette index is the class, at the image's "
+        "size) and STEM_overlay.jpg (the image tinted by class, with a legend); a repeated stem gets _2, _3, ...",
+    )
+    _predictor_args(p, exported=False)
+    p.set_defaults(func=cmd_segment, backend=None)
 
 
 def _bench_args(p: argparse.ArgumentParser) -> None:
@@ -624,7 +772,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _list_args(sub.add_parser("list", help="the model table: architectures, parameters and MACs"))
     _predict_args(sub.add_parser("predict", help="classify images"))
-    _eval_args(sub.add_parser("eval", help="top-1/top-5 accuracy on a labelled image set"))
+    _segment_args(sub.add_parser("segment", help="semantic segmentation: a class mask and an overlay per image"))
+    _eval_args(sub.add_parser("eval", help="accuracy on a labelled set: top-1/top-5, or mIoU for a segmentation model"))
     _bench_args(
         sub.add_parser(
             "bench",

@@ -1,6 +1,15 @@
-"""Top-1 / top-5 accuracy of a predictor over a labelled image set, on one process or sharded under torchrun.
+"""Accuracy of a model over a labelled image set, on one process or sharded under torchrun.
 
-The sets are read by :func:`mobilevit.data.datasets.read_labelled` (also importable from here).
+- classification: top-1 / top-5 of a :class:`~mobilevit.predict.Predictor` (:func:`evaluate`) on the sets
+  :func:`mobilevit.data.datasets.read_labelled` reads (also importable from here);
+- semantic segmentation: mIoU, per-class IoU and pixel accuracy of a :class:`~mobilevit.segment.Segmenter`
+  (:func:`evaluate_segmentation`) on the ``(image, mask)`` pairs of
+  :func:`mobilevit.data.segmentation.list_segmentation_set`. Each prediction is scored at its mask's size (the logits
+  are resized to the mask), ground-truth pixels of 255 are ignored, and the pixels of the whole set are summed into
+  one confusion matrix before any ratio is taken (the metric: :mod:`mobilevit.data.segmentation`).
+
+Under ``torch.distributed`` each rank scores ``samples[rank::world_size]`` and the counts (the confusion matrix) are
+summed across ranks.
 """
 
 from __future__ import annotations
@@ -10,15 +19,27 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
+from torch import Tensor
 
 from .data.datasets import read_labelled
+from .data.segmentation import confusion_matrix, list_segmentation_set, read_mask, segmentation_scores
+from .errors import UsageError
 from .predict import Predictor
+from .segment import Segmenter
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["check_targets", "evaluate", "match_classes", "read_labelled"]
+__all__ = [
+    "check_targets",
+    "evaluate",
+    "evaluate_segmentation",
+    "list_segmentation_set",
+    "match_classes",
+    "read_labelled",
+]
 
 
 def _normalized(name: str) -> str:
@@ -85,8 +106,7 @@ def evaluate(
 
     Under ``torch.distributed`` each rank scores ``samples[rank::world_size]`` and the counts are summed.
     """
-    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
-    mine = samples[rank::world]
+    mine, world = _shard(samples)
     targets = {str(p): t for p, t in mine}
     correct1 = correct5 = scored = 0
     failed: list[dict[str, str]] = []
@@ -99,11 +119,7 @@ def evaluate(
         correct1 += indices[0] == targets[path]
         correct5 += targets[path] in indices
     counts = torch.tensor([correct1, correct5, scored, len(failed)], dtype=torch.float64)
-    if world > 1:
-        dist.all_reduce(counts)
-        gathered: list[Any] = [None] * world
-        dist.all_gather_object(gathered, failed)
-        failed = [f for part in gathered for f in part]
+    failed = _sum_across_ranks(counts, failed, world)
     correct1, correct5, scored, _ = (int(v) for v in counts.tolist())
     return {
         "top1": correct1 / scored if scored else float("nan"),
@@ -113,3 +129,65 @@ def evaluate(
         "correct_top5": correct5,
         "failed": failed,
     }
+
+
+def _shard(samples: list[Any]) -> tuple[list[Any], int]:
+    """This rank's share of ``samples`` (every ``world_size``-th from its rank) and the world size."""
+    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
+    return samples[rank::world], world
+
+
+def _sum_across_ranks(counts: Tensor, failed: list[dict[str, str]], world: int) -> list[dict[str, str]]:
+    """Sum ``counts`` over the ranks in place and return every rank's failures (one process: unchanged)."""
+    if world == 1:
+        return failed
+    dist.all_reduce(counts)
+    gathered: list[Any] = [None] * world
+    dist.all_gather_object(gathered, failed)
+    return [f for part in gathered for f in part]
+
+
+def evaluate_segmentation(
+    segmenter: Segmenter,
+    pairs: list[tuple[Path, Path]],
+    progress: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """mIoU, per-class IoU and pixel accuracy of ``segmenter`` over ``(image, mask)`` pairs (see the module docstring).
+
+    An image or mask that cannot be read, or a mask with a class index the model does not have, is listed in
+    ``failed`` and not scored.
+
+    Returns:
+        :func:`~mobilevit.data.segmentation.segmentation_scores` (``miou``, ``pixel_accuracy``, ``per_class_iou``,
+        ``classes_scored``, ``pixels``) with ``count`` (images scored) and ``failed``.
+    """
+    mine, world = _shard(pairs)
+    num_classes = len(segmenter.labels)
+
+    def load(pair: tuple[Path, Path]) -> tuple[Tensor, np.ndarray, Path]:
+        image, mask = pair
+        return segmenter.prepare(image, str(image)), read_mask(mask), mask
+
+    def answer(loaded: list[tuple[Tensor, np.ndarray, Path]]) -> list[np.ndarray | UsageError]:
+        logits = segmenter.logits(torch.stack([x for x, _, _ in loaded]))  # [B, C, h, w]
+        confusions: list[np.ndarray | UsageError] = []
+        for row, (_, target, path) in zip(logits, loaded, strict=True):
+            predicted = segmenter.postprocess(row, target.shape).mask  # at the mask's size
+            try:
+                confusions.append(confusion_matrix(predicted, target, num_classes))
+            except UsageError as err:
+                confusions.append(UsageError(f"{path}: {err}"))
+        return confusions
+
+    confmat = np.zeros((num_classes, num_classes), dtype=np.int64)
+    failed: list[dict[str, str]] = []
+    for (image, _), result in segmenter.map_files(mine, load, answer, progress):
+        if isinstance(result, Exception):
+            failed.append({"file": str(image), "error": str(result)})
+        else:
+            confmat += result
+    counts = torch.from_numpy(np.append(confmat.ravel(), len(mine) - len(failed)))  # int64: exact pixel counts
+    failed = _sum_across_ranks(counts, failed, world)
+    scored = int(counts[-1])
+    confmat = counts[:-1].reshape(num_classes, num_classes).numpy()
+    return {**segmentation_scores(confmat, segmenter.labels), "count": scored, "failed": failed}

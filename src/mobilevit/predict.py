@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import numpy as np
 import torch
@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 ImageInput = str | os.PathLike | bytes | Image.Image | np.ndarray | Tensor
+T = TypeVar("T")
 Activation = Literal["softmax", "sigmoid", "none"]
 ACTIVATIONS: tuple[str, ...] = ("softmax", "sigmoid", "none")  # the score functions: the CLI's and the server's
 
@@ -70,7 +71,7 @@ def scores_from_logits(logits: Tensor, function: Activation) -> Tensor:
     raise UsageError(f"function must be one of {', '.join(ACTIVATIONS)}; got {function!r}")
 
 
-def _as_pil(
+def decode_input(
     item: ImageInput, name: str | None = None, max_pixels: int | None = None, draft: int | None = None
 ) -> Image.Image:
     """Any accepted image input as an RGB PIL image (tensors must be uint8 ``[3, H, W]``/``[H, W, 3]`` or float);
@@ -89,7 +90,7 @@ def _as_pil(
             raise ImageError(f"{name or 'array'}: expected an [H, W], [H, W, 3|4] or [3, H, W] image, got {item.shape}")
         return open_image(Image.fromarray(np.ascontiguousarray(arr)))
     if isinstance(item, Tensor):
-        return _as_pil(item.detach().cpu().numpy(), name or "tensor")
+        return decode_input(item.detach().cpu().numpy(), name or "tensor")
     if isinstance(item, Image.Image):
         return open_image(item, name, max_pixels)
     if isinstance(item, Path | str | os.PathLike | bytes):
@@ -132,8 +133,31 @@ def warn_random_weights(name: str, consequence: str) -> None:
     logger.warning("%s has random weights: %s", name, consequence)
 
 
+# what to do instead when a model's task is not the one of the predictor asked to run it: (model's, predictor's)
+_OTHER_TASK = {
+    ("segmentation", "classification"): "{name} is a semantic segmentation model: segment images with `mobilevit "
+    "segment` (Python: mobilevit.segment.Segmenter) and score it with `mobilevit eval --task segmentation`",
+    ("classification", "segmentation"): "{name} is an image classification model: segmentation needs a "
+    "segmentation model such as deeplabv3_mobilevit_xxs (`mobilevit list 'deeplabv3_*'`); classify images with "
+    "`mobilevit predict`",
+}
+
+
+def _runtime_name(runtime: Runtime) -> str:
+    """The model a runtime runs, for messages: the architecture of a model of this package, else a description."""
+    if isinstance(runtime, TorchRuntime):
+        try:
+            return model_io(runtime.model).arch
+        except (AttributeError, KeyError, ValueError):  # a module of another origin
+            return type(runtime.model).__name__
+    return f"the {runtime.name} model"
+
+
 class Predictor:
     """Image classifier: the preprocessing and labels of a model around the runtime that runs it.
+
+    A model of another task is refused with an error that names the class that runs it (a segmentation model:
+    :class:`~mobilevit.segment.Segmenter`, which shares this decoding, preprocessing and runtime).
 
     Args:
         runtime: the :class:`~mobilevit.runtime.Runtime`; a PyTorch module runs in a
@@ -150,6 +174,8 @@ class Predictor:
             this setting too.
     """
 
+    task = "classification"  # the model task this class runs (the runtime's ``task`` must match)
+
     def __init__(
         self,
         runtime: Runtime | nn.Module,
@@ -165,10 +191,13 @@ class Predictor:
         if batch_size < 1:
             raise UsageError(f"batch_size must be at least 1, got {batch_size}")
         self.runtime = runtime if isinstance(runtime, Runtime) else TorchRuntime(runtime, fold)
+        if (self.runtime.task, self.task) in _OTHER_TASK:
+            raise UsageError(_OTHER_TASK[self.runtime.task, self.task].format(name=_runtime_name(self.runtime)))
         self.preprocess = preprocess
         self.transform: Callable[[Image.Image], Tensor] = eval_transform(preprocess)
         self.fast_decode = fast_decode
-        num_classes = self.runtime.signature()[1][0][1][-1]  # the logits' last dim; None when the model does not say
+        logits = self.runtime.signature()[1][0][1]  # [B, num_classes] or [B, num_classes, h, w]
+        num_classes = logits[1] if len(logits) > 1 else None  # None when the model does not say
         if labels is None:
             labels = labels_for(num_classes or 0)
         elif num_classes:
@@ -204,12 +233,32 @@ class Predictor:
         """
         from .registry import create_model
 
-        model = create_model(name, pretrained=pretrained)
-        if not pretrained:
-            warn_random_weights(name, "its predictions mean nothing")
+        return cls.from_model(create_model(name, pretrained=pretrained), labels, pretrained=pretrained, **kwargs)
+
+    @classmethod
+    def from_model(
+        cls,
+        model: nn.Module,
+        labels: Sequence[str] | None = None,
+        *,
+        pretrained: bool | str | os.PathLike = True,
+        **kwargs: Any,
+    ) -> Predictor:
+        """Build around a model of this package (from :func:`~mobilevit.create_model`), with the preprocessing, labels
+        and source :func:`~mobilevit.weights.model_io` gives it (see :meth:`from_pretrained`).
+
+        Args:
+            model: the network; it is put in eval mode and, unless ``fold=False``, re-parameterized in place.
+            labels: class names replacing the model's own.
+            pretrained: how its weights were chosen: ``True`` (its entry's file), a path, or ``False`` (random: a
+                warning says so).
+            **kwargs: ``batch_size``, ``workers``, ``fold``, ``fast_decode``.
+        """
         io = model_io(model)
         names = check_labels(labels, model.num_classes, "--labels") if labels is not None else io.labels
         predictor = cls(model, io.preprocess, names, **kwargs)
+        if not pretrained:
+            warn_random_weights(io.arch, "its predictions mean nothing")
         if io.source is not None:  # the weights name when the entry's own file was loaded, else the file or folder
             predictor.source = io.weights if pretrained is True and io.weights is not None else io.source
         return predictor
@@ -295,7 +344,7 @@ class Predictor:
             ImageError: an unreadable input, naming it.
         """
         fast = self.fast_decode if fast_decode is None else fast_decode
-        return self.transform(_as_pil(item, name, max_pixels, self.preprocess.resize_size if fast else None))
+        return self.transform(decode_input(item, name, max_pixels, self.preprocess.resize_size if fast else None))
 
     @torch.inference_mode()
     def forward(self, batch: Tensor) -> Tensor:
@@ -361,25 +410,51 @@ class Predictor:
         """
         check_activation(function)
 
-        def load(path: str | os.PathLike) -> Tensor | ImageError:
+        def answer(images: list[Tensor]) -> list[list[Prediction]]:
+            return self.topk(self.logits(torch.stack(images)), top_k, function)
+
+        for path, result in self.map_files(paths, lambda path: self.prepare(path, str(path)), answer, progress):
+            yield str(path), result
+
+    def map_files(
+        self,
+        items: Iterable[T],
+        load: Callable[[T], Any],
+        answer: Callable[[list[Any]], list[Any]],
+        progress: Callable[[int], None] | None = None,
+    ) -> Iterator[tuple[T, Any]]:
+        """The loop under :meth:`predict_files` and its kin: ``load`` items in ``workers`` threads, one batch ahead of
+        the model, and ``answer`` each batch of loaded items.
+
+        Args:
+            items: what ``load`` reads (a path, or a path pair), in the order the answers come back.
+            load: item -> what ``answer`` takes; an :class:`~mobilevit.data.images.ImageError` it raises becomes the
+                item's answer.
+            answer: ``batch_size`` loaded items (or fewer) -> one answer each.
+            progress: called with the number of items after each batch.
+
+        Yields:
+            ``(item, answer)``, or ``(item, error)`` for an item ``load`` could not read.
+        """
+
+        def safe_load(item: T) -> Any:
             try:
-                return self.prepare(path, str(path))
+                return load(item)
             except ImageError as err:
                 return err
 
-        paths = list(paths)
-        chunks = [paths[i : i + self.batch_size] for i in range(0, len(paths), self.batch_size)]
+        items = list(items)
+        chunks = [items[i : i + self.batch_size] for i in range(0, len(items), self.batch_size)]
         with ThreadPoolExecutor(self.workers) as pool:
-            pending = [pool.submit(load, p) for p in chunks[0]] if chunks else []
+            pending = [pool.submit(safe_load, item) for item in chunks[0]] if chunks else []
             for k, chunk in enumerate(chunks):
                 loaded = [f.result() for f in pending]
                 # decode the next batch while the model runs on this one
-                pending = [pool.submit(load, p) for p in chunks[k + 1]] if k + 1 < len(chunks) else []
-                good = [i for i, x in enumerate(loaded) if isinstance(x, Tensor)]
-                preds = self.topk(self.logits(torch.stack([loaded[i] for i in good])), top_k, function) if good else []
-                answers = dict(zip(good, preds, strict=True))
-                for i, path in enumerate(chunk):
-                    yield str(path), answers.get(i, loaded[i])
+                pending = [pool.submit(safe_load, item) for item in chunks[k + 1]] if k + 1 < len(chunks) else []
+                good = [i for i, x in enumerate(loaded) if not isinstance(x, ImageError)]
+                answers = dict(zip(good, answer([loaded[i] for i in good]) if good else [], strict=True))
+                for i, item in enumerate(chunk):
+                    yield item, answers.get(i, loaded[i])
                 if progress:
                     progress(len(chunk))
 
@@ -480,6 +555,7 @@ __all__ = [
     "Prediction",
     "Predictor",
     "check_activation",
+    "decode_input",
     "load_predictor",
     "resolve_backend",
     "scores_from_logits",

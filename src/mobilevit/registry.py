@@ -10,13 +10,14 @@ from typing import Any
 from torch import Tensor, nn
 
 from .errors import UsageError, suggest
-from .models import ARCHITECTURES, architecture
+from .models import ARCHITECTURES, TASKS, architecture
 from .reparam import reparameterize_model
 from .weights.entries import WeightsEntry, get_weights, labels_for, list_weights
 from .weights.hub import resolve_weights
 from .weights.load import (
     CONFIG_METADATA_KEY,
     CheckpointError,
+    checkpoint_config,
     convert_checkpoint,
     is_folded_checkpoint,
     load_into,
@@ -26,9 +27,12 @@ from .weights.pretrained import PretrainedCfg, preprocess_from_json, read_saved_
 from .weights.pretrained import config_overrides as saved_overrides
 
 
-def list_models(pattern: str | None = None) -> list[str]:
-    """Sorted architecture names, optionally filtered by a shell-style ``pattern`` such as ``"mobilevitv2_*"``."""
-    names = sorted(ARCHITECTURES)
+def list_models(pattern: str | None = None, task: str | None = None) -> list[str]:
+    """Sorted architecture names, optionally filtered by a shell-style ``pattern`` such as ``"mobilevitv2_*"`` and by
+    ``task``: ``"classification"`` or ``"segmentation"`` (the ``deeplabv3_*`` models)."""
+    if task is not None and task not in TASKS:
+        raise UsageError(f"task must be one of {TASKS}, got {task!r}")
+    names = sorted(n for n, (model_cls, _) in ARCHITECTURES.items() if task is None or model_cls.task == task)
     return [n for n in names if fnmatch.fnmatch(n, pattern)] if pattern else names
 
 
@@ -125,14 +129,15 @@ def create_model(
 
     path, entry, fmt = _weights_location(name, pretrained)
     state_dict, saved, cfg = _read_weights(path, arch, cfg, fmt, config_overrides)
-    ckpt_classes = state_dict["head.fc.weight"].shape[0] if "head.fc.weight" in state_dict else None
+    classifier = f"{ARCHITECTURES[arch][0].classifier_name}.weight"
+    ckpt_classes = state_dict[classifier].shape[0] if classifier in state_dict else None
     if num_classes is None:
         num_classes = ckpt_classes if ckpt_classes is not None else cfg.num_classes
     model = _build(arch, cfg, features_only, out_indices, num_classes)
     keep_head = num_classes == ckpt_classes
     _load_weights(model, state_dict, str(path), keep_head=keep_head, reparameterized=reparameterized)
     labelled = num_classes if keep_head and not features_only else None
-    model.pretrained_cfg = _pretrained_cfg(arch, str(path), entry, saved, labelled)
+    model.pretrained_cfg = _pretrained_cfg(arch, str(path), entry, saved, labelled, model.task)
     return model
 
 
@@ -166,7 +171,8 @@ def _read_weights(
 ) -> tuple[dict[str, Tensor], dict[str, Any] | None, Any]:
     """Read and convert a checkpoint: ``(state_dict in our key names, our saved config or None, config)``.
 
-    A folder of ours supplies the base config; the caller's overrides win over it.
+    A folder of ours supplies the base config, and so does what a transformers segmentation folder's config states
+    (output stride, ASPP); the caller's overrides win over either.
     """
     state_dict, info = read_checkpoint(path)
     saved = info.get(CONFIG_METADATA_KEY)
@@ -174,6 +180,8 @@ def _read_weights(
         if saved.get("arch") != arch:
             raise CheckpointError(f"{path} holds weights for {saved.get('arch')!r}, not {arch!r}")
         cfg = build_config(arch, **{**saved_overrides(saved, ARCHITECTURES[arch][1]), **config_overrides})
+    elif stated := checkpoint_config(info, cfg):
+        cfg = build_config(arch, **{**stated, **config_overrides})
     return convert_checkpoint(state_dict, info, arch, cfg, source=str(path), fmt=fmt), saved, cfg
 
 
@@ -202,7 +210,12 @@ def _load_weights(
 
 
 def _pretrained_cfg(
-    arch: str, source: str, entry: WeightsEntry | None, saved: dict[str, Any] | None, labelled: int | None
+    arch: str,
+    source: str,
+    entry: WeightsEntry | None,
+    saved: dict[str, Any] | None,
+    labelled: int | None,
+    task: str = "classification",
 ) -> PretrainedCfg:
     """What the loaded weights expect and mean: the checkpoint's own config first, then the entry.
 
@@ -210,9 +223,10 @@ def _pretrained_cfg(
         saved: our saved config of the checkpoint, if it has one.
         labelled: the number of classes whose names the checkpoint answers; ``None`` when its classifier was
             replaced or dropped (``features_only``), so that it has no labels.
+        task: the model's task, for the default label names.
     """
     saved = saved or {}
-    labels = labels_for(labelled, entry, saved.get("labels")) if labelled is not None else None
+    labels = labels_for(labelled, entry, saved.get("labels"), task) if labelled is not None else None
     preprocess = preprocess_from_json(saved.get("preprocess"))  # None: PretrainedCfg takes the entry's
     return PretrainedCfg(arch=arch, source=source, entry=entry, preprocess=preprocess, labels=labels)
 

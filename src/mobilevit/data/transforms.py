@@ -14,6 +14,8 @@ describes them:
      ``interpolate(antialias=False)`` reproduces ``cv2.resize`` to within one 8-bit level (OpenCV rounds its
      fixed-point weights). PIL would not do: antialiasing changes pixels by far more than 1/255 when shrinking;
 
+   (``resize_mode="exact"``, the segmentation models': resize to ``input_size`` itself, aspect not kept; step 2 then
+   keeps everything);
 2. center-crop ``input_size`` with the offset rounded as ``crop_offset`` (``"round"``: torchvision's
    ``int(round((size - crop) / 2))``; ``"floor"``: ``(size - crop) // 2``, ml-cvnets and transformers); an image
    smaller than the crop is first padded with black, centred, as torchvision does;
@@ -284,7 +286,9 @@ class EvalTransform:
             img = to_rgb(img)
         pre = self.pre
         backend = pre.resize_backend
-        size, crop = resized_size(img.width, img.height, pre.resize_size), self.input_size
+        crop = self.input_size
+        exact = (crop[1], crop[0])  # (W, H) of an exact resize
+        size = exact if pre.resize_mode == "exact" else resized_size(img.width, img.height, pre.resize_size)
         (w, h), (crop_h, crop_w) = size, crop
         # the crop's (top, left) in the resized image, padded with black to the crop where it is smaller
         top, left = crop_offsets(max(w, crop_w), max(h, crop_h), crop, pre.crop_offset)

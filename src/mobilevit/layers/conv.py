@@ -35,6 +35,7 @@ class ConvNormAct(nn.Sequential):
         out_channels: output channels.
         kernel_size: square kernel size; padding keeps the spatial size at stride 1.
         stride: convolution stride.
+        dilation: spacing of the kernel taps (atrous convolution); the padding grows with it.
         groups: convolution groups (``in_channels`` for depthwise).
         norm: add a BatchNorm after the convolution (the convolution then has no bias).
         act: activation module class, or ``None`` for a linear output; it runs in place (its input is the norm's
@@ -52,11 +53,19 @@ class ConvNormAct(nn.Sequential):
         norm: bool = True,
         act: type[nn.Module] | None = nn.SiLU,
         bias: bool | None = None,
+        dilation: int = 1,
     ) -> None:
         super().__init__()
         bias = (not norm) if bias is None else bias
         self.conv = nn.Conv2d(
-            in_channels, out_channels, kernel_size, stride, padding=kernel_size // 2, groups=groups, bias=bias
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride,
+            padding=dilation * (kernel_size // 2),
+            dilation=dilation,
+            groups=groups,
+            bias=bias,
         )
         if norm:
             self.bn = nn.BatchNorm2d(out_channels)
@@ -74,8 +83,9 @@ class ConvNormAct(nn.Sequential):
         if "bn" not in self._modules:
             return
         conv = self.conv
-        if conv.padding != (conv.kernel_size[0] // 2, conv.kernel_size[1] // 2) or conv.dilation != (1, 1):
-            raise NotImplementedError("only 'same'-padded, undilated convolutions are folded")
+        dilation = conv.dilation[0]
+        if conv.dilation[1] != dilation or conv.padding != tuple(dilation * (k // 2) for k in conv.kernel_size):
+            raise NotImplementedError("only 'same'-padded convolutions with one dilation are folded")
         weight, bias = fold_bn_into_conv(conv.weight, conv.bias, self.bn)
-        self.conv = conv_from_kernel(weight, bias, stride=conv.stride, groups=conv.groups)
+        self.conv = conv_from_kernel(weight, bias, stride=conv.stride, groups=conv.groups, dilation=dilation)
         del self.bn

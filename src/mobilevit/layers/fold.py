@@ -58,15 +58,19 @@ def identity_kernel(channels: int, groups: int, kernel_size: int, like: Tensor) 
     return kernel
 
 
-def conv_from_kernel(weight: Tensor, bias: Tensor, stride: int | tuple[int, int] = 1, groups: int = 1) -> nn.Conv2d:
-    """A biased ``nn.Conv2d`` holding ``weight`` (``[out, in // groups, k, k]``), padded to keep size at stride 1."""
+def conv_from_kernel(
+    weight: Tensor, bias: Tensor, stride: int | tuple[int, int] = 1, groups: int = 1, dilation: int = 1
+) -> nn.Conv2d:
+    """A biased ``nn.Conv2d`` holding ``weight`` (``[out, in // groups, k, k]``), padded to keep size at stride 1
+    (``dilation * (k // 2)``)."""
     out_channels, in_per_group, kh, kw = weight.shape
     conv = nn.Conv2d(
         in_per_group * groups,
         out_channels,
         (kh, kw),
         stride=stride,
-        padding=(kh // 2, kw // 2),
+        padding=(dilation * (kh // 2), dilation * (kw // 2)),
+        dilation=dilation,
         groups=groups,
         bias=True,
         device=weight.device,

@@ -46,6 +46,8 @@ class ClassifierModel(nn.Module):
     the fine-grained block regexes of :meth:`group_matcher`.
     """
 
+    task = "classification"  # what the model's output means (the DeepLabV3 models say "segmentation")
+    classifier_name = "head.fc"  # the parameters that a new ``num_classes`` replaces
     stem: nn.Module
     stages: nn.Sequential
     final_conv: nn.Module

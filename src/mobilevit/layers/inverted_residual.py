@@ -16,6 +16,7 @@ class InvertedResidual(nn.Module):
         stride: depthwise stride (1 or 2).
         expand_ratio: hidden width as a multiple of ``in_channels`` (rounded to a multiple of 8).
         act: activation class of the expand and depthwise convolutions.
+        dilation: dilation of the depthwise convolution.
     """
 
     def __init__(
@@ -25,11 +26,12 @@ class InvertedResidual(nn.Module):
         stride: int = 1,
         expand_ratio: float = 4.0,
         act: type[nn.Module] = nn.SiLU,
+        dilation: int = 1,
     ) -> None:
         super().__init__()
         hidden = make_divisible(round(in_channels * expand_ratio), 8)
         self.conv_pw = ConvNormAct(in_channels, hidden, 1, act=act) if expand_ratio != 1 else nn.Identity()
-        self.conv_dw = ConvNormAct(hidden, hidden, 3, stride=stride, groups=hidden, act=act)
+        self.conv_dw = ConvNormAct(hidden, hidden, 3, stride=stride, groups=hidden, act=act, dilation=dilation)
         self.conv_pwl = ConvNormAct(hidden, out_channels, 1, act=None)
         self.has_residual = stride == 1 and in_channels == out_channels
 

@@ -38,6 +38,8 @@ class MobileOneBlock(nn.Module):
         use_identity: add the BatchNorm skip branch (only when ``in_channels == out_channels`` and ``stride == 1``).
         use_se: squeeze-and-excitation after the sum (MobileOne-S4's last blocks, FastViT's final conv).
         act: activation factory (e.g. ``nn.GELU``), or ``None`` for a linear block.
+        dilation: dilation of the kxk branches (the 1x1 and identity branches are the centre tap either way, so the
+            branches still fold into one dilated kxk kernel).
     """
 
     def __init__(
@@ -52,6 +54,7 @@ class MobileOneBlock(nn.Module):
         use_identity: bool = True,
         use_se: bool = False,
         act: Callable[[], nn.Module] | None = nn.GELU,
+        dilation: int = 1,
     ) -> None:
         super().__init__()
         self.in_channels = in_channels
@@ -59,11 +62,12 @@ class MobileOneBlock(nn.Module):
         self.kernel_size = kernel_size
         self.stride = stride
         self.groups = groups
+        self.dilation = dilation
         self.reparam_conv: nn.Conv2d | None = None
         has_identity = use_identity and in_channels == out_channels and stride == 1
         self.identity = nn.BatchNorm2d(in_channels) if has_identity else None
         self.conv_kxk = nn.ModuleList(
-            ConvNormAct(in_channels, out_channels, kernel_size, stride, groups, act=None)
+            ConvNormAct(in_channels, out_channels, kernel_size, stride, groups, act=None, dilation=dilation)
             for _ in range(num_conv_branches)
         )
         has_scale = use_scale_branch and kernel_size > 1
@@ -111,7 +115,7 @@ class MobileOneBlock(nn.Module):
         if self.reparam_conv is not None:
             return
         weight, bias = self.fused_kernel_bias()
-        self.reparam_conv = conv_from_kernel(weight, bias, self.stride, self.groups)
+        self.reparam_conv = conv_from_kernel(weight, bias, self.stride, self.groups, self.dilation)
         self.identity = self.conv_kxk = self.conv_scale = None
 
 
@@ -128,6 +132,7 @@ class LargeKernelConv(nn.Module):
         stride: stride of both branches.
         groups: convolution groups.
         small_kernel: kernel of the parallel branch (3 in FastViT), or ``None`` for no parallel branch.
+        dilation: dilation of both branches (the small kernel still sits at the centre of the large one).
     """
 
     def __init__(
@@ -138,6 +143,7 @@ class LargeKernelConv(nn.Module):
         stride: int = 1,
         groups: int = 1,
         small_kernel: int | None = 3,
+        dilation: int = 1,
     ) -> None:
         super().__init__()
         if small_kernel is not None and small_kernel > kernel_size:
@@ -145,11 +151,11 @@ class LargeKernelConv(nn.Module):
         self.kernel_size = kernel_size
         self.stride = stride
         self.groups = groups
+        self.dilation = dilation
         self.reparam_conv: nn.Conv2d | None = None
-        self.large_conv = ConvNormAct(in_channels, out_channels, kernel_size, stride, groups, act=None)
-        self.small_conv = (
-            ConvNormAct(in_channels, out_channels, small_kernel, stride, groups, act=None) if small_kernel else None
-        )
+        common = dict(stride=stride, groups=groups, act=None, dilation=dilation)
+        self.large_conv = ConvNormAct(in_channels, out_channels, kernel_size, **common)
+        self.small_conv = ConvNormAct(in_channels, out_channels, small_kernel, **common) if small_kernel else None
 
     def forward(self, x: Tensor) -> Tensor:
         if self.reparam_conv is not None:
@@ -167,5 +173,5 @@ class LargeKernelConv(nn.Module):
             w, b = fold_bn_into_conv(self.small_conv.conv.weight, None, self.small_conv.bn)
             weight = weight + F.pad(w, [(self.kernel_size - w.shape[-1]) // 2] * 4)
             bias = bias + b
-        self.reparam_conv = conv_from_kernel(weight, bias, self.stride, self.groups)
+        self.reparam_conv = conv_from_kernel(weight, bias, self.stride, self.groups, self.dilation)
         self.large_conv = self.small_conv = None

@@ -1,4 +1,8 @@
-"""Model families, one file each, and the table of every architecture: name -> (model class, config)."""
+"""Model families, one file each, and the table of every architecture: name -> (model class, config).
+
+The classifiers (:mod:`.classifiers`: MobileViT v1/v2/v3, FastViT, MobileOne), and a DeepLabV3 segmentation model
+``deeplabv3_<classifier>`` on each of them (:mod:`.deeplabv3`).
+"""
 
 from __future__ import annotations
 
@@ -8,17 +12,19 @@ from typing import Any
 from torch import nn
 
 from ..errors import UsageError, suggest
-from . import fastvit, mobileone, mobilevit
+from . import deeplabv3
+from .classifiers import CLASSIFIERS
 
-# Each family module exposes MODEL_CFGS (name -> frozen config dataclass) and its model class.
-_FAMILIES: tuple[tuple[type[nn.Module], dict[str, Any]], ...] = (
-    (mobilevit.MobileViT, mobilevit.MODEL_CFGS),
-    (fastvit.FastViT, fastvit.MODEL_CFGS),
-    (mobileone.MobileOne, mobileone.MODEL_CFGS),
-)
 ARCHITECTURES: dict[str, tuple[type[nn.Module], Any]] = {
-    name: (model_cls, cfg) for model_cls, cfgs in _FAMILIES for name, cfg in cfgs.items()
+    **CLASSIFIERS,
+    **{name: (deeplabv3.DeepLabV3, cfg) for name, cfg in deeplabv3.MODEL_CFGS.items()},
 }
+TASKS = ("classification", "segmentation")
+
+
+def task_of(name: str) -> str:
+    """``"classification"`` or ``"segmentation"``: what architecture ``name`` (or ``arch.tag``) predicts."""
+    return architecture(name)[0].task
 
 
 def architecture(name: str) -> tuple[type[nn.Module], Any]:
@@ -50,4 +56,4 @@ def unwrap_model(model: nn.Module) -> nn.Module:
         model = inner
 
 
-__all__ = ["ARCHITECTURES", "architecture", "find_arch", "unwrap_model"]
+__all__ = ["ARCHITECTURES", "TASKS", "architecture", "find_arch", "task_of", "unwrap_model"]

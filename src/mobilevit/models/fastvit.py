@@ -31,12 +31,15 @@ from ..layers import (
     LargeKernelConv,
     MobileOneBlock,
     MultiHeadAttention,
+    StageStride,
     batchnorm_scale_shift,
+    check_output_stride,
     conv_from_kernel,
     fold_input_affine_into_linear,
     identity_kernel,
     linear_from,
     scale_output,
+    stage_strides,
     trunc_normal_init_,
 )
 
@@ -64,8 +67,11 @@ class FastViTConfig:
     drop_rate: float = 0.0  # dropout before the classifier
     proj_drop_rate: float = 0.0  # dropout inside the ConvFFN
     drop_path_rate: float = 0.0  # stochastic depth, rising linearly over all blocks
+    # 32: the classifier. 16 / 8: the last one / two stages keep their resolution and dilate instead (segmentation)
+    output_stride: int = 32
 
     def __post_init__(self) -> None:
+        check_output_stride(self.output_stride)
         n = len(self.depths)
         fields = ("embed_dims", "mlp_ratios", "token_mixers", "pos_embs", "downsamples")
         wrong = [f for f in fields if len(getattr(self, f)) != n]
@@ -136,15 +142,18 @@ class RepMixer(nn.Module):
     Everything is linear and depthwise, so ``reparameterize()`` turns the whole expression into one kxk depthwise conv.
     """
 
-    def __init__(self, dim: int, kernel_size: int = 3, layer_scale_init_value: float | None = 1e-5) -> None:
+    def __init__(
+        self, dim: int, kernel_size: int = 3, layer_scale_init_value: float | None = 1e-5, dilation: int = 1
+    ) -> None:
         super().__init__()
         self.dim = dim
         self.kernel_size = kernel_size
+        self.dilation = dilation
         self.reparam_conv: nn.Conv2d | None = None
         self.norm = MobileOneBlock(
-            dim, dim, kernel_size, groups=dim, num_conv_branches=0, use_scale_branch=False, act=None
+            dim, dim, kernel_size, groups=dim, num_conv_branches=0, use_scale_branch=False, act=None, dilation=dilation
         )
-        self.mixer = MobileOneBlock(dim, dim, kernel_size, groups=dim, act=None)
+        self.mixer = MobileOneBlock(dim, dim, kernel_size, groups=dim, act=None, dilation=dilation)
         self.layer_scale = _layer_scale(dim, layer_scale_init_value)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -163,7 +172,7 @@ class RepMixer(nn.Module):
         )
         weight = identity_kernel(self.dim, self.dim, self.kernel_size, mixer_w) + gamma[..., None] * (mixer_w - norm_w)
         bias = gamma.flatten() * (mixer_b - norm_b)
-        self.reparam_conv = conv_from_kernel(weight, bias, groups=self.dim)
+        self.reparam_conv = conv_from_kernel(weight, bias, groups=self.dim, dilation=self.dilation)
         self.norm = self.mixer = self.layer_scale = None
 
 
@@ -171,11 +180,12 @@ class RepCPE(nn.Module):
     """Conditional positional encoding ``x + depthwise_conv(x)`` ("Conditional Positional Encodings for Vision
     Transformers", arXiv 2102.10882); ``reparameterize()`` moves the skip into the kernel."""
 
-    def __init__(self, dim: int, kernel_size: int = 7) -> None:
+    def __init__(self, dim: int, kernel_size: int = 7, dilation: int = 1) -> None:
         super().__init__()
         self.dim = dim
         self.reparam_conv: nn.Conv2d | None = None
-        self.pos_enc = nn.Conv2d(dim, dim, kernel_size, padding=kernel_size // 2, groups=dim)
+        padding = dilation * (kernel_size // 2)
+        self.pos_enc = nn.Conv2d(dim, dim, kernel_size, padding=padding, dilation=dilation, groups=dim)
 
     def forward(self, x: Tensor) -> Tensor:
         if self.reparam_conv is not None:
@@ -189,16 +199,17 @@ class RepCPE(nn.Module):
         weight = self.pos_enc.weight + identity_kernel(
             self.dim, self.dim, self.pos_enc.kernel_size[0], self.pos_enc.weight
         )
-        self.reparam_conv = conv_from_kernel(weight, self.pos_enc.bias, groups=self.dim)
+        dilation = self.pos_enc.dilation[0]
+        self.reparam_conv = conv_from_kernel(weight, self.pos_enc.bias, groups=self.dim, dilation=dilation)
         self.pos_enc = None
 
 
 class ConvMlp(nn.Module):
     """FastViT's ConvFFN: 7x7 depthwise conv-BN -> 1x1 expand -> GELU -> 1x1 project (dropout after both 1x1s)."""
 
-    def __init__(self, dim: int, hidden_dim: int, drop: float = 0.0) -> None:
+    def __init__(self, dim: int, hidden_dim: int, drop: float = 0.0, dilation: int = 1) -> None:
         super().__init__()
-        self.conv = ConvNormAct(dim, dim, 7, groups=dim, act=None)
+        self.conv = ConvNormAct(dim, dim, 7, groups=dim, act=None, dilation=dilation)
         self.fc1 = nn.Conv2d(dim, hidden_dim, 1)
         self.act = nn.GELU()
         self.fc2 = nn.Conv2d(hidden_dim, dim, 1)
@@ -220,10 +231,11 @@ class RepMixerBlock(nn.Module):
         proj_drop: float = 0.0,
         drop_path: float = 0.0,
         layer_scale_init_value: float | None = 1e-5,
+        dilation: int = 1,
     ) -> None:
         super().__init__()
-        self.token_mixer = RepMixer(dim, kernel_size, layer_scale_init_value)
-        self.mlp = ConvMlp(dim, int(dim * mlp_ratio), proj_drop)
+        self.token_mixer = RepMixer(dim, kernel_size, layer_scale_init_value, dilation)
+        self.mlp = ConvMlp(dim, int(dim * mlp_ratio), proj_drop, dilation)
         self.layer_scale = _layer_scale(dim, layer_scale_init_value)
         self.drop_path = DropPath(drop_path)
 
@@ -248,13 +260,14 @@ class AttentionBlock(nn.Module):
         proj_drop: float = 0.0,
         drop_path: float = 0.0,
         layer_scale_init_value: float | None = 1e-5,
+        dilation: int = 1,
     ) -> None:
         super().__init__()
         self.norm: nn.Module = nn.BatchNorm2d(dim)
         self.token_mixer = MultiHeadAttention(dim, dim // head_dim, qkv_bias=False)
         self.layer_scale_1 = _layer_scale(dim, layer_scale_init_value)
         self.drop_path1 = DropPath(drop_path)
-        self.mlp = ConvMlp(dim, int(dim * mlp_ratio), proj_drop)
+        self.mlp = ConvMlp(dim, int(dim * mlp_ratio), proj_drop, dilation)
         self.layer_scale_2 = _layer_scale(dim, layer_scale_init_value)
         self.drop_path2 = DropPath(drop_path)
 
@@ -280,23 +293,33 @@ class AttentionBlock(nn.Module):
 
 
 class FastViTStage(nn.Module):
-    """Optional patch embedding (stride-2 7x7 large-kernel conv + 1x1 MobileOne block), optional RepCPE, blocks."""
+    """Optional patch embedding (stride-2 7x7 large-kernel conv + 1x1 MobileOne block), optional RepCPE, blocks.
 
-    def __init__(self, cfg: FastViTConfig, index: int, in_channels: int, drop_path: list[float]) -> None:
+    ``run`` says how the stage runs at the model's output stride: a dilated stage's patch embedding keeps the
+    resolution (stride 1, dilated by ``run.first_dilation``) and its RepCPE, RepMixer and ConvFFN depthwise convs are
+    dilated by ``run.dilation`` (attention is global either way), as the DeepLab recipe does for ResNets. Nothing was
+    published this way for FastViT: the choice is ours.
+    """
+
+    def __init__(
+        self, cfg: FastViTConfig, index: int, in_channels: int, drop_path: list[float], run: StageStride
+    ) -> None:
         super().__init__()
         dim = cfg.embed_dims[index]
         if cfg.downsamples[index]:
-            self.downsample: nn.Module = nn.Sequential(
-                LargeKernelConv(in_channels, dim, cfg.down_patch_size, stride=2, groups=in_channels, small_kernel=3),
-                MobileOneBlock(dim, dim, 1),
+            embed = LargeKernelConv(
+                in_channels, dim, cfg.down_patch_size, run.stride, in_channels, 3, dilation=run.first_dilation
             )
+            self.downsample: nn.Module = nn.Sequential(embed, MobileOneBlock(dim, dim, 1))
         else:
             self.downsample = nn.Identity()
-        self.pos_emb = RepCPE(dim, cfg.pos_emb_kernel_size) if cfg.pos_embs[index] else nn.Identity()
+        pos_emb = cfg.pos_embs[index]
+        self.pos_emb = RepCPE(dim, cfg.pos_emb_kernel_size, run.dilation) if pos_emb else nn.Identity()
         common = dict(
             mlp_ratio=cfg.mlp_ratios[index],
             proj_drop=cfg.proj_drop_rate,
             layer_scale_init_value=cfg.layer_scale_init_value,
+            dilation=run.dilation,
         )
         if cfg.token_mixers[index] == "repmixer":
             blocks = [
@@ -314,7 +337,7 @@ class FastViT(ClassifierModel):
     """FastViT classifier or multi-scale feature extractor.
 
     Args:
-        cfg: the architecture.
+        cfg: the architecture (with ``cfg.output_stride`` 16 or 8, the last stages dilate: see :class:`FastViTStage`).
         features_only: build no head; ``forward`` returns the stage outputs (strides 4, 8, 16, 32 for the registered
             variants).
         out_indices: which stage outputs ``forward`` returns with ``features_only``.
@@ -343,10 +366,11 @@ class FastViT(ClassifierModel):
         stages = []
         in_channels, stride = dim0, 4
         self.feature_info: list[dict] = []
-        for i, dim in enumerate(cfg.embed_dims):
-            stages.append(FastViTStage(cfg, i, in_channels, rates[i].tolist()))
+        layout = stage_strides([2 if down else 1 for down in cfg.downsamples], cfg.output_stride, stem_stride=stride)
+        for i, (dim, run) in enumerate(zip(cfg.embed_dims, layout, strict=True)):
+            stages.append(FastViTStage(cfg, i, in_channels, rates[i].tolist(), run))
             in_channels = dim
-            stride *= 2 if cfg.downsamples[i] else 1
+            stride *= run.stride
             self.feature_info.append({"stride": stride, "num_channels": dim, "module": f"stages.{i}"})
         self.stages = nn.Sequential(*stages)
         self.apply(_init_weights)

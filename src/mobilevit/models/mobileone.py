@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import UsageError
-from ..layers import ClassifierHead, ClassifierModel, MobileOneBlock
+from ..layers import ClassifierHead, ClassifierModel, MobileOneBlock, check_output_stride, stage_strides
 
 
 @dataclass(frozen=True)
@@ -35,8 +35,11 @@ class MobileOneConfig:
     in_channels: int = 3
     num_classes: int = 1000
     drop_rate: float = 0.0  # dropout before the classifier (Apple's models have none)
+    # 32: the classifier. 16 / 8: the last one / two stages keep their resolution and dilate instead (segmentation)
+    output_stride: int = 32
 
     def __post_init__(self) -> None:
+        check_output_stride(self.output_stride)
         if not len(self.channels) == len(self.depths) == len(self.se_blocks):
             raise UsageError("channels, depths and se_blocks must have one entry per stage")
         if any(se > d for se, d in zip(self.se_blocks, self.depths, strict=True)):
@@ -72,7 +75,10 @@ class MobileOne(ClassifierModel):
     """MobileOne classifier or multi-scale feature extractor.
 
     Args:
-        cfg: the architecture.
+        cfg: the architecture. With ``cfg.output_stride`` 16 or 8, a stage beyond it keeps its resolution: its first
+            depthwise block loses its stride (and, like the strided block it replaces, has no identity branch, so
+            ImageNet weights load) and its other depthwise blocks are dilated, as the DeepLab recipe does for ResNets.
+            Nothing was published this way for MobileOne: the choice is ours.
         features_only: build no head; ``forward`` returns the stem and stage outputs (strides 2, 4, 8, 16, 32).
         out_indices: which of those five levels ``forward`` returns with ``features_only``.
     """
@@ -92,17 +98,24 @@ class MobileOne(ClassifierModel):
 
         stages = []
         in_channels, stride = cfg.stem_channels, 2
-        for i, (out_channels, depth, se_blocks) in enumerate(zip(cfg.channels, cfg.depths, cfg.se_blocks, strict=True)):
+        layout = stage_strides([2] * len(cfg.channels), cfg.output_stride, stem_stride=stride)
+        stage_cfgs = zip(cfg.channels, cfg.depths, cfg.se_blocks, layout, strict=True)
+        for i, (out_channels, depth, se_blocks, run) in enumerate(stage_cfgs):
             blocks: list[nn.Module] = []
             for j in range(depth):
                 common = dict(num_conv_branches=cfg.num_conv_branches, use_se=j >= depth - se_blocks, act=relu)
-                blocks.append(
-                    MobileOneBlock(in_channels, in_channels, 3, stride=2 if j == 0 else 1, groups=in_channels, **common)
+                first = j == 0
+                depthwise = dict(
+                    stride=run.stride if first else 1,
+                    groups=in_channels,
+                    use_identity=not first,  # the first block was strided: no identity branch, dilated or not
+                    dilation=run.first_dilation if first else run.dilation,
                 )
+                blocks.append(MobileOneBlock(in_channels, in_channels, 3, **depthwise, **common))
                 blocks.append(MobileOneBlock(in_channels, out_channels, 1, **common))
                 in_channels = out_channels
             stages.append(nn.Sequential(*blocks))
-            stride *= 2
+            stride *= run.stride
             self.feature_info.append({"stride": stride, "num_channels": out_channels, "module": f"stages.{i}"})
         self.stages = nn.Sequential(*stages)
         self.final_conv = nn.Identity()  # no expansion before the head

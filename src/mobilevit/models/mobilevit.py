@@ -29,8 +29,10 @@ from ..layers import (
     InvertedResidual,
     PatchLayerNorm,
     TransformerLayer,
+    check_output_stride,
     fold_patches,
     make_divisible,
+    stage_strides,
     trunc_normal_init_,
     unfold_patches,
 )
@@ -69,12 +71,18 @@ class MobileViTConfig:
     proj_drop_rate: float = 0.0  # dropout after attention/MLP projections ("dropout" in cvnets)
     mlp_drop_rate: float = 0.0  # dropout between the MLP layers ("ffn_dropout" in cvnets)
     drop_path_rate: float = 0.0  # stochastic depth, rising linearly over the transformer layers
+    # 32: the classifier. 16 / 8: the last one / two stages keep their resolution and dilate instead (segmentation)
+    output_stride: int = 32
+    # in a dilated stage, dilate the v2 / v3-v2 block's depthwise local conv too, as ml-cvnets (which trained the
+    # published DeepLabV3 weights) does; transformers' MobileViTV2 leaves it undilated (False reproduces it)
+    dilate_local_conv: bool = True
 
     def __post_init__(self) -> None:
         if self.attention not in ("mha", "separable"):
             raise UsageError(f"attention must be 'mha' or 'separable', got {self.attention!r}")
         if len(self.stages) != 5:
             raise UsageError(f"MobileViT has 5 stages, got {len(self.stages)}")
+        check_output_stride(self.output_stride)
 
 
 def _v1_config(
@@ -245,6 +253,8 @@ class MobileViTV2Block(nn.Module):
     v2: ``x -> depthwise 3x3 -> 1x1 (local) -> unfold -> separable-attention layers -> fold -> 1x1 conv``.
     v3: the projection sees concat(global, local) and ``x`` is added at the end. An input that is not a multiple of the
     patch is resized (bilinear, corners aligned) at the block entry and the block keeps that size, as in cvnets.
+    ``dilation`` dilates the depthwise local conv in a dilated stage, as ml-cvnets (v2) and MobileViTv3-v2 do (the v1
+    block's local conv is never dilated, there or in transformers).
     """
 
     def __init__(
@@ -260,11 +270,12 @@ class MobileViTV2Block(nn.Module):
         proj_drop: float = 0.0,
         mlp_drop: float = 0.0,
         drop_path: tuple[float, ...] = (),
+        dilation: int = 1,
     ) -> None:
         super().__init__()
         self.patch_size = patch_size
         self.v3_fusion = v3_fusion
-        self.conv_local = ConvNormAct(in_channels, in_channels, kernel_size, groups=in_channels)
+        self.conv_local = ConvNormAct(in_channels, in_channels, kernel_size, groups=in_channels, dilation=dilation)
         self.conv_embed = nn.Conv2d(in_channels, transformer_dim, 1, bias=False)
         self.transformer = _transformer(
             transformer_dim, mlp_dim, depth, "separable", 1, (attn_drop, proj_drop, mlp_drop), drop_path
@@ -290,7 +301,8 @@ class MobileViT(ClassifierModel):
     """MobileViT v1 / v2 / v3 classifier or multi-scale feature extractor.
 
     Args:
-        cfg: the architecture.
+        cfg: the architecture. With ``cfg.output_stride`` 16 or 8 the stages beyond it keep their resolution and dilate
+            (the DeepLabV3 backbones), and ``feature_info`` gives the strides that result.
         features_only: build no head; ``forward`` returns the stage outputs at strides 2, 4, 8, 16 and 32.
         out_indices: which stage outputs ``forward`` returns with ``features_only``.
     """
@@ -310,19 +322,27 @@ class MobileViT(ClassifierModel):
         in_channels = cfg.stem_channels
         stride = 2
         self.feature_info: list[dict] = []
-        for i, stage in enumerate(cfg.stages):
+        layout = stage_strides([stage.stride for stage in cfg.stages], cfg.output_stride, stem_stride=stride)
+        for i, (stage, run) in enumerate(zip(cfg.stages, layout, strict=True)):
             blocks: list[nn.Module] = []
             for j in range(stage.depth):
+                first = j == 0
                 blocks.append(
-                    InvertedResidual(in_channels, stage.out_channels, stage.stride if j == 0 else 1, stage.expand_ratio)
+                    InvertedResidual(
+                        in_channels,
+                        stage.out_channels,
+                        run.stride if first else 1,
+                        stage.expand_ratio,
+                        dilation=run.first_dilation if first else run.dilation,
+                    )
                 )
                 in_channels = stage.out_channels
             if stage.transformer_depth:
                 drop_path = tuple(rates[: stage.transformer_depth])
                 rates = rates[stage.transformer_depth :]
-                blocks.append(self._make_block(cfg, stage, drop_path))
+                blocks.append(self._make_block(cfg, stage, drop_path, run.dilation))
             stages.append(nn.Sequential(*blocks))
-            stride *= stage.stride
+            stride *= run.stride
             self.feature_info.append({"stride": stride, "num_channels": stage.out_channels, "module": f"stages.{i}"})
         self.stages = nn.Sequential(*stages)
         self.select_out_indices(out_indices)
@@ -343,7 +363,9 @@ class MobileViT(ClassifierModel):
         self.head.apply(_init_weights)
 
     @staticmethod
-    def _make_block(cfg: MobileViTConfig, stage: MobileViTStage, drop_path: tuple[float, ...]) -> nn.Module:
+    def _make_block(
+        cfg: MobileViTConfig, stage: MobileViTStage, drop_path: tuple[float, ...], dilation: int
+    ) -> nn.Module:
         common = dict(
             in_channels=stage.out_channels,
             transformer_dim=stage.transformer_dim,
@@ -359,7 +381,7 @@ class MobileViT(ClassifierModel):
         )
         if cfg.attention == "mha":
             return MobileViTBlock(num_heads=cfg.num_heads, **common)
-        return MobileViTV2Block(**common)
+        return MobileViTV2Block(dilation=dilation if cfg.dilate_local_conv else 1, **common)
 
     def forward_stem(self, x: Tensor) -> Tensor:
         x = x.contiguous(memory_format=torch.channels_last)  # [B, C, H, W] stored as [B, H, W, C]

@@ -1,4 +1,5 @@
-"""What every runtime is: a ``[B, 3, H, W]`` float32 batch in, ``[B, num_classes]`` logits out.
+"""What every runtime is: a ``[B, 3, H, W]`` float32 batch in, ``[B, num_classes]`` logits out (a segmentation
+model: ``[B, num_classes, h, w]``).
 
 A :class:`Runtime` runs one classifier: the eager PyTorch module (:class:`~mobilevit.runtime.eager.TorchRuntime`), or
 an exported ``.onnx`` file in onnxruntime (:class:`~mobilevit.runtime.onnx.OnnxRuntime`) or OpenVINO
@@ -76,6 +77,12 @@ class Runtime(ABC):
     def metadata(self) -> dict[str, str]:
         """The string metadata the model carries (an exported file's ``metadata_props``; ``{}`` when none)."""
         return {}
+
+    @property
+    def task(self) -> str:
+        """What the model does: ``"classification"`` (``[B, num_classes]`` logits) or ``"segmentation"``
+        (``[B, num_classes, h, w]`` logits at a fraction of the input's size)."""
+        return "classification"
 
     @property
     def fixed_batch(self) -> int | None:

@@ -11,7 +11,7 @@ from .base import Runtime, Signature
 
 
 class TorchRuntime(Runtime):
-    """A PyTorch classifier run eagerly, under ``torch.inference_mode``.
+    """A PyTorch model run eagerly, under ``torch.inference_mode``.
 
     Args:
         model: the network (put in eval mode); a TorchScript module runs the same way.
@@ -29,7 +29,14 @@ class TorchRuntime(Runtime):
         with torch.inference_mode():
             return self.model(torch.as_tensor(batch))
 
+    @property
+    def task(self) -> str:
+        """The module's ``task`` attribute (every model of this package has one), else ``"classification"``."""
+        return getattr(self.model, "task", "classification")
+
     def signature(self) -> tuple[Signature, Signature]:
-        """Any batch and size; ``num_classes`` outputs when the module says how many (else ``None``)."""
+        """Any batch and size; ``num_classes`` outputs when the module says how many (else ``None``), per pixel of
+        a ``[h, w]`` map for a segmentation model."""
         num_classes = getattr(self.model, "num_classes", None)  # any module runs; ours all have it
-        return [("pixel_values", [None, 3, None, None])], [("logits", [None, num_classes])]
+        logits = [None, num_classes, None, None] if self.task == "segmentation" else [None, num_classes]
+        return [("pixel_values", [None, 3, None, None])], [("logits", logits)]

@@ -1,7 +1,8 @@
 """The HTTP layer: decode the request -> predict (batched) -> encode the answer, plus health, metrics and a page.
 
 Routes: ``POST /`` (the first model) and ``POST /models/{name}`` speak the Hugging Face Inference API for image
-classification (see :mod:`mobilevit.serve.protocol`); ``GET /health`` (200 when every model is loaded, else 503),
+classification or, for a segmentation model, image segmentation (see :mod:`mobilevit.serve.protocol`); classifiers and
+segmentation models can be served side by side. ``GET /health`` (200 when every model is loaded, else 503),
 ``GET /health/live`` (always 200), ``GET /metrics`` (Prometheus), ``GET /docs`` (OpenAPI) and ``GET /`` (a page to
 drop an image on); the ``GET`` routes answer ``HEAD`` too (health checkers). Only the prediction routes need the
 bearer token.
@@ -33,10 +34,19 @@ from torch import Tensor
 
 from ..data.images import ImageError
 from ..predict import ACTIVATIONS, Predictor, load_predictor
+from ..segment import Segmenter, load_model
 from .config import ServeConfig
 from .engine import BatchEngine, OverloadedError, pin_torch_threads
 from .page import PAGE
-from .protocol import RequestError, clip, encode_predictions, parse_request
+from .protocol import (
+    ClassifyRequest,
+    RequestError,
+    SegmentRequest,
+    clip,
+    encode_predictions,
+    encode_segments,
+    parse_request,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +61,14 @@ class LabelScore(BaseModel):
 
     label: str
     score: float
+
+
+class Segment(BaseModel):
+    """One class present in the image (the Inference API's ImageSegmentationOutputElement)."""
+
+    label: str
+    score: float | None
+    mask: str  # base64 PNG, 8-bit grayscale at the image's size: 255 where the class won
 
 
 class ErrorBody(BaseModel):
@@ -70,9 +88,15 @@ REQUEST_BODY = {  # the OpenAPI schema of a prediction request
                     "inputs": {"type": "string", "description": "base64 image (or a data URL)"},
                     "parameters": {
                         "type": "object",
+                        "description": "classification: top_k, function_to_apply; segmentation: subtask, threshold "
+                        "(mask_threshold and overlap_mask_area_threshold are accepted, without effect)",
                         "properties": {
                             "top_k": {"type": "integer", "minimum": 1, "default": 5},
                             "function_to_apply": {"enum": list(ACTIVATIONS), "default": "softmax"},
+                            "subtask": {"enum": ["semantic"]},
+                            "threshold": {"type": "number", "minimum": 0, "maximum": 1},
+                            "mask_threshold": {"type": "number", "minimum": 0, "maximum": 1},
+                            "overlap_mask_area_threshold": {"type": "number", "minimum": 0, "maximum": 1},
                         },
                     },
                 },
@@ -138,8 +162,9 @@ class Metrics:
 
 
 def default_loader(config: ServeConfig, index: int) -> Loader:
-    """Build the predictor of ``config.models[index]``: from its weights (eager) or its exported file (onnxruntime or
-    openvino for ``.onnx``, executorch for ``.pte``, litert for ``.tflite``)."""
+    """Build the predictor of ``config.models[index]``: from its weights (eager; a
+    :class:`~mobilevit.segment.Segmenter` for a segmentation model) or its exported file (onnxruntime or openvino for
+    ``.onnx``, executorch for ``.pte``, litert for ``.tflite``)."""
     spec = config.models[index]
     options = {"batch_size": config.max_batch_size, "labels": spec.labels}
     if config.backend != "eager":
@@ -148,8 +173,8 @@ def default_loader(config: ServeConfig, index: int) -> Loader:
         return lambda: load_predictor(path, config.backend, threads=config.threads, **options)
     folder = spec.saved_folder
     if folder is not None:  # a save_pretrained folder served under any name: its config.json names the architecture
-        return lambda: load_predictor(folder, "eager", **options)
-    return lambda: load_predictor(spec.name, "eager", pretrained=spec.pretrained, **options)
+        return lambda: load_model(folder, "eager", **options)
+    return lambda: load_model(spec.name, "eager", pretrained=spec.pretrained, **options)
 
 
 def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -263,16 +288,48 @@ class Routes:
             data, "image", max_pixels=self.config.max_pixels, fast_decode=self.config.fast_decode
         )
 
-    async def classify(self, request: Request, body: bytes, engine: BatchEngine) -> JSONResponse:
-        """Parse, decode (in the decode pool), then wait for the model's answer."""
-        parsed = parse_request(body, request.headers.get("content-type"))
+    def decode_whole(self, data: bytes, engine: BatchEngine) -> tuple[tuple[int, int], Tensor]:
+        """Decode thread, segmentation: ``((H, W), the model's input)``; the image is decoded exactly (its mask is
+        answered at its size)."""
+        assert isinstance(engine.predictor, Segmenter)
+        image, tensor = engine.predictor.load(data, "image", max_pixels=self.config.max_pixels)
+        return (image.height, image.width), tensor
+
+    async def answer(self, request: Request, body: bytes, engine: BatchEngine) -> JSONResponse:
+        """Parse for the model's task, decode (in the decode pool), then wait for the model's answer."""
+        assert engine.predictor is not None
+        parsed = parse_request(body, request.headers.get("content-type"), engine.predictor.task)
+        if isinstance(parsed, SegmentRequest):
+            return await self.segment(parsed, engine)
+        return await self.classify(parsed, engine)
+
+    async def classify(self, parsed: ClassifyRequest, engine: BatchEngine) -> JSONResponse:
         loop = asyncio.get_running_loop()
         try:
             image = await loop.run_in_executor(self.decode_pool, self.decode, parsed.image, engine)
         except ImageError as err:
             raise RequestError(400, str(err)) from None
-        predictions = await engine.submit(image, parsed.top_k, parsed.function)
+        assert engine.predictor is not None
+        topk, top_k, function = engine.predictor.topk, parsed.top_k, parsed.function
+        predictions = await engine.submit(image, lambda row: topk(row[None], top_k, function)[0])
         return JSONResponse(encode_predictions(predictions))
+
+    async def segment(self, parsed: SegmentRequest, engine: BatchEngine) -> JSONResponse:
+        """Decode, run in the model's batches, then resize the logits to the image and encode the masks (decode pool:
+        the model's thread only runs the model)."""
+        segmenter = engine.predictor
+        assert isinstance(segmenter, Segmenter)
+        loop = asyncio.get_running_loop()
+        try:
+            size, image = await loop.run_in_executor(self.decode_pool, self.decode_whole, parsed.image, engine)
+        except ImageError as err:
+            raise RequestError(400, str(err)) from None
+        logits = await engine.submit(image, lambda row: row)  # [C, h, w]
+
+        def encode() -> list[dict[str, Any]]:
+            return encode_segments(segmenter.postprocess(logits, size, scores=True), parsed.threshold)
+
+        return JSONResponse(await loop.run_in_executor(self.decode_pool, encode))
 
     async def admitted_answer(self, request: Request, engine: BatchEngine) -> tuple[Response, float]:
         """Check, receive, admit and answer one request for a served model: ``(response, when its body arrived)``."""
@@ -284,7 +341,7 @@ class Routes:
         except OverloadedError as err:
             raise RequestError(503, str(err), self.retry) from None
         try:
-            return await asyncio.wait_for(self.classify(request, body, engine), self.config.timeout), received
+            return await asyncio.wait_for(self.answer(request, body, engine), self.config.timeout), received
         except TimeoutError:
             raise RequestError(504, f"no answer within {self.config.timeout:g} s") from None
         except OverloadedError as err:  # shutting down while queued
@@ -325,7 +382,12 @@ class Routes:
 
     async def health(self) -> JSONResponse:
         models = {
-            name: {"ready": e.ready, "queue": e.admitted, **({"error": e.error} if e.error else {})}
+            name: {
+                "ready": e.ready,
+                "queue": e.admitted,
+                **({"task": e.predictor.task} if e.predictor is not None else {}),
+                **({"error": e.error} if e.error else {}),
+            }
             for name, e in self.engines.items()
         }
         ready = all(e.ready for e in self.engines.values())
@@ -359,7 +421,7 @@ def add_error_handlers(app: FastAPI) -> None:
 def add_routes(app: FastAPI, routes: Routes) -> None:
     """The prediction routes (in the OpenAPI schema with their request body and errors), health, metrics, the page."""
     predict = {
-        "response_model": list[LabelScore],
+        "response_model": list[LabelScore] | list[Segment],
         "responses": ERROR_RESPONSES,
         "openapi_extra": {"requestBody": REQUEST_BODY},
     }
@@ -367,14 +429,14 @@ def add_routes(app: FastAPI, routes: Routes) -> None:
         "/",
         routes.predict_default,
         methods=["POST"],
-        summary="Classify an image with the default (first) model",
+        summary="Classify (or segment) an image with the default (first) model",
         **predict,
     )
     app.add_api_route(
         "/models/{name}",
         routes.predict_named,
         methods=["POST"],
-        summary="Classify an image with the named model",
+        summary="Classify an image, or segment it with a segmentation model, with the named model",
         **predict,
     )
     readable: list[tuple[str, Callable[[], Awaitable[Response]], dict[str, Any]]] = [
@@ -409,7 +471,7 @@ def create_app(
     routes = Routes(config, loaders, on_fatal)
     app = FastAPI(
         title="mobilevit serve",
-        description="Image classification, compatible with the Hugging Face Inference API.",
+        description="Image classification and segmentation, compatible with the Hugging Face Inference API.",
         lifespan=routes.lifespan,
     )
     app.state.engines = routes.engines

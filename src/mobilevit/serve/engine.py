@@ -5,8 +5,8 @@ forward pass to the model's own single thread (one forward at a time per model; 
 the cores inside it).
 A request is admitted (takes a place in the queue) only once its body has arrived, so slow uploads never hold places.
 The worker takes the first waiting request, waits at most ``max_wait_ms`` for up to ``max_batch_size`` requests
-(only while more admitted requests are still being decoded), then runs the batch; each request keeps its own ``top_k``
-and ``function_to_apply``.
+(only while more admitted requests are still being decoded), then runs the batch; each request's own ``finish`` turns
+its row of the logits into its answer (a classifier's top-k with the request's ``top_k`` and ``function_to_apply``).
 """
 
 from __future__ import annotations
@@ -19,12 +19,13 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from PIL import Image
 from torch import Tensor
 
-from ..predict import Activation, Prediction, Predictor
+from ..predict import Predictor
 
 logger = logging.getLogger(__name__)
 
@@ -48,9 +49,8 @@ class _Job:
     """One request waiting for the model."""
 
     image: Tensor  # [3, H, W], preprocessed
-    top_k: int
-    function: Activation
-    future: asyncio.Future[list[Prediction]] = field(repr=False)
+    finish: Callable[[Tensor], Any]  # this request's row of the logits -> its answer (in the model's thread)
+    future: asyncio.Future[Any] = field(repr=False)
 
 
 class BatchEngine:
@@ -136,10 +136,11 @@ class BatchEngine:
     def release(self) -> None:
         self.admitted -= 1
 
-    async def submit(self, image: Tensor, top_k: int, function: Activation) -> list[Prediction]:
-        """Queue one preprocessed image (after :meth:`admit`) and wait for its top-k answer."""
-        future: asyncio.Future[list[Prediction]] = asyncio.get_running_loop().create_future()
-        self._pending.append(_Job(image, top_k, function, future))
+    async def submit(self, image: Tensor, finish: Callable[[Tensor], Any]) -> Any:
+        """Queue one preprocessed image (after :meth:`admit`) and wait for ``finish`` of its row of the logits (run in
+        the model's thread: keep it light, e.g. a top-k)."""
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending.append(_Job(image, finish, future))
         self._nonempty.set()
         if len(self._pending) >= self.max_batch_size:
             self._full.set()
@@ -183,12 +184,11 @@ class BatchEngine:
                 if not job.future.done():
                     job.future.set_result(answer)
 
-    def _forward(self, batch: list[_Job]) -> list[list[Prediction]]:
-        """Model thread: one forward pass of the whole batch, then each request's own top-k and activation."""
+    def _forward(self, batch: list[_Job]) -> list[Any]:
+        """Model thread: one forward pass of the whole batch, then each request's own ``finish`` of its row."""
         assert self.predictor is not None
-        logits = self.predictor.forward(torch.stack([job.image for job in batch]))  # [B, num_classes]
-        topk = self.predictor.topk
-        return [topk(row[None], job.top_k, job.function)[0] for row, job in zip(logits, batch, strict=True)]
+        logits = self.predictor.forward(torch.stack([job.image for job in batch]))  # [B, num_classes(, h, w)]
+        return [job.finish(row) for row, job in zip(logits, batch, strict=True)]
 
     async def stop(self, drain_timeout: float) -> None:
         """Refuse new requests, let the queued ones finish (up to ``drain_timeout`` s), then stop the worker."""

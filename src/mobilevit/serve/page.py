@@ -1,7 +1,8 @@
-"""The minimal HTML page served at ``GET /``: drop an image, see the top-5.
+"""The minimal HTML page served at ``GET /``: pick a served model, drop an image, see the top-5 or, for a
+segmentation model, the image tinted by class with a legend (each class's colour, score and share of the image).
 
-``/?demo=1`` classifies a picture drawn in the page itself (no file needed), which is how the headless-browser test
-drives it; ``&token=T`` sends a bearer token.
+``/?demo=1`` sends a picture drawn in the page itself (no file needed), which is how the headless-browser tests
+drive it; ``&model=NAME`` picks the model (default: the first served), ``&token=T`` sends a bearer token.
 """
 
 PAGE = """<!doctype html>
@@ -14,6 +15,8 @@ PAGE = """<!doctype html>
   #drop { border: 3px dashed #4a7; border-radius: 12px; padding: 2em; text-align: center; background: #eef8f0; }
   #drop.over { background: #cfe; }
   img, canvas { max-width: 224px; max-height: 224px; margin-top: 1em; }
+  #preview canvas.overlay { max-width: 100%; max-height: 480px; }
+  .swatch { display: inline-block; width: 1em; height: 1em; border: 1px solid #333; vertical-align: middle; }
   table { border-collapse: collapse; margin-top: 1em; width: 100%; }
   td, th { border-bottom: 1px solid #ccc; padding: 0.3em 0.6em; text-align: left; }
   .bar { background: #4a7; height: 0.8em; }
@@ -21,8 +24,9 @@ PAGE = """<!doctype html>
 </style>
 </head>
 <body>
-<h1>Image classification</h1>
-<p>Model: <b id="model">__MODEL__</b> &middot; <a href="docs">API docs</a> &middot; <a href="health">health</a></p>
+<h1>Image classification and segmentation</h1>
+<p>Model: <select id="models"><option value="__MODEL__">__MODEL__</option></select>
+&middot; <a href="docs">API docs</a> &middot; <a href="health">health</a></p>
 <div id="drop">Drop an image here, or <input id="file" type="file" accept="image/*"></div>
 <div id="preview"></div>
 <p id="status"></p>
@@ -32,23 +36,99 @@ PAGE = """<!doctype html>
 const params = new URLSearchParams(location.search);
 const token = params.get("token");
 const statusEl = document.getElementById("status"), errorEl = document.getElementById("error");
+const models = document.getElementById("models");
+
+async function listModels() {  // every served model and its task, from /health (answered while loading too)
+  try {
+    const health = await (await fetch("health")).json();
+    models.innerHTML = "";
+    for (const [name, info] of Object.entries(health.models)) {
+      const option = document.createElement("option");
+      option.value = name;
+      option.textContent = name + " (" + (info.task || "loading") + ")";
+      models.appendChild(option);
+    }
+  } catch (err) { /* keep the default model */ }
+  const wanted = params.get("model");
+  if (wanted && [...models.options].some((o) => o.value === wanted)) models.value = wanted;
+}
+
+function vocColour(index) {  // the PASCAL VOC palette: the index's bits dealt to red, green, blue from the top bit
+  const rgb = [0, 0, 0];
+  for (let k = 0; k < 8; k++) for (let c = 0; c < 3; c++) rgb[c] |= ((index >> (3 * k + c)) & 1) << (7 - k);
+  return rgb;
+}
+
+async function decodeImage(src) {
+  const img = new Image();
+  img.src = src;
+  await img.decode();
+  return img;
+}
+
+async function showSegments(photoUrl, answer, body) {  // tint each class's pixels, list the classes
+  const photo = await decodeImage(photoUrl);
+  const canvas = document.createElement("canvas");
+  canvas.className = "overlay";
+  canvas.width = photo.naturalWidth; canvas.height = photo.naturalHeight;
+  const ctx = canvas.getContext("2d", {willReadFrequently: true});
+  ctx.drawImage(photo, 0, 0);
+  const pixels = ctx.getImageData(0, 0, canvas.width, canvas.height);
+  let rank = 0, tinted = 0;
+  for (const segment of answer) {
+    const colour = segment.label.toLowerCase() === "background" ? null : vocColour(++rank);
+    const mask = await decodeImage("data:image/png;base64," + segment.mask);
+    const scratch = document.createElement("canvas");
+    scratch.width = canvas.width; scratch.height = canvas.height;
+    const sctx = scratch.getContext("2d", {willReadFrequently: true});
+    sctx.drawImage(mask, 0, 0, canvas.width, canvas.height);
+    const bits = sctx.getImageData(0, 0, canvas.width, canvas.height).data;
+    let count = 0;
+    for (let i = 0; i < bits.length; i += 4) {
+      if (bits[i] < 128) continue;
+      count++;
+      if (colour) for (let c = 0; c < 3; c++) pixels.data[i + c] = (pixels.data[i + c] + colour[c]) >> 1;
+    }
+    if (colour) tinted += count;
+    const tr = document.createElement("tr");
+    tr.className = "segment";
+    tr.innerHTML = "<td><span class=swatch></span> <span></span></td><td></td><td></td>";
+    tr.querySelector(".swatch").style.background = colour ? "rgb(" + colour.join(",") + ")" : "transparent";
+    tr.children[0].children[1].textContent = segment.label;
+    tr.children[1].textContent = segment.score == null ? "" : segment.score.toFixed(4);
+    tr.children[2].textContent = (100 * count / (canvas.width * canvas.height)).toFixed(1) + "% of the image";
+    body.appendChild(tr);
+  }
+  ctx.putImageData(pixels, 0, 0);
+  canvas.dataset.tinted = tinted;  // how many pixels got a class colour (the browser test reads it)
+  const preview = document.getElementById("preview");
+  preview.innerHTML = "";
+  preview.appendChild(canvas);
+}
 
 async function classify(blob) {
   const preview = document.getElementById("preview");
   preview.innerHTML = "";
   const img = document.createElement("img");
-  img.src = URL.createObjectURL(blob);
+  const photoUrl = URL.createObjectURL(blob);
+  img.src = photoUrl;
   preview.appendChild(img);
-  statusEl.textContent = "classifying...";
+  statusEl.textContent = "running...";
   errorEl.textContent = "";
   const headers = {"Content-Type": blob.type || "application/octet-stream"};
   if (token) headers["Authorization"] = "Bearer " + token;
   try {
-    const response = await fetch("./", {method: "POST", headers: headers, body: blob});
+    const url = "models/" + encodeURIComponent(models.value);
+    const response = await fetch(url, {method: "POST", headers: headers, body: blob});
     const answer = await response.json();
     if (!response.ok) throw new Error(answer.error || response.statusText);
     const body = document.querySelector("#results tbody");
     body.innerHTML = "";
+    if (answer.length && "mask" in answer[0]) {  // a segmentation model's answer
+      await showSegments(photoUrl, answer, body);
+      statusEl.textContent = "done";
+      return;
+    }
     for (const row of answer.slice(0, 5)) {
       const tr = document.createElement("tr");
       tr.className = "prediction";
@@ -85,7 +165,7 @@ drop.addEventListener("drop", (e) => {
 document.getElementById("file").addEventListener("change", (e) => {
   if (e.target.files.length) classify(e.target.files[0]);
 });
-if (params.get("demo")) demo();
+listModels().then(() => { if (params.get("demo")) demo(); });
 </script>
 </body>
 </html>

@@ -10,7 +10,8 @@ Tag vocabulary (the part after the dot):
 
 - timm's own tags, unchanged, for the ``timm/<arch>.<tag>`` Hub repositories: ``cvnets_in1k``,
   ``cvnets_in22k_ft_in1k``, ``cvnets_in22k_ft_in1k_384``, ``apple_in1k``, ``apple_dist_in1k``.
-- ``hf_in1k``: the Hugging Face transformers ports under ``apple/*``.
+- ``hf_in1k``: the Hugging Face transformers ports under ``apple/*``; ``hf_voc``: the DeepLabV3 ones, fine-tuned on
+  PASCAL VOC 2012 (segmentation, 21 classes).
 - ``orig_*``: the upstream authors' own file at its own URL (ml-cvnets, ml-fastvit, ml-mobileone, the MobileViTv3
   GitHub release); ``_reparam`` marks Apple's reparameterized (inference-form) FastViT / MobileOne files.
 
@@ -35,9 +36,19 @@ Interpolation = Literal["bilinear", "bicubic"]
 ChannelOrder = Literal["RGB", "BGR"]
 ResizeBackend = Literal["pil", "opencv"]
 CropOffset = Literal["round", "floor"]
+ResizeMode = Literal["shorter_side", "exact"]
+Task = Literal["classification", "segmentation"]
+LabelSet = Literal["imagenet-1k", "pascal-voc"]
 Source = Literal["timm", "transformers", "cvnets", "mobilevitv3", "ml-fastvit", "ml-mobileone"]
 Format = Literal["timm", "transformers", "cvnets", "ml-fastvit", "ml-mobileone"]
 
+LABEL_SETS: tuple[str, ...] = ("imagenet-1k", "pascal-voc")
+# PASCAL VOC 2012 segmentation classes in index order (255 in a mask means "ignore"), as transformers' and
+# torchvision's VOC label files list them (torchvision spells index 0 "__background__")
+VOC_LABELS: tuple[str, ...] = (
+    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
+)  # fmt: skip
 SOURCES: tuple[str, ...] = ("timm", "transformers", "cvnets", "mobilevitv3", "ml-fastvit", "ml-mobileone")
 # The converter formats of ``mobilevit.weights.converters.CONVERTERS`` (MobileViTv3 files are cvnets-format).
 FORMATS: tuple[str, ...] = ("timm", "transformers", "cvnets", "ml-fastvit", "ml-mobileone")
@@ -55,7 +66,8 @@ class Preprocess:
     Steps, in order: decode to 8-bit ``channel_order`` pixels; resize so the shorter side is ``resize_size`` (the
     longer side becomes ``int(resize_size * long / short)``, aspect kept) with ``interpolation``; center-crop
     ``input_size``; scale to [0, 1]; subtract ``mean`` and divide by ``std`` (both in [0, 1] pixel units, listed in
-    ``channel_order``).
+    ``channel_order``). With ``resize_mode="exact"`` (segmentation) the whole image is resized to ``input_size``
+    instead, aspect not kept, and nothing is cropped: every pixel of the image has a place in the mask.
 
     Attributes:
         input_size: (H, W) of the tensor fed to the model.
@@ -71,6 +83,9 @@ class Preprocess:
         crop_offset: how the crop's top/left offset is rounded: "round" is torchvision's
             ``int(round((size - crop) / 2))`` (timm); "floor" is ``(size - crop) // 2`` (ml-cvnets v0.1 and
             transformers). A one-pixel shift moves pixels by up to ~0.09 on real images, far above 1/255.
+        resize_mode: "shorter_side" (resize the shorter side to ``resize_size``, then center-crop ``input_size``) or
+            "exact" (resize to ``input_size``, no crop; ``resize_size`` is then ``min(input_size)`` and ``crop_pct``
+            1), as ml-cvnets v0.1 evaluated its segmentation models.
     """
 
     input_size: tuple[int, int]
@@ -82,8 +97,16 @@ class Preprocess:
     channel_order: ChannelOrder
     resize_backend: ResizeBackend = "pil"
     crop_offset: CropOffset = "round"
+    resize_mode: ResizeMode = "shorter_side"
 
     def __post_init__(self) -> None:
+        if self.resize_mode not in ("shorter_side", "exact"):
+            raise UsageError(f"resize_mode must be 'shorter_side' or 'exact', got {self.resize_mode!r}")
+        if self.resize_mode == "exact" and (self.resize_size != min(self.input_size) or self.crop_pct != 1.0):
+            raise UsageError(
+                f"an exact resize to {self.input_size} crops nothing: resize_size must be {min(self.input_size)} and "
+                f"crop_pct 1.0, got {self.resize_size} and {self.crop_pct}"
+            )
         if not 0.0 < self.crop_pct <= 1.0:
             raise UsageError(f"crop_pct must be in (0, 1], got {self.crop_pct}")
         if self.resize_size < min(self.input_size):
@@ -94,12 +117,15 @@ class Preprocess:
 
 @dataclass(frozen=True)
 class Metric:
-    """A published ImageNet-1k validation accuracy (percent) and where it was published."""
+    """A published result (percent) and where it was published: ImageNet-1k validation top-1 / top-5 for a
+    classifier, PASCAL VOC 2012 validation mean IoU (``miou``; ``top1`` and ``top5`` are ``None``) for a segmentation
+    model."""
 
-    top1: float
+    top1: float | None
     top5: float | None
     source: str
     note: str = ""
+    miou: float | None = None
 
 
 @dataclass(frozen=True)
@@ -124,6 +150,7 @@ class WeightsEntry:
         reparameterized: the file holds the inference (folded) form of a reparameterizable model.
         num_classes: classifier outputs.
         labels: label set; :func:`labels` returns the names.
+        task: what the model predicts: "classification" (one label per image) or "segmentation" (one per pixel).
         upstream_preprocess: the source's own published transform when it differs from ``preprocess`` (the
             transformers MobileViTV2 processor flips RGB to BGR for weights trained on RGB); parity tests against the
             upstream pipeline use this one.
@@ -145,12 +172,15 @@ class WeightsEntry:
     download_page: str | None = None
     reparameterized: bool = False
     num_classes: int = 1000
-    labels: str = "imagenet-1k"
+    labels: LabelSet = "imagenet-1k"
     upstream_preprocess: Preprocess | None = None
     notes: str = ""
     evidence: tuple[str, ...] = ()
+    task: Task = "classification"
 
     def __post_init__(self) -> None:
+        if self.labels not in LABEL_SETS:
+            raise UsageError(f"{self.name}: unknown label set {self.labels!r}")
         if not self.name.startswith(self.arch + ".") or self.name.count(".") != 1:
             raise UsageError(f"weights name {self.name!r} must be '{self.arch}.<tag>'")
         if self.source not in SOURCES:
@@ -166,8 +196,14 @@ class WeightsEntry:
 
     @property
     def top1(self) -> float | None:
-        """The first listed published top-1 (the number for this exact file when one was published)."""
+        """The first listed published top-1 (the number for this exact file when one was published); ``None`` for a
+        segmentation model."""
         return self.metrics[0].top1 if self.metrics else None
+
+    @property
+    def miou(self) -> float | None:
+        """The first listed published mean IoU of a segmentation model; ``None`` for a classifier."""
+        return self.metrics[0].miou if self.metrics else None
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -200,6 +236,8 @@ MMPRETRAIN_V1 = (
 PAPER_V1_TABLE = "paper arXiv:2110.02178 (ImageNet-1k results)"
 V3_README = "micronDLA/MobileViTv3 README.md (Classification ImageNet-1K table)"
 FASTVIT_README = "apple/ml-fastvit README.md (model zoo tables)"
+PAPER_V1_SEG_TABLE = "paper arXiv:2110.02178 (PASCAL VOC 2012 segmentation, DeepLabv3, 512x512)"
+CVNETS_ZOO_SEG = CVNETS_ZOO + " (Segmentation, Pascal VOC 2012 table)"
 MOBILEONE_README = "apple/ml-mobileone README.md (model zoo table)"
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -247,6 +285,28 @@ EV_HF_V2 = (
     "do_flip_channel_order=True feeds BGR",
     *EV_CVNETS_V02[:2],
 )
+EV_HF_SEG_V1 = (
+    "huggingface/transformers src/transformers/models/mobilevit/convert_mlcvnets_to_pytorch.py: deeplabv3_mobilevit_*: "
+    "image_size 512, output_stride 16, 21 labels (pascal-voc-id2label.json), tensors renamed and qkv split; processor "
+    "saved as MobileViTImageProcessor(crop_size=512, size=544) with the defaults of the time (flip to BGR, bilinear)",
+    "apple/ml-cvnets@d38a116 (v0.1) config/segmentation/deeplabv3_mobilevit_*.yaml: DeepLabv3, output stride 16, "
+    "ASPP 256, rates 6/12/18, 21 classes",
+    "apple/ml-cvnets@d38a116 engine/eval_segmentation.py and data/datasets/segmentation/pascal_voc.py "
+    "(evaluation_transforms with --evaluation.segmentation.resize-input-images): the BGR image cv2.resize'd to "
+    "512x512 (INTER_LINEAR), the prediction resized back to the image",
+    "transformers MobileViTImageProcessor.post_process_semantic_segmentation: logits (1/16 of the input) resized "
+    "bilinearly, align_corners=False",
+)
+EV_HF_SEG_V2 = (
+    "huggingface/transformers src/transformers/models/mobilevitv2/convert_mlcvnets_to_pytorch.py: voc_deeplabv3: "
+    "image_size 512, output stride, ASPP rates, width and dropout read from the ml-cvnets config, the auxiliary head "
+    "dropped; processor saved as MobileViTImageProcessor(crop_size=512, size=544) (flip to BGR, bilinear)",
+    "apple/ml-cvnets config/segmentation/pascal_voc/deeplabv3_mobilevitv2.yaml: output stride 16, ASPP 512, rates "
+    "6/12/18, aux head, resize 512x512 bicubic; cvnets v0.2 reads images with PIL (RGB)",
+    "apple/ml-cvnets docs/source/en/models/segmentation/README-segmentation-mobilevit-v2.md: mIoU by cvnets-eval-seg "
+    "--evaluation.segmentation.resize-input-images (shorter side to 512, aspect kept)",
+    CVNETS_ZOO_SEG + ": DeepLabv3 MobileViTv2-1.0, 13.3 M parameters, 78.94 mIoU",
+)
 EV_FASTVIT = (
     "apple/ml-fastvit models/fastvit.py: _cfg crop_pct 0.9 (T/S), 0.95 (M), bicubic, IMAGENET_DEFAULT_MEAN/STD; "
     "validate.py is timm's (PIL, RGB)",
@@ -277,6 +337,14 @@ CVNETS_V2_384 = Preprocess((384, 384), 384, 1.0, "bicubic", NO_MEAN, NO_STD, "RG
 HF_PROCESSOR = Preprocess((256, 256), 288, 0.8889, "bilinear", NO_MEAN, NO_STD, "BGR", crop_offset="floor")
 # the same geometry without the flip: what the MobileViTV2 weights (trained on RGB) expect
 HF_PROCESSOR_RGB = dataclasses.replace(HF_PROCESSOR, channel_order="RGB")
+# Segmentation (DeepLabV3 on PASCAL VOC, 512x512): ml-cvnets v0.1 evaluated the MobileViT v1 models on the whole image
+# cv2.resize'd (bilinear) to 512x512 and read BGR; ml-cvnets v0.2 (MobileViTv2) reads RGB with PIL, resizes bicubic
+SEG_SIZE = (512, 512)
+CVNETS_V1_SEG = Preprocess(SEG_SIZE, 512, 1.0, "bilinear", NO_MEAN, NO_STD, "BGR", "opencv", "floor", "exact")
+CVNETS_V2_SEG = Preprocess(SEG_SIZE, 512, 1.0, "bicubic", NO_MEAN, NO_STD, "RGB", resize_mode="exact")
+# transformers' processor of apple/deeplabv3-mobilevit-* and apple/mobilevitv2-1.0-voc-deeplabv3 as the converters
+# saved it (crop_size=512, size=544, the defaults of the time): shortest edge 544, bilinear, center crop 512, BGR
+HF_SEG_PROCESSOR = Preprocess(SEG_SIZE, 544, 0.9412, "bilinear", NO_MEAN, NO_STD, "BGR", crop_offset="floor")
 # FastViT (timm and ml-fastvit): 256, bicubic, ImageNet mean/std; crop_pct 0.9 -> 284, MA36 0.95 -> 269
 FASTVIT = Preprocess((256, 256), 284, 0.9, "bicubic", IMAGENET_MEAN, IMAGENET_STD, "RGB")
 FASTVIT_MA36 = Preprocess((256, 256), 269, 0.95, "bicubic", IMAGENET_MEAN, IMAGENET_STD, "RGB")
@@ -674,6 +742,58 @@ _ENTRIES: list[WeightsEntry] = [
         ),
         evidence=EV_HF_V2,
     ),
+    # ---- DeepLabV3 on MobileViT v1 / v2: Hugging Face transformers ports (PASCAL VOC 2012 segmentation) -------------
+    *[
+        WeightsEntry(
+            name=f"deeplabv3_{arch}.hf_voc",
+            arch=f"deeplabv3_{arch}",
+            source="transformers",
+            format="transformers",
+            hub_repo_id=repo,
+            preprocess=CVNETS_V1_SEG,
+            upstream_preprocess=HF_SEG_PROCESSOR,
+            metrics=(Metric(None, None, PAPER_V1_SEG_TABLE, f"{params} parameters", miou=miou),),
+            license=LICENSE_HF,
+            paper=PAPER_V1,
+            num_classes=21,
+            labels="pascal-voc",
+            task="segmentation",
+            notes=(
+                "ml-cvnets v0.1 DeepLabv3 weights (ImageNet-1k backbone, fine-tuned on PASCAL VOC 2012), renamed for "
+                "transformers: BGR input like the original. We feed the whole image resized to 512x512, as ml-cvnets "
+                "evaluated it; the transformers processor (upstream_preprocess) resizes the shorter side to 544 and "
+                "crops 512, so it cuts off the borders of the mask."
+            ),
+            evidence=EV_HF_SEG_V1,
+        )
+        for arch, repo, miou, params in [
+            ("mobilevit_xxs", "apple/deeplabv3-mobilevit-xx-small", 73.6, "1.9M"),
+            ("mobilevit_xs", "apple/deeplabv3-mobilevit-x-small", 77.1, "2.9M"),
+            ("mobilevit_s", "apple/deeplabv3-mobilevit-small", 79.1, "6.4M"),
+        ]
+    ],
+    WeightsEntry(
+        name="deeplabv3_mobilevitv2_100.hf_voc",
+        arch="deeplabv3_mobilevitv2_100",
+        source="transformers",
+        format="transformers",
+        hub_repo_id="apple/mobilevitv2-1.0-voc-deeplabv3",
+        preprocess=CVNETS_V2_SEG,
+        upstream_preprocess=HF_SEG_PROCESSOR,
+        metrics=(Metric(None, None, CVNETS_ZOO_SEG, "13.3M parameters (without the auxiliary head)", miou=78.94),),
+        license=LICENSE_HF,
+        paper=PAPER_V2,
+        num_classes=21,
+        labels="pascal-voc",
+        task="segmentation",
+        notes=(
+            "ml-cvnets v0.2 DeepLabv3 MobileViTv2-1.0 weights (PASCAL VOC 2012, trained on RGB with PIL), renamed for "
+            "transformers, auxiliary head dropped. The transformers processor flips to BGR (its default) and crops "
+            "512 out of a 544 resize; we feed RGB, the whole image resized to 512x512 (bicubic, the cvnets config's "
+            "resize). The published mIoU was measured with the shorter side resized to 512 and the aspect kept."
+        ),
+        evidence=EV_HF_SEG_V2,
+    ),
     # ---- MobileViT v1: ml-cvnets originals (trained and evaluated with the OpenCV/BGR pipeline of v0.1) --------------
     *[
         _cvnets(
@@ -767,6 +887,7 @@ DEFAULT_TAGS: dict[str, str] = {
     **{f"mobilevitv3_{v}": "orig_in1k" for v in ("xxs", "xs", "s", "050", "075", "100")},
     **{f"fastvit_{v}": "apple_in1k" for v in ("t8", "t12", "s12", "sa12", "sa24", "sa36", "ma36")},
     **{f"mobileone_s{i}": "apple_in1k" for i in range(5)},
+    **{f"deeplabv3_{a}": "hf_voc" for a in ("mobilevit_xxs", "mobilevit_xs", "mobilevit_s", "mobilevitv2_100")},
 }
 
 
@@ -820,9 +941,9 @@ def labels(entry: WeightsEntry | str) -> list[str]:
     """Class names of a weights entry (or weights name), index-aligned with the classifier outputs."""
     if isinstance(entry, str):
         entry = get_weights(entry)
-    if entry.labels != "imagenet-1k":
+    if entry.labels not in LABEL_SETS:
         raise UsageError(f"{entry.name}: no label names known for label set {entry.labels!r}")
-    names = list(_imagenet_categories())
+    names = list(_imagenet_categories() if entry.labels == "imagenet-1k" else VOC_LABELS)
     assert len(names) == entry.num_classes, (len(names), entry.num_classes)
     return names
 
@@ -842,22 +963,35 @@ def imagenet_wnids() -> tuple[str, ...]:
 
 
 def labels_for(
-    num_classes: int, entry: WeightsEntry | None = None, saved: Sequence[str] | None = None
+    num_classes: int,
+    entry: WeightsEntry | None = None,
+    saved: Sequence[str] | None = None,
+    task: Task = "classification",
 ) -> tuple[str, ...]:
-    """The class names of a classifier with ``num_classes`` outputs: the one rule every path uses.
+    """The class names of a model with ``num_classes`` outputs: the one rule every path uses.
 
     In order: the names the checkpoint (or the user) gives, when there is one per output; the weights entry's, when
     it has as many classes and a known label set; ImageNet-1k's for any other 1000-class classifier (a checkpoint
-    loaded by architecture name or from a path without a weights tag, or random weights, as timm does); else
-    ``class_<i>``.
+    loaded by architecture name or from a path without a weights tag, or random weights, as timm does), PASCAL VOC's
+    for any other 21-class segmentation model; else ``class_<i>``.
     """
     if saved is not None and len(saved) == num_classes:
         return tuple(str(x) for x in saved)
-    if entry is not None and entry.num_classes == num_classes and entry.labels == "imagenet-1k":
+    if entry is not None and entry.num_classes == num_classes and entry.labels in LABEL_SETS:
         return tuple(labels(entry))
-    if num_classes == IMAGENET_1K_CLASSES:
+    if task == "classification" and num_classes == IMAGENET_1K_CLASSES:
         return _imagenet_categories()
+    if task == "segmentation" and num_classes == len(VOC_LABELS):
+        return VOC_LABELS
     return tuple(f"class_{i}" for i in range(num_classes))
+
+
+def segmentation_preprocess(backbone: Preprocess, size: tuple[int, int] = SEG_SIZE) -> Preprocess:
+    """The eval transform of a segmentation model whose backbone's weights expect ``backbone``: the same pixels
+    (channel order, normalization, resize filter and backend), the whole image resized to ``size``."""
+    return dataclasses.replace(
+        backbone, input_size=tuple(size), resize_size=min(size), crop_pct=1.0, resize_mode="exact"
+    )
 
 
 def read_labels_file(path: str | os.PathLike) -> tuple[str, ...]:
@@ -905,7 +1039,9 @@ def resize_size_for(input_size: int, crop_pct: float) -> int:
 __all__ = [
     "DEFAULT_TAGS",
     "FORMATS",
+    "LABEL_SETS",
     "SOURCES",
+    "VOC_LABELS",
     "WEIGHTS",
     "Metric",
     "Preprocess",
@@ -919,4 +1055,5 @@ __all__ = [
     "list_weights",
     "read_labels_file",
     "resize_size_for",
+    "segmentation_preprocess",
 ]

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from ..errors import MobileViTError
 from ..reparam import reparameterize_model
 from .converters import CONVERTERS
+from .converters.from_transformers import deeplabv3_config
 
 logger = logging.getLogger(__name__)
 
@@ -129,6 +130,8 @@ def detect_format(state_dict: dict[str, Tensor]) -> str:
         return "transformers"
     if "conv_1.block.conv.weight" in state_dict or any(k.startswith("layer_1.0.block.") for k in keys):
         return "cvnets"
+    if any(k.startswith("seg_head.") for k in keys) and any(k.startswith("encoder.layer_1.") for k in keys):
+        return "cvnets"  # a segmentation model: backbone under encoder., head under seg_head.
     if any(k.startswith(("patch_embed.", "network.")) for k in keys):
         return "ml-fastvit"
     if any(k.startswith("stage0.") for k in keys):
@@ -203,6 +206,15 @@ def convert_checkpoint(
         raise CheckpointError(f"{source} ({fmt} layout) cannot be converted for {arch}: {e}") from e
 
 
+def checkpoint_config(info: dict[str, Any], cfg: Any) -> dict[str, Any]:
+    """The config fields a foreign checkpoint states about itself, as overrides of ``cfg``: for a transformers
+    segmentation folder, its output stride and ASPP (the weights alone do not show them). Empty otherwise."""
+    hf_config = info.get("hf_config")
+    if hf_config is None or type(cfg).__name__ != "DeepLabV3Config":
+        return {}
+    return deeplabv3_config(hf_config)
+
+
 def is_folded_checkpoint(model: nn.Module, state_dict: dict[str, Tensor]) -> bool:
     """Whether ``state_dict`` has the layout of ``reparameterize_model(model)`` rather than of ``model`` itself.
 
@@ -231,7 +243,8 @@ def load_into(model: nn.Module, state_dict: dict[str, Tensor], source: str, keep
         keep_head: load the classifier too; ``False`` leaves the model's fresh classifier in place.
     """
     expected = model.state_dict()
-    head_keys = [k for k in state_dict if k.startswith("head.fc.")]
+    classifier = getattr(model, "classifier_name", "head.fc") + "."
+    head_keys = [k for k in state_dict if k.startswith(classifier)]
     if not keep_head or getattr(model, "features_only", False):
         state_dict = {k: v for k, v in state_dict.items() if k not in head_keys}
         if getattr(model, "features_only", False):
@@ -241,7 +254,7 @@ def load_into(model: nn.Module, state_dict: dict[str, Tensor], source: str, keep
     state_dict = {**counters, **state_dict}
     missing = [k for k in expected if k not in state_dict]
     if not keep_head:
-        missing = [k for k in missing if not k.startswith("head.fc.")]
+        missing = [k for k in missing if not k.startswith(classifier)]
     unexpected = [k for k in state_dict if k not in expected]
     misshaped = [
         f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(expected[k].shape)}"

@@ -32,7 +32,7 @@ from torch import nn
 
 from ..errors import UsageError
 from ..models import ARCHITECTURES, find_arch, unwrap_model
-from .entries import Preprocess, WeightsEntry, get_weights, labels_for
+from .entries import DEFAULT_TAGS, Preprocess, WeightsEntry, get_weights, labels_for, segmentation_preprocess
 from .load import CONFIG_METADATA_KEY, LIBRARY, CheckpointError, is_folded_checkpoint, is_mobilevit_config
 
 FORMAT_VERSION = 1
@@ -207,14 +207,28 @@ def _is_folded(model: nn.Module, arch: str, num_classes: int, state_dict: dict[s
 
 
 def model_labels(model: nn.Module) -> tuple[str, ...]:
-    """The class names of a classifier of this package, by the rule of :func:`~mobilevit.weights.labels_for`.
+    """The class names of a model of this package, by the rule of :func:`~mobilevit.weights.labels_for`.
 
     The checkpoint's own names (``model.pretrained_cfg.labels``) when it has them, else its entry's, else ImageNet-1k's
-    for 1000 outputs (random weights included), else ``class_<i>``.
+    for a classifier with 1000 outputs and PASCAL VOC's for a segmentation model with 21 (random weights included),
+    else ``class_<i>``.
     """
     info: PretrainedCfg | None = getattr(model, "pretrained_cfg", None)
     num_classes = int(getattr(model, "num_classes", 0))
-    return labels_for(num_classes, info.entry if info is not None else None, info.labels if info is not None else None)
+    entry, saved = (info.entry, info.labels) if info is not None else (None, None)
+    return labels_for(num_classes, entry, saved, task=getattr(model, "task", "classification"))
+
+
+def default_preprocess(arch: str) -> Preprocess:
+    """The eval transform of architecture ``arch`` when its weights bring none: its default weights' (every
+    classifier has some), else, for a segmentation model without published weights, its backbone's pixels with the
+    whole image resized to 512x512 (:func:`~mobilevit.weights.entries.segmentation_preprocess`)."""
+    if arch in DEFAULT_TAGS:
+        return get_weights(arch).preprocess
+    backbone = getattr(ARCHITECTURES[arch][1], "backbone", None)
+    if backbone is None:
+        raise UsageError(f"{arch!r} has no default weights and no backbone to take its preprocessing from")
+    return segmentation_preprocess(default_preprocess(backbone))
 
 
 @dataclass(frozen=True)
@@ -228,6 +242,8 @@ class ModelIO:
         labels: class names by :func:`~mobilevit.weights.labels_for`; empty for a ``features_only`` model.
         weights: the weights entry's name (``arch.tag``), or ``None``.
         source: the file or folder the weights came from; ``None`` for random weights.
+        task: ``"classification"`` (``[B, num_classes]`` logits) or ``"segmentation"`` (``[B, num_classes, h, w]``
+            logits at 1/output stride of the input; the model's ``upsample_logits`` resizes them).
     """
 
     arch: str
@@ -235,6 +251,7 @@ class ModelIO:
     labels: tuple[str, ...]
     weights: str | None = None
     source: str | None = None
+    task: str = "classification"
 
 
 def model_io(model: nn.Module) -> ModelIO:
@@ -245,7 +262,7 @@ def model_io(model: nn.Module) -> ModelIO:
     entry = info.entry if info is not None else None
     preprocess = info.preprocess if info is not None else None  # the checkpoint's own, else its entry's
     if preprocess is None:
-        preprocess = get_weights(arch).preprocess  # every architecture has default weights (test_entries checks)
+        preprocess = default_preprocess(arch)
     labels = () if getattr(model, "features_only", False) else model_labels(model)
     return ModelIO(
         arch=arch,
@@ -253,6 +270,7 @@ def model_io(model: nn.Module) -> ModelIO:
         labels=labels,
         weights=entry.name if entry is not None else None,
         source=info.source if info is not None else None,
+        task=getattr(model, "task", "classification"),
     )
 
 
@@ -286,6 +304,7 @@ __all__ = [
     "PretrainedCfg",
     "config_diff",
     "config_overrides",
+    "default_preprocess",
     "model_io",
     "model_labels",
     "preprocess_from_json",

@@ -10,6 +10,8 @@ CONVERTERS = {
     ("timm", "MobileOneConfig"): from_timm_reparam.convert_mobileone,
     ("ml-fastvit", "FastViTConfig"): from_apple.convert_fastvit,
     ("ml-mobileone", "MobileOneConfig"): from_apple.convert_mobileone,
+    ("transformers", "DeepLabV3Config"): from_transformers.convert_deeplabv3,
+    ("cvnets", "DeepLabV3Config"): from_cvnets.convert_deeplabv3,
 }
 
 __all__ = ["CONVERTERS"]

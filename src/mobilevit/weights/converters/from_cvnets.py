@@ -1,16 +1,22 @@
-"""apple/ml-cvnets (MobileViT v1, v2) and micronDLA/MobileViTv3 state dicts -> ours.
+"""apple/ml-cvnets (MobileViT v1, v2, and their DeepLabV3 segmentation models) and micronDLA/MobileViTv3 state dicts
+-> ours.
 
 cvnets wraps every convolution as ``<name>.block.conv`` / ``<name>.block.norm``; stages are ``layer_1`` ... ``layer_5``;
-the transformer's final LayerNorm sits after the layers in the same ``global_rep`` Sequential.
+the transformer's final LayerNorm sits after the layers in the same ``global_rep`` Sequential. A segmentation checkpoint
+(``SegEncoderDecoder``) holds the backbone under ``encoder.`` and the DeepLabV3 head under ``seg_head.``.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from torch import Tensor
 
+from ...models.classifiers import CLASSIFIERS
 from ._common import rename, squeeze_pointwise
+
+logger = logging.getLogger(__name__)
 
 _RULES = [
     (r"^conv_1\.", "stem."),
@@ -59,3 +65,38 @@ def convert_mobilevit(state_dict: dict[str, Tensor], cfg: Any) -> dict[str, Tens
                 break
         renamed[key] = value
     return squeeze_pointwise(rename(renamed, _RULES))
+
+
+_SEG_HEAD_RULES = [
+    (r"^seg_head\.aspp\.aspp_layer\.convs\.4\.aspp_pool\.conv_1x1\.", "head.aspp.pool."),
+    (r"^seg_head\.aspp\.aspp_layer\.convs\.(\d)\.", r"head.aspp.branches.\1."),
+    (r"^seg_head\.aspp\.aspp_layer\.project\.", "head.aspp.project."),
+    (r"^seg_head\.classifier\.(classifier\.)?block\.conv\.", "head.classifier."),  # v0.1 nests one more level
+    (r"\.block\.conv\.", ".conv."),
+    (r"\.block\.norm\.", ".bn."),
+]
+
+
+def convert_deeplabv3(state_dict: dict[str, Tensor], cfg: Any) -> dict[str, Tensor]:
+    """Rename a cvnets DeepLabV3 segmentation state dict (``encoder.*`` + ``seg_head.*``) to our keys.
+
+    The auxiliary head (``seg_head.aux_head.*``, a training-only branch on the stride-16 features) is dropped; cvnets
+    never evaluates it.
+
+    Args:
+        state_dict: the checkpoint, as cvnets saves a segmentation model.
+        cfg: our :class:`~mobilevit.models.deeplabv3.DeepLabV3Config`.
+    """
+    unknown = sorted({k.split(".")[0] for k in state_dict} - {"encoder", "seg_head"})
+    if unknown:
+        raise KeyError(f"a cvnets segmentation checkpoint holds 'encoder.' and 'seg_head.' tensors, not {unknown}")
+    aux = [k for k in state_dict if k.startswith("seg_head.aux_head.")]
+    if aux:
+        logger.info("Dropping the %d tensors of the auxiliary segmentation head (training only)", len(aux))
+    encoder = {k.removeprefix("encoder."): v for k, v in state_dict.items() if k.startswith("encoder.")}
+    backbone = convert_mobilevit(encoder, CLASSIFIERS[cfg.backbone][1])
+    head = {k: v for k, v in state_dict.items() if k.startswith("seg_head.") and k not in aux}
+    out = {f"backbone.{k}": v for k, v in backbone.items()}
+    out.update(rename(head, _SEG_HEAD_RULES))
+    assert len(out) == len(state_dict) - len(aux)
+    return out

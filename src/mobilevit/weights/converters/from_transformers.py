@@ -2,7 +2,9 @@
 
 transformers splits the attention projection into ``query`` / ``key`` / ``value``; we fuse them back into ``qkv``
 (v1). The MobileViT stages are ``encoder.layer.{2,3,4}`` with a ``downsampling_layer`` that is our block 0.
-Segmentation heads (``apple/deeplabv3-mobilevit-*``) are dropped: the backbone loads, the head is not ours.
+``*ForSemanticSegmentation`` (``apple/deeplabv3-mobilevit-*``, ``apple/mobilevitv2-1.0-voc-deeplabv3``) add a DeepLabV3
+``segmentation_head``: :func:`convert_deeplabv3` maps it onto our DeepLabV3 models, and :func:`convert_mobilevit` drops
+it when such a folder is loaded into a backbone.
 """
 
 from __future__ import annotations
@@ -64,3 +66,39 @@ def convert_mobilevit(state_dict: dict[str, Tensor], cfg: Any) -> dict[str, Tens
         parts = [out.pop(f"{prefix}{name}.{kind}") for name in ("query", "key", "value")]
         out[f"{prefix}qkv.{kind}"] = torch.cat(parts, dim=0)
     return squeeze_pointwise(out)
+
+
+_SEG_HEAD_RULES = [
+    (r"^segmentation_head\.aspp\.convs\.4\.conv_1x1\.", "head.aspp.pool."),
+    (r"^segmentation_head\.aspp\.convs\.(\d)\.", r"head.aspp.branches.\1."),
+    (r"^segmentation_head\.aspp\.project\.", "head.aspp.project."),
+    (r"^segmentation_head\.classifier\.convolution\.", "head.classifier."),
+    (r"\.convolution\.", ".conv."),
+    (r"\.normalization\.", ".bn."),
+]
+
+
+def convert_deeplabv3(state_dict: dict[str, Tensor], cfg: Any) -> dict[str, Tensor]:
+    """Rename a transformers ``MobileViTForSemanticSegmentation`` / ``MobileViTV2ForSemanticSegmentation`` state dict
+    to the keys of our :class:`~mobilevit.models.deeplabv3.DeepLabV3` (backbone under ``backbone.``)."""
+    head = {k: v for k, v in state_dict.items() if k.startswith("segmentation_head.")}
+    if not head:
+        raise KeyError("no 'segmentation_head.' tensors: not a transformers semantic-segmentation checkpoint")
+    backbone = convert_mobilevit({k: v for k, v in state_dict.items() if k not in head}, cfg)
+    out = {f"backbone.{k}": v for k, v in backbone.items()}
+    out.update(rename(head, _SEG_HEAD_RULES))
+    return out
+
+
+def deeplabv3_config(hf_config: dict[str, Any]) -> dict[str, Any]:
+    """The fields of our DeepLabV3 config that a transformers segmentation ``config.json`` sets."""
+    fields = {
+        "output_stride": "output_stride",
+        "aspp_channels": "aspp_out_channels",
+        "aspp_rates": "atrous_rates",
+        "dropout": "aspp_dropout_prob",
+    }
+    out = {ours: hf_config[theirs] for ours, theirs in fields.items() if theirs in hf_config}
+    if "aspp_rates" in out:
+        out["aspp_rates"] = tuple(int(r) for r in out["aspp_rates"])
+    return out
