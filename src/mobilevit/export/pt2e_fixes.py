@@ -29,13 +29,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import UsageError
 from .quant_fixes import equalization_scales, input_channel_max, output_shift, scale_channels
+from .quantize import resolve_anchors
 
 logger = logging.getLogger(__name__)
 
 ANNOTATION = "quantization_annotation"  # the node.meta key torchao's quantizers annotate under
-ANCHORS = ("first", "last")  # keep_fp32 words for the modules of the first and last conv2d/linear
 
 
 def _ops() -> dict[str, tuple[Any, ...]]:
@@ -295,22 +294,8 @@ def resolve_keep_fp32(graph: torch.fx.GraphModule, model: nn.Module, keep_fp32: 
     ``linear`` (e.g. a stem convolution and a classifier), other entries must name submodules of ``model``."""
     ops = _ops()
     layers = [_module_path(n) for n in graph.graph.nodes if n.target in ops["conv"] + ops["linear"]]
-    layers = [path for path in layers if path]
-    modules = dict(model.named_modules())
-    resolved = []
-    for entry in keep_fp32:
-        if entry in ANCHORS:
-            if not layers:
-                raise UsageError(f"keep_fp32={entry!r}: the model has no conv2d or linear layer")
-            resolved.append(layers[0] if entry == "first" else layers[-1])
-        elif entry in modules and entry:
-            resolved.append(entry)
-        else:
-            raise UsageError(
-                f"keep_fp32: no module named {entry!r} in the model; give {' or '.join(ANCHORS)} or module names "
-                f"(its layers are named like {', '.join(layers[:3])})"
-            )
-    return tuple(dict.fromkeys(resolved))
+    modules = {name for name, _ in model.named_modules() if name}
+    return resolve_anchors(keep_fp32, [path for path in layers if path], modules, "module", "conv2d/linear")
 
 
 def _in_modules(names: Sequence[str]) -> Callable[[torch.fx.Node], bool]:
