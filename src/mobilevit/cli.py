@@ -590,7 +590,7 @@ def _export_args(p: argparse.ArgumentParser) -> None:
         "--quantize-method",
         choices=["minmax", "percentile", "entropy", "histogram", "moving-average"],
         help="int8 static: activation range estimate: ONNX minmax (default), percentile, entropy; ExecuTorch and "
-        "LiteRT minmax, histogram, moving-average (default)",
+        "LiteRT histogram (default), minmax, moving-average",
     )
     p.add_argument(
         "--quantize-weights", choices=["per-channel", "per-tensor"], help="int8: weight scales (default: per-channel)"
@@ -613,7 +613,7 @@ def _export_args(p: argparse.ArgumentParser) -> None:
         "--equalize",
         type=_alpha,
         metavar="ALPHA",
-        help="int8 static: channel equalization strength 0-1, or off (default: 0.75)",
+        help="int8 static: channel equalization strength 0-1, or off (default: 0.75 ONNX, 0.6 ExecuTorch/LiteRT)",
     )
     p.add_argument(
         "--bias-correction",
