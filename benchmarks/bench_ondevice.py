@@ -16,8 +16,14 @@ Three parts, every file written by ``mobilevit.export.export_model`` and run thr
    PyTorch, the runtimes interleaved round by round (``mobilevit.bench.profile.compare_latency``) so a busy machine
    slows them alike; ``--threads`` for every runtime; the speed-up of each int8 file over the fp32 file of its
    runtime.
+4. int8 beyond MobileOne: ``--random-int8`` models (default ``mobilevitv2_050`` and ``fastvit_t8``) with random
+   weights (BatchNorms and layer scales randomised), fp32 and default int8 files of each format: on the 100 photos
+   of ``imagenet-samples-100``, how often the int8 top-1 equals the fp32 file's, the int8 logits' SNR against the
+   fp32 file's (dB) and the drift (largest difference relative to the fp32 logit scale); and the batch-1 speed-up of
+   each int8 file over the fp32 file of its runtime, the four files of a model interleaved. Random weights give no
+   accuracy; these rows say whether int8 keeps the fp32 function and what it buys in time.
 
-    python benchmarks/bench_ondevice.py                          # all three parts
+    python benchmarks/bench_ondevice.py                          # all four parts
     python benchmarks/bench_ondevice.py --skip-parity --threads 1 --repeats 50 --int8-sweep --json
     python benchmarks/bench_ondevice.py --workdir runs/ondevice  # keep the exported files
 """
@@ -157,13 +163,60 @@ def latency_rows(files: dict[str, Path], threads: int, repeats: int) -> list[dic
     ]
 
 
+def random_int8_rows(name: str, workdir: Path, threads: int, repeats: int) -> list[dict]:
+    """Part 4 for one model: fp32 and default int8 files of each format, their agreement, SNR, drift and speed-up."""
+    torch.manual_seed(0)
+    model = randomize(mobilevit.create_model(name)).eval()
+    files = {}
+    for fmt, suffix in FORMATS.items():
+        files[f"{fmt} fp32"] = export_model(model, fmt, workdir / f"{name}{suffix}")
+        t0 = time.perf_counter()
+        int8 = workdir / f"{name}_int8{suffix}"
+        files[f"{fmt} int8"] = export_model(model, fmt, int8, quantize="int8", calibration=CALIBRATION)
+        print(f"{name} {fmt} int8: export (100 calibration images) took {time.perf_counter() - t0:.0f} s", flush=True)
+    predictors = {k: load_predictor(p, threads=threads) for k, p in files.items()}
+    first = next(iter(predictors.values()))
+    samples, _ = read_labelled(EVAL_IMAGES)
+    batch = torch.stack([first.prepare(path) for path, _ in samples])
+    logits = {k: p.logits(batch).numpy() for k, p in predictors.items()}
+    x = batch[:1]
+    fns = {k: (lambda r=p.runtime: r.run(x)) for k, p in predictors.items()}
+    with torch.inference_mode():
+        stats = compare_latency(fns, rounds=repeats, warmup=5)
+    rows = []
+    for fmt in FORMATS:
+        ref, out = logits[f"{fmt} fp32"], logits[f"{fmt} int8"]
+        fp32_ms, int8_ms = stats[f"{fmt} fp32"]["median_ms"], stats[f"{fmt} int8"]["median_ms"]
+        rows.append(
+            {
+                "model": name,
+                "format": fmt,
+                "top1_same_as_fp32": f"{int((out.argmax(1) == ref.argmax(1)).sum())}/{len(samples)}",
+                "snr_db": round(float(10 * np.log10(float((ref**2).sum()) / float(((out - ref) ** 2).sum()))), 1),
+                "drift": round(float(np.abs(out - ref).max() / np.abs(ref).max()), 3),
+                "fp32_ms": round(fp32_ms, 2),
+                "int8_ms": round(int8_ms, 2),
+                "speedup": round(fp32_ms / int8_ms, 2),
+            }
+        )
+        print(rows[-1], flush=True)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", type=int, default=2, help="threads of every runtime (and PyTorch)")
     parser.add_argument("--repeats", type=int, default=30, help="interleaved rounds of the latency part")
     parser.add_argument("--resolution", type=int, default=224, help="export size of the parity part")
-    parser.add_argument("--skip-parity", action="store_true", help="only the MobileOne-S0 parts")
+    parser.add_argument("--skip-parity", action="store_true", help="skip part 1 (parity of every family)")
     parser.add_argument("--int8-sweep", action="store_true", help="every int8 configuration of INT8_CONFIGS")
+    parser.add_argument(
+        "--random-int8",
+        nargs="*",
+        default=["mobilevitv2_050", "fastvit_t8"],
+        metavar="MODEL",
+        help="part 4's models (none: skip it)",
+    )
     parser.add_argument("--workdir", type=Path, help="keep the exported files here (default: a temporary folder)")
     parser.add_argument("--json", action="store_true", help="print the tables as JSON")
     args = parser.parse_args()
@@ -179,6 +232,11 @@ def main() -> None:
         files = s0_files(workdir, list(INT8_CONFIGS) if args.int8_sweep else [DEFAULT])
         tables["accuracy"] = accuracy_rows(files, args.threads)
         tables["latency"] = latency_rows(files, args.threads, args.repeats)
+        if args.random_int8:
+            rows = [
+                row for name in args.random_int8 for row in random_int8_rows(name, workdir, args.threads, args.repeats)
+            ]
+            tables["int8 with random weights"] = rows
     for name, rows in tables.items():
         print(json.dumps({name: rows}) if args.json else f"\n{name}\n\n{markdown_table(rows)}")
 
