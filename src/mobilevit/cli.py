@@ -156,7 +156,7 @@ def _segmenter(args: argparse.Namespace) -> Segmenter:
         torch.set_num_threads(args.threads)
     pretrained = args.pretrained or not args.random_weights
     labels = _labels(args.labels)
-    return load_segmenter(args.model, args.backend, pretrained, batch_size=args.batch_size, labels=labels)
+    return load_segmenter(args.model, args.backend, pretrained, args.threads, batch_size=args.batch_size, labels=labels)
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
@@ -202,7 +202,7 @@ def _eval_runner(args: argparse.Namespace) -> Predictor:
     pretrained = args.pretrained or not args.random_weights
     options = {"batch_size": args.batch_size, "labels": _labels(args.labels)}
     if args.task == "segmentation":
-        return load_segmenter(args.model, args.backend, pretrained, **options)
+        return load_segmenter(args.model, args.backend, pretrained, args.threads, **options)
     options["fast_decode"] = args.fast_decode
     load = load_predictor if args.task == "classification" else load_model
     return load(args.model, args.backend, pretrained=pretrained, threads=args.threads, **options)
@@ -572,32 +572,32 @@ def _weights_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--random-weights", action="store_true", help="no weights at all (testing only)")
 
 
-def _predictor_args(p: argparse.ArgumentParser, exported: bool = True) -> None:
-    """The model, weights, runtime and output options shared by ``predict``, ``eval`` and (without exported files and
-    fast decoding) ``segment``."""
+def _predictor_args(p: argparse.ArgumentParser, segmentation: bool = False) -> None:
+    """The model, weights, runtime and output options shared by ``predict``, ``eval`` and (without fast decoding)
+    ``segment``."""
     from .predict import BACKENDS
 
     p.add_argument(
         "--model",
         required=True,
-        help="architecture, arch.tag (see `mobilevit list --weights`) or an exported .onnx, .pte or .tflite file"
-        if exported
-        else "segmentation architecture or arch.tag (see `mobilevit list --weights 'deeplabv3_*'`) or saved folder",
+        help="segmentation architecture or arch.tag (see `mobilevit list --weights 'deeplabv3_*'`), saved folder, or "
+        "an exported .onnx, .pte or .tflite file"
+        if segmentation
+        else "architecture, arch.tag (see `mobilevit list --weights`) or an exported .onnx, .pte or .tflite file",
     )
     _weights_args(p)
-    if exported:
-        p.add_argument(
-            "--backend",
-            choices=BACKENDS,
-            help="PyTorch, or the runtime of a file from `mobilevit export`: onnxruntime or OpenVINO (CPU, fp32) for "
-            ".onnx, executorch for .pte, litert for .tflite (default: by the suffix; onnxruntime for .onnx)",
-        )
+    p.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        help="PyTorch, or the runtime of a file from `mobilevit export`: onnxruntime or OpenVINO (CPU, fp32) for "
+        ".onnx, executorch for .pte, litert for .tflite (default: by the suffix; onnxruntime for .onnx)",
+    )
     p.add_argument("--threads", type=int, default=0, help="model intra-op threads (0: the runtime's default)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--labels", help="class names, one per line or a JSON list (default: the model's own)")
     p.add_argument("--json", action="store_true", help="JSON output (one object per input for predict and segment)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    if exported:
+    if not segmentation:
         p.add_argument(
             "--fast-decode",
             action="store_true",
@@ -651,8 +651,8 @@ def _segment_args(p: argparse.ArgumentParser) -> None:
         help="folder for each image's STEM_mask.png (palette PNG: the palette index is the class, at the image's "
         "size) and STEM_overlay.jpg (the image tinted by class, with a legend); a repeated stem gets _2, _3, ...",
     )
-    _predictor_args(p, exported=False)
-    p.set_defaults(func=cmd_segment, backend=None)
+    _predictor_args(p, segmentation=True)
+    p.set_defaults(func=cmd_segment)
 
 
 def _bench_args(p: argparse.ArgumentParser) -> None:
