@@ -285,7 +285,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
 
     from .bench import measure_peak_gmacs
     from .bench.report import format_report, latency_accuracy_chart
-    from .bench.run import bench_table, parse_backends, system_info
+    from .bench.run import DEFAULT_RESOLUTION, bench_table, parse_backends, system_info
 
     names, backends = _models(args.models), parse_backends(args.backends)
     if args.chart and 1 not in args.batch_sizes:
@@ -315,7 +315,8 @@ def cmd_bench(args: argparse.Namespace) -> None:
         progress,
         fma_limit_gmacs=peak.get("fma_limit_gmacs"),
     )
-    header = system_info(peak, backends=",".join(backends), resolution=args.resolution, repeats=args.repeats)
+    resolution = args.resolution or "per model (256; segmentation: its preprocessing's, 512)"
+    header = system_info(peak, backends=",".join(backends), resolution=resolution, repeats=args.repeats)
     text = format_report(header, rows, "json" if args.json else args.format)
     if args.output:
         Path(args.output).write_text(text + "\n")
@@ -323,7 +324,8 @@ def cmd_bench(args: argparse.Namespace) -> None:
     else:
         print(text)
     if args.chart:
-        title = f"{header['cpu']}, threads: {header['threads']}, fp32, {args.resolution}x{args.resolution}, batch 1"
+        size = args.resolution or DEFAULT_RESOLUTION
+        title = f"{header['cpu']}, threads: {header['threads']}, fp32, {size}x{size}, batch 1"
         for point in latency_accuracy_chart(rows, args.chart, title):
             print(
                 f"chart: {point['model']} {point['median_ms']:.2f} ms ({point['backend']}), "
@@ -661,7 +663,11 @@ def _bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("models", nargs="*", help="names or patterns (default: all)")
     p.add_argument("--backends", default=",".join(DEFAULT_BACKENDS), help=f"comma-separated: {', '.join(BACKENDS)}")
     p.add_argument("--batch-sizes", type=_csv_ints, default=[1, 8], help="comma-separated, e.g. 1,8")
-    p.add_argument("--resolution", type=int, default=256)
+    p.add_argument(
+        "--resolution",
+        type=int,
+        help="square input size (default: 256 for classifiers, a segmentation model's preprocessing size: 512)",
+    )
     p.add_argument("--repeats", type=int, default=20, help="timed runs per measurement (interleaved over backends)")
     p.add_argument("--threads", type=int, default=0, help="torch, onnxruntime and OpenVINO threads (default: torch's)")
     p.add_argument("--format", choices=["table", "json", "csv", "markdown"], default="table")
