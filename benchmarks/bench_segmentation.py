@@ -18,7 +18,6 @@ function.
 
 from __future__ import annotations
 
-import argparse
 import json
 import platform
 import tempfile
@@ -28,7 +27,7 @@ import torch
 import transformers
 
 import mobilevit
-from common import randomize
+from common import randomize, timing_args
 from mobilevit.bench import compare_latency
 from mobilevit.bench.report import markdown_table
 
@@ -86,16 +85,8 @@ class Logits(torch.nn.Module):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("models", nargs="*", help="default: every deeplabv3_mobilevit_* and deeplabv3_mobilevitv2_*")
-    parser.add_argument("--batch-sizes", default="1")
-    parser.add_argument("--resolution", type=int, default=512, help="square input (default: the preprocessing's)")
-    parser.add_argument("--rounds", type=int, default=15, help="interleaved timed calls per implementation")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
-    parser.add_argument("--json", type=Path, help="also write the rows as JSON here")
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    # 512x512: the preprocessing's input size, at which the published VOC mIoU was measured
+    args = timing_args(__doc__, "default: every deeplabv3_mobilevit_* and deeplabv3_mobilevitv2_*", "1", 512)
     names = args.models or [*V1_CONFIGS, *V2_WIDTHS]
     unknown = [n for n in names if n not in V1_CONFIGS and n not in V2_WIDTHS]
     if unknown:
