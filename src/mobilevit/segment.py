@@ -1,8 +1,8 @@
 """Semantic segmentation of images: a class-index mask per image, at the image's own size.
 
 A :class:`Segmenter` is a :class:`~mobilevit.predict.Predictor` for segmentation models (DeepLabV3 on a MobileViT,
-FastViT or MobileOne backbone): the same runtime, decoding, weights' preprocessing settings, labels, batching and
-file loop, with three differences:
+FastViT or MobileOne backbone), eager or exported (``.onnx``, ``.pte``, ``.tflite``): the same runtime, decoding,
+weights' preprocessing settings, labels, batching and file loop, with three differences:
 
 - the image is resized whole to the model's input size, nothing cropped (the preprocessing's
   ``resize_mode="exact"``, which a segmenter always uses), so that every pixel gets a class;
@@ -170,8 +170,9 @@ def segment_logits(
 class Segmenter(Predictor):
     """Semantic segmentation: the preprocessing and labels of a segmentation model around the runtime that runs it.
 
-    Built like a :class:`~mobilevit.predict.Predictor` (:meth:`from_pretrained`, :meth:`from_model`, or a runtime or
-    module with its preprocessing); a classification model is refused with an error that says so.
+    Built like a :class:`~mobilevit.predict.Predictor` (:meth:`from_pretrained`, :meth:`from_model`,
+    :meth:`from_exported` for a file written by :func:`~mobilevit.export.export_model`, or a runtime or module with its
+    preprocessing); a classification model, eager or exported, is refused with an error that says so.
 
     Args:
         runtime: the :class:`~mobilevit.runtime.Runtime`, or a PyTorch segmentation model.
