@@ -10,7 +10,6 @@ ours / timm (below 1.0: ours is faster). MobileViT v3 has no timm counterpart; i
 
 from __future__ import annotations
 
-import argparse
 import json
 import tempfile
 from pathlib import Path
@@ -18,22 +17,13 @@ from pathlib import Path
 import torch
 
 import mobilevit
-from common import same_weights, setup_line
+from common import same_weights, setup_line, timing_args
 from mobilevit.bench import compare_latency
 from mobilevit.bench.report import markdown_table
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("models", nargs="*", help="default: every mobilevit* architecture")
-    parser.add_argument("--batch-sizes", default="1,8")
-    parser.add_argument("--resolution", type=int, default=256)
-    parser.add_argument("--rounds", type=int, default=15, help="interleaved timed calls per implementation")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
-    parser.add_argument("--json", type=Path, help="also write the rows as JSON here")
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = timing_args(__doc__, "default: every mobilevit* architecture", "1,8", 256)
     names = args.models or mobilevit.list_models("mobilevit*")
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
 

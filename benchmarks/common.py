@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import platform
 from pathlib import Path
 
@@ -39,6 +40,22 @@ def same_weights(name: str, workdir: Path) -> tuple[torch.nn.Module, torch.nn.Mo
     path = workdir / f"{name}.pth"
     torch.save(ref.state_dict(), path)
     return mobilevit.create_model(name, pretrained=path).eval(), ref
+
+
+def timing_args(description: str, models_help: str, batch_sizes: str, resolution: int) -> argparse.Namespace:
+    """The command line of the scripts that time ours against an anchor (models, ``--batch-sizes``, ``--resolution``,
+    ``--rounds``, ``--threads``, ``--json``), parsed; torch's thread count is set from ``--threads``."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("models", nargs="*", help=models_help)
+    parser.add_argument("--batch-sizes", default=batch_sizes)
+    parser.add_argument("--resolution", type=int, default=resolution)
+    parser.add_argument("--rounds", type=int, default=15, help="interleaved timed calls per implementation")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
+    parser.add_argument("--json", type=Path, help="also write the rows as JSON here")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return args
 
 
 def setup_line(resolution: int, rounds: int) -> str:

@@ -25,7 +25,7 @@ from conftest import randomize_batchnorm
 from mobilevit.bench import fp32_fma_limit, measure_peak_gmacs
 from mobilevit.bench.profile import fp32_fmas_per_cycle, max_clock_ghz
 from mobilevit.bench.report import FORMATS, format_report, latency_accuracy_chart, published_top1
-from mobilevit.bench.run import COLUMNS, bench_table, make_backend, parse_backends
+from mobilevit.bench.run import COLUMNS, bench_size, bench_table, make_backend, parse_backends
 from mobilevit.cli import main
 
 HAS_ORT = importlib.util.find_spec("onnxruntime") is not None
@@ -129,6 +129,47 @@ def test_onnxruntime_backend_computes_the_eager_logits(tmp_path: Path) -> None:
     ref, out = _eager_and_backend("mobileone_s0", "onnxruntime", 64, tmp_path)
     assert out.shape == ref.shape
     assert (out - ref).abs().max() <= 1e-4 * ref.abs().max()
+
+
+def test_segmentation_models_are_timed_at_their_preprocessing_size() -> None:
+    """DeepLabV3 at 512x512, the size its published VOC mIoU was measured at (arXiv 2110.02178); a classifier at the
+    default 256; ``--resolution`` sets both."""
+    segmentation, classifier = mobilevit.create_model("deeplabv3_mobileone_s0"), mobilevit.create_model("mobileone_s0")
+    assert bench_size(segmentation) == (512, 512) and bench_size(classifier) == (256, 256)
+    assert bench_size(segmentation, 64) == bench_size(classifier, 64) == (64, 64)
+
+
+@pytest.mark.skipif(not HAS_ORT, reason="onnxruntime is not installed")
+def test_segmentation_model_through_an_exported_backend(tmp_path: Path) -> None:
+    """A DeepLabV3 model in the timed onnxruntime session gives the eager ``[B, 21, h, w]`` logits, and its rows are
+    complete."""
+    ref, out = _eager_and_backend("deeplabv3_mobileone_s0", "onnxruntime", 64, tmp_path)
+    assert out.shape == ref.shape == (2, 21, 4, 4)  # output stride 16
+    assert (out - ref).abs().max() <= 1e-4 * ref.abs().max()
+    rows = bench_table(["deeplabv3_mobileone_s0"], ["reparam", "onnxruntime"], (1,), resolution=64, repeats=1)
+    assert [(r["backend"], r["error"], r["resolution"], r["family"]) for r in rows] == [
+        ("reparam", None, 64, "deeplabv3"),
+        ("onnxruntime", None, 64, "deeplabv3"),
+    ]
+    assert rows[0]["GMACs"] == rows[1]["GMACs"] > 0  # both run the folded model
+
+
+def test_list_weights_shows_the_published_miou(capsys: pytest.CaptureFixture[str]) -> None:
+    """PASCAL VOC 2012 val mIoU of Apple's DeepLabV3-MobileViT weights as the paper publishes them (arXiv
+    2110.02178: XXS 73.6, XS 77.1, S 79.1), in their own column beside the classifiers' top-1."""
+    assert main(["list", "--weights", "deeplabv3_mobilevit_*", "mobileone_s0.apple_in1k", "--json"]) == 0
+    rows = {r["weights"]: r for r in json.loads(capsys.readouterr().out)}
+    assert {name: (r["mIoU"], r["top1"]) for name, r in rows.items()} == {
+        "deeplabv3_mobilevit_xxs.hf_voc": (73.6, ""),
+        "deeplabv3_mobilevit_xs.hf_voc": (77.1, ""),
+        "deeplabv3_mobilevit_s.hf_voc": (79.1, ""),
+        "mobileone_s0.apple_in1k": ("", 71.4),
+    }
+    assert main(["list", "--weights", "deeplabv3_mobilevit_xxs*"]) == 0
+    header, _, row = capsys.readouterr().out.splitlines()
+    assert "mIoU" in header and "73.6" in row
+    assert main(["list", "--weights", "mobileone_s0*", "--json"]) == 0  # classifiers only: no empty mIoU column
+    assert all("mIoU" not in r for r in json.loads(capsys.readouterr().out))
 
 
 @pytest.mark.slow

@@ -156,7 +156,7 @@ def _segmenter(args: argparse.Namespace) -> Segmenter:
         torch.set_num_threads(args.threads)
     pretrained = args.pretrained or not args.random_weights
     labels = _labels(args.labels)
-    return load_segmenter(args.model, args.backend, pretrained, batch_size=args.batch_size, labels=labels)
+    return load_segmenter(args.model, args.backend, pretrained, args.threads, batch_size=args.batch_size, labels=labels)
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
@@ -202,7 +202,7 @@ def _eval_runner(args: argparse.Namespace) -> Predictor:
     pretrained = args.pretrained or not args.random_weights
     options = {"batch_size": args.batch_size, "labels": _labels(args.labels)}
     if args.task == "segmentation":
-        return load_segmenter(args.model, args.backend, pretrained, **options)
+        return load_segmenter(args.model, args.backend, pretrained, args.threads, **options)
     options["fast_decode"] = args.fast_decode
     load = load_predictor if args.task == "classification" else load_model
     return load(args.model, args.backend, pretrained=pretrained, threads=args.threads, **options)
@@ -285,7 +285,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
 
     from .bench import measure_peak_gmacs
     from .bench.report import format_report, latency_accuracy_chart
-    from .bench.run import bench_table, parse_backends, system_info
+    from .bench.run import DEFAULT_RESOLUTION, bench_table, parse_backends, system_info
 
     names, backends = _models(args.models), parse_backends(args.backends)
     if args.chart and 1 not in args.batch_sizes:
@@ -315,7 +315,8 @@ def cmd_bench(args: argparse.Namespace) -> None:
         progress,
         fma_limit_gmacs=peak.get("fma_limit_gmacs"),
     )
-    header = system_info(peak, backends=",".join(backends), resolution=args.resolution, repeats=args.repeats)
+    resolution = args.resolution or "per model (256; segmentation: its preprocessing's, 512)"
+    header = system_info(peak, backends=",".join(backends), resolution=resolution, repeats=args.repeats)
     text = format_report(header, rows, "json" if args.json else args.format)
     if args.output:
         Path(args.output).write_text(text + "\n")
@@ -323,7 +324,8 @@ def cmd_bench(args: argparse.Namespace) -> None:
     else:
         print(text)
     if args.chart:
-        title = f"{header['cpu']}, threads: {header['threads']}, fp32, {args.resolution}x{args.resolution}, batch 1"
+        size = args.resolution or DEFAULT_RESOLUTION
+        title = f"{header['cpu']}, threads: {header['threads']}, fp32, {size}x{size}, batch 1"
         for point in latency_accuracy_chart(rows, args.chart, title):
             print(
                 f"chart: {point['model']} {point['median_ms']:.2f} ms ({point['backend']}), "
@@ -572,32 +574,32 @@ def _weights_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--random-weights", action="store_true", help="no weights at all (testing only)")
 
 
-def _predictor_args(p: argparse.ArgumentParser, exported: bool = True) -> None:
-    """The model, weights, runtime and output options shared by ``predict``, ``eval`` and (without exported files and
-    fast decoding) ``segment``."""
+def _predictor_args(p: argparse.ArgumentParser, segmentation: bool = False) -> None:
+    """The model, weights, runtime and output options shared by ``predict``, ``eval`` and (without fast decoding)
+    ``segment``."""
     from .predict import BACKENDS
 
     p.add_argument(
         "--model",
         required=True,
-        help="architecture, arch.tag (see `mobilevit list --weights`) or an exported .onnx, .pte or .tflite file"
-        if exported
-        else "segmentation architecture or arch.tag (see `mobilevit list --weights 'deeplabv3_*'`) or saved folder",
+        help="segmentation architecture or arch.tag (see `mobilevit list --weights 'deeplabv3_*'`), saved folder, or "
+        "an exported .onnx, .pte or .tflite file"
+        if segmentation
+        else "architecture, arch.tag (see `mobilevit list --weights`) or an exported .onnx, .pte or .tflite file",
     )
     _weights_args(p)
-    if exported:
-        p.add_argument(
-            "--backend",
-            choices=BACKENDS,
-            help="PyTorch, or the runtime of a file from `mobilevit export`: onnxruntime or OpenVINO (CPU, fp32) for "
-            ".onnx, executorch for .pte, litert for .tflite (default: by the suffix; onnxruntime for .onnx)",
-        )
+    p.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        help="PyTorch, or the runtime of a file from `mobilevit export`: onnxruntime or OpenVINO (CPU, fp32) for "
+        ".onnx, executorch for .pte, litert for .tflite (default: by the suffix; onnxruntime for .onnx)",
+    )
     p.add_argument("--threads", type=int, default=0, help="model intra-op threads (0: the runtime's default)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--labels", help="class names, one per line or a JSON list (default: the model's own)")
     p.add_argument("--json", action="store_true", help="JSON output (one object per input for predict and segment)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    if exported:
+    if not segmentation:
         p.add_argument(
             "--fast-decode",
             action="store_true",
@@ -651,8 +653,8 @@ def _segment_args(p: argparse.ArgumentParser) -> None:
         help="folder for each image's STEM_mask.png (palette PNG: the palette index is the class, at the image's "
         "size) and STEM_overlay.jpg (the image tinted by class, with a legend); a repeated stem gets _2, _3, ...",
     )
-    _predictor_args(p, exported=False)
-    p.set_defaults(func=cmd_segment, backend=None)
+    _predictor_args(p, segmentation=True)
+    p.set_defaults(func=cmd_segment)
 
 
 def _bench_args(p: argparse.ArgumentParser) -> None:
@@ -661,7 +663,11 @@ def _bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("models", nargs="*", help="names or patterns (default: all)")
     p.add_argument("--backends", default=",".join(DEFAULT_BACKENDS), help=f"comma-separated: {', '.join(BACKENDS)}")
     p.add_argument("--batch-sizes", type=_csv_ints, default=[1, 8], help="comma-separated, e.g. 1,8")
-    p.add_argument("--resolution", type=int, default=256)
+    p.add_argument(
+        "--resolution",
+        type=int,
+        help="square input size (default: 256 for classifiers, a segmentation model's preprocessing size: 512)",
+    )
     p.add_argument("--repeats", type=int, default=20, help="timed runs per measurement (interleaved over backends)")
     p.add_argument("--threads", type=int, default=0, help="torch, onnxruntime and OpenVINO threads (default: torch's)")
     p.add_argument("--format", choices=["table", "json", "csv", "markdown"], default="table")

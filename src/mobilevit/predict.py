@@ -144,13 +144,31 @@ _OTHER_TASK = {
 
 
 def _runtime_name(runtime: Runtime) -> str:
-    """The model a runtime runs, for messages: the architecture of a model of this package, else a description."""
+    """The model a runtime runs, for messages: the architecture of a model of this package, an exported file's path
+    (and the architecture it records), else a description."""
     if isinstance(runtime, TorchRuntime):
         try:
             return model_io(runtime.model).arch
         except (AttributeError, KeyError, ValueError):  # a module of another origin
             return type(runtime.model).__name__
-    return f"the {runtime.name} model"
+    path = getattr(runtime, "path", None)
+    if path is None:
+        return f"the {runtime.name} model"
+    arch = runtime.metadata().get("arch")
+    return f"{path} ({arch})" if arch else str(path)
+
+
+def check_task(runtime: Runtime, task: str) -> None:
+    """Raise a clear error when ``runtime`` runs a model of another task than ``task`` (a classifier given to the
+    segmenter, or a segmentation model to the predictor), naming the class and command that run it."""
+    if (runtime.task, task) in _OTHER_TASK:
+        raise UsageError(_OTHER_TASK[runtime.task, task].format(name=_runtime_name(runtime)))
+
+
+def check_exported_weights(model: str | os.PathLike, pretrained: bool | str | os.PathLike) -> None:
+    """An exported file carries its weights: refuse ``--pretrained`` / ``--random-weights`` for one."""
+    if pretrained is not True:
+        raise UsageError(f"{model}: an exported file carries its weights; --pretrained/--random-weights do not apply")
 
 
 class Predictor:
@@ -191,8 +209,7 @@ class Predictor:
         if batch_size < 1:
             raise UsageError(f"batch_size must be at least 1, got {batch_size}")
         self.runtime = runtime if isinstance(runtime, Runtime) else TorchRuntime(runtime, fold)
-        if (self.runtime.task, self.task) in _OTHER_TASK:
-            raise UsageError(_OTHER_TASK[self.runtime.task, self.task].format(name=_runtime_name(self.runtime)))
+        check_task(self.runtime, self.task)
         self.preprocess = preprocess
         self.transform: Callable[[Image.Image], Tensor] = eval_transform(preprocess)
         self.fast_decode = fast_decode
@@ -277,14 +294,12 @@ class Predictor:
         fast_decode: bool = False,
     ) -> Predictor:
         """Build over an exported file, with the metadata it records: ``.onnx`` run by onnxruntime or OpenVINO,
-        ``.pte`` by ExecuTorch, ``.tflite`` by LiteRT.
-
-        The preprocessing and labels are the ones :func:`mobilevit.export.export_model` recorded in the file; pass
-        ``preprocess`` (and ``labels``) for a file from elsewhere. A graph exported with a fixed batch runs that
-        many images at a time (the last run padded); a graph that cannot take the preprocessing's crop is refused.
+        ``.pte`` by ExecuTorch, ``.tflite`` by LiteRT: :meth:`from_runtime` over
+        :func:`~mobilevit.runtime.open_runtime`.
 
         Args:
-            path: the exported file (input ``[B, 3, H, W]`` float32, output ``[B, num_classes]`` logits).
+            path: the exported file (input ``[B, 3, H, W]`` float32, output ``[B, num_classes]`` logits, or
+                ``[B, num_classes, h, w]`` for a segmentation model, which :class:`~mobilevit.segment.Segmenter` runs).
             preprocess: a :class:`~mobilevit.weights.entries.Preprocess` replacing the file's (required when it has
                 none).
             labels: class names replacing the file's.
@@ -296,12 +311,39 @@ class Predictor:
             fast_decode: approximate, faster decoding of large JPEGs (see :class:`Predictor`).
         """
         runtime = open_runtime(path, backend, threads)
+        return cls.from_runtime(runtime, preprocess, labels, batch_size, workers, fast_decode=fast_decode)
+
+    @classmethod
+    def from_runtime(
+        cls,
+        runtime: Runtime,
+        preprocess: Preprocess | None = None,
+        labels: Sequence[str] | None = None,
+        batch_size: int = 16,
+        workers: int | None = None,
+        *,
+        fast_decode: bool = False,
+    ) -> Predictor:
+        """Build over an exported file already open in its runtime (:func:`~mobilevit.runtime.open_runtime`), with
+        the metadata it records.
+
+        The preprocessing and labels are the ones :func:`mobilevit.export.export_model` recorded in the file; pass
+        ``preprocess`` (and ``labels``) for a file from elsewhere. A graph exported with a fixed batch runs that
+        many images at a time (the last run padded); a graph that cannot take the preprocessing's input size is
+        refused, and so is a file of the other task (its metadata's ``task``).
+
+        Args:
+            runtime: the open file.
+            preprocess, labels, batch_size, workers, fast_decode: as for :meth:`from_exported`.
+        """
+        check_task(runtime, cls.task)
+        path = getattr(runtime, "path", runtime.name)
         meta = _recorded_metadata(runtime)
         preprocess = preprocess or (meta.preprocess if meta is not None else None)
         if preprocess is None:
             raise UsageError(
                 f"{path}: the file records no preprocessing (not written by `mobilevit export`); export it with "
-                f"`mobilevit export`, or pass preprocess= (and labels=) to {_constructor_name(backend)}"
+                f"`mobilevit export`, or pass preprocess= (and labels=) to {_constructor_name(cls, runtime.name)}"
             )
         if labels is None and meta is not None:
             labels = meta.labels
@@ -314,12 +356,42 @@ class Predictor:
             sizes.check(height, width)
         except ValueError as err:
             raise UsageError(
-                f"{err}, but its preprocessing crops {height}x{width}: export it again with "
+                f"{err}, but its preprocessing {'resizes to' if cls.task == 'segmentation' else 'crops'} "
+                f"{height}x{width}: export it again with "
                 f"`--input-size {height} {width}`"
             ) from None
-        predictor = cls(runtime, preprocess, labels, batch_size, workers, sizes=sizes, fast_decode=fast_decode)
+        predictor = cls(
+            runtime, preprocess, labels, batch_size=batch_size, workers=workers, sizes=sizes, fast_decode=fast_decode
+        )
         predictor.source = str(path)
         return predictor
+
+    @classmethod
+    def create(
+        cls,
+        model: str | os.PathLike,
+        backend: str | None = None,
+        pretrained: bool | str | os.PathLike = True,
+        threads: int = 0,
+        **kwargs: Any,
+    ) -> Predictor:
+        """This class over ``model``: eager for a model name or folder (:meth:`from_pretrained`), a runtime for an
+        exported file (:meth:`from_exported`; ``.onnx``: onnxruntime or OpenVINO; ``.pte``: ExecuTorch; ``.tflite``:
+        LiteRT). :func:`load_predictor` is this for a classifier.
+
+        Args:
+            model: architecture, ``arch.tag``, saved folder or exported file.
+            backend: one of :data:`BACKENDS`; ``None`` infers it from ``model`` (see
+                :func:`~mobilevit.runtime.resolve_backend`).
+            pretrained: weights of an eager model; an exported file carries its own, so it must stay ``True`` there.
+            threads: the runtime's inference threads (0: its default); eager models use ``torch.set_num_threads``.
+            **kwargs: ``batch_size``, ``workers``, ``labels``, ``fast_decode``.
+        """
+        backend = resolve_backend(model, backend)
+        if backend in EXPORTED_BACKENDS:
+            check_exported_weights(model, pretrained)
+            return cls.from_exported(model, threads=threads, backend=backend, **kwargs)
+        return cls.from_pretrained(str(model), pretrained=pretrained, **kwargs)
 
     def prepare(
         self,
@@ -507,8 +579,10 @@ EXPORTED_PREDICTORS: dict[str, Callable[..., Predictor]] = {
 }
 
 
-def _constructor_name(backend: str | None) -> str:
-    return EXPORTED_PREDICTORS[backend].__name__ if backend in EXPORTED_PREDICTORS else "Predictor.from_exported"
+def _constructor_name(cls: type[Predictor], backend: str) -> str:
+    if cls is Predictor and backend in EXPORTED_PREDICTORS:
+        return EXPORTED_PREDICTORS[backend].__name__
+    return f"{cls.__name__}.from_exported"
 
 
 def load_predictor(
@@ -519,7 +593,7 @@ def load_predictor(
     **kwargs: Any,
 ) -> Predictor:
     """The predictor the CLI and the server use: eager for a model name, a runtime for an exported file (``.onnx``:
-    onnxruntime or OpenVINO; ``.pte``: ExecuTorch; ``.tflite``: LiteRT).
+    onnxruntime or OpenVINO; ``.pte``: ExecuTorch; ``.tflite``: LiteRT); :meth:`Predictor.create`.
 
     Args:
         model: architecture, ``arch.tag`` or saved folder (:meth:`Predictor.from_pretrained`), or an exported file
@@ -530,14 +604,7 @@ def load_predictor(
         threads: the runtime's inference threads (0: its default); eager models use ``torch.set_num_threads``.
         **kwargs: ``batch_size``, ``workers``, ``labels``, ``fast_decode``.
     """
-    backend = resolve_backend(model, backend)
-    if backend in EXPORTED_BACKENDS:
-        if pretrained is not True:
-            raise UsageError(
-                f"{model}: an exported file carries its weights; --pretrained/--random-weights do not apply"
-            )
-        return Predictor.from_exported(model, threads=threads, backend=backend, **kwargs)
-    return Predictor.from_pretrained(str(model), pretrained=pretrained, **kwargs)
+    return Predictor.create(model, backend, pretrained, threads, **kwargs)
 
 
 __all__ = [
@@ -555,6 +622,8 @@ __all__ = [
     "Prediction",
     "Predictor",
     "check_activation",
+    "check_exported_weights",
+    "check_task",
     "decode_input",
     "load_predictor",
     "resolve_backend",

@@ -1,8 +1,8 @@
 """Semantic segmentation of images: a class-index mask per image, at the image's own size.
 
 A :class:`Segmenter` is a :class:`~mobilevit.predict.Predictor` for segmentation models (DeepLabV3 on a MobileViT,
-FastViT or MobileOne backbone): the same runtime, decoding, weights' preprocessing settings, labels, batching and
-file loop, with three differences:
+FastViT or MobileOne backbone), eager or exported (``.onnx``, ``.pte``, ``.tflite``): the same runtime, decoding,
+weights' preprocessing settings, labels, batching and file loop, with three differences:
 
 - the image is resized whole to the model's input size, nothing cropped (the preprocessing's
   ``resize_mode="exact"``, which a segmenter always uses), so that every pixel gets a class;
@@ -26,7 +26,6 @@ Example::
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -41,9 +40,9 @@ from torch import Tensor, nn
 from .data.images import ImageError
 from .data.segmentation import class_fractions, mask_image, overlay_image
 from .errors import UsageError
-from .predict import ImageInput, Predictor, decode_input
-from .runtime import EXPORTED_BACKENDS, Runtime, resolve_backend
-from .weights.entries import Preprocess
+from .predict import ImageInput, Predictor, check_exported_weights, decode_input
+from .runtime import EXPORTED_BACKENDS, Runtime, open_runtime, resolve_backend
+from .weights.entries import Preprocess, segmentation_preprocess
 
 BAND_ELEMENTS = 1 << 22  # logits resized per step (num_classes x rows x width): 16 MB of float32
 
@@ -171,8 +170,9 @@ def segment_logits(
 class Segmenter(Predictor):
     """Semantic segmentation: the preprocessing and labels of a segmentation model around the runtime that runs it.
 
-    Built like a :class:`~mobilevit.predict.Predictor` (:meth:`from_pretrained`, :meth:`from_model`, or a runtime or
-    module with its preprocessing); a classification model is refused with an error that says so.
+    Built like a :class:`~mobilevit.predict.Predictor` (:meth:`from_pretrained`, :meth:`from_model`,
+    :meth:`from_exported` for a file written by :func:`~mobilevit.export.export_model`, or a runtime or module with its
+    preprocessing); a classification model, eager or exported, is refused with an error that says so.
 
     Args:
         runtime: the :class:`~mobilevit.runtime.Runtime`, or a PyTorch segmentation model.
@@ -188,9 +188,8 @@ class Segmenter(Predictor):
     def __init__(
         self, runtime: Runtime | nn.Module, preprocess: Preprocess, labels: Sequence[str] | None = None, **kwargs: Any
     ) -> None:
-        if preprocess.resize_mode != "exact":  # a crop would leave part of the image without a prediction
-            size = preprocess.input_size
-            preprocess = dataclasses.replace(preprocess, resize_mode="exact", resize_size=min(size), crop_pct=1.0)
+        # a crop would leave part of the image without a prediction
+        preprocess = segmentation_preprocess(preprocess, preprocess.input_size)
         super().__init__(runtime, preprocess, labels, **kwargs)
 
     def load(
@@ -266,19 +265,22 @@ def load_segmenter(
     model: str | os.PathLike,
     backend: str | None = None,
     pretrained: bool | str | os.PathLike = True,
+    threads: int = 0,
     **kwargs: Any,
 ) -> Segmenter:
-    """The segmenter the CLI uses: ``model`` is an architecture, ``arch.tag`` or saved folder, run eagerly.
+    """The segmenter the CLI uses: ``model`` is an architecture, ``arch.tag`` or saved folder run eagerly, or a file
+    written by :func:`~mobilevit.export.export_model` (``.onnx`` in onnxruntime or OpenVINO, ``.pte`` in ExecuTorch,
+    ``.tflite`` in LiteRT); a classifier, eager or exported, is refused with an error that says so.
 
     Args:
-        model: a segmentation model's name or folder (see :meth:`Segmenter.from_pretrained`).
-        backend: ``None`` or ``"eager"``: segmentation runs PyTorch models.
-        pretrained: its weights (``True``: the entry's file; a path; ``False``: random, for testing).
+        model: a segmentation model's name, folder or exported file (see :meth:`~mobilevit.predict.Predictor.create`).
+        backend: one of :data:`~mobilevit.runtime.BACKENDS`; ``None`` infers it from ``model``.
+        pretrained: weights of an eager model (``True``: the entry's file; a path; ``False``: random, for testing);
+            an exported file carries its own.
+        threads: an exported file's runtime threads (0: its default).
         **kwargs: ``batch_size``, ``workers``, ``labels``, ``fold``.
     """
-    if resolve_backend(model, backend) in EXPORTED_BACKENDS:
-        raise UsageError(f"{model}: segmentation runs PyTorch models only (backend eager), not exported files")
-    return Segmenter.from_pretrained(str(model), pretrained=pretrained, **kwargs)
+    return Segmenter.create(model, backend, pretrained, threads, **kwargs)  # type: ignore[return-value]
 
 
 def load_model(
@@ -288,17 +290,20 @@ def load_model(
     threads: int = 0,
     **kwargs: Any,
 ) -> Predictor:
-    """The runner of ``model``'s own task: a :class:`Segmenter` for a segmentation model, else the
-    :class:`~mobilevit.predict.Predictor` of :func:`~mobilevit.predict.load_predictor` (an exported file included).
+    """The runner of ``model``'s own task: a :class:`Segmenter` for a segmentation model, else a
+    :class:`~mobilevit.predict.Predictor`; for an exported file, the task its metadata records.
 
-    ``kwargs``: ``batch_size``, ``workers``, ``labels``, ``fold``, ``fast_decode`` (a classifier's only: a segmenter
-    decodes every image whole).
+    ``kwargs``: ``batch_size``, ``workers``, ``labels``, ``fold`` (eager), ``fast_decode`` (a classifier's only: a
+    segmenter decodes every image whole).
     """
-    from .predict import load_predictor
     from .registry import create_model
 
-    if resolve_backend(model, backend) in EXPORTED_BACKENDS:
-        return load_predictor(model, backend, pretrained, threads, **kwargs)
+    backend = resolve_backend(model, backend)
+    if backend in EXPORTED_BACKENDS:
+        check_exported_weights(model, pretrained)
+        runtime = open_runtime(model, backend, threads)
+        runner = Segmenter if runtime.task == "segmentation" else Predictor
+        return runner.from_runtime(runtime, **kwargs)
     network = create_model(str(model), pretrained=pretrained)
     if getattr(network, "task", "classification") == "segmentation":
         return Segmenter.from_model(network, pretrained=pretrained, **kwargs)

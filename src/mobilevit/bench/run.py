@@ -38,16 +38,23 @@ def model_table(names: Iterable[str], macs: bool = True, resolution: int = 256) 
 
 
 def weights_table(patterns: Iterable[str] = (), macs: bool = False) -> list[dict]:
-    """One row per pretrained weights entry: input size, published top-1, source, and the architecture's size."""
+    """One row per pretrained weights entry: input size, published metric, source, and the architecture's size.
+
+    The metric is ImageNet top-1 (``top1``) for a classifier and PASCAL VOC 2012 val mean IoU (``mIoU``) for a
+    segmentation model, each in its own column; ``mIoU`` is there only when a segmentation entry is listed.
+    """
     from ..weights.entries import WEIGHTS, list_weights
 
     names = sorted({n for p in (patterns or ["*"]) for n in list_weights(p if "." in p or "*" in p else f"{p}.*")})
     arch_rows = {r["model"]: r for r in model_table(sorted({WEIGHTS[n].arch for n in names}), macs=macs)}
+    segmentation = any(WEIGHTS[n].miou is not None for n in names)
     rows = []
     for name in names:
         entry = WEIGHTS[name]
         pre = entry.preprocess
         row = {"weights": name, "input": f"{pre.input_size[0]}x{pre.input_size[1]}", "top1": entry.top1 or ""}
+        if segmentation:
+            row["mIoU"] = entry.miou or ""
         row |= {k: v for k, v in arch_rows[entry.arch].items() if k not in ("model", "family")}
         row |= {"source": entry.source, "channels": pre.channel_order}
         rows.append(row)
@@ -62,6 +69,7 @@ BACKENDS: tuple[str, ...] = ("eager", "reparam", "compile", "onnxruntime", "open
 # model, ~10 s, shared by the two), executorch and litert (an export each, 10-60 s) are opt-in: the default answers
 # "how fast is this model" in seconds, the others "which runtime to deploy"
 DEFAULT_BACKENDS: tuple[str, ...] = ("eager", "reparam")
+DEFAULT_RESOLUTION = 256  # a classifier's bench size when none is given (segmentation models: their preprocessing's)
 # the exported file each runtime backend runs: the export format (onnxruntime and openvino share one ONNX file)
 EXPORT_FORMATS: dict[str, str] = {
     "onnxruntime": "onnx",
@@ -101,8 +109,22 @@ def parse_backends(text: str | Sequence[str]) -> list[str]:
 
 
 def family(name: str) -> str:
-    """``mobilevit`` (v1), ``mobilevitv2``, ``mobilevitv3``, ``fastvit`` or ``mobileone``, from an architecture name."""
+    """``mobilevit`` (v1), ``mobilevitv2``, ``mobilevitv3``, ``fastvit``, ``mobileone`` or ``deeplabv3``, from an
+    architecture name."""
     return name.split("_", 1)[0]
+
+
+def bench_size(model: nn.Module, resolution: int | None = None) -> tuple[int, int]:
+    """The (H, W) ``model`` is timed at: ``resolution`` square when given, else :data:`DEFAULT_RESOLUTION` square for
+    a classifier and the preprocessing's input size for a segmentation model (512x512 for DeepLabV3, the size its
+    published mIoU was measured at)."""
+    if resolution is not None:
+        return resolution, resolution
+    io = model_io(model)
+    if io.task == "segmentation":
+        height, width = io.preprocess.input_size
+        return int(height), int(width)
+    return DEFAULT_RESOLUTION, DEFAULT_RESOLUTION
 
 
 @dataclass
@@ -153,7 +175,7 @@ def make_backend(
         return Backend(name, torch.compile(folded, dynamic=False), folded)
     if name in EXPORT_FORMATS:
         from ..export import export_model
-        from ..predict import EXPORTED_PREDICTORS
+        from ..segment import load_model
 
         fmt = EXPORT_FORMATS[name]
         if exported is None:
@@ -166,7 +188,8 @@ def make_backend(
             exported = (path, time.perf_counter() - t0)
         path, export_s = exported
         t1 = time.perf_counter()
-        runtime = EXPORTED_PREDICTORS[name](path, threads=torch.get_num_threads())  # PyTorch's CPU budget
+        # the predictor of the file's task (a segmenter for a segmentation model), with PyTorch's CPU budget
+        runtime = load_model(path, name, threads=torch.get_num_threads())
         return Backend(name, runtime.forward, folded, export_s + time.perf_counter() - t1, exported)
     raise UsageError(f"unknown backend {name!r}; choose from {', '.join(BACKENDS)}")
 
@@ -178,16 +201,17 @@ def _first_line(error: BaseException) -> str:
 
 def _prepare(
     name: str,
+    model: nn.Module,
     backends: Sequence[str],
     input_size: tuple[int, int],
     workdir: Path,
     progress: Callable[[str], None] | None,
 ) -> tuple[dict[str, Backend], dict[str, str]]:
-    """The backends of model ``name`` that could be prepared, and an error line for each that could not.
+    """The backends of model ``name`` (``model``, in eval mode) that could be prepared, and an error line for each
+    that could not.
 
     The folding time counts in the ``setup_s`` of reparam and compile; both ONNX runtimes share one export.
     """
-    model = create_model(name).eval()
     t0 = time.perf_counter()
     folded = reparameterize_model(model).eval()
     fold_s = time.perf_counter() - t0
@@ -267,7 +291,7 @@ def bench_table(
     names: Iterable[str],
     backends: Sequence[str] = DEFAULT_BACKENDS,
     batch_sizes: Sequence[int] = (1, 8),
-    resolution: int = 256,
+    resolution: int | None = None,
     repeats: int = 20,
     warmup: int = 3,
     peak_gmacs: float | None = None,
@@ -285,7 +309,7 @@ def bench_table(
         names: architecture names.
         backends: names from :data:`BACKENDS`.
         batch_sizes: batch sizes to time.
-        resolution: square input size.
+        resolution: square input size; ``None``: :func:`bench_size`'s (256 for a classifier, 512 for DeepLabV3).
         repeats: timed calls per backend.
         warmup: untimed calls per backend before timing (after the first call, which is the compile for ``compile``).
         peak_gmacs: the measured dense peak (:func:`~mobilevit.bench.profile.measure_peak_gmacs`) for ``pct_peak``.
@@ -302,11 +326,12 @@ def bench_table(
         preparation time (compile: the first call at this batch size, where inductor compiles).
     """
     backends = parse_backends(backends)
-    input_size = (resolution, resolution)
     rows = []
     with tempfile.TemporaryDirectory(prefix="mobilevit-bench-") as tmp:
         for name in names:
-            ready, errors = _prepare(name, backends, input_size, Path(tmp), progress)
+            model = create_model(name).eval()
+            input_size = bench_size(model, resolution)
+            ready, errors = _prepare(name, model, backends, input_size, Path(tmp), progress)
             modules = {id(b.module): b.module for b in ready.values()}  # eager's train-time form, the folded one
             counts = {key: (count_params(m) / 1e6, count_macs(m, input_size) / 1e9) for key, m in modules.items()}
             for batch in batch_sizes:
@@ -318,7 +343,7 @@ def bench_table(
                     stats = compare_latency(fns, rounds=repeats, warmup=warmup) if fns else {}
                 for backend in backends:
                     row = {"model": name, "family": family(name), "backend": backend, "batch": batch}
-                    row["resolution"] = resolution
+                    row["resolution"] = input_size[0] if input_size[0] == input_size[1] else "{}x{}".format(*input_size)
                     if backend in stats:
                         counted = counts[id(ready[backend].module)]
                         row = _timed_row(row, stats[backend], counted, setup[backend], peak_gmacs, fma_limit_gmacs)

@@ -2,8 +2,9 @@
 the same answers.
 
 Every export is of the re-parameterized, BatchNorm-folded model (:func:`mobilevit.reparameterize_model`) in eval mode,
-and carries the preprocessing and the labels (:class:`~mobilevit.export.metadata.ExportMetadata`), so a runtime needs
-nothing else. :func:`check_export` runs the file and compares its logits with the eager model's (CoreML runs only
+and carries its task, the preprocessing and the labels (:class:`~mobilevit.export.metadata.ExportMetadata`), so a
+runtime needs nothing else. Classifiers and segmentation models (``deeplabv3_*``: ``[B, num_classes, h, w]`` logits)
+export alike. :func:`check_export` runs the file and compares its logits with the eager model's (CoreML runs only
 on macOS: :func:`validate_coreml` checks its spec instead). :func:`quantize_onnx` writes an int8 ONNX file;
 ExecuTorch and LiteRT files are quantized while exporting (``export_model(..., quantize="int8", calibration=...)``,
 tuned by :class:`Int8Options`).
@@ -111,20 +112,23 @@ def export_model(
     int8: Int8Options | None = None,
 ) -> Path:
     """Write the folded, eval-mode ``model`` as an ONNX, CoreML, TorchScript, ExecuTorch or LiteRT file with its
-    preprocessing and labels.
+    task, preprocessing and labels.
 
     Args:
-        model: a model of this package (train-time or already folded; it is not modified).
+        model: a classifier or segmentation model of this package (train-time or already folded; it is not
+            modified).
         format: ``"onnx"``, ``"coreml"`` (an ML Program, ``.mlpackage``), ``"torchscript"``, ``"executorch"``
             (``.pte``, XNNPACK delegate) or ``"tflite"`` (LiteRT).
         output: the file to write.
-        input_size: (H, W) to trace at (default: the preprocessing's crop, e.g. 256x256).
+        input_size: (H, W) to trace at (default: the preprocessing's input size, e.g. 256x256; 512x512 for
+            segmentation).
         dynamic: let the batch vary, and for ONNX also height and width when ``input_size`` is a multiple of
             :func:`~mobilevit.export.metadata.size_multiple` (any size for every family); ExecuTorch: the batch
             (``1..MAX_BATCH``) for the families whose program runs at any batch. ``False`` fixes every axis. CoreML
             and LiteRT always take one size, batch 1.
         opset: ONNX opset (ignored for the other formats).
-        preprocess: preprocessing to record instead of ``model.pretrained_cfg``'s.
+        preprocess: preprocessing to record instead of ``model.pretrained_cfg``'s (a segmentation model's is made an
+            exact resize of the whole image, as :class:`~mobilevit.segment.Segmenter` feeds it).
         labels: class names to record instead of ``model.pretrained_cfg``'s.
         precision: CoreML only: ``"float32"`` or ``"float16"`` weights and arithmetic.
         image_input: CoreML only: an image input with the preprocessing inside the model (default), or a
@@ -143,7 +147,9 @@ def export_model(
     if format not in FORMATS:
         raise UsageError(f"format must be one of {', '.join(FORMATS)}; got {format!r}")
     if getattr(model, "features_only", False):
-        raise UsageError("export a classifier: features_only models have no logits to check or label")
+        raise UsageError(
+            "export a classifier or a segmentation model: features_only models have no logits to check or label"
+        )
     if int8 is not None and quantize is None:
         raise UsageError("int8= options are for quantize='int8'")
     if quantize is not None and (quantize != "int8" or format not in QUANTIZED_FORMATS):
@@ -158,7 +164,8 @@ def export_model(
     if format == "onnx":
         return export_onnx(folded, output, meta, opset)
     if format == "coreml":
-        return export_coreml(folded, output, meta, precision=precision, image_input=image_input)[0]
+        classifier = meta.task == "classification"  # a segmentation model's output is its logits map
+        return export_coreml(folded, output, meta, precision, image_input, classifier)[0]
     if format == "torchscript":
         return export_torchscript(folded, output, meta)
     batches = _calibration(calibration, meta, max_calibration_images) if quantize else None
@@ -231,7 +238,8 @@ def check_export(
     seed: int = 0,
 ) -> ExportParity:
     """Run the exported file in its runtime (:mod:`mobilevit.runtime`: onnxruntime for ONNX, ExecuTorch for ``.pte``,
-    LiteRT for ``.tflite``, the loaded module for TorchScript) against the eager model.
+    LiteRT for ``.tflite``, the loaded module for TorchScript) against the eager model: every logit of a classifier's
+    ``[B, num_classes]`` or a segmentation model's ``[B, num_classes, h, w]``.
 
     The comparison runs at the shape the file takes: an ONNX file exported with ``dynamic=False``, an ExecuTorch
     program without a dynamic batch and every LiteRT file fix the batch (1) and the size in the file and are checked

@@ -17,7 +17,10 @@ What the file takes and gives:
   the metadata says (as for ONNX).
 - Output (default, a classifier): ``classLabel`` (the top label) and ``classLabel_probs`` (label -> softmax
   probability), the outputs Xcode and Vision's ``VNClassificationObservation`` read. With ``classifier=False``:
-  the ``logits`` tensor ``[1, num_classes]``.
+  the ``logits`` tensor ``[1, num_classes]``; a segmentation model (:func:`~mobilevit.export.export_model` exports it
+  so) gives ``logits`` ``[1, num_classes, h, w]`` at 1/output stride of the input, which an app resizes to the photo
+  (bilinear) and takes the argmax of per pixel, as :class:`~mobilevit.segment.Segmenter` does. Its image input is the
+  whole photo resized to the input size, nothing cropped (Vision's ``VNImageCropAndScaleOption.scaleFill``).
 - The model's user-defined metadata holds :meth:`ExportMetadata.to_dict` (preprocessing, labels, sizes), as ONNX's
   ``metadata_props`` do.
 
@@ -175,10 +178,13 @@ def export_coreml(
 def _describe(mlmodel: Any, meta: ExportMetadata, image_input: bool) -> None:
     """Write the descriptions Xcode shows and ``meta`` as the user-defined metadata of ``mlmodel``."""
     weights = f" ({meta.weights})" if meta.weights else ""
-    mlmodel.short_description = f"{meta.arch}{weights} image classifier, exported by mobilevit"
+    kind = "semantic segmentation model" if meta.task == "segmentation" else "image classifier"
+    mlmodel.short_description = f"{meta.arch}{weights} {kind}, exported by mobilevit"
     height, width = meta.input_size
+    exact = meta.preprocess is not None and meta.preprocess.resize_mode == "exact"
+    how = "resized whole (no crop)" if exact else "resized and center-cropped"
     mlmodel.input_description[meta.input_name] = (
-        f"{height}x{width} image, resized and center-cropped as the 'preprocess' metadata says"
+        f"{height}x{width} image, {how} as the 'preprocess' metadata says"
         if image_input
         else f"[1, 3, {height}, {width}] float32, preprocessed as the 'preprocess' metadata says"
     )
@@ -212,10 +218,12 @@ class CoreMLSummary:
         input_shape: ``(1, 3, H, W)``.
         color_layout: ``"RGB"`` or ``"BGR"`` for an image input, else ``""``.
         output_names: the declared outputs.
-        num_outputs: length of the logits / probabilities vector.
+        num_outputs: length of the logits / probabilities vector (a segmentation model: the logits' channels).
         class_labels: the classifier's labels (empty for a ``logits`` model).
         weight_dtype: ``"float32"`` or ``"float16"``, the type of the largest constant (a weight).
         metadata: the user-defined metadata.
+        output_shape: the shape of a ``logits`` output (``(1, num_classes)``, or ``(1, num_classes, h, w)`` for a
+            segmentation model); ``()`` for a classifier's outputs.
     """
 
     model_type: str
@@ -228,6 +236,7 @@ class CoreMLSummary:
     class_labels: tuple[str, ...]
     weight_dtype: str
     metadata: dict[str, str]
+    output_shape: tuple[int, ...] = ()
 
 
 def _dims(tensor_type: Any) -> tuple[int, ...]:
@@ -246,6 +255,7 @@ def inspect_coreml(path: str | os.PathLike) -> CoreMLSummary:
     feature = desc.input[0]
     labels: tuple[str, ...] = ()
     num_outputs = 0
+    output_shape: tuple[int, ...] = ()
     weight_dtype = ""
     if kind == "mlProgram":
         function = spec.mlProgram.functions["main"]
@@ -267,8 +277,10 @@ def inspect_coreml(path: str | os.PathLike) -> CoreMLSummary:
                 if size > largest:
                     largest = size
                     weight_dtype = "float16" if tensor.dataType == MIL_pb2.FLOAT16 else "float32"
-        if not labels:
-            num_outputs = int(desc.output[0].type.multiArrayType.shape[-1])
+        if not labels:  # a logits tensor: [1, num_classes] or [1, num_classes, h, w]
+            output_shape = tuple(int(d) for d in desc.output[0].type.multiArrayType.shape)
+            output_shape = output_shape or _dims(produced[block.outputs[0]].type.tensorType)
+            num_outputs = output_shape[1] if len(output_shape) > 1 else output_shape[-1]
     else:
         input_shape = ()
     image = feature.type.WhichOneof("Type") == "imageType"
@@ -286,6 +298,7 @@ def inspect_coreml(path: str | os.PathLike) -> CoreMLSummary:
         class_labels=labels,
         weight_dtype=weight_dtype,
         metadata=dict(desc.metadata.userDefined),
+        output_shape=output_shape,
     )
 
 
@@ -293,8 +306,8 @@ def validate_coreml(path: str | os.PathLike) -> CoreMLSummary:
     """Check that a ``.mlpackage`` is an ML Program whose spec agrees with its recorded metadata.
 
     Checks: the kind is ``mlProgram``; the input is named and shaped as recorded (``[1, 3, H, W]``); an image input's
-    color layout is the weights' channel order; the output vector has one entry per label, and a classifier's
-    labels are the recorded ones.
+    color layout is the weights' channel order; the output vector (a segmentation model: each pixel's) has one entry
+    per label, and a classifier's labels are the recorded ones.
 
     Raises:
         ValueError: naming the first disagreement.
@@ -314,6 +327,8 @@ def validate_coreml(path: str | os.PathLike) -> CoreMLSummary:
         raise UsageError(f"{path}: image input in {summary.color_layout}, the weights expect {order}")
     if summary.num_outputs != len(meta.labels):
         raise UsageError(f"{path}: {summary.num_outputs} outputs for {len(meta.labels)} labels")
+    if meta.task == "segmentation" and len(summary.output_shape) != 4:
+        raise UsageError(f"{path}: a segmentation model's logits are [1, C, h, w], not {list(summary.output_shape)}")
     if summary.class_labels and summary.class_labels != meta.labels:
         raise UsageError(f"{path}: the classifier's labels differ from the recorded labels")
     if meta.output_name not in summary.output_names:

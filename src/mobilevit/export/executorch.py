@@ -3,7 +3,7 @@
 ``torch.export`` captures the eval-mode, folded model; ``to_edge_transform_and_lower`` hands every subgraph XNNPACK
 supports (convolutions, linear layers, matrix products, most element-wise ops) to the XNNPACK delegate, and the rest
 runs in ExecuTorch's portable kernels. Input ``[B, 3, H, W]`` float32 (already preprocessed as the metadata says),
-output ``[B, num_classes]`` logits.
+output ``[B, num_classes]`` logits (a segmentation model: ``[B, num_classes, h, w]``).
 
 Metadata: the :class:`~mobilevit.export.metadata.ExportMetadata` dictionary is stored as one JSON string returned by
 a constant method of the program, ``mobilevit_metadata``. A ``.pte`` file has no free-form metadata table, and a

@@ -2,7 +2,8 @@
 
 ``litert_torch.convert`` lowers the ``torch.export`` graph of the eval-mode, folded model through StableHLO to LiteRT
 ops. The file keeps PyTorch's layout: one ``[1, 3, H, W]`` float32 input, already preprocessed as the metadata says
-(LiteRT's converter inserts the transposes XNNPACK needs), and ``[1, num_classes]`` logits.
+(LiteRT's converter inserts the transposes XNNPACK needs), and ``[1, num_classes]`` logits
+(``[1, num_classes, h, w]`` for a segmentation model).
 
 Metadata: the :class:`~mobilevit.export.metadata.ExportMetadata` dictionary is one JSON string in the flatbuffer's
 ``metadata`` table, under the name ``mobilevit.metadata``. That table is the format's own place for named

@@ -1,4 +1,4 @@
-"""What an exported file carries besides the graph: the preprocessing, the labels and the valid input sizes.
+"""What an exported file carries besides the graph: the task, the preprocessing, the labels and the valid input sizes.
 
 The same flat ``str -> str`` dictionary goes into ONNX ``metadata_props`` and, as one JSON file, into a TorchScript
 archive's ``_extra_files``, so that a runtime needs nothing but the exported file::
@@ -7,6 +7,7 @@ archive's ``_extra_files``, so that a runtime needs nothing but the exported fil
       "library": "mobilevit",
       "format_version": "1",
       "arch": "mobilevit_xxs",
+      "task": "classification",                          # or "segmentation": [B, num_classes, h, w] logits
       "weights": "mobilevit_xxs.cvnets_in1k",          # or "" for random / unregistered weights
       "input_name": "pixel_values", "output_name": "logits",
       "input_size": "[256, 256]",                        # the (H, W) the file was exported and checked at
@@ -15,6 +16,8 @@ archive's ``_extra_files``, so that a runtime needs nothing but the exported fil
       "preprocess": "{\"input_size\": [256, 256], \"resize_size\": 288, ...}",  # Preprocess as JSON
       "labels": "[\"tench\", \"goldfish\", ...]"         # index-aligned with the logits
     }
+
+A file without ``task`` (written before the key existed, or by hand) is read as a classifier.
 """
 
 from __future__ import annotations
@@ -25,13 +28,14 @@ from dataclasses import dataclass
 from torch import nn
 
 from ..errors import UsageError
-from ..weights.entries import Preprocess, check_labels
+from ..weights.entries import Preprocess, check_labels, segmentation_preprocess
 from ..weights.load import LIBRARY
 from ..weights.pretrained import model_io, preprocess_from_json, preprocess_to_json
 
 FORMAT_VERSION = 1
 INPUT_NAME = "pixel_values"
 OUTPUT_NAME = "logits"
+TASKS = ("classification", "segmentation")
 
 
 def size_multiple(model: nn.Module) -> int:
@@ -56,6 +60,8 @@ class ExportMetadata:
         size_multiple: dynamic heights and widths must be multiples of this.
         preprocess: the eval transform the weights expect.
         labels: class names, index-aligned with the logits.
+        task: ``"classification"`` (``[B, num_classes]`` logits) or ``"segmentation"`` (``[B, num_classes, h, w]``
+            logits at a fraction of the input's size).
     """
 
     arch: str
@@ -67,6 +73,11 @@ class ExportMetadata:
     labels: tuple[str, ...]
     input_name: str = INPUT_NAME
     output_name: str = OUTPUT_NAME
+    task: str = "classification"
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise UsageError(f"task must be one of {', '.join(TASKS)}; got {self.task!r}")
 
     def to_dict(self) -> dict[str, str]:
         """The flat string dictionary stored in the exported file."""
@@ -74,6 +85,7 @@ class ExportMetadata:
             "library": LIBRARY,
             "format_version": str(FORMAT_VERSION),
             "arch": self.arch,
+            "task": self.task,
             "weights": self.weights,
             "input_name": self.input_name,
             "output_name": self.output_name,
@@ -99,6 +111,7 @@ class ExportMetadata:
             labels=tuple(json.loads(data["labels"])),
             input_name=data.get("input_name", INPUT_NAME),
             output_name=data.get("output_name", OUTPUT_NAME),
+            task=data.get("task", "classification"),
         )
 
 
@@ -109,7 +122,8 @@ def model_metadata(
     preprocess: Preprocess | None = None,
     labels: list[str] | tuple[str, ...] | None = None,
 ) -> ExportMetadata:
-    """The metadata of ``model`` as :class:`~mobilevit.predict.Predictor` would use it.
+    """The metadata of ``model`` as :class:`~mobilevit.predict.Predictor` (or, for a segmentation model,
+    :class:`~mobilevit.segment.Segmenter`) would use it.
 
     Args:
         model: a model of this package; its ``pretrained_cfg`` supplies the preprocessing and labels.
@@ -120,6 +134,8 @@ def model_metadata(
     """
     io = model_io(model)
     preprocess = preprocess or io.preprocess
+    if io.task == "segmentation":  # the whole image resized, as the segmenter feeds it (a crop would lose pixels)
+        preprocess = segmentation_preprocess(preprocess, preprocess.input_size)
     labels = check_labels(labels, int(model.num_classes)) if labels is not None else io.labels
     input_size = input_size or preprocess.input_size
     return ExportMetadata(
@@ -130,4 +146,5 @@ def model_metadata(
         size_multiple=size_multiple(model),
         preprocess=preprocess,
         labels=tuple(str(x) for x in labels),
+        task=io.task,
     )

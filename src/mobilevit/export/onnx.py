@@ -12,7 +12,9 @@ scale (:func:`~mobilevit.export.metadata.size_multiple` records which sizes the 
 unfold/fold (:mod:`mobilevit.layers.patches`) is reshape/permute only, so the graph has no ``Col2Im``/``Im2Col``.
 
 Input ``pixel_values`` ``[batch, 3, height, width]`` (float32, already preprocessed as the metadata says), output
-``logits`` ``[batch, num_classes]``.
+``logits`` ``[batch, num_classes]``; a segmentation model's ``[batch, num_classes, h, w]``, ``h`` and ``w`` following
+the input's height and width (DeepLabV3: 1/16 of them, rounded up; its ASPP image pooling is a mean over the map's
+symbolic size, so the graph takes every size too).
 """
 
 from __future__ import annotations

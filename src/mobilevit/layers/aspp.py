@@ -42,8 +42,11 @@ class ASPP(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         pooled = self.pool(x.mean(dim=(2, 3), keepdim=True))  # [B, C, H, W] -> [B, C', 1, 1]
-        # a bilinear resize of a 1x1 map (what ml-cvnets and transformers write) is this broadcast
-        pyramid = [branch(x) for branch in self.branches] + [pooled.expand(-1, -1, *x.shape[-2:])]
+        # a resize of a 1x1 map (ml-cvnets and transformers write a bilinear one) is a broadcast; written as a resize,
+        # not expand(): LiteRT's converter turns expand() after a conv into a BROADCAST_TO that keeps the NCHW shape
+        # for its NHWC tensor, and the interpreter refuses it
+        broadcast = F.interpolate(pooled, size=x.shape[-2:], mode="nearest")  # [B, C', 1, 1] -> [B, C', H, W]
+        pyramid = [branch(x) for branch in self.branches] + [broadcast]
         return self.drop(self.project(torch.cat(pyramid, dim=1)))  # 5 x [B, C', H, W] -> [B, C', H, W]
 
 

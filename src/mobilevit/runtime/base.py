@@ -1,7 +1,7 @@
 """What every runtime is: a ``[B, 3, H, W]`` float32 batch in, ``[B, num_classes]`` logits out (a segmentation
 model: ``[B, num_classes, h, w]``).
 
-A :class:`Runtime` runs one classifier: the eager PyTorch module (:class:`~mobilevit.runtime.eager.TorchRuntime`), or
+A :class:`Runtime` runs one model: the eager PyTorch module (:class:`~mobilevit.runtime.eager.TorchRuntime`), or
 an exported ``.onnx`` file in onnxruntime (:class:`~mobilevit.runtime.onnx.OnnxRuntime`) or OpenVINO
 (:class:`~mobilevit.runtime.openvino.OpenVINORuntime`). :data:`BACKENDS` names them and :func:`resolve_backend` picks
 the one that runs a given model.
@@ -56,7 +56,7 @@ _MISMATCH = {
 
 
 class Runtime(ABC):
-    """One classifier in one runtime: :meth:`run` maps a preprocessed batch to its logits.
+    """One model in one runtime: :meth:`run` maps a preprocessed batch to its logits (:attr:`task` says which kind).
 
     Attributes:
         name: the backend name, one of :data:`BACKENDS`.
@@ -68,7 +68,8 @@ class Runtime(ABC):
 
     @abstractmethod
     def run(self, batch: Tensor | np.ndarray) -> Tensor:
-        """The ``[B, num_classes]`` logits of a float32 ``[B, 3, H, W]`` batch of a shape :meth:`signature` allows."""
+        """The ``[B, num_classes]`` (segmentation: ``[B, num_classes, h, w]``) logits of a float32 ``[B, 3, H, W]``
+        batch of a shape :meth:`signature` allows."""
 
     @abstractmethod
     def signature(self) -> tuple[Signature, Signature]:
@@ -81,8 +82,11 @@ class Runtime(ABC):
     @property
     def task(self) -> str:
         """What the model does: ``"classification"`` (``[B, num_classes]`` logits) or ``"segmentation"``
-        (``[B, num_classes, h, w]`` logits at a fraction of the input's size)."""
-        return "classification"
+        (``[B, num_classes, h, w]`` logits at a fraction of the input's size).
+
+        An exported file says so in its metadata (``"task"``); a file that does not is a classifier.
+        """
+        return self.metadata().get("task", "classification")
 
     @property
     def fixed_batch(self) -> int | None:

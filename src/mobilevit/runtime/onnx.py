@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -47,6 +48,7 @@ class OnnxRuntime(Runtime):
 
     def __init__(self, path: str | os.PathLike, threads: int = 0) -> None:
         check_threads(threads, self.name)
+        self.path = Path(path)
         self.session: Any = load_file(path, self.name, lambda p: onnx_session(p, threads))
         inputs, outputs = self.signature()  # the predictor checks them; the first input and output are the graph's
         self._input = inputs[0][0] if inputs else ""

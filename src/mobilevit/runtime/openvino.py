@@ -107,6 +107,7 @@ class OpenVINORuntime(Runtime):
 
     def __init__(self, path: str | os.PathLike, threads: int = 0) -> None:
         check_threads(threads, self.name)
+        self.path = Path(path)
         self.compiled_model: Any = load_file(path, self.name, lambda p: openvino_model(p, threads))
         self._metadata = read_openvino_metadata(path)  # reads the file again: tens of ms, once
         self._request = self.compiled_model.create_infer_request()

@@ -33,7 +33,7 @@ from starlette.requests import ClientDisconnect
 from torch import Tensor
 
 from ..data.images import ImageError
-from ..predict import ACTIVATIONS, Predictor, load_predictor
+from ..predict import ACTIVATIONS, Predictor
 from ..segment import Segmenter, load_model
 from .config import ServeConfig
 from .engine import BatchEngine, OverloadedError, pin_torch_threads
@@ -162,15 +162,15 @@ class Metrics:
 
 
 def default_loader(config: ServeConfig, index: int) -> Loader:
-    """Build the predictor of ``config.models[index]``: from its weights (eager; a
-    :class:`~mobilevit.segment.Segmenter` for a segmentation model) or its exported file (onnxruntime or openvino for
-    ``.onnx``, executorch for ``.pte``, litert for ``.tflite``)."""
+    """Build the predictor of ``config.models[index]`` (a :class:`~mobilevit.segment.Segmenter` for a segmentation
+    model): from its weights (eager) or its exported file (onnxruntime or openvino for ``.onnx``, executorch for
+    ``.pte``, litert for ``.tflite``; the task its metadata records)."""
     spec = config.models[index]
     options = {"batch_size": config.max_batch_size, "labels": spec.labels}
     if config.backend != "eager":
         assert isinstance(spec.pretrained, str)  # ServeConfig.validate: every model is an exported file
         path = spec.pretrained
-        return lambda: load_predictor(path, config.backend, threads=config.threads, **options)
+        return lambda: load_model(path, config.backend, threads=config.threads, **options)
     folder = spec.saved_folder
     if folder is not None:  # a save_pretrained folder served under any name: its config.json names the architecture
         return lambda: load_model(folder, "eager", **options)
