@@ -15,7 +15,7 @@ with random weights (BatchNorm statistics and layer scales randomised, as the te
 file of one model, interleaved (one preprocessed photo, ``--threads`` intra-op threads), and the speed-up against
 the fp32 file in the same run.
 
-    python benchmarks/bench_quantize.py                     # fp32 vs the default int8, MobileOne-S0
+    python benchmarks/bench_quantize.py                     # fp32 vs the default int8, three models
     python benchmarks/bench_quantize.py --sweep             # every configuration, three models (about 1 h, 2 cores)
     python benchmarks/bench_quantize.py --sweep --models mobileone_s0 --repeats 500 --json
 """
@@ -211,7 +211,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--models",
         default=",".join(("mobileone_s0", *RANDOM_MODELS)),
-        help="--sweep: comma-separated, from mobileone_s0 (real weights), mobilevitv2_050, fastvit_t8 (random)",
+        help="comma-separated, from mobileone_s0 (real weights), mobilevitv2_050, fastvit_t8 (random)",
     )
     parser.add_argument("--calibration", type=Path, default=CALIBRATION, help="calibration images (a folder)")
     parser.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads for the latency")
@@ -230,7 +230,7 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
-    models = args.models.split(",") if args.sweep else ["mobileone_s0"]
+    models = args.models.split(",")
     configs = SWEEP if args.sweep else {"default": {}}
     rows = []
     with contextlib.ExitStack() as stack:

@@ -11,13 +11,21 @@ what batching can save is model time (and the per-call overhead around it), so t
 go on this machine.
 
     python benchmarks/bench_serve.py [--requests 200] [--max-batch-size 16] [--backend onnxruntime|openvino]
-        [--client wrk --seconds 10] [--model NAME]
+        [--client wrk --seconds 10] [--model NAME] [--photo FILE] [--litserve]
+
+``--litserve`` adds the same rows for a LitServe server running timm's model (``litserve_timm.py``, started here on
+127.0.0.1 in its own process group, which is killed whole afterwards: LitServe's idle inference worker polls its
+queue and would take CPU from whatever runs next). Both servers then get the same request body, JSON
+``{"inputs": "<base64 photo>"}``, from the same client.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
+import contextlib
+import json
 import os
 import shutil
 import signal
@@ -32,13 +40,47 @@ from pathlib import Path
 
 import httpx2
 
+HERE = Path(__file__).resolve().parent
+
 SHARED_S0 = Path(__file__).resolve().parents[2] / "shared" / "weights" / "mobileone_s0_reparam.safetensors"
 
 
-def photo() -> bytes:
+def photo(path: Path | None) -> bytes:
+    """The photo every request carries: ``path``, or scikit-image's cat (a 451x300 PNG)."""
     import skimage
 
-    return (Path(skimage.__file__).parent / "data" / "chelsea.png").read_bytes()
+    return (path or Path(skimage.__file__).parent / "data" / "chelsea.png").read_bytes()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_ready(proc: subprocess.Popen, url: str) -> None:
+    """Return once ``url``/health answers 200; kill the server's process group if it never does."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            if httpx2.get(url + "/health", timeout=2).status_code == 200:
+                return
+        except httpx2.TransportError:
+            pass
+        time.sleep(0.2)
+    stop(proc)
+    raise RuntimeError(f"server {url} did not become ready")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """Terminate the server and every process it started (its own process group), then make sure they are gone."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=30)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
 
 
 @dataclass(frozen=True)
@@ -114,31 +156,41 @@ def batch_gain(served: Served, body: bytes, max_batch_size: int, threads: int, r
 
 
 def start(model: list[str], max_batch_size: int, max_wait_ms: float, threads: int) -> tuple[subprocess.Popen, str]:
-    """A server process; returns once /health says ready."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    """A ``mobilevit serve`` process; returns once /health says ready."""
+    port = free_port()
     cmd = [sys.executable, "-m", "mobilevit.cli", "serve", *model, "--port", str(port)]
     cmd += ["--max-batch-size", str(max_batch_size), "--max-wait-ms", str(max_wait_ms), "--queue-size", "64"]
     cmd += ["--threads", str(threads)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return launch(cmd, port)
+
+
+def start_litserve(arch: str, max_batch_size: int, max_wait_ms: float, threads: int) -> tuple[subprocess.Popen, str]:
+    """A LitServe server with timm's ``arch`` (``litserve_timm.py``); returns once /health says ready."""
+    port = free_port()
+    cmd = [sys.executable, str(HERE / "litserve_timm.py"), "--port", str(port), "--model", arch]
+    cmd += ["--max-batch-size", str(max_batch_size), "--batch-timeout-ms", str(max_wait_ms), "--threads", str(threads)]
+    return launch(cmd, port)
+
+
+def launch(cmd: list[str], port: int) -> tuple[subprocess.Popen, str]:
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            if httpx2.get(url + "/health", timeout=2).status_code == 200:
-                return proc, url
-        except httpx2.TransportError:
-            pass
-        time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError("server did not become ready")
+    wait_ready(proc, url)
+    return proc, url
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process, all its threads (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU time of a process and of every live process in its process group, all their threads
+    (Linux /proc): a LitServe server is several processes."""
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the process ended meanwhile
+            continue
+        if int(fields[2]) == pid:  # the process group
+            total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 async def measure(url: str, body: bytes, concurrency: int, requests: int, server_pid: int) -> dict[str, float]:
@@ -154,7 +206,7 @@ async def measure(url: str, body: bytes, concurrency: int, requests: int, server
             while remaining > 0:
                 remaining -= 1
                 t0 = time.perf_counter()
-                r = await client.post("/", content=body)
+                r = await client.post("/", content=body, headers={"Content-Type": "application/json"})
                 latencies.append(time.perf_counter() - t0)
                 assert r.status_code == 200, r.text
 
@@ -178,7 +230,7 @@ async def measure(url: str, body: bytes, concurrency: int, requests: int, server
 
 WRK_SCRIPT = """
 wrk.method = "POST"
-wrk.headers["Content-Type"] = "application/octet-stream"
+wrk.headers["Content-Type"] = "application/json"
 wrk.body = io.open(os.getenv("BENCH_SERVE_BODY"), "rb"):read("*a")
 done = function(summary, latency, requests)
   io.write(string.format("BENCH %d %d %d %d %d %d %d\\n", summary.requests, summary.duration,
@@ -216,7 +268,24 @@ def measure_wrk(url: str, body_path: Path, concurrency: int, seconds: float, ser
     }
 
 
-def main() -> None:
+def run_levels(label: str, proc: subprocess.Popen, url: str, args: argparse.Namespace, body: bytes, body_path: Path):
+    """One row per concurrency level against a running server; the server is stopped afterwards, whatever happens."""
+    rows = []
+    try:
+        for concurrency in (1, 8, 32):
+            if args.client == "wrk":
+                r = measure_wrk(url, body_path, concurrency, args.seconds, proc.pid)
+            else:
+                n = args.requests if concurrency > 1 else max(20, args.requests // 4)
+                r = asyncio.run(measure(url, body, concurrency, n, proc.pid))
+            rows.append((label, concurrency, r))
+            print(f"{label} c={concurrency}: {r['throughput']:.1f} req/s", file=sys.stderr)
+    finally:
+        stop(proc)
+    return rows
+
+
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=200, help="requests per concurrency level")
     parser.add_argument("--max-batch-size", type=int, default=16)
@@ -224,6 +293,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="the server's model threads (0: one per core)")
     parser.add_argument("--model", default="mobileone_s0", help="architecture (Apple's weights for mobileone_s0)")
     parser.add_argument("--backend", choices=["eager", "onnxruntime", "openvino"], default="eager")
+    parser.add_argument("--photo", type=Path, help="the image every request carries (default: scikit-image's cat)")
+    parser.add_argument("--litserve", action="store_true", help="also LitServe with timm's model, same rows")
     parser.add_argument(
         "--client",
         choices=["asyncio", "wrk"],
@@ -234,46 +305,47 @@ def main() -> None:
     args = parser.parse_args()
     if args.client == "wrk" and not shutil.which("wrk"):
         parser.error("--client wrk needs wrk on PATH (Debian: apt-get install wrk)")
-    body = photo()
+    return args
+
+
+def main() -> None:
+    args = parse_args()
+    image = photo(args.photo)
+    body = json.dumps({"inputs": base64.b64encode(image).decode()}).encode()
     workdir = Path(tempfile.mkdtemp(prefix="bench-serve-"))
-    body_path = workdir / "photo.png"
+    body_path = workdir / "body.json"
     body_path.write_bytes(body)
     served = served_model(args.model, args.backend, workdir)
-    model = served.cli()
-    rows = []
-    for label, batch, wait in (
+    settings = (
         ("off (max batch 1)", 1, 0.0),
         (f"on (max batch {args.max_batch_size})", args.max_batch_size, args.max_wait_ms),
-    ):
-        proc, url = start(model, batch, wait, args.threads)
-        try:
-            for concurrency in (1, 8, 32):
-                if args.client == "wrk":
-                    r = measure_wrk(url, body_path, concurrency, args.seconds, proc.pid)
-                else:
-                    n = args.requests if concurrency > 1 else max(20, args.requests // 4)
-                    r = asyncio.run(measure(url, body, concurrency, n, proc.pid))
-                rows.append((label, concurrency, r))
-                print(f"{label} c={concurrency}: {r['throughput']:.1f} req/s", file=sys.stderr)
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(timeout=60)
-    print(
-        f"{args.model}, backend {args.backend}, server threads {args.threads or 'one per core'}, client {args.client}"
     )
-    print("| batching | concurrency | req/s | p50 (ms) | p99 (ms) | server CPU ms/req | client CPU ms/req |")
+    rows = []
+    for label, batch, wait in settings:
+        rows += run_levels(
+            f"mobilevit, batching {label}", *start(served.cli(), batch, wait, args.threads), args, body, body_path
+        )
+        if args.litserve:
+            server = start_litserve(args.model, batch, wait, args.threads)
+            rows += run_levels(f"LitServe + timm, batching {label}", *server, args, body, body_path)
+    print(
+        f"{args.model}, backend {args.backend}, server threads {args.threads or 'one per core'}, client {args.client},"
+        f" photo {args.photo or 'chelsea.png'} ({len(image) / 1024:.0f} KiB), load average before"
+        f" {os.getloadavg()[0]:.2f}"
+    )
+    print("| server | concurrency | req/s | p50 (ms) | p99 (ms) | server CPU ms/req | client CPU ms/req |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for label, concurrency, r in rows:
         print(
             f"| {label} | {concurrency} | {r['throughput']:.1f} | {r['p50']:.0f} | {r['p99']:.0f} "
             f"| {r['server_cpu_ms']:.1f} | {r['client_cpu_ms']:.1f} |"
         )
-    off, on = (r for label, concurrency, r in rows if concurrency == 32)
+    off, on = (r for label, concurrency, r in rows if concurrency == 32 and label.startswith("mobilevit"))
     print(
         f"\nbatching at concurrency 32: {on['throughput'] / off['throughput']:.2f}x the throughput of max batch 1,"
         f" {off['server_cpu_ms'] / on['server_cpu_ms']:.2f}x less server CPU per request"
     )
-    b = batch_gain(served, body, args.max_batch_size, args.threads)
+    b = batch_gain(served, image, args.max_batch_size, args.threads)
     print(
         f"in-process, no server: decode + preprocess {b['decode']:.1f} ms/img; model {b['model@1']:.1f} ms/img"
         f" at batch 1, {b['model@max']:.1f} ms/img at batch {args.max_batch_size}"

@@ -18,6 +18,7 @@ OpenCV's.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import pickle
 from collections.abc import Callable
@@ -41,6 +42,8 @@ OPENCV_TAGS = sorted(n for n, e in WEIGHTS.items() if e.preprocess.resize_backen
 # What the transformers converters saved as preprocessor_config.json (MobileViTImageProcessor(crop_size=256,
 # size=288) with the defaults of the time): the recorded upstream pipeline must say the same.
 HF_SAVED = {"shortest_edge": 288, "crop": (256, 256), "resample": "bilinear", "flip": True}
+# the DeepLabV3 converters saved MobileViTImageProcessor(crop_size=512, size=544)
+HF_SAVED_SEG = {**HF_SAVED, "shortest_edge": 544, "crop": (512, 512)}
 
 Images = list[tuple[str, Image.Image]]
 
@@ -215,12 +218,13 @@ def _hf_check(imgs: Images, pre: Preprocess, backend: str) -> None:
 @pytest.mark.parametrize("tag", HF_TAGS)
 def test_hf_upstream_pipeline_is_what_the_converters_saved(tag: str) -> None:
     up = WEIGHTS[tag].upstream_preprocess or WEIGHTS[tag].preprocess
+    saved = HF_SAVED_SEG if WEIGHTS[tag].task == "segmentation" else HF_SAVED
     assert (up.resize_size, up.input_size, up.interpolation) == (
-        HF_SAVED["shortest_edge"],
-        HF_SAVED["crop"],
-        HF_SAVED["resample"],
+        saved["shortest_edge"],
+        saved["crop"],
+        saved["resample"],
     )
-    assert (up.channel_order == "BGR") is HF_SAVED["flip"]
+    assert (up.channel_order == "BGR") is saved["flip"]
     assert up.crop_offset == "floor" and up.resize_backend == "pil" and up.mean == E.NO_MEAN and up.std == E.NO_STD
 
 
@@ -248,13 +252,22 @@ def test_hf_v2_entry_is_the_processor_without_the_flip(package_images: Images) -
 # ---------------------------------------------------------------------------------------------------------------------
 # ml-cvnets v0.1 (OpenCV)
 # ---------------------------------------------------------------------------------------------------------------------
-def _cvnets_v01(source: Path | Image.Image, size: int = 256, resize: int = 288) -> torch.Tensor:
-    """ml-cvnets@d38a116 validation: cv2.imread (BGR), _resize_fn (cv2 INTER_LINEAR), CenterCrop, NumpyToTensor."""
+def _cvnets_v01(
+    source: Path | Image.Image, size: int = 256, resize: int = 288, segmentation: bool = False
+) -> torch.Tensor:
+    """ml-cvnets@d38a116 validation: cv2.imread (BGR), _resize_fn (cv2 INTER_LINEAR), CenterCrop, NumpyToTensor.
+
+    ``segmentation``: its segmentation evaluation instead (``pascal_voc.py`` evaluation_transforms with
+    resize_input_images): ``_resize_fn`` to exactly ``size`` x ``size``, no crop.
+    """
     cv2 = pytest.importorskip("cv2", reason="OpenCV (the opencv extra) is the ml-cvnets v0.1 reference")
     if isinstance(source, Path):
         img = cv2.imread(str(source), cv2.IMREAD_COLOR)
     else:
         img = np.ascontiguousarray(np.asarray(source)[..., ::-1])  # a derived image: RGB -> BGR
+    if segmentation:
+        img = cv2.resize(img, dsize=(size, size), interpolation=cv2.INTER_LINEAR)
+        return torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1))).float().div(255.0)
     h, w = img.shape[:2]
     if not ((w <= h and w == resize) or (h <= w and h == resize)):
         size_h, size_w = (int(resize * h / w), resize) if w < h else (resize, int(resize * w / h))
@@ -283,7 +296,9 @@ def test_cvnets_opencv_parity(
     assert (pre.channel_order, pre.crop_offset, pre.interpolation) == ("BGR", "floor", "bilinear")
     ours = transform_for(tag)
     cases = _cvnets_cases(package_files, package_images)
-    worst, name = max((_max_pixel_diff(ours(img), _cvnets_v01(ref), pre.std), n) for n, img, ref in cases)
+    seg = WEIGHTS[tag].task == "segmentation"
+    reference = functools.partial(_cvnets_v01, size=512, segmentation=True) if seg else _cvnets_v01
+    worst, name = max((_max_pixel_diff(ours(img), reference(ref), pre.std), n) for n, img, ref in cases)
     assert worst <= (TOL if fallback else 0.0), f"{worst * 255:.2f}/255 on {name}"
 
 

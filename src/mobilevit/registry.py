@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from .errors import UsageError, suggest
 from .models import ARCHITECTURES, TASKS, architecture
 from .reparam import reparameterize_model
-from .weights.entries import WeightsEntry, get_weights, labels_for, list_weights
+from .weights.entries import WeightsEntry, get_weights, labels_for, list_weights, segmentation_preprocess
 from .weights.hub import resolve_weights
 from .weights.load import (
     CONFIG_METADATA_KEY,
@@ -20,10 +20,11 @@ from .weights.load import (
     checkpoint_config,
     convert_checkpoint,
     is_folded_checkpoint,
+    is_segmentation_checkpoint,
     load_into,
     read_checkpoint,
 )
-from .weights.pretrained import PretrainedCfg, preprocess_from_json, read_saved_config
+from .weights.pretrained import PretrainedCfg, default_preprocess, preprocess_from_json, read_saved_config
 from .weights.pretrained import config_overrides as saved_overrides
 
 
@@ -93,7 +94,10 @@ def create_model(
             (see :func:`mobilevit.weights.resolve_weights`); or the path of a local checkpoint in any supported format
             (safetensors, ``.pt``, ``.pth``, ``.pth.tar``, a transformers folder with ``config.json``, or a folder
             written by :func:`mobilevit.save_pretrained`). The format is detected and converted. With an ``arch.tag``
-            name and a path, the entry still supplies the preprocessing and labels.
+            name and a path, the entry still supplies the preprocessing and labels. A segmentation model
+            (``deeplabv3_*``) also takes a classification checkpoint of its backbone (or, with ``True`` and no
+            segmentation weights of its own, the backbone's default ImageNet weights): the backbone loads, the head
+            starts fresh, for fine-tuning.
         num_classes: classifier outputs. ``None`` keeps the checkpoint's (or the config's) head; a different number
             keeps the pretrained backbone and starts a fresh head.
         features_only: return a model whose ``forward`` gives the multi-scale feature maps (see ``feature_info``).
@@ -128,7 +132,10 @@ def create_model(
         return model
 
     path, entry, fmt = _weights_location(name, pretrained)
-    state_dict, saved, cfg = _read_weights(path, arch, cfg, fmt, config_overrides)
+    raw, info = read_checkpoint(path)
+    if ARCHITECTURES[arch][0].task == "segmentation" and not is_segmentation_checkpoint(raw, info):
+        return _with_backbone_weights(arch, cfg, num_classes, raw, info, str(path), entry, reparameterized)
+    state_dict, saved, cfg = _read_weights(raw, info, str(path), arch, cfg, fmt, config_overrides)
     classifier = f"{ARCHITECTURES[arch][0].classifier_name}.weight"
     ckpt_classes = state_dict[classifier].shape[0] if classifier in state_dict else None
     if num_classes is None:
@@ -161,20 +168,61 @@ def _weights_location(
     is, described by the entry only when ``name`` is an ``arch.tag``.
     """
     if pretrained is True:
-        entry = _weights_entry(name)
+        entry = _weights_entry(_backbone_if_unpublished(name))
         return resolve_weights(entry), entry, entry.format
     return pretrained, _weights_entry(name) if "." in name else None, None
 
 
+def _backbone_if_unpublished(name: str) -> str:
+    """``name``, or for a bare segmentation architecture without weights of its own, its backbone's name (whose
+    default ImageNet weights then initialise the backbone)."""
+    arch = name.split(".", 1)[0]
+    backbone = getattr(ARCHITECTURES[arch][1], "backbone", None)
+    return backbone if "." not in name and backbone and not list_weights(f"{arch}.*") else name
+
+
+def _with_backbone_weights(
+    arch: str,
+    cfg: Any,
+    num_classes: int | None,
+    state_dict: dict[str, Tensor],
+    info: dict[str, Any],
+    source: str,
+    entry: WeightsEntry | None,
+    reparameterized: bool,
+) -> nn.Module:
+    """A segmentation model whose backbone is loaded from a classification checkpoint of ``cfg.backbone`` (its
+    classifier and 1x1 expansion dropped) and whose head is fresh. Its preprocessing is the backbone weights' pixels,
+    resized whole to 512x512; its labels are the defaults for its number of classes."""
+    model = _build(arch, cfg, False, None, num_classes)
+    backbone = model.backbone
+    backbone_entry = entry if entry is not None and entry.arch == cfg.backbone else None
+    fmt = backbone_entry.format if backbone_entry else None
+    converted = convert_checkpoint(state_dict, info, cfg.backbone, backbone.cfg, source=source, fmt=fmt)
+    _load_weights(backbone, converted, source, keep_head=False, reparameterized=False)
+    if reparameterized:
+        reparameterize_model(model, inplace=True)
+    saved = preprocess_from_json((info.get(CONFIG_METADATA_KEY) or {}).get("preprocess"))
+    pixels = saved or (backbone_entry.preprocess if backbone_entry else default_preprocess(cfg.backbone))
+    model.pretrained_cfg = PretrainedCfg(arch=arch, source=source, preprocess=segmentation_preprocess(pixels))
+    return model
+
+
 def _read_weights(
-    path: str | os.PathLike, arch: str, cfg: Any, fmt: str | None, config_overrides: dict[str, Any]
+    state_dict: dict[str, Tensor],
+    info: dict[str, Any],
+    path: str,
+    arch: str,
+    cfg: Any,
+    fmt: str | None,
+    config_overrides: dict[str, Any],
 ) -> tuple[dict[str, Tensor], dict[str, Any] | None, Any]:
-    """Read and convert a checkpoint: ``(state_dict in our key names, our saved config or None, config)``.
+    """Convert a checkpoint read by ``read_checkpoint``: ``(state_dict in our key names, our saved config or None,
+    config)``.
 
     A folder of ours supplies the base config, and so does what a transformers segmentation folder's config states
     (output stride, ASPP); the caller's overrides win over either.
     """
-    state_dict, info = read_checkpoint(path)
     saved = info.get(CONFIG_METADATA_KEY)
     if saved is not None:
         if saved.get("arch") != arch:

@@ -15,7 +15,7 @@ from .fold import (
     scale_output,
 )
 from .head import ClassifierHead, ClassifierModel
-from .init import trunc_normal_init_
+from .init import kaiming_init_, trunc_normal_init_
 from .inverted_residual import InvertedResidual
 from .mobileone import LargeKernelConv, MobileOneBlock
 from .norm import PatchLayerNorm
@@ -49,6 +49,7 @@ __all__ = [
     "fold_input_affine_into_linear",
     "fold_patches",
     "identity_kernel",
+    "kaiming_init_",
     "linear_from",
     "make_divisible",
     "scale_output",

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from torch import Tensor, nn
 
 from ..errors import UsageError, suggest
-from ..layers import ASPP, upsample_logits
+from ..layers import ASPP, kaiming_init_, upsample_logits
 from .classifiers import CLASSIFIERS
 
 SEGMENTATION_OUTPUT_STRIDES = (8, 16)
@@ -122,7 +122,7 @@ class DeepLabV3(nn.Module):
         last = self.backbone.feature_info[-1]
         self.output_stride: int = last["stride"]
         self.head = DeepLabV3Head(last["num_channels"], cfg)
-        self.head.apply(_init_weights)
+        self.head.apply(kaiming_init_)  # ml-cvnets initialises its segmentation head like its backbones
 
     def forward(self, x: Tensor) -> Tensor:
         """``[B, in_channels, H, W] -> [B, num_classes, ceil(H / output_stride), ceil(W / output_stride)]`` logits."""
@@ -142,7 +142,7 @@ class DeepLabV3(nn.Module):
         self.num_classes = num_classes
         old = self.head.classifier
         self.head.classifier = nn.Conv2d(old.in_channels, num_classes, 1, device=old.weight.device)
-        self.head.classifier.apply(_init_weights)
+        self.head.classifier.apply(kaiming_init_)
 
     def get_classifier(self) -> nn.Module:
         return self.head.classifier
@@ -150,17 +150,6 @@ class DeepLabV3(nn.Module):
     def no_weight_decay(self) -> set[str]:
         """The backbone's exemptions (e.g. FastViT's layer scales), under the ``backbone.`` prefix."""
         return {f"backbone.{name}" for name in self.backbone.no_weight_decay()}
-
-
-def _init_weights(module: nn.Module) -> None:
-    """ml-cvnets' segmentation-head initialisation: Kaiming-normal convolutions with zero bias, unit norms."""
-    if isinstance(module, nn.Conv2d):
-        nn.init.kaiming_normal_(module.weight, mode="fan_out")
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
-    elif isinstance(module, nn.BatchNorm2d):
-        nn.init.ones_(module.weight)
-        nn.init.zeros_(module.bias)
 
 
 __all__ = ["MODEL_CFGS", "SEGMENTATION_OUTPUT_STRIDES", "VOC_CLASSES", "DeepLabV3", "DeepLabV3Config"]

@@ -31,6 +31,7 @@ from ..layers import (
     TransformerLayer,
     check_output_stride,
     fold_patches,
+    kaiming_init_,
     make_divisible,
     stage_strides,
     trunc_normal_init_,
@@ -390,15 +391,10 @@ class MobileViT(ClassifierModel):
 
 def _init_weights(module: nn.Module) -> None:
     """cvnets' initialisation: Kaiming-normal convolutions, truncated-normal (std 0.02) linears, unit norms."""
-    if isinstance(module, nn.Conv2d):
-        nn.init.kaiming_normal_(module.weight, mode="fan_out")
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
-    elif isinstance(module, nn.Linear):
+    if isinstance(module, nn.Linear):
         trunc_normal_init_(module)
-    elif isinstance(module, (nn.BatchNorm2d, nn.LayerNorm, PatchLayerNorm)):
-        nn.init.ones_(module.weight)
-        nn.init.zeros_(module.bias)
+    else:
+        kaiming_init_(module)
 
 
 MobileViT.init_classifier = staticmethod(_init_weights)

@@ -413,6 +413,9 @@ def _cvnets(
 
 _CVNETS_V1_URL = "https://docs-assets.developer.apple.com/ml-research/models/cvnets/classification/"
 _CVNETS_V2_URL = "https://docs-assets.developer.apple.com/ml-research/models/cvnets-v2/classification/mobilevitv2/"
+_CVNETS_V2_SEG_URL = (
+    "https://docs-assets.developer.apple.com/ml-research/models/cvnets-v2/segmentation/pascalvoc/mobilevitv2/"
+)
 _FASTVIT_URL = "https://docs-assets.developer.apple.com/ml-research/models/fastvit/"
 _MOBILEONE_URL = "https://docs-assets.developer.apple.com/ml-research/datasets/mobileone/"
 _V3_RELEASE = "https://github.com/micronDLA/MobileViTv3/releases/tag/v1.0.0"
@@ -491,6 +494,38 @@ def _v3(arch: str, folder: str, preprocess: Preprocess, top1: float, base: str) 
             "micronDLA/MobileViTv3 README.md (model table, folder names, base ml-cvnets commits)",
             *(EV_CVNETS_V01[:2] if preprocess.channel_order == "BGR" else EV_CVNETS_V02[:3]),
         ),
+    )
+
+
+def _voc(
+    name: str,
+    source: Source,
+    preprocess: Preprocess,
+    metric: Metric,
+    paper: str,
+    notes: str,
+    evidence: tuple[str, ...],
+    **where: str,
+) -> WeightsEntry:
+    """A DeepLabV3 entry: 21 PASCAL VOC 2012 classes; ``where`` is the Hub repository or the URL and file name. The
+    transformers ports also record the processor saved with them as ``upstream_preprocess``."""
+    hf = source == "transformers"
+    return WeightsEntry(
+        name=name,
+        arch=name.split(".")[0],
+        source=source,
+        format="transformers" if hf else "cvnets",
+        preprocess=preprocess,
+        upstream_preprocess=HF_SEG_PROCESSOR if hf else None,
+        metrics=(metric,),
+        license=LICENSE_HF if hf else LICENSE_CVNETS,
+        paper=paper,
+        num_classes=21,
+        labels="pascal-voc",
+        task="segmentation",
+        notes=notes,
+        evidence=evidence,
+        **where,
     )
 
 
@@ -744,27 +779,18 @@ _ENTRIES: list[WeightsEntry] = [
     ),
     # ---- DeepLabV3 on MobileViT v1 / v2: Hugging Face transformers ports (PASCAL VOC 2012 segmentation) -------------
     *[
-        WeightsEntry(
-            name=f"deeplabv3_{arch}.hf_voc",
-            arch=f"deeplabv3_{arch}",
-            source="transformers",
-            format="transformers",
+        _voc(
+            f"deeplabv3_{arch}.hf_voc",
+            "transformers",
+            CVNETS_V1_SEG,
+            Metric(None, None, PAPER_V1_SEG_TABLE, f"{params} parameters", miou=miou),
+            PAPER_V1,
+            "ml-cvnets v0.1 DeepLabv3 weights (ImageNet-1k backbone, fine-tuned on PASCAL VOC 2012), renamed for "
+            "transformers: BGR input like the original. We feed the whole image resized to 512x512, as ml-cvnets "
+            "evaluated it; the transformers processor (upstream_preprocess) resizes the shorter side to 544 and crops "
+            "512, so it cuts off the borders of the mask.",
+            EV_HF_SEG_V1,
             hub_repo_id=repo,
-            preprocess=CVNETS_V1_SEG,
-            upstream_preprocess=HF_SEG_PROCESSOR,
-            metrics=(Metric(None, None, PAPER_V1_SEG_TABLE, f"{params} parameters", miou=miou),),
-            license=LICENSE_HF,
-            paper=PAPER_V1,
-            num_classes=21,
-            labels="pascal-voc",
-            task="segmentation",
-            notes=(
-                "ml-cvnets v0.1 DeepLabv3 weights (ImageNet-1k backbone, fine-tuned on PASCAL VOC 2012), renamed for "
-                "transformers: BGR input like the original. We feed the whole image resized to 512x512, as ml-cvnets "
-                "evaluated it; the transformers processor (upstream_preprocess) resizes the shorter side to 544 and "
-                "crops 512, so it cuts off the borders of the mask."
-            ),
-            evidence=EV_HF_SEG_V1,
         )
         for arch, repo, miou, params in [
             ("mobilevit_xxs", "apple/deeplabv3-mobilevit-xx-small", 73.6, "1.9M"),
@@ -772,28 +798,41 @@ _ENTRIES: list[WeightsEntry] = [
             ("mobilevit_s", "apple/deeplabv3-mobilevit-small", 79.1, "6.4M"),
         ]
     ],
-    WeightsEntry(
-        name="deeplabv3_mobilevitv2_100.hf_voc",
-        arch="deeplabv3_mobilevitv2_100",
-        source="transformers",
-        format="transformers",
+    _voc(
+        "deeplabv3_mobilevitv2_100.hf_voc",
+        "transformers",
+        CVNETS_V2_SEG,
+        Metric(None, None, CVNETS_ZOO_SEG, "13.3M parameters (without the auxiliary head)", miou=78.94),
+        PAPER_V2,
+        "ml-cvnets v0.2 DeepLabv3 MobileViTv2-1.0 weights (PASCAL VOC 2012, trained on RGB with PIL), renamed for "
+        "transformers, auxiliary head dropped. The transformers processor flips to BGR (its default) and crops 512 "
+        "out of a 544 resize; we feed RGB, the whole image resized to 512x512 (bicubic, the cvnets config's resize). "
+        "The published mIoU was measured with the shorter side resized to 512 and the aspect kept.",
+        EV_HF_SEG_V2,
         hub_repo_id="apple/mobilevitv2-1.0-voc-deeplabv3",
-        preprocess=CVNETS_V2_SEG,
-        upstream_preprocess=HF_SEG_PROCESSOR,
-        metrics=(Metric(None, None, CVNETS_ZOO_SEG, "13.3M parameters (without the auxiliary head)", miou=78.94),),
-        license=LICENSE_HF,
-        paper=PAPER_V2,
-        num_classes=21,
-        labels="pascal-voc",
-        task="segmentation",
-        notes=(
-            "ml-cvnets v0.2 DeepLabv3 MobileViTv2-1.0 weights (PASCAL VOC 2012, trained on RGB with PIL), renamed for "
-            "transformers, auxiliary head dropped. The transformers processor flips to BGR (its default) and crops "
-            "512 out of a 544 resize; we feed RGB, the whole image resized to 512x512 (bicubic, the cvnets config's "
-            "resize). The published mIoU was measured with the shorter side resized to 512 and the aspect kept."
-        ),
-        evidence=EV_HF_SEG_V2,
     ),
+    # ---- DeepLabV3 on MobileViT v2: ml-cvnets originals (PASCAL VOC 2012, cvnets v0.2, PIL, RGB) ---------------------
+    *[
+        _voc(
+            f"deeplabv3_mobilevitv2_{w}.orig_voc",
+            "cvnets",
+            CVNETS_V2_SEG,
+            Metric(None, None, CVNETS_ZOO_SEG, f"{params} parameters (without the auxiliary head)", miou=miou),
+            PAPER_V2,
+            "Plain state dict of ml-cvnets' SegEncoderDecoder (encoder.* + seg_head.*); its auxiliary head is a "
+            "training-only branch and is dropped. RGB input, no normalization, the whole image resized to 512x512 "
+            "(the published mIoU kept the aspect ratio with the shorter side at 512).",
+            EV_HF_SEG_V2[1:],
+            url=f"{_CVNETS_V2_SEG_URL}deeplabv3-mobilevitv2-{mult}.pt",
+            filename=f"deeplabv3-mobilevitv2-{mult}.pt",
+        )
+        for w, mult, miou, params in [
+            ("050", "0.5", 75.07, "6.2M"),
+            ("100", "1.0", 78.94, "13.3M"),
+            ("125", "1.25", 79.68, "17.7M"),
+            ("150", "1.5", 80.30, "22.6M"),
+        ]
+    ],
     # ---- MobileViT v1: ml-cvnets originals (trained and evaluated with the OpenCV/BGR pipeline of v0.1) --------------
     *[
         _cvnets(
@@ -888,6 +927,7 @@ DEFAULT_TAGS: dict[str, str] = {
     **{f"fastvit_{v}": "apple_in1k" for v in ("t8", "t12", "s12", "sa12", "sa24", "sa36", "ma36")},
     **{f"mobileone_s{i}": "apple_in1k" for i in range(5)},
     **{f"deeplabv3_{a}": "hf_voc" for a in ("mobilevit_xxs", "mobilevit_xs", "mobilevit_s", "mobilevitv2_100")},
+    **{f"deeplabv3_mobilevitv2_{w}": "orig_voc" for w in ("050", "125", "150")},
 }
 
 

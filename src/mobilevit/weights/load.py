@@ -206,6 +206,17 @@ def convert_checkpoint(
         raise CheckpointError(f"{source} ({fmt} layout) cannot be converted for {arch}: {e}") from e
 
 
+# the DeepLabV3 head in ml-cvnets', transformers' and our own key names
+_SEGMENTATION_HEAD_PREFIXES = ("seg_head.", "segmentation_head.", "head.aspp.")
+
+
+def is_segmentation_checkpoint(state_dict: dict[str, Tensor], info: dict[str, Any]) -> bool:
+    """Whether a checkpoint read by :func:`read_checkpoint` holds a segmentation model (rather than a classifier or
+    a backbone, which a segmentation model can take as its backbone)."""
+    saved_arch = str(info.get("arch") or "")
+    return saved_arch.startswith("deeplabv3_") or any(k.startswith(_SEGMENTATION_HEAD_PREFIXES) for k in state_dict)
+
+
 def checkpoint_config(info: dict[str, Any], cfg: Any) -> dict[str, Any]:
     """The config fields a foreign checkpoint states about itself, as overrides of ``cfg``: for a transformers
     segmentation folder, its output stride and ASPP (the weights alone do not show them). Empty otherwise."""
