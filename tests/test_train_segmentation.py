@@ -26,8 +26,8 @@ from mobilevit.errors import UsageError
 from mobilevit.train import checkpoint as ckpt
 from mobilevit.train.build import build_model, new_tensors
 from mobilevit.train.config import ModelConfig, ScheduleConfig, TrainConfig, apply_overrides
-from mobilevit.train.losses import SegmentationLoss
 from mobilevit.train.loop import train
+from mobilevit.train.losses import SegmentationLoss
 from mobilevit.train.optim import WarmupCosineSchedule
 
 COLORS = {1: (230, 40, 40), 2: (40, 220, 40)}
@@ -134,11 +134,12 @@ def test_resume_continues_exactly_and_logs_val_miou(voc: Path, tmp_path: Path) -
 
 
 def test_learns_a_trivial_set(voc: Path, tmp_path: Path) -> None:
-    """Colour decides the class: the loss falls well within 16 steps."""
-    train(config(voc, tmp_path / "run", "epochs=8", "ema.enabled=false", "schedule.name=poly"))
+    """Colour decides the class: over 24 steps the loss falls to well under two thirds (about 0.45 for seeds 0-2)."""
+    extra = ["epochs=12", "ema.enabled=false", "schedule.name=poly", "optimizer.lr=0.005", "data.val=none"]
+    train(config(voc, tmp_path / "run", *extra, "model.classifier_init_std=0.01"))
     losses = [r["loss"] for r in records(tmp_path / "run") if r["event"] == "step"]
-    assert len(losses) == 16
-    assert np.mean(losses[-4:]) < 0.5 * np.mean(losses[:4])
+    assert len(losses) == 24
+    assert np.mean(losses[-4:]) < 0.6 * np.mean(losses[:4])
 
 
 def test_classification_checkpoint_fills_the_backbone(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -168,7 +169,7 @@ def test_classification_checkpoint_fills_the_backbone(tmp_path: Path, caplog: py
     with torch.no_grad():
         ours, theirs = model.eval().backbone(x)[-1], features.eval()(x)[-1]
     assert ours.shape == theirs.shape == (1, 1024, 4, 6)
-    torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
+    assert float((ours - theirs).abs().max() / theirs.abs().max()) < 1e-5  # relative to the largest activation
 
 
 def test_apple_reparameterized_s0_fills_the_backbone(shared: Path) -> None:
@@ -188,6 +189,42 @@ def test_apple_reparameterized_s0_fills_the_backbone(shared: Path) -> None:
         assert torch.equal(state[ours], value), key
     assert sum(k.startswith("backbone.") for k in state) == len(apple) - 2
     assert all(not k.startswith("backbone.") for k in new_tensors(model, str(path)))
+
+
+def test_backbone_weights_name_keeps_their_preprocessing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A recipe's ``model.pretrained: mobilevit_xxs.orig_in1k`` (Apple's BGR weights) on deeplabv3_mobilevit_xxs:
+    the entry's file fills the backbone and the model is fed BGR, the whole image resized (the file is a local
+    stand-in for the download)."""
+    import mobilevit.train.build as build
+
+    classifier = mobilevit.create_model("mobilevit_xxs")
+    path = tmp_path / "xxs.pth"
+    torch.save(classifier.state_dict(), path)
+    monkeypatch.setattr(build, "resolve_weights", lambda entry: path)
+    model = build_model(
+        ModelConfig(name="deeplabv3_mobilevit_xxs", num_classes=3, pretrained="mobilevit_xxs.orig_in1k")
+    )
+    pre = mobilevit.weights.model_io(model).preprocess
+    assert pre.channel_order == "BGR" and pre.resize_mode == "exact" and pre.input_size == (512, 512)
+    state = model.state_dict()
+    assert torch.equal(state["backbone.stem.conv.weight"], classifier.state_dict()["stem.conv.weight"])
+    assert new_tensors(model, "mobilevit_xxs.orig_in1k") == [k for k in state if not k.startswith("backbone.")]
+
+
+def test_classifier_init_std_draws_the_new_classifier() -> None:
+    """``model.classifier_init_std`` draws the new classifier from N(0, std) with zero bias; without it the
+    architecture's Kaiming fan-out init stays (std sqrt(2 / 3) for a 1x1 conv to 3 classes). Classifiers refuse it."""
+    torch.manual_seed(0)
+    drawn = build_model(ModelConfig(name="deeplabv3_mobilevit_xxs", num_classes=3, classifier_init_std=0.01))
+    weight, bias = drawn.get_classifier().weight.detach(), drawn.get_classifier().bias.detach()
+    assert weight.shape == (3, 256, 1, 1) and float(weight.mean().abs()) < 0.002
+    assert 0.009 < float(weight.std()) < 0.011 and bool((bias == 0).all())
+    kept = build_model(ModelConfig(name="deeplabv3_mobilevit_xxs", num_classes=3))
+    assert 0.7 < float(kept.get_classifier().weight.detach().std()) < 0.95
+    with pytest.raises(UsageError, match="must be >= 0"):
+        build_model(ModelConfig(name="deeplabv3_mobilevit_xxs", num_classes=3, classifier_init_std=-1.0))
+    with pytest.raises(UsageError, match="applies to segmentation models"):
+        build_model(ModelConfig(name="mobilevit_xxs", num_classes=3, classifier_init_std=0.01))
 
 
 def test_cli_trains_a_recipe(voc: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

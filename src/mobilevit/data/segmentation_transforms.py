@@ -78,7 +78,9 @@ class SegmentationTrainTransform:
         shortest, longest = max(1, round(low * base)), max(1, round(high * base))
         steps: list[Any] = [
             v2.RandomResize(shortest, longest + 1, interpolation=v2.InterpolationMode(interpolation)),
-            v2.RandomCrop((height, width), pad_if_needed=True, fill={tv_tensors.Image: 0, tv_tensors.Mask: ignore_index}),
+            v2.RandomCrop(
+                (height, width), pad_if_needed=True, fill={tv_tensors.Image: 0, tv_tensors.Mask: ignore_index}
+            ),
         ]
         if hflip > 0:
             steps.append(v2.RandomHorizontalFlip(hflip))

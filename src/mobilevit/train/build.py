@@ -31,8 +31,9 @@ from ..data.transforms import eval_transform
 from ..errors import MissingDependencyError, UsageError
 from ..registry import create_model, get_config, list_models
 from ..weights import model_io
+from ..weights.entries import Preprocess, get_weights, segmentation_preprocess
+from ..weights.hub import resolve_weights
 from ..weights.load import is_segmentation_checkpoint, read_checkpoint
-from ..weights.entries import Preprocess
 from .config import DataConfig, DistillConfig, ModelConfig, TrainConfig
 from .distributed import Dist
 
@@ -73,6 +74,8 @@ def build_model(cfg: ModelConfig) -> nn.Module:
         model = create_model(cfg.name, num_classes=cfg.num_classes, **overrides)
     elif os.path.exists(cfg.pretrained):
         model = create_model(cfg.name, pretrained=cfg.pretrained, num_classes=cfg.num_classes, **overrides)
+    elif _is_backbone_weights(cfg.name, cfg.pretrained):  # e.g. deeplabv3_mobilevit_s from mobilevit_s.orig_in1k
+        model = _with_backbone_weights(cfg, overrides)
     else:  # a weights name such as "mobileone_s0.apple_in1k"
         model = create_model(cfg.pretrained, pretrained=True, num_classes=cfg.num_classes, **overrides)
     if model_task(model) == "segmentation":
@@ -84,6 +87,23 @@ def build_model(cfg: ModelConfig) -> nn.Module:
         head = {id(p) for p in head_module.parameters()}
         for p in model.parameters():
             p.requires_grad_(id(p) in head)
+    return model
+
+
+def _is_backbone_weights(name: str, weights: str) -> bool:
+    """Whether ``weights`` names a weights entry of segmentation architecture ``name``'s backbone."""
+    backbone = getattr(get_config(name), "backbone", None)
+    return backbone is not None and weights.split(".", 1)[0] == backbone
+
+
+def _with_backbone_weights(cfg: ModelConfig, overrides: dict[str, Any]) -> nn.Module:
+    """Segmentation model ``cfg.name`` whose backbone holds the file of weights entry ``cfg.pretrained`` (cached or
+    downloaded), fed the way those weights expect (e.g. BGR for Apple's MobileViT v1), the whole image resized."""
+    assert cfg.pretrained is not None
+    entry = get_weights(cfg.pretrained)
+    model = create_model(cfg.name, pretrained=resolve_weights(entry), num_classes=cfg.num_classes, **overrides)
+    loaded = model.pretrained_cfg
+    model.pretrained_cfg = dataclasses.replace(loaded, preprocess=segmentation_preprocess(entry.preprocess))
     return model
 
 

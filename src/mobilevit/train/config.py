@@ -70,7 +70,8 @@ class ModelConfig:
     drop_path_rate: float | None = None  # stochastic depth (FastViT recipes)
     freeze_backbone: bool = False  # fine-tuning: train the new head only
     # segmentation: draw a new classifier's weights from N(0, std) with zero bias (mmsegmentation's 0.01) instead of
-    # the architecture's ml-cvnets init, whose Kaiming fan-out scale gives logits of std ~9 with 3 classes; None: keep it
+    # the architecture's ml-cvnets init, whose Kaiming fan-out scale gives logits of std ~9 with 3 classes;
+    # None: keep the architecture's init
     classifier_init_std: float | None = None
 
 

@@ -69,7 +69,7 @@ from . import checkpoint as ckpt
 from .build import BatchNormalize, TrainData, build_data, build_model, build_teacher, model_task, val_preprocess
 from .config import TrainConfig, to_dict, to_yaml
 from .distributed import Dist, setup_distributed
-from .losses import build_loss
+from .losses import build_loss, segmentation_loss
 from .metrics import VAL_COLUMNS, MetricsLog
 from .optim import ModelEMA, WarmupCosineSchedule, build_optimizer
 
@@ -249,7 +249,7 @@ def _build(cfg: TrainConfig, world: Dist, out: Path) -> _Run:
         schedule=schedule,
         scaler=torch.amp.GradScaler("cuda") if cfg.amp and amp_dtype == torch.float16 else None,
         amp=functools.partial(torch.autocast, world.device.type, dtype=amp_dtype, enabled=cfg.amp),
-        criterion=build_loss(cfg, task),
+        criterion=build_loss(cfg) if task == "classification" else segmentation_loss(cfg),
         mixer=MixupCutmix.from_config(cfg.augment, model.num_classes) if task == "classification" else None,
         trainable=[p for p in model.parameters() if p.requires_grad],
     )
@@ -471,7 +471,7 @@ class _Trainer:
         scores = functools.partial(evaluate, loader=run.data.val_loader, world=run.world, cfg=run.cfg, amp=run.amp)
         fields = {f"val_{k}": v for k, v in scores(run.model).items()}
         ema = scores(run.ema.module) if run.ema is not None else {}
-        for key, value in fields.copy().items():
+        for key in list(fields):
             if key != "val_class_iou":
                 fields[f"{key}_ema"] = ema.get(key[len("val_") :])
         return fields

@@ -12,7 +12,7 @@ follows DeiT (arXiv 2012.12877, https://github.com/facebookresearch/deit ``losse
 ``targets`` are ``[B]`` class indices or ``[B, num_classes]`` soft targets (:class:`mobilevit.data.augment.MixupCutmix`
 output, which already includes the label smoothing).
 
-Semantic segmentation (:class:`SegmentationLoss`, ``build_loss(cfg, task="segmentation")``): per-pixel cross-entropy
+Semantic segmentation (:class:`SegmentationLoss`, :func:`segmentation_loss`): per-pixel cross-entropy
 on the logits resized to the mask (bilinear, as ml-cvnets' ``SegCrossEntropy`` and torchvision's DeepLabV3 reference
 do), pixels labelled ``ignore_index`` (255) left out.
 """
@@ -41,6 +41,7 @@ __all__ = [
     "SegmentationLoss",
     "SoftTargetCrossEntropy",
     "build_loss",
+    "segmentation_loss",
 ]
 
 
@@ -220,15 +221,18 @@ class SegmentationLoss(nn.Module):
         return f"ignore_index={self.ignore_index}, smoothing={self.smoothing}"
 
 
-def build_loss(cfg: TrainConfig, task: str = "classification") -> nn.Module:
-    """The criterion of a run: :class:`ClassificationLoss` with ``cfg.augment.label_smoothing``, wrapped in a
-    :class:`DistillationLoss` (``cfg.distill`` kind, alpha, tau) when ``cfg.distill.teacher`` is set; for a
-    segmentation model (``task``), :class:`SegmentationLoss` with ``cfg.segmentation.ignore_index``.
+def segmentation_loss(cfg: TrainConfig) -> SegmentationLoss:
+    """The criterion of a segmentation run: :class:`SegmentationLoss` with ``cfg.segmentation.ignore_index`` and
+    ``cfg.augment.label_smoothing``; distillation is refused."""
+    if cfg.distill.teacher is not None:
+        raise UsageError("distillation is for classification; unset distill.teacher to train a segmentation model")
+    return SegmentationLoss(cfg.segmentation.ignore_index, cfg.augment.label_smoothing)
+
+
+def build_loss(cfg: TrainConfig) -> nn.Module:
+    """The criterion of a classification run: :class:`ClassificationLoss` with ``cfg.augment.label_smoothing``,
+    wrapped in a :class:`DistillationLoss` (``cfg.distill`` kind, alpha, tau) when ``cfg.distill.teacher`` is set.
     """
-    if task == "segmentation":
-        if cfg.distill.teacher is not None:
-            raise UsageError("distillation is for classification; unset distill.teacher to train a segmentation model")
-        return SegmentationLoss(cfg.segmentation.ignore_index, cfg.augment.label_smoothing)
     base = ClassificationLoss(cfg.augment.label_smoothing)
     if cfg.distill.teacher is None:
         return base
