@@ -8,13 +8,17 @@ Three parts, every file written by ``mobilevit.export.export_model`` and run thr
    (``check_export``), and the export time.
 2. int8 accuracy: Apple's real MobileOne-S0 weights (../shared/weights), fp32 and int8 files of each format, top-1 /
    top-5 on ``imagenet-samples-100`` through the predictor (eager fp32 beside them), int8 calibrated on the 100
-   disjoint photos of ``imagenet-calib-100``; and how often the int8 top-1 equals the fp32 file's.
+   disjoint photos of ``imagenet-calib-100``; how often the int8 top-1 equals the fp32 file's, and the int8 logits'
+   signal-to-noise ratio against the fp32 file's (dB). The int8 files are the default configuration
+   (``mobilevit.export.Int8Options()``); ``--int8-sweep`` adds the configurations of ``INT8_CONFIGS`` (each fix
+   alone and the default without each one).
 3. Latency: batch-1 time of one preprocessed 224x224 image in the S0 files (fp32 and int8 per runtime) and eager
    PyTorch, the runtimes interleaved round by round (``mobilevit.bench.profile.compare_latency``) so a busy machine
-   slows them alike; ``--threads`` for every runtime.
+   slows them alike; ``--threads`` for every runtime; the speed-up of each int8 file over the fp32 file of its
+   runtime.
 
     python benchmarks/bench_ondevice.py                          # all three parts
-    python benchmarks/bench_ondevice.py --skip-parity --threads 1 --repeats 50 --json
+    python benchmarks/bench_ondevice.py --skip-parity --threads 1 --repeats 50 --int8-sweep --json
     python benchmarks/bench_ondevice.py --workdir runs/ondevice  # keep the exported files
 """
 
@@ -28,6 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 import mobilevit
@@ -35,7 +40,7 @@ from common import SHARED_DATA, randomize
 from mobilevit.bench.profile import compare_latency
 from mobilevit.bench.report import markdown_table
 from mobilevit.evaluate import evaluate, read_labelled
-from mobilevit.export import check_export, export_model
+from mobilevit.export import Int8Options, check_export, export_model
 from mobilevit.predict import Predictor, load_predictor
 
 FAMILIES = ("mobilevit_xxs", "mobilevitv2_050", "mobilevitv3_xxs", "fastvit_t8", "mobileone_s0")
@@ -44,6 +49,19 @@ ENTRY = "mobileone_s0.orig_in1k_reparam"
 WEIGHTS = SHARED_DATA.parent / "weights" / "mobileone_s0_reparam.safetensors"
 EVAL_IMAGES = SHARED_DATA / "imagenet-samples-100"
 CALIBRATION = SHARED_DATA / "imagenet-calib-100"
+DEFAULT = "default"
+# --int8-sweep: configuration name -> how the int8 files are quantized (docs/export.md explains each fix)
+INT8_CONFIGS = {
+    "toolchain quantizer alone": Int8Options(keep_fp32=(), equalize=None, bias_correction=False),
+    "+ first/last layers fp32": Int8Options(equalize=None, bias_correction=False),
+    "+ equalization 0.6": Int8Options(bias_correction=False),
+    DEFAULT: Int8Options(),
+    "default without equalization": Int8Options(equalize=None),
+    "default, equalization 0.75": Int8Options(equalize=0.75),
+    "default, minmax observer": Int8Options(observer="minmax"),
+    "default, moving-average observer": Int8Options(observer="moving_average"),
+    "default, every layer int8": Int8Options(keep_fp32=()),
+}
 
 
 def parity_rows(workdir: Path, resolution: int) -> list[dict]:
@@ -71,18 +89,28 @@ def parity_rows(workdir: Path, resolution: int) -> list[dict]:
     return rows
 
 
-def s0_files(workdir: Path) -> dict[str, Path]:
-    """Apple's MobileOne-S0 as fp32 and int8 files of each format: ``{"executorch fp32": path, ...}``."""
+def s0_files(workdir: Path, configs: list[str]) -> dict[str, Path]:
+    """Apple's MobileOne-S0 as fp32 and int8 files of each format: ``{"executorch fp32": path, "executorch int8
+    default": path, ...}``, one int8 file per name of ``INT8_CONFIGS`` in ``configs``."""
     model = mobilevit.create_model(ENTRY, pretrained=str(WEIGHTS))
     files = {}
     for fmt, suffix in FORMATS.items():
         files[f"{fmt} fp32"] = export_model(model, fmt, workdir / f"s0{suffix}")
-        t0 = time.perf_counter()
-        files[f"{fmt} int8"] = export_model(
-            model, fmt, workdir / f"s0_int8{suffix}", quantize="int8", calibration=CALIBRATION
-        )
-        print(f"{fmt} int8 export (100 calibration images) took {time.perf_counter() - t0:.0f} s", flush=True)
+        for i, name in enumerate(configs):
+            t0 = time.perf_counter()
+            path = workdir / f"s0_int8_{i}{suffix}"
+            options = INT8_CONFIGS[name]
+            files[f"{fmt} int8 {name}"] = export_model(
+                model, fmt, path, quantize="int8", calibration=CALIBRATION, int8=options
+            )
+            took = time.perf_counter() - t0
+            print(f"{fmt} int8 {name}: export (100 calibration images) took {took:.0f} s", flush=True)
     return files
+
+
+def fp32_key(key: str) -> str:
+    """``"executorch int8 default"`` -> ``"executorch fp32"``."""
+    return key.split(" int8")[0] + " fp32" if " int8" in key else key
 
 
 def accuracy_rows(files: dict[str, Path], threads: int) -> list[dict]:
@@ -90,18 +118,21 @@ def accuracy_rows(files: dict[str, Path], threads: int) -> list[dict]:
     eager = Predictor.from_pretrained(ENTRY, pretrained=str(WEIGHTS))
     predictors = {"eager fp32": eager} | {k: load_predictor(p, threads=threads) for k, p in files.items()}
     photos = [path for path, _ in samples]
-    top1 = {k: [a[0].index for a in p.predict(photos, top_k=1)] for k, p in predictors.items()}
+    batch = torch.stack([eager.prepare(path) for path in photos])
+    logits = {k: p.logits(batch).numpy() for k, p in predictors.items()}
     rows = []
     for key, predictor in predictors.items():
         result = evaluate(predictor, samples)
-        fp32 = top1[key.replace("int8", "fp32")]
-        agree = sum(a == b for a, b in zip(top1[key], fp32, strict=True))
+        ref = logits[fp32_key(key)]
+        agree = int((logits[key].argmax(1) == ref.argmax(1)).sum())
+        noise = float(((logits[key] - ref) ** 2).sum())
         rows.append(
             {
                 "runtime": key,
                 "top1": f"{result['correct_top1']}/{result['count']}",
                 "top5": f"{result['correct_top5']}/{result['count']}",
                 "top1_same_as_fp32": f"{agree}/{len(photos)}",
+                "snr_db": round(10 * np.log10(float((ref**2).sum()) / noise), 1) if noise else "-",
             }
         )
         print(rows[-1], flush=True)
@@ -116,7 +147,13 @@ def latency_rows(files: dict[str, Path], threads: int, repeats: int) -> list[dic
     with torch.inference_mode():
         stats = compare_latency(fns, rounds=repeats, warmup=5)
     return [
-        {"runtime": k, "median_ms": round(s["median_ms"], 2), "min_ms": round(s["min_ms"], 2)} for k, s in stats.items()
+        {
+            "runtime": k,
+            "median_ms": round(s["median_ms"], 2),
+            "min_ms": round(s["min_ms"], 2),
+            "speedup_vs_fp32": round(stats[fp32_key(k)]["median_ms"] / s["median_ms"], 2) if " int8" in k else "-",
+        }
+        for k, s in stats.items()
     ]
 
 
@@ -126,6 +163,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=30, help="interleaved rounds of the latency part")
     parser.add_argument("--resolution", type=int, default=224, help="export size of the parity part")
     parser.add_argument("--skip-parity", action="store_true", help="only the MobileOne-S0 parts")
+    parser.add_argument("--int8-sweep", action="store_true", help="every int8 configuration of INT8_CONFIGS")
     parser.add_argument("--workdir", type=Path, help="keep the exported files here (default: a temporary folder)")
     parser.add_argument("--json", action="store_true", help="print the tables as JSON")
     args = parser.parse_args()
@@ -138,7 +176,7 @@ def main() -> None:
         workdir = args.workdir or Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)
         tables = {} if args.skip_parity else {"parity": parity_rows(workdir, args.resolution)}
-        files = s0_files(workdir)
+        files = s0_files(workdir, list(INT8_CONFIGS) if args.int8_sweep else [DEFAULT])
         tables["accuracy"] = accuracy_rows(files, args.threads)
         tables["latency"] = latency_rows(files, args.threads, args.repeats)
     for name, rows in tables.items():

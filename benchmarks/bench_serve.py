@@ -127,13 +127,11 @@ def batch_gain(served: Served, body: bytes, max_batch_size: int, threads: int, r
     (``model_gain``) and with decoding (``gain_with_decode``)."""
     import torch
 
-    from mobilevit.data.images import open_image
-
     predictor = served.predictor(threads)
     predictor.batch_size = max_batch_size
 
-    def decode() -> torch.Tensor:
-        return predictor.transform(open_image(body, "photo"))
+    def decode() -> torch.Tensor:  # as the server decodes: fast_decode, its default
+        return predictor.prepare(body, "photo", fast_decode=True)
 
     image = decode()
     single, full = image[None], image.expand(max_batch_size, *image.shape).contiguous()
@@ -206,7 +204,7 @@ async def measure(url: str, body: bytes, concurrency: int, requests: int, server
             while remaining > 0:
                 remaining -= 1
                 t0 = time.perf_counter()
-                r = await client.post("/", content=body, headers={"Content-Type": "application/json"})
+                r = await client.post("/", content=body, headers={"Content-Type": content_type(body)})
                 latencies.append(time.perf_counter() - t0)
                 assert r.status_code == 200, r.text
 
@@ -228,9 +226,16 @@ async def measure(url: str, body: bytes, concurrency: int, requests: int, server
     }
 
 
+def content_type(body: bytes) -> str:
+    """The request's ``Content-Type``: JSON, or the image's own type for a raw body."""
+    if body.startswith(b"{"):
+        return "application/json"
+    return "image/png" if body.startswith(b"\x89PNG") else "image/jpeg"
+
+
 WRK_SCRIPT = """
 wrk.method = "POST"
-wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Content-Type"] = os.getenv("BENCH_SERVE_TYPE")
 wrk.body = io.open(os.getenv("BENCH_SERVE_BODY"), "rb"):read("*a")
 done = function(summary, latency, requests)
   io.write(string.format("BENCH %d %d %d %d %d %d %d\\n", summary.requests, summary.duration,
@@ -245,7 +250,7 @@ def measure_wrk(url: str, body_path: Path, concurrency: int, seconds: float, ser
     that takes less of the cores than this process's asyncio client. Every answer must be 2xx."""
     script = body_path.with_suffix(".lua")
     script.write_text(WRK_SCRIPT)
-    env = {**os.environ, "BENCH_SERVE_BODY": str(body_path)}
+    env = {**os.environ, "BENCH_SERVE_BODY": str(body_path), "BENCH_SERVE_TYPE": content_type(body_path.read_bytes())}
     warm = ["wrk", "-t1", f"-c{min(concurrency, 4)}", "-d1s", "-s", str(script), url + "/"]
     subprocess.run(warm, env=env, check=True, capture_output=True)
     before = os.times()
@@ -296,6 +301,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--photo", type=Path, help="the image every request carries (default: scikit-image's cat)")
     parser.add_argument("--litserve", action="store_true", help="also LitServe with timm's model, same rows")
     parser.add_argument(
+        "--body",
+        choices=["json", "raw"],
+        default="json",
+        help='the request: JSON {"inputs": "<base64 image>"} (both servers) or the image bytes (mobilevit only)',
+    )
+    parser.add_argument(
         "--client",
         choices=["asyncio", "wrk"],
         default="asyncio",
@@ -303,6 +314,8 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--seconds", type=float, default=10.0, help="wrk: seconds per concurrency level")
     args = parser.parse_args()
+    if args.body == "raw" and args.litserve:
+        parser.error("--body raw is for mobilevit serve only; the LitServe server takes JSON")
     if args.client == "wrk" and not shutil.which("wrk"):
         parser.error("--client wrk needs wrk on PATH (Debian: apt-get install wrk)")
     return args
@@ -311,7 +324,8 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
     image = photo(args.photo)
-    body = json.dumps({"inputs": base64.b64encode(image).decode()}).encode()
+    body = image if args.body == "raw" else json.dumps({"inputs": base64.b64encode(image).decode()}).encode()
+    load_before = os.getloadavg()[0]
     workdir = Path(tempfile.mkdtemp(prefix="bench-serve-"))
     body_path = workdir / "body.json"
     body_path.write_bytes(body)
@@ -330,8 +344,8 @@ def main() -> None:
             rows += run_levels(f"LitServe + timm, batching {label}", *server, args, body, body_path)
     print(
         f"{args.model}, backend {args.backend}, server threads {args.threads or 'one per core'}, client {args.client},"
-        f" photo {args.photo or 'chelsea.png'} ({len(image) / 1024:.0f} KiB), load average before"
-        f" {os.getloadavg()[0]:.2f}"
+        f" photo {args.photo or 'chelsea.png'} ({len(image) / 1024:.0f} KiB) as {args.body}, load average before"
+        f" {load_before:.2f}"
     )
     print("| server | concurrency | req/s | p50 (ms) | p99 (ms) | server CPU ms/req | client CPU ms/req |")
     print("|---|---:|---:|---:|---:|---:|---:|")
@@ -347,8 +361,8 @@ def main() -> None:
     )
     b = batch_gain(served, image, args.max_batch_size, args.threads)
     print(
-        f"in-process, no server: decode + preprocess {b['decode']:.1f} ms/img; model {b['model@1']:.1f} ms/img"
-        f" at batch 1, {b['model@max']:.1f} ms/img at batch {args.max_batch_size}"
+        f"in-process, no server: decode (fast_decode, as served) + preprocess {b['decode']:.1f} ms/img;"
+        f" model {b['model@1']:.1f} ms/img at batch 1, {b['model@max']:.1f} ms/img at batch {args.max_batch_size}"
     )
     print(
         f"model time alone: batching is {b['model_gain']:.2f}x faster per image; with this photo's decoding"

@@ -457,6 +457,31 @@ def _int8_options(args: argparse.Namespace) -> dict[str, object]:
     return {INT8_FLAGS[flag][0]: values.get(flag, lambda v: v)(value) for flag, value in given.items()}
 
 
+# quantize_onnx arguments that ExecuTorch and LiteRT int8 take too (same-named Int8Options fields); the method there
+# names an activation observer
+PT2E_OPTIONS = ("keep_fp32", "equalize", "bias_correction")
+PT2E_METHODS = {"histogram": "histogram", "minmax": "minmax", "moving-average": "moving_average"}
+
+
+def _pt2e_options(int8: dict[str, object], fmt: str) -> object:
+    """The :class:`~mobilevit.export.Int8Options` that the int8 flags give for an ExecuTorch or LiteRT export."""
+    from .export import Int8Options
+
+    onnx_only = [name for name in int8 if name not in (*PT2E_OPTIONS, "method")]
+    if onnx_only:
+        flags = [f"--{flag.replace('_', '-')}" for flag, (name, _) in INT8_FLAGS.items() if name in onnx_only]
+        raise UsageError(f"--format {fmt}: {', '.join(flags)} {'is' if len(flags) == 1 else 'are'} for --format onnx")
+    fields = {name: value for name, value in int8.items() if name in PT2E_OPTIONS}
+    if "method" in int8:
+        if int8["method"] not in PT2E_METHODS:
+            choices = ", ".join(PT2E_METHODS)
+            raise UsageError(
+                f"--format {fmt}: --quantize-method {int8['method']} is for --format onnx ({choices} here)"
+            )
+        fields["observer"] = PT2E_METHODS[str(int8["method"])]
+    return Int8Options(**fields)
+
+
 def _name_list(text: str) -> tuple[str, ...]:
     """``"first,last"`` -> ``("first", "last")``; ``"none"`` -> ``()``."""
     return () if text.strip().lower() == "none" else tuple(part.strip() for part in text.split(",") if part.strip())
@@ -488,8 +513,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.quantize and args.format != "onnx" and args.quantize_mode != "static":
         raise UsageError(f"--format {args.format} quantizes statically only: drop --quantize-mode")
     int8 = _int8_options(args)
-    if int8 and args.format != "onnx":
-        raise UsageError(f"--format {args.format}: the int8 options ({', '.join(int8)}) are for --format onnx")
+    pt2e = _pt2e_options(int8, args.format) if args.quantize and args.format != "onnx" else None
     pretrained = args.pretrained or not args.random_weights
     if args.random_weights:
         warn_random_weights(args.model, "the exported file predicts nothing useful")
@@ -512,7 +536,9 @@ def cmd_export(args: argparse.Namespace) -> int:
         )
         return 0
     if args.quantize and args.format != "onnx":
-        path = export_model(model, args.format, args.output, quantize="int8", calibration=args.calibration, **options)
+        path = export_model(
+            model, args.format, args.output, quantize="int8", calibration=args.calibration, int8=pt2e, **options
+        )
         print(f"wrote {path} ({args.format}, int8 static); measure its accuracy with `mobilevit eval`")
         return 0
     if args.quantize:
@@ -714,8 +740,9 @@ def _export_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--calibration", help="int8 static: folder of calibration images (not your evaluation images)")
     p.add_argument(
         "--quantize-method",
-        choices=["minmax", "percentile", "entropy"],
-        help="int8 static: activation range estimate (default: minmax)",
+        choices=["minmax", "percentile", "entropy", "histogram", "moving-average"],
+        help="int8 static: activation range estimate: ONNX minmax (default), percentile, entropy; ExecuTorch and "
+        "LiteRT histogram (default), minmax, moving-average",
     )
     p.add_argument(
         "--quantize-weights", choices=["per-channel", "per-tensor"], help="int8: weight scales (default: per-channel)"
@@ -731,13 +758,14 @@ def _export_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--keep-fp32",
         metavar="NODES",
-        help="int8: nodes left in float: first, last and/or node names, comma-separated, or none (default: first,last)",
+        help="int8: left in float: first, last and/or node names (ONNX) or module names (ExecuTorch, LiteRT), "
+        "comma-separated, or none (default: first,last)",
     )
     p.add_argument(
         "--equalize",
         type=_alpha,
         metavar="ALPHA",
-        help="int8 static: channel equalization strength 0-1, or off (default: 0.75)",
+        help="int8 static: channel equalization strength 0-1, or off (default: 0.75 ONNX, 0.6 ExecuTorch/LiteRT)",
     )
     p.add_argument(
         "--bias-correction",

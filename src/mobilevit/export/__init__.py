@@ -5,7 +5,8 @@ Every export is of the re-parameterized, BatchNorm-folded model (:func:`mobilevi
 and carries the preprocessing and the labels (:class:`~mobilevit.export.metadata.ExportMetadata`), so a runtime needs
 nothing else. :func:`check_export` runs the file and compares its logits with the eager model's (CoreML runs only
 on macOS: :func:`validate_coreml` checks its spec instead). :func:`quantize_onnx` writes an int8 ONNX file;
-ExecuTorch and LiteRT files are quantized while exporting (``export_model(..., quantize="int8", calibration=...)``).
+ExecuTorch and LiteRT files are quantized while exporting (``export_model(..., quantize="int8", calibration=...)``,
+tuned by :class:`Int8Options`).
 :mod:`mobilevit.runtime` runs the files (``onnx_session``, ``openvino_model`` and ``read_openvino_metadata`` are its
 names, also importable from here).
 
@@ -51,6 +52,7 @@ from .executorch import MAX_BATCH, executorch_dynamic_axes, export_executorch
 from .litert import export_litert
 from .metadata import ExportMetadata, model_metadata, size_multiple
 from .onnx import DEFAULT_OPSET, export_onnx, read_onnx_metadata
+from .pt2e import OBSERVERS, Int8Options
 from .quantize import calibration_batches, quantize_onnx
 from .torchscript import export_torchscript, load_torchscript
 
@@ -106,6 +108,7 @@ def export_model(
     quantize: Literal["int8"] | None = None,
     calibration: Calibration | None = None,
     max_calibration_images: int = 500,
+    int8: Int8Options | None = None,
 ) -> Path:
     """Write the folded, eval-mode ``model`` as an ONNX, CoreML, TorchScript, ExecuTorch or LiteRT file with its
     preprocessing and labels.
@@ -131,6 +134,8 @@ def export_model(
         calibration: int8: a folder (searched recursively), image files or glob patterns, of images like the ones
             the model will see (not your evaluation images), preprocessed as the recorded preprocessing says.
         max_calibration_images: int8: use at most this many calibration images (the first ones, sorted).
+        int8: with ``quantize="int8"``: the fixes and the activation observer (default: :class:`Int8Options`'s
+            defaults, measured on MobileOne-S0).
 
     Returns:
         The written file.
@@ -139,6 +144,8 @@ def export_model(
         raise UsageError(f"format must be one of {', '.join(FORMATS)}; got {format!r}")
     if getattr(model, "features_only", False):
         raise UsageError("export a classifier: features_only models have no logits to check or label")
+    if int8 is not None and quantize is None:
+        raise UsageError("int8= options are for quantize='int8'")
     if quantize is not None and (quantize != "int8" or format not in QUANTIZED_FORMATS):
         raise UsageError(
             f"quantize='int8' applies to {' and '.join(QUANTIZED_FORMATS)} (ONNX: quantize_onnx); got {quantize!r} "
@@ -156,8 +163,8 @@ def export_model(
         return export_torchscript(folded, output, meta)
     batches = _calibration(calibration, meta, max_calibration_images) if quantize else None
     if format == "executorch":
-        return export_executorch(folded, output, meta, batches)
-    return export_litert(folded, output, meta, batches)
+        return export_executorch(folded, output, meta, batches, int8)
+    return export_litert(folded, output, meta, batches, int8)
 
 
 def _calibration(calibration: Calibration | None, meta: ExportMetadata, max_images: int) -> list[np.ndarray]:
@@ -284,10 +291,12 @@ def _open_export(path: str | os.PathLike, fmt: str) -> tuple[Runtime, ExportMeta
 __all__ = [
     "FORMATS",
     "MAX_BATCH",
+    "OBSERVERS",
     "SUFFIXES",
     "CoreMLSummary",
     "ExportMetadata",
     "ExportParity",
+    "Int8Options",
     "check_export",
     "export_executorch",
     "export_litert",

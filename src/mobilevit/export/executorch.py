@@ -25,7 +25,8 @@ Shapes: ExecuTorch plans every tensor's memory ahead of time, for the largest sh
   predictor runs a fixed-batch program one image at a time.
 
 int8 (``calibration`` given): XNNPACK's PT2E quantizer, symmetric, weights per output channel, static activation
-ranges (:mod:`mobilevit.export.pt2e`); the int8 program has a fixed batch of 1.
+ranges, with the fixes of :class:`~mobilevit.export.pt2e.Int8Options` (:mod:`mobilevit.export.pt2e`); the int8
+program has a fixed batch of 1.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ from ..layers.norm import PatchLayerNorm
 from ..models.fastvit import AttentionBlock
 from ..runtime.executorch import INSTALL_HINT, METADATA_METHOD
 from .metadata import ExportMetadata
-from .pt2e import quantize_pt2e
+from .pt2e import Int8Options, quantize_pt2e, with_observer
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +69,7 @@ def export_executorch(
     output: str | os.PathLike,
     metadata: ExportMetadata,
     calibration: Iterable[np.ndarray | torch.Tensor] | None = None,
+    int8: Int8Options | None = None,
 ) -> Path:
     """Export an eval-mode (already folded) model as an ExecuTorch program with its metadata.
 
@@ -78,6 +80,7 @@ def export_executorch(
             ``mobilevit_metadata`` method.
         calibration: for an int8 program, ``[1, 3, H, W]`` float32 batches preprocessed as at prediction time
             (``metadata.dynamic_axes`` must then be empty); ``None`` for float32.
+        int8: how an int8 program is quantized (default: :class:`~mobilevit.export.pt2e.Int8Options`'s defaults).
 
     Returns:
         The written file.
@@ -96,7 +99,7 @@ def export_executorch(
     if calibration is not None:
         if dynamic:
             raise ValueError("an int8 ExecuTorch program has a fixed batch: export it with dynamic_axes=()")
-        model, props["quantization"] = _quantized(model, example, calibration)
+        model, props["quantization"] = _quantized(model, example, calibration, int8 or Int8Options())
     buffer = io.StringIO()
     with warnings.catch_warnings(), contextlib.redirect_stdout(buffer), torch.no_grad():
         warnings.simplefilter("ignore")  # export and lowering warn about every op they decompose
@@ -113,7 +116,7 @@ def export_executorch(
 
 
 def _quantized(
-    model: nn.Module, example: torch.Tensor, calibration: Iterable[np.ndarray | torch.Tensor]
+    model: nn.Module, example: torch.Tensor, calibration: Iterable[np.ndarray | torch.Tensor], int8: Int8Options
 ) -> tuple[nn.Module, str]:
     """The int8 graph of ``model`` for XNNPACK and the ``quantization`` metadata entry that describes it."""
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
@@ -121,13 +124,14 @@ def _quantized(
         get_symmetric_quantization_config,
     )
 
-    quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
-    quantized = quantize_pt2e(model, example, quantizer, calibration)
+    config = with_observer(get_symmetric_quantization_config(is_per_channel=True), int8.observer)
+    quantized = quantize_pt2e(model, example, XNNPACKQuantizer().set_global(config), calibration, int8)
     how = {
         "dtype": "int8",
         "quantizer": "XNNPACKQuantizer",
         "per_channel": True,
         "activations": "static",
+        **quantized.details,
         "calibration_images": quantized.calibration_images,
     }
     return quantized.module, json.dumps(how)

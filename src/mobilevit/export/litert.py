@@ -15,8 +15,9 @@ Shapes: batch 1 at the export size, nothing dynamic. A dynamic batch converts fo
 to reshape the graph at run time. The predictor runs the file one image at a time.
 
 int8 (``calibration`` given): litert-torch's PT2E quantizer, symmetric, weights per output channel, static
-activation ranges (:mod:`mobilevit.export.pt2e`). The converter makes the input and output tensors int8 as well;
-:class:`~mobilevit.runtime.LiteRTRuntime` quantizes and dequantizes them with the scales the file records.
+activation ranges, with the fixes of :class:`~mobilevit.export.pt2e.Int8Options` (:mod:`mobilevit.export.pt2e`).
+The converter makes the input and output tensors int8 as well; :class:`~mobilevit.runtime.LiteRTRuntime` quantizes
+and dequantizes them with the scales the file records.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from torch import nn
 from ..errors import MissingDependencyError
 from ..runtime.litert import INSTALL_HINT, METADATA_NAME
 from .metadata import ExportMetadata
-from .pt2e import quantize_pt2e
+from .pt2e import Int8Options, quantize_pt2e, with_observer
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +50,7 @@ def export_litert(
     output: str | os.PathLike,
     metadata: ExportMetadata,
     calibration: Iterable[np.ndarray | torch.Tensor] | None = None,
+    int8: Int8Options | None = None,
 ) -> Path:
     """Convert an eval-mode (already folded) model to a ``.tflite`` file with its metadata.
 
@@ -58,6 +60,7 @@ def export_litert(
         metadata: the input size (the file takes batch 1 at that size) and what goes into ``mobilevit.metadata``.
         calibration: for an int8 file, ``[1, 3, H, W]`` float32 batches preprocessed as at prediction time; ``None``
             for float32.
+        int8: how an int8 file is quantized (default: :class:`~mobilevit.export.pt2e.Int8Options`'s defaults).
 
     Returns:
         The written file.
@@ -77,7 +80,7 @@ def export_litert(
         if calibration is None:
             converted = litert_torch.convert(model, (example,))
         else:
-            converted, quantization = _convert_int8(model, example, calibration)
+            converted, quantization = _convert_int8(model, example, calibration, int8 or Int8Options())
         flatbuffer = flatbuffer_utils.convert_bytearray_to_object(converted.model_content())
     logger.debug("litert_torch.convert: %s", log.getvalue())
     props = _with_tensor_names(metadata, flatbuffer).to_dict()
@@ -91,7 +94,7 @@ def export_litert(
 
 
 def _convert_int8(
-    model: nn.Module, example: torch.Tensor, calibration: Iterable[np.ndarray | torch.Tensor]
+    model: nn.Module, example: torch.Tensor, calibration: Iterable[np.ndarray | torch.Tensor], int8: Int8Options
 ) -> tuple[Any, dict[str, Any]]:
     """The converted int8 model and the ``quantization`` metadata entry that describes it."""
     import litert_torch
@@ -99,15 +102,16 @@ def _convert_int8(
     from litert_torch.quantize.quant_config import QuantConfig
 
     config = get_symmetric_quantization_config(is_per_channel=True, is_dynamic=False)
-    quantizer = PT2EQuantizer().set_global(config)
+    quantizer = PT2EQuantizer().set_global(with_observer(config, int8.observer))
     # the converter folds the weights' quantize ops itself
-    quantized = quantize_pt2e(model, example, quantizer, calibration, fold_quantize=False)
+    quantized = quantize_pt2e(model, example, quantizer, calibration, int8, fold_quantize=False)
     converted = litert_torch.convert(quantized.module, (example,), quant_config=QuantConfig(pt2e_quantizer=quantizer))
     how = {
         "dtype": "int8",
         "quantizer": "litert_torch PT2EQuantizer",
         "per_channel": True,
         "activations": "static",
+        **quantized.details,
         "calibration_images": quantized.calibration_images,
     }
     return converted, how

@@ -173,8 +173,8 @@ def channel_stats(
     return dict(zip(names, total, strict=True))
 
 
-def _input_channel_max(weight: np.ndarray, kind: str) -> np.ndarray:
-    """Largest absolute weight per input channel of a consumer of ``kind``."""
+def input_channel_max(weight: np.ndarray, kind: str) -> np.ndarray:
+    """Largest absolute weight per input channel of a consumer of ``kind`` (see :class:`Pair`)."""
     if kind == "conv":
         return np.abs(weight).max(axis=(0, 2, 3))
     if kind == "depthwise":
@@ -182,7 +182,7 @@ def _input_channel_max(weight: np.ndarray, kind: str) -> np.ndarray:
     return np.abs(weight).max(axis=0 if kind == "gemm_t" else 1)
 
 
-def _scales(act_max: np.ndarray, weight_max: np.ndarray, alpha: float) -> np.ndarray:
+def equalization_scales(act_max: np.ndarray, weight_max: np.ndarray, alpha: float) -> np.ndarray:
     """SmoothQuant's ``s = act^alpha / w^(1 - alpha)``, normalised to a geometric mean of 1; 1 for dead channels."""
     scales = np.ones_like(act_max, dtype=np.float64)
     live = (act_max > 0) & (weight_max > 0)
@@ -192,15 +192,20 @@ def _scales(act_max: np.ndarray, weight_max: np.ndarray, alpha: float) -> np.nda
     return scales
 
 
-def _scale_pair(arrays: dict[str, np.ndarray], pair: Pair, scales: np.ndarray) -> None:
-    """Divide the producer's output channels by ``scales`` and multiply the consumer's input channels by them."""
-    weight = arrays[pair.producer.input[1]]
-    weight /= scales.reshape(-1, *[1] * (weight.ndim - 1))
-    if len(pair.producer.input) > 2:
-        arrays[pair.producer.input[2]] /= scales
-    consumer = arrays[pair.consumer.input[1]]
-    shape = {"conv": (1, -1, 1, 1), "depthwise": (-1, 1, 1, 1), "gemm_t": (1, -1), "gemm": (-1, 1)}[pair.kind]
-    consumer *= scales.reshape(shape)
+def scale_channels(
+    producer_weight: np.ndarray,
+    producer_bias: np.ndarray | None,
+    consumer_weight: np.ndarray,
+    kind: str,
+    scales: np.ndarray,
+) -> None:
+    """In place: divide the producer's output channels (weight axis 0, bias) by ``scales`` and multiply the
+    consumer's input channels (as its ``kind`` holds them, see :class:`Pair`) by them."""
+    producer_weight /= scales.reshape(-1, *[1] * (producer_weight.ndim - 1))
+    if producer_bias is not None:
+        producer_bias /= scales
+    shape = {"conv": (1, -1, 1, 1), "depthwise": (-1, 1, 1, 1), "gemm_t": (1, -1), "gemm": (-1, 1)}[kind]
+    consumer_weight *= scales.reshape(shape)
 
 
 def equalize_channels(
@@ -230,8 +235,11 @@ def equalize_channels(
             for name in node.input[1:3]:
                 if name in inits and name not in arrays:
                     arrays[name] = numpy_helper.to_array(inits[name]).astype(np.float64)
-        weight_max = _input_channel_max(arrays[pair.consumer.input[1]], pair.kind)
-        _scale_pair(arrays, pair, _scales(act_max[pair.activation], weight_max, alpha))
+        producer, consumer = pair.producer.input, pair.consumer.input
+        weight_max = input_channel_max(arrays[consumer[1]], pair.kind)
+        bias = arrays[producer[2]] if len(producer) > 2 else None
+        scales = equalization_scales(act_max[pair.activation], weight_max, alpha)
+        scale_channels(arrays[producer[1]], bias, arrays[consumer[1]], pair.kind, scales)
     for name, array in arrays.items():
         inits[name].CopyFrom(numpy_helper.from_array(array.astype(np.float32), name))
     onnx.save(proto, str(output))
@@ -257,15 +265,15 @@ def _dequantized(name: str, producers: dict[str, Any], inits: dict[str, Any]) ->
     return node, (values - zero) * scale
 
 
-def _output_shift(node: Any, weight_error: np.ndarray, input_mean: np.ndarray) -> np.ndarray:
-    """``E[dW x]`` per output channel of a Conv or Gemm whose weight is off by ``weight_error``."""
-    if node.op_type == "Gemm":
-        return weight_error @ input_mean if _attr(node, "transB", 0) else weight_error.T @ input_mean
-    group = _attr(node, "group", 1)
+def output_shift(weight_error: np.ndarray, input_mean: np.ndarray, groups: int = 1) -> np.ndarray:
+    """``E[dW x]`` per output channel of a layer whose weight is off by ``weight_error``: a convolution's
+    ``[O, C / groups, kh, kw]`` or a linear layer's ``[O, C]``, with ``input_mean`` the mean of each input channel."""
+    if weight_error.ndim == 2:
+        return weight_error @ input_mean
     per_input = weight_error.sum(axis=tuple(range(2, weight_error.ndim)))  # [O, C/g]
     channels = per_input.shape[1]
-    group_of = np.arange(per_input.shape[0]) // (per_input.shape[0] // group)
-    means = input_mean.reshape(group, channels)[group_of]  # [O, C/g]: the input channels each output sees
+    group_of = np.arange(per_input.shape[0]) // (per_input.shape[0] // groups)
+    means = input_mean.reshape(groups, channels)[group_of]  # [O, C/g]: the input channels each output sees
     return (per_input * means).sum(axis=1)
 
 
@@ -294,7 +302,10 @@ def correct_bias(float_model: str | os.PathLike, quantized: str | os.PathLike, b
     means = channel_stats(reference, [nodes[n.name].input[0] for n, _, _ in todo], batches, "mean")
     for node, weight, (bias_node, bias) in todo:
         original = numpy_helper.to_array(weights[nodes[node.name].input[1]]).astype(np.float64)
-        shift = _output_shift(node, weight - original, means[nodes[node.name].input[0]])
+        error = weight - original
+        if node.op_type == "Gemm" and not _attr(node, "transB", 0):
+            error = error.T  # [C, O] -> [O, C]
+        shift = output_shift(error, means[nodes[node.name].input[0]], _attr(node, "group", 1))
         scale = numpy_helper.to_array(inits[bias_node.input[1]]).astype(np.float64)
         zero = numpy_helper.to_array(inits[bias_node.input[2]]) if len(bias_node.input) > 2 else 0
         fixed = np.clip(np.round((bias - shift) / scale) + zero, *INT32).astype(np.int32)

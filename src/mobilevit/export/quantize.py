@@ -24,7 +24,7 @@ import json
 import logging
 import os
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Container, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -173,25 +173,32 @@ def _names(value: str | Sequence[str] | None, what: str) -> tuple[str, ...]:
     return items
 
 
-def _resolve_keep_fp32(graph: Any, keep_fp32: tuple[str, ...]) -> tuple[str, ...]:
-    """Node names for ``keep_fp32``: ``first``/``last`` become the first/last Conv, Gemm or MatMul of the graph."""
-    compute = [n.name for n in graph.node if n.op_type in COMPUTE_OPS]
-    names = {n.name for n in graph.node}
+def resolve_anchors(
+    keep_fp32: Iterable[str], layers: Sequence[str], names: Container[str], kind: str, layer_kind: str
+) -> tuple[str, ...]:
+    """``keep_fp32`` with ``first``/``last`` replaced by the first/last of ``layers`` (the graph's compute layers, in
+    order); every other entry must be one of ``names``. ``kind`` and ``layer_kind`` name both in errors ("node" and
+    "Conv/Gemm/MatMul", "module" and "conv2d/linear")."""
     resolved = []
     for entry in keep_fp32:
         if entry in ANCHORS:
-            if not compute:
-                raise UsageError(f"keep_fp32={entry!r}: the graph has no {', '.join(COMPUTE_OPS)} node")
-            resolved.append(compute[0] if entry == "first" else compute[-1])
+            if not layers:
+                raise UsageError(f"keep_fp32={entry!r}: the graph has no {layer_kind} {kind}")
+            resolved.append(layers[0] if entry == "first" else layers[-1])
         elif entry in names:
             resolved.append(entry)
         else:
-            examples = ", ".join(compute[:3])
             raise UsageError(
-                f"keep_fp32: no node named {entry!r} in the graph; give {' or '.join(ANCHORS)} or node names "
-                f"(its {'/'.join(COMPUTE_OPS)} nodes are named like {examples})"
+                f"keep_fp32: no {kind} named {entry!r} in the graph; give {' or '.join(ANCHORS)} or {kind} names "
+                f"(its {layer_kind} {kind}s are named like {', '.join(layers[:3])})"
             )
     return tuple(dict.fromkeys(resolved))
+
+
+def _resolve_keep_fp32(graph: Any, keep_fp32: tuple[str, ...]) -> tuple[str, ...]:
+    """Node names for ``keep_fp32``: ``first``/``last`` become the first/last Conv, Gemm or MatMul of the graph."""
+    compute = [n.name for n in graph.node if n.op_type in COMPUTE_OPS]
+    return resolve_anchors(keep_fp32, compute, {n.name for n in graph.node}, "node", "/".join(COMPUTE_OPS))
 
 
 def _check_op_types(graph: Any, op_types: tuple[str, ...]) -> None:
