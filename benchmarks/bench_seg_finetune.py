@@ -205,6 +205,7 @@ def our_config(args: argparse.Namespace, data: Path, out: Path, pretrained: bool
         f"optimizer.weight_decay={args.weight_decay}",
         f"schedule.warmup_iters={args.warmup}",
         f"schedule.warmup_init_lr={args.lr / 100}",
+        f"schedule.min_lr={args.min_lr}",
         "log_every=1",
         "checkpoint_every=100000",
         f"seed={args.seed}",
