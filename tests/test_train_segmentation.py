@@ -291,6 +291,8 @@ def test_bad_segmentation_setups(voc: Path, tmp_path: Path) -> None:
         train(config(voc, tmp_path / "b", "model.num_classes=2", "max_iters=1"))
     with pytest.raises(UsageError, match="no split 'test'"):
         train(config(voc, tmp_path / "c", "segmentation.val_split=test"))
+    with pytest.raises(UsageError, match="val_resize=72 does not apply"):
+        train(config(voc, tmp_path / "e", "data.val_resize=72"))
     bad = tmp_path / "bad"
     make_voc(bad, "train", 2, seed=3)
     for jpg in (bad / "JPEGImages").glob("*.jpg"):

@@ -221,10 +221,16 @@ def val_preprocess(model: nn.Module, data: DataConfig) -> Preprocess:
     """The validation transform: the model's (:func:`~mobilevit.weights.model_io`), with ``data.val_crop``,
     ``val_resize`` and ``val_interpolation`` where the config sets them (``None``: the model's).
 
-    A crop without a resize keeps the model's resize-to-crop ratio; a resize without a crop keeps its crop.
+    A crop without a resize keeps the model's resize-to-crop ratio; a resize without a crop keeps its crop. A model
+    that resizes the whole image (segmentation) takes ``val_crop`` only.
     """
     pre = model_io(model).preprocess
     crop, resize, interpolation = data.val_crop, data.val_resize, data.val_interpolation
+    if pre.resize_mode == "exact" and resize is not None:
+        raise UsageError(
+            f"data.val_resize={resize} does not apply to {type(model).__name__}: it resizes the whole image to a "
+            "square, data.val_crop; unset data.val_resize"
+        )
     changes: dict[str, Any] = {}
     if crop is not None:
         changes["input_size"] = (crop, crop)
