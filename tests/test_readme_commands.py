@@ -19,7 +19,8 @@ photos, ``skimage.data``) or random weights in the format the file name says:
 The commands run as subprocesses (the ``mobilevit`` and ``torchrun`` scripts beside ``sys.executable``) with progress
 bars on, the suite's threads (one, see conftest), ``$TOKEN`` set. What is changed, and only because it must be:
 
-- ``mobilevit train`` gets :data:`TRAIN_OVERRIDES` appended (1 epoch, 64-96 px, batches of 4): seconds, not days;
+- ``mobilevit train`` gets :data:`TRAIN_OVERRIDES` appended (1 epoch, 64-96 px, batches of 4; a segmentation recipe
+  without ``data.val_resize``, which it does not take): seconds, not days;
 - ``mobilevit bench`` gets ``--repeats 2``;
 - ``mobilevit serve`` gets a free ``--port``; the block's ``curl`` lines then run against each server that has their
   route, at that port, with ``--fail --silent --show-error`` (and the bearer token when the server takes ``--token``),
@@ -476,10 +477,21 @@ def _argv(cmd: Command) -> list[str]:
     if argv[0] in ("mobilevit", "torchrun"):
         argv[0] = str(BIN / argv[0])
     if cmd.subcommand == "train":
-        argv += TRAIN_OVERRIDES
+        argv += _train_overrides(cmd)
     if cmd.subcommand == "bench":
         argv[argv.index("--repeats") + 1] = "2"
     return argv
+
+
+def _train_overrides(cmd: Command) -> tuple[str, ...]:
+    """:data:`TRAIN_OVERRIDES`, without ``data.val_resize`` for a segmentation recipe (whose validation resizes the
+    whole image to ``data.val_crop``)."""
+    from mobilevit.train import load_recipe
+
+    recipe = cmd.argv[cmd.argv.index("--recipe") + 1] if "--recipe" in cmd.argv else None
+    if recipe is None or load_recipe(recipe).model.name not in mobilevit.list_models(task="segmentation"):
+        return TRAIN_OVERRIDES
+    return tuple(o for o in TRAIN_OVERRIDES if not o.startswith("data.val_resize="))
 
 
 def _run(argv: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:

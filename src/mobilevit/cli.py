@@ -374,15 +374,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     import os
     from pathlib import Path
 
+    from .train.build import data_paths
     from .train.config import apply_overrides, from_yaml, load_recipe
     from .train.loop import NonFiniteLossError, train
 
     cfg = load_recipe(args.recipe) if args.recipe else from_yaml(Path(args.config))
-    data = Path(args.data)
-    split = (data / "train").is_dir()
-    base = [f"data.train={data / 'train' if split else data}", f"output_dir={args.output}"]
-    if split and (data / "val").is_dir():
-        base.append(f"data.val={data / 'val'}")
+    train_data, val_data = data_paths(args.data)
+    base = [f"data.train={train_data}", f"output_dir={args.output}"]
+    if val_data is not None:
+        base.append(f"data.val={val_data}")
     if args.pretrained:
         base.append(f"model.pretrained={args.pretrained}")
     if args.num_classes:
@@ -410,10 +410,14 @@ def cmd_train(args: argparse.Namespace) -> int:
         if bar is not None:
             bar.close()
     if int(os.environ.get("RANK", "0")) == 0:
+        if result.task == "segmentation":
+            val = f"val mIoU {result.val_miou} (EMA {result.val_miou_ema})"
+        else:
+            val = f"val top-1 {result.val_top1} (EMA {result.val_top1_ema})"
         print(
-            f"done: {result.step} steps, {result.epoch} epochs, train loss {result.train_loss}, "
-            f"val top-1 {result.val_top1} (EMA {result.val_top1_ema}), {result.skipped} corrupt images skipped; "
-            f"checkpoint {result.checkpoint}, weights {Path(result.output_dir) / 'final'}"
+            f"done: {result.step} steps, {result.epoch} epochs, train loss {result.train_loss}, {val}, "
+            f"{result.skipped} corrupt images skipped; checkpoint {result.checkpoint}, "
+            f"weights {Path(result.output_dir) / 'final'}"
         )
     return 0
 
@@ -790,11 +794,16 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     source.add_argument("--recipe", help="shipped recipe name, e.g. mobilevit_xxs")
     source.add_argument("--config", help="YAML config file (as written to OUTPUT/config.yaml)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. optimizer.lr=0.001")
-    p.add_argument("--data", required=True, help="ImageFolder tree or CSV; a folder with train/ (and val/) splits")
+    p.add_argument(
+        "--data",
+        required=True,
+        help="ImageFolder tree or CSV; a folder with train/ (and val/) splits; for a segmentation model a PASCAL VOC "
+        "folder (its train and val splits) or images/ + masks/",
+    )
     p.add_argument("--output", required=True, help="output folder: last.pt, metrics.jsonl, metrics.csv, final/")
     p.add_argument("--resume", action="store_true", help="continue from OUTPUT/last.pt")
     p.add_argument("--pretrained", help="fine-tune from weights (arch.tag) or a checkpoint path")
-    p.add_argument("--num-classes", type=int, help="classifier outputs (a new head when fine-tuning)")
+    p.add_argument("--num-classes", type=int, help="classes the model outputs (a new head when fine-tuning)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
 

@@ -13,6 +13,10 @@ even when ``DataLoader`` workers (separate processes) do the decoding::
     loader = DataLoader(MultiScaleDataset(train, skip_none(multi_scale_train_transform)),
                         batch_sampler=sampler, collate_fn=collate_skipping)
     for images, targets, skipped in loader: ...
+
+:class:`SegmentationDataset` reads the ``(image, mask)`` pairs of a segmentation set
+(:func:`mobilevit.data.segmentation.list_segmentation_set`) the same way: a file that cannot be read gives
+``(None, None)``.
 """
 
 from __future__ import annotations
@@ -30,10 +34,19 @@ from torch.utils.data import Dataset, default_collate
 
 from ..errors import UsageError
 from .images import IMAGE_SUFFIXES, ImageError, open_image
+from .segmentation import list_segmentation_set, read_mask
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ImageDataset", "SkipNone", "collate_skipping", "read_labelled", "skip_none"]
+__all__ = [
+    "ImageDataset",
+    "SegmentationDataset",
+    "SkipNone",
+    "collate_masks",
+    "collate_skipping",
+    "read_labelled",
+    "skip_none",
+]
 
 _FILE_COLUMNS = ("file", "filename", "path", "image")
 _LABEL_COLUMNS = ("class_index", "label", "target", "class")
@@ -179,3 +192,69 @@ def collate_skipping(batch: list[tuple[Any, Any]]) -> tuple[Tensor, Tensor, int]
         return torch.empty(0), torch.empty(0, dtype=torch.long), skipped
     images, targets = default_collate(kept)
     return images, targets, skipped
+
+
+class SegmentationDataset(Dataset):
+    """``(image, mask)`` pairs of a segmentation set: an RGB PIL image and its ``[H, W]`` class-index mask (numpy).
+
+    A pair whose image or mask cannot be read gives ``(None, None)`` (logged); a mask of another size than its image
+    is an error naming both files. ``transform(image, mask)`` (when given) returns the pair to use.
+
+    Attributes:
+        pairs: the ``(image path, mask path)`` list.
+        classes: ``None`` (a segmentation set names no classes; the model's labels name them).
+        transform: the joint transform, or ``None``.
+    """
+
+    classes: list[str] | None = None
+
+    def __init__(
+        self,
+        pairs: Sequence[tuple[str | os.PathLike, str | os.PathLike]],
+        transform: Callable[[Any, Any], tuple[Any, Any]] | None = None,
+    ) -> None:
+        """Args:
+        pairs: ``(image file, mask file)`` pairs.
+        transform: joint transform ``(PIL image, mask array) -> (image, mask)``.
+        """
+        if not pairs:
+            raise UsageError("the segmentation set is empty: no image and mask pairs")
+        self.pairs = [(Path(i), Path(m)) for i, m in pairs]
+        self.transform = transform
+
+    @classmethod
+    def from_path(
+        cls,
+        path: str | os.PathLike,
+        split: str = "train",
+        transform: Callable[[Any, Any], tuple[Any, Any]] | None = None,
+    ) -> SegmentationDataset:
+        """The pairs of ``split`` of a PASCAL VOC folder or an ``images/`` + ``masks/`` folder."""
+        return cls(list_segmentation_set(path, split), transform)
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, index: int) -> tuple[Any, Any]:
+        image_path, mask_path = self.pairs[index]
+        try:
+            image = open_image(image_path)
+            mask = read_mask(mask_path)
+        except (ImageError, OSError) as err:
+            logger.warning("skipping unreadable pair %s: %s", image_path, err)
+            return None, None
+        if mask.shape != (image.height, image.width):
+            raise UsageError(
+                f"{mask_path} is {mask.shape[1]}x{mask.shape[0]} but its image {image_path} is "
+                f"{image.width}x{image.height}: a mask must have its image's size"
+            )
+        return self.transform(image, mask) if self.transform is not None else (image, mask)
+
+
+def collate_masks(batch: list[tuple[Any, Any]]) -> tuple[Tensor, list[Tensor], int]:
+    """Validation batches of a segmentation set: the images stacked (one size), the masks as a list (each at its
+    image's own size), plus the number of unreadable pairs dropped."""
+    kept = [sample for sample in batch if sample[0] is not None]
+    if not kept:
+        return torch.empty(0), [], len(batch)
+    return torch.stack([image for image, _ in kept]), [mask for _, mask in kept], len(batch) - len(kept)

@@ -390,23 +390,28 @@ class MultiScaleDataset(Dataset):
 
     Indexed by the :class:`SizedIndex` keys of :class:`MultiScaleBatchSampler`: the transform runs inside
     :func:`seeded_rngs` with the key's seed, so the same key gives the same tensor in any process, in any order.
-    Plain int indices use ``default_size`` and the process' global generators.
+    Plain int indices use ``default_size`` and the process' global generators. With ``joint`` the transform takes
+    and returns the whole ``(image, target)`` pair (a segmentation image and its mask, cropped alike).
     """
 
     def __init__(
         self,
         dataset: Dataset,
-        transform: Callable[[int, int], Callable[[Any], Any]] = multi_scale_train_transform,
+        transform: Callable[[int, int], Callable[..., Any]] = multi_scale_train_transform,
         default_size: tuple[int, int] = (256, 256),
+        joint: bool = False,
     ) -> None:
         """Args:
         dataset: yields ``(image, label)`` with PIL images (or tensors) and no transform of its own.
         transform: ``transform(height, width)`` returns the per-sample transform for that size.
         default_size: the size used when indexed with a plain int.
+        joint: the per-sample transform maps ``(image, target)`` to ``(image, target)``; otherwise it maps the image
+            and the target is kept.
         """
         self.dataset = dataset
         self.transform = transform
         self.default_size = default_size
+        self.joint = joint
 
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
@@ -416,6 +421,9 @@ class MultiScaleDataset(Dataset):
         image, label = self.dataset[key.index]
         transform = self.transform(key.height, key.width)
         if key.seed is None:
-            return transform(image), label
+            return self._apply(transform, image, label)
         with seeded_rngs(key.seed, restore=get_worker_info() is None):  # the main process' generators are kept
-            return transform(image), label
+            return self._apply(transform, image, label)
+
+    def _apply(self, transform: Callable[..., Any], image: Any, label: Any) -> tuple[Any, Any]:
+        return transform(image, label) if self.joint else (transform(image), label)

@@ -4,6 +4,10 @@ The models' preprocessing is :func:`mobilevit.weights.model_io`'s (the checkpoin
 else the architecture's default entry's); the training images are augmented in [0, 1] RGB
 (:mod:`mobilevit.data.augment`) and each model normalizes the batch its own way (:class:`BatchNormalize`), so mixup,
 cutmix and a BGR flip commute with the normalization and a teacher sees the same images as the student.
+
+The task is the model's (``model.task``): a segmentation model (``deeplabv3_*``) trains on ``(image, mask)`` pairs
+of a PASCAL VOC or ``images/`` + ``masks/`` folder, augmented together
+(:mod:`mobilevit.data.segmentation_transforms`), and validates on whole images with their masks at full size.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import dataclasses
 import logging
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -19,26 +24,41 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Subset
 
 from ..data.augment import TrainTransformFactory
-from ..data.datasets import ImageDataset, collate_skipping, skip_none
+from ..data.datasets import ImageDataset, SegmentationDataset, collate_masks, collate_skipping, skip_none
 from ..data.samplers import MultiScaleBatchSampler, MultiScaleDataset
+from ..data.segmentation_transforms import SegmentationEvalTransform, SegmentationTrainFactory
 from ..data.transforms import eval_transform
 from ..errors import MissingDependencyError, UsageError
 from ..registry import create_model, get_config, list_models
 from ..weights import model_io
-from ..weights.entries import Preprocess
+from ..weights.entries import Preprocess, get_weights, segmentation_preprocess
+from ..weights.hub import resolve_weights
+from ..weights.load import is_segmentation_checkpoint, read_checkpoint
 from .config import DataConfig, DistillConfig, ModelConfig, TrainConfig
 from .distributed import Dist
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["BatchNormalize", "TrainData", "build_data", "build_model", "build_teacher", "val_preprocess"]
+__all__ = [
+    "BatchNormalize",
+    "TrainData",
+    "build_data",
+    "build_model",
+    "build_teacher",
+    "data_paths",
+    "model_task",
+    "new_tensors",
+    "val_preprocess",
+]
 
 
 def build_model(cfg: ModelConfig) -> nn.Module:
     """The model of ``cfg``: random, or pretrained (weights name ``arch.tag`` or checkpoint path) with a new head.
 
     ``drop_rate`` / ``proj_drop_rate`` / ``drop_path_rate`` are passed when set and the architecture has them; with
-    ``freeze_backbone`` only the classifier stays trainable.
+    ``freeze_backbone`` only the classifier (a segmentation model: its whole head) stays trainable. A segmentation
+    model takes a classification checkpoint of its backbone as ``pretrained``: the backbone loads, the head starts new
+    (the tensors left new are logged).
     """
     arch_fields = {f.name for f in dataclasses.fields(get_config(cfg.name))}
     overrides: dict[str, Any] = {}
@@ -54,13 +74,89 @@ def build_model(cfg: ModelConfig) -> nn.Module:
         model = create_model(cfg.name, num_classes=cfg.num_classes, **overrides)
     elif os.path.exists(cfg.pretrained):
         model = create_model(cfg.name, pretrained=cfg.pretrained, num_classes=cfg.num_classes, **overrides)
+    elif _is_backbone_weights(cfg.name, cfg.pretrained):  # e.g. deeplabv3_mobilevit_s from mobilevit_s.orig_in1k
+        model = _with_backbone_weights(cfg, overrides)
     else:  # a weights name such as "mobileone_s0.apple_in1k"
         model = create_model(cfg.pretrained, pretrained=True, num_classes=cfg.num_classes, **overrides)
+    if model_task(model) == "segmentation":
+        _start_segmentation_head(model, cfg)
+    elif cfg.classifier_init_std is not None:
+        raise UsageError("model.classifier_init_std applies to segmentation models; unset it for a classifier")
     if cfg.freeze_backbone:
-        head = {id(p) for p in model.get_classifier().parameters()}
+        head_module = model.get_classifier() if model_task(model) == "classification" else model.head
+        head = {id(p) for p in head_module.parameters()}
         for p in model.parameters():
             p.requires_grad_(id(p) in head)
     return model
+
+
+def _is_backbone_weights(name: str, weights: str) -> bool:
+    """Whether ``weights`` names a weights entry of segmentation architecture ``name``'s backbone."""
+    backbone = getattr(get_config(name), "backbone", None)
+    return backbone is not None and weights.split(".", 1)[0] == backbone
+
+
+def _with_backbone_weights(cfg: ModelConfig, overrides: dict[str, Any]) -> nn.Module:
+    """Segmentation model ``cfg.name`` whose backbone holds the file of weights entry ``cfg.pretrained`` (cached or
+    downloaded), fed the way those weights expect (e.g. BGR for Apple's MobileViT v1), the whole image resized."""
+    assert cfg.pretrained is not None
+    entry = get_weights(cfg.pretrained)
+    model = create_model(cfg.name, pretrained=resolve_weights(entry), num_classes=cfg.num_classes, **overrides)
+    loaded = model.pretrained_cfg
+    model.pretrained_cfg = dataclasses.replace(loaded, preprocess=segmentation_preprocess(entry.preprocess))
+    return model
+
+
+def model_task(model: nn.Module) -> str:
+    """``"classification"`` or ``"segmentation"``: what the model answers (its ``task`` attribute)."""
+    return getattr(model, "task", "classification")
+
+
+def new_tensors(model: nn.Module, pretrained: str) -> list[str]:
+    """The tensors of segmentation ``model`` that ``pretrained`` (a checkpoint path or weights name) did not supply:
+    none for a segmentation checkpoint of the same classes, the classifier for one of other classes, and the whole
+    head (every tensor outside ``backbone.``) for a classification checkpoint, which fills the backbone only."""
+    if os.path.exists(pretrained):
+        state_dict, info = read_checkpoint(pretrained)
+        from_segmentation = is_segmentation_checkpoint(state_dict, info)
+    else:
+        from_segmentation = pretrained.split(".", 1)[0] in list_models(task="segmentation")
+    keys = list(model.state_dict())
+    if not from_segmentation:
+        return [k for k in keys if not k.startswith("backbone.")]
+    labels = getattr(getattr(model, "pretrained_cfg", None), "labels", None)
+    return [] if labels is not None else [k for k in keys if k.startswith(f"{model.classifier_name}.")]
+
+
+def _start_segmentation_head(model: nn.Module, cfg: ModelConfig) -> None:
+    """Log the tensors that ``cfg.pretrained`` did not supply; draw a new classifier from
+    ``N(0, cfg.classifier_init_std)`` with zero bias when that is set (a classifier the checkpoint supplied stays)."""
+    new = list(model.state_dict()) if cfg.pretrained is None else new_tensors(model, cfg.pretrained)
+    if cfg.pretrained is not None:
+        if new:
+            modules = sorted({k.rsplit(".", 1)[0] for k in new})
+            logger.info(
+                "%s: the backbone loaded from %s; %d tensors start new: %s",
+                type(model).__name__,
+                cfg.pretrained,
+                len(new),
+                ", ".join(modules),
+            )
+        else:
+            logger.info("every tensor of %s loaded from %s", type(model).__name__, cfg.pretrained)
+    std = cfg.classifier_init_std
+    if std is None:
+        return
+    if std < 0:
+        raise UsageError(f"model.classifier_init_std must be >= 0, got {std}")
+    if f"{model.classifier_name}.weight" not in new:
+        logger.info("model.classifier_init_std ignored: the classifier was loaded from %s", cfg.pretrained)
+        return
+    classifier = model.get_classifier()
+    with torch.no_grad():
+        nn.init.normal_(classifier.weight, std=std)
+        if classifier.bias is not None:
+            nn.init.zeros_(classifier.bias)
 
 
 @dataclass(frozen=True)
@@ -125,10 +221,16 @@ def val_preprocess(model: nn.Module, data: DataConfig) -> Preprocess:
     """The validation transform: the model's (:func:`~mobilevit.weights.model_io`), with ``data.val_crop``,
     ``val_resize`` and ``val_interpolation`` where the config sets them (``None``: the model's).
 
-    A crop without a resize keeps the model's resize-to-crop ratio; a resize without a crop keeps its crop.
+    A crop without a resize keeps the model's resize-to-crop ratio; a resize without a crop keeps its crop. A model
+    that resizes the whole image (segmentation) takes ``val_crop`` only.
     """
     pre = model_io(model).preprocess
     crop, resize, interpolation = data.val_crop, data.val_resize, data.val_interpolation
+    if pre.resize_mode == "exact" and resize is not None:
+        raise UsageError(
+            f"data.val_resize={resize} does not apply to {type(model).__name__}: it resizes the whole image to a "
+            "square, data.val_crop; unset data.val_resize"
+        )
     changes: dict[str, Any] = {}
     if crop is not None:
         changes["input_size"] = (crop, crop)
@@ -165,14 +267,16 @@ class TrainData:
     """The data of a run.
 
     Attributes:
-        train_set: the training images (labels from the folder tree or CSV).
+        train_set: the training images (labels from the folder tree or CSV), or image and mask pairs.
         sampler: the multi-scale batch sampler of the training set (this rank's share).
         loader_gen: the training loader's private generator (seeds its workers; reseeded each epoch).
-        train_loader: ``(images, targets, skipped)`` batches of [0, 1] RGB, augmented.
-        val_loader: this rank's shard of the validation set at the eval transform, or ``None``.
+        train_loader: ``(images, targets, skipped)`` batches of [0, 1] RGB, augmented (segmentation: the targets
+            are ``[B, h, w]`` masks cropped with the images).
+        val_loader: this rank's shard of the validation set at the eval transform, or ``None`` (segmentation:
+            ``(images, masks, skipped)`` with each mask a tensor at its image's own size).
     """
 
-    train_set: ImageDataset
+    train_set: ImageDataset | SegmentationDataset
     sampler: MultiScaleBatchSampler
     loader_gen: torch.Generator
     train_loader: DataLoader
@@ -193,39 +297,92 @@ def _build_sampler(cfg: TrainConfig, num_samples: int, world: Dist) -> MultiScal
     return MultiScaleBatchSampler.fixed(num_samples, s.base_size, s.batch_size, **common)
 
 
-def build_data(cfg: TrainConfig, world: Dist, pre: Preprocess) -> TrainData:
+def build_data(cfg: TrainConfig, world: Dist, pre: Preprocess, task: str = "classification") -> TrainData:
     """The training loader (multi-scale sampler, per-sample augmentation in [0, 1] RGB, corrupt images skipped) and
-    the validation loader (eval transform ``pre``, sharded over ranks).
+    the validation loader (eval transform ``pre``, sharded over ranks); ``task`` is the model's.
 
     Raises:
         ValueError: the training data has more classes than the model has outputs.
     """
+    if task == "segmentation":
+        return _segmentation_data(cfg, world, pre)
     train_set = ImageDataset.from_path(cfg.data.train)
     if train_set.num_classes > cfg.model.num_classes:
         raise UsageError(
             f"{cfg.data.train} has {train_set.num_classes} classes but the model has {cfg.model.num_classes} outputs; "
             f"set model.num_classes={train_set.num_classes} (or --num-classes)"
         )
+    train = MultiScaleDataset(train_set, skip_none(TrainTransformFactory(cfg.augment)), _base_size(cfg))
+    val_loader = None
+    if cfg.data.val is not None:
+        val_set = ImageDataset.from_path(cfg.data.val, transform=eval_transform(pre))
+        val_loader = _val_loader(cfg, world, val_set, collate_skipping)
+    return _with_loaders(cfg, world, train_set, train, val_loader)
+
+
+def _segmentation_data(cfg: TrainConfig, world: Dist, pre: Preprocess) -> TrainData:
+    """:func:`build_data` for a segmentation model: image and mask pairs, augmented together."""
+    if cfg.augment.mixup_alpha > 0 or cfg.augment.cutmix_alpha > 0 or cfg.augment.randaugment:
+        raise UsageError(
+            "mixup, cutmix and RandAugment are classification augmentations: set augment.mixup_alpha=0, "
+            "augment.cutmix_alpha=0 and augment.randaugment=false to train a segmentation model"
+        )
+    seg = cfg.segmentation
+    train_set = SegmentationDataset.from_path(cfg.data.train, seg.train_split)
+    factory = SegmentationTrainFactory(seg.scale_range, cfg.augment.hflip, cfg.augment.interpolation, seg.ignore_index)
+    train = MultiScaleDataset(train_set, factory, _base_size(cfg), joint=True)
+    val_loader = None
+    if cfg.data.val is not None:
+        val_set = SegmentationDataset.from_path(cfg.data.val, seg.val_split, transform=SegmentationEvalTransform(pre))
+        val_loader = _val_loader(cfg, world, val_set, collate_masks)
+    return _with_loaders(cfg, world, train_set, train, val_loader)
+
+
+def _base_size(cfg: TrainConfig) -> tuple[int, int]:
+    return cfg.sampler.base_size, cfg.sampler.base_size
+
+
+def _val_loader(cfg: TrainConfig, world: Dist, val_set: Any, collate: Any) -> DataLoader:
+    """This rank's shard of ``val_set``; an evaluation draws nothing from the global RNG (exact resume after it)."""
+    shard = Subset(val_set, range(world.rank, len(val_set), world.world_size))
+    return DataLoader(
+        shard,
+        batch_size=cfg.sampler.batch_size,
+        num_workers=cfg.data.num_workers,
+        collate_fn=collate,
+        generator=torch.Generator(),
+    )
+
+
+def _with_loaders(
+    cfg: TrainConfig, world: Dist, train_set: Any, train: MultiScaleDataset, val_loader: DataLoader | None
+) -> TrainData:
+    """The run's sampler and training loader over ``train`` (the transformed ``train_set``)."""
     sampler = _build_sampler(cfg, len(train_set), world)
-    base = cfg.sampler.base_size
     loader_gen = torch.Generator()
     train_loader = DataLoader(
-        MultiScaleDataset(train_set, skip_none(TrainTransformFactory(cfg.augment)), default_size=(base, base)),
+        train,
         batch_sampler=sampler,
         num_workers=cfg.data.num_workers,
         collate_fn=collate_skipping,
         generator=loader_gen,  # a private generator: creating an iterator does not draw from the global RNG
         pin_memory=world.device.type == "cuda",
     )
-    val_loader = None
-    if cfg.data.val is not None:
-        val_set = ImageDataset.from_path(cfg.data.val, transform=eval_transform(pre))
-        shard = Subset(val_set, range(world.rank, len(val_set), world.world_size))
-        val_loader = DataLoader(
-            shard,
-            batch_size=cfg.sampler.batch_size,
-            num_workers=cfg.data.num_workers,
-            collate_fn=collate_skipping,
-            generator=torch.Generator(),  # an evaluation draws nothing from the global RNG (exact resume after it)
-        )
     return TrainData(train_set, sampler, loader_gen, train_loader, val_loader)
+
+
+def data_paths(data: str | os.PathLike) -> tuple[str, str | None]:
+    """``(data.train, data.val)`` of a data folder given as ``--data``.
+
+    A folder with ``train/`` (and ``val/``) sub-folders gives those (ImageFolder trees, or ``images/`` + ``masks/``
+    segmentation sets); a PASCAL VOC folder gives itself for both when it lists a ``val`` split (the splits are read
+    from ``ImageSets/Segmentation/``); anything else (an ImageFolder tree, a CSV, an ``images/`` + ``masks/`` folder)
+    is the training data alone.
+    """
+    root = Path(data)
+    if (root / "train").is_dir():
+        return str(root / "train"), str(root / "val") if (root / "val").is_dir() else None
+    if (root / "JPEGImages").is_dir() and (root / "SegmentationClass").is_dir():
+        has_val = (root / "ImageSets" / "Segmentation" / "val.txt").is_file()
+        return str(root), str(root) if has_val else None
+    return str(root), None

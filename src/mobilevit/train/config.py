@@ -42,6 +42,7 @@ __all__ = [
     "OptimizerConfig",
     "SamplerConfig",
     "ScheduleConfig",
+    "SegmentationConfig",
     "TrainConfig",
     "apply_overrides",
     "from_dict",
@@ -68,18 +69,24 @@ class ModelConfig:
     proj_drop_rate: float | None = None  # MobileViT transformer dropout (cvnets "dropout")
     drop_path_rate: float | None = None  # stochastic depth (FastViT recipes)
     freeze_backbone: bool = False  # fine-tuning: train the new head only
+    # segmentation: draw a new classifier's weights from N(0, std) with zero bias (mmsegmentation's 0.01) instead of
+    # the architecture's ml-cvnets init, whose Kaiming fan-out scale gives logits of std ~9 with 3 classes;
+    # None: keep the architecture's init
+    classifier_init_std: float | None = None
 
 
 @dataclass(frozen=True)
 class DataConfig:
     """Where the images are and how validation reads them."""
 
-    train: str | None = None  # ImageFolder root or CSV list
+    # classification: an ImageFolder root or CSV list; segmentation: a PASCAL VOC folder or an images/ + masks/ folder
+    # (mobilevit.data.segmentation.list_segmentation_set), whose split segmentation.train_split / val_split is read
+    train: str | None = None
     val: str | None = None
     num_workers: int = 4
     # the validation transform; None: the model's weights entry's (mobilevit.weights.model_io)
-    val_resize: int | None = None  # resize the short side (MobileViT eval: 288 -> 256)
-    val_crop: int | None = None
+    val_resize: int | None = None  # resize the short side (MobileViT eval: 288 -> 256); not for segmentation
+    val_crop: int | None = None  # segmentation: the square size the whole image is resized to (512 for VOC)
     val_interpolation: Literal["bilinear", "bicubic"] | None = None
 
 
@@ -115,9 +122,11 @@ class OptimizerConfig:
 
 @dataclass(frozen=True)
 class ScheduleConfig:
-    """Per-iteration linear warmup from ``warmup_init_lr`` to the optimizer's ``lr``, then cosine to ``min_lr``."""
+    """Per-iteration linear warmup from ``warmup_init_lr`` to the optimizer's ``lr``, then cosine (or poly) decay to
+    ``min_lr``."""
 
-    name: Literal["cosine"] = "cosine"
+    name: Literal["cosine", "poly"] = "cosine"
+    power: float = 0.9  # poly: lr = min_lr + (peak - min_lr) * (1 - progress) ** power (DeepLab's 0.9)
     warmup_iters: int = 0  # cvnets counts warmup in iterations ...
     warmup_epochs: float = 0.0  # ... FastViT in epochs; the trainer uses whichever is non-zero (both: the longer)
     warmup_init_lr: float = 1e-6
@@ -142,6 +151,24 @@ class AugmentConfig:
     mixup_alpha: float = 0.0  # 0 disables
     cutmix_alpha: float = 0.0  # 0 disables
     label_smoothing: float = 0.1
+
+
+@dataclass(frozen=True)
+class SegmentationConfig:
+    """Semantic segmentation (a model whose ``task`` is ``"segmentation"``, e.g. ``deeplabv3_*``).
+
+    Each training image and its mask are resized together so that the shorter side is ``s`` times the crop size
+    (``sampler.base_size``), ``s`` uniform in ``scale_range`` (torchvision's DeepLabV3 reference: 0.5-2.0 of its
+    520 base before a 480 crop), padded where smaller than the crop (image 0, mask ``ignore_index``), randomly
+    cropped and flipped (``augment.hflip``); the image is resampled with ``augment.interpolation``, the mask with
+    nearest neighbour. The loss is cross-entropy over the pixels whose mask is not ``ignore_index``, on the logits
+    resized to the crop (``augment.label_smoothing``); validation scores mIoU at each mask's own size.
+    """
+
+    scale_range: tuple[float, float] = (0.5, 2.0)
+    ignore_index: int = 255  # PASCAL VOC's boundary / void label
+    train_split: str = "train"  # the split read from data.train (VOC: ImageSets/Segmentation/<split>.txt)
+    val_split: str = "val"  # the split read from data.val
 
 
 @dataclass(frozen=True)
@@ -192,6 +219,7 @@ class TrainConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     ema: EMAConfig = field(default_factory=EMAConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
+    segmentation: SegmentationConfig = field(default_factory=SegmentationConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     epochs: int = 300
     max_iters: int | None = None  # stop early after this many optimizer steps

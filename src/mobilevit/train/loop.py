@@ -23,6 +23,12 @@ Never lose work:
   else is written, so ``last.pt`` stays the last good state.
 - Corrupt images are logged, skipped and counted (``skipped`` in the epoch records).
 
+The task is the model's (``model.task``): a classifier validates top-1 accuracy; a segmentation model
+(``deeplabv3_*``) trains on image and mask pairs with a per-pixel cross-entropy that ignores label 255
+(:class:`~mobilevit.train.losses.SegmentationLoss`) and validates mIoU and pixel accuracy, each image's prediction
+resized to its mask and the pixels of the whole split summed into one confusion matrix
+(:mod:`mobilevit.data.segmentation`). Everything else (resume, DDP, EMA, checkpoints, metrics, ``final/``) is shared.
+
 Metrics go to ``{output_dir}/metrics.jsonl`` (one JSON object per line: ``"event": "step" | "epoch" | "summary"``),
 reduced over all ranks, to ``{output_dir}/metrics.csv`` (the epoch records, columns
 :data:`~mobilevit.train.metrics.EPOCH_COLUMNS`) and, with ``logging.tensorboard``, to TensorBoard event files in
@@ -47,20 +53,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from ..data.augment import MixupCutmix
+from ..data.segmentation import confusion_matrix, segmentation_scores
 from ..errors import MobileViTError, UsageError
-from ..weights import save_pretrained
+from ..layers import upsample_logits
+from ..reparam import reparameterize_model
+from ..weights import model_io, save_pretrained
 from ..weights.entries import Preprocess
 from . import checkpoint as ckpt
-from .build import BatchNormalize, TrainData, build_data, build_model, build_teacher, val_preprocess
+from .build import BatchNormalize, TrainData, build_data, build_model, build_teacher, model_task, val_preprocess
 from .config import TrainConfig, to_dict, to_yaml
 from .distributed import Dist, setup_distributed
-from .losses import build_loss
-from .metrics import MetricsLog
+from .losses import build_loss, segmentation_loss
+from .metrics import VAL_COLUMNS, MetricsLog
 from .optim import ModelEMA, WarmupCosineSchedule, build_optimizer
 
 logger = logging.getLogger(__name__)
@@ -79,13 +89,16 @@ class TrainResult:
     step: int
     epoch: int
     train_loss: float | None
-    val_top1: float | None
+    val_top1: float | None  # classification
     val_top1_ema: float | None
     images: int  # training images seen by all ranks in this process' lifetime (not before a resume)
     skipped: int  # corrupt images skipped over the whole run (all ranks, all epochs, across resumes)
     seconds: float
     checkpoint: str | None
     output_dir: str
+    task: str = "classification"
+    val_miou: float | None = None  # segmentation
+    val_miou_ema: float | None = None
 
 
 def train(
@@ -121,7 +134,7 @@ def train(
             to_yaml(cfg, out / "config.yaml")
         run = _build(cfg, world, out)
         pos = _resume(run, state)
-        log = MetricsLog(out, world.is_main, pos.last_saved, cfg.logging.csv, cfg.logging.tensorboard)
+        log = MetricsLog(out, world.is_main, pos.last_saved, cfg.logging.csv, cfg.logging.tensorboard, run.task)
         trainer = _Trainer(run, pos, log, progress)
         while pos.epoch < cfg.epochs and not trainer.stop:
             num_batches = trainer.train_epoch()
@@ -140,6 +153,7 @@ class _Run:
     """What a run builds once: models, data, optimization."""
 
     cfg: TrainConfig
+    task: str  # the model's: "classification" or "segmentation"
     world: Dist
     out: Path
     model: nn.Module  # the student itself (checkpoints, EMA, evaluation, final/)
@@ -199,6 +213,7 @@ def _build(cfg: TrainConfig, world: Dist, out: Path) -> _Run:
     """The student (and teacher) on this rank's device, the data, the optimizer and schedule, AMP and the criterion."""
     ckpt.seed_everything(cfg.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
     model = _to_device(build_model(cfg.model), world, cfg.channels_last)
+    task = model_task(model)
     pre = val_preprocess(model, cfg.data)
     normalize = BatchNormalize(pre)
     teacher = teacher_normalize = None
@@ -206,7 +221,7 @@ def _build(cfg: TrainConfig, world: Dist, out: Path) -> _Run:
         teacher, teacher_pre = build_teacher(cfg.distill, cfg.model.num_classes)
         teacher = _to_device(teacher, world, cfg.channels_last)
         teacher_normalize = BatchNormalize(teacher_pre)
-    data = build_data(cfg, world, pre)
+    data = build_data(cfg, world, pre, task)
 
     data.sampler.set_epoch(0)
     steps_per_epoch = math.ceil(data.sampler.num_batches() / cfg.accumulation_steps)
@@ -221,6 +236,7 @@ def _build(cfg: TrainConfig, world: Dist, out: Path) -> _Run:
         raise UsageError("amp on CPU supports bfloat16 only (amp_dtype=bfloat16)")
     return _Run(
         cfg=cfg,
+        task=task,
         world=world,
         out=out,
         model=model,
@@ -233,8 +249,8 @@ def _build(cfg: TrainConfig, world: Dist, out: Path) -> _Run:
         schedule=schedule,
         scaler=torch.amp.GradScaler("cuda") if cfg.amp and amp_dtype == torch.float16 else None,
         amp=functools.partial(torch.autocast, world.device.type, dtype=amp_dtype, enabled=cfg.amp),
-        criterion=build_loss(cfg),
-        mixer=MixupCutmix.from_config(cfg.augment, model.num_classes),
+        criterion=build_loss(cfg) if task == "classification" else segmentation_loss(cfg),
+        mixer=MixupCutmix.from_config(cfg.augment, model.num_classes) if task == "classification" else None,
         trainable=[p for p in model.parameters() if p.requires_grad],
     )
 
@@ -298,8 +314,8 @@ class _Trainer:
         self.images_seen = 0.0
         self.window = _window()
         self.epoch_start = 0.0
-        self.val_top1: float | None = None
-        self.val_top1_ema: float | None = None
+        # the last validation's fields of the epoch record (val_top1, val_miou, ...); None before any
+        self.val: dict[str, Any] = dict.fromkeys(VAL_COLUMNS[run.task])
         self.epoch_loss: float | None = None
         self.lr: float | None = None
         self.stop = run.cfg.max_iters is not None and pos.step >= run.cfg.max_iters
@@ -436,9 +452,7 @@ class _Trainer:
         self.window = _window()
         self.epoch_loss = loss_sum / samples if samples else None
         if run.data.val_loader is not None:
-            evaluate = functools.partial(_evaluate, loader=run.data.val_loader, world=world, cfg=run.cfg, amp=run.amp)
-            self.val_top1 = evaluate(run.model)
-            self.val_top1_ema = evaluate(run.ema.module) if run.ema is not None else None
+            self.val = self.validate()
         self.write_epoch(finished, samples, skipped)
         if finished:
             pos.skipped_total += skipped
@@ -448,6 +462,19 @@ class _Trainer:
         else:  # stopped by max_iters mid-epoch: keep the position so a longer run can resume here
             self.save(pos.epoch, pos.batches_done)
             pos.skipped_total += skipped
+
+    def validate(self) -> dict[str, Any]:
+        """The validation fields of the epoch record, of the model and of its EMA: ``val_top1`` (classification),
+        or ``val_miou``, ``val_pixel_accuracy`` and ``val_class_iou`` (segmentation); ``_ema`` for the EMA's."""
+        run = self.run
+        evaluate = _evaluate if run.task == "classification" else _evaluate_segmentation
+        scores = functools.partial(evaluate, loader=run.data.val_loader, world=run.world, cfg=run.cfg, amp=run.amp)
+        fields = {f"val_{k}": v for k, v in scores(run.model).items()}
+        ema = scores(run.ema.module) if run.ema is not None else {}
+        for key in list(fields):
+            if key != "val_class_iou":
+                fields[f"{key}_ema"] = ema.get(key[len("val_") :])
+        return fields
 
     def write_epoch(self, finished: bool, samples: float, skipped: float) -> None:
         """The epoch record (``samples`` and ``skipped`` summed over ranks) and its log line."""
@@ -460,20 +487,21 @@ class _Trainer:
             "train_loss": self.epoch_loss,
             "images": int(samples),
             "skipped": int(skipped),
-            "val_top1": self.val_top1,
-            "val_top1_ema": self.val_top1_ema,
+            **self.val,
             "lr": self.lr,
             "seconds": seconds,
             "images_per_s": samples / seconds if seconds > 0 else None,
             "world_size": self.run.world.world_size,
         }
         self.log.write(record)
+        metric = "top1" if self.run.task == "classification" else "miou"
         logger.info(
-            "epoch %d: loss %s, val top-1 %s (EMA %s), %d images, %d corrupt skipped",
+            "epoch %d: loss %s, val %s %s (EMA %s), %d images, %d corrupt skipped",
             pos.epoch,
             _fmt(self.epoch_loss),
-            _fmt(self.val_top1),
-            _fmt(self.val_top1_ema),
+            metric,
+            _fmt(self.val.get(f"val_{metric}")),
+            _fmt(self.val.get(f"val_{metric}_ema")),
             int(samples),
             int(skipped),
         )
@@ -515,20 +543,25 @@ class _Trainer:
         if run.world.is_main:
             classes = run.data.train_set.classes
             labels = classes if classes and len(classes) == run.cfg.model.num_classes else None
-            save_pretrained(run.model, run.out / "final", labels=labels, preprocess=run.pre)
+            if labels is None and run.task == "segmentation":
+                labels = list(model_io(run.model).labels)  # the loaded weights' (VOC's) or class_<i>
+            save_pretrained(_saved_form(run.model), run.out / "final", labels=labels, preprocess=run.pre)
             if run.ema is not None:
-                save_pretrained(run.ema.module, run.out / "final_ema", labels=labels, preprocess=run.pre)
+                save_pretrained(_saved_form(run.ema.module), run.out / "final_ema", labels=labels, preprocess=run.pre)
         result = TrainResult(
             step=pos.step,
             epoch=pos.epoch,
             train_loss=self.epoch_loss,
-            val_top1=self.val_top1,
-            val_top1_ema=self.val_top1_ema,
+            val_top1=self.val.get("val_top1"),
+            val_top1_ema=self.val.get("val_top1_ema"),
             images=int(self.images_seen),
             skipped=int(pos.skipped_total),
             seconds=time.perf_counter() - self.started,
             checkpoint=str(run.last_path) if pos.last_saved is not None else None,
             output_dir=str(run.out),
+            task=run.task,
+            val_miou=self.val.get("val_miou"),
+            val_miou_ema=self.val.get("val_miou_ema"),
         )
         self.log.write({"event": "summary", **dataclasses.asdict(result)})
         self.log.close()
@@ -547,6 +580,17 @@ class _Trainer:
         )
 
 
+def _saved_form(model: nn.Module) -> nn.Module:
+    """``model``, or a folded copy (in eval mode) when part of it already is: a backbone loaded from a
+    re-parameterized checkpoint trains folded under a new head with BatchNorms, and a checkpoint has one layout."""
+    if not any(getattr(m, "reparam_conv", None) is not None for m in model.modules()):
+        return model
+    was_training = model.training
+    folded = reparameterize_model(model.eval(), inplace=False)
+    model.train(was_training)
+    return folded
+
+
 def _set_train_mode(model: nn.Module) -> None:
     """``model.train()``, but BatchNorms whose parameters are frozen keep their statistics (frozen backbone)."""
     model.train()
@@ -556,8 +600,8 @@ def _set_train_mode(model: nn.Module) -> None:
 
 
 @torch.no_grad()
-def _evaluate(model: nn.Module, loader: DataLoader, world: Dist, cfg: TrainConfig, amp: Any) -> float | None:
-    """Top-1 accuracy over the (sharded) validation set, summed over ranks."""
+def _evaluate(model: nn.Module, loader: DataLoader, world: Dist, cfg: TrainConfig, amp: Any) -> dict[str, Any]:
+    """``{"top1": ...}``: top-1 accuracy over the (sharded) validation set, summed over ranks."""
     was_training = model.training
     model.eval()
     correct = count = 0
@@ -571,7 +615,40 @@ def _evaluate(model: nn.Module, loader: DataLoader, world: Dist, cfg: TrainConfi
         count += int(targets.numel())
     model.train(was_training)
     correct_all, count_all = world.sum([float(correct), float(count)])
-    return correct_all / count_all if count_all else None
+    return {"top1": correct_all / count_all if count_all else None}
+
+
+@torch.no_grad()
+def _evaluate_segmentation(
+    model: nn.Module, loader: DataLoader, world: Dist, cfg: TrainConfig, amp: Any
+) -> dict[str, Any]:
+    """``miou``, ``pixel_accuracy`` and ``class_iou`` (index order; ``None``: a class absent from both ground truth
+    and prediction) over the (sharded) validation set: each prediction resized to its mask, one confusion matrix
+    summed over images and ranks."""
+    was_training = model.training
+    model.eval()
+    num_classes = model.num_classes
+    confmat = np.zeros((num_classes, num_classes), dtype=np.int64)
+    for images, masks, _ in loader:
+        if images.numel() == 0:
+            continue
+        images = _prepare(images.to(world.device), cfg.channels_last)
+        with amp():
+            logits = model(images).float()  # [B, C, h, w]
+        for scores, mask in zip(logits, masks, strict=True):
+            full = upsample_logits(scores[None], (mask.shape[0], mask.shape[1]))  # [1, C, H, W] at the mask's size
+            prediction = full.argmax(1)[0].cpu().numpy()
+            confmat += confusion_matrix(prediction, mask.numpy(), num_classes, cfg.segmentation.ignore_index)
+    model.train(was_training)
+    total = np.asarray(world.sum(confmat.ravel().astype(np.float64).tolist())).reshape(num_classes, num_classes)
+    if not total.sum():
+        return {"miou": None, "pixel_accuracy": None, "class_iou": None}
+    scores = segmentation_scores(total)
+    return {
+        "miou": scores["miou"],
+        "pixel_accuracy": scores["pixel_accuracy"],
+        "class_iou": list(scores["per_class_iou"].values()),
+    }
 
 
 def _prepare(x: Tensor, channels_last: bool) -> Tensor:

@@ -11,6 +11,10 @@ follows DeiT (arXiv 2012.12877, https://github.com/facebookresearch/deit ``losse
 
 ``targets`` are ``[B]`` class indices or ``[B, num_classes]`` soft targets (:class:`mobilevit.data.augment.MixupCutmix`
 output, which already includes the label smoothing).
+
+Semantic segmentation (:class:`SegmentationLoss`, :func:`segmentation_loss`): per-pixel cross-entropy
+on the logits resized to the mask (bilinear, as ml-cvnets' ``SegCrossEntropy`` and torchvision's DeepLabV3 reference
+do), pixels labelled ``ignore_index`` (255) left out.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import UsageError
+from ..layers import upsample_logits
 
 if TYPE_CHECKING:
     from .config import TrainConfig
@@ -33,8 +38,10 @@ __all__ = [
     "ClassificationLoss",
     "DistillationLoss",
     "LabelSmoothingCrossEntropy",
+    "SegmentationLoss",
     "SoftTargetCrossEntropy",
     "build_loss",
+    "segmentation_loss",
 ]
 
 
@@ -172,9 +179,59 @@ class DistillationLoss(nn.Module):
         return f"kind={self.kind}, alpha={self.alpha}, tau={self.tau}, reduction={self.reduction}"
 
 
+class SegmentationLoss(nn.Module):
+    """Mean cross-entropy over the scored pixels: the logits resized to the mask's size, ``ignore_index`` left out.
+
+    A mask value that is neither a class of the model nor ``ignore_index`` is an error naming it.
+    """
+
+    def __init__(self, ignore_index: int = 255, smoothing: float = 0.0) -> None:
+        """Args:
+        ignore_index: the mask value of pixels that count for nothing.
+        smoothing: label smoothing in [0, 1).
+        """
+        super().__init__()
+        if not 0 <= smoothing < 1:
+            raise UsageError(f"smoothing must be in [0, 1), got {smoothing}")
+        self.ignore_index = int(ignore_index)
+        self.smoothing = float(smoothing)
+
+    def forward(self, logits: Tensor, targets: Tensor) -> Tensor:
+        """Args:
+        logits: ``[B, C, h, w]`` (any ``h, w``: a DeepLabV3 answers at 1/8 or 1/16 of its input).
+        targets: ``[B, H, W]`` class indices or ``ignore_index``.
+        """
+        if targets.ndim != 3 or logits.ndim != 4 or targets.shape[0] != logits.shape[0]:
+            raise UsageError(f"masks {tuple(targets.shape)} do not fit logits {tuple(logits.shape)}")
+        num_classes = logits.shape[1]
+        scored = targets != self.ignore_index
+        bad = targets[scored & ((targets < 0) | (targets >= num_classes))]
+        if bad.numel():
+            values = ", ".join(str(v) for v in bad.unique()[:5].tolist())
+            raise UsageError(
+                f"mask values {values} are neither classes of the model's {num_classes} outputs nor the ignore index "
+                f"{self.ignore_index}: set model.num_classes (--num-classes) or segmentation.ignore_index"
+            )
+        if not bool(scored.any()):  # every pixel ignored: no signal, but keep the graph for DDP's backward
+            return logits.sum() * 0.0
+        full = upsample_logits(logits.float(), (targets.shape[1], targets.shape[2]))  # [B, C, H, W]
+        return F.cross_entropy(full, targets.long(), ignore_index=self.ignore_index, label_smoothing=self.smoothing)
+
+    def extra_repr(self) -> str:
+        return f"ignore_index={self.ignore_index}, smoothing={self.smoothing}"
+
+
+def segmentation_loss(cfg: TrainConfig) -> SegmentationLoss:
+    """The criterion of a segmentation run: :class:`SegmentationLoss` with ``cfg.segmentation.ignore_index`` and
+    ``cfg.augment.label_smoothing``; distillation is refused."""
+    if cfg.distill.teacher is not None:
+        raise UsageError("distillation is for classification; unset distill.teacher to train a segmentation model")
+    return SegmentationLoss(cfg.segmentation.ignore_index, cfg.augment.label_smoothing)
+
+
 def build_loss(cfg: TrainConfig) -> nn.Module:
-    """The criterion of a run: :class:`ClassificationLoss` with ``cfg.augment.label_smoothing``, wrapped in a
-    :class:`DistillationLoss` (``cfg.distill`` kind, alpha, tau) when ``cfg.distill.teacher`` is set.
+    """The criterion of a classification run: :class:`ClassificationLoss` with ``cfg.augment.label_smoothing``,
+    wrapped in a :class:`DistillationLoss` (``cfg.distill`` kind, alpha, tau) when ``cfg.distill.teacher`` is set.
     """
     base = ClassificationLoss(cfg.augment.label_smoothing)
     if cfg.distill.teacher is None:

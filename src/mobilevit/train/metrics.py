@@ -1,7 +1,9 @@
 """The metrics files of a training run, written by rank 0.
 
 - ``metrics.jsonl``: one JSON object per line, ``"event": "step" | "epoch" | "summary"``;
-- ``metrics.csv`` (``logging.csv``): the epoch records, columns :data:`EPOCH_COLUMNS`;
+- ``metrics.csv`` (``logging.csv``): the epoch records, columns :func:`epoch_columns` of the task
+  (classification: :data:`EPOCH_COLUMNS`; segmentation: ``val_miou`` and ``val_pixel_accuracy`` in place of
+  ``val_top1``; the per-class IoU of the ``val_class_iou`` field is in ``metrics.jsonl`` only);
 - ``tensorboard/`` (``logging.tensorboard``): TensorBoard scalars of the step and epoch records.
 
 On resume the records written after the checkpoint are dropped, so the files continue the interrupted run's curve
@@ -19,7 +21,7 @@ from typing import Any
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["EPOCH_COLUMNS", "METRICS", "METRICS_CSV", "MetricsLog"]
+__all__ = ["EPOCH_COLUMNS", "METRICS", "METRICS_CSV", "VAL_COLUMNS", "MetricsLog", "epoch_columns"]
 
 METRICS = "metrics.jsonl"
 METRICS_CSV = "metrics.csv"
@@ -38,11 +40,26 @@ EPOCH_COLUMNS = (
     "images_per_s",
     "world_size",
 )
+# the validation columns of each task (EPOCH_COLUMNS holds the classification ones)
+VAL_COLUMNS = {
+    "classification": ("val_top1", "val_top1_ema"),
+    "segmentation": ("val_miou", "val_miou_ema", "val_pixel_accuracy", "val_pixel_accuracy_ema"),
+}
 # TensorBoard tag of each logged field, per event
 _TENSORBOARD_TAGS = {
     "step": {"loss": "train/loss", "lr": "train/lr", "images_per_s": "train/images_per_s"},
-    "epoch": {"train_loss": "epoch/train_loss", "val_top1": "val/top1", "val_top1_ema": "val/top1_ema"},
+    "epoch": {
+        "train_loss": "epoch/train_loss",
+        **{name: name.replace("val_", "val/", 1) for columns in VAL_COLUMNS.values() for name in columns},
+    },
 }
+
+
+def epoch_columns(task: str = "classification") -> tuple[str, ...]:
+    """The CSV columns of a run's epoch records: :data:`EPOCH_COLUMNS` with the task's validation columns."""
+    start = EPOCH_COLUMNS.index(VAL_COLUMNS["classification"][0])
+    end = start + len(VAL_COLUMNS["classification"])
+    return (*EPOCH_COLUMNS[:start], *VAL_COLUMNS[task], *EPOCH_COLUMNS[end:])
 
 
 class MetricsLog:
@@ -52,16 +69,26 @@ class MetricsLog:
     rewritten from the kept epoch records, TensorBoard purges the events after the resume step).
     """
 
-    def __init__(self, out: Path, enabled: bool, resume_step: int | None, csv_log: bool, tensorboard: bool) -> None:
+    def __init__(
+        self,
+        out: Path,
+        enabled: bool,
+        resume_step: int | None,
+        csv_log: bool,
+        tensorboard: bool,
+        task: str = "classification",
+    ) -> None:
         """Args:
         out: the run's output folder.
         enabled: write files (rank 0); other ranks get a log that writes nothing.
         resume_step: the step of the checkpoint resumed from; ``None`` for a fresh run.
         csv_log: also write ``metrics.csv``.
         tensorboard: also write TensorBoard events (skipped with a warning without the tensorboard package).
+        task: the model's task, which chooses the CSV's validation columns.
         """
         self.path = out / METRICS
         self.csv_path = out / METRICS_CSV if csv_log else None
+        self.columns = epoch_columns(task)
         self.enabled = enabled
         self.epochs: list[dict[str, Any]] = []
         self.tb: Any = None
@@ -104,10 +131,10 @@ class MetricsLog:
             return
         tmp = self.csv_path.with_name(f".{self.csv_path.name}.tmp")
         with tmp.open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=EPOCH_COLUMNS)
+            writer = csv.DictWriter(f, fieldnames=self.columns)
             writer.writeheader()
             for record in self.epochs:
-                writer.writerow({k: v for k, v in record.items() if k != "event"})
+                writer.writerow({k: v for k, v in record.items() if k in self.columns})
         os.replace(tmp, self.csv_path)
 
     def _write_tensorboard(self, record: dict[str, Any]) -> None:

@@ -140,12 +140,13 @@ def build_optimizer(model: nn.Module, cfg: OptimizerConfig) -> torch.optim.Optim
 
 
 class WarmupCosineSchedule:
-    """Sets the learning rate of every group before each optimizer step: linear warmup, then cosine.
+    """Sets the learning rate of every group before each optimizer step: linear warmup, then cosine or poly decay.
 
     ``lr(t) = warmup_init_lr + (peak - warmup_init_lr) * t / warmup`` for ``t < warmup``, then
-    ``min_lr + (peak - min_lr) * (1 + cos(pi * (t - warmup) / (total - warmup))) / 2``, and ``min_lr`` after ``total``;
-    a group with ``lr_scale`` gets that times ``lr(t)``. With ``cfg.min_weight_decay``, every group with weight decay
-    follows the same cosine from its initial decay to ``min_weight_decay`` (constant during warmup).
+    ``min_lr + (peak - min_lr) * d(p)`` with ``p = (t - warmup) / (total - warmup)`` and ``d(p) = (1 + cos(pi p)) / 2``
+    (``cfg.name == "cosine"``) or ``(1 - p) ** cfg.power`` (``"poly"``, DeepLab's schedule), and ``min_lr`` after
+    ``total``; a group with ``lr_scale`` gets that times ``lr(t)``. With ``cfg.min_weight_decay``, every group with
+    weight decay follows the same ``d`` from its initial decay to ``min_weight_decay`` (constant during warmup).
     """
 
     def __init__(
@@ -158,8 +159,10 @@ class WarmupCosineSchedule:
         warmup_steps: steps of linear warmup (from the config's ``warmup_iters`` / ``warmup_epochs``).
         cfg: ``warmup_init_lr`` and ``min_lr``.
         """
-        if cfg.name != "cosine":
-            raise UsageError(f"unknown schedule {cfg.name!r}")
+        if cfg.name not in ("cosine", "poly"):
+            raise UsageError(f"unknown schedule {cfg.name!r} (cosine or poly)")
+        if cfg.power <= 0:
+            raise UsageError(f"schedule.power must be > 0, got {cfg.power}")
         self.optimizer = optimizer
         self.peak_lr = peak_lr
         self.total_steps = max(1, int(total_steps))
@@ -167,28 +170,31 @@ class WarmupCosineSchedule:
         self.warmup_init_lr = cfg.warmup_init_lr
         self.min_lr = cfg.min_lr
         self.min_weight_decay = cfg.min_weight_decay
+        self.poly_power = cfg.power if cfg.name == "poly" else None
         for group in optimizer.param_groups:
             group.setdefault("initial_weight_decay", group["weight_decay"])
         self.step_count = 0
         self._apply()
 
-    def _cosine(self, step: int) -> float:
-        """``(1 + cos(pi * progress)) / 2`` after warmup: 1 at the peak, 0 at the end."""
+    def _decay(self, step: int) -> float:
+        """``d(progress)`` after warmup (cosine or poly): 1 at the peak, 0 at the end."""
         span = max(1, self.total_steps - self.warmup_steps)
         progress = min(1.0, max(0, step - self.warmup_steps) / span)
+        if self.poly_power is not None:
+            return (1.0 - progress) ** self.poly_power
         return 0.5 * (1.0 + math.cos(math.pi * progress))
 
     def lr_at(self, step: int) -> float:
         """The learning rate of optimizer step ``step`` (0-based), before a group's ``lr_scale``."""
         if step < self.warmup_steps:
             return self.warmup_init_lr + (self.peak_lr - self.warmup_init_lr) * step / self.warmup_steps
-        return self.min_lr + (self.peak_lr - self.min_lr) * self._cosine(step)
+        return self.min_lr + (self.peak_lr - self.min_lr) * self._decay(step)
 
     def weight_decay_at(self, step: int, initial: float) -> float:
         """The weight decay of a group that started at ``initial`` (constant without ``min_weight_decay``)."""
         if self.min_weight_decay is None or initial == 0.0:
             return initial
-        return self.min_weight_decay + (initial - self.min_weight_decay) * self._cosine(step)
+        return self.min_weight_decay + (initial - self.min_weight_decay) * self._decay(step)
 
     @property
     def lr(self) -> float:
