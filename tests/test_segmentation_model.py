@@ -50,6 +50,13 @@ def test_every_classifier_has_a_deeplabv3() -> None:
         assert cfg.aspp_channels == (512 if separable else 256)
 
 
+@pytest.mark.parametrize(("name", "paper_m"), [("xxs", 1.9), ("xs", 2.9), ("s", 6.4)])
+def test_parameter_counts_match_the_mobilevit_paper(name: str, paper_m: float) -> None:
+    """The MobileViT paper (arXiv 2110.02178, PASCAL VOC table): DeepLabV3-MobileViT-XXS/XS/S 1.9M/2.9M/6.4M."""
+    model = mobilevit.create_model(f"deeplabv3_mobilevit_{name}")
+    assert round(sum(p.numel() for p in model.parameters()) / 1e6, 1) == paper_m
+
+
 @pytest.mark.parametrize("output_stride", [16, 8])
 @pytest.mark.parametrize("name", FAMILIES)
 def test_logits_come_at_the_output_stride(name: str, output_stride: int) -> None:

@@ -23,7 +23,7 @@ from mobilevit.train import loop
 from mobilevit.train.config import OptimizerConfig, ScheduleConfig
 from mobilevit.train.loop import train
 from mobilevit.train.losses import ClassificationLoss, DistillationLoss
-from mobilevit.train.optim import WarmupCosineSchedule, build_optimizer, no_weight_decay, param_groups
+from mobilevit.train.optim import ModelEMA, WarmupCosineSchedule, build_optimizer, no_weight_decay, param_groups
 from test_train import config, make_folder, records
 
 IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
@@ -300,3 +300,45 @@ def test_csv_matches_jsonl_and_tensorboard(data: Path, tmp_path: Path, caplog: p
     # logging.csv=false: no CSV
     train(config(data, tmp_path / "nocsv", "max_iters=1", "logging.csv=false", "ema.enabled=false"))
     assert not (tmp_path / "nocsv" / "metrics.csv").exists()
+
+
+# --- EMA of the weights ----------------------------------------------------------------------------------------------
+
+
+def _ema_model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Linear(4, 2))
+
+
+def test_ema_matches_timm_model_ema_v2():
+    """ml-cvnets' momentum 0.0005 is timm's ModelEmaV2 at decay 0.9995: the same parameters after changing weights."""
+    timm_utils = pytest.importorskip("timm.utils")
+    model = _ema_model()
+    ours, theirs = ModelEMA(model, 0.0005), timm_utils.ModelEmaV2(model, decay=0.9995)
+    for step in range(5):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p))
+        ours.update(model, step)
+        theirs.update(model)
+    theirs_params = dict(theirs.module.named_parameters())
+    for name, p in ours.module.named_parameters():
+        torch.testing.assert_close(p, theirs_params[name], rtol=0, atol=1e-6)
+
+
+def test_ema_warmup_is_tensorflows_num_updates_rule():
+    """TensorFlow's ExponentialMovingAverage(decay, num_updates): decay_n = min(decay, (1 + n) / (10 + n)). With the
+    model held at w, the average after k updates from a is w + (a - w) * prod_n decay_n."""
+    model = _ema_model()
+    start = {k: v.clone() for k, v in model.named_parameters()}
+    ema = ModelEMA(model, 0.0005, warmup=True)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    for n in range(300):
+        ema.update(model, n)
+    keep = math.prod(min(0.9995, (1 + n) / (10 + n)) for n in range(300))
+    assert keep < 0.04  # the plain 0.9995 average would still hold 86% of the start
+    for name, p in ema.module.named_parameters():
+        torch.testing.assert_close(p, start[name] + 1.0 - keep, rtol=0, atol=1e-5)
+    assert ModelEMA(model, 0.0005, warmup=True).momentum_at(10**6) == 0.0005

@@ -277,7 +277,7 @@ def _resume(run: _Run, state: dict[str, Any] | None) -> _Position:
         )
         logger.info("resumed from %s: step %d, epoch %d, batch %d", run.last_path, step, pos.epoch, pos.batches_done)
     if cfg.ema.enabled:
-        run.ema = ModelEMA(run.model, cfg.ema.momentum)
+        run.ema = ModelEMA(run.model, cfg.ema.momentum, cfg.ema.warmup)
         if state is not None and state.get("ema") is not None:
             run.ema.load_state_dict(state["ema"])
     run.train_model = world.wrap(run.model)
@@ -403,9 +403,9 @@ class _Trainer:
         run.optimizer.zero_grad(set_to_none=True)
         self.lr = run.schedule.lr
         run.schedule.step()
-        self.pos.step += 1
         if run.ema is not None:
-            run.ema.update(run.model)
+            run.ema.update(run.model, self.pos.step)
+        self.pos.step += 1
 
     def report_step(self, num_batches: int) -> None:
         """The step record every ``log_every`` steps (reduced over ranks), and rank 0's ``progress`` call."""

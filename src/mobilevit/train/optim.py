@@ -237,27 +237,34 @@ class WarmupCosineSchedule:
 class ModelEMA:
     """An exponential moving average of a model's weights, kept as a full model copy (evaluated and checkpointed)."""
 
-    def __init__(self, model: nn.Module, momentum: float = 0.0005) -> None:
+    def __init__(self, model: nn.Module, momentum: float = 0.0005, warmup: bool = False) -> None:
         """Args:
         model: the model to follow (a DDP wrapper is unwrapped); copied now.
         momentum: weight of the new value, ``ema = (1 - momentum) * ema + momentum * model``.
+        warmup: the n-th update (from 0) uses ``max(momentum, 9 / (10 + n))``.
         """
         if not 0.0 < momentum <= 1.0:
             raise UsageError(f"EMA momentum must be in (0, 1], got {momentum}")
         self.momentum = momentum
+        self.warmup = warmup
         self.module = copy.deepcopy(unwrap_model(model)).eval()
         for p in self.module.parameters():
             p.requires_grad_(False)
         self._param_names = {name for name, _ in self.module.named_parameters()}
 
+    def momentum_at(self, n: int) -> float:
+        """The weight of the new value in the n-th update (from 0)."""
+        return max(self.momentum, 9.0 / (10.0 + n)) if self.warmup else self.momentum
+
     @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
-        """Move the average toward ``model``'s current weights; copy its buffers."""
+    def update(self, model: nn.Module, n: int = 0) -> None:
+        """Move the average toward ``model``'s current weights (the n-th update, from 0); copy its buffers."""
+        momentum = self.momentum_at(n)
         ema_state = self.module.state_dict()
         for name, value in unwrap_model(model).state_dict().items():
             target = ema_state[name]
             if name in self._param_names and target.dtype.is_floating_point:
-                target.lerp_(value.detach(), self.momentum)
+                target.lerp_(value.detach(), momentum)
             else:
                 target.copy_(value)
 
