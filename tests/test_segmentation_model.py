@@ -216,7 +216,7 @@ HF_SEG_V1 = {
 }
 HF_SEG_V2 = ["mobilevitv2_050", "mobilevitv2_100", "mobilevitv2_200"]
 # (H, W): non-square multiples of 64 (every MobileViT map even down to stride 32), and for v1 one that is not a
-# multiple of 32 (every MobileViT block resizes before unfolding; transformers' v2 zero-pads there instead, see README)
+# multiple of 32 (every MobileViT block resizes before unfolding; transformers' v2 zero-pads there, see docs/models.md)
 HF_SIZES = {"128x192": (128, 192), "256": (256, 256), "192x320": (192, 320), "104x136": (104, 136)}
 HF_FAST = [
     ("mobilevit_xxs", 16, "128x192"),
