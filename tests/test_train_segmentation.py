@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -240,6 +243,28 @@ def test_cli_trains_a_recipe(voc: Path, tmp_path: Path, capsys: pytest.CaptureFi
     assert model.task == "segmentation" and model.num_classes == 3
     epoch = next(r for r in records(out) if r["event"] == "epoch")
     assert epoch["val_miou"] is not None  # the VOC folder's val split was found by --data alone
+
+
+def test_torchrun_two_processes_score_the_whole_val_split(voc: Path, tmp_path: Path) -> None:
+    """Two CPU ranks each see half of the train and val splits: the epoch record counts both ranks' images and its
+    val mIoU is torchmetrics' over the whole val split (the ranks' confusion matrices summed), for the model and the
+    EMA; only rank 0 writes."""
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "mobilevit.cli", "train", "--recipe", "deeplabv3_mobilevit_xxs", "--data", str(voc),
+           "--output", str(out), "--no-progress", "--num-classes", "3", "model.pretrained=none",
+           "sampler.base_size=64", "sampler.batch_size=2", "data.val_crop=64", "data.num_workers=0", "epochs=1",
+           "amp=false", "accumulation_steps=1", "ema.warmup=true"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1"}
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("done:") == 1  # only rank 0 reports
+    epoch = next(r for r in records(out) if r["event"] == "epoch")
+    assert epoch["world_size"] == 2 and epoch["images"] == 8  # 8 train images, 2 steps of 2 per rank
+    miou, accuracy = reference_scores(out / "final", voc)
+    assert epoch["val_miou"] == pytest.approx(miou, abs=1e-6)
+    assert epoch["val_pixel_accuracy"] == pytest.approx(accuracy, abs=1e-6)
+    assert epoch["val_miou_ema"] == pytest.approx(reference_scores(out / "final_ema", voc)[0], abs=1e-6)
 
 
 def test_joint_transform_keeps_image_and_mask_aligned() -> None:

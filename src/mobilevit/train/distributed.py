@@ -71,6 +71,20 @@ class Dist:
         dist.all_gather_object(out, obj)
         return out
 
+    def average_buffers(self, model: nn.Module) -> None:
+        """Replace ``model``'s floating-point buffers (BatchNorm running statistics) by their mean over ranks.
+
+        Each rank's BatchNorm layers update their running statistics from that rank's batches only, so before an
+        evaluation the ranks hold different models; after this they hold one model, the one rank 0 saves (timm's
+        ``--dist-bn reduce``).
+        """
+        if not self.enabled:
+            return
+        for buffer in model.buffers():
+            if buffer.dtype.is_floating_point:
+                dist.all_reduce(buffer)
+                buffer.div_(self.world_size)
+
     def wrap(self, model: nn.Module) -> nn.Module:
         """``model`` in ``DistributedDataParallel`` when there are several ranks, else ``model`` itself."""
         if not self.enabled:

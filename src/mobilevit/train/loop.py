@@ -446,6 +446,9 @@ class _Trainer:
         """Evaluate (and the EMA), write the epoch record and checkpoint; a finished epoch moves to the next one."""
         run, pos, world = self.run, self.pos, self.run.world
         pos.stats["seconds"] = time.perf_counter() - self.epoch_start
+        world.average_buffers(run.model)  # every rank evaluates, and rank 0 saves, the same model
+        if run.ema is not None:
+            world.average_buffers(run.ema.module)
         finished = pos.batches_done >= num_batches
         loss_sum, samples, skipped = world.sum([pos.stats["loss_sum"], pos.stats["samples"], pos.stats["skipped"]])
         self.images_seen += world.sum([self.window["samples"]])[0]  # every rank calls the collective
