@@ -19,6 +19,7 @@ import pytest
 import torch
 from PIL import Image
 
+from mobilevit.predict import Predictor
 from mobilevit.train import checkpoint as ckpt
 from mobilevit.train.config import TrainConfig, apply_overrides
 from mobilevit.train.loop import NonFiniteLossError, train
@@ -236,6 +237,11 @@ def test_torchrun_two_cpu_processes(data: Path, tmp_path: Path) -> None:
     epoch = next(r for r in log if r["event"] == "epoch")
     # 24 images, 12 per rank in 3 batches of 4: the epoch record sums both ranks
     assert epoch["world_size"] == 2 and epoch["images"] == 24 and epoch["val_top1"] is not None
+    # the val top-1 of the two ranks' shards is the saved model's over the whole val folder (same BatchNorm statistics)
+    files = sorted((data / "val").glob("c*/*.png"))
+    answers = Predictor.from_pretrained(out / "final").predict([str(f) for f in files], top_k=1)
+    correct = sum(a[0].label == f.parent.name for a, f in zip(answers, files, strict=True))
+    assert epoch["val_top1"] == pytest.approx(correct / len(files))
     assert sum(r["event"] == "summary" for r in log) == 1
     assert ckpt.load_checkpoint(out / ckpt.LAST)["step"] == 3
 
