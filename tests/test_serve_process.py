@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -134,8 +135,6 @@ def test_curl(server: Server, direct: Predictor, tmp_path: Path) -> None:
         text=True,
         check=True,
     )
-    import json
-
     assert labels(json.loads(out.stdout)) == labels(direct.predict(image)[0])
     no_token = subprocess.run(
         ["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "--data-binary", f"@{image}", server.url + "/"],
@@ -220,6 +219,41 @@ def headless_chromium(tmp_path: Path, size: str = "800,800") -> list[str]:
         pytest.skip("chromium not installed (apt-get install chromium)")
     flags = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--no-first-run"]
     return [*flags, f"--window-size={size}", "--virtual-time-budget=20000", f"--user-data-dir={tmp_path / 'profile'}"]
+
+
+def page_dom_when(tmp_path: Path, url: str, ready: str, size: str = "800,800", timeout: float = 90.0) -> str:
+    """The page's DOM once the JavaScript expression ``ready`` is true, in headless Chromium driven over the DevTools
+    protocol: the wait is in real time, so a page whose work (a fetch, image decodes) outlasts a loaded machine's
+    virtual-time budget is still read when it is done. After ``timeout`` seconds, the DOM as it stands."""
+    ws_client = pytest.importorskip("websockets.sync.client")
+    flags = [f for f in headless_chromium(tmp_path, size) if not f.startswith("--virtual-time-budget")]
+    proc = subprocess.Popen(
+        [*flags, "--remote-debugging-port=0", url], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    try:
+        port_file, deadline = tmp_path / "profile" / "DevToolsActivePort", time.monotonic() + timeout
+        while not port_file.exists() or not port_file.read_text().strip():
+            assert proc.poll() is None and time.monotonic() < deadline, "chromium did not start"
+            time.sleep(0.1)
+        port = port_file.read_text().split()[0]
+        pages = [t for t in httpx2.get(f"http://127.0.0.1:{port}/json/list").json() if t["type"] == "page"]
+        with ws_client.connect(pages[0]["webSocketDebuggerUrl"], max_size=None) as ws:
+            calls = iter(range(1, 1 << 30))
+
+            def evaluate(expression: str) -> object:
+                call = next(calls)
+                ws.send(json.dumps({"id": call, "method": "Runtime.evaluate",
+                                    "params": {"expression": expression, "returnByValue": True}}))  # fmt: skip
+                while (answer := json.loads(ws.recv(timeout=timeout))).get("id") != call:
+                    pass  # an event, not our answer
+                return answer["result"]["result"].get("value")
+
+            while not evaluate(f"Boolean({ready})") and time.monotonic() < deadline:
+                time.sleep(0.2)
+            return str(evaluate("document.documentElement.outerHTML"))
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 def test_page_in_headless_chromium(server: Server, tmp_path: Path) -> None:

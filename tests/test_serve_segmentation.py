@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import io
 import os
+import re
 import subprocess
 import sys
 import time
@@ -32,7 +33,7 @@ from mobilevit.segment import Segmentation, Segmenter
 from mobilevit.serve import ModelSpec, ServeConfig, create_app
 from mobilevit.weights.entries import VOC_LABELS, Preprocess
 from test_serve import photo, wait_ready
-from test_serve_process import free_port, headless_chromium
+from test_serve_process import free_port, page_dom_when
 
 TOKEN = "seg-token"
 PREPROCESS = Preprocess(
@@ -226,12 +227,10 @@ def test_huggingface_client(server: str, segmenter: Segmenter, classifier: Predi
 
 def test_page_shows_the_overlay_in_headless_chromium(server: str, tmp_path: Path) -> None:
     url = f"{server}/?demo=1&model=page&token={TOKEN}"
-    flags = headless_chromium(tmp_path, "800,900")
-    for _ in range(3):  # another look when a loaded machine kept the page from finishing in the virtual time
-        dom = subprocess.run([*flags, "--dump-dom", url], capture_output=True, text=True, timeout=120).stdout
-        if '<p id="status">done</p>' in dom:  # the status line, not the word in the page's script
-            break
-    assert '<p id="status">done</p>' in dom and dom.count('class="segment"') >= 1, dom[-3000:]
+    status = 'document.getElementById("status").textContent'
+    dom = page_dom_when(tmp_path, url, f'["done", "failed"].includes({status})', "800,900")
+    shown = re.findall(r'<p id="(?:status|error)"[^>]*>.*?</p>', dom)  # what the page says when a check fails
+    assert '<p id="status">done</p>' in dom and dom.count('class="segment"') >= 1, shown or dom[-3000:]
     assert 'class="overlay"' in dom, dom[-3000:]
     tinted = int(dom.split('data-tinted="', 1)[1].split('"', 1)[0])
     # the demo picture is 224x224 and no class is called background: every pixel tinted
