@@ -182,7 +182,7 @@ def test_server_answers_500_json_and_health_fails_until_a_finite_answer(caplog: 
         assert client.get("/health").status_code == 200
 
 
-def test_segmentation_server_fails_the_same_way(nan_segmenter: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_segmentation_server_fails_from_start_up(nan_segmenter: Path, caplog: pytest.LogCaptureFixture) -> None:
     pytest.importorskip("fastapi")
     from starlette.testclient import TestClient
 
@@ -192,6 +192,7 @@ def test_segmentation_server_fails_the_same_way(nan_segmenter: Path, caplog: pyt
     config = ServeConfig(models=(ModelSpec("voc", False),))
     with TestClient(create_app(config, loaders={"voc": lambda: segmenter})) as client:
         wait_loaded(client, "voc")
+        assert client.get("/health").json()["status"] == "failing"  # its warm-up forward pass already gave NaN
         caplog.clear()
         with caplog.at_level(logging.INFO, logger="mobilevit"):
             answer = client.post("/", content=png((10, 20, 30)))

@@ -80,7 +80,7 @@ def _refused_format(fp: IO[bytes]) -> str | None:
     plugin's signature check alone (the check Pillow runs before opening), else ``None``."""
     fp.seek(0)
     prefix = fp.read(16)
-    for name, (_, accept) in Image.OPEN.items():
+    for name, (_, accept) in list(Image.OPEN.items()):
         if name in ACCEPTED_FORMATS or accept is None:  # a plugin without a signature would claim any bytes
             continue
         try:
