@@ -390,15 +390,17 @@ def test_other_formats_are_refused_without_their_plugin(
 def test_cli_refuses_an_eps_file_in_place(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
     """``predict`` reports the EPS file's error on its own line (exit 1) and classifies the PNG beside it; Pillow's
     EPS plugin and Ghostscript are never reached."""
+    import mobilevit
     from mobilevit.cli import main
 
+    model = mobilevit.save_pretrained(
+        mobilevit.create_model("mobilevit_xxs", num_classes=2), tmp_path / "m", ["a", "b"]
+    )
     reached = spy_on_refused_plugins(monkeypatch)
     eps = tmp_path / "figure.eps"
     eps.write_bytes(refused_images()["EPS"])
     png = _save(Image.fromarray(_quadrants()), tmp_path / "ok.png")
-    code = main(
-        ["predict", str(eps), str(png), "--model", "mobilevit_xxs", "--random-weights", "--json", "--top-k", "1"]
-    )
+    code = main(["predict", str(eps), str(png), "--model", str(model), "--json", "--top-k", "1"])
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert code == 1 and reached == []
     assert lines[0]["file"] == str(eps) and "EPS" in lines[0]["error"] and "WebP" in lines[0]["error"]
