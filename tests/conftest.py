@@ -90,3 +90,53 @@ def onnx_export(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], tup
         return made[name]
 
     return get
+
+
+# ------------------------------------------------------------------------ image formats the decoder must not open
+
+# The formats the documentation promises to decode, as the decoder's messages name them.
+PROMISED_FORMATS = ("JPEG", "PNG", "WebP", "GIF", "BMP", "TIFF", "AVIF")
+
+
+def refused_images() -> dict[str, bytes]:
+    """Small valid files in formats Pillow reads and the decoder must refuse, by Pillow's format name: EPS (which
+    Pillow renders with Ghostscript), PSD and ICO."""
+    import io
+
+    from PIL import Image
+
+    eps = (
+        b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\n%%EndComments\n"
+        b"newpath 0 0 moveto 8 8 lineto stroke showpage\n%%EOF\n"
+    )
+    # PSD: signature, version 1, 6 reserved bytes, 3 channels, 8x8, 8 bits, RGB; no colour data, resources or
+    # layers; raw (uncompressed) planes
+    psd = b"8BPS" + (1).to_bytes(2, "big") + bytes(6) + (3).to_bytes(2, "big") + (8).to_bytes(4, "big") * 2
+    psd += (8).to_bytes(2, "big") + (3).to_bytes(2, "big") + bytes(12) + bytes(2) + bytes(3 * 8 * 8)
+    ico = io.BytesIO()
+    Image.new("RGB", (16, 16), (200, 30, 30)).save(ico, "ICO", sizes=[(16, 16)])
+    return {"EPS": eps, "PSD": psd, "ICO": ico.getvalue()}
+
+
+def spy_on_refused_plugins(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Record every opening of an EPS, PSD or ICO file by Pillow, and every Ghostscript run (which then fails):
+    the returned list stays empty while those plugins are never reached."""
+    from PIL import EpsImagePlugin, IcoImagePlugin, PsdImagePlugin
+
+    reached: list[str] = []
+    for name, cls in (("EPS", EpsImagePlugin.EpsImageFile), ("PSD", PsdImagePlugin.PsdImageFile),
+                      ("ICO", IcoImagePlugin.IcoImageFile)):  # fmt: skip
+        original = cls._open
+
+        def spy(self: object, name: str = name, original: Callable = original) -> None:
+            reached.append(name)
+            original(self)
+
+        monkeypatch.setattr(cls, "_open", spy)
+
+    def ghostscript(*args: object, **kwargs: object) -> None:
+        reached.append("Ghostscript")
+        raise OSError("Ghostscript must not run")
+
+    monkeypatch.setattr(EpsImagePlugin, "Ghostscript", ghostscript)
+    return reached

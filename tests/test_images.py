@@ -4,6 +4,7 @@ images, decompression bombs, truncated and non-image files. All files are genera
 from __future__ import annotations
 
 import io
+import json
 import os
 import re
 import struct
@@ -17,6 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
+from conftest import PROMISED_FORMATS, refused_images, spy_on_refused_plugins
 from mobilevit.data.images import IMAGE_SUFFIXES, ImageError, find_images, open_image, pixel_limit
 from mobilevit.data.transforms import transform_for
 
@@ -325,6 +327,84 @@ def test_unreadable_file(tmp_path: Path) -> None:
             open_image(path)
     finally:
         path.chmod(0o644)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Formats: the raster formats the documentation promises, and no other Pillow plugin
+# ---------------------------------------------------------------------------------------------------------------------
+def _quadrants() -> np.ndarray:
+    """32x32, four flat 16x16 colours: exact in every lossless format (and GIF's palette), near-exact in lossy ones."""
+    arr = np.zeros((32, 32, 3), np.uint8)
+    arr[:16, :16], arr[:16, 16:], arr[16:, :16], arr[16:, 16:] = (200, 30, 30), (30, 200, 30), (30, 30, 200), (90,) * 3
+    return arr
+
+
+@pytest.mark.parametrize(
+    ("fmt", "options", "tolerance"),
+    [
+        ("JPEG", {"quality": 95}, 4.0),
+        ("PNG", {}, 0.0),
+        ("WEBP", {"lossless": True}, 0.0),
+        ("GIF", {}, 0.0),
+        ("BMP", {}, 0.0),
+        ("TIFF", {}, 0.0),
+        ("TIFF", {"compression": "tiff_lzw"}, 0.0),
+        ("AVIF", {"quality": 95}, 4.0),
+        ("PPM", {}, 0.0),  # the Netpbm family (.ppm, .pgm), which find_images collects
+        ("MPO", {}, 4.0),  # JPEGs with several frames, from some cameras
+    ],
+)
+def test_accepted_formats_decode(fmt: str, options: dict, tolerance: float) -> None:
+    from PIL import features
+
+    if fmt in ("WEBP", "AVIF") and not features.check(fmt.lower()):
+        pytest.skip(f"this Pillow has no {fmt} support")
+    source = _quadrants()
+    buffer = io.BytesIO()
+    Image.fromarray(source).save(buffer, fmt, **options)
+    decoded = np.asarray(open_image(buffer.getvalue()), dtype=float)
+    assert decoded.shape == source.shape
+    assert np.abs(decoded - source).mean() <= tolerance
+
+
+@pytest.mark.parametrize("fmt", ["EPS", "PSD", "ICO"])
+def test_other_formats_are_refused_without_their_plugin(
+    fmt: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """EPS, PSD and ICO are formats Pillow reads (EPS through Ghostscript): refused by name with the accepted list,
+    and their plugins never open the bytes."""
+    from mobilevit.data.images import UnsupportedFormatError
+
+    reached = spy_on_refused_plugins(monkeypatch)
+    data = refused_images()[fmt]
+    path = tmp_path / f"file.{fmt.lower()}"
+    path.write_bytes(data)
+    for source in (data, path):
+        with pytest.raises(UnsupportedFormatError) as refused:
+            open_image(source)
+        message = str(refused.value)
+        assert fmt in message and all(name in message for name in PROMISED_FORMATS), message
+    assert reached == []
+
+
+def test_cli_refuses_an_eps_file_in_place(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    """``predict`` reports the EPS file's error on its own line (exit 1) and classifies the PNG beside it; Pillow's
+    EPS plugin and Ghostscript are never reached."""
+    import mobilevit
+    from mobilevit.cli import main
+
+    model = mobilevit.save_pretrained(
+        mobilevit.create_model("mobilevit_xxs", num_classes=2), tmp_path / "m", ["a", "b"]
+    )
+    reached = spy_on_refused_plugins(monkeypatch)
+    eps = tmp_path / "figure.eps"
+    eps.write_bytes(refused_images()["EPS"])
+    png = _save(Image.fromarray(_quadrants()), tmp_path / "ok.png")
+    code = main(["predict", str(eps), str(png), "--model", str(model), "--json", "--top-k", "1"])
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert code == 1 and reached == []
+    assert lines[0]["file"] == str(eps) and "EPS" in lines[0]["error"] and "WebP" in lines[0]["error"]
+    assert lines[1]["file"] == str(png) and len(lines[1]["predictions"]) == 1
 
 
 # ---------------------------------------------------------------------------------------------------------------------

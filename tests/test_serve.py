@@ -22,7 +22,7 @@ from torch import nn
 pytest.importorskip("fastapi")
 from starlette.testclient import TestClient
 
-from conftest import SHARED
+from conftest import PROMISED_FORMATS, SHARED, refused_images, spy_on_refused_plugins
 from mobilevit.cli import main
 from mobilevit.predict import Predictor
 from mobilevit.serve import ModelSpec, ServeConfig, create_app
@@ -177,6 +177,22 @@ def test_bad_requests(
     ok = client.post("/", content=data)
     assert ok.status_code == 200
     assert_same(ok.json(), expected(predictor, data))
+
+
+@pytest.mark.parametrize("fmt", ["EPS", "PSD", "ICO"])
+def test_image_formats_outside_the_list_get_415(client: TestClient, fmt: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Raw or base64, a format Pillow reads but the server does not decode is a 415 naming it and listing the
+    accepted formats; its Pillow plugin (and Ghostscript, for EPS) never sees the bytes."""
+    reached = spy_on_refused_plugins(monkeypatch)
+    data = refused_images()[fmt]
+    for request in ({"content": data}, {"json": {"inputs": b64(data)}}):
+        r = client.post("/", **request)
+        assert r.status_code == 415, r.text
+        error = r.json()["error"]
+        assert fmt in error and all(name in error for name in PROMISED_FORMATS), error
+    assert reached == []
+    described = client.get("/openapi.json").json()["paths"]["/"]["post"]["responses"]["415"]["description"]
+    assert all(name in described for name in PROMISED_FORMATS)
 
 
 def test_token(client: TestClient) -> None:

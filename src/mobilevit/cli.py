@@ -122,14 +122,20 @@ def _report(
     """One line per input as its answer arrives (a JSON object with ``--json``), an unreadable one reported in place;
     the exit code: 1 when any input failed."""
     failures = total = 0
-    for path, answer in answers:
-        total += 1
-        if isinstance(answer, Exception):
-            failures += 1
-            record, text = {"file": path, "error": str(answer)}, f"{path}: ERROR {answer}"
-        else:
-            record, text = describe(path, answer)
-        (bar.write if bar is not None and not args.json else print)(json.dumps(record) if args.json else text)
+    try:
+        for path, answer in answers:
+            total += 1
+            if isinstance(answer, Exception):
+                failures += 1
+                record, text = {"file": path, "error": str(answer)}, f"{path}: ERROR {answer}"
+            else:
+                record, text = describe(path, answer)
+            (bar.write if bar is not None and not args.json else print)(json.dumps(record) if args.json else text)
+    except BaseException:  # the model failed (non-finite outputs) or the user interrupted: the error line only
+        if bar is not None:
+            bar.leave = False
+            bar.close()
+        raise
     if bar is not None:
         bar.close()
     if failures:

@@ -35,6 +35,11 @@ class UsageError(MobileViTError, ValueError):
     """A bad argument, input or file, named in the message."""
 
 
+class NonFiniteOutputError(MobileViTError, RuntimeError):
+    """A model produced NaN or infinite outputs (broken weights, most likely): no answer is made from them; the
+    message names the model."""
+
+
 class MissingDependencyError(MobileViTError, ImportError):
     """An optional dependency is not installed; the message names the extra that installs it."""
 

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from .data.images import ImageError, open_image
 from .data.transforms import eval_transform
-from .errors import UsageError
+from .errors import NonFiniteOutputError, UsageError
 from .runtime import BACKENDS, EXPORTED_BACKENDS, Runtime, Signature, TorchRuntime, open_runtime, resolve_backend
 from .weights.entries import Preprocess, check_labels, labels_for
 from .weights.pretrained import model_io
@@ -69,6 +69,17 @@ def scores_from_logits(logits: Tensor, function: Activation) -> Tensor:
     if function == "none":
         return logits.float()
     raise UsageError(f"function must be one of {', '.join(ACTIVATIONS)}; got {function!r}")
+
+
+def check_finite(outputs: Tensor, model: str) -> None:
+    """Raise :class:`~mobilevit.errors.NonFiniteOutputError` naming ``model`` when any value of ``outputs`` (one row
+    per image) is NaN or infinite: no score, class or mask is made from such outputs (one NaN logit makes a whole
+    softmax NaN, and the argmax of NaNs is an arbitrary class)."""
+    finite = torch.isfinite(outputs.reshape(len(outputs), -1)).all(1)  # [B, ...] -> [B]
+    if bool(finite.all()):
+        return
+    images = f" for {int((~finite).sum())} of {len(finite)} images" if len(finite) > 1 else ""
+    raise NonFiniteOutputError(f"{model} produced non-finite values (NaN or infinity){images}: check its weights")
 
 
 def decode_input(
@@ -225,6 +236,16 @@ class Predictor:
         self.sizes = sizes or InputSizes()
         self.fixed_batch: int | None = self.runtime.fixed_batch  # the batch every run takes (None: any)
         self.source: str | None = None  # where the weights came from: a weights name or a file (None: unknown/random)
+
+    @property
+    def model_name(self) -> str:
+        """The model in messages: its architecture or exported file, and the weights it was built from."""
+        name = _runtime_name(self.runtime)
+        if self.source is None or self.source in name:  # random weights, or an exported file (its path)
+            return name
+        if self.source.startswith(f"{name}."):  # a weights name: "arch.tag"
+            return self.source
+        return f"{name} (weights {self.source})"
 
     @property
     def model(self) -> nn.Module:
@@ -444,10 +465,15 @@ class Predictor:
 
         The order is the same for every backend and batch size: ``torch.topk`` leaves the order of equal scores
         unspecified (it differs between a batch of 1 and a batch of 16), a stable sort does not.
+
+        Raises:
+            NonFiniteOutputError: a logit (or score) is NaN or infinite, naming the model.
         """
         if top_k < 1:
             raise UsageError(f"top_k must be at least 1, got {top_k}")
+        check_finite(logits, self.model_name)
         scores = scores_from_logits(logits, function)
+        check_finite(scores, self.model_name)  # finite logits give finite scores, unless "none" overflows float32
         values, indices = scores.sort(dim=-1, descending=True, stable=True)
         values, indices = values[..., :top_k], indices[..., :top_k]
         return [
@@ -478,7 +504,9 @@ class Predictor:
     ) -> Iterator[tuple[str, list[Prediction] | ImageError]]:
         """Yield ``(path, predictions)`` in input order, or ``(path, error)`` for a file that cannot be read.
 
-        Decoding runs in ``workers`` threads, ahead of the model; ``progress(n)`` is called after each batch.
+        Decoding runs in ``workers`` threads, ahead of the model; ``progress(n)`` is called after each batch. Outputs
+        that are NaN or infinite stop the run with :class:`~mobilevit.errors.NonFiniteOutputError` (the model's fault,
+        not a file's).
         """
         check_activation(function)
 
@@ -623,6 +651,7 @@ __all__ = [
     "Predictor",
     "check_activation",
     "check_exported_weights",
+    "check_finite",
     "check_task",
     "decode_input",
     "load_predictor",

@@ -40,7 +40,7 @@ from torch import Tensor, nn
 from .data.images import ImageError
 from .data.segmentation import class_fractions, mask_image, overlay_image
 from .errors import UsageError
-from .predict import ImageInput, Predictor, check_exported_weights, decode_input
+from .predict import ImageInput, Predictor, check_exported_weights, check_finite, decode_input
 from .runtime import EXPORTED_BACKENDS, Runtime, open_runtime, resolve_backend
 from .weights.entries import Preprocess, segmentation_preprocess
 
@@ -217,7 +217,12 @@ class Segmenter(Predictor):
     def postprocess(
         self, logits: Tensor, size: tuple[int, int], image: Image.Image | None = None, scores: bool = False
     ) -> Segmentation:
-        """One image's :class:`Segmentation` from its ``[num_classes, h, w]`` logits, at ``size`` (H, W)."""
+        """One image's :class:`Segmentation` from its ``[num_classes, h, w]`` logits, at ``size`` (H, W).
+
+        Raises:
+            NonFiniteOutputError: a logit is NaN or infinite (no mask is made from it), naming the model.
+        """
+        check_finite(logits[None], self.model_name)
         mask, class_scores = segment_logits(logits, size, scores)
         return Segmentation(mask, tuple(self.labels), class_scores, image)
 

@@ -11,6 +11,11 @@ least twice the size the caller will resize it to is decoded DCT-downscaled by l
 1/4 or 1/8 of each side, never below that size): less than half the decoding time of a 12-megapixel photo and a
 fraction of the resizing after it. Other files decode as without it.
 
+Only the raster formats of :data:`ACCEPTED_FORMATS` are decoded: Pillow is asked to try those plugins and no other
+(``Image.open(..., formats=...)``), so that bytes from a client never reach a plugin that hands them to an interpreter
+(EPS goes to Ghostscript) or to a rarely used parser. A file in another format Pillow knows is named from its first
+bytes (its plugin's signature check; the plugin never opens it) and refused with :class:`UnsupportedFormatError`.
+
 PIL's global switches are left alone: ``ImageFile.LOAD_TRUNCATED_IMAGES`` stays as the user set it (``False`` by
 default, so a truncated file is an error), and the pixel limit follows ``PIL.Image.MAX_IMAGE_PIXELS`` unless a
 ``max_pixels`` argument is given.
@@ -32,6 +37,18 @@ from ..errors import MobileViTError, UsageError
 IMAGE_SUFFIXES = frozenset(
     {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".avif", ".ppm", ".pgm"}
 )
+# The formats decoded, by Pillow's name, and as messages name them. PPM is Pillow's plugin for the Netpbm family;
+# the JPEG plugin also opens MPO files (JPEGs with more frames, from some cameras).
+ACCEPTED_FORMATS: dict[str, str] = {
+    "JPEG": "JPEG",
+    "PNG": "PNG",
+    "WEBP": "WebP",
+    "GIF": "GIF",
+    "BMP": "BMP",
+    "TIFF": "TIFF",
+    "AVIF": "AVIF",
+    "PPM": "PNM (PBM, PGM, PPM)",
+}
 # Modes with more than 8 bits per sample; they are scaled to 8 bits, never clipped.
 _HIGH_BIT_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I", "F"})
 
@@ -40,6 +57,39 @@ ImageSource = str | os.PathLike | bytes | bytearray | memoryview | Image.Image
 
 class ImageError(MobileViTError, ValueError):
     """An input that cannot be read as an image (missing, not an image, truncated, too large, unsupported mode)."""
+
+
+class UnsupportedFormatError(ImageError):
+    """An image in a format Pillow knows and this package does not decode (not in :data:`ACCEPTED_FORMATS`)."""
+
+
+def accepted_formats() -> str:
+    """The accepted formats, for messages: ``"JPEG, PNG, WebP, ..."``."""
+    return ", ".join(ACCEPTED_FORMATS.values())
+
+
+def _decoders() -> list[str]:
+    """The accepted formats this Pillow build has a plugin for (AVIF needs libavif)."""
+    if not all(name in Image.OPEN for name in ACCEPTED_FORMATS):
+        Image.init()  # imports the plugins (registration only: nothing is opened)
+    return [name for name in ACCEPTED_FORMATS if name in Image.OPEN]
+
+
+def _refused_format(fp: IO[bytes]) -> str | None:
+    """The format Pillow would take ``fp`` for when it is not an accepted one, from its first 16 bytes and that
+    plugin's signature check alone (the check Pillow runs before opening), else ``None``."""
+    fp.seek(0)
+    prefix = fp.read(16)
+    for name, (_, accept) in list(Image.OPEN.items()):
+        if name in ACCEPTED_FORMATS or accept is None:  # a plugin without a signature would claim any bytes
+            continue
+        try:
+            claimed = accept(prefix)
+        except Exception:  # a signature check that cannot read these bytes does not claim them
+            continue
+        if claimed and not isinstance(claimed, str):  # a string is Pillow's warning, not a claim
+            return name
+    return None
 
 
 def pixel_limit() -> int | None:
@@ -125,7 +175,7 @@ def _decode(fp: IO[bytes] | Image.Image, label: str, max_pixels: int | None, dra
             with warnings.catch_warnings():
                 # PIL warns above MAX_IMAGE_PIXELS and raises above twice that; the explicit check below decides.
                 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-                img = Image.open(fp)
+                img = Image.open(fp, formats=_decoders())
         w, h = img.size  # the header's: the pixel limit applies to the stored image, whatever scale decodes it
         if max_pixels is not None and w * h > max_pixels:
             raise ImageError(f"{label}: {w}x{h} is {w * h} pixels, more than the limit of {max_pixels} (image bomb?)")
@@ -145,7 +195,13 @@ def _decode(fp: IO[bytes] | Image.Image, label: str, max_pixels: int | None, dra
     except Image.DecompressionBombError as err:
         raise ImageError(f"{label}: too many pixels to decode safely ({err})") from None
     except UnidentifiedImageError:
-        raise ImageError(f"{label}: not an image (PIL recognises no image format in it)") from None
+        assert not isinstance(fp, Image.Image)
+        refused = _refused_format(fp)
+        if refused is not None:
+            accepted = accepted_formats()
+            message = f"{label}: {refused} (by its first bytes) is not an accepted format: {accepted}"
+            raise UnsupportedFormatError(message) from None
+        raise ImageError(f"{label}: not an image in an accepted format ({accepted_formats()})") from None
     except MemoryError:
         raise ImageError(f"{label}: not enough memory to decode the image") from None
     except Exception as err:  # PIL raises OSError, SyntaxError, ValueError, struct.error, ... for corrupt files
@@ -262,4 +318,15 @@ def find_images(paths: list[str | os.PathLike] | tuple[str | os.PathLike, ...]) 
     return out
 
 
-__all__ = ["IMAGE_SUFFIXES", "ImageError", "draft_scale", "find_images", "open_image", "pixel_limit", "to_rgb"]
+__all__ = [
+    "ACCEPTED_FORMATS",
+    "IMAGE_SUFFIXES",
+    "ImageError",
+    "UnsupportedFormatError",
+    "accepted_formats",
+    "draft_scale",
+    "find_images",
+    "open_image",
+    "pixel_limit",
+    "to_rgb",
+]

@@ -2,10 +2,10 @@
 
 Routes: ``POST /`` (the first model) and ``POST /models/{name}`` speak the Hugging Face Inference API for image
 classification or, for a segmentation model, image segmentation (see :mod:`mobilevit.serve.protocol`); classifiers and
-segmentation models can be served side by side. ``GET /health`` (200 when every model is loaded, else 503),
-``GET /health/live`` (always 200), ``GET /metrics`` (Prometheus), ``GET /docs`` (OpenAPI) and ``GET /`` (a page to
-drop an image on); the ``GET`` routes answer ``HEAD`` too (health checkers). Only the prediction routes need the
-bearer token.
+segmentation models can be served side by side. ``GET /health`` (200 when every model is loaded and its latest
+outputs were finite, else 503), ``GET /health/live`` (always 200), ``GET /metrics`` (Prometheus), ``GET /docs``
+(OpenAPI) and ``GET /`` (a page to drop an image on); the ``GET`` routes answer ``HEAD`` too (health checkers). Only
+the prediction routes need the bearer token.
 
 A prediction request is checked (token, model, model loaded) before its body is read, reads its body within
 ``--body-timeout`` (else 408), and only then takes a place in the model's queue: a slow upload delays only itself.
@@ -32,7 +32,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from torch import Tensor
 
-from ..data.images import ImageError
+from ..data.images import ImageError, UnsupportedFormatError, accepted_formats
+from ..errors import NonFiniteOutputError
 from ..predict import ACTIVATIONS, Predictor
 from ..segment import Segmenter, load_model
 from .config import ServeConfig
@@ -112,7 +113,9 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {  # the OpenAPI schema of ea
         404: "no such model",
         408: "body not received within --body-timeout",
         413: "body larger than --max-body-mb",
-        415: "multipart form uploads: send raw bytes or JSON",
+        415: f"an image format not accepted (accepted: {accepted_formats()}), or a multipart form upload (send raw "
+        "bytes or JSON)",
+        500: "the model produced non-finite values (NaN or infinity), or an internal error",
         503: "queue full or model not loaded yet (see Retry-After)",
         504: "no answer within --timeout",
     }.items()
@@ -147,7 +150,12 @@ class Metrics:
         self.queue_depth = Gauge(
             "mobilevit_queue_depth", "Requests admitted and not yet answered", ["model"], registry=self.registry
         )
-        self.ready = Gauge("mobilevit_model_ready", "1 when the model is loaded", ["model"], registry=self.registry)
+        self.ready = Gauge(
+            "mobilevit_model_ready",
+            "1 when the model is loaded and its latest outputs were finite",
+            ["model"],
+            registry=self.registry,
+        )
         self.receiving = Gauge(
             "mobilevit_receiving",
             "Requests whose body is still arriving (not yet admitted to the queue)",
@@ -175,6 +183,11 @@ def default_loader(config: ServeConfig, index: int) -> Loader:
     if folder is not None:  # a save_pretrained folder served under any name: its config.json names the architecture
         return lambda: load_model(folder, "eager", **options)
     return lambda: load_model(spec.name, "eager", pretrained=spec.pretrained, **options)
+
+
+def image_error(err: ImageError) -> RequestError:
+    """415 for an image in a format the server does not decode (the message lists the accepted ones), else 400."""
+    return RequestError(415 if isinstance(err, UnsupportedFormatError) else 400, str(err))
 
 
 def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -308,7 +321,7 @@ class Routes:
         try:
             image = await loop.run_in_executor(self.decode_pool, self.decode, parsed.image, engine)
         except ImageError as err:
-            raise RequestError(400, str(err)) from None
+            raise image_error(err) from None
         assert engine.predictor is not None
         topk, top_k, function = engine.predictor.topk, parsed.top_k, parsed.function
         predictions = await engine.submit(image, lambda row: topk(row[None], top_k, function)[0])
@@ -323,7 +336,7 @@ class Routes:
         try:
             size, image = await loop.run_in_executor(self.decode_pool, self.decode_whole, parsed.image, engine)
         except ImageError as err:
-            raise RequestError(400, str(err)) from None
+            raise image_error(err) from None
         logits = await engine.submit(image, lambda row: row)  # [C, h, w]
 
         def encode() -> list[dict[str, Any]]:
@@ -359,11 +372,18 @@ class Routes:
             if engine is None:
                 raise RequestError(404, f"no model {clip(name)!r}; served: {', '.join(self.engines)}")
             response, received = await self.admitted_answer(request, engine)
+            engine.answered()  # the model's outputs made an answer: it is not failing (any more)
         except RequestError as err:
             response = error_response(err.status, err.message, err.headers)
         except ClientDisconnect:  # hung up mid-upload: the client's doing, not a server error
             logger.info("%s: the client hung up before its request body was complete", name)
             response = Response(status_code=DISCONNECTED)
+        except NonFiniteOutputError as err:  # the model's fault, not a bug here: one line, and /health says failing
+            assert engine is not None
+            logger.error("%s: %s", name, err)
+            engine.answered("the model produced non-finite values (NaN or infinity) for its latest request")
+            message = f"model {name!r} produced non-finite values (NaN or infinity): no answer can be made from them"
+            response = error_response(500, message)
         except Exception as err:  # a bug or a failed forward pass: answer 500, keep serving
             logger.exception("%s: request failed", name)
             response = error_response(500, f"internal error: {type(err).__name__}: {err}")
@@ -381,18 +401,23 @@ class Routes:
         return await self.handle(request, name)
 
     async def health(self) -> JSONResponse:
+        """200 ``ok`` when every model is loaded and answering; 503 ``loading`` (with ``Retry-After``) until then, and
+        503 ``failing`` while a model's latest outputs were non-finite (its entry's ``error`` says so)."""
         models = {
             name: {
                 "ready": e.ready,
                 "queue": e.admitted,
                 **({"task": e.predictor.task} if e.predictor is not None else {}),
-                **({"error": e.error} if e.error else {}),
+                **({"error": e.error or e.failure} if e.error or e.failure else {}),
             }
             for name, e in self.engines.items()
         }
         ready = all(e.ready for e in self.engines.values())
-        body = {"status": "ok" if ready else "loading", "live": True, "ready": ready, "models": models}
-        return JSONResponse(body, status_code=200 if ready else 503, headers=None if ready else self.retry)
+        failing = any(e.failure for e in self.engines.values())
+        status = "ok" if ready else "failing" if failing else "loading"
+        body = {"status": status, "live": True, "ready": ready, "models": models}
+        headers = self.retry if status == "loading" else None  # a failing model is not cured by waiting
+        return JSONResponse(body, status_code=200 if ready else 503, headers=headers)
 
     async def live(self) -> JSONResponse:
         return JSONResponse({"live": True})
@@ -440,7 +465,11 @@ def add_routes(app: FastAPI, routes: Routes) -> None:
         **predict,
     )
     readable: list[tuple[str, Callable[[], Awaitable[Response]], dict[str, Any]]] = [
-        ("/health", routes.health, {"summary": "Readiness: 200 when every model is loaded, else 503 (HEAD too)"}),
+        (
+            "/health",
+            routes.health,
+            {"summary": "Readiness: 200 when every model is loaded and answering, else 503 (HEAD too)"},
+        ),
         ("/health/live", routes.live, {"summary": "Liveness: 200 while the process answers (HEAD too)"}),
         ("/metrics", routes.prometheus, {"summary": "Prometheus metrics"}),
         ("/", routes.page, {"response_class": HTMLResponse, "include_in_schema": False}),

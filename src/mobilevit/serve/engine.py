@@ -82,6 +82,7 @@ class BatchEngine:
         self._on_batch = on_batch or (lambda n: None)
         self.predictor: Predictor | None = None
         self.error: str | None = None  # why loading failed
+        self.failure: str | None = None  # why the model's latest answer could not be made (non-finite outputs)
         self.admitted = 0  # requests between admit() and release()
         self._pending: deque[_Job] = deque()
         self._nonempty = asyncio.Event()
@@ -95,7 +96,13 @@ class BatchEngine:
 
     @property
     def ready(self) -> bool:
-        return self.predictor is not None and not self._closing
+        """Loaded, not shutting down, and its latest answer was made (see :meth:`answered`)."""
+        return self.predictor is not None and not self._closing and self.failure is None
+
+    def answered(self, failure: str | None = None) -> None:
+        """Record how the model's latest answer went: ``failure`` says why none could be made from its outputs
+        (``/health`` reports the model failing), ``None`` that one was (a finite answer clears the failure)."""
+        self.failure = failure
 
     async def start(self) -> None:
         """Load the model in its thread, warm it up with one forward pass, then start the batching worker."""
@@ -115,7 +122,10 @@ class BatchEngine:
         if not predictor.runtime.uses_torch_threads:  # the runtime has its own threads; PyTorch only stacks and scores
             pin_torch_threads(1)
         example = predictor.transform(Image.new("RGB", (64, 64)))
-        predictor.forward(example[None])  # the first forward is slow (allocations); do it before traffic
+        outputs = predictor.forward(example[None])  # the first forward is slow (allocations); do it before traffic
+        if not bool(torch.isfinite(outputs).all()):  # broken weights: /health says so before any request
+            logger.error("%s: the warm-up forward pass gave non-finite values (NaN or infinity)", self.name)
+            self.answered("the model produced non-finite values (NaN or infinity) for a black image at start-up")
         return predictor
 
     def check_open(self) -> None:
@@ -180,15 +190,27 @@ class BatchEngine:
                     if not job.future.done():
                         job.future.set_exception(err)
                 continue
-            for job, answer in zip(batch, answers, strict=True):
-                if not job.future.done():
+            for job, (answer, error) in zip(batch, answers, strict=True):
+                if job.future.done():
+                    continue
+                if error is not None:
+                    job.future.set_exception(error)
+                else:
                     job.future.set_result(answer)
 
-    def _forward(self, batch: list[_Job]) -> list[Any]:
-        """Model thread: one forward pass of the whole batch, then each request's own ``finish`` of its row."""
+    def _forward(self, batch: list[_Job]) -> list[tuple[Any, Exception | None]]:
+        """Model thread: one forward pass of the whole batch, then each request's own ``finish`` of its row:
+        ``(answer, None)``, or ``(None, error)`` for a row ``finish`` refused (non-finite outputs), which fails that
+        request only."""
         assert self.predictor is not None
         logits = self.predictor.forward(torch.stack([job.image for job in batch]))  # [B, num_classes(, h, w)]
-        return [job.finish(row) for row, job in zip(logits, batch, strict=True)]
+        answers: list[tuple[Any, Exception | None]] = []
+        for row, job in zip(logits, batch, strict=True):
+            try:
+                answers.append((job.finish(row), None))
+            except Exception as err:  # the request's handler reports it
+                answers.append((None, err))
+        return answers
 
     async def stop(self, drain_timeout: float) -> None:
         """Refuse new requests, let the queued ones finish (up to ``drain_timeout`` s), then stop the worker."""
