@@ -5,8 +5,8 @@ classification or, for a segmentation model, image segmentation (see :mod:`mobil
 segmentation models can be served side by side. ``GET /health`` (200 when every model is loaded, else 503),
 ``GET /health/live`` (always 200), ``GET /metrics`` (Prometheus), ``GET /docs`` and ``GET /redoc`` (the OpenAPI
 schema in Swagger UI and ReDoc, their scripts served from the fastapi-offline package, so they work offline) and
-``GET /`` (a page to drop an image on); the ``GET`` routes answer ``HEAD`` too (health checkers). Only the prediction routes need the
-bearer token.
+``GET /`` (a page to drop an image on); the ``GET`` routes answer ``HEAD`` too (health checkers). Only the
+prediction routes need the bearer token.
 
 A prediction request is checked (token, model, model loaded) before its body is read, reads its body within
 ``--body-timeout`` (else 408), and only then takes a place in the model's queue: a slow upload delays only itself.
