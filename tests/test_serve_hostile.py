@@ -2,7 +2,7 @@
 beyond ``--max-connections`` and beyond the open-file limit, malformed HTTP; plus the offline /docs page and the
 bounds of every numeric option.
 
-The server runs with random weights (only the HTTP layer is under test), a 2 s header timeout, a cap of 20
+The server runs with random weights (only the HTTP layer is under test), a 1 s header timeout, a cap of 20
 connections and an open-file limit of 128, so that a flood of a few hundred connections runs out of file descriptors
 in seconds.
 """
@@ -32,7 +32,7 @@ from mobilevit.serve import ModelSpec, ServeConfig
 from test_serve import jpeg_bytes
 from test_serve_process import free_port
 
-HEADER_TIMEOUT = 2.0
+HEADER_TIMEOUT = 1.0
 MAX_CONNECTIONS = 20
 OPEN_FILES = 128  # the server's RLIMIT_NOFILE: a few hundred connections at once exhaust it
 
@@ -136,6 +136,20 @@ def test_slow_headers_are_cut_off_while_others_are_served(server: Process) -> No
     status, _, body = parse(read_until_closed(keep))
     assert status == 408
 
+    # a body that the route answers without reading, sent one byte every 0.2 s: 12 s
+    trickle = connect(server)
+    trickle.sendall(b"GET /health/live HTTP/1.1\r\nHost: x\r\nContent-Length: 60\r\n\r\n")
+    sent = 0
+    try:
+        for _ in range(60):
+            trickle.send(b"a")
+            sent += 1
+            time.sleep(0.2)
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # cut off
+    assert sent < 60, "the server let a client trickle an unread body for 12 s"
+    assert read_until_closed(trickle).endswith(b'{"live":true}')  # the answer, then the end
+
 
 def test_connections_over_the_cap_get_503(server: Process) -> None:
     """Every connection slot is held by an upload in progress; further connections are answered 503 and closed at
@@ -190,7 +204,7 @@ def test_flood_beyond_the_open_file_limit(server: Process) -> None:
     finally:
         server.proc.send_signal(signal.SIGCONT)
     statuses = [parse(read_until_closed(sock))[0] for sock in flood]
-    assert set(statuses) <= {503, 408} and statuses.count(408) <= MAX_CONNECTIONS, statuses
+    assert set(statuses) <= {503, 408} and 503 in statuses, statuses  # over the cap, or idle past the deadline
     assert server.wait_ok("/health/live").json() == {"live": True}
     log = server.log.read_text()[len(before) :]
     assert "Traceback" not in log and "Too many open files" in log, log[-3000:]

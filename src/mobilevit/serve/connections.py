@@ -8,7 +8,8 @@ the loop's exception handler, a traceback each. :class:`GuardedProtocol` is the 
 
 - from a connection's start, and from the first byte of each later request on it, the request line and headers must
   be complete within ``header_timeout``, else the connection gets a 408 and is closed (an idle keep-alive connection
-  between requests is closed by uvicorn's ``timeout_keep_alive``);
+  between requests is closed by uvicorn's ``timeout_keep_alive``); the rest of a body that a route answered without
+  reading (``GET /health`` with a body, a 401) must arrive within the same time, else the connection is closed;
 - beyond ``max_connections`` open connections a new one is answered 503 with ``Retry-After`` and closed at once, so
   the connections being served are not disturbed. uvicorn's ``limit_concurrency`` is not used: it counts requests in
   flight as well as connections, answers only once a request's headers have arrived (an idle connection over the
@@ -39,6 +40,8 @@ logger = logging.getLogger(__name__)
 DEFAULT_MAX_CONNECTIONS = 1000
 FILE_HEADROOM = 64  # file descriptors kept for everything but connections: model files, logs, the runtimes' own
 MAX_HEADER_BYTES = 16 * 1024  # request line + headers (h11's receive buffer while it waits for them), else a 431
+HEADERS = "request headers"
+UNREAD_BODY = "rest of a body answered without being read"
 LOG_INTERVAL = 10.0  # seconds between two log lines about the same repeated event
 
 ACCEPT_FAILURE = "socket.accept() out of system resource"  # asyncio's message for EMFILE, ENFILE, ENOBUFS, ENOMEM
@@ -118,7 +121,8 @@ class GuardedProtocol(H11Protocol):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.header_timer: asyncio.TimerHandle | None = None
+        self.deadline: asyncio.TimerHandle | None = None
+        self.waiting_for: str | None = None  # what the deadline is for: HEADERS or UNREAD_BODY
         self.refused = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -126,7 +130,7 @@ class GuardedProtocol(H11Protocol):
             self.refuse(transport)
             return
         super().connection_made(transport)
-        self.expect_headers()
+        self.watch()
 
     def refuse(self, transport: asyncio.Transport) -> None:
         """Answer 503 and close: the connection never joins the served ones."""
@@ -139,37 +143,57 @@ class GuardedProtocol(H11Protocol):
         self.limits.refusals(self.loop, f"from {peer[0] if peer else 'unknown'}")
 
     def data_received(self, data: bytes) -> None:
-        if self.refused:
-            return
-        if self.header_timer is None and self.conn.their_state is h11.IDLE:  # the first byte of a next request
-            self.expect_headers()
-        super().data_received(data)
+        if not self.refused:
+            super().data_received(data)  # parses, then handle_events -> watch
 
     def handle_events(self) -> None:
         super().handle_events()
-        if self.header_timer is not None and self.conn.their_state is not h11.IDLE:  # the request's headers are in
-            self.header_timer.cancel()
-            self.header_timer = None
+        self.watch()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self.watch()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self.header_timer is not None:
-            self.header_timer.cancel()
-            self.header_timer = None
+        self.set_deadline(None)
         if not self.refused:
             super().connection_lost(exc)
 
-    def expect_headers(self) -> None:
-        self.header_timer = self.loop.call_later(self.limits.header_timeout, self.headers_late)
+    def watch(self) -> None:
+        """Keep the deadline that fits where the connection is: a request's headers are awaited from the connection's
+        start or the first byte after a keep-alive pause (uvicorn's keep-alive timer runs during the pause itself); a
+        body the server answered without reading must be finished within the same time. Each deadline runs from when
+        its wait began, however many bytes trickle in."""
+        their, ours = self.conn.their_state, self.conn.our_state
+        if self.transport.is_closing():
+            self.set_deadline(None)
+        elif their is h11.IDLE and self.timeout_keep_alive_task is None:
+            self.set_deadline(HEADERS)
+        elif their is h11.SEND_BODY and ours in (h11.DONE, h11.MUST_CLOSE):
+            self.set_deadline(UNREAD_BODY)
+        else:  # a request being read by the app (--body-timeout) or answered (--timeout), or a keep-alive pause
+            self.set_deadline(None)
 
-    def headers_late(self) -> None:
-        """The header deadline passed: answer 408 and close (no request has started, so no app is involved)."""
-        self.header_timer = None
+    def set_deadline(self, waiting_for: str | None) -> None:
+        if waiting_for == self.waiting_for:
+            return  # the running deadline stands
+        if self.deadline is not None:
+            self.deadline.cancel()
+        self.waiting_for = waiting_for
+        self.deadline = None if waiting_for is None else self.loop.call_later(self.limits.header_timeout, self.late)
+
+    def late(self) -> None:
+        """A deadline passed: a 408 while headers were awaited (no request has started, so no app is involved); a
+        plain close while an unread body trickled in (its answer is already sent)."""
+        waiting_for, timeout = self.waiting_for, self.limits.header_timeout
+        self.deadline = self.waiting_for = None
         if self.transport.is_closing():
             return
-        timeout = self.limits.header_timeout
-        self.transport.write(error_bytes(408, f"request headers not received within {timeout:g} s (--header-timeout)"))
+        if waiting_for == HEADERS:
+            message = f"request headers not received within {timeout:g} s (--header-timeout)"
+            self.transport.write(error_bytes(408, message))
         self.transport.close()
-        logger.info("closed a connection whose request headers did not arrive within %g s", timeout)
+        logger.info("closed a connection whose %s did not arrive within %g s", waiting_for, timeout)
 
     def send_400_response(self, msg: str) -> None:
         """Answer a request h11 cannot parse as JSON, then close.
