@@ -292,3 +292,15 @@ def test_config_bounds() -> None:
     with pytest.raises(ValueError, match="below --timeout"):
         ServeConfig(models=models, timeout=1.0, max_wait_ms=1000.0)
     assert ServeConfig(models=models, max_connections=5, header_timeout=0.5).max_connections == 5
+
+
+def test_connection_cap_within_the_open_file_limit() -> None:
+    from mobilevit.serve.connections import FILE_HEADROOM, connection_cap
+
+    assert connection_cap(None, 128) == 128 - FILE_HEADROOM  # the default, lowered to what the limit leaves
+    assert connection_cap(None, 1_000_000) == 1000
+    assert connection_cap(20, 128) == 20
+    with pytest.raises(ValueError, match="--max-connections 100 needs more file descriptors"):
+        connection_cap(100, 128)
+    with pytest.raises(ValueError, match="open-file limit"):
+        connection_cap(None, FILE_HEADROOM)
