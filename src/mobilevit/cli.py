@@ -368,6 +368,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_pixels=args.max_pixels,
         timeout=args.timeout,
         body_timeout=args.body_timeout,
+        header_timeout=args.header_timeout,
+        max_connections=args.max_connections,
         queue_size=args.queue_size,
         threads=args.threads,
         fast_decode=args.fast_decode,
@@ -719,6 +721,18 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--body-timeout", type=float, default=30.0, help="seconds a client may take to send its body before a 408"
+    )
+    p.add_argument(
+        "--header-timeout",
+        type=float,
+        default=10.0,
+        help="seconds a client may take to send a request's line and headers before a 408 and the connection's end",
+    )
+    p.add_argument(
+        "--max-connections",
+        type=int,
+        help="connections open at once; beyond it a new one is answered 503 and closed (default: 1000, or what the "
+        "open-file limit allows)",
     )
     p.add_argument("--queue-size", type=int, default=64, help="requests admitted per model before 503s")
     p.add_argument(

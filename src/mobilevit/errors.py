@@ -20,6 +20,7 @@ EXTRAS: dict[str, str] = {
     "litert_torch": "litert",
     "ai_edge_litert": "litert",
     "fastapi": "serve",
+    "fastapi_offline": "serve",
     "uvicorn": "serve",
     "prometheus_client": "serve",
     "matplotlib": "bench",

@@ -3,9 +3,10 @@
 Routes: ``POST /`` (the first model) and ``POST /models/{name}`` speak the Hugging Face Inference API for image
 classification or, for a segmentation model, image segmentation (see :mod:`mobilevit.serve.protocol`); classifiers and
 segmentation models can be served side by side. ``GET /health`` (200 when every model is loaded and its latest
-outputs were finite, else 503), ``GET /health/live`` (always 200), ``GET /metrics`` (Prometheus), ``GET /docs``
-(OpenAPI) and ``GET /`` (a page to drop an image on); the ``GET`` routes answer ``HEAD`` too (health checkers). Only
-the prediction routes need the bearer token.
+outputs were finite, else 503), ``GET /health/live`` (always 200), ``GET /metrics`` (Prometheus), ``GET /docs`` and
+``GET /redoc`` (the OpenAPI schema in Swagger UI and ReDoc, their scripts served from the fastapi-offline package, so
+they work offline) and ``GET /`` (a page to drop an image on); the ``GET`` routes answer ``HEAD`` too (health
+checkers). Only the prediction routes need the bearer token.
 
 A prediction request is checked (token, model, model loaded) before its body is read, reads its body within
 ``--body-timeout`` (else 408), and only then takes a place in the model's queue: a slow upload delays only itself.
@@ -26,6 +27,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi_offline import FastAPIOffline
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -498,10 +500,11 @@ def create_app(
         on_fatal: called with the reason when a model fails to load (the CLI stops the server).
     """
     routes = Routes(config, loaders, on_fatal)
-    app = FastAPI(
+    app = FastAPIOffline(  # FastAPI, with /docs and /redoc assets of its own instead of a CDN's
         title="mobilevit serve",
         description="Image classification and segmentation, compatible with the Hugging Face Inference API.",
         lifespan=routes.lifespan,
+        swagger_ui_parameters={"validatorUrl": None},  # no badge fetched from Swagger's online validator
     )
     app.state.engines = routes.engines
     app.state.metrics = routes.metrics

@@ -6,6 +6,7 @@ fails at start-up with a message naming the option, not at the first request.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +15,7 @@ from ..errors import UsageError
 from ..runtime import BACKENDS, is_exported_file, resolve_backend
 
 TOKEN_ENV = "MOBILEVIT_TOKEN"  # the environment variable that holds the bearer token when --token is not given
+DAY = 86_400.0  # the longest timeout: beyond it a timeout is a mistake (or inf), not a wish
 
 
 def resolve_token(given: str | None) -> str | None:
@@ -122,6 +124,12 @@ class ServeConfig:
             before a 504.
         body_timeout: seconds a client may take to send its request body, before a 408. Separate from ``timeout``:
             a request joins the model's queue only once its body is complete, so a slow upload delays only itself.
+        header_timeout: seconds a connection may take to send a request's line and headers (from when it opens, or
+            from the first byte of its next request), before a 408 and the connection's end: a client that sends a
+            byte now and then cannot hold a connection. An idle keep-alive connection is closed after 5 s (uvicorn's
+            ``timeout_keep_alive``).
+        max_connections: connections open at once; beyond it a new connection is answered 503 with ``Retry-After``
+            and closed. ``None``: 1000, or fewer when the open-file limit leaves less (:mod:`.connections`).
         queue_size: requests admitted per model (being decoded, queued or running; a request is admitted once its
             body has arrived); beyond it a 503 with ``Retry-After`` tells clients to back off.
         decode_workers: threads that decode and preprocess images off the event loop.
@@ -148,6 +156,8 @@ class ServeConfig:
     max_pixels: int = 25_000_000
     timeout: float = 30.0
     body_timeout: float = 30.0
+    header_timeout: float = 10.0
+    max_connections: int | None = None
     queue_size: int = 64
     decode_workers: int = field(default_factory=lambda: min(4, os.cpu_count() or 1))
     fast_decode: bool = True
@@ -172,26 +182,36 @@ class ServeConfig:
             raise UsageError(f"--model given twice for {', '.join(dupes)}; each served name must be unique")
         for spec in self.models:  # one backend runs every model
             resolve_backend(spec.pretrained if spec.is_exported else spec.name, self.backend, "serve")
-        checks = [
-            (0 <= self.port <= 65535, f"--port must be in 0..65535, got {self.port}"),
-            (self.max_batch_size >= 1, f"--max-batch-size must be at least 1, got {self.max_batch_size}"),
-            (self.max_wait_ms >= 0, f"--max-wait-ms must be >= 0, got {self.max_wait_ms}"),
-            (self.max_body_mb > 0, f"--max-body-mb must be > 0, got {self.max_body_mb}"),
-            (self.max_pixels >= 1, f"--max-pixels must be at least 1, got {self.max_pixels}"),
-            (self.timeout > 0, f"--timeout must be > 0 seconds, got {self.timeout}"),
-            (self.body_timeout > 0, f"--body-timeout must be > 0 seconds, got {self.body_timeout}"),
-            (self.queue_size >= 1, f"--queue-size must be at least 1, got {self.queue_size}"),
-            (self.threads >= 0, f"--threads must be 0 (one per core) or more, got {self.threads}"),
-            (self.decode_workers >= 1, f"decode_workers must be at least 1, got {self.decode_workers}"),
-            (
-                self.token is None or self.token.strip() != "",
-                f'--token (or ${TOKEN_ENV}) is empty or blank: an unset variable in --token "$VAR"? Give the '
-                "token, or leave out both to serve without authentication",
-            ),
+        ranges: list[tuple[str, float, float, float, str]] = [  # option, value, lowest, highest, unit
+            ("--port", self.port, 0, 65535, ""),
+            ("--max-batch-size", self.max_batch_size, 1, 1024, ""),
+            ("--max-wait-ms", self.max_wait_ms, 0, 10_000, " ms"),
+            ("--max-body-mb", self.max_body_mb, 0.001, 4096, " MB"),  # a body is held in memory while it is decoded
+            ("--max-pixels", self.max_pixels, 1, 1_000_000_000, ""),
+            ("--timeout", self.timeout, 0.001, DAY, " s"),
+            ("--body-timeout", self.body_timeout, 0.001, DAY, " s"),
+            ("--header-timeout", self.header_timeout, 0.001, DAY, " s"),
+            ("--max-connections", 1 if self.max_connections is None else self.max_connections, 1, 1_000_000, ""),
+            ("--queue-size", self.queue_size, 1, 1_000_000, ""),
+            ("--threads", self.threads, 0, 1024, ""),
+            ("decode_workers", self.decode_workers, 1, 1024, ""),
+            ("retry_after", self.retry_after, 0, DAY, " s"),
         ]
-        for ok, message in checks:
-            if not ok:
-                raise UsageError(message)
+        for option, value, low, high, unit in ranges:  # NaN and inf fail isfinite; bool is not a count
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise UsageError(f"{option} must be a finite number in {low:g}..{high:g}{unit}, got {value}")
+            if not low <= value <= high:
+                raise UsageError(f"{option} must be in {low:g}..{high:g}{unit}, got {value:g}")
+        if self.max_wait_ms >= self.timeout * 1000:
+            raise UsageError(
+                f"--max-wait-ms ({self.max_wait_ms:g}) must be below --timeout ({self.timeout:g} s): every request "
+                "would time out waiting for its batch"
+            )
+        if self.token is not None and self.token.strip() == "":
+            raise UsageError(
+                f'--token (or ${TOKEN_ENV}) is empty or blank: an unset variable in --token "$VAR"? Give the token, '
+                "or leave out both to serve without authentication"
+            )
         if self.queue_size < self.max_batch_size:
             raise UsageError(
                 f"--queue-size ({self.queue_size}) is smaller than --max-batch-size ({self.max_batch_size}): "

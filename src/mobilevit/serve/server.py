@@ -1,4 +1,5 @@
-"""Running the app under uvicorn: early validation, graceful shutdown, and exit when a model cannot be loaded."""
+"""Running the app under uvicorn: early validation, graceful shutdown, exit when a model cannot be loaded, and the
+connection limits of :mod:`.connections`."""
 
 from __future__ import annotations
 
@@ -54,17 +55,30 @@ def run(config: ServeConfig, log_level: str = "warning", announce: Callable[[str
     """Serve until SIGINT/SIGTERM; return the exit code (1 when a model failed to load).
 
     The port is bound first, then ``announce`` (the CLI prints to stderr) gets :func:`describe`, then the models load
-    in the background. On SIGTERM uvicorn stops accepting connections and waits (up to ``body_timeout + timeout + 5``
-    s) for the requests in flight; then the app answers whatever is still queued and stops its workers. uvicorn then
-    re-raises the signal, so the process ends as terminated by SIGTERM (exit status 143 / -15), as a supervisor
-    expects.
+    in the background. Connections are bounded as :mod:`.connections` describes (``--header-timeout``,
+    ``--max-connections``; the soft open-file limit is raised to the hard one first). On SIGTERM uvicorn stops
+    accepting connections and waits (up to ``body_timeout + timeout + 5`` s) for the requests in flight; then the app
+    answers whatever is still queued and stops its workers. uvicorn then re-raises the signal, so the process ends as
+    terminated by SIGTERM (exit status 143 / -15), as a supervisor expects.
     """
     import torch
     import uvicorn
 
     from .app import create_app
+    from .connections import (
+        MAX_HEADER_BYTES,
+        ConnectionLimits,
+        LimitedServer,
+        connection_cap,
+        open_file_limit,
+        protocol_class,
+    )
 
     config.validate_models()
+    open_files = open_file_limit()
+    limits = ConnectionLimits(
+        config.header_timeout, connection_cap(config.max_connections, open_files), config.retry_after, open_files
+    )
     sock = bind(config.host, config.port)
     try:
         if config.threads:
@@ -79,14 +93,17 @@ def run(config: ServeConfig, log_level: str = "warning", announce: Callable[[str
                 server.should_exit = True
 
         app = create_app(config, on_fatal=fatal)
-        server = uvicorn.Server(
+        server = LimitedServer(
             uvicorn.Config(
                 app,
+                http=protocol_class(limits),
+                h11_max_incomplete_event_size=MAX_HEADER_BYTES,
                 log_level=log_level,
                 access_log=False,
                 timeout_graceful_shutdown=int(config.body_timeout + config.timeout) + 5,
                 lifespan="on",
-            )
+            ),
+            limits,
         )
         if config.host not in ("127.0.0.1", "localhost", "::1") and config.token is None:
             logger.warning("serving on %s without a token: anyone who can reach this port can use it", config.host)
