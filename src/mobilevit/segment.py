@@ -148,9 +148,11 @@ def _resize_tile(logits: Tensor, size: tuple[int, int], rows: slice, columns: sl
     top, bottom, down = _taps(rows_in, size[0], rows.start, rows.stop)
     left, right, across = _taps(columns_in, size[1], columns.start, columns.stop)
     needed = torch.unique(torch.cat([top, bottom]))  # sorted: the source rows this tile reads, at most 2 per row
-    source = logits[:, needed]  # [C, h, w] -> [C, k, w]
-    wide = source[:, :, left].mul_(1 - across).add_(source[:, :, right].mul_(across))  # -> [C, k, columns]
-    upper, lower = wide[:, torch.searchsorted(needed, top)], wide[:, torch.searchsorted(needed, bottom)]
+    source = logits.index_select(1, needed)  # [C, h, w] -> [C, k, w]
+    wide = source.index_select(2, left).mul_(1 - across)  # [C, k, w] -> [C, k, columns]
+    wide.add_(source.index_select(2, right).mul_(across))
+    upper = wide.index_select(1, torch.searchsorted(needed, top))  # [C, k, columns] -> [C, rows, columns]
+    lower = wide.index_select(1, torch.searchsorted(needed, bottom))
     del wide
     down = down[:, None]  # [rows] -> [rows, 1]
     return upper.mul_(1 - down).add_(lower.mul_(down))  # 2 x [C, rows, columns] -> [C, rows, columns]
