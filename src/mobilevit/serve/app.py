@@ -3,9 +3,10 @@
 Routes: ``POST /`` (the first model) and ``POST /models/{name}`` speak the Hugging Face Inference API for image
 classification or, for a segmentation model, image segmentation (see :mod:`mobilevit.serve.protocol`); classifiers and
 segmentation models can be served side by side. ``GET /health`` (200 when every model is loaded, else 503),
-``GET /health/live`` (always 200), ``GET /metrics`` (Prometheus), ``GET /docs`` (OpenAPI) and ``GET /`` (a page to
-drop an image on); the ``GET`` routes answer ``HEAD`` too (health checkers). Only the prediction routes need the
-bearer token.
+``GET /health/live`` (always 200), ``GET /metrics`` (Prometheus), ``GET /models/{name}/labels`` (a loaded model's
+class labels, index order: the page colours segmentation classes by index), ``GET /docs`` (OpenAPI) and ``GET /`` (a
+page to drop an image on); the fixed ``GET`` routes answer ``HEAD`` too (health checkers). Only the prediction routes
+need the bearer token.
 
 A prediction request is checked (token, model, model loaded) before its body is read, reads its body within
 ``--body-timeout`` (else 408), and only then takes a place in the model's queue: a slow upload delays only itself.
@@ -394,6 +395,15 @@ class Routes:
         body = {"status": "ok" if ready else "loading", "live": True, "ready": ready, "models": models}
         return JSONResponse(body, status_code=200 if ready else 503, headers=None if ready else self.retry)
 
+    async def labels(self, name: str) -> JSONResponse:
+        """A served model's class labels, index order (404: no such model; 503: not loaded yet)."""
+        engine = self.engines.get(name)
+        if engine is None:
+            return error_response(404, f"no model {clip(name)!r}; served: {', '.join(self.engines)}")
+        if engine.predictor is None:
+            return error_response(503, f"model {name!r} is not loaded yet", self.retry)
+        return JSONResponse({"labels": list(engine.predictor.labels)})
+
     async def live(self) -> JSONResponse:
         return JSONResponse({"live": True})
 
@@ -447,6 +457,12 @@ def add_routes(app: FastAPI, routes: Routes) -> None:
     ]
     for path, endpoint, options in readable:
         app.add_api_route(path, endpoint, methods=["GET"], **options)
+    app.add_api_route(
+        "/models/{name}/labels",
+        routes.labels,
+        methods=["GET"],
+        summary="The named model's class labels, index order (404: no such model, 503: not loaded yet)",
+    )
     # HEAD like GET (uvicorn sends the headers only); out of the schema, where it would repeat the GET operations
     for path, endpoint, _ in readable:
         app.add_api_route(path, endpoint, methods=["HEAD"], include_in_schema=False)
