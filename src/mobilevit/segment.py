@@ -118,8 +118,8 @@ class Segmentation:
 
 def _taps(source: int, target: int, start: int, stop: int) -> tuple[Tensor, Tensor, Tensor]:
     """For outputs ``start..stop-1`` of a resize from ``source`` to ``target`` along one axis: the two source indices
-    each output reads and the weight of the second. PyTorch's bilinear rule with ``align_corners=False``, in float32 as
-    its CPU kernel computes it: the scale ``source / target``, the source coordinate ``(x + 0.5) * scale - 0.5``
+    each output reads and the weight of the second. PyTorch's bilinear rule with ``align_corners=False``, in float32:
+    the scale ``source / target``, the source coordinate ``(x + 0.5) * scale - 0.5``
     clamped at 0, the first index its floor (at most ``source - 1``), the second the next one (at most ``source - 1``).
     """
     scale = torch.tensor(source, dtype=torch.float32) / torch.tensor(target, dtype=torch.float32)
@@ -142,7 +142,8 @@ def _tiles(num_classes: int, height: int, width: int, budget: int) -> Iterator[t
 def _resize_tile(logits: Tensor, size: tuple[int, int], rows: slice, columns: slice) -> Tensor:
     """The ``[C, rows, columns]`` tile of ``upsample_logits(logits[None], size)[0]``, from the source rows and columns
     that tile reads only: each source row it needs resized across the tile's columns (horizontal taps), then each
-    output row blended from its two source rows (vertical taps), the order and float32 arithmetic of PyTorch's kernel.
+    output row blended from its two source rows (vertical taps), in float32 as PyTorch's kernel (whose compiled
+    arithmetic, fused multiply-adds included, can round the last bit of a logit differently).
     """
     _, rows_in, columns_in = logits.shape
     top, bottom, down = _taps(rows_in, size[0], rows.start, rows.stop)
@@ -165,9 +166,10 @@ def segment_logits(
     """The class mask at ``size`` of one image's ``[num_classes, h, w]`` logits, and optionally each class's score.
 
     Equal to ``upsample_logits(logits[None], size)[0].argmax(0)`` (:func:`~mobilevit.layers.upsample_logits`:
-    bilinear, ``align_corners=False``), computed in tiles of output rows and columns, each resized from the source
-    rows and columns it reads: memory stays at a few times ``band_elements`` floats besides the mask, whatever the
-    image's aspect ratio.
+    bilinear, ``align_corners=False``: the same source pixels and weights, in float32, so that a pixel can only differ
+    where its two best classes are within the last bit of a logit), computed in tiles of output rows and columns, each
+    resized from the source rows and columns it reads: memory stays at a few times ``band_elements`` floats besides
+    the mask, whatever the image's aspect ratio.
 
     Args:
         logits: ``[num_classes, h, w]``.

@@ -38,7 +38,7 @@ IGNORE_INDEX = 255  # ground-truth pixels that are not scored (VOC's object boun
 UNCOLOURED = frozenset({"background"})  # classes an overlay leaves as they are (by label, case aside)
 _MASK_MODES = frozenset({"P", "L", "I;16", "I;16B", "I;16L", "I"})
 JPEG_MAX_SIDE = 65_500  # the longest width or height libjpeg (so PIL) writes
-CHUNK_PIXELS = 1 << 20  # pixels counted or tinted per step: the temporaries stay a few MB whatever the image's size
+CHUNK_PIXELS = 1 << 18  # pixels counted or tinted per step: the temporaries stay a few MB whatever the image's size
 
 
 def voc_palette() -> np.ndarray:
