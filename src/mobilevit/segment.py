@@ -119,9 +119,8 @@ class Segmentation:
 def _taps(source: int, target: int, start: int, stop: int) -> tuple[Tensor, Tensor, Tensor]:
     """For outputs ``start..stop-1`` of a resize from ``source`` to ``target`` along one axis: the two source indices
     each output reads and the weight of the second. PyTorch's bilinear rule with ``align_corners=False``, in float32:
-    the scale ``source / target``, the source coordinate ``(x + 0.5) * scale - 0.5``
-    clamped at 0, the first index its floor (at most ``source - 1``), the second the next one (at most ``source - 1``).
-    """
+    the scale ``source / target``, the source coordinate ``(x + 0.5) * scale - 0.5`` clamped at 0, the first index its
+    floor (at most ``source - 1``), the second the next one (at most ``source - 1``)."""
     scale = torch.tensor(source, dtype=torch.float32) / torch.tensor(target, dtype=torch.float32)
     x = ((torch.arange(start, stop, dtype=torch.float32) + 0.5) * scale - 0.5).clamp_(min=0.0)
     first = x.floor().long().clamp_(max=source - 1)
@@ -129,34 +128,32 @@ def _taps(source: int, target: int, start: int, stop: int) -> tuple[Tensor, Tens
     return first, second, x - first
 
 
-def _tiles(num_classes: int, height: int, width: int, budget: int) -> Iterator[tuple[slice, slice]]:
-    """Tiles of an ``height x width`` output, rows first, each at most ``budget`` logits (``num_classes x rows x
-    columns``) and never less than one pixel: whole rows when one row fits, else pieces of one row."""
+def _tiles(num_classes: int, size: tuple[int, int], columns_in: int, budget: int) -> Iterator[tuple[slice, slice]]:
+    """Tiles of an output of ``size`` (H, W), rows first, each at most ``budget`` logits (``num_classes x rows x
+    columns``, or ``x columns_in`` for the rows resized before the columns, when more) and never less than one pixel:
+    whole rows when one row fits, else pieces of one row."""
+    height, width = size
     columns = min(width, max(1, budget // num_classes))
-    rows = max(1, budget // (num_classes * columns)) if columns == width else 1
+    rows = max(1, budget // (num_classes * max(columns, columns_in))) if columns == width else 1
     for top in range(0, height, rows):
         for left in range(0, width, columns):
             yield slice(top, min(top + rows, height)), slice(left, min(left + columns, width))
 
 
 def _resize_tile(logits: Tensor, size: tuple[int, int], rows: slice, columns: slice) -> Tensor:
-    """The ``[C, rows, columns]`` tile of ``upsample_logits(logits[None], size)[0]``, from the source rows and columns
-    that tile reads only: each source row it needs resized across the tile's columns (horizontal taps), then each
-    output row blended from its two source rows (vertical taps), in float32 as PyTorch's kernel (whose compiled
-    arithmetic, fused multiply-adds included, can round the last bit of a logit differently).
+    """The ``[C, rows, columns]`` tile of ``upsample_logits(logits[None], size)[0]``, from the source pixels that tile
+    reads only: each of its rows blended from two source rows (vertical taps), then each of its columns from two of
+    those columns (horizontal taps). The same taps and weights as PyTorch's kernel, in float32 (which resizes the
+    columns first, so that the last bit of a logit can differ).
     """
     _, rows_in, columns_in = logits.shape
     top, bottom, down = _taps(rows_in, size[0], rows.start, rows.stop)
     left, right, across = _taps(columns_in, size[1], columns.start, columns.stop)
-    needed = torch.unique(torch.cat([top, bottom]))  # sorted: the source rows this tile reads, at most 2 per row
-    source = logits.index_select(1, needed)  # [C, h, w] -> [C, k, w]
-    wide = source.index_select(2, left).mul_(1 - across)  # [C, k, w] -> [C, k, columns]
-    wide.add_(source.index_select(2, right).mul_(across))
-    upper = wide.index_select(1, torch.searchsorted(needed, top))  # [C, k, columns] -> [C, rows, columns]
-    lower = wide.index_select(1, torch.searchsorted(needed, bottom))
-    del wide
     down = down[:, None]  # [rows] -> [rows, 1]
-    return upper.mul_(1 - down).add_(lower.mul_(down))  # 2 x [C, rows, columns] -> [C, rows, columns]
+    tall = logits.index_select(1, top).mul_(1 - down)  # [C, h, w] -> [C, rows, w]
+    tall.add_(logits.index_select(1, bottom).mul_(down))
+    tile = tall.index_select(2, left).mul_(1 - across)  # [C, rows, w] -> [C, rows, columns]
+    return tile.add_(tall.index_select(2, right).mul_(across))
 
 
 @torch.inference_mode()
@@ -168,8 +165,8 @@ def segment_logits(
     Equal to ``upsample_logits(logits[None], size)[0].argmax(0)`` (:func:`~mobilevit.layers.upsample_logits`:
     bilinear, ``align_corners=False``: the same source pixels and weights, in float32, so that a pixel can only differ
     where its two best classes are within the last bit of a logit), computed in tiles of output rows and columns, each
-    resized from the source rows and columns it reads: memory stays at a few times ``band_elements`` floats besides
-    the mask, whatever the image's aspect ratio.
+    resized from the source pixels it reads: memory stays at a few times ``band_elements`` floats besides the mask,
+    whatever the image's size and aspect ratio.
 
     Args:
         logits: ``[num_classes, h, w]``.
@@ -187,7 +184,7 @@ def segment_logits(
     mask = torch.empty((height, width), dtype=torch.uint8 if num_classes <= 256 else torch.int32)
     won = torch.zeros(num_classes, dtype=torch.float64)
     confidence = torch.zeros(num_classes, dtype=torch.float64)
-    for rows, columns in _tiles(num_classes, height, width, band_elements):
+    for rows, columns in _tiles(num_classes, size, logits.shape[2], band_elements):
         tile = _resize_tile(logits, size, rows, columns)  # [C, rows, columns]
         best, index = tile.max(0)
         mask[rows, columns] = index.to(mask.dtype)
