@@ -130,8 +130,8 @@ def _taps(source: int, target: int, start: int, stop: int) -> tuple[Tensor, Tens
 
 def _tiles(num_classes: int, size: tuple[int, int], columns_in: int, budget: int) -> Iterator[tuple[slice, slice]]:
     """Tiles of an output of ``size`` (H, W), rows first, each at most ``budget`` logits (``num_classes x rows x
-    columns``, or ``x columns_in`` for the rows resized before the columns, when more) and never less than one pixel:
-    whole rows when one row fits, else pieces of one row."""
+    columns``, or ``x columns_in`` when more: a tile's rows may be resized before its columns) and never less than
+    one pixel: whole rows when one row fits, else pieces of one row."""
     height, width = size
     columns = min(width, max(1, budget // num_classes))
     rows = max(1, budget // (num_classes * max(columns, columns_in))) if columns == width else 1
@@ -142,14 +142,22 @@ def _tiles(num_classes: int, size: tuple[int, int], columns_in: int, budget: int
 
 def _resize_tile(logits: Tensor, size: tuple[int, int], rows: slice, columns: slice) -> Tensor:
     """The ``[C, rows, columns]`` tile of ``upsample_logits(logits[None], size)[0]``, from the source pixels that tile
-    reads only: each of its rows blended from two source rows (vertical taps), then each of its columns from two of
-    those columns (horizontal taps). The same taps and weights as PyTorch's kernel, in float32 (which resizes the
-    columns first, so that the last bit of a logit can differ).
+    reads only: each output row blended from two source rows (vertical taps) and each output column from two source
+    columns (horizontal taps), in whichever order resizes fewer values (the source rows the tile reads across its
+    columns, or its rows down the source's columns). The same taps and weights as PyTorch's kernel, in float32 (its
+    compiled arithmetic can round the last bit of a logit differently).
     """
     _, rows_in, columns_in = logits.shape
     top, bottom, down = _taps(rows_in, size[0], rows.start, rows.stop)
     left, right, across = _taps(columns_in, size[1], columns.start, columns.stop)
     down = down[:, None]  # [rows] -> [rows, 1]
+    first, last = int(top[0]), int(bottom[-1]) + 1  # the source rows the tile reads (the taps never decrease)
+    if (last - first) * len(left) < len(top) * columns_in:  # columns first
+        source = logits[:, first:last]  # [C, h, w] -> [C, k, w]
+        wide = source.index_select(2, left).mul_(1 - across)  # [C, k, w] -> [C, k, columns]
+        wide.add_(source.index_select(2, right).mul_(across))
+        tile = wide.index_select(1, top - first).mul_(1 - down)  # [C, k, columns] -> [C, rows, columns]
+        return tile.add_(wide.index_select(1, bottom - first).mul_(down))
     tall = logits.index_select(1, top).mul_(1 - down)  # [C, h, w] -> [C, rows, w]
     tall.add_(logits.index_select(1, bottom).mul_(down))
     tile = tall.index_select(2, left).mul_(1 - across)  # [C, rows, w] -> [C, rows, columns]
