@@ -3,14 +3,16 @@
 Routes: ``POST /`` (the first model) and ``POST /models/{name}`` speak the Hugging Face Inference API for image
 classification or, for a segmentation model, image segmentation (see :mod:`mobilevit.serve.protocol`); classifiers and
 segmentation models can be served side by side. ``GET /health`` (200 when every model is loaded, else 503),
-``GET /health/live`` (always 200), ``GET /metrics`` (Prometheus), ``GET /models/{name}/labels`` (a loaded model's
-class labels, index order: the page colours segmentation classes by index), ``GET /docs`` (OpenAPI) and ``GET /`` (a
-page to drop an image on); the fixed ``GET`` routes answer ``HEAD`` too (health checkers). Only the prediction routes
-need the bearer token.
+``GET /health/live`` (always 200), ``GET /metrics`` (Prometheus), ``GET /docs`` (OpenAPI) and ``GET /`` (a page to
+drop an image on); the ``GET`` routes answer ``HEAD`` too (health checkers). Only the prediction routes need the
+bearer token.
 
 A prediction request is checked (token, model, model loaded) before its body is read, reads its body within
 ``--body-timeout`` (else 408), and only then takes a place in the model's queue: a slow upload delays only itself.
 Metrics are labelled with served model names only, so nothing a client sends creates state.
+
+``GET /models/{name}/labels`` gives a loaded model's class labels in index order: the page colours a segmentation
+class by its index, with the PASCAL VOC palette of the mask PNGs.
 """
 
 from __future__ import annotations
