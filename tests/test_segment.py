@@ -33,6 +33,7 @@ from mobilevit.data.segmentation import (
     overlay_image,
     read_mask,
     segmentation_scores,
+    share_text,
     voc_palette,
 )
 from mobilevit.errors import UsageError
@@ -96,6 +97,13 @@ def test_overlay_tints_classes_and_leaves_background(tmp_path: Path) -> None:
     assert (with_legend[50:, 70:] == plain[50:, 70:]).all()  # the rest is the same tint
     with pytest.raises(UsageError, match="alpha"):
         overlay_image(image, mask, labels, alpha=1.5)
+
+
+def test_a_class_present_never_reads_as_absent() -> None:
+    """The share written in ``segment``'s output and the overlay's legend: one decimal, and ``<0.1%`` for a class
+    that won a few pixels, as on the server's page."""
+    assert share_text(1 / 3) == "33.3%" and share_text(0.0006) == "0.1%" and share_text(1.0) == "100.0%"
+    assert share_text(1 / 1_000_000) == "<0.1%" and share_text(0.0004) == "<0.1%" and share_text(0.0) == "0.0%"
 
 
 def test_segmentation_set_layouts(tmp_path: Path) -> None:

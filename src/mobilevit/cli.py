@@ -163,7 +163,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from .data.images import find_images
-    from .data.segmentation import JPEG_MAX_SIDE
+    from .data.segmentation import JPEG_MAX_SIDE, share_text
 
     files = find_images(args.paths)
     if not files:
@@ -185,7 +185,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
         mask, overlay = output / f"{stem[0]}_mask.png", output / f"{stem[0]}_overlay.{suffix}"
         answer.mask_image().save(mask)
         answer.overlay().save(overlay, quality=90)
-        shares = ", ".join(f"{c['label']} {c['fraction']:.1%}" for c in answer.classes())
+        shares = ", ".join(f"{c['label']} {share_text(c['fraction'])}" for c in answer.classes())
         record = {"file": path, "mask": str(mask), "overlay": str(overlay), **answer.to_dict()}
         return record, f"{path}: {shares} -> {mask}, {overlay}"
 

@@ -104,6 +104,13 @@ def class_fractions(mask: np.ndarray, num_classes: int) -> np.ndarray:
     return counts / max(mask.size, 1)
 
 
+def share_text(fraction: float) -> str:
+    """A class's share of the image as a percentage with one decimal; a share that rounds to 0.0% but is not zero
+    (a class that won a few pixels) is ``<0.1%``, so that a class present never reads as absent."""
+    shown = f"{fraction:.1%}"
+    return "<0.1%" if shown == "0.0%" and fraction > 0 else shown
+
+
 def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
     try:
         return ImageFont.load_default(size=size)  # a scalable font when Pillow has FreeType
@@ -158,7 +165,7 @@ def overlay_image(
     if legend:
         fractions = class_fractions(mask, len(labels))
         shown = [c for c in np.argsort(-fractions, kind="stable") if fractions[c] > 0 and tinted[c]]
-        rows = [(tuple(int(v) for v in palette[c & 0xFF]), f"{labels[c]} {fractions[c]:.1%}") for c in shown]
+        rows = [(tuple(int(v) for v in palette[c & 0xFF]), f"{labels[c]} {share_text(fractions[c])}") for c in shown]
         if rows:
             _draw_legend(result, rows)  # type: ignore[arg-type]
     return result
@@ -279,5 +286,6 @@ __all__ = [
     "overlay_image",
     "read_mask",
     "segmentation_scores",
+    "share_text",
     "voc_palette",
 ]
