@@ -8,10 +8,12 @@ The models are DeepLabV3-MobileOne-S0 with random weights at a 96x128 input (fas
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -31,9 +33,11 @@ from mobilevit.data.segmentation import (
     overlay_image,
     read_mask,
     segmentation_scores,
+    share_text,
     voc_palette,
 )
 from mobilevit.errors import UsageError
+from mobilevit.evaluate import evaluate_segmentation
 from mobilevit.layers import upsample_logits
 from mobilevit.predict import Predictor
 from mobilevit.segment import Segmenter, segment_logits
@@ -93,6 +97,13 @@ def test_overlay_tints_classes_and_leaves_background(tmp_path: Path) -> None:
     assert (with_legend[50:, 70:] == plain[50:, 70:]).all()  # the rest is the same tint
     with pytest.raises(UsageError, match="alpha"):
         overlay_image(image, mask, labels, alpha=1.5)
+
+
+def test_a_class_present_never_reads_as_absent() -> None:
+    """The share written in ``segment``'s output and the overlay's legend: one decimal, and ``<0.1%`` for a class
+    that won a few pixels, as on the server's page."""
+    assert share_text(1 / 3) == "33.3%" and share_text(0.0006) == "0.1%" and share_text(1.0) == "100.0%"
+    assert share_text(1 / 1_000_000) == "<0.1%" and share_text(0.0004) == "<0.1%" and share_text(0.0) == "0.0%"
 
 
 def test_segmentation_set_layouts(tmp_path: Path) -> None:
@@ -197,6 +208,51 @@ def test_segment_logits_is_interpolate_then_argmax(source: tuple[int, int], size
             assert np.isnan(scores[c])
 
 
+@pytest.mark.parametrize(
+    ("source", "size", "budget"),
+    [
+        ((12, 16), (1, 5000), 21 * 7),  # one row, in pieces of 7 columns
+        ((12, 16), (2500, 1), 21 * 3),  # one column, 3 rows at a time
+        ((12, 16), (2, 999), 5),  # a budget under one pixel's logits: one pixel at a time
+        ((7, 9), (1001, 3), 21 * 50),
+        ((64, 64), (31, 47), 21 * 100),  # fewer pixels than logits: each tile reads two source rows per row
+        ((5, 3), (333, 1201), 1 << 20),
+    ],
+)
+def test_segment_logits_in_tiles_any_aspect_ratio(source: tuple[int, int], size: tuple[int, int], budget: int) -> None:
+    """Tiles of rows and columns, down to one pixel, on odd sizes and extreme aspect ratios: the mask of PyTorch's own
+    float32 resize of the whole map, except where its two best classes tie to float32 rounding (its compiled kernel
+    rounds the last bit its own way), and each class's score from the float64 resize."""
+    logits = torch.randn(21, *source, generator=torch.Generator().manual_seed(5)) * 3
+    mask, scores = segment_logits(logits, size, scores=True, band_elements=budget)
+    full = torch.nn.functional.interpolate(logits[None], size=size, mode="bilinear", align_corners=False)[0]
+    top2 = full.topk(2, dim=0).values  # [2, H, W]
+    differ = mask != full.argmax(0).numpy()
+    assert not (differ & (top2[0] - top2[1] > 1e-5).numpy()).any() and differ.sum() <= differ.size * 1e-5
+    winner = upsample_logits(logits[None].double(), size)[0].softmax(0).max(0).values  # [H, W]
+    present = np.unique(mask)
+    expected = [float(winner[torch.from_numpy(mask == c)].mean()) for c in present]
+    assert scores[present] == pytest.approx(expected, rel=1e-5)
+    assert np.isnan(np.delete(scores, present)).all()
+
+
+def hwm_growth(action: Callable[[], object]) -> int:
+    """How far (bytes) this process's peak resident memory rose above its resident memory while ``action`` ran:
+    Linux's VmHWM, reset to the current VmRSS first (``/proc/self/clear_refs``)."""
+
+    def status(key: str) -> int:
+        text = Path("/proc/self/status").read_text()
+        return int(text.split(f"{key}:", 1)[1].split("kB", 1)[0]) * 1024
+
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
+    except OSError:
+        pytest.skip("no /proc/self/clear_refs to reset the peak resident memory (Linux only)")
+    before = status("VmRSS")
+    action()
+    return status("VmHWM") - before
+
+
 # ------------------------------------------------------------------------------------------------------ the segmenter
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -293,6 +349,56 @@ def test_bad_files_are_reported_in_place(segmenter: Segmenter, shared: Path, tmp
     assert out[4][1].size == Image.open(good[1]).size[::-1]
     with pytest.raises(ImageError, match=r"text\.jpg"):
         segmenter.segment(tmp_path / "text.jpg")
+
+
+def long_thin_png(width: int, height: int) -> bytes:
+    """A PNG of stripes (encoded in memory): a few KB for a million pixels."""
+    stripes = np.zeros((height, width, 3), np.uint8)
+    stripes.reshape(-1, 3)[:, 0] = np.arange(width * height) // 1000 % 2 * 255
+    buffer = io.BytesIO()
+    Image.fromarray(stripes).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def test_mask_making_memory_is_bounded_for_any_aspect_ratio(segmenter: Segmenter, tmp_path: Path) -> None:
+    """A 1,000,000x1 and a 1x1,000,000 image (PNGs of a few KB) segmented with scores, classes, binary masks, mask
+    PNG and overlay, and scored by ``evaluate_segmentation`` against a mask of their size: the peak memory stays within
+    a few tiles and chunks (under 128 MB), not ``num_classes`` floats per column or row of the image."""
+    wide, tall = long_thin_png(1_000_000, 1), long_thin_png(1, 1_000_000)
+    root = tmp_path / "set"
+    for sub in ("images", "masks"):
+        (root / sub).mkdir(parents=True)
+    (root / "images" / "tall.png").write_bytes(tall)
+    mask_image((np.arange(1_000_000) % 21).astype(np.uint8).reshape(1_000_000, 1)).save(root / "masks" / "tall.png")
+    results = []
+
+    def make_masks() -> None:
+        for data in (wide, tall):
+            result = segmenter.segment(data, scores=True)[0]
+            for row in result.classes():
+                result.binary_mask(row["index"]).save(io.BytesIO(), "PNG")
+            result.mask_image()
+            result.overlay()
+            results.append(result)
+        results.append(evaluate_segmentation(segmenter, list_segmentation_set(root)))
+
+    assert hwm_growth(make_masks) < 128 << 20
+    assert results[0].size == (1, 1_000_000) and results[1].size == (1_000_000, 1)
+    assert results[2]["count"] == 1 and results[2]["pixels"] == 1_000_000
+
+
+def test_cli_segment_overlay_beyond_jpeg_side(
+    model_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """An image taller than JPEG's 65,500 pixels gets its overlay as a PNG (the mask as always): both at its size."""
+    image = tmp_path / "tall.png"
+    image.write_bytes(long_thin_png(3, 70_000))
+    argv = ["segment", str(image), "--model", str(model_folder), "--output", str(tmp_path / "out"), "--json"]
+    assert main([*argv, "--no-progress"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert Path(record["overlay"]).name == "tall_overlay.png" and Path(record["mask"]).name == "tall_mask.png"
+    for name in ("overlay", "mask"):
+        assert Image.open(record[name]).size == (3, 70_000)
 
 
 def test_each_task_runs_in_its_own_class(model_folder: Path, segmenter: Segmenter) -> None:

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -28,9 +30,11 @@ import httpx2
 from starlette.testclient import TestClient
 
 import mobilevit
+from mobilevit.data.segmentation import voc_palette
 from mobilevit.predict import Predictor
 from mobilevit.segment import Segmentation, Segmenter
 from mobilevit.serve import ModelSpec, ServeConfig, create_app
+from mobilevit.serve.page import PAGE
 from mobilevit.weights.entries import VOC_LABELS, Preprocess
 from test_serve import photo, wait_ready
 from test_serve_process import free_port, page_dom_when
@@ -169,12 +173,53 @@ def test_classifier_beside_the_segmentation_model(client: TestClient, classifier
     assert '<select id="models">' in client.get("/").text
 
 
+def test_model_labels_route(client: TestClient, classifier: Predictor) -> None:
+    """``GET /models/NAME/labels``: what the page reads to colour each class by its index."""
+    assert client.get("/models/seg/labels").json() == {"labels": list(VOC_LABELS)}
+    assert client.get("/models/cls/labels").json() == {"labels": list(classifier.labels)}
+    response = client.get("/models/nope/labels")
+    assert response.status_code == 404 and "no model 'nope'" in response.json()["error"]
+
+
+def page_functions(*names: str) -> str:
+    """The source of the page script's top-level functions ``names``."""
+    found = [re.search(rf"^(?:async )?function {name}\(.*?^}}$", PAGE, re.S | re.M) for name in names]
+    missing = [name for name, match in zip(names, found, strict=True) if match is None]
+    assert not missing, f"the page script has no function {', '.join(missing)}"
+    return "\n".join(match.group(0) for match in found if match is not None)
+
+
+def test_page_script_colours_classes_by_index_with_the_voc_palette() -> None:
+    """The page's own functions, run in Node: class index i takes the VOC palette's colour i (the mask PNGs' and
+    ``mobilevit segment``'s), each answer element's index is found from the model's labels in class order (a repeated
+    label too), and a class that won too few pixels to show a share reads ``<0.1%``, never ``0.0%``."""
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node is not installed")
+    script = (
+        page_functions("vocColour", "classIndices", "shareText")
+        + """
+    console.log(JSON.stringify({
+      palette: Array.from({length: 256}, (_, i) => vocColour(i)),
+      wrapped: vocColour(256 + 15),
+      indices: classIndices([{label: "b"}, {label: "x"}, {label: "b"}, {label: "zz"}], ["a", "b", "x", "b"]),
+      shares: [shareText(1, 1000000), shareText(499, 1000000), shareText(600, 1000000), shareText(1, 3)],
+    }));"""
+    )
+    result = json.loads(subprocess.run([node, "-e", script], capture_output=True, text=True, check=True).stdout)
+    assert result["palette"] == voc_palette().tolist()
+    assert result["wrapped"] == voc_palette()[15].tolist()  # the PNGs' palette has 256 entries: index & 255
+    assert result["indices"] == [1, 2, 3, -1]
+    assert result["shares"] == ["<0.1% of the image", "<0.1% of the image", "0.1% of the image", "33.3% of the image"]
+
+
 # ------------------------------------------------------------------------------------------------- a real process
 
 
 @pytest.fixture(scope="module")
-def server(folders: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """``mobilevit serve`` with the segmentation models and the classifier side by side (the classifier first)."""
+def served(folders: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int]]:
+    """``mobilevit serve`` with the segmentation models and the classifier side by side (the classifier first): its
+    URL and process id."""
     port = free_port()
     log = tmp_path_factory.mktemp("serve_seg_log") / "server.log"
     models = [f"cls={folders['classifier']}", f"seg={folders['seg']}", f"page={folders['page']}"]
@@ -192,9 +237,14 @@ def server(folders: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -
         except httpx2.TransportError:
             pass
         time.sleep(0.2)
-    yield url
+    yield url, proc.pid
     proc.terminate()
     proc.wait(timeout=60)
+
+
+@pytest.fixture(scope="module")
+def server(served: tuple[str, int]) -> str:
+    return served[0]
 
 
 def test_huggingface_client(server: str, segmenter: Segmenter, classifier: Predictor, tmp_path: Path) -> None:
@@ -225,6 +275,34 @@ def test_huggingface_client(server: str, segmenter: Segmenter, classifier: Predi
     assert [a.label for a in classify(path, top_k=3)] == labels
 
 
+def memory(pid: int, key: str) -> int:
+    """A process's ``VmRSS`` or ``VmHWM`` (its peak) in bytes."""
+    return int(Path(f"/proc/{pid}/status").read_text().split(f"{key}:", 1)[1].split("kB", 1)[0]) * 1024
+
+
+def test_a_long_thin_image_is_answered_in_bounded_memory(served: tuple[str, int]) -> None:
+    """A 1,000,000x1 PNG (a few KB) to the real server: 200 with a mask of that size per class, and the server's peak
+    resident memory rises by a few tiles of logits, not ``num_classes`` floats per image column (~0.7 GB here)."""
+    url, pid = served
+    try:
+        Path(f"/proc/{pid}/clear_refs").write_text("5")  # the server's VmHWM := its VmRSS
+    except OSError:
+        pytest.skip("no /proc/PID/clear_refs to reset the peak resident memory (Linux only)")
+    before = memory(pid, "VmRSS")
+    stripes = np.zeros((1, 1_000_000, 3), np.uint8)
+    stripes[0, :, 0] = np.arange(1_000_000) // 1000 % 2 * 255
+    buffer = io.BytesIO()
+    Image.fromarray(stripes).save(buffer, "PNG")
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    response = httpx2.post(f"{url}/models/seg", content=buffer.getvalue(), headers=headers, timeout=120)
+    growth = memory(pid, "VmHWM") - before
+    assert response.status_code == 200, response.text[:500]
+    decoded = masks(response.json())
+    assert decoded and all(mask.shape == (1, 1_000_000) for mask in decoded.values())
+    assert (sum((mask == 255).astype(np.int32) for mask in decoded.values()) == 1).all()  # each pixel in one mask
+    assert growth < 256 << 20, f"the server's peak memory rose by {growth >> 20} MB"
+
+
 def test_page_shows_the_overlay_in_headless_chromium(server: str, tmp_path: Path) -> None:
     url = f"{server}/?demo=1&model=page&token={TOKEN}"
     status = 'document.getElementById("status").textContent'
@@ -236,3 +314,10 @@ def test_page_shows_the_overlay_in_headless_chromium(server: str, tmp_path: Path
     # the demo picture is 224x224 and no class is called background: every pixel tinted
     assert tinted == 224 * 224, dom[-3000:]
     assert '<option value="seg">seg (segmentation)</option>' in dom, dom[:3000]
+    # each class in the colour of its index in the VOC palette, as in the mask PNGs and `mobilevit segment`'s overlays
+    rows = re.findall(r'<tr class="segment".*?<span class="swatch" style="background: rgb\((\d+), (\d+), (\d+)\);">'
+                      r"</span> <span>([^<]*)</span>", dom)  # fmt: skip
+    assert len(rows) == dom.count('class="segment"'), dom[-3000:]
+    for *colour, label in rows:
+        assert [int(c) for c in colour] == voc_palette()[PAGE_LABELS.index(label)].tolist(), (label, colour)
+    assert ">0.0% of the image<" not in dom and dom.count("% of the image</td>") == len(rows)

@@ -169,6 +169,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from .data.images import find_images
+    from .data.segmentation import JPEG_MAX_SIDE, share_text
 
     files = find_images(args.paths)
     if not files:
@@ -186,10 +187,11 @@ def cmd_segment(args: argparse.Namespace) -> int:
             yield path, answer
 
     def describe(path: str, answer: Segmentation) -> tuple[dict, str]:
-        mask, overlay = output / f"{stem[0]}_mask.png", output / f"{stem[0]}_overlay.jpg"
+        suffix = "jpg" if max(answer.size) <= JPEG_MAX_SIDE else "png"  # JPEG cannot store a longer side
+        mask, overlay = output / f"{stem[0]}_mask.png", output / f"{stem[0]}_overlay.{suffix}"
         answer.mask_image().save(mask)
         answer.overlay().save(overlay, quality=90)
-        shares = ", ".join(f"{c['label']} {c['fraction']:.1%}" for c in answer.classes())
+        shares = ", ".join(f"{c['label']} {share_text(c['fraction'])}" for c in answer.classes())
         record = {"file": path, "mask": str(mask), "overlay": str(overlay), **answer.to_dict()}
         return record, f"{path}: {shares} -> {mask}, {overlay}"
 
@@ -663,7 +665,8 @@ def _segment_args(p: argparse.ArgumentParser) -> None:
         required=True,
         metavar="DIR",
         help="folder for each image's STEM_mask.png (palette PNG: the palette index is the class, at the image's "
-        "size) and STEM_overlay.jpg (the image tinted by class, with a legend); a repeated stem gets _2, _3, ...",
+        "size) and STEM_overlay.jpg (the image tinted by class, with a legend; .png for an image wider or taller than "
+        "JPEG's 65,500 pixels); a repeated stem gets _2, _3, ...",
     )
     _predictor_args(p, segmentation=True)
     p.set_defaults(func=cmd_segment)

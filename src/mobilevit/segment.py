@@ -9,7 +9,8 @@ weights' preprocessing settings, labels, batching and file loop, with three diff
 - the model's ``[num_classes, h, w]`` logits are resized back to the image's size as
   :func:`~mobilevit.layers.upsample_logits` resizes them (bilinear, ``align_corners=False``, as transformers'
   ``post_process_semantic_segmentation``), and each pixel takes its highest-scoring class (:func:`segment_logits`).
-  This runs in bands of rows, so that a large photo never holds ``num_classes`` full-size float maps at once;
+  This runs in tiles of rows and columns, so that no image, however large or however long and thin, ever holds
+  ``num_classes`` full-size float maps (or full-width rows of them) at once;
 - images are always decoded exactly (``fast_decode`` does not apply): the mask must have the input's size.
 
 Example::
@@ -33,7 +34,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor, nn
 
@@ -44,7 +44,7 @@ from .predict import ImageInput, Predictor, check_exported_weights, check_finite
 from .runtime import EXPORTED_BACKENDS, Runtime, open_runtime, resolve_backend
 from .weights.entries import Preprocess, segmentation_preprocess
 
-BAND_ELEMENTS = 1 << 22  # logits resized per step (num_classes x rows x width): 16 MB of float32
+BAND_ELEMENTS = 1 << 20  # logits resized per tile (num_classes x rows x columns): 4 MB of float32
 
 
 @dataclass(frozen=True, eq=False)
@@ -98,7 +98,9 @@ class Segmentation:
 
     def binary_mask(self, index: int) -> Image.Image:
         """An 8-bit image, 255 where class ``index`` won and 0 elsewhere."""
-        return Image.fromarray((self.mask == index).view(np.uint8) * np.uint8(255))
+        pixels = np.equal(self.mask, index).view(np.uint8)  # [H, W] 0 / 1, made 0 / 255 in place
+        pixels *= np.uint8(255)
+        return Image.fromarray(pixels)
 
     def overlay(self, image: Image.Image | None = None, alpha: float = 0.5, legend: bool = True) -> Image.Image:
         """The image tinted with each class's colour (``background`` untinted) and a legend of the classes present.
@@ -114,14 +116,52 @@ class Segmentation:
         return overlay_image(image, self.mask, self.labels, alpha, legend)
 
 
-def _vertical_taps(source: int, target: int) -> tuple[Tensor, Tensor, Tensor]:
-    """The two source rows and the weight of the second for each of ``target`` rows: PyTorch's bilinear rule with
-    ``align_corners=False`` (source coordinate ``(y + 0.5) * source / target - 0.5``, clamped at 0), in float32."""
-    scale = torch.tensor(source / target, dtype=torch.float32)
-    y = ((torch.arange(target, dtype=torch.float32) + 0.5) * scale - 0.5).clamp_(min=0.0)
-    first = y.floor().long().clamp_(max=source - 1)
+def _taps(source: int, target: int, start: int, stop: int) -> tuple[Tensor, Tensor, Tensor]:
+    """For outputs ``start..stop-1`` of a resize from ``source`` to ``target`` along one axis: the two source indices
+    each output reads and the weight of the second. PyTorch's bilinear rule with ``align_corners=False``, in float32:
+    the scale ``source / target``, the source coordinate ``(x + 0.5) * scale - 0.5`` clamped at 0, the first index its
+    floor (at most ``source - 1``), the second the next one (at most ``source - 1``)."""
+    scale = torch.tensor(source, dtype=torch.float32) / torch.tensor(target, dtype=torch.float32)
+    x = ((torch.arange(start, stop, dtype=torch.float32) + 0.5) * scale - 0.5).clamp_(min=0.0)
+    first = x.floor().long().clamp_(max=source - 1)
     second = (first + 1).clamp_(max=source - 1)
-    return first, second, y - first
+    return first, second, x - first
+
+
+def _tiles(num_classes: int, size: tuple[int, int], columns_in: int, budget: int) -> Iterator[tuple[slice, slice]]:
+    """Tiles of an output of ``size`` (H, W), rows first, each at most ``budget`` logits (``num_classes x rows x
+    columns``, or ``x columns_in`` when more: a tile's rows may be resized before its columns) and never less than
+    one pixel: whole rows when one row fits, else pieces of one row."""
+    height, width = size
+    columns = min(width, max(1, budget // num_classes))
+    rows = max(1, budget // (num_classes * max(columns, columns_in))) if columns == width else 1
+    for top in range(0, height, rows):
+        for left in range(0, width, columns):
+            yield slice(top, min(top + rows, height)), slice(left, min(left + columns, width))
+
+
+def _resize_tile(logits: Tensor, size: tuple[int, int], rows: slice, columns: slice) -> Tensor:
+    """The ``[C, rows, columns]`` tile of ``upsample_logits(logits[None], size)[0]``, from the source pixels that tile
+    reads only: each output row blended from two source rows (vertical taps) and each output column from two source
+    columns (horizontal taps), in whichever order resizes fewer values (the source rows the tile reads across its
+    columns, or its rows down the source's columns). The same taps and weights as PyTorch's kernel, in float32 (its
+    compiled arithmetic can round the last bit of a logit differently).
+    """
+    _, rows_in, columns_in = logits.shape
+    top, bottom, down = _taps(rows_in, size[0], rows.start, rows.stop)
+    left, right, across = _taps(columns_in, size[1], columns.start, columns.stop)
+    down = down[:, None]  # [rows] -> [rows, 1]
+    first, last = int(top[0]), int(bottom[-1]) + 1  # the source rows the tile reads (the taps never decrease)
+    if (last - first) * len(left) < len(top) * columns_in:  # columns first
+        source = logits[:, first:last]  # [C, h, w] -> [C, k, w]
+        wide = source.index_select(2, left).mul_(1 - across)  # [C, k, w] -> [C, k, columns]
+        wide.add_(source.index_select(2, right).mul_(across))
+        tile = wide.index_select(1, top - first).mul_(1 - down)  # [C, k, columns] -> [C, rows, columns]
+        return tile.add_(wide.index_select(1, bottom - first).mul_(down))
+    tall = logits.index_select(1, top).mul_(1 - down)  # [C, h, w] -> [C, rows, w]
+    tall.add_(logits.index_select(1, bottom).mul_(down))
+    tile = tall.index_select(2, left).mul_(1 - across)  # [C, rows, w] -> [C, rows, columns]
+    return tile.add_(tall.index_select(2, right).mul_(across))
 
 
 @torch.inference_mode()
@@ -131,34 +171,33 @@ def segment_logits(
     """The class mask at ``size`` of one image's ``[num_classes, h, w]`` logits, and optionally each class's score.
 
     Equal to ``upsample_logits(logits[None], size)[0].argmax(0)`` (:func:`~mobilevit.layers.upsample_logits`:
-    bilinear, ``align_corners=False``), computed in bands of output rows (widths first, then each band's rows), so that
-    memory stays at ``band_elements`` floats.
+    bilinear, ``align_corners=False``: the same source pixels and weights, in float32, so that a pixel can only differ
+    where its two best classes are within the last bit of a logit), computed in tiles of output rows and columns, each
+    resized from the source pixels it reads: memory stays at a few times ``band_elements`` floats besides the mask,
+    whatever the image's size and aspect ratio.
 
     Args:
         logits: ``[num_classes, h, w]``.
         size: (H, W) of the mask.
         scores: also return ``[num_classes]``: each class's mean softmax probability over the pixels it won
             (``nan`` for a class that won none).
-        band_elements: the largest ``num_classes x rows x W`` resized at once.
+        band_elements: the largest ``num_classes x rows x columns`` tile resized at once (at least one pixel's
+            ``num_classes`` logits).
     """
     if logits.ndim != 3:
         raise UsageError(f"expected [num_classes, h, w] logits, got shape {tuple(logits.shape)}")
-    num_classes, rows_in, _ = logits.shape
+    num_classes = logits.shape[0]
     height, width = size
-    wide = F.interpolate(logits[None].float(), size=(rows_in, width), mode="bilinear", align_corners=False)[0]
-    first, second, weight = _vertical_taps(rows_in, height)
+    logits = logits.float()
     mask = torch.empty((height, width), dtype=torch.uint8 if num_classes <= 256 else torch.int32)
     won = torch.zeros(num_classes, dtype=torch.float64)
     confidence = torch.zeros(num_classes, dtype=torch.float64)
-    step = max(1, band_elements // max(num_classes * width, 1))
-    for start in range(0, height, step):
-        rows = slice(start, min(start + step, height))
-        w = weight[rows].view(1, -1, 1)
-        band = wide[:, first[rows]] * (1 - w) + wide[:, second[rows]] * w  # [C, h, W] -> [C, rows, W]
-        best, index = band.max(0)
-        mask[rows] = index.to(mask.dtype)
+    for rows, columns in _tiles(num_classes, size, logits.shape[2], band_elements):
+        tile = _resize_tile(logits, size, rows, columns)  # [C, rows, columns]
+        best, index = tile.max(0)
+        mask[rows, columns] = index.to(mask.dtype)
         if scores:
-            probability = (band - best).exp_().sum(0).reciprocal_()  # the winner's softmax probability
+            probability = (tile - best).exp_().sum(0).reciprocal_()  # the winner's softmax probability
             won += torch.bincount(index.ravel(), minlength=num_classes).double()
             confidence += torch.bincount(index.ravel(), weights=probability.ravel().double(), minlength=num_classes)
     if not scores:

@@ -23,7 +23,7 @@ over every class, which is the same number whenever every class occurs, as on th
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,8 @@ from .images import IMAGE_SUFFIXES, ImageError
 IGNORE_INDEX = 255  # ground-truth pixels that are not scored (VOC's object boundaries and "void")
 UNCOLOURED = frozenset({"background"})  # classes an overlay leaves as they are (by label, case aside)
 _MASK_MODES = frozenset({"P", "L", "I;16", "I;16B", "I;16L", "I"})
+JPEG_MAX_SIDE = 65_500  # the longest width or height libjpeg (so PIL) writes
+CHUNK_PIXELS = 1 << 18  # pixels counted or tinted per step: the temporaries stay a few MB whatever the image's size
 
 
 def voc_palette() -> np.ndarray:
@@ -88,10 +90,25 @@ def mask_image(mask: np.ndarray) -> Image.Image:
     return img
 
 
+def _chunks(*arrays: np.ndarray) -> Iterator[tuple[np.ndarray, ...]]:
+    """Arrays of pixels along their first axis (``[N]``, ``[N, 3]``), :data:`CHUNK_PIXELS` pixels at a time (views)."""
+    for start in range(0, len(arrays[0]), CHUNK_PIXELS):
+        yield tuple(a[start : start + CHUNK_PIXELS] for a in arrays)
+
+
 def class_fractions(mask: np.ndarray, num_classes: int) -> np.ndarray:
     """``[num_classes]`` float64: the fraction of the mask's pixels given to each class."""
-    counts = np.bincount(mask.ravel(), minlength=num_classes)[:num_classes]
+    counts = np.zeros(num_classes, dtype=np.int64)
+    for (chunk,) in _chunks(mask.reshape(-1)):
+        counts += np.bincount(chunk, minlength=num_classes)[:num_classes]
     return counts / max(mask.size, 1)
+
+
+def share_text(fraction: float) -> str:
+    """A class's share of the image as a percentage with one decimal; a share that rounds to 0.0% but is not zero
+    (a class that won a few pixels) is ``<0.1%``, so that a class present never reads as absent."""
+    shown = f"{fraction:.1%}"
+    return "<0.1%" if shown == "0.0%" and fraction > 0 else shown
 
 
 def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
@@ -136,18 +153,19 @@ def overlay_image(
     img = image.convert("RGB")
     if img.size != (width, height):
         img = img.resize((width, height), Image.Resampling.BILINEAR)
-    palette = voc_palette()
+    palette = voc_palette().astype(np.uint16)
     tinted = np.array([label.casefold() not in UNCOLOURED for label in labels] + [True] * 256, dtype=bool)
-    pixels = np.asarray(img).astype(np.uint16)  # [H, W, 3]
-    colours = palette[mask & 0xFF].astype(np.uint16)  # [H, W] -> [H, W, 3]
     weight = round(alpha * 256)
-    blended = (pixels * (256 - weight) + colours * weight) >> 8
-    out = np.where(tinted[mask][..., None], blended, pixels).astype(np.uint8)
+    out = np.array(img)  # [H, W, 3] uint8, tinted in place a chunk of pixels at a time
+    for classes, pixels in _chunks(mask.reshape(-1), out.reshape(-1, 3)):
+        blended = (pixels.astype(np.uint16) * (256 - weight) + palette[classes & 0xFF] * weight) >> 8  # [N, 3]
+        chosen = tinted[classes]
+        pixels[chosen] = blended[chosen]
     result = Image.fromarray(out)
     if legend:
         fractions = class_fractions(mask, len(labels))
         shown = [c for c in np.argsort(-fractions, kind="stable") if fractions[c] > 0 and tinted[c]]
-        rows = [(tuple(int(v) for v in palette[c & 0xFF]), f"{labels[c]} {fractions[c]:.1%}") for c in shown]
+        rows = [(tuple(int(v) for v in palette[c & 0xFF]), f"{labels[c]} {share_text(fractions[c])}") for c in shown]
         if rows:
             _draw_legend(result, rows)  # type: ignore[arg-type]
     return result
@@ -212,18 +230,19 @@ def confusion_matrix(
     """
     if prediction.shape != target.shape:
         raise UsageError(f"prediction {tuple(prediction.shape)} and target {tuple(target.shape)} differ in shape")
-    target = target.ravel().astype(np.int64)
-    prediction = prediction.ravel().astype(np.int64)
-    kept = target != ignore_index
-    target, prediction = target[kept], prediction[kept]
-    bad = np.unique(target[(target < 0) | (target >= num_classes)])
-    if bad.size:
-        shown = ", ".join(str(v) for v in bad[:5].tolist())
-        raise UsageError(
-            f"ground-truth class indices {shown} are outside the model's {num_classes} classes "
-            f"(and not the ignore index {ignore_index})"
-        )
-    counts = np.bincount(target * num_classes + prediction, minlength=num_classes * num_classes)
+    counts = np.zeros(num_classes * num_classes, dtype=np.int64)
+    for truth, predicted in _chunks(target.reshape(-1), prediction.reshape(-1)):
+        truth, predicted = truth.astype(np.int64), predicted.astype(np.int64)
+        kept = truth != ignore_index
+        truth, predicted = truth[kept], predicted[kept]
+        bad = np.unique(truth[(truth < 0) | (truth >= num_classes)])
+        if bad.size:
+            shown = ", ".join(str(v) for v in bad[:5].tolist())
+            raise UsageError(
+                f"ground-truth class indices {shown} are outside the model's {num_classes} classes "
+                f"(and not the ignore index {ignore_index})"
+            )
+        counts += np.bincount(truth * num_classes + predicted, minlength=num_classes * num_classes)
     return counts.reshape(num_classes, num_classes)
 
 
@@ -258,6 +277,7 @@ def segmentation_scores(confmat: np.ndarray, labels: Sequence[str] | None = None
 
 __all__ = [
     "IGNORE_INDEX",
+    "JPEG_MAX_SIDE",
     "VOC_LABELS",
     "class_fractions",
     "confusion_matrix",
@@ -266,5 +286,6 @@ __all__ = [
     "overlay_image",
     "read_mask",
     "segmentation_scores",
+    "share_text",
     "voc_palette",
 ]

@@ -11,6 +11,9 @@ checkers). Only the prediction routes need the bearer token.
 A prediction request is checked (token, model, model loaded) before its body is read, reads its body within
 ``--body-timeout`` (else 408), and only then takes a place in the model's queue: a slow upload delays only itself.
 Metrics are labelled with served model names only, so nothing a client sends creates state.
+
+``GET /models/{name}/labels`` gives a loaded model's class labels in index order: the page colours a segmentation
+class by its index, with the PASCAL VOC palette of the mask PNGs.
 """
 
 from __future__ import annotations
@@ -421,6 +424,15 @@ class Routes:
         headers = self.retry if status == "loading" else None  # a failing model is not cured by waiting
         return JSONResponse(body, status_code=200 if ready else 503, headers=headers)
 
+    async def labels(self, name: str) -> JSONResponse:
+        """A served model's class labels, index order (404: no such model; 503: not loaded yet)."""
+        engine = self.engines.get(name)
+        if engine is None:
+            return error_response(404, f"no model {clip(name)!r}; served: {', '.join(self.engines)}")
+        if engine.predictor is None:
+            return error_response(503, f"model {name!r} is not loaded yet", self.retry)
+        return JSONResponse({"labels": list(engine.predictor.labels)})
+
     async def live(self) -> JSONResponse:
         return JSONResponse({"live": True})
 
@@ -478,6 +490,12 @@ def add_routes(app: FastAPI, routes: Routes) -> None:
     ]
     for path, endpoint, options in readable:
         app.add_api_route(path, endpoint, methods=["GET"], **options)
+    app.add_api_route(
+        "/models/{name}/labels",
+        routes.labels,
+        methods=["GET"],
+        summary="The named model's class labels, index order (404: no such model, 503: not loaded yet)",
+    )
     # HEAD like GET (uvicorn sends the headers only); out of the schema, where it would repeat the GET operations
     for path, endpoint, _ in readable:
         app.add_api_route(path, endpoint, methods=["HEAD"], include_in_schema=False)

@@ -1,6 +1,11 @@
 """The minimal HTML page served at ``GET /``: pick a served model, drop an image, see the top-5 or, for a
 segmentation model, the image tinted by class with a legend (each class's colour, score and share of the image).
 
+A class is coloured as in the mask PNGs and overlays of ``mobilevit segment``: class index ``i`` takes the PASCAL VOC
+palette's colour ``i`` (:func:`mobilevit.data.segmentation.voc_palette`), the index found from the model's labels
+(``GET /models/NAME/labels``), and classes called ``background`` are left untinted. The answer lists only classes
+that won pixels, so a share too small to show is written ``<0.1%``, never ``0.0%``.
+
 ``/?demo=1`` sends a picture drawn in the page itself (no file needed), which is how the headless-browser tests
 drive it; ``&model=NAME`` picks the model (default: the first served), ``&token=T`` sends a bearer token.
 """
@@ -55,8 +60,37 @@ async function listModels() {  // every served model and its task, from /health 
 
 function vocColour(index) {  // the PASCAL VOC palette: the index's bits dealt to red, green, blue from the top bit
   const rgb = [0, 0, 0];
+  index &= 255;  // the palette has 256 colours, as the mask PNGs'
   for (let k = 0; k < 8; k++) for (let c = 0; c < 3; c++) rgb[c] |= ((index >> (3 * k + c)) & 1) << (7 - k);
   return rgb;
+}
+
+const labelsOf = {};  // model name -> its class labels, index order
+
+async function modelLabels(name) {
+  if (!(name in labelsOf)) {
+    const response = await fetch("models/" + encodeURIComponent(name) + "/labels");
+    const body = await response.json();
+    if (!response.ok) throw new Error(body.error || response.statusText);
+    labelsOf[name] = body.labels;
+  }
+  return labelsOf[name];
+}
+
+function classIndices(answer, labels) {  // each segment's class index: the answer is in class order (labels may repeat)
+  const indices = [];
+  let next = 0;
+  for (const segment of answer) {
+    const index = labels.indexOf(segment.label, next);
+    indices.push(index);  // -1: not one of the model's labels (left untinted)
+    if (index >= 0) next = index + 1;
+  }
+  return indices;
+}
+
+function shareText(count, total) {  // a listed class won pixels: a share that rounds to 0.0% is shown as <0.1%
+  const shown = (100 * count / total).toFixed(1);
+  return (shown === "0.0" ? "<0.1" : shown) + "% of the image";
 }
 
 async function decodeImage(src) {
@@ -66,7 +100,8 @@ async function decodeImage(src) {
   return img;
 }
 
-async function showSegments(photoUrl, answer, body) {  // tint each class's pixels, list the classes
+async function showSegments(photoUrl, answer, labels, body) {  // tint each class's pixels, list the classes
+  const indices = classIndices(answer, labels);
   const photo = await decodeImage(photoUrl);
   const canvas = document.createElement("canvas");
   canvas.className = "overlay";
@@ -74,9 +109,10 @@ async function showSegments(photoUrl, answer, body) {  // tint each class's pixe
   const ctx = canvas.getContext("2d", {willReadFrequently: true});
   ctx.drawImage(photo, 0, 0);
   const pixels = ctx.getImageData(0, 0, canvas.width, canvas.height);
-  let rank = 0, tinted = 0;
-  for (const segment of answer) {
-    const colour = segment.label.toLowerCase() === "background" ? null : vocColour(++rank);
+  let tinted = 0;
+  for (const [i, segment] of answer.entries()) {
+    const index = indices[i];
+    const colour = index < 0 || segment.label.toLowerCase() === "background" ? null : vocColour(index);
     const mask = await decodeImage("data:image/png;base64," + segment.mask);
     const scratch = document.createElement("canvas");
     scratch.width = canvas.width; scratch.height = canvas.height;
@@ -89,14 +125,16 @@ async function showSegments(photoUrl, answer, body) {  // tint each class's pixe
       count++;
       if (colour) for (let c = 0; c < 3; c++) pixels.data[i + c] = (pixels.data[i + c] + colour[c]) >> 1;
     }
+    if (count === 0) continue;  // no pixel of the class at the photo's size: nothing to show
     if (colour) tinted += count;
     const tr = document.createElement("tr");
     tr.className = "segment";
+    tr.dataset.index = index;
     tr.innerHTML = "<td><span class=swatch></span> <span></span></td><td></td><td></td>";
     tr.querySelector(".swatch").style.background = colour ? "rgb(" + colour.join(",") + ")" : "transparent";
     tr.children[0].children[1].textContent = segment.label;
     tr.children[1].textContent = segment.score == null ? "" : segment.score.toFixed(4);
-    tr.children[2].textContent = (100 * count / (canvas.width * canvas.height)).toFixed(1) + "% of the image";
+    tr.children[2].textContent = shareText(count, canvas.width * canvas.height);
     body.appendChild(tr);
   }
   ctx.putImageData(pixels, 0, 0);
@@ -118,14 +156,15 @@ async function classify(blob) {
   const headers = {"Content-Type": blob.type || "application/octet-stream"};
   if (token) headers["Authorization"] = "Bearer " + token;
   try {
-    const url = "models/" + encodeURIComponent(models.value);
+    const model = models.value;
+    const url = "models/" + encodeURIComponent(model);
     const response = await fetch(url, {method: "POST", headers: headers, body: blob});
     const answer = await response.json();
     if (!response.ok) throw new Error(answer.error || response.statusText);
     const body = document.querySelector("#results tbody");
     body.innerHTML = "";
     if (answer.length && "mask" in answer[0]) {  // a segmentation model's answer
-      await showSegments(photoUrl, answer, body);
+      await showSegments(photoUrl, answer, await modelLabels(model), body);
       statusEl.textContent = "done";
       return;
     }
