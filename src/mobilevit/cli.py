@@ -839,6 +839,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    if args.verbose:
+        from .runtime.quiet import show_third_party_output
+
+        show_third_party_output()  # what ExecuTorch, LiteRT and TensorFlow print, as they print it
     try:
         return args.func(args) or 0
     except (MobileViTError, OSError) as err:  # what a user can fix (files included); a bug shows its traceback
