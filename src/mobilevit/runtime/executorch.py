@@ -16,6 +16,7 @@ import json
 import os
 import re
 import threading
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -40,12 +41,14 @@ HEADER_MIN_LENGTH = 24  # magic, length, program size, segment offset (the segme
 
 def _executorch_runtime() -> Any:
     """ExecuTorch's process-wide ``Runtime``, or an ImportError saying how to install ExecuTorch."""
-    try:
-        with third_party_output("ExecuTorch"):  # torchao, imported with it, warns about its enums
+    # torchao, imported with it, warns about its enums; its Python bindings say that they are experimental
+    with third_party_output("ExecuTorch"), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "This API is experimental")
+        try:
             from executorch.runtime import Runtime as ExecuTorch
-    except ImportError as err:
-        raise MissingDependencyError(INSTALL_HINT) from err
-    return ExecuTorch.get()
+        except ImportError as err:
+            raise MissingDependencyError(INSTALL_HINT) from err
+        return ExecuTorch.get()
 
 
 def load_program(path: str | os.PathLike) -> Any:
@@ -121,7 +124,9 @@ def set_threads(threads: int) -> None:
     check_threads(threads, "ExecuTorch")
     if not threads:
         return
-    from executorch.extension.pybindings import portable_lib
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "This API is experimental")
+        from executorch.extension.pybindings import portable_lib
 
     # the pool is shared by every program of the process: resize it only when the count changes
     if portable_lib._threadpool_get_thread_count() != threads:
