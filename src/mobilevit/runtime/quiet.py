@@ -23,8 +23,9 @@ logger = logging.getLogger(__name__)
 
 # loggers of other packages that warn about their own internals on every import
 NOISY_LOGGERS = ("torch.utils._pytree",)
-# TensorFlow reads these when it is imported (by the LiteRT converter): errors only, and no note about oneDNN
-TENSORFLOW_ENVIRONMENT = {"TF_CPP_MIN_LOG_LEVEL": "2", "TF_ENABLE_ONEDNN_OPTS": "0"}
+# TensorFlow reads this when it is imported (by the LiteRT converter): its C++ logs errors only (its INFO note about
+# oneDNN included; TF_ENABLE_ONEDNN_OPTS, which would also silence it, is left alone: it changes TensorFlow's numerics)
+TENSORFLOW_ENVIRONMENT = {"TF_CPP_MIN_LOG_LEVEL": "2"}
 
 
 def show_third_party_output() -> None:
@@ -60,8 +61,12 @@ def third_party_output(what: str) -> Iterator[None]:
     python_text = io.StringIO()
     with tempfile.TemporaryFile() as sink:
         sys.stderr.flush()
-        saved = os.dup(2)
-        os.dup2(sink.fileno(), 2)
+        try:
+            saved = os.dup(2)
+        except OSError:  # no file descriptor 2 (a detached process): nothing to catch there
+            saved = None
+        else:
+            os.dup2(sink.fileno(), 2)
         try:
             for name in NOISY_LOGGERS:
                 logging.getLogger(name).setLevel(logging.ERROR)
@@ -69,8 +74,9 @@ def third_party_output(what: str) -> Iterator[None]:
                 yield
         finally:
             sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
+            if saved is not None:
+                os.dup2(saved, 2)
+                os.close(saved)
             for name, level in levels.items():
                 logging.getLogger(name).setLevel(level)
             sink.seek(0)
