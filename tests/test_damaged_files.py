@@ -64,32 +64,33 @@ if ".tflite" in suffixes:
     export_litert(model, folder / "tiny.tflite", meta)
 """
 
-# Runs `mobilevit ARGV...` for each JSON argv list in a forked child of one warm process (the imports are paid once)
-# and prints one JSON line per attempt: the child's exit status (negative: killed by that signal), stdout, stderr.
-# The runtimes' own modules are imported by the parent only when asked (a child then does not print what they print
-# on import); nothing in the parent loads a model or starts a thread pool.
+# Takes a JSON list of steps: {"argv": [...]} runs `mobilevit ARGV...` in a forked child of this process (the imports
+# are paid once) and prints one JSON line: the child's exit status (negative: killed by that signal), stdout, stderr;
+# {"import": MODULE} imports a runtime's module in this process, so that the children after it find it imported (and
+# do not print what it prints on import). Nothing here loads a model or starts a thread pool.
 DRIVER = """
 import importlib, json, os, signal, sys, tempfile
 import torch
 import mobilevit.cli, mobilevit.predict, mobilevit.runtime
 
-for module in sys.argv[2:]:
-    importlib.import_module(module)
-for argv in json.loads(sys.argv[1]):
+for step in json.loads(sys.argv[1]):
+    if "import" in step:
+        importlib.import_module(step["import"])
+        continue
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         pid = os.fork()
         if pid == 0:
             os.dup2(out.fileno(), 1)
             os.dup2(err.fileno(), 2)
             signal.alarm(120)
-            code = mobilevit.cli.main(argv)
+            code = mobilevit.cli.main(step["argv"])
             sys.stdout.flush()
             sys.stderr.flush()
             os._exit(code)
         _, status = os.waitpid(pid, 0)
         out.seek(0)
         err.seek(0)
-        result = {"argv": argv, "code": os.waitstatus_to_exitcode(status)}
+        result = {"argv": step["argv"], "code": os.waitstatus_to_exitcode(status)}
         result.update(stdout=out.read().decode(errors="replace"), stderr=err.read().decode(errors="replace"))
         print(json.dumps(result), flush=True)
 """
@@ -128,18 +129,50 @@ def image(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-# the runtime modules a warm parent imports for the children
+# the runtime modules the driver imports before the damaged files' children
 RUNTIME_MODULES = {".onnx": "onnxruntime", ".pte": "executorch.runtime", ".tflite": "ai_edge_litert.interpreter"}
 
 
-def predict_each(paths: list[Path], image: Path, *options: str, warm: bool = False) -> list[dict]:
-    """``mobilevit [options] predict --model PATH IMAGE`` for each path, each in its own child process (``warm``: of
-    a parent that imported the runtimes)."""
-    attempts = [[*options, "predict", str(image), "--model", str(p), "--no-progress"] for p in paths]
-    modules = [RUNTIME_MODULES[suffix] for suffix in AVAILABLE] if warm else []
-    done = _python(DRIVER, json.dumps(attempts), *modules)
+def predict_steps(paths: list[Path], image: Path, *options: str) -> list[dict]:
+    """The driver's steps for ``mobilevit [options] predict --model PATH IMAGE``, one per path."""
+    return [{"argv": [*options, "predict", str(image), "--model", str(p), "--no-progress"]} for p in paths]
+
+
+def run_driver(steps: list[dict]) -> list[dict]:
+    """The results of the driver's ``argv`` steps, in order."""
+    done = _python(DRIVER, json.dumps(steps))
     assert done.returncode == 0, done.stderr
     return [json.loads(line) for line in done.stdout.splitlines()]
+
+
+def damaged_paths(exported: Exported, folder: Path, many: bool) -> list[Path]:
+    """Damaged copies of every exported file, written to ``folder``."""
+    paths = []
+    for i, suffix in enumerate(AVAILABLE):
+        original = (exported.folder / f"tiny{suffix}").read_bytes()
+        for name, data in damaged(original, i, many).items():
+            path = folder / f"{name}{suffix}"
+            path.write_bytes(data)
+            paths.append(path)
+    return paths
+
+
+@dataclasses.dataclass(frozen=True)
+class Outcomes:
+    clean: list[dict]  # each undamaged file, predicted by a child that imports its runtime itself
+    verbose: list[dict]  # the same for the .pte file with -v
+    damaged: list[dict]  # each damaged file
+
+
+@pytest.fixture(scope="module")
+def outcomes(exported: Exported, image: Path, tmp_path_factory: pytest.TempPathFactory) -> Outcomes:
+    """Every prediction of this module's default tests, by one driver process."""
+    clean = predict_steps([exported.folder / f"tiny{suffix}" for suffix in AVAILABLE], image)
+    verbose = predict_steps([exported.folder / "tiny.pte"], image, "-v") if ".pte" in AVAILABLE else []
+    imports = [{"import": RUNTIME_MODULES[suffix]} for suffix in AVAILABLE]
+    broken = predict_steps(damaged_paths(exported, tmp_path_factory.mktemp("damaged-files"), False), image)
+    results = run_driver(clean + verbose + imports + broken)
+    return Outcomes(results[: len(clean)], results[len(clean) : len(clean) + len(verbose)], results[-len(broken) :])
 
 
 def damaged(original: bytes, seed: int, many: bool) -> dict[str, bytes]:
@@ -170,37 +203,28 @@ def assert_refused_cleanly(result: dict) -> None:
     assert lines[0].startswith("mobilevit predict: error: ") and name in lines[0], lines[0]
 
 
-def run_damaged(exported: Exported, image: Path, tmp_path: Path, many: bool) -> None:
-    paths = []
-    for i, suffix in enumerate(AVAILABLE):
-        original = (exported.folder / f"tiny{suffix}").read_bytes()
-        for name, data in damaged(original, i, many).items():
-            path = tmp_path / f"{name}{suffix}"
-            path.write_bytes(data)
-            paths.append(path)
-    for result in predict_each(paths, image, warm=True):
+def test_damaged_files_are_refused_with_one_line(outcomes: Outcomes) -> None:
+    assert len(outcomes.damaged) == 5 * len(AVAILABLE)
+    for result in outcomes.damaged:
         assert_refused_cleanly(result)
-
-
-def test_damaged_files_are_refused_with_one_line(exported: Exported, image: Path, tmp_path: Path) -> None:
-    run_damaged(exported, image, tmp_path, many=False)
 
 
 @pytest.mark.slow  # about 70 files, each loaded by a fresh process
 def test_many_damaged_files_are_refused_with_one_line(exported: Exported, image: Path, tmp_path: Path) -> None:
-    run_damaged(exported, image, tmp_path, many=True)
+    imports = [{"import": RUNTIME_MODULES[suffix]} for suffix in AVAILABLE]
+    for result in run_driver(imports + predict_steps(damaged_paths(exported, tmp_path, True), image)):
+        assert_refused_cleanly(result)
 
 
-def test_exporting_and_predicting_print_no_third_party_noise(exported: Exported, image: Path) -> None:
+def test_exporting_and_predicting_print_no_third_party_noise(exported: Exported, outcomes: Outcomes) -> None:
     """Undamaged files predict (exit 0) and nothing from the runtimes reaches stderr; ``-v`` shows ExecuTorch's
     ``cpuinfo`` lines again."""
     noisy = [line for line in exported.stderr.splitlines() if any(word in line for word in NOISE)]
     assert not noisy, noisy
-    paths = [exported.folder / f"tiny{suffix}" for suffix in AVAILABLE]
-    for result in predict_each(paths, image):
+    assert len(outcomes.clean) == len(AVAILABLE)
+    for result in outcomes.clean:
         assert result["code"] == 0, result
         assert "class " in result["stdout"]
         assert result["stderr"] == "", result["stderr"]
-    if ".pte" in AVAILABLE:
-        (verbose,) = predict_each([exported.folder / "tiny.pte"], image, "-v")
-        assert verbose["code"] == 0 and "cpuinfo" in verbose["stderr"], verbose
+    for result in outcomes.verbose:
+        assert result["code"] == 0 and "cpuinfo" in result["stderr"], result
