@@ -75,7 +75,9 @@ def check_program_file(path: Path) -> None:
 
     The runtime checks this too, but it logs what it found through Python's ``sys.stderr``, and bytes that are not
     UTF-8 there abort the process (an uncaught C++ exception): a file reaches the runtime only with an ASCII
-    identifier and sizes that fit. The runtime then verifies the flatbuffer itself (``InternalConsistency``).
+    identifier and sizes that fit. The runtime then verifies the flatbuffer itself (``InternalConsistency``). What
+    it does not verify is the XNNPACK delegate's compiled graph inside a well-formed program: damage there can still
+    abort the process while ``forward`` loads.
     """
     size = path.stat().st_size
     with path.open("rb") as f:
