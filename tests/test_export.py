@@ -358,3 +358,110 @@ def test_cli_export_int8(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     coreml = [*argv[:5], "coreml", "--output", str(tmp_path / "m.mlpackage")]
     assert main([*coreml, "--quantize", "int8"]) == 2
     assert "--quantize applies to --format onnx, executorch and tflite" in capsys.readouterr().err
+
+
+# --- every file export writes runs; a failed export leaves nothing behind -------------------------------------------
+
+
+def _small_preprocess(size: int) -> mobilevit.weights.entries.Preprocess:
+    """MobileOne-S0's preprocessing, cropping ``size`` (so that a small export takes the predictor's input)."""
+    from dataclasses import replace
+
+    from mobilevit.weights.entries import get_weights, resize_size_for
+
+    pre = get_weights("mobileone_s0.orig_in1k_reparam").preprocess
+    return replace(pre, input_size=(size, size), resize_size=resize_size_for(size, pre.crop_pct))
+
+
+def test_cli_predicts_with_the_torchscript_file_export_wrote(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``mobilevit predict --model FILE.pt`` runs the archive `export --format torchscript` wrote: every logit
+    (``--function none``) is the eager model's, on real photos."""
+    from mobilevit.predict import Predictor
+    from mobilevit.runtime import open_runtime
+
+    skimage = pytest.importorskip("skimage")
+    photos = [Path(skimage.__file__).parent / "data" / name for name in ("chelsea.png", "coffee.png")]
+    model, pre = random_model("mobileone_s0"), _small_preprocess(64)
+    path = export_model(model, "torchscript", tmp_path / "ants.pt", preprocess=pre)
+    assert open_runtime(path).name == "torchscript"
+    argv = ["predict", *map(str, photos), "--model", str(path), "--function", "none", "--top-k", "1000", "--json"]
+    assert main([*argv, "--no-progress"]) == 0
+    answers = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    eager = Predictor(model, pre)
+    for answer, photo in zip(answers, photos, strict=True):
+        with torch.no_grad():
+            reference = model.eval()(eager.prepare(photo)[None])[0]
+        logits = torch.zeros(1000)
+        for p in answer["predictions"]:
+            logits[p["index"]] = p["score"]
+        assert (logits - reference).abs().max() <= 1e-5 * max(1.0, reference.abs().max().item())
+
+
+def test_a_plain_checkpoint_named_pt_still_loads_as_weights(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A ``torch.save`` checkpoint is a zip file too: it stays a checkpoint (``--pretrained``, ``NAME=FILE.pt``), and
+    ``--model FILE.pt`` says in CLI terms how to load it."""
+    from mobilevit.runtime import is_exported_file, is_torchscript_archive
+    from mobilevit.serve.config import ModelSpec
+
+    model = random_model("mobileone_s0")
+    checkpoint = tmp_path / "weights.pt"
+    torch.save(model.state_dict(), checkpoint)
+    assert not is_torchscript_archive(checkpoint) and not is_exported_file(checkpoint)
+    loaded = mobilevit.create_model("mobileone_s0", pretrained=str(checkpoint))
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in model.state_dict().items())
+    assert not ModelSpec.parse(f"s0={checkpoint}", True).is_exported
+    image = tmp_path / "x.png"
+    from PIL import Image
+
+    Image.new("RGB", (80, 60), "red").save(image)
+    assert main(["predict", str(image), "--model", str(checkpoint), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--model ARCH --pretrained PATH" in err, err
+
+
+def test_coreml_files_are_refused_in_cli_terms(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    package = tmp_path / "s0.mlpackage"
+    package.mkdir()
+    image = tmp_path / "x.png"
+    from PIL import Image
+
+    Image.new("RGB", (8, 8)).save(image)
+    assert main(["predict", str(image), "--model", str(package), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "only on Apple devices" in err and "--format onnx" in err, err
+
+
+def test_cli_export_refuses_a_suffix_of_another_format(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "x.tflite"
+    argv = ["export", "--model", "mobileone_s0", "--random-weights", "--format", "onnx", "--output", str(out)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and ".tflite" in err and "onnx" in err, err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_failed_export_leaves_no_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A failure half way through writing, or in the check after it, leaves neither the file nor a temporary one."""
+    import mobilevit.export as export
+
+    def half_written(model: torch.nn.Module, output: Path, *args: object) -> Path:
+        Path(output).write_bytes(b"PK\x03\x04 half an archive")
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(export, "export_torchscript", half_written)
+    with pytest.raises(RuntimeError, match="disk full"):
+        export_model(random_model("mobileone_s0"), "torchscript", tmp_path / "m.pt", input_size=(32, 32))
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.undo()
+
+    def failed_check(*args: object, **kwargs: object) -> None:
+        raise mobilevit.errors.UsageError("the exported file gives other logits")
+
+    monkeypatch.setattr(export, "check_export", failed_check)
+    argv = ["export", "--model", "mobileone_s0", "--random-weights", "--format", "torchscript"]
+    assert main([*argv, "--output", str(tmp_path / "m.pt"), "--input-size", "32", "32"]) == 2
+    assert list(tmp_path.iterdir()) == []
+    assert main([*argv, "--output", str(tmp_path / "sub" / "m.pt"), "--input-size", "32", "32"]) == 2
+    assert list((tmp_path / "sub").iterdir()) == []

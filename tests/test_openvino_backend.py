@@ -160,7 +160,7 @@ def test_serve_config_and_loader(onnx_export: Callable[[str], tuple[nn.Module, P
     from mobilevit.serve.app import default_loader
     from mobilevit.serve.config import BACKENDS as SERVE_BACKENDS
 
-    assert SERVE_BACKENDS == BACKENDS == ("eager", "onnxruntime", "openvino", "executorch", "litert")
+    assert SERVE_BACKENDS == BACKENDS == ("eager", "onnxruntime", "openvino", "executorch", "litert", "torchscript")
     path = onnx_export(MOBILEONE)[1]
     config = ServeConfig(models=(ModelSpec.parse(str(path)),), backend="openvino", max_batch_size=4, threads=1)
     predictor = default_loader(config, 0)()

@@ -516,10 +516,18 @@ def cmd_export(args: argparse.Namespace) -> int:
     import tempfile
     from pathlib import Path
 
-    from .export import check_export, export_model, quantize_onnx, validate_coreml
+    from .export import (
+        check_export,
+        check_output_suffix,
+        export_model,
+        quantize_onnx,
+        validate_coreml,
+        written_atomically,
+    )
     from .predict import warn_random_weights
     from .registry import create_model
 
+    check_output_suffix(args.output, args.format)
     if args.quantize and args.format not in ("onnx", "executorch", "tflite"):
         raise UsageError("--quantize applies to --format onnx, executorch and tflite")
     if args.quantize and args.format != "onnx" and args.quantize_mode != "static":
@@ -538,33 +546,30 @@ def cmd_export(args: argparse.Namespace) -> int:
         "image_input": args.coreml_input == "image",
         "labels": _labels(args.labels),
     }
-    if args.format == "coreml":
-        path = export_model(model, "coreml", args.output, **options)
-        s = validate_coreml(path)
-        layout = f" {s.color_layout}" if s.color_layout else ""
-        print(
-            f"wrote {path} (CoreML ML Program, {s.weight_dtype}); input {s.input_name}: {s.input_kind}{layout} "
-            f"{s.input_shape}, {s.num_outputs} classes; spec checked (running it needs macOS)"
-        )
-        return 0
-    if args.quantize and args.format != "onnx":
-        path = export_model(
-            model, args.format, args.output, quantize="int8", calibration=args.calibration, int8=pt2e, **options
-        )
-        print(f"wrote {path} ({args.format}, int8 static); measure its accuracy with `mobilevit eval`")
-        return 0
-    if args.quantize:
-        with tempfile.TemporaryDirectory() as tmp:
-            fp32 = export_model(model, "onnx", Path(tmp) / "fp32.onnx", **options)
-            path = quantize_onnx(fp32, args.output, args.calibration, mode=args.quantize_mode, **int8)
-        check_export(model, path)  # runs in onnxruntime; int8 logits on random input say nothing about accuracy
-        print(f"wrote {path} (onnx, int8 {args.quantize_mode}); measure its accuracy with `mobilevit eval`")
-        return 0
-    path = export_model(model, args.format, args.output, **options)
-    parity = check_export(model, path)
-    print(
-        f"wrote {path} ({args.format}); max abs logit diff vs eager {parity.max_abs_diff:.2e} at {parity.input_shape}"
-    )
+    # written under a temporary name and checked there: a failed export or check leaves no file behind
+    with written_atomically(args.output) as path:
+        if args.format == "coreml":
+            export_model(model, "coreml", path, **options)
+            s = validate_coreml(path)
+            layout = f" {s.color_layout}" if s.color_layout else ""
+            summary = (
+                f"CoreML ML Program, {s.weight_dtype}); input {s.input_name}: {s.input_kind}{layout} {s.input_shape}, "
+                f"{s.num_outputs} classes; spec checked (running it needs macOS)"
+            )
+        elif args.quantize and args.format != "onnx":
+            export_model(model, args.format, path, quantize="int8", calibration=args.calibration, int8=pt2e, **options)
+            summary = f"{args.format}, int8 static); measure its accuracy with `mobilevit eval`"
+        elif args.quantize:
+            with tempfile.TemporaryDirectory() as tmp:
+                fp32 = export_model(model, "onnx", Path(tmp) / "fp32.onnx", **options)
+                quantize_onnx(fp32, path, args.calibration, mode=args.quantize_mode, **int8)
+            check_export(model, path)  # runs in onnxruntime; int8 logits on random input say nothing about accuracy
+            summary = f"onnx, int8 {args.quantize_mode}); measure its accuracy with `mobilevit eval`"
+        else:
+            export_model(model, args.format, path, **options)
+            parity = check_export(model, path)
+            summary = f"{args.format}); max abs logit diff vs eager {parity.max_abs_diff:.2e} at {parity.input_shape}"
+    print(f"wrote {args.output} ({summary}")
     return 0
 
 
@@ -597,16 +602,18 @@ def _predictor_args(p: argparse.ArgumentParser, segmentation: bool = False) -> N
         "--model",
         required=True,
         help="segmentation architecture or arch.tag (see `mobilevit list --weights 'deeplabv3_*'`), saved folder, or "
-        "an exported .onnx, .pte or .tflite file"
+        "a file from `mobilevit export` (.onnx, .pte, .tflite, TorchScript .pt)"
         if segmentation
-        else "architecture, arch.tag (see `mobilevit list --weights`) or an exported .onnx, .pte or .tflite file",
+        else "architecture, arch.tag (see `mobilevit list --weights`) or a file from `mobilevit export` (.onnx, .pte, "
+        ".tflite, TorchScript .pt)",
     )
     _weights_args(p)
     p.add_argument(
         "--backend",
         choices=BACKENDS,
         help="PyTorch, or the runtime of a file from `mobilevit export`: onnxruntime or OpenVINO (CPU, fp32) for "
-        ".onnx, executorch for .pte, litert for .tflite (default: by the suffix; onnxruntime for .onnx)",
+        ".onnx, executorch for .pte, litert for .tflite, torchscript for a TorchScript .pt (default: by the file; "
+        "onnxruntime for .onnx)",
     )
     p.add_argument("--threads", type=int, default=0, help="model intra-op threads (0: the runtime's default)")
     p.add_argument("--batch-size", type=int, default=16)
@@ -700,7 +707,8 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
         action="append",
         required=True,
         metavar="NAME[=CHECKPOINT]",
-        help="arch or arch.tag, optionally =local checkpoint, or [NAME=]FILE.onnx|.pte|.tflite, or [NAME=]FOLDER "
+        help="arch or arch.tag, optionally =local checkpoint, or [NAME=]FILE.onnx|.pte|.tflite|.pt (TorchScript), or "
+        "[NAME=]FOLDER "
         "written by save_pretrained; repeat to serve several (POST / uses the first)",
     )
     p.add_argument("--pretrained", help="local checkpoint for a single --model")
@@ -713,7 +721,7 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
         "--backend",
         choices=BACKENDS,
         help="inference runtime of every model: eager, or onnxruntime or openvino for .onnx files, executorch for "
-        ".pte, litert for .tflite (default: by the files' suffix, else eager)",
+        ".pte, litert for .tflite, torchscript for TorchScript .pt (default: by the files, else eager)",
     )
     p.add_argument("--max-batch-size", type=int, default=16, help="requests per forward pass (1: no batching)")
     p.add_argument("--max-wait-ms", type=float, default=5.0, help="longest wait for a batch to fill")
@@ -757,7 +765,9 @@ def _export_args(p: argparse.ArgumentParser) -> None:
     from .export import FORMATS
 
     p.add_argument("--format", choices=FORMATS, required=True)
-    p.add_argument("--output", required=True, help="file to write (.onnx, .mlpackage, .pt, .pte, .tflite)")
+    p.add_argument(
+        "--output", required=True, help="file to write, named for its format (.onnx, .mlpackage, .pt, .pte, .tflite)"
+    )
     p.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), help="trace size (default: the weights')")
     p.add_argument("--opset", type=int, default=20, help="ONNX opset (18 or higher; 20 has a native Gelu)")
     p.add_argument("--labels", help="class names to record, one per line or a JSON list (default: the model's own)")
@@ -862,6 +872,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    if args.verbose:
+        from .runtime.quiet import show_third_party_output
+
+        show_third_party_output()  # what ExecuTorch, LiteRT and TensorFlow print, as they print it
     try:
         return args.func(args) or 0
     except (MobileViTError, OSError) as err:  # what a user can fix (files included); a bug shows its traceback

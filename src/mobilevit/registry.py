@@ -154,7 +154,8 @@ def _saved_folder_config(path: str, pretrained: bool | str | os.PathLike) -> dic
     if saved is None or pretrained not in (False, True):
         raise UsageError(
             f"{path!r} is neither a registered model nor a folder written by mobilevit.save_pretrained; for "
-            "another checkpoint, name the architecture: create_model('arch', pretrained='path')"
+            "another checkpoint, name the architecture: --model ARCH --pretrained PATH (in Python: "
+            "create_model('ARCH', pretrained='PATH'))"
         )
     return saved
 

@@ -23,9 +23,12 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-from collections.abc import Sequence
+import secrets
+import shutil
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -146,6 +149,7 @@ def export_model(
     """
     if format not in FORMATS:
         raise UsageError(f"format must be one of {', '.join(FORMATS)}; got {format!r}")
+    check_output_suffix(output, format)
     if getattr(model, "features_only", False):
         raise UsageError(
             "export a classifier or a segmentation model: features_only models have no logits to check or label"
@@ -161,17 +165,64 @@ def export_model(
     meta = model_metadata(folded, input_size, (), preprocess, labels)
     axes = _dynamic_axes(folded, meta.input_size, dynamic and quantize is None, format)
     meta = model_metadata(folded, meta.input_size, axes, preprocess, labels)
-    if format == "onnx":
-        return export_onnx(folded, output, meta, opset)
-    if format == "coreml":
-        classifier = meta.task == "classification"  # a segmentation model's output is its logits map
-        return export_coreml(folded, output, meta, precision, image_input, classifier)[0]
-    if format == "torchscript":
-        return export_torchscript(folded, output, meta)
     batches = _calibration(calibration, meta, max_calibration_images) if quantize else None
-    if format == "executorch":
-        return export_executorch(folded, output, meta, batches, int8)
-    return export_litert(folded, output, meta, batches, int8)
+    with written_atomically(output) as temp:
+        if format == "onnx":
+            export_onnx(folded, temp, meta, opset)
+        elif format == "coreml":
+            classifier = meta.task == "classification"  # a segmentation model's output is its logits map
+            export_coreml(folded, temp, meta, precision, image_input, classifier)
+        elif format == "torchscript":
+            export_torchscript(folded, temp, meta)
+        elif format == "executorch":
+            export_executorch(folded, temp, meta, batches, int8)
+        else:
+            export_litert(folded, temp, meta, batches, int8)
+    return Path(output)
+
+
+def check_output_suffix(output: str | os.PathLike, format: str) -> None:
+    """Refuse an output name whose suffix belongs to another format than ``format`` (an ONNX file named ``.tflite``
+    would be run by the wrong runtime); a suffix of no known format is left to the caller."""
+    suffix = Path(str(output).rstrip("/")).suffix.lower()
+    if SUFFIXES.get(suffix, format) != format:
+        wanted = " or ".join(s for s, f in SUFFIXES.items() if f == format)
+        raise UsageError(
+            f"{output}: {suffix} is the suffix of {SUFFIXES[suffix]} files, but the format is {format} "
+            f"(name it {wanted})"
+        )
+
+
+@contextlib.contextmanager
+def written_atomically(output: str | os.PathLike) -> Iterator[Path]:
+    """A temporary name beside ``output`` (same folder and suffix) to write to: renamed to ``output`` when the block
+    succeeds, removed when it fails, so that a failed export leaves no partial file. Files written beside it under its
+    name plus a tail (``NAME.data``) follow it."""
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    temp = output.with_name(f".{output.stem}.partial-{secrets.token_hex(4)}{output.suffix}")
+
+    def written() -> list[Path]:
+        return [p for p in output.parent.iterdir() if p.name.startswith(temp.name)]
+
+    try:
+        yield temp
+    except BaseException:
+        for path in written():
+            _remove(path)
+        raise
+    for path in written():
+        target = output.with_name(output.name + path.name[len(temp.name) :])
+        if target.is_dir() and not target.is_symlink():  # a .mlpackage is a folder: os.replace cannot overwrite it
+            shutil.rmtree(target)
+        os.replace(path, target)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def _calibration(calibration: Calibration | None, meta: ExportMetadata, max_images: int) -> list[np.ndarray]:
@@ -306,6 +357,7 @@ __all__ = [
     "ExportParity",
     "Int8Options",
     "check_export",
+    "check_output_suffix",
     "export_executorch",
     "export_litert",
     "export_model",
@@ -321,4 +373,5 @@ __all__ = [
     "read_openvino_metadata",
     "size_multiple",
     "validate_coreml",
+    "written_atomically",
 ]

@@ -48,6 +48,7 @@ from ..errors import MissingDependencyError
 from ..layers.norm import PatchLayerNorm
 from ..models.fastvit import AttentionBlock
 from ..runtime.executorch import INSTALL_HINT, METADATA_METHOD
+from ..runtime.quiet import third_party_output
 from .metadata import ExportMetadata
 from .pt2e import Int8Options, quantize_pt2e, with_observer
 
@@ -86,8 +87,9 @@ def export_executorch(
         The written file.
     """
     try:
-        from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
-        from executorch.exir import to_edge_transform_and_lower
+        with third_party_output("ExecuTorch"):  # torchao, imported with it, warns about its enums
+            from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+            from executorch.exir import to_edge_transform_and_lower
     except ImportError as err:
         raise MissingDependencyError(INSTALL_HINT) from err
 

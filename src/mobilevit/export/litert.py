@@ -40,6 +40,7 @@ from torch import nn
 
 from ..errors import MissingDependencyError
 from ..runtime.litert import INSTALL_HINT, METADATA_NAME
+from ..runtime.quiet import tensorflow_environment, third_party_output
 from .metadata import ExportMetadata
 from .pt2e import Int8Options, quantize_pt2e, with_observer
 
@@ -66,9 +67,11 @@ def export_litert(
     Returns:
         The written file.
     """
+    tensorflow_environment()  # before the converter imports TensorFlow
     try:
-        import litert_torch
-        from ai_edge_litert.tools import flatbuffer_utils
+        with third_party_output("LiteRT"):
+            import litert_torch
+            from ai_edge_litert.tools import flatbuffer_utils
     except ImportError as err:
         raise MissingDependencyError(INSTALL_HINT) from err
 
@@ -76,7 +79,7 @@ def export_litert(
     quantization = None
     log = io.StringIO()
     # the converter prints its progress and warns about every decomposition; keep that in the debug log
-    with warnings.catch_warnings(), contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+    with warnings.catch_warnings(), contextlib.redirect_stdout(log), third_party_output("LiteRT converter"):
         warnings.simplefilter("ignore")
         if calibration is None:
             converted = litert_torch.convert(model, (example,))

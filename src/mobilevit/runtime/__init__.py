@@ -1,5 +1,5 @@
 """Runtimes: one classifier run eagerly in PyTorch, or as an exported file: ``.onnx`` in onnxruntime or OpenVINO,
-``.pte`` in ExecuTorch, ``.tflite`` in LiteRT.
+``.pte`` in ExecuTorch, ``.tflite`` in LiteRT, a TorchScript archive (``.pt``, ``.ts``, ``.torchscript``) in PyTorch.
 
 Each is a :class:`Runtime` (``run``, ``signature``, ``metadata``, ``name``); the predictor
 (:class:`~mobilevit.predict.Predictor`) and the parity check of exported files
@@ -18,6 +18,7 @@ Example::
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from ..errors import UsageError
 from .base import (
@@ -26,8 +27,10 @@ from .base import (
     FILE_BACKENDS,
     Runtime,
     Signature,
+    check_runnable,
     exported_suffix,
     is_exported_file,
+    is_torchscript_archive,
     resolve_backend,
 )
 from .eager import TorchRuntime
@@ -35,12 +38,14 @@ from .executorch import ExecuTorchRuntime, read_executorch_metadata
 from .litert import LiteRTRuntime, read_litert_metadata
 from .onnx import OnnxRuntime, onnx_session
 from .openvino import OpenVINORuntime, openvino_model, read_openvino_metadata
+from .torchscript import TorchScriptRuntime, load_torchscript_file
 
 EXPORTED_RUNTIMES: dict[str, type[Runtime]] = {
     "onnxruntime": OnnxRuntime,
     "openvino": OpenVINORuntime,
     "executorch": ExecuTorchRuntime,
     "litert": LiteRTRuntime,
+    "torchscript": TorchScriptRuntime,
 }
 
 
@@ -49,14 +54,18 @@ def open_runtime(path: str | os.PathLike, backend: str | None = None, threads: i
     :func:`resolve_backend`).
 
     Args:
-        path: an ``.onnx``, ``.pte`` or ``.tflite`` file.
+        path: an ``.onnx``, ``.pte`` or ``.tflite`` file, or a TorchScript archive (``.pt``, ``.ts``,
+            ``.torchscript``).
         backend: one of :data:`EXPORTED_BACKENDS` that runs files of this suffix (:data:`FILE_BACKENDS`).
         threads: the runtime's inference threads (0: its default).
     """
+    check_runnable(path)
     if backend is not None and backend not in EXPORTED_RUNTIMES:
         raise UsageError(f"an exported file runs in {' or '.join(EXPORTED_RUNTIMES)}, not {backend!r}")
     if exported_suffix(path) is not None:
         backend = resolve_backend(path, backend)  # a file of a known kind runs only in its own backends
+    elif backend is None and Path(path).suffix.lower() == ".pt":
+        backend = "torchscript"  # not an archive: TorchScriptRuntime says so
     elif backend is None:
         raise UsageError(f"{path}: cannot tell the runtime from the suffix (expected {', '.join(FILE_BACKENDS)})")
     return EXPORTED_RUNTIMES[backend](path, threads)
@@ -73,8 +82,12 @@ __all__ = [
     "Runtime",
     "Signature",
     "TorchRuntime",
+    "TorchScriptRuntime",
+    "check_runnable",
     "exported_suffix",
     "is_exported_file",
+    "is_torchscript_archive",
+    "load_torchscript_file",
     "onnx_session",
     "open_runtime",
     "openvino_model",

@@ -2,14 +2,16 @@
 model: ``[B, num_classes, h, w]``).
 
 A :class:`Runtime` runs one model: the eager PyTorch module (:class:`~mobilevit.runtime.eager.TorchRuntime`), or
-an exported ``.onnx`` file in onnxruntime (:class:`~mobilevit.runtime.onnx.OnnxRuntime`) or OpenVINO
-(:class:`~mobilevit.runtime.openvino.OpenVINORuntime`). :data:`BACKENDS` names them and :func:`resolve_backend` picks
-the one that runs a given model.
+an exported file: ``.onnx`` in onnxruntime (:class:`~mobilevit.runtime.onnx.OnnxRuntime`) or OpenVINO
+(:class:`~mobilevit.runtime.openvino.OpenVINORuntime`), ``.pte`` in ExecuTorch, ``.tflite`` in LiteRT, a TorchScript
+archive (``.pt``, ``.ts``, ``.torchscript``) in PyTorch. :data:`BACKENDS` names them and :func:`resolve_backend`
+picks the one that runs a given model.
 """
 
 from __future__ import annotations
 
 import os
+import zipfile
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from pathlib import Path
@@ -23,12 +25,16 @@ from ..errors import UsageError
 Signature = list[tuple[str, list[int | None]]]  # (name, shape) of each graph input or output; None: a dynamic dim
 T = TypeVar("T")
 
-BACKENDS: tuple[str, ...] = ("eager", "onnxruntime", "openvino", "executorch", "litert")
-# the backends that run each kind of exported file, by suffix; a suffix's first backend is its default
+BACKENDS: tuple[str, ...] = ("eager", "onnxruntime", "openvino", "executorch", "litert", "torchscript")
+# the backends that run each kind of exported file, by suffix; a suffix's first backend is its default. A .pt file is
+# exported only when it is a TorchScript archive (is_torchscript_archive); otherwise it is a checkpoint.
 FILE_BACKENDS: dict[str, tuple[str, ...]] = {
     ".onnx": ("onnxruntime", "openvino"),
     ".pte": ("executorch",),
     ".tflite": ("litert",),
+    ".pt": ("torchscript",),
+    ".ts": ("torchscript",),
+    ".torchscript": ("torchscript",),
 }
 EXPORTED_BACKENDS: tuple[str, ...] = tuple(b for backends in FILE_BACKENDS.values() for b in backends)
 # per suffix: what the file is called in messages and the `mobilevit export --format` that writes it
@@ -36,6 +42,16 @@ FILE_KINDS: dict[str, tuple[str, str]] = {
     ".onnx": ("ONNX", "onnx"),
     ".pte": ("ExecuTorch", "executorch"),
     ".tflite": ("LiteRT", "tflite"),
+    ".pt": ("TorchScript", "torchscript"),
+    ".ts": ("TorchScript", "torchscript"),
+    ".torchscript": ("TorchScript", "torchscript"),
+}
+# files `mobilevit export` writes that no runtime here runs: suffix -> why, and what to run instead
+UNRUNNABLE = {
+    ".mlpackage": "a CoreML package runs only on Apple devices (Core ML, macOS/iOS); on this machine run the same "
+    "model exported with `mobilevit export --format onnx` (or executorch, tflite, torchscript)",
+    ".mlmodel": "a CoreML model runs only on Apple devices (Core ML, macOS/iOS); on this machine run the same model "
+    "exported with `mobilevit export --format onnx` (or executorch, tflite, torchscript)",
 }
 
 # how resolve_backend words a model/backend mismatch, per command: (an exported file with eager or with a backend
@@ -95,9 +111,36 @@ class Runtime(ABC):
 
 
 def exported_suffix(model: str | os.PathLike) -> str | None:
-    """The suffix of an exported file (``.onnx``, ``.pte``, ``.tflite``) that ``model`` names, else ``None``."""
+    """The suffix of an exported file (``.onnx``, ``.pte``, ``.tflite``, a TorchScript ``.pt``, ``.ts``,
+    ``.torchscript``) that ``model`` names, else ``None``. A ``.pt`` file counts only when it is a TorchScript archive
+    (:func:`is_torchscript_archive`): other ``.pt`` files are checkpoints."""
     suffix = Path(str(model)).suffix.lower()
+    if suffix == ".pt" and not is_torchscript_archive(model):
+        return None
     return suffix if suffix in FILE_BACKENDS else None
+
+
+def is_torchscript_archive(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a TorchScript archive (``torch.jit.save``) rather than a checkpoint (``torch.save``) or
+    anything else: a zip file whose one top folder holds ``constants.pkl`` and a ``code/`` folder. Only the zip's
+    list of names is read; nothing is unpickled."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (OSError, zipfile.BadZipFile, ValueError):
+        return False
+    tops = {name.split("/", 1)[0] for name in names}
+    if len(tops) != 1:
+        return False
+    (top,) = tops
+    return f"{top}/constants.pkl" in names and any(name.startswith(f"{top}/code/") for name in names)
+
+
+def check_runnable(model: str | os.PathLike) -> None:
+    """Raise a :class:`UsageError` for a file that ``mobilevit export`` writes but no runtime here runs (CoreML)."""
+    suffix = Path(str(model).rstrip("/")).suffix.lower()
+    if suffix in UNRUNNABLE:
+        raise UsageError(f"{model}: {UNRUNNABLE[suffix]}")
 
 
 def is_exported_file(model: str | os.PathLike) -> bool:
@@ -117,6 +160,7 @@ def resolve_backend(model: str | os.PathLike, backend: str | None = None, comman
         backend: one of :data:`BACKENDS`, or ``None`` to infer it.
         command: ``"run"`` or ``"serve"``: how an error for a backend that cannot run ``model`` is worded.
     """
+    check_runnable(model)
     suffix = exported_suffix(model)
     if backend is None:
         return FILE_BACKENDS[suffix][0] if suffix else "eager"

@@ -22,6 +22,7 @@ from torch import Tensor
 
 from ..errors import MissingDependencyError, UsageError
 from .base import Runtime, Signature, check_threads, load_file
+from .quiet import third_party_output
 
 INSTALL_HINT = "LiteRT is not installed: pip install 'mobilevit[litert]' (or pip install ai-edge-litert)"
 METADATA_NAME = "mobilevit.metadata"  # the flatbuffer metadata entry holding the metadata JSON
@@ -29,7 +30,8 @@ METADATA_NAME = "mobilevit.metadata"  # the flatbuffer metadata entry holding th
 
 def _interpreter_class() -> Any:
     try:
-        from ai_edge_litert.interpreter import Interpreter
+        with third_party_output("LiteRT"):
+            from ai_edge_litert.interpreter import Interpreter
     except ImportError as err:
         raise MissingDependencyError(INSTALL_HINT) from err
     return Interpreter
@@ -93,8 +95,11 @@ class LiteRTRuntime(Runtime):
         check_threads(threads, self.name)
         interpreter = _interpreter_class()
         self.path = Path(path)
-        self.interpreter: Any = load_file(path, "LiteRT", lambda p: interpreter(str(p), num_threads=threads or None))
-        self.interpreter.allocate_tensors()
+        with third_party_output("LiteRT"):  # "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
+            self.interpreter: Any = load_file(
+                path, "LiteRT", lambda p: interpreter(str(p), num_threads=threads or None)
+            )
+            self.interpreter.allocate_tensors()
         self._input = self.interpreter.get_input_details()[0]
         self._output = self.interpreter.get_output_details()[0]
         self._metadata = read_litert_metadata(path)
