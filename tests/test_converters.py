@@ -562,3 +562,24 @@ def test_pickles_are_loaded_weights_only(kind: str, tmp_path: Path) -> None:
     # control: an unrestricted unpickler does build the object (and runs the payload), so the refusal is what counted
     torch.load(path, weights_only=False)
     assert bool(_EXECUTED) == kind.startswith("code")
+
+
+def test_pickle_refusal_says_how_to_convert_a_trusted_file(tmp_path: Path) -> None:
+    """The refusal is one line, and the command it gives turns a trusted pickle into a checkpoint that loads."""
+    sd = timm_reference("mobilevit_xxs")[1]
+    path = tmp_path / "trusted.pth.tar"
+    torch.save({"state_dict": sd, "args": argparse.Namespace(model="mobilevit_xxs")}, path)
+    with pytest.raises(CheckpointError) as err:
+        mobilevit.create_model("mobilevit_xxs", pretrained=path)
+    message = str(err.value)
+    assert "\n" not in message and "executable pickled objects (argparse.Namespace" in message
+    assert "will likely succeed" not in message
+    command = re.search(r'python -c "([^"]+)"', message)
+    assert command is not None, message
+    exec(command.group(1), {})  # what the user would run, only for a file they trust
+    converted = re.search(r"then pass (\S+)$", message)
+    assert converted is not None, message
+    torch.save(sd, tmp_path / "plain.pth")
+    expected = mobilevit.create_model("mobilevit_xxs", pretrained=tmp_path / "plain.pth").state_dict()
+    loaded = mobilevit.create_model("mobilevit_xxs", pretrained=converted.group(1)).state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in expected.items())

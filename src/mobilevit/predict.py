@@ -28,6 +28,7 @@ from .data.transforms import eval_transform
 from .errors import UsageError
 from .runtime import BACKENDS, EXPORTED_BACKENDS, Runtime, Signature, TorchRuntime, open_runtime, resolve_backend
 from .weights.entries import Preprocess, check_labels, labels_for
+from .weights.load import require_regular_file
 from .weights.pretrained import model_io
 
 if TYPE_CHECKING:
@@ -171,6 +172,13 @@ def check_exported_weights(model: str | os.PathLike, pretrained: bool | str | os
         raise UsageError(f"{model}: an exported file carries its weights; --pretrained/--random-weights do not apply")
 
 
+def open_exported(path: str | os.PathLike, backend: str | None = None, threads: int = 0) -> Runtime:
+    """:func:`~mobilevit.runtime.open_runtime` of an exported file, refusing a path that is not a regular file (a FIFO
+    would block the runtime's reader forever)."""
+    require_regular_file(path, "Exported model file", UsageError)
+    return open_runtime(path, backend, threads)
+
+
 class Predictor:
     """Image classifier: the preprocessing and labels of a model around the runtime that runs it.
 
@@ -310,7 +318,7 @@ class Predictor:
                 one the suffix implies (:func:`~mobilevit.runtime.resolve_backend`).
             fast_decode: approximate, faster decoding of large JPEGs (see :class:`Predictor`).
         """
-        runtime = open_runtime(path, backend, threads)
+        runtime = open_exported(path, backend, threads)
         return cls.from_runtime(runtime, preprocess, labels, batch_size, workers, fast_decode=fast_decode)
 
     @classmethod
@@ -626,6 +634,7 @@ __all__ = [
     "check_task",
     "decode_input",
     "load_predictor",
+    "open_exported",
     "resolve_backend",
     "scores_from_logits",
 ]

@@ -40,8 +40,8 @@ from torch import Tensor, nn
 from .data.images import ImageError
 from .data.segmentation import class_fractions, mask_image, overlay_image
 from .errors import UsageError
-from .predict import ImageInput, Predictor, check_exported_weights, decode_input
-from .runtime import EXPORTED_BACKENDS, Runtime, open_runtime, resolve_backend
+from .predict import ImageInput, Predictor, check_exported_weights, decode_input, open_exported
+from .runtime import EXPORTED_BACKENDS, Runtime, resolve_backend
 from .weights.entries import Preprocess, segmentation_preprocess
 
 BAND_ELEMENTS = 1 << 22  # logits resized per step (num_classes x rows x width): 16 MB of float32
@@ -301,7 +301,7 @@ def load_model(
     backend = resolve_backend(model, backend)
     if backend in EXPORTED_BACKENDS:
         check_exported_weights(model, pretrained)
-        runtime = open_runtime(model, backend, threads)
+        runtime = open_exported(model, backend, threads)
         runner = Segmenter if runtime.task == "segmentation" else Predictor
         return runner.from_runtime(runtime, **kwargs)
     network = create_model(str(model), pretrained=pretrained)

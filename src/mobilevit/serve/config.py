@@ -76,15 +76,22 @@ class ModelSpec:
         return cls(name, path if sep else pretrained)
 
     def validate(self) -> None:
-        """Check the name against the registry and that a local checkpoint exists (no weights are read)."""
+        """Check the name against the registry and that a local checkpoint exists and is made of regular files (no
+        weights are read: a FIFO or a device would block the loader after the server started listening)."""
         from ..registry import get_config
         from ..weights.entries import get_weights
+        from ..weights.load import check_checkpoint_path, require_regular_file
 
         if isinstance(self.pretrained, str) and not Path(self.pretrained).exists():
             raise UsageError(
                 f"{self.name}: {'exported file' if self.is_exported else 'checkpoint'} {self.pretrained!r} does not "
                 "exist"
             )
+        if isinstance(self.pretrained, str):
+            if self.is_exported:
+                require_regular_file(self.pretrained, "Exported model file", UsageError)
+            else:
+                check_checkpoint_path(self.pretrained)
         if self.is_exported or self.saved_folder is not None:
             return  # any route name; the file's metadata (or the folder's config.json) says what it is
         if isinstance(self.pretrained, str) and Path(self.pretrained).is_dir() and not _is_registered(self.name):
