@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import logging
 import os
 import re
 from pathlib import Path
@@ -583,3 +584,23 @@ def test_pickle_refusal_says_how_to_convert_a_trusted_file(tmp_path: Path) -> No
     expected = mobilevit.create_model("mobilevit_xxs", pretrained=tmp_path / "plain.pth").state_dict()
     loaded = mobilevit.create_model("mobilevit_xxs", pretrained=converted.group(1)).state_dict()
     assert all(torch.equal(loaded[k], v) for k, v in expected.items())
+
+
+def test_checkpoint_without_classifier_is_refused_for_inference(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A backbone-only checkpoint leaves a classifier's head.fc random: create_model (fine-tuning) loads it with a
+    warning naming head.fc; the inference loaders refuse it, naming the file, the model and head.fc, unless allowed."""
+    from mobilevit.predict import load_predictor
+
+    state = mobilevit.create_model("mobileone_s0").state_dict()
+    path = tmp_path / "backbone.pth"
+    torch.save({k: v for k, v in state.items() if not k.startswith("head.fc.")}, path)
+    with caplog.at_level(logging.WARNING, logger="mobilevit"):
+        mobilevit.create_model("mobileone_s0", pretrained=path)
+    assert any("head.fc" in r.getMessage() and r.levelno == logging.WARNING for r in caplog.records), caplog.text
+    pattern = rf"Checkpoint {re.escape(str(path))} leaves the head of mobileone_s0 random \(head\.fc\)"
+    with pytest.raises(CheckpointError, match=pattern):
+        load_predictor("mobileone_s0", pretrained=path)
+    with pytest.raises(CheckpointError, match=pattern):
+        mobilevit.create_model("mobileone_s0", pretrained=path, allow_random_head=False)

@@ -247,6 +247,8 @@ class Predictor:
         name: str,
         pretrained: bool | str | os.PathLike = True,
         labels: Sequence[str] | None = None,
+        *,
+        allow_random_head: bool = False,
         **kwargs: Any,
     ) -> Predictor:
         """Build from ``"arch"``, ``"arch.tag"`` or a saved folder, and weights (``True``: the entry's file; or a path).
@@ -254,11 +256,14 @@ class Predictor:
         The preprocessing, the class names and the source come from :func:`~mobilevit.weights.model_io` (the
         checkpoint's own, its entry's, the architecture's default entry's; ImageNet-1k names for 1000 outputs, else
         ``class_<i>``) unless ``labels`` gives one per output. ``pretrained=False`` gives random weights, for testing
-        only; a warning says so. ``kwargs``: ``batch_size``, ``workers``, ``fold``, ``fast_decode``.
+        only; a warning says so. Weights that leave the model's head random (a classification checkpoint given to a
+        segmentation model, a checkpoint without a classifier) are refused unless ``allow_random_head`` (see
+        :func:`~mobilevit.create_model`). ``kwargs``: ``batch_size``, ``workers``, ``fold``, ``fast_decode``.
         """
         from .registry import create_model
 
-        return cls.from_model(create_model(name, pretrained=pretrained), labels, pretrained=pretrained, **kwargs)
+        model = create_model(name, pretrained=pretrained, allow_random_head=allow_random_head)
+        return cls.from_model(model, labels, pretrained=pretrained, **kwargs)
 
     @classmethod
     def from_model(
@@ -381,6 +386,8 @@ class Predictor:
         backend: str | None = None,
         pretrained: bool | str | os.PathLike = True,
         threads: int = 0,
+        *,
+        allow_random_head: bool = False,
         **kwargs: Any,
     ) -> Predictor:
         """This class over ``model``: eager for a model name or folder (:meth:`from_pretrained`), a runtime for an
@@ -393,13 +400,14 @@ class Predictor:
                 :func:`~mobilevit.runtime.resolve_backend`).
             pretrained: weights of an eager model; an exported file carries its own, so it must stay ``True`` there.
             threads: the runtime's inference threads (0: its default); eager models use ``torch.set_num_threads``.
+            allow_random_head: load weights that leave an eager model's head random (see :meth:`from_pretrained`).
             **kwargs: ``batch_size``, ``workers``, ``labels``, ``fast_decode``.
         """
         backend = resolve_backend(model, backend)
         if backend in EXPORTED_BACKENDS:
             check_exported_weights(model, pretrained)
             return cls.from_exported(model, threads=threads, backend=backend, **kwargs)
-        return cls.from_pretrained(str(model), pretrained=pretrained, **kwargs)
+        return cls.from_pretrained(str(model), pretrained=pretrained, allow_random_head=allow_random_head, **kwargs)
 
     def prepare(
         self,
@@ -610,7 +618,8 @@ def load_predictor(
             :func:`~mobilevit.runtime.resolve_backend`).
         pretrained: weights of an eager model; an exported file carries its own, so it must stay ``True`` there.
         threads: the runtime's inference threads (0: its default); eager models use ``torch.set_num_threads``.
-        **kwargs: ``batch_size``, ``workers``, ``labels``, ``fast_decode``.
+        **kwargs: ``batch_size``, ``workers``, ``labels``, ``fast_decode``, ``allow_random_head`` (load weights that
+            leave the head random, refused by default: see :meth:`Predictor.from_pretrained`).
     """
     return Predictor.create(model, backend, pretrained, threads, **kwargs)
 

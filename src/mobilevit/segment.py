@@ -278,7 +278,9 @@ def load_segmenter(
         pretrained: weights of an eager model (``True``: the entry's file; a path; ``False``: random, for testing);
             an exported file carries its own.
         threads: an exported file's runtime threads (0: its default).
-        **kwargs: ``batch_size``, ``workers``, ``labels``, ``fold``.
+        **kwargs: ``batch_size``, ``workers``, ``labels``, ``fold``, ``allow_random_head`` (load a checkpoint that
+            leaves the segmentation head random, such as a classification checkpoint of the backbone: refused by
+            default, see :func:`~mobilevit.create_model`).
     """
     return Segmenter.create(model, backend, pretrained, threads, **kwargs)  # type: ignore[return-value]
 
@@ -288,13 +290,16 @@ def load_model(
     backend: str | None = None,
     pretrained: bool | str | os.PathLike = True,
     threads: int = 0,
+    *,
+    allow_random_head: bool = False,
     **kwargs: Any,
 ) -> Predictor:
     """The runner of ``model``'s own task: a :class:`Segmenter` for a segmentation model, else a
     :class:`~mobilevit.predict.Predictor`; for an exported file, the task its metadata records.
 
     ``kwargs``: ``batch_size``, ``workers``, ``labels``, ``fold`` (eager), ``fast_decode`` (a classifier's only: a
-    segmenter decodes every image whole).
+    segmenter decodes every image whole). ``allow_random_head``: load weights that leave an eager model's head random
+    (refused by default, see :func:`~mobilevit.create_model`).
     """
     from .registry import create_model
 
@@ -304,7 +309,7 @@ def load_model(
         runtime = open_exported(model, backend, threads)
         runner = Segmenter if runtime.task == "segmentation" else Predictor
         return runner.from_runtime(runtime, **kwargs)
-    network = create_model(str(model), pretrained=pretrained)
+    network = create_model(str(model), pretrained=pretrained, allow_random_head=allow_random_head)
     if getattr(network, "task", "classification") == "segmentation":
         return Segmenter.from_model(network, pretrained=pretrained, **kwargs)
     return Predictor.from_model(network, pretrained=pretrained, **kwargs)

@@ -36,11 +36,14 @@ class ModelSpec:
             :func:`mobilevit.save_pretrained`, an exported ``.onnx``, ``.pte`` or ``.tflite`` file (a runtime
             backend), or ``False`` for random weights (protocol tests only).
         labels: class names, one per output, replacing the model's own (a fine-tuned checkpoint without names).
+        allow_random_head: serve weights that leave the model's head random (a classification checkpoint given to a
+            segmentation model); refused by default, as its answers would mean nothing.
     """
 
     name: str
     pretrained: bool | str = True
     labels: tuple[str, ...] | None = None
+    allow_random_head: bool = False
 
     @property
     def is_exported(self) -> bool:
