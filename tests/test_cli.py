@@ -81,12 +81,13 @@ def test_malicious_pickle_is_refused_in_one_line(tmp_path: Path) -> None:
     torch.save({"state_dict": {"stem.conv.weight": torch.zeros(1)}, "x": _Malicious(marker)}, checkpoint)
     Image.new("RGB", (32, 32)).save(tmp_path / "a.png")
     argv = ["predict", "--model", "mobileone_s0", "--pretrained", str(checkpoint), str(tmp_path / "a.png")]
-    proc = subprocess.run(
-        [sys.executable, "-m", "mobilevit.cli", *argv], capture_output=True, text=True, timeout=120, cwd=tmp_path
-    )
+    proc = subprocess.run([sys.executable, "-m", "mobilevit.cli", *argv], capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr
     assert str(checkpoint) in lines[0] and "executable pickled objects" in lines[0]
     assert "will likely succeed" not in proc.stderr
     assert not marker.exists(), "loading the checkpoint ran its payload"
+    # control: an unrestricted load does run the payload, so the refusal is what kept it from running
+    torch.load(checkpoint, weights_only=False)
+    assert marker.exists()
