@@ -481,8 +481,9 @@ def test_python_loaders_refuse_a_classification_checkpoint_unless_allowed(classi
         from mobilevit.serve import ModelSpec, ServeConfig
         from mobilevit.serve.app import default_loader
 
-        spec = ModelSpec(ARCH, str(classification_checkpoint), **kwargs)
-        return default_loader(ServeConfig(models=(spec,)), 0)()  # what the server loads
+        config = ServeConfig(models=(ModelSpec(ARCH, str(classification_checkpoint), **kwargs),))
+        config.validate_models()  # what the server checks before it listens
+        return default_loader(config, 0)()  # what it loads
 
     loaders = {
         "load_segmenter": lambda **kwargs: load_segmenter(ARCH, pretrained=classification_checkpoint, **kwargs),

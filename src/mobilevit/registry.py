@@ -141,12 +141,8 @@ def create_model(
         model.pretrained_cfg = None
         return model
 
-    if pretrained is True and not allow_random_head and _backbone_if_unpublished(name) != name:
-        backbone = _backbone_if_unpublished(name)
-        raise CheckpointError(
-            f"{arch} has no published weights: pretrained=True would load only its backbone's ({backbone}) and "
-            f"leave its head random{_RANDOM_HEAD_ADVICE}"
-        )
+    if pretrained is True and not allow_random_head:
+        _refuse_unpublished(name)
     path, entry, fmt = _weights_location(name, pretrained)
     raw, info = read_checkpoint(path)
     if ARCHITECTURES[arch][0].task == "segmentation" and not is_segmentation_checkpoint(raw, info):
@@ -222,9 +218,7 @@ def _with_backbone_weights(
     classifier and 1x1 expansion dropped) and whose head is fresh. Its preprocessing is the backbone weights' pixels,
     resized whole to 512x512; its labels are the defaults for its number of classes."""
     model = _build(arch, cfg, False, None, num_classes)
-    head = [f"head.{name}" for name, _ in model.head.named_children()]
-    why = f"it is not a segmentation checkpoint, so only the backbone ({cfg.backbone}) loads"
-    _random_head(arch, source, head, why, allow_random_head)
+    _random_head(arch, source, _head_modules(model), _only_backbone(cfg), allow_random_head)
     backbone = model.backbone
     backbone_entry = entry if entry is not None and entry.arch == cfg.backbone else None
     fmt = backbone_entry.format if backbone_entry else None
@@ -242,6 +236,47 @@ _RANDOM_HEAD_ADVICE = (
     ", so its outputs would mean nothing. Fine-tune it first (mobilevit train), or pass --allow-random-head (Python: "
     "allow_random_head=True) to run it anyway"
 )
+
+
+def check_head_weights(name: str, pretrained: bool | str | os.PathLike) -> None:
+    """Refuse weights that would leave the head of segmentation model ``name`` random, without building it (unless
+    they do): a checkpoint that is not a segmentation one, or ``pretrained=True`` for an architecture without published
+    weights. The server checks this before it listens; other misfits show when the model loads.
+
+    Raises:
+        CheckpointError: what ``create_model(name, pretrained=pretrained, allow_random_head=False)`` raises for them.
+    """
+    arch = name.split(".", 1)[0]
+    if arch not in ARCHITECTURES or ARCHITECTURES[arch][0].task != "segmentation" or pretrained in (False, None, ""):
+        return
+    if pretrained is True:
+        _refuse_unpublished(name)
+        return
+    raw, info = read_checkpoint(pretrained)
+    if not is_segmentation_checkpoint(raw, info):
+        cfg = get_config(name)
+        _random_head(
+            arch, str(pretrained), _head_modules(_build(arch, cfg, False, None, None)), _only_backbone(cfg), False
+        )
+
+
+def _refuse_unpublished(name: str) -> None:
+    """Refuse ``pretrained=True`` for a segmentation architecture whose only weights would be its backbone's."""
+    backbone = _backbone_if_unpublished(name)
+    if backbone != name:
+        raise CheckpointError(
+            f"{name.split('.', 1)[0]} has no published weights: pretrained=True would load only its backbone's "
+            f"({backbone}) and leave its head random{_RANDOM_HEAD_ADVICE}"
+        )
+
+
+def _head_modules(model: nn.Module) -> list[str]:
+    """The modules of a segmentation model's head (``head.aspp``, ``head.classifier``), for messages."""
+    return [f"head.{name}" for name, _ in model.head.named_children()]
+
+
+def _only_backbone(cfg: Any) -> str:
+    return f"it is not a segmentation checkpoint: only the backbone ({cfg.backbone}) loads"
 
 
 def _random_head(arch: str, source: str, modules: list[str], why: str, allowed: bool) -> None:

@@ -79,9 +79,10 @@ class ModelSpec:
         return cls(name, path if sep else pretrained)
 
     def validate(self) -> None:
-        """Check the name against the registry and that a local checkpoint exists and is made of regular files (no
-        weights are read: a FIFO or a device would block the loader after the server started listening)."""
-        from ..registry import get_config
+        """Check the name against the registry, that a local checkpoint exists and is made of regular files (a FIFO
+        or a device would block the loader after the server started listening), and that a segmentation model's
+        weights are not only its backbone's (:func:`~mobilevit.registry.check_head_weights`, which reads them)."""
+        from ..registry import check_head_weights, get_config
         from ..weights.entries import get_weights
         from ..weights.load import check_checkpoint_path, require_regular_file
 
@@ -108,6 +109,8 @@ class ModelSpec:
                 get_weights(self.name)
             except KeyError as err:
                 raise UsageError(err.args[0]) from None
+        if not self.allow_random_head:
+            check_head_weights(self.name, self.pretrained)  # a segmentation model given its backbone's weights
 
 
 @dataclass(frozen=True)
