@@ -239,9 +239,9 @@ _RANDOM_HEAD_ADVICE = (
 
 
 def check_head_weights(name: str, pretrained: bool | str | os.PathLike) -> None:
-    """Refuse weights that would leave the head of segmentation model ``name`` random, without building it (unless
-    they do): a checkpoint that is not a segmentation one, or ``pretrained=True`` for an architecture without published
-    weights. The server checks this before it listens; other misfits show when the model loads.
+    """Refuse weights that would leave the head of segmentation model ``name`` random, reading only the checkpoint: one
+    that is not a segmentation checkpoint, or ``pretrained=True`` for an architecture without published weights. The
+    server checks this before it listens; other misfits show when the model loads.
 
     Raises:
         CheckpointError: what ``create_model(name, pretrained=pretrained, allow_random_head=False)`` raises for them.
@@ -283,7 +283,7 @@ def _random_head(arch: str, source: str, modules: list[str], why: str, allowed: 
     """Warn that the head ``modules`` of ``arch`` keep random weights (fine-tuning), or refuse (inference)."""
     if allowed:
         logger.warning(
-            "%s: %s keep random weights, not loaded from %s (%s); train them before use",
+            "%s: %s left random, not loaded from %s (%s): fine-tune before use",
             arch,
             ", ".join(modules),
             source,
