@@ -486,7 +486,9 @@ def test_python_loaders_refuse_a_classification_checkpoint_unless_allowed(classi
         return default_loader(config, 0)()  # what it loads
 
     loaders = {
-        "load_segmenter": lambda **kwargs: load_segmenter(ARCH, pretrained=classification_checkpoint, **kwargs),
+        "load_segmenter": lambda **kwargs: load_segmenter(
+            ARCH, pretrained=classification_checkpoint, fold=False, **kwargs
+        ),
         "load_model": lambda **kwargs: load_model(ARCH, pretrained=classification_checkpoint, **kwargs),
         "serve": served,
     }
