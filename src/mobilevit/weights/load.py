@@ -57,7 +57,7 @@ def special_file_kind(path: str | os.PathLike) -> str | None:
         return None
     if stat.S_ISREG(mode):
         return None
-    return next((kind for test, kind in _FILE_KINDS if test(mode)), "not a regular file")
+    return next((kind for test, kind in _FILE_KINDS if test(mode)), "a special file")
 
 
 def require_regular_file(path: str | os.PathLike, what: str, error: type[Exception] = CheckpointError) -> None:
@@ -65,7 +65,7 @@ def require_regular_file(path: str | os.PathLike, what: str, error: type[Excepti
 
     Args:
         path: the file about to be opened.
-        what: what the file is meant to be, for the message (``"checkpoint"``, ``"labels file"``...).
+        what: what the file is meant to be, starting the message (``"Checkpoint"``, ``"Labels file"``...).
         error: the exception type to raise.
     """
     kind = special_file_kind(path)
