@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
+import shlex
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import timm
+import torch
+from PIL import Image
 
 from mobilevit.cli import main
 
@@ -58,3 +63,31 @@ def test_bad_option_is_an_argparse_error() -> None:
         [sys.executable, "-m", "mobilevit.cli", "bench", "--batch-sizes", "one"], capture_output=True, text=True
     )
     assert proc.returncode == 2 and "comma-separated integers" in proc.stderr
+
+
+class _Malicious:
+    """Unpickling this runs a shell command that creates a marker file: a hostile checkpoint."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple:
+        return (os.system, (f"touch {shlex.quote(str(self.marker))}",))
+
+
+def test_malicious_pickle_is_refused_in_one_line(tmp_path: Path) -> None:
+    marker = tmp_path / "payload_ran"
+    checkpoint = tmp_path / "evil.pth"
+    torch.save({"state_dict": {"stem.conv.weight": torch.zeros(1)}, "x": _Malicious(marker)}, checkpoint)
+    Image.new("RGB", (32, 32)).save(tmp_path / "a.png")
+    argv = ["predict", "--model", "mobileone_s0", "--pretrained", str(checkpoint), str(tmp_path / "a.png")]
+    proc = subprocess.run([sys.executable, "-m", "mobilevit.cli", *argv], capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert str(checkpoint) in lines[0] and "executable pickled objects" in lines[0]
+    assert "will likely succeed" not in proc.stderr
+    assert not marker.exists(), "loading the checkpoint ran its payload"
+    # control: an unrestricted load does run the payload, so the refusal is what kept it from running
+    torch.load(checkpoint, weights_only=False)
+    assert marker.exists()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import logging
 import os
 import re
 from pathlib import Path
@@ -562,3 +563,44 @@ def test_pickles_are_loaded_weights_only(kind: str, tmp_path: Path) -> None:
     # control: an unrestricted unpickler does build the object (and runs the payload), so the refusal is what counted
     torch.load(path, weights_only=False)
     assert bool(_EXECUTED) == kind.startswith("code")
+
+
+def test_pickle_refusal_says_how_to_convert_a_trusted_file(tmp_path: Path) -> None:
+    """The refusal is one line, and the command it gives turns a trusted pickle into a checkpoint that loads."""
+    sd = timm_reference("mobilevit_xxs")[1]
+    path = tmp_path / "trusted.pth.tar"
+    torch.save({"state_dict": sd, "args": argparse.Namespace(model="mobilevit_xxs")}, path)
+    with pytest.raises(CheckpointError) as err:
+        mobilevit.create_model("mobilevit_xxs", pretrained=path)
+    message = str(err.value)
+    assert "\n" not in message and "executable pickled objects (argparse.Namespace" in message
+    assert "will likely succeed" not in message
+    command = re.search(r'python -c "([^"]+)"', message)
+    assert command is not None, message
+    exec(command.group(1), {})  # what the user would run, only for a file they trust
+    converted = re.search(r"then pass (\S+)$", message)
+    assert converted is not None, message
+    torch.save(sd, tmp_path / "plain.pth")
+    expected = mobilevit.create_model("mobilevit_xxs", pretrained=tmp_path / "plain.pth").state_dict()
+    loaded = mobilevit.create_model("mobilevit_xxs", pretrained=converted.group(1)).state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in expected.items())
+
+
+def test_checkpoint_without_classifier_is_refused_for_inference(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A backbone-only checkpoint leaves a classifier's head.fc random: create_model (fine-tuning) loads it with a
+    warning naming head.fc; the inference loaders refuse it, naming the file, the model and head.fc, unless allowed."""
+    from mobilevit.predict import load_predictor
+
+    state = mobilevit.create_model("mobileone_s0").state_dict()
+    path = tmp_path / "backbone.pth"
+    torch.save({k: v for k, v in state.items() if not k.startswith("head.fc.")}, path)
+    with caplog.at_level(logging.WARNING, logger="mobilevit"):
+        mobilevit.create_model("mobileone_s0", pretrained=path)
+    assert any("head.fc" in r.getMessage() and r.levelno == logging.WARNING for r in caplog.records), caplog.text
+    pattern = rf"Checkpoint {re.escape(str(path))} leaves the head of mobileone_s0 random \(head\.fc\)"
+    with pytest.raises(CheckpointError, match=pattern):
+        load_predictor("mobileone_s0", pretrained=path)
+    with pytest.raises(CheckpointError, match=pattern):
+        mobilevit.create_model("mobileone_s0", pretrained=path, allow_random_head=False)

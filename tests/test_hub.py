@@ -12,6 +12,8 @@ import dataclasses
 import hashlib
 import http.server
 import json
+import os
+import re
 import shutil
 import socket
 import threading
@@ -584,3 +586,14 @@ def test_the_entry_format_wins_over_detection(tmp_path: Path, caplog: pytest.Log
     assert not [r for r in caplog.records if "weights entry says" in r.getMessage()]
     x = torch.randn(1, 3, 224, 224)
     assert_close(logits(model, x), logits(ref, x), "timm mobileone")
+
+
+def test_fifo_in_the_torch_hub_cache_is_refused() -> None:
+    """A FIFO where a URL entry's file is cached is named, not opened (reading it would block) nor taken as absent."""
+    entry = get_weights("mobileone_s0.orig_in1k_reparam")
+    target = hub.local_weights_path(entry)
+    target.parent.mkdir(parents=True)
+    os.mkfifo(target)
+    for call in (lambda: hub.cached_weights(entry), lambda: mobilevit.create_model(entry.name, pretrained=True)):
+        with pytest.raises(CheckpointError, match=rf"{re.escape(str(target))} is a FIFO"):
+            call()

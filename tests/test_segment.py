@@ -549,3 +549,57 @@ def test_cli_eval_under_torchrun_matches(model_folder: Path, shared: Path, tmp_p
     one, two = json.loads(single.stdout), json.loads(multi.stdout.strip().splitlines()[-1])
     assert (two["count"], two["pixels"]) == (5, one["pixels"])
     assert two["miou"] == one["miou"] and two["per_class_iou"] == one["per_class_iou"]
+
+
+# ------------------------------------------------------------------- a classification checkpoint is not a segmenter
+@pytest.fixture(scope="module")
+def classification_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A MobileOne-S0 classifier (random weights) saved as a plain state dict: a backbone for DeepLabV3-MobileOne-S0,
+    with nothing for its ASPP and classifier."""
+    path = tmp_path_factory.mktemp("classifier") / "mobileone_s0.pth"
+    torch.save(mobilevit.create_model("mobileone_s0").state_dict(), path)
+    return path
+
+
+def test_cli_refuses_a_classification_checkpoint_unless_allowed(
+    classification_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    image = tmp_path / "x.png"
+    Image.new("RGB", (40, 30), (200, 30, 30)).save(image)
+    argv = ["segment", str(image), "--model", ARCH, "--pretrained", str(classification_checkpoint), "--no-progress"]
+    assert main([*argv, "--output", str(tmp_path / "refused")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert str(classification_checkpoint) in err and ARCH in err and "head.classifier" in err and "head.aspp" in err
+    assert "--allow-random-head" in err
+    assert not (tmp_path / "refused" / "x_mask.png").exists()
+
+    assert main([*argv, "--output", str(tmp_path / "out"), "--allow-random-head"]) == 0
+    assert Image.open(tmp_path / "out" / "x_mask.png").size == (40, 30)
+
+
+def test_python_loaders_refuse_a_classification_checkpoint_unless_allowed(classification_checkpoint: Path) -> None:
+    from mobilevit.segment import load_model, load_segmenter
+    from mobilevit.weights import CheckpointError
+
+    def served(**kwargs: bool) -> Segmenter:
+        pytest.importorskip("fastapi")
+        from mobilevit.serve import ModelSpec, ServeConfig
+        from mobilevit.serve.app import default_loader
+
+        config = ServeConfig(models=(ModelSpec(ARCH, str(classification_checkpoint), **kwargs),))
+        config.validate_models()  # what the server checks before it listens
+        return default_loader(config, 0)()  # what it loads
+
+    loaders = {
+        "load_segmenter": lambda **kwargs: load_segmenter(
+            ARCH, pretrained=classification_checkpoint, fold=False, **kwargs
+        ),
+        "load_model": lambda **kwargs: load_model(ARCH, pretrained=classification_checkpoint, **kwargs),
+        "serve": served,
+    }
+    for name, load in loaders.items():
+        with pytest.raises(CheckpointError, match=r"head of deeplabv3_mobileone_s0 random \(head\.aspp"):
+            load()
+        if name != "load_model":  # the server's loader is load_model: once allowed is enough
+            assert isinstance(load(allow_random_head=True), Segmenter), name

@@ -324,3 +324,19 @@ def test_bad_segmentation_setups(voc: Path, tmp_path: Path) -> None:
         Image.open(jpg).resize((20, 20)).save(jpg, format="PNG")
     with pytest.raises(UsageError, match="must have its image's size"):
         train(apply_overrides(TrainConfig(), [*COMMON, f"data.train={bad}", f"output_dir={tmp_path / 'd'}"]))
+
+
+@pytest.mark.parametrize(
+    ("name", "head"), [("deeplabv3_mobileone_s0", "head.aspp, head.classifier"), ("mobileone_s0", "head.fc")]
+)
+def test_training_warns_which_head_starts_random(
+    name: str, head: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Fine-tuning from a classification checkpoint (3 classes, not its 1000) loads and warns, naming the head modules
+    that keep random weights: DeepLabV3's ASPP and classifier, a classifier's fc."""
+    path = tmp_path / "mobileone_s0.pth"
+    torch.save(mobilevit.create_model("mobileone_s0").state_dict(), path)
+    with caplog.at_level(logging.WARNING, logger="mobilevit"):
+        build_model(ModelConfig(name=name, num_classes=3, pretrained=str(path)))
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any(head in message and str(path) in message for message in warnings), warnings

@@ -76,6 +76,7 @@ def _predictor(args: argparse.Namespace) -> Predictor:
         batch_size=args.batch_size,
         labels=labels,
         fast_decode=args.fast_decode,
+        allow_random_head=args.allow_random_head,
     )
     return predictor
 
@@ -162,7 +163,8 @@ def _segmenter(args: argparse.Namespace) -> Segmenter:
         torch.set_num_threads(args.threads)
     pretrained = args.pretrained or not args.random_weights
     labels = _labels(args.labels)
-    return load_segmenter(args.model, args.backend, pretrained, args.threads, batch_size=args.batch_size, labels=labels)
+    options = {"batch_size": args.batch_size, "labels": labels, "allow_random_head": args.allow_random_head}
+    return load_segmenter(args.model, args.backend, pretrained, args.threads, **options)
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
@@ -208,7 +210,11 @@ def _eval_runner(args: argparse.Namespace) -> Predictor:
     if args.threads:
         torch.set_num_threads(args.threads)
     pretrained = args.pretrained or not args.random_weights
-    options = {"batch_size": args.batch_size, "labels": _labels(args.labels)}
+    options = {
+        "batch_size": args.batch_size,
+        "labels": _labels(args.labels),
+        "allow_random_head": args.allow_random_head,
+    }
     if args.task == "segmentation":
         return load_segmenter(args.model, args.backend, pretrained, args.threads, **options)
     options["fast_decode"] = args.fast_decode
@@ -356,6 +362,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.labels and len(args.model) > 1:
         raise UsageError("--labels applies to a single --model")
     models = tuple(ModelSpec.parse(text, default) for text in args.model)
+    if args.allow_random_head:
+        models = tuple(dataclasses.replace(spec, allow_random_head=True) for spec in models)
     if args.labels:
         models = (dataclasses.replace(models[0], labels=_labels(args.labels)),)
     config = ServeConfig(
@@ -537,7 +545,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     pretrained = args.pretrained or not args.random_weights
     if args.random_weights:
         warn_random_weights(args.model, "the exported file predicts nothing useful")
-    model = create_model(args.model, pretrained=pretrained)
+    model = create_model(args.model, pretrained=pretrained, allow_random_head=args.allow_random_head)
     options = {
         "input_size": tuple(args.input_size) if args.input_size else None,
         "dynamic": not args.static,
@@ -591,6 +599,16 @@ def _weights_args(p: argparse.ArgumentParser) -> None:
     """``--pretrained`` and ``--random-weights`` of the commands that load one model."""
     p.add_argument("--pretrained", help="local checkpoint file or folder (default: the weights entry's file)")
     p.add_argument("--random-weights", action="store_true", help="no weights at all (testing only)")
+    _random_head_arg(p)
+
+
+def _random_head_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--allow-random-head",
+        action="store_true",
+        help="load weights that leave the model's head random (a classification checkpoint given to a segmentation "
+        "model, a checkpoint without a classifier): refused otherwise, as the outputs would mean nothing",
+    )
 
 
 def _predictor_args(p: argparse.ArgumentParser, segmentation: bool = False) -> None:
@@ -712,6 +730,7 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
         "written by save_pretrained; repeat to serve several (POST / uses the first)",
     )
     p.add_argument("--pretrained", help="local checkpoint for a single --model")
+    _random_head_arg(p)
     p.add_argument("--labels", help="class names of a single --model, one per line or a JSON list")
     p.add_argument("--random-weights", action="store_true", help="no weights at all (protocol testing only)")
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default: loopback only)")

@@ -28,6 +28,7 @@ from .data.transforms import eval_transform
 from .errors import NonFiniteOutputError, UsageError
 from .runtime import BACKENDS, EXPORTED_BACKENDS, Runtime, Signature, TorchRuntime, open_runtime, resolve_backend
 from .weights.entries import Preprocess, check_labels, labels_for
+from .weights.load import require_regular_file
 from .weights.pretrained import model_io
 
 if TYPE_CHECKING:
@@ -182,6 +183,13 @@ def check_exported_weights(model: str | os.PathLike, pretrained: bool | str | os
         raise UsageError(f"{model}: an exported file carries its weights; --pretrained/--random-weights do not apply")
 
 
+def open_exported(path: str | os.PathLike, backend: str | None = None, threads: int = 0) -> Runtime:
+    """:func:`~mobilevit.runtime.open_runtime` of an exported file, refusing a path that is not a regular file (a FIFO
+    would block the runtime's reader forever)."""
+    require_regular_file(path, "Exported model file", UsageError)
+    return open_runtime(path, backend, threads)
+
+
 class Predictor:
     """Image classifier: the preprocessing and labels of a model around the runtime that runs it.
 
@@ -260,6 +268,8 @@ class Predictor:
         name: str,
         pretrained: bool | str | os.PathLike = True,
         labels: Sequence[str] | None = None,
+        *,
+        allow_random_head: bool = False,
         **kwargs: Any,
     ) -> Predictor:
         """Build from ``"arch"``, ``"arch.tag"`` or a saved folder, and weights (``True``: the entry's file; or a path).
@@ -267,11 +277,14 @@ class Predictor:
         The preprocessing, the class names and the source come from :func:`~mobilevit.weights.model_io` (the
         checkpoint's own, its entry's, the architecture's default entry's; ImageNet-1k names for 1000 outputs, else
         ``class_<i>``) unless ``labels`` gives one per output. ``pretrained=False`` gives random weights, for testing
-        only; a warning says so. ``kwargs``: ``batch_size``, ``workers``, ``fold``, ``fast_decode``.
+        only; a warning says so. Weights that leave the model's head random (a classification checkpoint given to a
+        segmentation model, a checkpoint without a classifier) are refused unless ``allow_random_head`` (see
+        :func:`~mobilevit.create_model`). ``kwargs``: ``batch_size``, ``workers``, ``fold``, ``fast_decode``.
         """
         from .registry import create_model
 
-        return cls.from_model(create_model(name, pretrained=pretrained), labels, pretrained=pretrained, **kwargs)
+        model = create_model(name, pretrained=pretrained, allow_random_head=allow_random_head)
+        return cls.from_model(model, labels, pretrained=pretrained, **kwargs)
 
     @classmethod
     def from_model(
@@ -331,7 +344,7 @@ class Predictor:
                 one the suffix implies (:func:`~mobilevit.runtime.resolve_backend`).
             fast_decode: approximate, faster decoding of large JPEGs (see :class:`Predictor`).
         """
-        runtime = open_runtime(path, backend, threads)
+        runtime = open_exported(path, backend, threads)
         return cls.from_runtime(runtime, preprocess, labels, batch_size, workers, fast_decode=fast_decode)
 
     @classmethod
@@ -394,6 +407,8 @@ class Predictor:
         backend: str | None = None,
         pretrained: bool | str | os.PathLike = True,
         threads: int = 0,
+        *,
+        allow_random_head: bool = False,
         **kwargs: Any,
     ) -> Predictor:
         """This class over ``model``: eager for a model name or folder (:meth:`from_pretrained`), a runtime for an
@@ -406,13 +421,14 @@ class Predictor:
                 :func:`~mobilevit.runtime.resolve_backend`).
             pretrained: weights of an eager model; an exported file carries its own, so it must stay ``True`` there.
             threads: the runtime's inference threads (0: its default); eager models use ``torch.set_num_threads``.
+            allow_random_head: load weights that leave an eager model's head random (see :meth:`from_pretrained`).
             **kwargs: ``batch_size``, ``workers``, ``labels``, ``fast_decode``.
         """
         backend = resolve_backend(model, backend)
         if backend in EXPORTED_BACKENDS:
             check_exported_weights(model, pretrained)
             return cls.from_exported(model, threads=threads, backend=backend, **kwargs)
-        return cls.from_pretrained(str(model), pretrained=pretrained, **kwargs)
+        return cls.from_pretrained(str(model), pretrained=pretrained, allow_random_head=allow_random_head, **kwargs)
 
     def prepare(
         self,
@@ -630,7 +646,8 @@ def load_predictor(
             :func:`~mobilevit.runtime.resolve_backend`).
         pretrained: weights of an eager model; an exported file carries its own, so it must stay ``True`` there.
         threads: the runtime's inference threads (0: its default); eager models use ``torch.set_num_threads``.
-        **kwargs: ``batch_size``, ``workers``, ``labels``, ``fast_decode``.
+        **kwargs: ``batch_size``, ``workers``, ``labels``, ``fast_decode``, ``allow_random_head`` (load weights that
+            leave the head random, refused by default: see :meth:`Predictor.from_pretrained`).
     """
     return Predictor.create(model, backend, pretrained, threads, **kwargs)
 
@@ -655,6 +672,7 @@ __all__ = [
     "check_task",
     "decode_input",
     "load_predictor",
+    "open_exported",
     "resolve_backend",
     "scores_from_logits",
 ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import logging
 import os
 from typing import Any
 
@@ -26,6 +27,8 @@ from .weights.load import (
 )
 from .weights.pretrained import PretrainedCfg, default_preprocess, preprocess_from_json, read_saved_config
 from .weights.pretrained import config_overrides as saved_overrides
+
+logger = logging.getLogger(__name__)
 
 
 def list_models(pattern: str | None = None, task: str | None = None) -> list[str]:
@@ -78,6 +81,7 @@ def create_model(
     features_only: bool = False,
     out_indices: tuple[int, ...] | None = None,
     reparameterized: bool = False,
+    allow_random_head: bool = True,
     **config_overrides: Any,
 ) -> nn.Module:
     """Build a model by architecture or weights name, optionally loading weights.
@@ -97,7 +101,7 @@ def create_model(
             name and a path, the entry still supplies the preprocessing and labels. A segmentation model
             (``deeplabv3_*``) also takes a classification checkpoint of its backbone (or, with ``True`` and no
             segmentation weights of its own, the backbone's default ImageNet weights): the backbone loads, the head
-            starts fresh, for fine-tuning.
+            starts fresh, for fine-tuning (see ``allow_random_head``).
         num_classes: classifier outputs. ``None`` keeps the checkpoint's (or the config's) head; a different number
             keeps the pretrained backbone and starts a fresh head.
         features_only: return a model whose ``forward`` gives the multi-scale feature maps (see ``feature_info``).
@@ -105,6 +109,11 @@ def create_model(
         reparameterized: return the inference form (:func:`mobilevit.reparameterize_model`: re-parameterizable
             branches and BatchNorms folded). A checkpoint saved from such a model is recognised and loaded into this
             form whatever this flag says; a train-time checkpoint is loaded, then folded.
+        allow_random_head: what to do when the checkpoint leaves head modules with random weights (a classification
+            checkpoint in a segmentation model, a classifier of another ``num_classes``, a checkpoint without a
+            classifier): ``True`` loads it and logs a warning naming them, which is right for fine-tuning; ``False``
+            raises, which is right for inference (:class:`~mobilevit.predict.Predictor` and
+            :class:`~mobilevit.segment.Segmenter` pass ``False`` unless told otherwise).
         **config_overrides: fields of the architecture's config dataclass, e.g. ``drop_path_rate=0.1``,
             ``in_channels=1``.
 
@@ -114,7 +123,8 @@ def create_model(
     Raises:
         mobilevit.weights.WeightsUnavailableError: ``pretrained=True`` and the file is neither cached nor
             downloadable now; the message says how to supply it.
-        mobilevit.weights.CheckpointError: the checkpoint cannot be read or does not fit the architecture.
+        mobilevit.weights.CheckpointError: the checkpoint cannot be read or does not fit the architecture, or it
+            leaves the head random and ``allow_random_head`` is ``False``.
     """
     name = os.fspath(name)
     if _is_checkpoint_path(name):
@@ -131,17 +141,29 @@ def create_model(
         model.pretrained_cfg = None
         return model
 
+    if pretrained is True and not allow_random_head:
+        _refuse_unpublished(name)
     path, entry, fmt = _weights_location(name, pretrained)
     raw, info = read_checkpoint(path)
     if ARCHITECTURES[arch][0].task == "segmentation" and not is_segmentation_checkpoint(raw, info):
-        return _with_backbone_weights(arch, cfg, num_classes, raw, info, str(path), entry, reparameterized)
+        return _with_backbone_weights(
+            arch, cfg, num_classes, raw, info, str(path), entry, reparameterized, allow_random_head
+        )
     state_dict, saved, cfg = _read_weights(raw, info, str(path), arch, cfg, fmt, config_overrides)
-    classifier = f"{ARCHITECTURES[arch][0].classifier_name}.weight"
+    classifier_name = ARCHITECTURES[arch][0].classifier_name
+    classifier = f"{classifier_name}.weight"
     ckpt_classes = state_dict[classifier].shape[0] if classifier in state_dict else None
     if num_classes is None:
         num_classes = ckpt_classes if ckpt_classes is not None else cfg.num_classes
     model = _build(arch, cfg, features_only, out_indices, num_classes)
     keep_head = num_classes == ckpt_classes
+    if not keep_head and any(k.startswith(f"{classifier_name}.") for k in model.state_dict()):
+        why = (
+            "it holds no classifier"
+            if ckpt_classes is None
+            else f"its classifier has {ckpt_classes} outputs, the model {num_classes}"
+        )
+        _random_head(arch, str(path), [classifier_name], why, allow_random_head)
     _load_weights(model, state_dict, str(path), keep_head=keep_head, reparameterized=reparameterized)
     labelled = num_classes if keep_head and not features_only else None
     model.pretrained_cfg = _pretrained_cfg(arch, str(path), entry, saved, labelled, model.task)
@@ -191,11 +213,13 @@ def _with_backbone_weights(
     source: str,
     entry: WeightsEntry | None,
     reparameterized: bool,
+    allow_random_head: bool,
 ) -> nn.Module:
     """A segmentation model whose backbone is loaded from a classification checkpoint of ``cfg.backbone`` (its
     classifier and 1x1 expansion dropped) and whose head is fresh. Its preprocessing is the backbone weights' pixels,
     resized whole to 512x512; its labels are the defaults for its number of classes."""
     model = _build(arch, cfg, False, None, num_classes)
+    _random_head(arch, source, _head_modules(model), _only_backbone(cfg), allow_random_head)
     backbone = model.backbone
     backbone_entry = entry if entry is not None and entry.arch == cfg.backbone else None
     fmt = backbone_entry.format if backbone_entry else None
@@ -207,6 +231,69 @@ def _with_backbone_weights(
     pixels = saved or (backbone_entry.preprocess if backbone_entry else default_preprocess(cfg.backbone))
     model.pretrained_cfg = PretrainedCfg(arch=arch, source=source, preprocess=segmentation_preprocess(pixels))
     return model
+
+
+_RANDOM_HEAD_ADVICE = (
+    ", so its outputs would mean nothing. Fine-tune it first (mobilevit train), or pass --allow-random-head (Python: "
+    "allow_random_head=True) to run it anyway"
+)
+
+
+def check_head_weights(name: str, pretrained: bool | str | os.PathLike) -> None:
+    """Refuse weights that would leave the head of segmentation model ``name`` random, reading only the checkpoint: one
+    that is not a segmentation checkpoint, or ``pretrained=True`` for an architecture without published weights. The
+    server checks this before it listens; other misfits show when the model loads.
+
+    Raises:
+        CheckpointError: what ``create_model(name, pretrained=pretrained, allow_random_head=False)`` raises for them.
+    """
+    arch = name.split(".", 1)[0]
+    if arch not in ARCHITECTURES or ARCHITECTURES[arch][0].task != "segmentation" or pretrained in (False, None, ""):
+        return
+    if pretrained is True:
+        _refuse_unpublished(name)
+        return
+    raw, info = read_checkpoint(pretrained)
+    if not is_segmentation_checkpoint(raw, info):
+        cfg = get_config(name)
+        _random_head(
+            arch, str(pretrained), _head_modules(_build(arch, cfg, False, None, None)), _only_backbone(cfg), False
+        )
+
+
+def _refuse_unpublished(name: str) -> None:
+    """Refuse ``pretrained=True`` for a segmentation architecture whose only weights would be its backbone's."""
+    backbone = _backbone_if_unpublished(name)
+    if backbone != name:
+        raise CheckpointError(
+            f"{name.split('.', 1)[0]} has no published weights: pretrained=True would load only its backbone's "
+            f"({backbone}) and leave its head random{_RANDOM_HEAD_ADVICE}"
+        )
+
+
+def _head_modules(model: nn.Module) -> list[str]:
+    """The modules of a segmentation model's head (``head.aspp``, ``head.classifier``), for messages."""
+    return [f"head.{name}" for name, _ in model.head.named_children()]
+
+
+def _only_backbone(cfg: Any) -> str:
+    return f"it is not a segmentation checkpoint: only the backbone ({cfg.backbone}) loads"
+
+
+def _random_head(arch: str, source: str, modules: list[str], why: str, allowed: bool) -> None:
+    """Warn that the head ``modules`` of ``arch`` keep random weights (fine-tuning), or refuse (inference)."""
+    if allowed:
+        logger.warning(
+            "%s: %s left random, not loaded from %s (%s): fine-tune before use",
+            arch,
+            ", ".join(modules),
+            source,
+            why,
+        )
+        return
+    raise CheckpointError(
+        f"Checkpoint {source} leaves the head of {arch} random ({', '.join(modules)}): {why}{_RANDOM_HEAD_ADVICE}"
+    )
 
 
 def _read_weights(

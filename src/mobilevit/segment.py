@@ -40,8 +40,8 @@ from torch import Tensor, nn
 from .data.images import ImageError
 from .data.segmentation import class_fractions, mask_image, overlay_image
 from .errors import UsageError
-from .predict import ImageInput, Predictor, check_exported_weights, check_finite, decode_input
-from .runtime import EXPORTED_BACKENDS, Runtime, open_runtime, resolve_backend
+from .predict import ImageInput, Predictor, check_exported_weights, check_finite, decode_input, open_exported
+from .runtime import EXPORTED_BACKENDS, Runtime, resolve_backend
 from .weights.entries import Preprocess, segmentation_preprocess
 
 BAND_ELEMENTS = 1 << 20  # logits resized per tile (num_classes x rows x columns): 4 MB of float32
@@ -322,7 +322,9 @@ def load_segmenter(
         pretrained: weights of an eager model (``True``: the entry's file; a path; ``False``: random, for testing);
             an exported file carries its own.
         threads: an exported file's runtime threads (0: its default).
-        **kwargs: ``batch_size``, ``workers``, ``labels``, ``fold``.
+        **kwargs: ``batch_size``, ``workers``, ``labels``, ``fold``, ``allow_random_head`` (load a checkpoint that
+            leaves the segmentation head random, such as a classification checkpoint of the backbone: refused by
+            default, see :func:`~mobilevit.create_model`).
     """
     return Segmenter.create(model, backend, pretrained, threads, **kwargs)  # type: ignore[return-value]
 
@@ -332,23 +334,26 @@ def load_model(
     backend: str | None = None,
     pretrained: bool | str | os.PathLike = True,
     threads: int = 0,
+    *,
+    allow_random_head: bool = False,
     **kwargs: Any,
 ) -> Predictor:
     """The runner of ``model``'s own task: a :class:`Segmenter` for a segmentation model, else a
     :class:`~mobilevit.predict.Predictor`; for an exported file, the task its metadata records.
 
     ``kwargs``: ``batch_size``, ``workers``, ``labels``, ``fold`` (eager), ``fast_decode`` (a classifier's only: a
-    segmenter decodes every image whole).
+    segmenter decodes every image whole). ``allow_random_head``: load weights that leave an eager model's head random
+    (refused by default, see :func:`~mobilevit.create_model`).
     """
     from .registry import create_model
 
     backend = resolve_backend(model, backend)
     if backend in EXPORTED_BACKENDS:
         check_exported_weights(model, pretrained)
-        runtime = open_runtime(model, backend, threads)
+        runtime = open_exported(model, backend, threads)
         runner = Segmenter if runtime.task == "segmentation" else Predictor
         return runner.from_runtime(runtime, **kwargs)
-    network = create_model(str(model), pretrained=pretrained)
+    network = create_model(str(model), pretrained=pretrained, allow_random_head=allow_random_head)
     if getattr(network, "task", "classification") == "segmentation":
         return Segmenter.from_model(network, pretrained=pretrained, **kwargs)
     return Predictor.from_model(network, pretrained=pretrained, **kwargs)

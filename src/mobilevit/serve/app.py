@@ -179,11 +179,12 @@ def default_loader(config: ServeConfig, index: int) -> Loader:
     model): from its weights (eager) or its exported file (onnxruntime or openvino for ``.onnx``, executorch for
     ``.pte``, litert for ``.tflite``; the task its metadata records)."""
     spec = config.models[index]
-    options = {"batch_size": config.max_batch_size, "labels": spec.labels}
+    options: dict[str, Any] = {"batch_size": config.max_batch_size, "labels": spec.labels}
     if config.backend != "eager":
         assert isinstance(spec.pretrained, str)  # ServeConfig.validate: every model is an exported file
         path = spec.pretrained
         return lambda: load_model(path, config.backend, threads=config.threads, **options)
+    options["allow_random_head"] = spec.allow_random_head
     folder = spec.saved_folder
     if folder is not None:  # a save_pretrained folder served under any name: its config.json names the architecture
         return lambda: load_model(folder, "eager", **options)

@@ -38,11 +38,14 @@ class ModelSpec:
             :func:`mobilevit.save_pretrained`, an exported ``.onnx``, ``.pte`` or ``.tflite`` file (a runtime
             backend), or ``False`` for random weights (protocol tests only).
         labels: class names, one per output, replacing the model's own (a fine-tuned checkpoint without names).
+        allow_random_head: serve weights that leave the model's head random (a classification checkpoint given to a
+            segmentation model); refused by default, as its answers would mean nothing.
     """
 
     name: str
     pretrained: bool | str = True
     labels: tuple[str, ...] | None = None
+    allow_random_head: bool = False
 
     @property
     def is_exported(self) -> bool:
@@ -78,15 +81,23 @@ class ModelSpec:
         return cls(name, path if sep else pretrained)
 
     def validate(self) -> None:
-        """Check the name against the registry and that a local checkpoint exists (no weights are read)."""
-        from ..registry import get_config
+        """Check the name against the registry, that a local checkpoint exists and is made of regular files (a FIFO
+        or a device would block the loader after the server started listening), and that a segmentation model's
+        weights are not only its backbone's (:func:`~mobilevit.registry.check_head_weights`, which reads them)."""
+        from ..registry import check_head_weights, get_config
         from ..weights.entries import get_weights
+        from ..weights.load import check_checkpoint_path, require_regular_file
 
         if isinstance(self.pretrained, str) and not Path(self.pretrained).exists():
             raise UsageError(
                 f"{self.name}: {'exported file' if self.is_exported else 'checkpoint'} {self.pretrained!r} does not "
                 "exist"
             )
+        if isinstance(self.pretrained, str):
+            if self.is_exported:
+                require_regular_file(self.pretrained, "Exported model file", UsageError)
+            else:
+                check_checkpoint_path(self.pretrained)
         if self.is_exported or self.saved_folder is not None:
             return  # any route name; the file's metadata (or the folder's config.json) says what it is
         if isinstance(self.pretrained, str) and Path(self.pretrained).is_dir() and not _is_registered(self.name):
@@ -100,6 +111,8 @@ class ModelSpec:
                 get_weights(self.name)
             except KeyError as err:
                 raise UsageError(err.args[0]) from None
+        if not self.allow_random_head:
+            check_head_weights(self.name, self.pretrained)  # a segmentation model given its backbone's weights
 
 
 @dataclass(frozen=True)

@@ -180,14 +180,17 @@ def _teacher_model(cfg: DistillConfig) -> tuple[nn.Module, Any]:
             raise MissingDependencyError(f"distill.teacher={spec} needs timm: pip install timm") from err
         model = timm.create_model(spec[len("timm:") :], pretrained=True)
         return model, _TimmPreprocess(tuple(model.pretrained_cfg["mean"]), tuple(model.pretrained_cfg["std"]))
-    if os.path.exists(spec):
-        model = create_model(cfg.teacher_arch, pretrained=spec) if cfg.teacher_arch else create_model(spec)
+    if os.path.exists(spec):  # a teacher is run for its outputs: a head its checkpoint lacks is refused
+        if cfg.teacher_arch:
+            model = create_model(cfg.teacher_arch, pretrained=spec, allow_random_head=False)
+        else:
+            model = create_model(spec, allow_random_head=False)
     else:  # "arch.tag", or an architecture name with its default weights
         if cfg.teacher_arch is not None:
             raise UsageError(f"distill.teacher_arch is for a checkpoint file; {spec!r} is not a file")
         if "." not in spec and spec not in list_models():
             raise UsageError(f"distill.teacher {spec!r}: no such file, weights name or architecture")
-        model = create_model(spec, pretrained=True)
+        model = create_model(spec, pretrained=True, allow_random_head=False)
     return model, model_io(model).preprocess
 
 

@@ -1038,7 +1038,10 @@ def read_labels_file(path: str | os.PathLike) -> tuple[str, ...]:
     """Class names from a file: a JSON list, or one name per line (blank lines ignored)."""
     import json
 
+    from .load import require_regular_file
+
     path = Path(path)
+    require_regular_file(path, "Labels file", LabelsError)  # a FIFO would block the read
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as err:

@@ -27,7 +27,7 @@ import urllib.request
 from pathlib import Path
 
 from .entries import WeightsEntry, get_weights
-from .load import HF_WEIGHT_FILES, CheckpointError
+from .load import HF_WEIGHT_FILES, CheckpointError, require_regular_file
 
 logger = logging.getLogger(__name__)
 
@@ -210,6 +210,7 @@ def cached_weights(entry: WeightsEntry | str) -> Path | None:
     if entry.hub_repo_id:
         return _cached_hub(entry, hf_cache_dir())
     target = local_weights_path(entry)
+    require_regular_file(target, "Cached weights file")
     return target if target.is_file() else None
 
 
@@ -275,6 +276,7 @@ def resolve_weights(entry: WeightsEntry | str) -> Path:
             ) from e
 
     target = local_weights_path(entry)
+    require_regular_file(target, "Cached weights file")  # a FIFO there would block the reader
     if target.is_file():
         logger.debug("Using cached %s for %s", target, entry.name)
         return target

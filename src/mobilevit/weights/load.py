@@ -1,6 +1,7 @@
 """Read a checkpoint file of any supported format, convert it to our key names, and load it strictly.
 
-Pickled files are read with ``torch.load(weights_only=True)``: an untrusted checkpoint can never run code.
+Pickled files are read with ``torch.load(weights_only=True)``: an untrusted checkpoint can never run code. Only regular
+files are opened: a FIFO or a device would block the reader, or never end.
 """
 
 from __future__ import annotations
@@ -8,7 +9,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+import pickle
 import re
+import stat
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +38,52 @@ class CheckpointError(MobileViTError, ValueError):
     """A checkpoint that cannot be read, is of an unknown format, or does not fit the model."""
 
 
+_FILE_KINDS = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def special_file_kind(path: str | os.PathLike) -> str | None:
+    """What ``path`` is when it exists but is not a regular file (``"a FIFO (named pipe)"``, ``"a directory"``...);
+    ``None`` for a regular file (symlinks followed) or a path that does not exist. Never opens the path, so a FIFO
+    cannot block it."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None
+    if stat.S_ISREG(mode):
+        return None
+    return next((kind for test, kind in _FILE_KINDS if test(mode)), "a special file")
+
+
+def require_regular_file(path: str | os.PathLike, what: str, error: type[Exception] = CheckpointError) -> None:
+    """Raise ``error`` naming ``path`` and what it is when it exists but is not a regular file.
+
+    Args:
+        path: the file about to be opened.
+        what: what the file is meant to be, starting the message (``"Checkpoint"``, ``"Labels file"``...).
+        error: the exception type to raise.
+    """
+    kind = special_file_kind(path)
+    if kind is not None:
+        raise error(f"{what} {path} is {kind}, not a regular file")
+
+
+def check_checkpoint_path(path: str | os.PathLike) -> None:
+    """Check, without reading it, that a checkpoint ``path`` (a file, or a folder with ``config.json`` and a weights
+    file) names only regular files: what :func:`read_checkpoint` would open."""
+    path = Path(path)
+    if not path.is_dir():
+        require_regular_file(path, "Checkpoint")
+        return
+    for name in ("config.json", *HF_WEIGHT_FILES):
+        require_regular_file(path / name, "Checkpoint file")
+
+
 def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[str, Any]]:
     """Read a state dict from a file, a transformers folder or a folder written by :func:`mobilevit.save_pretrained`.
 
@@ -48,6 +98,7 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[st
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"Checkpoint not found: {path}")
+    check_checkpoint_path(path)
     info: dict[str, Any] = {}
     if path.is_dir():
         config_file = path / "config.json"
@@ -91,13 +142,51 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[st
         info = {**metadata, **info}
         return _unwrap(state_dict, path), info
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about a pickle protocol its weights-only unpickler may not read
+            warnings.filterwarnings("ignore", message=".*pickle protocol", category=UserWarning)
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types here: UnpicklingError, RuntimeError, EOFError...
-        raise CheckpointError(
-            f"Cannot read {path} as a PyTorch checkpoint (loaded with weights_only=True, so pickles that would run "
-            f"code are refused): {type(e).__name__}: {e}"
-        ) from e
+        raise CheckpointError(_unreadable_pickle(path, e)) from None
     return _unwrap(obj, path), info
+
+
+_ZIP_MAGIC = b"PK"  # a zip archive: torch.save's format since PyTorch 1.6
+_PICKLE_PROTOCOLS = range(2, 6)  # a pickle of protocol 2+ starts with PROTO (0x80) and the protocol number
+
+
+def _unreadable_pickle(path: Path, err: Exception) -> str:
+    """The one-line message for a file ``torch.load(weights_only=True)`` refused or could not read.
+
+    torch's own message runs over several lines and advises loading with ``weights_only=False``; here the refusal is
+    the point: a pickle that imports a callable or a class (a ``GLOBAL`` outside torch's allowlist) can run code.
+    """
+    text = str(err)
+    with path.open("rb") as f:
+        head = f.read(2)
+    if not head:
+        return f"Cannot read {path} as a PyTorch checkpoint: the file is empty"
+    is_pickle = head == _ZIP_MAGIC or (head[0] == 0x80 and head[1] in _PICKLE_PROTOCOLS)
+    refused = isinstance(err, pickle.UnpicklingError) and "Weights only load failed" in text
+    if not (refused and is_pickle):
+        reason = " ".join(text.split()) or type(err).__name__
+        kind = "not a torch.save archive or a pickle" if not is_pickle else f"{type(err).__name__}: {reason[:300]}"
+        return f"Cannot read {path} as a PyTorch checkpoint: {kind}"
+    converted = path.with_name(path.name.split(".", 1)[0] + "_tensors.pt")
+    convert = (
+        f'python -c "import torch; c = torch.load({str(path)!r}, weights_only=False); '
+        "c = c.state_dict() if hasattr(c, 'state_dict') else c.get('state_dict', c.get('model', c)); "
+        f'torch.save({{k: v for k, v in c.items() if torch.is_tensor(v)}}, {str(converted)!r})"'
+    )
+    found = re.search(r"GLOBAL ([\w.]+)", text)
+    what = (
+        f"executable pickled objects ({found.group(1)}, which unpickling would import and call)"
+        if found
+        else "pickled objects other than tensors (unpickling them could run code)"
+    )
+    return (
+        f"Refused {path}: the file holds {what}; checkpoints are read with torch.load(weights_only=True), which "
+        f"never runs code. Only if you trust the file, convert it to plain tensors: {convert}, then pass {converted}"
+    )
 
 
 def is_mobilevit_config(config: Any) -> bool:

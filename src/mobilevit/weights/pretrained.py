@@ -33,7 +33,14 @@ from torch import nn
 from ..errors import UsageError
 from ..models import ARCHITECTURES, find_arch, unwrap_model
 from .entries import DEFAULT_TAGS, Preprocess, WeightsEntry, get_weights, labels_for, segmentation_preprocess
-from .load import CONFIG_METADATA_KEY, LIBRARY, CheckpointError, is_folded_checkpoint, is_mobilevit_config
+from .load import (
+    CONFIG_METADATA_KEY,
+    LIBRARY,
+    CheckpointError,
+    check_checkpoint_path,
+    is_folded_checkpoint,
+    is_mobilevit_config,
+)
 
 FORMAT_VERSION = 1
 CONFIG_NAME = "config.json"
@@ -275,8 +282,13 @@ def model_io(model: nn.Module) -> ModelIO:
 
 
 def read_saved_config(path: str | os.PathLike) -> dict[str, Any] | None:
-    """Our ``config.json`` (or the copy in a safetensors file's metadata) at ``path``, or ``None`` if it has none."""
+    """Our ``config.json`` (or the copy in a safetensors file's metadata) at ``path``, or ``None`` if it has none.
+
+    Raises:
+        CheckpointError: ``path``, or a file of the folder, exists but is not a regular file (a FIFO would block).
+    """
     path = Path(path)
+    check_checkpoint_path(path)
     if path.is_dir():
         config_file = path / CONFIG_NAME
         if not config_file.is_file():
