@@ -1,23 +1,31 @@
-"""Third-party output kept out of the terminal: what ExecuTorch, LiteRT and TensorFlow print while they load or
-convert a model goes to this module's debug log instead.
+"""Third-party noise kept out of the terminal: the lines ExecuTorch, LiteRT and TensorFlow print on every load or
+conversion of a model are dropped, everything else written to standard error meanwhile goes through at once.
 
 They print in three ways: C++ code writing to the process's standard error (file descriptor 2: TensorFlow's and
 LiteRT's ``I0000 ...`` and ``INFO: Created TensorFlow Lite XNNPACK delegate`` lines), C++ code writing through
 Python's ``sys.stderr`` (ExecuTorch's ``[cpuinfo_utils.cpp:71] ...`` lines), and Python loggers (torch's
-``_pytree`` warning when torchao registers its enums). :func:`third_party_output` catches all three around one call
-and replays the text at DEBUG on the ``mobilevit.runtime.quiet`` logger; :func:`tensorflow_environment` sets
-TensorFlow's own log level before it is imported. ``mobilevit -v`` shows everything (:func:`show_third_party_output`).
+``_pytree`` warning when torchao registers its enums). :func:`third_party_output` filters all three around one call;
+:data:`NOISE` lists the lines it drops, and :func:`tensorflow_environment` sets TensorFlow's own log level before it
+is imported. ``mobilevit -v`` shows everything (:func:`show_third_party_output`): the noise is dropped exactly when
+this module's debug log is off.
+
+File descriptor 2 is the process's, so while a call is filtered the other threads' output goes through the filter
+too: a line that is not noise reaches the real standard error as soon as it is complete. The filter runs in a small
+child process rather than a thread of this one, so that when the third-party code aborts the process (a damaged
+file can make ExecuTorch or LiteRT call ``abort()``), what it wrote just before (its reason) still gets out.
 """
 
 from __future__ import annotations
 
 import contextlib
-import io
 import logging
 import os
+import re
+import subprocess
 import sys
-import tempfile
+import threading
 from collections.abc import Iterator
+from typing import Any, TextIO
 
 logger = logging.getLogger(__name__)
 
@@ -26,6 +34,40 @@ NOISY_LOGGERS = ("torch.utils._pytree",)
 # TensorFlow reads this when it is imported (by the LiteRT converter): its C++ logs errors only (its INFO note about
 # oneDNN included; TF_ENABLE_ONEDNN_OPTS, which would also silence it, is left alone: it changes TensorFlow's numerics)
 TENSORFLOW_ENVIRONMENT = {"TF_CPP_MIN_LOG_LEVEL": "2"}
+# The lines dropped while a third-party call is filtered, each a regular expression matched at the start of a line.
+NOISE = (
+    # ExecuTorch's XNNPACK backend describing the CPU, on each method load and export
+    r"\[cpuinfo_utils\.cpp:\d+\] ",
+    # absl, in TensorFlow and LiteRT, before its first log line
+    r"WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR$",
+    # absl's INFO lines (TensorFlow's oneDNN note and op counts), "I0000 00:00:1796667621.326493   23755 port.cc:153] "
+    r"I\d{4} \d\d:\d\d:\d+\.\d+ +\d+ \S+:\d+\] ",
+    # LiteRT's interpreter, on each model load
+    r"INFO: Created TensorFlow Lite XNNPACK delegate for CPU\.$",
+)
+_NOISE = re.compile("|".join(f"(?:{pattern})" for pattern in NOISE))
+# seconds the end of a filtered call waits for the filter to write out what it holds; only a child process started
+# in the window and still holding the pipe makes it wait that long (the filter then keeps forwarding on its own)
+FILTER_EXIT_TIMEOUT = 5.0
+
+# The filter process: copies its standard input to its standard output line by line, without the lines that match
+# the pattern in argv[1]; what it holds of an unfinished line goes out when its input closes (the window ended, or
+# this process died).
+FILTER_SCRIPT = """
+import os, re, sys
+noise = re.compile(sys.argv[1].encode())
+out = sys.stdout.buffer
+held = b""
+while chunk := os.read(0, 65536):
+    *lines, held = (held + chunk).split(b"\\n")
+    kept = b"".join(line + b"\\n" for line in lines if not noise.match(line))
+    if kept:
+        out.write(kept)
+        out.flush()
+if held and not noise.match(held):
+    out.write(held)
+    out.flush()
+"""
 
 
 def show_third_party_output() -> None:
@@ -46,41 +88,143 @@ def tensorflow_environment() -> None:
         os.environ.setdefault(name, value)
 
 
+class _LineFilter:
+    """Stands in for ``sys.stderr``: complete lines that are not noise go to the original stream at once (which,
+    during the window, writes to file descriptor 2 and so through the filter process); an unfinished line waits for
+    its end or for :meth:`close`. Everything else (``encoding``, ``fileno``, ...) is the original stream's."""
+
+    def __init__(self, stream: TextIO | None) -> None:
+        self.stream = stream
+        self.held = ""
+        self.lock = threading.Lock()
+
+    def write(self, text: str) -> int:
+        with self.lock:
+            *lines, self.held = (self.held + text).split("\n")
+            self._forward("".join(line + "\n" for line in lines if not _NOISE.match(line)))
+        return len(text)
+
+    def flush(self) -> None:
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            self.stream.flush()  # type: ignore[union-attr]
+
+    def close(self) -> None:
+        """Write out the unfinished line, unless it is noise (the stream itself stays open)."""
+        with self.lock:
+            held, self.held = self.held, ""
+            if not _NOISE.match(held):
+                self._forward(held)
+
+    def _forward(self, text: str) -> None:
+        if text and self.stream is not None:
+            with contextlib.suppress(OSError, ValueError):  # a closed or missing standard error: nowhere to write
+                self.stream.write(text)
+                self.stream.flush()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.stream, name)
+
+
+class _Window:
+    """The process-wide filtering, on while at least one :func:`third_party_output` is open in any thread."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.users = 0
+        self.saved_fd: int | None = None  # the real file descriptor 2, while the pipe stands in for it
+        self.process: subprocess.Popen | None = None
+        self.stderr: _LineFilter | None = None
+        self.levels: dict[str, int] = {}
+        self.lingering: list[subprocess.Popen] = []  # filters still forwarding for a child process that holds the pipe
+
+    def enter(self) -> None:
+        with self.lock:
+            self.users += 1
+            if self.users == 1:
+                try:
+                    self._start()
+                except BaseException:
+                    self._stop()
+                    self.users = 0
+                    raise
+
+    def exit(self) -> None:
+        with self.lock:
+            self.users -= 1
+            if self.users == 0:
+                self._stop()
+
+    def _start(self) -> None:
+        self.levels = {name: logging.getLogger(name).level for name in NOISY_LOGGERS}
+        for name in NOISY_LOGGERS:
+            logging.getLogger(name).setLevel(logging.ERROR)
+        self.stderr = _LineFilter(sys.stderr)
+        self.stderr.flush()
+        sys.stderr = self.stderr  # type: ignore[assignment]
+        self._start_pipe()
+
+    def _start_pipe(self) -> None:
+        """File descriptor 2 onto a pipe read by the filter process, which writes to the real one; without a file
+        descriptor 2 or a Python to run the filter, file descriptor 2 is left alone."""
+        try:
+            saved = os.dup(2)
+        except OSError:  # no file descriptor 2 (a detached process): nothing to filter there
+            return
+        read_end, write_end = os.pipe()
+        try:
+            command = [sys.executable, "-I", "-S", "-c", FILTER_SCRIPT, _NOISE.pattern]
+            self.process = subprocess.Popen(command, stdin=read_end, stdout=saved, stderr=saved)
+        except (OSError, ValueError) as err:  # no interpreter to run (an embedded Python)
+            logger.debug("third-party output left unfiltered: %s", err)
+            os.close(saved)
+            os.close(write_end)
+            return
+        finally:
+            os.close(read_end)
+        self.saved_fd = saved
+        os.dup2(write_end, 2)
+        os.close(write_end)
+
+    def _stop(self) -> None:
+        if self.stderr is not None:
+            self.stderr.close()
+            if sys.stderr is self.stderr:  # else someone replaced it meanwhile: theirs stays
+                sys.stderr = self.stderr.stream  # type: ignore[assignment]
+            self.stderr = None
+        if self.saved_fd is not None:
+            os.dup2(self.saved_fd, 2)  # closes this process's last write end of the pipe: the filter sees its end
+            os.close(self.saved_fd)
+            self.saved_fd = None
+        if self.process is not None:
+            try:
+                self.process.wait(FILTER_EXIT_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self.lingering.append(self.process)
+            self.process = None
+        self.lingering = [p for p in self.lingering if p.poll() is None]
+        for name, level in self.levels.items():
+            logging.getLogger(name).setLevel(level)
+        self.levels = {}
+
+
+_window = _Window()
+
+
 @contextlib.contextmanager
 def third_party_output(what: str) -> Iterator[None]:
-    """Around a third-party call: its standard error (Python's ``sys.stderr`` and file descriptor 2) and the warnings
-    of :data:`NOISY_LOGGERS` go to this module's debug log, prefixed with ``what``.
+    """Around a third-party call (``what`` names it): the lines of :data:`NOISE` it writes to standard error
+    (Python's ``sys.stderr`` or file descriptor 2) are dropped and :data:`NOISY_LOGGERS` log errors only; every other
+    line written to standard error meanwhile, by any thread, goes through as soon as it is complete, and an
+    unfinished one at the end.
 
-    When the output is shown (:func:`show_third_party_output`), nothing is caught. File descriptor 2 is the process's:
-    what other threads write to it meanwhile is caught too, so keep the scope to one loading or converting call.
+    When the output is shown (:func:`show_third_party_output`), nothing is filtered. Nested and concurrent uses share
+    one filter, on from the first entry to the last exit.
     """
     if _shown():
         yield
         return
-    levels = {name: logging.getLogger(name).level for name in NOISY_LOGGERS}
-    python_text = io.StringIO()
-    with tempfile.TemporaryFile() as sink:
-        sys.stderr.flush()
-        try:
-            saved = os.dup(2)
-        except OSError:  # no file descriptor 2 (a detached process): nothing to catch there
-            saved = None
-        else:
-            os.dup2(sink.fileno(), 2)
-        try:
-            for name in NOISY_LOGGERS:
-                logging.getLogger(name).setLevel(logging.ERROR)
-            with contextlib.redirect_stderr(python_text):
-                yield
-        finally:
-            sys.stderr.flush()
-            if saved is not None:
-                os.dup2(saved, 2)
-                os.close(saved)
-            for name, level in levels.items():
-                logging.getLogger(name).setLevel(level)
-            sink.seek(0)
-            text = python_text.getvalue() + sink.read().decode("utf-8", errors="replace")
-            for line in text.splitlines():
-                if line.strip():
-                    logger.debug("%s: %s", what, line)
+    _window.enter()
+    try:
+        yield
+    finally:
+        _window.exit()
