@@ -31,6 +31,11 @@ NOISE_LINES = (
     "I0000 00:00:1796667625.259727   23755 flatbuffer_export.cc:4410] Estimated count of arithmetic ops: 0.099 M  ops",
     "INFO: Created TensorFlow Lite XNNPACK delegate for CPU.",
 )
+# what ExecuTorch printed before the error it raised, on loading damaged .pte files
+DIAGNOSTICS = (
+    "[program.cpp:184] Verification failed; data may be truncated or corrupt",
+    "[mmap_data_loader.cpp:165] File /tmp/truncated-8.pte: offset 0 + size 64 > file_size_ 8, or overflow detected",
+)
 
 PRELUDE = """
 import importlib.util, os, sys, threading
@@ -39,12 +44,13 @@ quiet = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(quiet)
 NOISE = sys.argv[2].split("\\n")
 noise_bytes = "".join(line + "\\n" for line in NOISE).encode()
+DIAGNOSTICS = sys.argv[3].split("\\n")
 """
 
 
 def start(script: str) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-c", PRELUDE + script, str(QUIET), "\n".join(NOISE_LINES)],
+        [sys.executable, "-c", PRELUDE + script, str(QUIET), "\n".join(NOISE_LINES), "\n".join(DIAGNOSTICS)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -62,22 +68,22 @@ def run(script: str) -> tuple[int, str, str]:
 
 
 def assert_no_noise(stderr: str) -> None:
-    noisy = [line for line in stderr.splitlines() if line in NOISE_LINES]
+    noisy = [line for line in stderr.splitlines() if line in NOISE_LINES + DIAGNOSTICS]
     assert not noisy, noisy
 
 
 def test_other_lines_reach_stderr_while_the_call_runs_and_noise_does_not() -> None:
     """Lines written inside the window from the same thread, from another thread and through ``sys.stderr`` reach
     the real standard error before the window ends (the child waits inside it until the test has read them); the
-    noise lines, a megabyte of them among the rest, never do."""
+    noise lines, a megabyte of them among the rest, never do, nor ExecuTorch's diagnostics when the call returns."""
     child = start("""
 with quiet.third_party_output("test"):
-    os.write(2, noise_bytes)
+    os.write(2, noise_bytes + (DIAGNOSTICS[0] + "\\n").encode())
     os.write(2, b"same thread: kept\\n")
     thread = threading.Thread(target=lambda: os.write(2, noise_bytes * 5000 + b"other thread: kept\\n"))
     thread.start()
     thread.join()
-    sys.stderr.write("\\n".join(NOISE) + "\\npython: kept\\n")
+    sys.stderr.write("\\n".join(NOISE + DIAGNOSTICS) + "\\npython: kept\\n")
     sys.stdin.readline()  # until the test has seen the kept lines
 print("after", file=sys.stderr)
 """)
@@ -104,17 +110,19 @@ print("after", file=sys.stderr)
 
 
 def test_a_line_written_just_before_an_abort_reaches_stderr() -> None:
-    """A runtime that explains itself and aborts inside the window: the explanation is not lost with the process."""
+    """A runtime that explains itself and aborts inside the window: the explanation, in its own words or ExecuTorch's
+    diagnostics, is not lost with the process; the noise stays out."""
     code, _, err = run("""
 with quiet.third_party_output("test"):
-    os.write(2, noise_bytes + b"fatal: the delegate's blob is damaged\\n")
-    sys.stderr.write(NOISE[0] + "\\npython: the method cannot be loaded\\n")
+    os.write(2, noise_bytes + b"fatal: the delegate's blob is damaged\\n" + (DIAGNOSTICS[0] + "\\n").encode())
+    sys.stderr.write(NOISE[0] + "\\npython: the method cannot be loaded\\n" + DIAGNOSTICS[1] + "\\n")
     os.abort()
 """)
     assert code == -signal.SIGABRT, err
-    assert "fatal: the delegate's blob is damaged\n" in err
-    assert "python: the method cannot be loaded\n" in err
-    assert_no_noise(err)
+    lines = err.splitlines()
+    for line in ("fatal: the delegate's blob is damaged", "python: the method cannot be loaded", *DIAGNOSTICS):
+        assert line in lines, err
+    assert not set(NOISE_LINES) & set(lines), err
 
 
 def test_nested_and_overlapping_windows_give_stderr_back() -> None:
@@ -129,6 +137,7 @@ def second():
             os.write(2, noise_bytes)
         opened.clear()
         closed.wait()
+        sys.stderr.write(DIAGNOSTICS[0] + "\\n")
         os.write(2, b"second: kept\\n" + noise_bytes + b"unfinished")
 thread = threading.Thread(target=second)
 thread.start()

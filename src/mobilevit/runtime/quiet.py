@@ -9,10 +9,15 @@ Python's ``sys.stderr`` (ExecuTorch's ``[cpuinfo_utils.cpp:71] ...`` lines), and
 is imported. ``mobilevit -v`` shows everything (:func:`show_third_party_output`): the noise is dropped exactly when
 this module's debug log is off.
 
+ExecuTorch also explains its failures in lines of its own (:data:`RUNTIME_DIAGNOSTICS`, ``[program.cpp:184]
+Verification failed; ...``): those are kept back until the call ends, then dropped, since the caller reports the
+failure itself in one line; if the process dies first (a damaged file can make ExecuTorch or LiteRT call
+``abort()``), they are written out as its last words. For that the filter runs in a small child process rather than
+a thread of this one: it outlives an abort.
+
 File descriptor 2 is the process's, so while a call is filtered the other threads' output goes through the filter
-too: a line that is not noise reaches the real standard error as soon as it is complete. The filter runs in a small
-child process rather than a thread of this one, so that when the third-party code aborts the process (a damaged
-file can make ExecuTorch or LiteRT call ``abort()``), what it wrote just before (its reason) still gets out.
+too: a line that is neither noise nor a runtime's diagnostic reaches the real standard error as soon as it is
+complete.
 """
 
 from __future__ import annotations
@@ -45,28 +50,44 @@ NOISE = (
     # LiteRT's interpreter, on each model load
     r"INFO: Created TensorFlow Lite XNNPACK delegate for CPU\.$",
 )
+# ExecuTorch's log lines, "[file.cpp:line] message": written out only if the process dies inside the window
+RUNTIME_DIAGNOSTICS = (r"\[\w+\.(?:cpp|h):\d+\] ",)
 _NOISE = re.compile("|".join(f"(?:{pattern})" for pattern in NOISE))
+_DIAGNOSTIC = re.compile("|".join(f"(?:{pattern})" for pattern in RUNTIME_DIAGNOSTICS))
 # seconds the end of a filtered call waits for the filter to write out what it holds; only a child process started
 # in the window and still holding the pipe makes it wait that long (the filter then keeps forwarding on its own)
 FILTER_EXIT_TIMEOUT = 5.0
 
 # The filter process: copies its standard input to its standard output line by line, without the lines that match
-# the pattern in argv[1]; what it holds of an unfinished line goes out when its input closes (the window ended, or
-# this process died).
+# the noise pattern (argv[1]) and holding back those that match the diagnostics pattern (argv[2]); an unfinished line
+# goes out when its input closes. Then the control pipe (file descriptor argv[3]) says how the window ended: "." when
+# it closed normally, nothing when this process died, and then the held lines go out too.
 FILTER_SCRIPT = """
 import os, re, sys
-noise = re.compile(sys.argv[1].encode())
-out = sys.stdout.buffer
-held = b""
+noise, diagnostic = (re.compile(pattern.encode()) for pattern in sys.argv[1:3])
+control = int(sys.argv[3])
+held = []
+
+def write(data):
+    if data:
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+
+def now(line):
+    if noise.match(line):
+        return b""
+    if diagnostic.match(line):
+        held.append(line)
+        return b""
+    return line
+
+rest = b""
 while chunk := os.read(0, 65536):
-    *lines, held = (held + chunk).split(b"\\n")
-    kept = b"".join(line + b"\\n" for line in lines if not noise.match(line))
-    if kept:
-        out.write(kept)
-        out.flush()
-if held and not noise.match(held):
-    out.write(held)
-    out.flush()
+    *lines, rest = (rest + chunk).split(b"\\n")
+    write(b"".join(now(line + b"\\n") for line in lines))
+write(now(rest))
+if os.read(control, 1) != b".":
+    write(b"".join(held))
 """
 
 
@@ -89,19 +110,22 @@ def tensorflow_environment() -> None:
 
 
 class _LineFilter:
-    """Stands in for ``sys.stderr``: complete lines that are not noise go to the original stream at once (which,
-    during the window, writes to file descriptor 2 and so through the filter process); an unfinished line waits for
-    its end or for :meth:`close`. Everything else (``encoding``, ``fileno``, ...) is the original stream's."""
+    """Stands in for ``sys.stderr``: complete lines that are not noise go to the original stream at once, a runtime's
+    diagnostics to the filter process if there is one (through file descriptor 2, wherever the stream writes); an
+    unfinished line waits for its end or for :meth:`close`. Everything else (``encoding``, ``fileno``, ...) is the
+    original stream's."""
 
-    def __init__(self, stream: TextIO | None) -> None:
+    def __init__(self, stream: TextIO | None, filtered_fd: bool) -> None:
         self.stream = stream
+        self.filtered_fd = filtered_fd
         self.held = ""
         self.lock = threading.Lock()
 
     def write(self, text: str) -> int:
         with self.lock:
             *lines, self.held = (self.held + text).split("\n")
-            self._forward("".join(line + "\n" for line in lines if not _NOISE.match(line)))
+            for line in lines:
+                self._forward(line + "\n")
         return len(text)
 
     def flush(self) -> None:
@@ -112,13 +136,17 @@ class _LineFilter:
         """Write out the unfinished line, unless it is noise (the stream itself stays open)."""
         with self.lock:
             held, self.held = self.held, ""
-            if not _NOISE.match(held):
-                self._forward(held)
+            self._forward(held)
 
-    def _forward(self, text: str) -> None:
-        if text and self.stream is not None:
-            with contextlib.suppress(OSError, ValueError):  # a closed or missing standard error: nowhere to write
-                self.stream.write(text)
+    def _forward(self, line: str) -> None:
+        if not line or _NOISE.match(line):
+            return
+        with contextlib.suppress(OSError, ValueError):  # a closed or missing standard error: nowhere to write
+            if _DIAGNOSTIC.match(line):
+                if self.filtered_fd:
+                    os.write(2, line.encode(errors="replace"))
+            elif self.stream is not None:
+                self.stream.write(line)
                 self.stream.flush()
 
     def __getattr__(self, name: str) -> Any:
@@ -132,6 +160,7 @@ class _Window:
         self.lock = threading.Lock()
         self.users = 0
         self.saved_fd: int | None = None  # the real file descriptor 2, while the pipe stands in for it
+        self.control_fd: int | None = None  # the filter's control pipe
         self.process: subprocess.Popen | None = None
         self.stderr: _LineFilter | None = None
         self.levels: dict[str, int] = {}
@@ -158,10 +187,11 @@ class _Window:
         self.levels = {name: logging.getLogger(name).level for name in NOISY_LOGGERS}
         for name in NOISY_LOGGERS:
             logging.getLogger(name).setLevel(logging.ERROR)
-        self.stderr = _LineFilter(sys.stderr)
-        self.stderr.flush()
-        sys.stderr = self.stderr  # type: ignore[assignment]
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            sys.stderr.flush()
         self._start_pipe()
+        self.stderr = _LineFilter(sys.stderr, self.saved_fd is not None)
+        sys.stderr = self.stderr  # type: ignore[assignment]
 
     def _start_pipe(self) -> None:
         """File descriptor 2 onto a pipe read by the filter process, which writes to the real one; without a file
@@ -171,17 +201,22 @@ class _Window:
         except OSError:  # no file descriptor 2 (a detached process): nothing to filter there
             return
         read_end, write_end = os.pipe()
+        control_read, control_write = os.pipe()
         try:
-            command = [sys.executable, "-I", "-S", "-c", FILTER_SCRIPT, _NOISE.pattern]
-            self.process = subprocess.Popen(command, stdin=read_end, stdout=saved, stderr=saved)
+            patterns = [_NOISE.pattern, _DIAGNOSTIC.pattern, str(control_read)]
+            command = [sys.executable, "-I", "-S", "-c", FILTER_SCRIPT, *patterns]
+            self.process = subprocess.Popen(
+                command, stdin=read_end, stdout=saved, stderr=saved, pass_fds=(control_read,)
+            )
         except (OSError, ValueError) as err:  # no interpreter to run (an embedded Python)
             logger.debug("third-party output left unfiltered: %s", err)
-            os.close(saved)
-            os.close(write_end)
+            for fd in (saved, write_end, control_write):
+                os.close(fd)
             return
         finally:
             os.close(read_end)
-        self.saved_fd = saved
+            os.close(control_read)
+        self.saved_fd, self.control_fd = saved, control_write
         os.dup2(write_end, 2)
         os.close(write_end)
 
@@ -191,6 +226,10 @@ class _Window:
             if sys.stderr is self.stderr:  # else someone replaced it meanwhile: theirs stays
                 sys.stderr = self.stderr.stream  # type: ignore[assignment]
             self.stderr = None
+        if self.control_fd is not None:
+            os.write(self.control_fd, b".")  # a normal end: the filter drops the diagnostics it holds
+            os.close(self.control_fd)
+            self.control_fd = None
         if self.saved_fd is not None:
             os.dup2(self.saved_fd, 2)  # closes this process's last write end of the pipe: the filter sees its end
             os.close(self.saved_fd)
@@ -213,9 +252,9 @@ _window = _Window()
 @contextlib.contextmanager
 def third_party_output(what: str) -> Iterator[None]:
     """Around a third-party call (``what`` names it): the lines of :data:`NOISE` it writes to standard error
-    (Python's ``sys.stderr`` or file descriptor 2) are dropped and :data:`NOISY_LOGGERS` log errors only; every other
-    line written to standard error meanwhile, by any thread, goes through as soon as it is complete, and an
-    unfinished one at the end.
+    (Python's ``sys.stderr`` or file descriptor 2) are dropped, those of :data:`RUNTIME_DIAGNOSTICS` too unless the
+    process dies before the end, and :data:`NOISY_LOGGERS` log errors only; every other line written to standard
+    error meanwhile, by any thread, goes through as soon as it is complete, and an unfinished one at the end.
 
     When the output is shown (:func:`show_third_party_output`), nothing is filtered. Nested and concurrent uses share
     one filter, on from the first entry to the last exit.
