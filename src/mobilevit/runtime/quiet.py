@@ -63,7 +63,8 @@ FILTER_EXIT_TIMEOUT = 5.0
 # goes out when its input closes. Then the control pipe (file descriptor argv[3]) says how the window ended: "." when
 # it closed normally, nothing when this process died, and then the held lines go out too.
 FILTER_SCRIPT = """
-import os, re, sys
+import os, re, signal, sys
+signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the process filtered; the filter ends with its input
 noise, diagnostic = (re.compile(pattern.encode()) for pattern in sys.argv[1:3])
 control = int(sys.argv[3])
 held = []
