@@ -140,7 +140,6 @@ def create_model(
         model = reparameterize_model(model, inplace=True) if reparameterized else model
         model.pretrained_cfg = None
         return model
-
     if pretrained is True and not allow_random_head:
         _refuse_unpublished(name)
     path, entry, fmt = _weights_location(name, pretrained)
@@ -150,6 +149,25 @@ def create_model(
             arch, cfg, num_classes, raw, info, str(path), entry, reparameterized, allow_random_head
         )
     state_dict, saved, cfg = _read_weights(raw, info, str(path), arch, cfg, fmt, config_overrides)
+    layout = (features_only, out_indices, reparameterized)
+    return _with_own_weights(arch, cfg, state_dict, saved, str(path), entry, num_classes, layout, allow_random_head)
+
+
+def _with_own_weights(
+    arch: str,
+    cfg: Any,
+    state_dict: dict[str, Tensor],
+    saved: Any,
+    source: str,
+    entry: WeightsEntry | None,
+    num_classes: int | None,
+    layout: tuple[bool, tuple[int, ...] | None, bool],
+    allow_random_head: bool,
+) -> nn.Module:
+    """The model ``arch`` built around a converted checkpoint of its own architecture: the checkpoint's classifier is
+    kept when ``num_classes`` fits it (``None``: the checkpoint's), else the head starts fresh (see
+    :func:`create_model`'s ``allow_random_head``). ``layout``: ``(features_only, out_indices, reparameterized)``."""
+    features_only, out_indices, reparameterized = layout
     classifier_name = ARCHITECTURES[arch][0].classifier_name
     classifier = f"{classifier_name}.weight"
     ckpt_classes = state_dict[classifier].shape[0] if classifier in state_dict else None
@@ -163,10 +181,10 @@ def create_model(
             if ckpt_classes is None
             else f"its classifier has {ckpt_classes} outputs, the model {num_classes}"
         )
-        _random_head(arch, str(path), [classifier_name], why, allow_random_head)
-    _load_weights(model, state_dict, str(path), keep_head=keep_head, reparameterized=reparameterized)
+        _random_head(arch, source, [classifier_name], why, allow_random_head)
+    _load_weights(model, state_dict, source, keep_head=keep_head, reparameterized=reparameterized)
     labelled = num_classes if keep_head and not features_only else None
-    model.pretrained_cfg = _pretrained_cfg(arch, str(path), entry, saved, labelled, model.task)
+    model.pretrained_cfg = _pretrained_cfg(arch, source, entry, saved, labelled, model.task)
     return model
 
 

@@ -147,20 +147,7 @@ def export_model(
     Returns:
         The written file.
     """
-    if format not in FORMATS:
-        raise UsageError(f"format must be one of {', '.join(FORMATS)}; got {format!r}")
-    check_output_suffix(output, format)
-    if getattr(model, "features_only", False):
-        raise UsageError(
-            "export a classifier or a segmentation model: features_only models have no logits to check or label"
-        )
-    if int8 is not None and quantize is None:
-        raise UsageError("int8= options are for quantize='int8'")
-    if quantize is not None and (quantize != "int8" or format not in QUANTIZED_FORMATS):
-        raise UsageError(
-            f"quantize='int8' applies to {' and '.join(QUANTIZED_FORMATS)} (ONNX: quantize_onnx); got {quantize!r} "
-            f"for {format}"
-        )
+    _check_request(model, format, output, quantize, int8)
     folded = reparameterize_model(model).eval()
     meta = model_metadata(folded, input_size, (), preprocess, labels)
     axes = _dynamic_axes(folded, meta.input_size, dynamic and quantize is None, format)
@@ -179,6 +166,26 @@ def export_model(
         else:
             export_litert(folded, temp, meta, batches, int8)
     return Path(output)
+
+
+def _check_request(
+    model: nn.Module, format: str, output: str | os.PathLike, quantize: str | None, int8: Int8Options | None
+) -> None:
+    """Refuse, before anything is written, a format, output name, model or int8 option that cannot be exported."""
+    if format not in FORMATS:
+        raise UsageError(f"format must be one of {', '.join(FORMATS)}; got {format!r}")
+    check_output_suffix(output, format)
+    if getattr(model, "features_only", False):
+        raise UsageError(
+            "export a classifier or a segmentation model: features_only models have no logits to check or label"
+        )
+    if int8 is not None and quantize is None:
+        raise UsageError("int8= options are for quantize='int8'")
+    if quantize is not None and (quantize != "int8" or format not in QUANTIZED_FORMATS):
+        raise UsageError(
+            f"quantize='int8' applies to {' and '.join(QUANTIZED_FORMATS)} (ONNX: quantize_onnx); got {quantize!r} "
+            f"for {format}"
+        )
 
 
 def check_output_suffix(output: str | os.PathLike, format: str) -> None:
