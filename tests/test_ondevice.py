@@ -147,12 +147,12 @@ def test_predictor_gives_the_eager_answers(exported: Callable, photos: list[Path
 def test_cli_predict_gives_the_eager_answers(
     exported: Callable, photos: list[Path], fmt: str, capsys: pytest.CaptureFixture
 ) -> None:
-    model, path = exported("mobilevit_xxs", fmt)
+    model, path = exported("mobilevitv2_050", fmt)  # exported once for the parity tests above
     files = [str(p) for p in photos]
     backend = FORMATS[fmt][1]
     assert main(["predict", *files, "--model", str(path), "--backend", backend, "--json", "--no-progress"]) == 0
     answers = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    eager = Predictor(model, small_preprocess("mobilevit_xxs"), labels(get_weights("mobilevit_xxs")))
+    eager = Predictor(model, small_preprocess("mobilevitv2_050"), labels(get_weights("mobilevitv2_050")))
     assert [a["file"] for a in answers] == files
     for answer, reference in zip(answers, eager.predict(photos), strict=True):
         assert [p["label"] for p in answer["predictions"]] == [p.label for p in reference]
