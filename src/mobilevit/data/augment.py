@@ -9,8 +9,8 @@ Follows the recipes of ml-cvnets (https://github.com/apple/ml-cvnets; MobileViT 
 
 Per sample (:func:`train_transform`, or :class:`TrainTransformFactory` for the multi-scale samplers)::
 
-    PIL / uint8 -> ToImage -> RandomResizedCrop -> flip -> [RandAugment] -> float [0, 1] -> [RGB -> BGR]
-                -> Normalize(mean, std) -> [RandomErasing]
+    PIL / uint8 -> ToImage -> RandomResizedCrop -> flip -> [RandAugment] -> float [0, 1]
+                -> [RGB -> BGR, (x - mean) / std: mobilevit.data.normalize] -> [RandomErasing]
 
 Per batch (:class:`MixupCutmix`, applied by the training loop after collation): mixup or cutmix with the batch
 reversed, targets mixed from label-smoothed one-hots exactly as timm's ``Mixup(mode="batch")``.
@@ -35,9 +35,11 @@ from typing import Any, Literal, Protocol
 
 import torch
 from torch import Tensor
+from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from ..errors import UsageError
+from .normalize import Normalization, check_channel_order, is_identity, normalize
 from .samplers import to_pair
 
 logger = logging.getLogger(__name__)
@@ -138,12 +140,18 @@ class RandAugmentLevel(v2.RandAugment):
         return f"num_ops={self.num_ops}, level={self.level}, level_std={self.level_std}"
 
 
-class _FlipChannels(v2.Transform):
-    """RGB <-> BGR on a ``[..., 3, H, W]`` image (weights trained on OpenCV-decoded images expect BGR)."""
+class _Normalize(v2.Transform):
+    """A ``[..., 3, H, W]`` image in [0, 1] RGB -> channel order, mean and std of ``stats``
+    (:func:`~mobilevit.data.normalize.normalize`)."""
+
+    def __init__(self, stats: Normalization) -> None:
+        super().__init__()
+        self.stats = stats
 
     def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
         if isinstance(inpt, Tensor) and inpt.ndim >= 3 and inpt.shape[-3] == 3:
-            return inpt.flip(-3)
+            out = normalize(inpt.as_subclass(Tensor), self.stats)
+            return tv_tensors.wrap(out, like=inpt) if isinstance(inpt, tv_tensors.Image) else out
         return inpt
 
 
@@ -170,8 +178,7 @@ def train_transform(
     Returns:
         A callable taking a PIL image or a ``uint8 [3, H, W]`` tensor and returning a ``float32 [3, h, w]`` tensor.
     """
-    if channel_order not in ("RGB", "BGR"):
-        raise UsageError(f"channel_order must be 'RGB' or 'BGR', got {channel_order!r}")
+    check_channel_order(channel_order)
     if len(mean) != 3 or len(std) != 3:
         raise UsageError(f"mean and std need 3 values, got {mean!r} and {std!r}")
     mode = v2.InterpolationMode(interpolation or cfg_aug.interpolation)
@@ -188,10 +195,9 @@ def train_transform(
             )
         )
     steps.append(v2.ToDtype(torch.float32, scale=True))
-    if channel_order == "BGR":
-        steps.append(_FlipChannels())
-    if any(m != 0 for m in mean) or any(s != 1 for s in std):
-        steps.append(v2.Normalize(list(mean), list(std)))
+    stats = Normalization(tuple(mean), tuple(std), channel_order)
+    if not is_identity(stats):
+        steps.append(_Normalize(stats))
     if cfg_aug.random_erase > 0:
         steps.append(v2.RandomErasing(p=cfg_aug.random_erase, value=0))  # cvnets: torchvision's, zero fill
     return v2.Compose(steps)

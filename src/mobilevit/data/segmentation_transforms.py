@@ -30,6 +30,7 @@ from torchvision.transforms import v2
 
 from ..errors import UsageError
 from ..weights.entries import Preprocess
+from .normalize import to_unit
 from .segmentation import IGNORE_INDEX
 from .transforms import eval_transform
 
@@ -92,7 +93,7 @@ class SegmentationTrainTransform:
             return None, None
         pixels = v2.functional.pil_to_tensor(image) if not isinstance(image, Tensor) else image  # uint8 [3, H, W]
         out_image, out_mask = self.pipeline(tv_tensors.Image(pixels), _mask_tensor(mask))
-        return out_image.as_subclass(Tensor).float().div_(255.0), out_mask.as_subclass(Tensor).long()
+        return to_unit(out_image.as_subclass(Tensor)), out_mask.as_subclass(Tensor).long()
 
 
 class SegmentationTrainFactory:

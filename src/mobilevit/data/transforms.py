@@ -30,6 +30,8 @@ describes them:
 4. scale to [0, 1], subtract ``mean`` and divide by ``std`` (float32, the same operations in the same order as
    torchvision's ``ToTensor`` + ``Normalize``).
 
+Steps 3 and 4 are :mod:`mobilevit.data.normalize`'s, which the training batches and the CoreML graph also use.
+
 Decoding is :func:`mobilevit.data.images.open_image`'s job (PIL and OpenCV decode JPEGs to identical pixels; BGR is the
 reorder of step 3). For batching, :meth:`EvalTransform.pixels` stops before step 4 and returns ``uint8`` (4x less data
 to move between DataLoader workers) and :meth:`EvalTransform.normalize` finishes a whole batch with the same numbers.
@@ -53,6 +55,7 @@ from ..errors import UsageError
 from ..weights.entries import Preprocess, WeightsEntry, get_weights
 from ..weights.pretrained import model_io
 from .images import to_rgb
+from .normalize import check_channel_order, normalize, to_channel_order, to_unit
 
 if TYPE_CHECKING:
     from types import ModuleType
@@ -271,8 +274,7 @@ class EvalTransform:
             raise UsageError(f"unknown interpolation {pre.interpolation!r}")
         if pre.resize_backend == "opencv" and pre.interpolation not in _CV2_INTERPOLATION:
             raise UsageError(f"interpolation {pre.interpolation!r} has no OpenCV equivalent here")
-        if pre.channel_order not in ("RGB", "BGR"):
-            raise UsageError(f"channel_order must be 'RGB' or 'BGR', got {pre.channel_order!r}")
+        check_channel_order(pre.channel_order)
         crop_offsets(1, 1, (1, 1), pre.crop_offset)  # validates the name
 
     @property
@@ -303,8 +305,7 @@ class EvalTransform:
         if kept.shape[:2] != crop:
             arr = np.zeros((crop_h, crop_w, 3), np.uint8)
             arr[y : y + len(rows), x : x + len(cols)] = kept
-        if pre.channel_order == "BGR":
-            arr = arr[..., ::-1]
+        arr = to_channel_order(arr, pre, axis=-1)
         return np.ascontiguousarray(arr.transpose(2, 0, 1))  # [H, W, 3] -> [3, H, W]
 
     def pixels(self, img: Image.Image) -> Tensor:
@@ -315,26 +316,12 @@ class EvalTransform:
         """``uint8 [..., 3, H, W]`` (e.g. a collated batch of :meth:`pixels`) -> float32, scaled and normalized."""
         if x.dtype != torch.uint8:
             raise TypeError(f"normalize expects the uint8 output of pixels(), got {x.dtype}")
-        x = x.to(torch.float32).div_(255.0)
-        mean, std = tuple(self.pre.mean), tuple(self.pre.std)
-        if any(mean):
-            x = x.sub_(torch.tensor(mean, dtype=torch.float32, device=x.device).view(3, 1, 1))
-        if any(s != 1.0 for s in std):
-            x = x.div_(torch.tensor(std, dtype=torch.float32, device=x.device).view(3, 1, 1))
-        return x
+        return normalize(to_unit(x), self.pre, reorder=False)  # the pixels are in channel_order already
 
     def __call__(self, img: Image.Image) -> Tensor:
         # numpy for the per-image arithmetic: the same IEEE float32 operations as torch, without torch's
         # thread-pool overhead on one small channels-last tensor (measured 10x to 100x slower with 2 busy threads)
-        x = self._array(img).astype(np.float32)
-        x /= np.float32(255.0)
-        mean = np.asarray(self.pre.mean, dtype=np.float32).reshape(3, 1, 1)
-        std = np.asarray(self.pre.std, dtype=np.float32).reshape(3, 1, 1)
-        if mean.any():
-            x -= mean
-        if (std != 1.0).any():
-            x /= std
-        return torch.from_numpy(x)
+        return torch.from_numpy(normalize(to_unit(self._array(img)), self.pre, reorder=False))
 
 
 def eval_transform(preprocess: Preprocess) -> EvalTransform:

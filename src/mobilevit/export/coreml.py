@@ -11,7 +11,8 @@ What the file takes and gives:
 - Input ``image`` (default): a ``ct.ImageType`` of the exported size (``[1, 3, H, W]``, e.g. 256x256 for MobileViT,
   224x224 for MobileOne). CoreML hands the model the pixels in the channel order the weights expect (``BGR`` for the
   MobileViT v1 / v3-on-v1 weights, else ``RGB``), scaled by 1/255; the graph then subtracts the weights' mean and
-  divides by their std. So an app passes the photo's pixels (resized and center-cropped, e.g. by Vision's
+  divides by their std (:func:`mobilevit.data.normalize.normalize`; the ImageType's one scale for all channels cannot
+  hold a per-channel std). So an app passes the photo's pixels (resized and center-cropped, e.g. by Vision's
   ``VNImageCropAndScaleOption.centerCrop``; the metadata records the exact resize) and nothing else.
   With ``image_input=False`` the input is the ``pixel_values`` tensor ``[1, 3, H, W]``, already preprocessed as
   the metadata says (as for ONNX).
@@ -43,7 +44,9 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from ..data.normalize import PIXEL_MAX, normalize
 from ..errors import UsageError
+from ..weights.entries import Preprocess
 from .metadata import OUTPUT_NAME, ExportMetadata
 
 logger = logging.getLogger(__name__)
@@ -73,18 +76,20 @@ def _quiet_coremltools() -> Iterator[None]:
 
 
 class _ImageModel(nn.Module):
-    """What the CoreML graph computes: normalize ``[0, 1]`` pixels (in the weights' channel order), run the model,
-    and turn logits into probabilities for the classifier outputs."""
+    """What the CoreML graph computes: normalize ``[0, 1]`` pixels (in the weights' channel order) with the mean and
+    std of ``preprocess`` (``None``: the input is preprocessed already), run the model, and turn logits into
+    probabilities for the classifier outputs."""
 
-    def __init__(self, model: nn.Module, mean: tuple[float, ...], std: tuple[float, ...], softmax: bool) -> None:
+    def __init__(self, model: nn.Module, preprocess: Preprocess | None, softmax: bool) -> None:
         super().__init__()
         self.model = model
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
+        self.preprocess = preprocess
         self.softmax = softmax
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        logits = self.model((x - self.mean) / self.std)
+        if self.preprocess is not None:  # the ImageType has scaled and ordered the channels
+            x = normalize(x, self.preprocess, reorder=False)
+        logits = self.model(x)
         return logits.softmax(dim=-1) if self.softmax else logits
 
 
@@ -97,14 +102,14 @@ def coreml_graph_module(
     in the weights' channel order; without, the preprocessed tensor. With ``classifier`` it returns probabilities.
     """
     if not image_input:
-        return _ImageModel(model, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), classifier).eval()
+        return _ImageModel(model, None, classifier).eval()
     pre = metadata.preprocess
     if pre is None:
         raise UsageError(
             "an image input needs the weights' preprocessing (mean, std, channel order); pass preprocess= "
             "or export with image_input=False"
         )
-    return _ImageModel(model, tuple(pre.mean), tuple(pre.std), classifier).eval()
+    return _ImageModel(model, pre, classifier).eval()
 
 
 def export_coreml(
@@ -151,7 +156,7 @@ def export_coreml(
     if image_input:
         order = meta.preprocess.channel_order  # type: ignore[union-attr]  # checked by coreml_graph_module
         layout = ct.colorlayout.BGR if order == "BGR" else ct.colorlayout.RGB
-        inputs = [ct.ImageType(name=meta.input_name, shape=shape, scale=1.0 / 255.0, color_layout=layout)]
+        inputs = [ct.ImageType(name=meta.input_name, shape=shape, scale=1.0 / PIXEL_MAX, color_layout=layout)]
     else:
         inputs = [ct.TensorType(name=meta.input_name, shape=shape)]
     kwargs: dict[str, Any] = {}

@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader, Subset
 
 from ..data.augment import TrainTransformFactory
 from ..data.datasets import ImageDataset, SegmentationDataset, collate_masks, collate_skipping, skip_none
+from ..data.normalize import ChannelStats, Normalization, normalize
 from ..data.samplers import MultiScaleBatchSampler, MultiScaleDataset
 from ..data.segmentation_transforms import SegmentationEvalTransform, SegmentationTrainFactory
 from ..data.transforms import eval_transform
@@ -159,16 +160,7 @@ def _start_segmentation_head(model: nn.Module, cfg: ModelConfig) -> None:
             nn.init.zeros_(classifier.bias)
 
 
-@dataclass(frozen=True)
-class _TimmPreprocess:
-    """The input normalization of a timm teacher (its ``pretrained_cfg``)."""
-
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    channel_order: str = "RGB"
-
-
-def _teacher_model(cfg: DistillConfig) -> tuple[nn.Module, Any]:
+def _teacher_model(cfg: DistillConfig) -> tuple[nn.Module, ChannelStats]:
     """The teacher of ``cfg.teacher`` (``timm:name``, a checkpoint file, ``arch.tag`` or an architecture) and its
     preprocessing."""
     spec = cfg.teacher
@@ -179,7 +171,7 @@ def _teacher_model(cfg: DistillConfig) -> tuple[nn.Module, Any]:
         except ImportError as err:
             raise MissingDependencyError(f"distill.teacher={spec} needs timm: pip install timm") from err
         model = timm.create_model(spec[len("timm:") :], pretrained=True)
-        return model, _TimmPreprocess(tuple(model.pretrained_cfg["mean"]), tuple(model.pretrained_cfg["std"]))
+        return model, Normalization(tuple(model.pretrained_cfg["mean"]), tuple(model.pretrained_cfg["std"]))
     if os.path.exists(spec):  # a teacher is run for its outputs: a head its checkpoint lacks is refused
         if cfg.teacher_arch:
             model = create_model(cfg.teacher_arch, pretrained=spec, allow_random_head=False)
@@ -194,7 +186,7 @@ def _teacher_model(cfg: DistillConfig) -> tuple[nn.Module, Any]:
     return model, model_io(model).preprocess
 
 
-def build_teacher(cfg: DistillConfig, num_classes: int) -> tuple[nn.Module, Any]:
+def build_teacher(cfg: DistillConfig, num_classes: int) -> tuple[nn.Module, ChannelStats]:
     """The frozen teacher of ``cfg`` (see :class:`~mobilevit.train.config.DistillConfig`) and its preprocessing.
 
     The teacher is in eval mode with ``requires_grad=False`` on every parameter; the preprocessing (``channel_order``,
@@ -248,21 +240,15 @@ def val_preprocess(model: nn.Module, data: DataConfig) -> Preprocess:
 
 
 class BatchNormalize:
-    """Batch ``[B, 3, H, W]`` RGB in [0, 1] -> the model's input: channel order, mean and std of its preprocessing."""
+    """Batch ``[B, 3, H, W]`` RGB in [0, 1] -> the model's input: channel order, mean and std of its preprocessing
+    (:func:`~mobilevit.data.normalize.normalize`); the batch itself is not modified."""
 
-    def __init__(self, pre: Preprocess) -> None:
-        self.bgr = pre.channel_order == "BGR"
-        self.mean = torch.tensor(pre.mean, dtype=torch.float32).view(1, 3, 1, 1)
-        self.std = torch.tensor(pre.std, dtype=torch.float32).view(1, 3, 1, 1)
-        self.identity = not any(pre.mean) and all(s == 1.0 for s in pre.std)
-        self.key = (self.bgr, tuple(pre.mean), tuple(pre.std))  # equal keys: the same transform
+    def __init__(self, pre: ChannelStats) -> None:
+        self.pre = pre
+        self.key = (pre.channel_order == "BGR", tuple(pre.mean), tuple(pre.std))  # equal keys: the same transform
 
     def __call__(self, x: Tensor) -> Tensor:
-        if self.bgr:
-            x = x.flip(1)
-        if self.identity:
-            return x
-        return (x - self.mean.to(x.device)) / self.std.to(x.device)
+        return normalize(x, self.pre)
 
 
 @dataclass
