@@ -44,7 +44,7 @@ import torch
 from torch import nn
 
 from ..errors import UsageError
-from .metadata import OUTPUT_NAME, ExportMetadata
+from ..runtime.metadata import OUTPUT_NAME, ExportMetadata
 
 logger = logging.getLogger(__name__)
 
