@@ -15,7 +15,6 @@ import torch
 from torch import nn
 
 import mobilevit.runtime
-from conftest import random_model
 from mobilevit.export import EXPORTERS, SUFFIXES, export_model
 from mobilevit.runtime import (
     EXPORTED_BACKENDS,
@@ -29,27 +28,20 @@ from mobilevit.runtime import (
 SIZE = (64, 64)
 
 
-@pytest.fixture(scope="module")
-def s0() -> nn.Module:
-    return random_model("mobileone_s0")
-
-
 def assert_close(got: torch.Tensor, want: torch.Tensor) -> None:
-    """Within 1e-5 of the logits' scale (random-weight MobileOne logits are large: an absolute 1e-5 is below float32's
-    resolution there)."""
+    """Within 1e-5, relative to the logits' scale where they exceed 1."""
     assert got.shape == want.shape
     assert float((got - want).abs().max()) <= 1e-5 * max(1.0, float(want.abs().max()))
 
 
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
 def test_run_named_holds_the_logits_of_run_and_of_the_eager_model(
-    fmt: str, s0: nn.Module, tmp_path: Path, onnx_export: Callable[[str], tuple[nn.Module, Path]]
+    fmt: str, tmp_path: Path, onnx_export: Callable[[str], tuple[nn.Module, Path]]
 ) -> None:
-    if fmt == "onnx":
-        pytest.importorskip("onnxruntime")
-        model, path = onnx_export("mobileone_s0")  # the session's shared export (traced at 128x128, dynamic)
-    else:
-        model, path = s0, export_model(s0, "torchscript", tmp_path / "s0.pt", input_size=SIZE)
+    pytest.importorskip("onnxruntime")
+    model, path = onnx_export("mobilevit_xxs")  # random weights; the session's shared dynamic ONNX export
+    if fmt == "torchscript":
+        path = export_model(model, "torchscript", tmp_path / "xxs.pt", input_size=SIZE)
     x = torch.randn(2, 3, *SIZE, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         eager = model(x)
