@@ -48,9 +48,11 @@ from mobilevit.bench.report import markdown_table
 from mobilevit.evaluate import evaluate, read_labelled
 from mobilevit.export import Int8Options, check_export, export_model
 from mobilevit.predict import Predictor, load_predictor
+from mobilevit.runtime import FILE_FORMATS
 
 FAMILIES = ("mobilevit_xxs", "mobilevitv2_050", "mobilevitv3_xxs", "fastvit_t8", "mobileone_s0")
-FORMATS = {"executorch": ".pte", "tflite": ".tflite"}  # export format -> suffix (the runtime follows the suffix)
+# the on-device formats (those export_model quantizes) -> the suffix a file gets (the runtime follows the suffix)
+FORMATS = {f.name: f.suffixes[0] for f in FILE_FORMATS.values() if f.int8}
 ENTRY = "mobileone_s0.orig_in1k_reparam"
 WEIGHTS = SHARED_DATA.parent / "weights" / "mobileone_s0_reparam.safetensors"
 EVAL_IMAGES = SHARED_DATA / "imagenet-samples-100"

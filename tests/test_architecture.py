@@ -148,3 +148,16 @@ def test_functions_are_short() -> None:
         and node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES
     ]
     assert not long, "\n".join(long)
+
+
+def test_opening_a_runtime_does_not_reach_into_exporting() -> None:
+    """The runtimes and the predictors that open them read an exported file's record and the format table from
+    ``runtime/``: nothing there imports the exporters."""
+    readers = [p for p in SOURCES if p.parent.name == "runtime" or p.name in ("predict.py", "segment.py")]
+    reaching = [
+        f"{path.relative_to(ROOT)}:{line} imports {target}"
+        for path in readers
+        for target, _, line in imports(path)
+        if target == "mobilevit.export" or target.startswith("mobilevit.export.")
+    ]
+    assert not reaching, "\n".join(reaching)

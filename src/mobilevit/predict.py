@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 import torch
@@ -26,14 +26,19 @@ from torch import Tensor, nn
 from .data.images import ImageError, open_image
 from .data.transforms import eval_transform
 from .errors import NonFiniteOutputError, UsageError
-from .runtime import BACKENDS, EXPORTED_BACKENDS, Runtime, Signature, TorchRuntime, open_runtime, resolve_backend
+from .runtime import (
+    BACKENDS,
+    EXPORTED_BACKENDS,
+    ExportMetadata,
+    Runtime,
+    Signature,
+    TorchRuntime,
+    open_runtime,
+    resolve_backend,
+)
 from .weights.entries import Preprocess, check_labels, labels_for
 from .weights.load import require_regular_file
 from .weights.pretrained import model_io
-
-if TYPE_CHECKING:
-    from .export import ExportMetadata
-
 
 logger = logging.getLogger(__name__)
 
@@ -576,9 +581,8 @@ class Predictor:
 
 
 def _recorded_metadata(runtime: Runtime) -> ExportMetadata | None:
-    """The :class:`~mobilevit.export.ExportMetadata` the file records, or ``None`` (not written by this package)."""
-    from .export import ExportMetadata
-
+    """The :class:`~mobilevit.runtime.metadata.ExportMetadata` the file records, or ``None`` (not written by this
+    package)."""
     try:
         return ExportMetadata.from_dict(runtime.metadata())
     except (ValueError, KeyError):

@@ -17,6 +17,7 @@ from torch import nn
 from ..errors import UsageError
 from ..registry import create_model
 from ..reparam import reparameterize_model
+from ..runtime import FILE_FORMATS, formats_run_by
 from ..weights.entries import resize_size_for
 from ..weights.pretrained import model_io
 from .profile import compare_latency, count_macs, count_params
@@ -70,14 +71,9 @@ BACKENDS: tuple[str, ...] = ("eager", "reparam", "compile", "onnxruntime", "open
 # "how fast is this model" in seconds, the others "which runtime to deploy"
 DEFAULT_BACKENDS: tuple[str, ...] = ("eager", "reparam")
 DEFAULT_RESOLUTION = 256  # a classifier's bench size when none is given (segmentation models: their preprocessing's)
-# the exported file each runtime backend runs: the export format (onnxruntime and openvino share one ONNX file)
-EXPORT_FORMATS: dict[str, str] = {
-    "onnxruntime": "onnx",
-    "openvino": "onnx",
-    "executorch": "executorch",
-    "litert": "tflite",
-}
-SUFFIXES = {"onnx": ".onnx", "executorch": ".pte", "tflite": ".tflite"}
+# the exported file each runtime backend runs: the export format of the one format table (onnxruntime and openvino
+# share one ONNX file)
+EXPORT_FORMATS: dict[str, str] = {b: formats_run_by(b)[0].name for b in BACKENDS if formats_run_by(b)}
 COLUMNS = (
     "model",
     "family",
@@ -179,7 +175,7 @@ def make_backend(
 
         fmt = EXPORT_FORMATS[name]
         if exported is None:
-            file = workdir / f"{type(model).__name__}_{id(model)}{SUFFIXES[fmt]}"
+            file = workdir / f"{type(model).__name__}_{id(model)}{FILE_FORMATS[fmt].suffixes[0]}"
             # a file of one fixed size must record a preprocessing that crops it, or the predictor refuses it
             pre = model_io(folded).preprocess
             resize = resize_size_for(min(input_size), pre.crop_pct)

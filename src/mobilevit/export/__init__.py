@@ -2,7 +2,7 @@
 the same answers.
 
 Every export is of the re-parameterized, BatchNorm-folded model (:func:`mobilevit.reparameterize_model`) in eval mode,
-and carries its task, the preprocessing and the labels (:class:`~mobilevit.export.metadata.ExportMetadata`), so a
+and carries its task, the preprocessing and the labels (:class:`~mobilevit.runtime.metadata.ExportMetadata`), so a
 runtime needs nothing else. Classifiers and segmentation models (``deeplabv3_*``: ``[B, num_classes, h, w]`` logits)
 export alike. :func:`check_export` runs the file and compares its logits with the eager model's (CoreML runs only
 on macOS: :func:`validate_coreml` checks its spec instead). :func:`quantize_onnx` writes an int8 ONNX file;
@@ -28,7 +28,7 @@ import logging
 import os
 import secrets
 import shutil
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -41,6 +41,7 @@ from ..data.images import find_images
 from ..errors import UsageError
 from ..reparam import reparameterize_model
 from ..runtime import (
+    FILE_FORMATS,
     Runtime,
     TorchRuntime,
     onnx_session,
@@ -49,12 +50,14 @@ from ..runtime import (
     read_executorch_metadata,
     read_litert_metadata,
     read_openvino_metadata,
+    suffix_of,
 )
+from ..runtime.metadata import ExportMetadata
 from ..weights.entries import Preprocess
 from .coreml import CoreMLSummary, Precision, export_coreml, inspect_coreml, read_coreml_metadata, validate_coreml
 from .executorch import MAX_BATCH, executorch_dynamic_axes, export_executorch
 from .litert import export_litert
-from .metadata import ExportMetadata, model_metadata, size_multiple
+from .metadata import model_metadata, size_multiple
 from .onnx import DEFAULT_OPSET, export_onnx, read_onnx_metadata
 from .pt2e import OBSERVERS, Int8Options
 from .quantize import calibration_batches, quantize_onnx
@@ -64,28 +67,70 @@ logger = logging.getLogger(__name__)
 
 AXES = ("batch", "height", "width")  # the input axes that an export keeps dynamic or fixes
 ExportFormat = Literal["onnx", "coreml", "torchscript", "executorch", "tflite"]
-FORMATS: tuple[str, ...] = ("onnx", "coreml", "torchscript", "executorch", "tflite")
-SUFFIXES = {
-    ".onnx": "onnx",
-    ".mlpackage": "coreml",
-    ".pt": "torchscript",
-    ".ts": "torchscript",
-    ".torchscript": "torchscript",
-    ".pte": "executorch",
-    ".tflite": "tflite",
-}
-QUANTIZED_FORMATS = ("executorch", "tflite")  # the formats export_model quantizes (ONNX: quantize_onnx)
+# views of the one format table (mobilevit.runtime.FILE_FORMATS): the --format names, suffix -> format name
+FORMATS: tuple[str, ...] = tuple(FILE_FORMATS)
+SUFFIXES = {suffix: fmt.name for fmt in FILE_FORMATS.values() for suffix in fmt.suffixes}
+QUANTIZED_FORMATS = tuple(f.name for f in FILE_FORMATS.values() if f.int8)  # ONNX is quantized after: quantize_onnx
 Calibration = str | os.PathLike | Sequence[str | os.PathLike]
 
 
-def _dynamic_axes(model: nn.Module, input_size: tuple[int, int], dynamic: bool, fmt: str) -> tuple[str, ...]:
-    """``batch`` (when ``dynamic``), plus ``height``/``width`` if the graph generalises from the traced size."""
-    if not dynamic or fmt in ("coreml", "tflite"):
-        return ()  # CoreML, LiteRT: one image size per model (see mobilevit.export.coreml and .litert)
-    if fmt == "executorch":
-        return executorch_dynamic_axes(model)  # at most the batch (see mobilevit.export.executorch)
-    if fmt == "torchscript":
-        return ("batch",)  # tracing freezes Python shape arithmetic (see mobilevit.export.torchscript)
+@dataclass(frozen=True)
+class ExportOptions:
+    """What :func:`export_model` hands every exporter besides the model, the file and its metadata; each exporter
+    uses the options of its format (see :func:`export_model`'s arguments).
+
+    Attributes:
+        opset: ONNX opset.
+        precision: CoreML weights and arithmetic.
+        image_input: CoreML: an image input with the preprocessing inside the model.
+        calibration: ExecuTorch and LiteRT int8: the preprocessed ``[1, 3, H, W]`` batches (``None``: float32).
+        int8: ExecuTorch and LiteRT int8: the fixes and the observer.
+    """
+
+    opset: int = DEFAULT_OPSET
+    precision: Precision = "float32"
+    image_input: bool = True
+    calibration: list[np.ndarray] | None = None
+    int8: Int8Options | None = None
+
+
+@dataclass(frozen=True)
+class Exporter:
+    """How the files of one format of :data:`~mobilevit.runtime.FILE_FORMATS` are written and read back.
+
+    Attributes:
+        write: ``(folded eval-mode model, file, metadata, options)``: writes the file.
+        read: the :class:`ExportMetadata` a file records.
+        dynamic_axes: ``(folded model, (H, W))``: the input axes a file of this format can keep dynamic.
+    """
+
+    write: Callable[[nn.Module, Path, ExportMetadata, ExportOptions], object]
+    read: Callable[[str | os.PathLike], ExportMetadata]
+    dynamic_axes: Callable[[nn.Module, tuple[int, int]], tuple[str, ...]]
+
+
+EXPORTERS: dict[str, Exporter] = {}  # format name -> its exporter, filled by registers() below
+
+
+def registers(
+    fmt: str,
+    read: Callable[[str | os.PathLike], ExportMetadata],
+    dynamic_axes: Callable[[nn.Module, tuple[int, int]], tuple[str, ...]],
+) -> Callable[[Callable], Callable]:
+    """Register the decorated ``write(model, file, metadata, options)`` as the exporter of format ``fmt`` (a name of
+    :data:`~mobilevit.runtime.FILE_FORMATS`), with how its files are read back and which axes they keep dynamic."""
+
+    def register(write: Callable) -> Callable:
+        if fmt not in FILE_FORMATS or fmt in EXPORTERS:
+            raise ValueError(f"{fmt!r} is not a format of FILE_FORMATS, or has an exporter already")
+        EXPORTERS[fmt] = Exporter(write, read, dynamic_axes)
+        return write
+
+    return register
+
+
+def _onnx_axes(model: nn.Module, input_size: tuple[int, int]) -> tuple[str, ...]:
+    """``batch``, plus ``height``/``width`` if the graph generalises from the traced size."""
     multiple = size_multiple(model)
     if input_size[0] % multiple or input_size[1] % multiple:
         logger.warning(
@@ -96,6 +141,53 @@ def _dynamic_axes(model: nn.Module, input_size: tuple[int, int], dynamic: bool, 
         )
         return ("batch",)
     return ("batch", "height", "width")
+
+
+def _no_axes(model: nn.Module, input_size: tuple[int, int]) -> tuple[str, ...]:
+    return ()  # CoreML, LiteRT: one image size per model, batch 1 (see mobilevit.export.coreml and .litert)
+
+
+def _batch_axis(model: nn.Module, input_size: tuple[int, int]) -> tuple[str, ...]:
+    return ("batch",)  # tracing freezes Python shape arithmetic (see mobilevit.export.torchscript)
+
+
+def _executorch_axes(model: nn.Module, input_size: tuple[int, int]) -> tuple[str, ...]:
+    return executorch_dynamic_axes(model)  # at most the batch (see mobilevit.export.executorch)
+
+
+# each exporter calls its module's function through this package's name for it, so that replacing that name (a test
+# that makes an export fail half way) replaces what export_model runs
+
+
+@registers("onnx", read_onnx_metadata, _onnx_axes)
+def _write_onnx(model: nn.Module, output: Path, meta: ExportMetadata, options: ExportOptions) -> None:
+    export_onnx(model, output, meta, options.opset)
+
+
+@registers("coreml", read_coreml_metadata, _no_axes)
+def _write_coreml(model: nn.Module, output: Path, meta: ExportMetadata, options: ExportOptions) -> None:
+    classifier = meta.task == "classification"  # a segmentation model's output is its logits map
+    export_coreml(model, output, meta, options.precision, options.image_input, classifier)
+
+
+@registers("torchscript", lambda path: load_torchscript(path)[1], _batch_axis)
+def _write_torchscript(model: nn.Module, output: Path, meta: ExportMetadata, options: ExportOptions) -> None:
+    export_torchscript(model, output, meta)
+
+
+@registers("executorch", lambda path: ExportMetadata.from_dict(read_executorch_metadata(path)), _executorch_axes)
+def _write_executorch(model: nn.Module, output: Path, meta: ExportMetadata, options: ExportOptions) -> None:
+    export_executorch(model, output, meta, options.calibration, options.int8)
+
+
+@registers("tflite", lambda path: ExportMetadata.from_dict(read_litert_metadata(path)), _no_axes)
+def _write_litert(model: nn.Module, output: Path, meta: ExportMetadata, options: ExportOptions) -> None:
+    export_litert(model, output, meta, options.calibration, options.int8)
+
+
+def _dynamic_axes(model: nn.Module, input_size: tuple[int, int], dynamic: bool, fmt: str) -> tuple[str, ...]:
+    """The axes the exporter of ``fmt`` keeps dynamic (none unless ``dynamic``)."""
+    return EXPORTERS[fmt].dynamic_axes(model, input_size) if dynamic else ()
 
 
 def export_model(
@@ -153,18 +245,9 @@ def export_model(
     axes = _dynamic_axes(folded, meta.input_size, dynamic and quantize is None, format)
     meta = model_metadata(folded, meta.input_size, axes, preprocess, labels)
     batches = _calibration(calibration, meta, max_calibration_images) if quantize else None
+    options = ExportOptions(opset, precision, image_input, batches, int8)
     with written_atomically(output) as temp:
-        if format == "onnx":
-            export_onnx(folded, temp, meta, opset)
-        elif format == "coreml":
-            classifier = meta.task == "classification"  # a segmentation model's output is its logits map
-            export_coreml(folded, temp, meta, precision, image_input, classifier)
-        elif format == "torchscript":
-            export_torchscript(folded, temp, meta)
-        elif format == "executorch":
-            export_executorch(folded, temp, meta, batches, int8)
-        else:
-            export_litert(folded, temp, meta, batches, int8)
+        EXPORTERS[format].write(folded, temp, meta, options)
     return Path(output)
 
 
@@ -191,7 +274,7 @@ def _check_request(
 def check_output_suffix(output: str | os.PathLike, format: str) -> None:
     """Refuse an output name whose suffix belongs to another format than ``format`` (an ONNX file named ``.tflite``
     would be run by the wrong runtime); a suffix of no known format is left to the caller."""
-    suffix = Path(str(output).rstrip("/")).suffix.lower()
+    suffix = suffix_of(output)
     if SUFFIXES.get(suffix, format) != format:
         wanted = " or ".join(s for s, f in SUFFIXES.items() if f == format)
         raise UsageError(
@@ -249,20 +332,11 @@ def _calibration(calibration: Calibration | None, meta: ExportMetadata, max_imag
 
 def read_metadata(path: str | os.PathLike) -> ExportMetadata:
     """The metadata stored in a file written by :func:`export_model`."""
-    fmt = _format_of(path)
-    if fmt == "onnx":
-        return read_onnx_metadata(path)
-    if fmt == "coreml":
-        return read_coreml_metadata(path)
-    if fmt == "executorch":
-        return ExportMetadata.from_dict(read_executorch_metadata(path))
-    if fmt == "tflite":
-        return ExportMetadata.from_dict(read_litert_metadata(path))
-    return load_torchscript(path)[1]
+    return EXPORTERS[_format_of(path)].read(path)
 
 
 def _format_of(path: str | os.PathLike) -> str:
-    suffix = Path(str(path).rstrip("/")).suffix.lower()
+    suffix = suffix_of(path)
     if suffix not in SUFFIXES:
         raise UsageError(f"{path}: cannot tell the format from the suffix (expected one of {', '.join(SUFFIXES)})")
     return SUFFIXES[suffix]
@@ -319,7 +393,7 @@ def check_export(
             or for a ``batch_size`` / ``input_size`` that the file fixes to other values.
     """
     fmt = _format_of(path)
-    if fmt == "coreml":
+    if not FILE_FORMATS[fmt].backends:
         raise UsageError(f"{path}: CoreML models run only on macOS; check the spec with validate_coreml()")
     runtime, meta, fixed = _open_export(path, fmt)
     batch_size = batch_size if batch_size is not None else fixed[0] or 2
@@ -344,7 +418,7 @@ def check_export(
 def _open_export(path: str | os.PathLike, fmt: str) -> tuple[Runtime, ExportMetadata, tuple[int | None, ...]]:
     """``(runtime, metadata, fixed)`` of an ONNX, ExecuTorch, LiteRT or TorchScript file: ``fixed`` is its (batch,
     height, width), an int where the file fixes the axis, ``None`` where it is dynamic."""
-    if fmt in ("onnx", "executorch", "tflite"):
+    if fmt != "torchscript":
         runtime = open_runtime(path)  # onnxruntime, ExecuTorch or LiteRT, by the suffix
         meta = ExportMetadata.from_dict(runtime.metadata())
         batch, _, height, width = runtime.signature()[0][0][1]  # the file's own input shape
@@ -355,13 +429,16 @@ def _open_export(path: str | os.PathLike, fmt: str) -> tuple[Runtime, ExportMeta
 
 
 __all__ = [
+    "EXPORTERS",
     "FORMATS",
     "MAX_BATCH",
     "OBSERVERS",
     "SUFFIXES",
     "CoreMLSummary",
     "ExportMetadata",
+    "ExportOptions",
     "ExportParity",
+    "Exporter",
     "Int8Options",
     "check_export",
     "check_output_suffix",
@@ -378,6 +455,7 @@ __all__ = [
     "read_litert_metadata",
     "read_metadata",
     "read_openvino_metadata",
+    "registers",
     "size_multiple",
     "validate_coreml",
     "written_atomically",

@@ -46,8 +46,8 @@ from torch import nn
 
 from ..data.normalize import PIXEL_MAX, normalize
 from ..errors import UsageError
+from ..runtime.metadata import OUTPUT_NAME, ExportMetadata
 from ..weights.entries import Preprocess
-from .metadata import OUTPUT_NAME, ExportMetadata
 
 logger = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ supports (convolutions, linear layers, matrix products, most element-wise ops) t
 runs in ExecuTorch's portable kernels. Input ``[B, 3, H, W]`` float32 (already preprocessed as the metadata says),
 output ``[B, num_classes]`` logits (a segmentation model: ``[B, num_classes, h, w]``).
 
-Metadata: the :class:`~mobilevit.export.metadata.ExportMetadata` dictionary is stored as one JSON string returned by
+Metadata: the :class:`~mobilevit.runtime.metadata.ExportMetadata` dictionary is stored as one JSON string returned by
 a constant method of the program, ``mobilevit_metadata``. A ``.pte`` file has no free-form metadata table, and a
 constant method is ExecuTorch's own way to ship values with a program: every ExecuTorch runtime (Python, C++,
 Android, iOS) reads it with the same ``execute("mobilevit_metadata")`` call as it runs ``forward``, so the
@@ -48,8 +48,8 @@ from ..errors import MissingDependencyError
 from ..layers.norm import PatchLayerNorm
 from ..models.fastvit import AttentionBlock
 from ..runtime.executorch import INSTALL_HINT, METADATA_METHOD
+from ..runtime.metadata import ExportMetadata
 from ..runtime.quiet import third_party_output
-from .metadata import ExportMetadata
 from .pt2e import Int8Options, quantize_pt2e, with_observer
 
 logger = logging.getLogger(__name__)

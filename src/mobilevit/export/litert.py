@@ -5,7 +5,7 @@ ops. The file keeps PyTorch's layout: one ``[1, 3, H, W]`` float32 input, alread
 (LiteRT's converter inserts the transposes XNNPACK needs), and ``[1, num_classes]`` logits
 (``[1, num_classes, h, w]`` for a segmentation model).
 
-Metadata: the :class:`~mobilevit.export.metadata.ExportMetadata` dictionary is one JSON string in the flatbuffer's
+Metadata: the :class:`~mobilevit.runtime.metadata.ExportMetadata` dictionary is one JSON string in the flatbuffer's
 ``metadata`` table, under the name ``mobilevit.metadata``. That table is the format's own place for named
 buffers that the interpreter does not execute (the converter writes ``min_runtime_version`` there); any flatbuffer
 reader finds the entry by name, and the TFLite Support metadata schema is not needed for it. The recorded input and
@@ -40,8 +40,8 @@ from torch import nn
 
 from ..errors import MissingDependencyError
 from ..runtime.litert import INSTALL_HINT, METADATA_NAME
+from ..runtime.metadata import ExportMetadata
 from ..runtime.quiet import tensorflow_environment, third_party_output
-from .metadata import ExportMetadata
 from .pt2e import Int8Options, quantize_pt2e, with_observer
 
 logger = logging.getLogger(__name__)

@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .metadata import ExportMetadata
+from ..runtime.metadata import ExportMetadata
 
 logger = logging.getLogger(__name__)
 

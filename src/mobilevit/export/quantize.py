@@ -5,7 +5,7 @@ Two modes:
 - ``"static"`` (default): weights int8 per output channel, activations int8 with ranges measured on calibration
   images, written in QDQ format (``QuantizeLinear``/``DequantizeLinear`` pairs around each quantized op, which
   onnxruntime fuses into integer kernels). Calibration images go through the weights' own eval preprocessing, the
-  one recorded in the file (:class:`~mobilevit.export.metadata.ExportMetadata`), exactly as at prediction time.
+  one recorded in the file (:class:`~mobilevit.runtime.metadata.ExportMetadata`), exactly as at prediction time.
   Before calibration the channels between consecutive convolutions are equalized, and after quantization each bias
   is corrected for its weights' rounding (:mod:`mobilevit.export.quant_fixes`); the first and last layers stay in
   float. Each of these is an option of :func:`quantize_onnx`; docs/export.md measures every choice.
@@ -101,7 +101,7 @@ def _read_export(model: Path) -> tuple[dict[str, str], Preprocess | None, str]:
     exported by this package) and the graph's input name."""
     import onnx
 
-    from .metadata import ExportMetadata
+    from ..runtime.metadata import ExportMetadata
 
     if not model.is_file():
         raise FileNotFoundError(f"No such ONNX file: {model}")

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .metadata import ExportMetadata
+from ..runtime.metadata import ExportMetadata
 
 METADATA_FILE = "mobilevit.json"  # name of the metadata entry in the archive's extra files
 

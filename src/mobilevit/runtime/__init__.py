@@ -1,11 +1,13 @@
 """Runtimes: one classifier run eagerly in PyTorch, or as an exported file: ``.onnx`` in onnxruntime or OpenVINO,
 ``.pte`` in ExecuTorch, ``.tflite`` in LiteRT, a TorchScript archive (``.pt``, ``.ts``, ``.torchscript``) in PyTorch.
 
-Each is a :class:`Runtime` (``run``, ``signature``, ``metadata``, ``name``); the predictor
+Each is a :class:`Runtime` (``run``: the first output; ``run_named``: every output by name; ``signature``,
+``metadata``, ``name``); the predictor
 (:class:`~mobilevit.predict.Predictor`) and the parity check of exported files
 (:func:`~mobilevit.export.check_export`) run models only through them. :data:`BACKENDS` is the one list of backend
 names and :func:`resolve_backend` the one place that picks a backend for a model; :func:`open_runtime` opens an
-exported file in a named backend.
+exported file in a named backend. :data:`FILE_FORMATS` is the one table of export formats (suffixes, backends) and
+:class:`ExportMetadata` the record an exported file carries; the exporters (:mod:`mobilevit.export`) read both.
 
 Example::
 
@@ -35,7 +37,9 @@ from .base import (
 )
 from .eager import TorchRuntime
 from .executorch import ExecuTorchRuntime, read_executorch_metadata
+from .formats import FILE_FORMATS, FileFormat, format_of_suffix, formats_run_by, suffix_of
 from .litert import LiteRTRuntime, read_litert_metadata
+from .metadata import ExportMetadata
 from .onnx import OnnxRuntime, onnx_session
 from .openvino import OpenVINORuntime, openvino_model, read_openvino_metadata
 from .torchscript import TorchScriptRuntime, load_torchscript_file
@@ -75,7 +79,10 @@ __all__ = [
     "BACKENDS",
     "EXPORTED_BACKENDS",
     "FILE_BACKENDS",
+    "FILE_FORMATS",
     "ExecuTorchRuntime",
+    "ExportMetadata",
+    "FileFormat",
     "LiteRTRuntime",
     "OnnxRuntime",
     "OpenVINORuntime",
@@ -85,6 +92,8 @@ __all__ = [
     "TorchScriptRuntime",
     "check_runnable",
     "exported_suffix",
+    "format_of_suffix",
+    "formats_run_by",
     "is_exported_file",
     "is_torchscript_archive",
     "load_torchscript_file",
@@ -95,4 +104,5 @@ __all__ = [
     "read_litert_metadata",
     "read_openvino_metadata",
     "resolve_backend",
+    "suffix_of",
 ]

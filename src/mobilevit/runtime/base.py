@@ -21,38 +21,20 @@ import numpy as np
 from torch import Tensor
 
 from ..errors import UsageError
+from .formats import FILE_FORMATS, format_of_suffix, formats_run_by, unrunnable_reason
 
 Signature = list[tuple[str, list[int | None]]]  # (name, shape) of each graph input or output; None: a dynamic dim
 T = TypeVar("T")
 
 BACKENDS: tuple[str, ...] = ("eager", "onnxruntime", "openvino", "executorch", "litert", "torchscript")
-# the backends that run each kind of exported file, by suffix; a suffix's first backend is its default. A .pt file is
-# exported only when it is a TorchScript archive (is_torchscript_archive); otherwise it is a checkpoint.
+# the views of the format table (runtime.formats.FILE_FORMATS) that choosing a backend needs, in the order of BACKENDS:
+# the backends that run each suffix of an exported file (its first backend the default), and those backends
 FILE_BACKENDS: dict[str, tuple[str, ...]] = {
-    ".onnx": ("onnxruntime", "openvino"),
-    ".pte": ("executorch",),
-    ".tflite": ("litert",),
-    ".pt": ("torchscript",),
-    ".ts": ("torchscript",),
-    ".torchscript": ("torchscript",),
+    suffix: fmt.backends
+    for fmt in sorted((f for f in FILE_FORMATS.values() if f.backends), key=lambda f: BACKENDS.index(f.backends[0]))
+    for suffix in fmt.suffixes
 }
-EXPORTED_BACKENDS: tuple[str, ...] = tuple(b for backends in FILE_BACKENDS.values() for b in backends)
-# per suffix: what the file is called in messages and the `mobilevit export --format` that writes it
-FILE_KINDS: dict[str, tuple[str, str]] = {
-    ".onnx": ("ONNX", "onnx"),
-    ".pte": ("ExecuTorch", "executorch"),
-    ".tflite": ("LiteRT", "tflite"),
-    ".pt": ("TorchScript", "torchscript"),
-    ".ts": ("TorchScript", "torchscript"),
-    ".torchscript": ("TorchScript", "torchscript"),
-}
-# files `mobilevit export` writes that no runtime here runs: suffix -> why, and what to run instead
-UNRUNNABLE = {
-    ".mlpackage": "a CoreML package runs only on Apple devices (Core ML, macOS/iOS); on this machine run the same "
-    "model exported with `mobilevit export --format onnx` (or executorch, tflite, torchscript)",
-    ".mlmodel": "a CoreML model runs only on Apple devices (Core ML, macOS/iOS); on this machine run the same model "
-    "exported with `mobilevit export --format onnx` (or executorch, tflite, torchscript)",
-}
+EXPORTED_BACKENDS: tuple[str, ...] = tuple(b for b in BACKENDS if formats_run_by(b))
 
 # how resolve_backend words a model/backend mismatch, per command: (an exported file with eager or with a backend
 # that cannot run it, a name with a runtime)
@@ -82,10 +64,15 @@ class Runtime(ABC):
     name: str
     uses_torch_threads: bool = False
 
-    @abstractmethod
     def run(self, batch: Tensor | np.ndarray) -> Tensor:
         """The ``[B, num_classes]`` (segmentation: ``[B, num_classes, h, w]``) logits of a float32 ``[B, 3, H, W]``
-        batch of a shape :meth:`signature` allows."""
+        batch of a shape :meth:`signature` allows: the model's first output."""
+        return next(iter(self.run_named(batch).values()))
+
+    @abstractmethod
+    def run_named(self, batch: Tensor | np.ndarray) -> dict[str, Tensor]:
+        """Every output of the model for ``batch``, by the names :meth:`signature` gives them, in the graph's order
+        (the first is what :meth:`run` returns)."""
 
     @abstractmethod
     def signature(self) -> tuple[Signature, Signature]:
@@ -108,6 +95,18 @@ class Runtime(ABC):
     def fixed_batch(self) -> int | None:
         """The batch size the model takes (a graph exported with a fixed batch), or ``None`` for any."""
         return self.signature()[0][0][1][0]
+
+
+def named_outputs(names: list[str], outputs: Tensor | tuple | list | dict) -> dict[str, Tensor]:
+    """``outputs`` (a module's tensor, tuple or dict, or a runtime's list) by name: ``names`` (a signature's) in order,
+    ``output_<i>`` for any output past them."""
+    if isinstance(outputs, dict):
+        return dict(outputs)
+    values = [outputs] if isinstance(outputs, Tensor) else list(outputs)
+    keys = [names[i] if i < len(names) else f"output_{i}" for i in range(len(values))]
+    if len(set(keys)) != len(keys):
+        raise UsageError(f"the model's outputs have repeated names: {keys}")
+    return dict(zip(keys, values, strict=True))
 
 
 def exported_suffix(model: str | os.PathLike) -> str | None:
@@ -138,9 +137,9 @@ def is_torchscript_archive(path: str | os.PathLike) -> bool:
 
 def check_runnable(model: str | os.PathLike) -> None:
     """Raise a :class:`UsageError` for a file that ``mobilevit export`` writes but no runtime here runs (CoreML)."""
-    suffix = Path(str(model).rstrip("/")).suffix.lower()
-    if suffix in UNRUNNABLE:
-        raise UsageError(f"{model}: {UNRUNNABLE[suffix]}")
+    reason = unrunnable_reason(model)
+    if reason is not None:
+        raise UsageError(f"{model}: {reason}")
 
 
 def is_exported_file(model: str | os.PathLike) -> bool:
@@ -168,13 +167,13 @@ def resolve_backend(model: str | os.PathLike, backend: str | None = None, comman
         raise UsageError(f"backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
     file_with_other, name_with_runtime = _MISMATCH[command]
     if suffix and backend not in FILE_BACKENDS[suffix]:
-        kind = FILE_KINDS[suffix][0]
+        kind = next(f.kind for f in FILE_FORMATS.values() if suffix in f.suffixes)
         article = "an" if kind[0] in "AEIOU" else "a"
         backends = " or ".join(FILE_BACKENDS[suffix])
         raise UsageError(file_with_other.format(model=model, article=article, kind=kind, backends=backends))
     if backend in EXPORTED_BACKENDS and not suffix:
         suffixes = [s for s, names in FILE_BACKENDS.items() if backend in names]
-        fmt = FILE_KINDS[suffixes[0]][1]
+        fmt = formats_run_by(backend)[0].name
         raise UsageError(
             name_with_runtime.format(
                 model=str(model), backend=backend, suffixes=" or ".join(suffixes), suffix=suffixes[0], fmt=fmt
@@ -195,7 +194,8 @@ def load_file(path: str | os.PathLike, runtime: str, load: Callable[[Path], T]) 
     An ImportError (the runtime is not installed) passes through: it says what to install.
     """
     path = Path(path)
-    kind = FILE_KINDS.get(path.suffix.lower(), ("ONNX", ""))[0]
+    fmt = format_of_suffix(path.suffix)
+    kind = fmt.kind if fmt is not None else "ONNX"
     if not path.is_file():
         raise FileNotFoundError(f"No such {kind} file: {path}")
     try:

@@ -7,7 +7,7 @@ import torch
 from torch import Tensor, nn
 
 from ..reparam import reparameterize_model
-from .base import Runtime, Signature
+from .base import Runtime, Signature, named_outputs
 
 
 class TorchRuntime(Runtime):
@@ -28,6 +28,11 @@ class TorchRuntime(Runtime):
     def run(self, batch: Tensor | np.ndarray) -> Tensor:
         with torch.inference_mode():
             return self.model(torch.as_tensor(batch))
+
+    def run_named(self, batch: Tensor | np.ndarray) -> dict[str, Tensor]:
+        """The module's output by the names of :meth:`signature` (``logits``; a tuple's later outputs ``output_<i>``,
+        a dict's as they are)."""
+        return named_outputs([name for name, _ in self.signature()[1]], self.run(batch))
 
     @property
     def task(self) -> str:

@@ -2,7 +2,7 @@
 
 A program written by :func:`~mobilevit.export.export_model` has two methods: ``forward`` (``[B, 3, H, W]`` float32
 in, ``[B, num_classes]`` logits out) and ``mobilevit_metadata``, a constant method that returns the
-:class:`~mobilevit.export.metadata.ExportMetadata` dictionary as one JSON string. A ``.pte`` file declares only the
+:class:`~mobilevit.runtime.metadata.ExportMetadata` dictionary as one JSON string. A ``.pte`` file declares only the
 upper bound of each input dimension (what its memory was planned for), so which axes may vary comes from that
 metadata.
 
@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from ..errors import MissingDependencyError, UsageError
-from .base import Runtime, Signature, check_threads, load_file
+from .base import Runtime, Signature, check_threads, load_file, named_outputs
 from .quiet import third_party_output
 
 INSTALL_HINT = "ExecuTorch is not installed: pip install 'mobilevit[executorch]' (or pip install executorch)"
@@ -115,7 +115,7 @@ def program_metadata(program: Any, path: str | os.PathLike) -> dict[str, str]:
 def read_executorch_metadata(path: str | os.PathLike) -> dict[str, str]:
     """The metadata stored in the ``.pte`` file at ``path`` (``{}`` when it has none).
 
-    Parse it with :meth:`~mobilevit.export.metadata.ExportMetadata.from_dict` (a file written by
+    Parse it with :meth:`~mobilevit.runtime.metadata.ExportMetadata.from_dict` (a file written by
     :func:`~mobilevit.export.export_model`).
     """
     return program_metadata(load_program(path), path)
@@ -166,13 +166,17 @@ class ExecuTorchRuntime(Runtime):
         # the largest batch the program's memory was planned for (a dynamic batch's upper bound)
         self.max_batch = int(self.method.metadata.input_tensor_meta(0).sizes()[0])
         self._lock = threading.Lock()  # a method holds one set of planned buffers: one execution at a time
+        self._output_names = [name for name, _ in self.signature()[1]]
 
-    def run(self, batch: Tensor | np.ndarray) -> Tensor:
-        """The logits of ``batch``; a batch larger than the planned one (:attr:`max_batch`) runs in parts."""
+    def run_named(self, batch: Tensor | np.ndarray) -> dict[str, Tensor]:
+        """The outputs of ``batch``; a batch larger than the planned one (:attr:`max_batch`) runs in parts."""
         x = torch.as_tensor(batch, dtype=torch.float32).contiguous()
         with self._lock:
-            # the output lives in the method's planned memory, which the next execution overwrites: copy it out
-            return torch.cat([self.method.execute([part.contiguous()])[0].clone() for part in x.split(self.max_batch)])
+            # the outputs live in the method's planned memory, which the next execution overwrites: copy them out
+            parts = [
+                [out.clone() for out in self.method.execute([part.contiguous()])] for part in x.split(self.max_batch)
+            ]
+        return named_outputs(self._output_names, [torch.cat(outs) for outs in zip(*parts, strict=True)])
 
     def signature(self) -> tuple[Signature, Signature]:
         """The planned (largest) shapes, with the axes the metadata declares dynamic as ``None``."""
@@ -183,14 +187,11 @@ class ExecuTorchRuntime(Runtime):
             sizes = list(info.sizes())
             return [None if AXES.get(i) in dynamic else s for i, s in enumerate(sizes)]
 
-        inputs = [
-            (self._metadata.get("input_name", f"input_{i}"), shape(meta.input_tensor_meta(i)))
-            for i in range(meta.num_inputs())
-        ]
-        outputs = [
-            (self._metadata.get("output_name", f"output_{i}"), shape(meta.output_tensor_meta(i)))
-            for i in range(meta.num_outputs())
-        ]
+        def name(kind: str, i: int) -> str:  # the metadata names the first input and output
+            return self._metadata.get(f"{kind}_name", f"{kind}_{i}") if i == 0 else f"{kind}_{i}"
+
+        inputs = [(name("input", i), shape(meta.input_tensor_meta(i))) for i in range(meta.num_inputs())]
+        outputs = [(name("output", i), shape(meta.output_tensor_meta(i))) for i in range(meta.num_outputs())]
         return inputs, outputs
 
     def metadata(self) -> dict[str, str]:

@@ -1,7 +1,7 @@
 """The LiteRT runtime: a ``.tflite`` model run by LiteRT's (TensorFlow Lite's) interpreter, XNNPACK on the CPU.
 
 A file written by :func:`~mobilevit.export.export_model` keeps PyTorch's layout: one ``[B, 3, H, W]`` input, already
-preprocessed, and ``[B, num_classes]`` logits. Its :class:`~mobilevit.export.metadata.ExportMetadata` dictionary is
+preprocessed, and ``[B, num_classes]`` logits. Its :class:`~mobilevit.runtime.metadata.ExportMetadata` dictionary is
 one JSON string in the flatbuffer's ``metadata`` table under the name ``mobilevit.metadata``, read here with the
 flatbuffer accessors of LiteRT's schema (the model is not unpacked). An int8 model takes and returns int8 tensors:
 :meth:`LiteRTRuntime.run` quantizes the float batch and dequantizes the logits with the scales the file records, so
@@ -40,7 +40,7 @@ def _interpreter_class() -> Any:
 def read_litert_metadata(path: str | os.PathLike) -> dict[str, str]:
     """The metadata stored in the ``.tflite`` file at ``path`` (``{}`` when it has none).
 
-    Parse it with :meth:`~mobilevit.export.metadata.ExportMetadata.from_dict` (a file written by
+    Parse it with :meth:`~mobilevit.runtime.metadata.ExportMetadata.from_dict` (a file written by
     :func:`~mobilevit.export.export_model`).
 
     Raises:
@@ -101,11 +101,11 @@ class LiteRTRuntime(Runtime):
             )
             self.interpreter.allocate_tensors()
         self._input = self.interpreter.get_input_details()[0]
-        self._output = self.interpreter.get_output_details()[0]
+        self._outputs = self.interpreter.get_output_details()
         self._metadata = read_litert_metadata(path)
         self._lock = threading.Lock()  # an interpreter runs one inference at a time
 
-    def run(self, batch: Tensor | np.ndarray) -> Tensor:
+    def run_named(self, batch: Tensor | np.ndarray) -> dict[str, Tensor]:
         x = np.ascontiguousarray(batch, dtype=np.float32)
         with self._lock:
             if tuple(x.shape) != tuple(self._input["shape"]):
@@ -114,8 +114,10 @@ class LiteRTRuntime(Runtime):
                 self._input = self.interpreter.get_input_details()[0]
             self.interpreter.set_tensor(self._input["index"], _quantized(x, self._input))
             self.interpreter.invoke()
-            out = self.interpreter.get_tensor(self._output["index"])
-            return torch.from_numpy(_dequantized(out, self._output))
+            return {
+                d["name"]: torch.from_numpy(_dequantized(self.interpreter.get_tensor(d["index"]), d))
+                for d in self._outputs
+            }
 
     def signature(self) -> tuple[Signature, Signature]:
         def described(details: list[dict[str, Any]]) -> Signature:

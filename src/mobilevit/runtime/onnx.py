@@ -50,13 +50,14 @@ class OnnxRuntime(Runtime):
         check_threads(threads, self.name)
         self.path = Path(path)
         self.session: Any = load_file(path, self.name, lambda p: onnx_session(p, threads))
-        inputs, outputs = self.signature()  # the predictor checks them; the first input and output are the graph's
+        inputs, outputs = self.signature()  # the predictor checks them; the first input is the graph's
         self._input = inputs[0][0] if inputs else ""
-        self._output = outputs[0][0] if outputs else ""
+        self._outputs = [name for name, _ in outputs]
 
-    def run(self, batch: Tensor | np.ndarray) -> Tensor:
+    def run_named(self, batch: Tensor | np.ndarray) -> dict[str, Tensor]:
         x = np.ascontiguousarray(batch, dtype=np.float32)
-        return torch.from_numpy(self.session.run([self._output], {self._input: x})[0])
+        values = self.session.run(self._outputs, {self._input: x})
+        return {name: torch.from_numpy(value) for name, value in zip(self._outputs, values, strict=True)}
 
     def signature(self) -> tuple[Signature, Signature]:
         def described(values: list[Any]) -> Signature:

@@ -78,7 +78,7 @@ def openvino_model(path: str | os.PathLike, threads: int = 0) -> Any:
 def read_openvino_metadata(path: str | os.PathLike) -> dict[str, str]:
     """The ``metadata_props`` of an ONNX file as OpenVINO reads them (``{}`` when it has none).
 
-    Parse them with :meth:`~mobilevit.export.metadata.ExportMetadata.from_dict` (a file written by
+    Parse them with :meth:`~mobilevit.runtime.metadata.ExportMetadata.from_dict` (a file written by
     :func:`~mobilevit.export.export_model`).
     """
     rt_info = _read(path)[1].get_rt_info()  # an RTMap: no .get()
@@ -114,12 +114,13 @@ class OpenVINORuntime(Runtime):
         self._lock = threading.Lock()
         inputs, outputs = self.signature()
         self._input = inputs[0][0] if inputs else ""
-        self._output = outputs[0][0] if outputs else ""
+        self._outputs = [name for name, _ in outputs]
 
-    def run(self, batch: Tensor | np.ndarray) -> Tensor:
+    def run_named(self, batch: Tensor | np.ndarray) -> dict[str, Tensor]:
         x = np.ascontiguousarray(batch, dtype=np.float32)
-        with self._lock:  # an infer request runs one inference at a time; its output is copied out before release
-            return torch.from_numpy(self._request.infer({self._input: x})[self._output])
+        with self._lock:  # an infer request runs one inference at a time; its outputs are copied out before release
+            result = self._request.infer({self._input: x})
+            return {name: torch.from_numpy(result[name]) for name in self._outputs}
 
     def signature(self) -> tuple[Signature, Signature]:
         def described(values: list[Any]) -> Signature:

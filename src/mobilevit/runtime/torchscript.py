@@ -1,7 +1,7 @@
 """The TorchScript runtime: an archive written by ``mobilevit export --format torchscript`` run by ``torch.jit.load``.
 
 The archive holds the traced, folded model and, in its extra files, the
-:class:`~mobilevit.export.metadata.ExportMetadata` dictionary as ``mobilevit.json``. Tracing freezes the shapes that
+:class:`~mobilevit.runtime.metadata.ExportMetadata` dictionary as ``mobilevit.json``. Tracing freezes the shapes that
 Python code computed, so the archive takes the traced height and width (and batch 1 unless it was exported with a
 dynamic batch), as its metadata says.
 
@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from ..errors import UsageError
-from .base import Runtime, Signature, check_threads, is_torchscript_archive, load_file
+from .base import Runtime, Signature, check_threads, is_torchscript_archive, load_file, named_outputs
 
 METADATA_FILE = "mobilevit.json"  # the metadata entry among the archive's extra files
 AXES = {0: "batch", 2: "height", 3: "width"}  # input dimension -> the metadata's name for it
@@ -85,6 +85,10 @@ class TorchScriptRuntime(Runtime):
     def run(self, batch: Tensor | np.ndarray) -> Tensor:
         with torch.inference_mode():
             return self.module(torch.as_tensor(batch, dtype=torch.float32))
+
+    def run_named(self, batch: Tensor | np.ndarray) -> dict[str, Tensor]:
+        """The module's output by the name of :meth:`signature` (the metadata's ``output_name``)."""
+        return named_outputs([name for name, _ in self.signature()[1]], self.run(batch))
 
     def signature(self) -> tuple[Signature, Signature]:
         """The traced shape, with the axes the metadata declares dynamic as ``None`` (a file without metadata: any
