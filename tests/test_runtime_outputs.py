@@ -65,6 +65,9 @@ class TwoOutputs(nn.Module):
         return y.mean(dim=(2, 3)), y.amax(dim=1)  # [B, 4], [B, H, W]
 
 
+# the TorchScript-based exporter makes this tiny graph in a second; torch deprecates it in favour of dynamo's
+@pytest.mark.filterwarnings("ignore::DeprecationWarning:torch.onnx")
+@pytest.mark.filterwarnings("ignore:You are using the legacy TorchScript-based ONNX export:DeprecationWarning")
 def test_an_onnx_graph_with_two_outputs_answers_both_by_name(tmp_path: Path) -> None:
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnx")
@@ -83,6 +86,7 @@ def test_an_onnx_graph_with_two_outputs_answers_both_by_name(tmp_path: Path) -> 
     assert_close(outputs["heat"], want[1])
 
 
+@pytest.mark.filterwarnings("ignore::FutureWarning:torch.jit")  # TorchScript is the format under test
 def test_a_torchscript_module_with_two_outputs_answers_both(tmp_path: Path) -> None:
     model, path = TwoOutputs().eval(), tmp_path / "two.pt"
     x = torch.randn(2, 3, 8, 8)
