@@ -16,8 +16,7 @@ import torch
 from torch import nn
 
 from ..runtime.metadata import ExportMetadata
-
-METADATA_FILE = "mobilevit.json"  # name of the metadata entry in the archive's extra files
+from ..runtime.torchscript import METADATA_FILE, load_torchscript_file
 
 
 def export_torchscript(model: nn.Module, output: str | os.PathLike, metadata: ExportMetadata) -> Path:
@@ -45,9 +44,6 @@ def export_torchscript(model: nn.Module, output: str | os.PathLike, metadata: Ex
 
 
 def load_torchscript(path: str | os.PathLike) -> tuple[torch.jit.ScriptModule, ExportMetadata]:
-    """Load an archive written by :func:`export_torchscript` and its metadata."""
-    extra = {METADATA_FILE: ""}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
-    return module, ExportMetadata.from_dict(json.loads(extra[METADATA_FILE]))
+    """Load an archive written by :func:`export_torchscript` and its metadata (read as the runtime reads it)."""
+    module, data = load_torchscript_file(path)
+    return module, ExportMetadata.from_dict(data)
