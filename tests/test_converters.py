@@ -477,7 +477,8 @@ def test_failed_load_leaves_model_unchanged(fault: str, keep_head: bool, tmp_pat
 
     # control: the same comparison does see a successful load
     load_into(model, converted, source="test")
-    assert all(torch.equal(model.state_dict()[k], v) for k, v in converted.items())
+    state = model.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in converted.items())
 
 
 # ----------------------------------------------------------------------------------------------------- num_classes
