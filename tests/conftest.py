@@ -24,6 +24,25 @@ from reference_utils import randomize_layer_scales  # noqa: E402
 
 torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
+# The variants a per-variant sweep checks in the default run, one per family and block kind (MobileViT v1, v2, v3 on
+# v1 and on v2, FastViT with RepMixer only and with attention, MobileOne without and with SE); `-m slow` checks all.
+REPRESENTATIVES = (
+    "mobilevit_xxs",
+    "mobilevitv2_050",
+    "mobilevitv3_xxs",
+    "mobilevitv3_050",
+    "fastvit_t8",
+    "fastvit_sa12",
+    "mobileone_s0",
+    "mobileone_s4",
+)
+
+
+def one_per_family(names: list[str]) -> list:
+    """``names`` as test parameters, those outside :data:`REPRESENTATIVES` marked slow."""
+    return [name if name in REPRESENTATIVES else pytest.param(name, marks=pytest.mark.slow) for name in names]
+
+
 # One variant of each family and block kind (MobileViT v1, v2, v3 on v2, FastViT with attention stages, MobileOne
 # with SE), the set every exported-file test (export parity, onnxruntime, OpenVINO) shares, exported once per session.
 # MobileViT v3 on v2 (v2's blocks with v3's fusion: 20 s to export) runs with `-m slow`.
