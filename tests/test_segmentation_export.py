@@ -53,6 +53,7 @@ FORMATS = {
 # MobileViT v1 attention takes over a minute; ExecuTorch's files (30 s for MobileOne-S0) are made by slow tests only
 CHECKED = {"onnx": MODELS[0], "torchscript": MODELS[0], "executorch": MODELS[1], "tflite": MODELS[0]}
 SLOW_FORMATS = ("executorch",)
+SLOW_CASES = {(MODELS[1], "tflite")}  # LiteRT's segmentation graph is checked on DeepLabV3-MobileViT-XXS by default
 RUNTIME_MODULES = {
     "onnxruntime": "onnxruntime",
     "openvino": "openvino",
@@ -126,7 +127,7 @@ def agreement(mask: np.ndarray, reference: np.ndarray) -> float:
 @pytest.mark.parametrize(
     ("name", "fmt"),
     [
-        pytest.param(name, fmt, marks=[pytest.mark.slow] if fmt in SLOW_FORMATS else [])
+        pytest.param(name, fmt, marks=[pytest.mark.slow] if fmt in SLOW_FORMATS or (name, fmt) in SLOW_CASES else [])
         for name in MODELS
         for fmt in FORMATS
     ],
