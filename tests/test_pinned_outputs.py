@@ -4,7 +4,7 @@ These are the one place where expected values come from this package itself: the
 package's predictor and segmenter before the path was reorganised into task objects, and they hold the answers
 still: labels in order, scores within float rounding (1e-5 relative; the CPU kernels may round differently on
 other processors), and every class's pixel count of a mask within two pixels (a pixel whose top two classes tie
-within rounding may fall either way). The inputs are a random-weights MobileViT-XXS and DeepLabV3 (seed 0,
+within rounding may fall either way, which moves its classes' mean probabilities by about one over their pixels). The inputs are a random-weights MobileViT-XXS and DeepLabV3 (seed 0,
 BatchNorm statistics randomised) on synthetic gradients and, with ``../shared``, Apple's MobileOne-S0 on three
 ImageNet photos and the segmenter on a VOC photo.
 """
@@ -82,7 +82,7 @@ def assert_segmentation(result, expected: tuple) -> None:
     counts = np.bincount(result.mask.ravel(), minlength=len(result.labels))
     assert {c: int(n) for c, n in enumerate(counts) if n} == pytest.approx(pixels, abs=2)
     present = {c: float(result.scores[c]) for c in pixels}
-    assert present == pytest.approx(scores, rel=1e-5)
+    assert present == pytest.approx(scores, rel=1e-4)  # one pixel more or less moves a class's mean by ~1/pixels
 
 
 def test_classifier_answers_are_pinned() -> None:
