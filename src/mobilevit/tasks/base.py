@@ -173,7 +173,9 @@ class Task(ABC):
 
     val_columns: ClassVar[tuple[str, ...]] = ()  # the validation columns of the training log
     best_metric: ClassVar[str] = ""  # the validation metric that picks the best checkpoint (higher is better)
+    best_metric_title: ClassVar[str] = ""  # that metric in messages ("top-1")
     mixes_images: ClassVar[bool] = False  # mixup / cutmix apply to its training batches
+    labels_from_weights: ClassVar[bool] = False  # final/ keeps the loaded weights' labels when the data names none
 
 
 TASKS: dict[str, Task] = {}

@@ -18,7 +18,6 @@ from torch import Tensor, nn
 
 from ..data.datasets import read_labelled
 from ..errors import UsageError
-from ..train.losses import build_loss
 from ..weights.entries import IMAGENET_1K_CLASSES, LabelsError, imagenet_wnids, labels_for
 from .base import Runner, Task, check_finite, echo, register_task, shard, sum_across_ranks
 
@@ -203,6 +202,7 @@ class ClassificationTask(Task):
     data_help = "ImageFolder tree, a CSV of (file, class index), or a folder with labels.csv"
     val_columns = ("val_top1", "val_top1_ema")
     best_metric = "top1"
+    best_metric_title = "top-1"
     mixes_images = True
 
     def check_options(self, top_k: int = DEFAULT_TOP_K, function: Activation = "softmax", **_: Any) -> None:
@@ -255,6 +255,8 @@ class ClassificationTask(Task):
 
     def criterion(self, cfg: Any) -> nn.Module:
         """Label-smoothed cross-entropy on class indices or mixed soft targets (distillation when configured)."""
+        from ..train.losses import build_loss  # here: importing mobilevit.train imports this module
+
         return build_loss(cfg)
 
 

@@ -46,7 +46,6 @@ from ..data.segmentation import (
     share_text,
 )
 from ..errors import UsageError
-from ..train.losses import segmentation_loss
 from ..weights.entries import Preprocess, segmentation_preprocess
 from .base import Runner, Task, check_finite, echo, register_task, shard, sum_across_ranks
 
@@ -316,6 +315,8 @@ class SegmentationTask(Task):
     )
     val_columns = ("val_miou", "val_miou_ema", "val_pixel_accuracy", "val_pixel_accuracy_ema")
     best_metric = "miou"
+    best_metric_title = "mIoU"
+    labels_from_weights = True
 
     def preprocess(self, preprocess: Preprocess) -> Preprocess:
         """The whole image resized to the input size: a crop would leave part of the image without a class."""
@@ -399,6 +400,8 @@ class SegmentationTask(Task):
 
     def criterion(self, cfg: Any) -> nn.Module:
         """Per-pixel cross-entropy on the masks (ignoring ``cfg.segmentation.ignore_index``)."""
+        from ..train.losses import segmentation_loss  # here: importing mobilevit.train imports this module
+
         return segmentation_loss(cfg)
 
 

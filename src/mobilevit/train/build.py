@@ -31,6 +31,7 @@ from ..data.segmentation_transforms import SegmentationEvalTransform, Segmentati
 from ..data.transforms import eval_transform
 from ..errors import MissingDependencyError, UsageError
 from ..registry import create_model, get_config, list_models
+from ..tasks import CLASSIFICATION, SEGMENTATION, Task, task_of
 from ..weights import model_io
 from ..weights.entries import Preprocess, get_weights, segmentation_preprocess
 from ..weights.hub import resolve_weights
@@ -47,7 +48,6 @@ __all__ = [
     "build_model",
     "build_teacher",
     "data_paths",
-    "model_task",
     "new_tensors",
     "val_preprocess",
 ]
@@ -79,12 +79,12 @@ def build_model(cfg: ModelConfig) -> nn.Module:
         model = _with_backbone_weights(cfg, overrides)
     else:  # a weights name such as "mobileone_s0.apple_in1k"
         model = create_model(cfg.pretrained, pretrained=True, num_classes=cfg.num_classes, **overrides)
-    if model_task(model) == "segmentation":
+    if task_of(model) is SEGMENTATION:
         _start_segmentation_head(model, cfg)
     elif cfg.classifier_init_std is not None:
         raise UsageError("model.classifier_init_std applies to segmentation models; unset it for a classifier")
     if cfg.freeze_backbone:
-        head_module = model.get_classifier() if model_task(model) == "classification" else model.head
+        head_module = model.head if task_of(model) is SEGMENTATION else model.get_classifier()
         head = {id(p) for p in head_module.parameters()}
         for p in model.parameters():
             p.requires_grad_(id(p) in head)
@@ -108,11 +108,6 @@ def _with_backbone_weights(cfg: ModelConfig, overrides: dict[str, Any]) -> nn.Mo
     return model
 
 
-def model_task(model: nn.Module) -> str:
-    """``"classification"`` or ``"segmentation"``: what the model answers (its ``task`` attribute)."""
-    return getattr(model, "task", "classification")
-
-
 def new_tensors(model: nn.Module, pretrained: str) -> list[str]:
     """The tensors of segmentation ``model`` that ``pretrained`` (a checkpoint path or weights name) did not supply:
     none for a segmentation checkpoint of the same classes, the classifier for one of other classes, and the whole
@@ -121,7 +116,7 @@ def new_tensors(model: nn.Module, pretrained: str) -> list[str]:
         state_dict, info = read_checkpoint(pretrained)
         from_segmentation = is_segmentation_checkpoint(state_dict, info)
     else:
-        from_segmentation = pretrained.split(".", 1)[0] in list_models(task="segmentation")
+        from_segmentation = pretrained.split(".", 1)[0] in list_models(task=SEGMENTATION.name)
     keys = list(model.state_dict())
     if not from_segmentation:
         return [k for k in keys if not k.startswith("backbone.")]
@@ -286,14 +281,14 @@ def _build_sampler(cfg: TrainConfig, num_samples: int, world: Dist) -> MultiScal
     return MultiScaleBatchSampler.fixed(num_samples, s.base_size, s.batch_size, **common)
 
 
-def build_data(cfg: TrainConfig, world: Dist, pre: Preprocess, task: str = "classification") -> TrainData:
+def build_data(cfg: TrainConfig, world: Dist, pre: Preprocess, task: Task = CLASSIFICATION) -> TrainData:
     """The training loader (multi-scale sampler, per-sample augmentation in [0, 1] RGB, corrupt images skipped) and
     the validation loader (eval transform ``pre``, sharded over ranks); ``task`` is the model's.
 
     Raises:
         ValueError: the training data has more classes than the model has outputs.
     """
-    if task == "segmentation":
+    if task is SEGMENTATION:
         return _segmentation_data(cfg, world, pre)
     train_set = ImageDataset.from_path(cfg.data.train)
     if train_set.num_classes > cfg.model.num_classes:
