@@ -37,6 +37,7 @@ logger = logging.getLogger(__name__)
 
 ImageInput = str | os.PathLike | bytes | Image.Image | np.ndarray | Tensor
 T = TypeVar("T")
+R = TypeVar("R", bound="Runner")
 
 
 def decode_input(
@@ -226,14 +227,14 @@ class Runner:
 
     @classmethod
     def from_pretrained(
-        cls,
+        cls: type[R],
         name: str,
         pretrained: bool | str | os.PathLike = True,
         labels: Sequence[str] | None = None,
         *,
         allow_random_head: bool = False,
         **kwargs: Any,
-    ) -> Any:
+    ) -> R:
         """Build from ``"arch"``, ``"arch.tag"`` or a saved folder, and weights (``True``: the entry's file; or a path).
 
         The preprocessing, the class names and the source come from :func:`~mobilevit.weights.model_io` (the
@@ -250,13 +251,13 @@ class Runner:
 
     @classmethod
     def from_model(
-        cls,
+        cls: type[R],
         model: nn.Module,
         labels: Sequence[str] | None = None,
         *,
         pretrained: bool | str | os.PathLike = True,
         **kwargs: Any,
-    ) -> Any:
+    ) -> R:
         """Build around a model of this package (from :func:`~mobilevit.create_model`), with the preprocessing, labels
         and source :func:`~mobilevit.weights.model_io` gives it (see :meth:`from_pretrained`).
 
@@ -278,7 +279,7 @@ class Runner:
 
     @classmethod
     def from_exported(
-        cls,
+        cls: type[R],
         path: str | os.PathLike,
         preprocess: Preprocess | None = None,
         labels: Sequence[str] | None = None,
@@ -288,7 +289,7 @@ class Runner:
         *,
         backend: str | None = None,
         fast_decode: bool = False,
-    ) -> Any:
+    ) -> R:
         """Build over an exported file, with the metadata it records: ``.onnx`` run by onnxruntime or OpenVINO,
         ``.pte`` by ExecuTorch, ``.tflite`` by LiteRT: :meth:`from_runtime` over
         :func:`~mobilevit.runtime.open_runtime`.
@@ -311,7 +312,7 @@ class Runner:
 
     @classmethod
     def from_runtime(
-        cls,
+        cls: type[R],
         runtime: Runtime,
         preprocess: Preprocess | None = None,
         labels: Sequence[str] | None = None,
@@ -320,7 +321,7 @@ class Runner:
         *,
         fast_decode: bool = False,
         task: Task | None = None,
-    ) -> Any:
+    ) -> R:
         """Build over an exported file already open in its runtime (:func:`~mobilevit.runtime.open_runtime`), with
         the metadata it records.
 
@@ -368,13 +369,13 @@ class Runner:
 
     @classmethod
     def create(
-        cls,
+        cls: type[R],
         model: str | os.PathLike,
         backend: str | None = None,
         pretrained: bool | str | os.PathLike = True,
         threads: int = 0,
         **kwargs: Any,
-    ) -> Any:
+    ) -> R:
         """This class over ``model`` (a name, folder or exported file): :func:`load_runner` with this class.
 
         ``kwargs``: ``batch_size``, ``workers``, ``labels``, ``fold``, ``fast_decode``, ``allow_random_head``.

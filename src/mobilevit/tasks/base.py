@@ -166,11 +166,11 @@ class Task(ABC):
         return self.encode(self.postprocess(runner, outputs, context, **options), options)
 
     # --------------------------------------------------------------------------------------------- training
+    # what the training runner (mobilevit.train, above this layer) reads: it builds the loss named by ``loss`` and
+    # runs the validation that computes ``best_metric``
 
-    def criterion(self, cfg: Any) -> nn.Module:
-        """The training loss of a run configured by ``cfg`` (a :class:`~mobilevit.train.config.TrainConfig`)."""
-        raise UsageError(f"training is not supported for {self.title} models")
-
+    loss: ClassVar[str] = ""  # the training loss, by its name in mobilevit.train.losses.LOSSES ("": not trainable)
+    train_data: ClassVar[str] = ""  # the kind of training data, by its name in mobilevit.train.build.TRAIN_DATA
     val_columns: ClassVar[tuple[str, ...]] = ()  # the validation columns of the training log
     best_metric: ClassVar[str] = ""  # the validation metric that picks the best checkpoint (higher is better)
     best_metric_title: ClassVar[str] = ""  # that metric in messages ("top-1")

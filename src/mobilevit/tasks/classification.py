@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from ..data.datasets import read_labelled
 from ..errors import UsageError
@@ -201,6 +201,8 @@ class ClassificationTask(Task):
     export_kind = "image classifier"
     data_help = "ImageFolder tree, a CSV of (file, class index), or a folder with labels.csv"
     val_columns = ("val_top1", "val_top1_ema")
+    loss = "cross_entropy"  # on class indices, or the soft targets of mixup and cutmix
+    train_data = "labelled_images"
     best_metric = "top1"
     best_metric_title = "top-1"
     mixes_images = True
@@ -252,12 +254,6 @@ class ClassificationTask(Task):
     def encode(self, result: list[Prediction], options: dict[str, Any]) -> list[dict[str, Any]]:
         """The Inference API answer: ``[{"label", "score"}]``, best first."""
         return [{"label": p.label, "score": p.score} for p in result]
-
-    def criterion(self, cfg: Any) -> nn.Module:
-        """Label-smoothed cross-entropy on class indices or mixed soft targets (distillation when configured)."""
-        from ..train.losses import build_loss  # here: importing mobilevit.train imports this module
-
-        return build_loss(cfg)
 
 
 CLASSIFICATION = register_task(ClassificationTask())

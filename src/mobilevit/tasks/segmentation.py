@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
-from torch import Tensor, nn
+from torch import Tensor
 
 from ..data.segmentation import (
     JPEG_MAX_SIDE,
@@ -314,6 +314,8 @@ class SegmentationTask(Task):
         "(palette or grayscale PNGs of class indices, 255 ignored)"
     )
     val_columns = ("val_miou", "val_miou_ema", "val_pixel_accuracy", "val_pixel_accuracy_ema")
+    loss = "per_pixel_cross_entropy"
+    train_data = "image_mask_pairs"
     best_metric = "miou"
     best_metric_title = "mIoU"
     labels_from_weights = True
@@ -397,12 +399,6 @@ class SegmentationTask(Task):
 
     def encode(self, result: Segmentation, options: dict[str, Any]) -> list[dict[str, Any]]:
         return encode_segments(result, options.get("threshold"))
-
-    def criterion(self, cfg: Any) -> nn.Module:
-        """Per-pixel cross-entropy on the masks (ignoring ``cfg.segmentation.ignore_index``)."""
-        from ..train.losses import segmentation_loss  # here: importing mobilevit.train imports this module
-
-        return segmentation_loss(cfg)
 
 
 SEGMENTATION = register_task(SegmentationTask())

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -283,13 +284,19 @@ def _build_sampler(cfg: TrainConfig, num_samples: int, world: Dist) -> MultiScal
 
 def build_data(cfg: TrainConfig, world: Dist, pre: Preprocess, task: Task = CLASSIFICATION) -> TrainData:
     """The training loader (multi-scale sampler, per-sample augmentation in [0, 1] RGB, corrupt images skipped) and
-    the validation loader (eval transform ``pre``, sharded over ranks); ``task`` is the model's.
+    the validation loader (eval transform ``pre``, sharded over ranks), of the kind ``task`` (the model's) trains on
+    (its ``train_data``: :data:`TRAIN_DATA`).
 
     Raises:
         ValueError: the training data has more classes than the model has outputs.
     """
-    if task is SEGMENTATION:
-        return _segmentation_data(cfg, world, pre)
+    if task.train_data not in TRAIN_DATA:
+        raise UsageError(f"{task.model_kind}s cannot be trained: no training data of kind {task.train_data!r}")
+    return TRAIN_DATA[task.train_data](cfg, world, pre)
+
+
+def _labelled_images(cfg: TrainConfig, world: Dist, pre: Preprocess) -> TrainData:
+    """:func:`build_data` for a classifier: labelled images (an ImageFolder tree or a CSV)."""
     train_set = ImageDataset.from_path(cfg.data.train)
     if train_set.num_classes > cfg.model.num_classes:
         raise UsageError(
@@ -320,6 +327,13 @@ def _segmentation_data(cfg: TrainConfig, world: Dist, pre: Preprocess) -> TrainD
         val_set = SegmentationDataset.from_path(cfg.data.val, seg.val_split, transform=SegmentationEvalTransform(pre))
         val_loader = _val_loader(cfg, world, val_set, collate_masks)
     return _with_loaders(cfg, world, train_set, train, val_loader)
+
+
+# the loaders of each kind of training data, by the name a task gives it (Task.train_data)
+TRAIN_DATA: dict[str, Callable[[TrainConfig, Dist, Preprocess], TrainData]] = {
+    "labelled_images": _labelled_images,
+    "image_mask_pairs": _segmentation_data,
+}
 
 
 def _base_size(cfg: TrainConfig) -> tuple[int, int]:

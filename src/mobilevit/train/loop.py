@@ -70,6 +70,7 @@ from . import checkpoint as ckpt
 from .build import BatchNormalize, TrainData, build_data, build_model, build_teacher, val_preprocess
 from .config import TrainConfig, to_dict, to_yaml
 from .distributed import Dist, setup_distributed
+from .losses import criterion
 from .metrics import MetricsLog
 from .optim import ModelEMA, WarmupCosineSchedule, build_optimizer
 
@@ -255,7 +256,7 @@ def _build(cfg: TrainConfig, world: Dist, out: Path) -> _Run:
         schedule=schedule,
         scaler=torch.amp.GradScaler("cuda") if cfg.amp and amp_dtype == torch.float16 else None,
         amp=functools.partial(torch.autocast, world.device.type, dtype=amp_dtype, enabled=cfg.amp),
-        criterion=task.criterion(cfg),
+        criterion=criterion(task.loss, cfg),
         mixer=MixupCutmix.from_config(cfg.augment, model.num_classes) if task.mixes_images else None,
         trainable=[p for p in model.parameters() if p.requires_grad],
     )
