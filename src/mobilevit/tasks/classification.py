@@ -207,7 +207,7 @@ class ClassificationTask(Task):
     best_metric_title = "top-1"
     mixes_images = True
 
-    def check_options(self, top_k: int = DEFAULT_TOP_K, function: Activation = "softmax", **_: Any) -> None:
+    def check_options(self, top_k: int = DEFAULT_TOP_K, function: Activation = "softmax") -> None:  # type: ignore[override]
         check_activation(function)
 
     def postprocess(
