@@ -15,7 +15,7 @@ import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pytest
@@ -67,7 +67,11 @@ class MeanColourTask(Task):
     title = "mean colour"
     model_kind = "a mean colour model"
     output_axes = ("batch", "channels")
-    parameters = frozenset({"percent"})
+    parameter_schema: ClassVar[dict[str, dict[str, Any]]] = {"percent": {"type": "boolean", "default": False}}
+    answer_schema: ClassVar[dict[str, Any]] = {
+        "type": "object",
+        "properties": {c: {"type": "number"} for c in ("red", "green", "blue")},
+    }
     data_help = "a folder of images named <r>_<g>_<b>.png"
 
     def postprocess(self, runner: Any, outputs: Tensor, context: Any = None, percent: bool = False) -> MeanColour:

@@ -41,7 +41,7 @@ from ..data.images import ImageError, UnsupportedFormatError, accepted_formats
 from ..errors import NonFiniteOutputError
 from ..runner import Runner
 from ..segment import load_model
-from ..tasks.classification import ACTIVATIONS
+from ..tasks import TASKS
 from .config import ServeConfig
 from .engine import BatchEngine, OverloadedError, pin_torch_threads
 from .page import PAGE
@@ -55,54 +55,29 @@ UNKNOWN_MODEL = ""  # the metrics label of requests for no served model (a serve
 DISCONNECTED = 499  # nginx's "client closed request": counted apart from server errors, answered to no one
 
 
-class LabelScore(BaseModel):
-    """One class of the answer (the Inference API's ImageClassificationOutputElement)."""
-
-    label: str
-    score: float
-
-
-class Segment(BaseModel):
-    """One class present in the image (the Inference API's ImageSegmentationOutputElement)."""
-
-    label: str
-    score: float | None
-    mask: str  # base64 PNG, 8-bit grayscale at the image's size: 255 where the class won
-
-
 class ErrorBody(BaseModel):
     error: str
 
 
-REQUEST_BODY = {  # the OpenAPI schema of a prediction request
-    "required": True,
-    "content": {
-        "image/*": {"schema": {"type": "string", "format": "binary"}},
-        "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
-        "application/json": {
-            "schema": {
-                "type": "object",
-                "required": ["inputs"],
-                "properties": {
-                    "inputs": {"type": "string", "description": "base64 image (or a data URL)"},
-                    "parameters": {
-                        "type": "object",
-                        "description": "classification: top_k, function_to_apply; segmentation: subtask, threshold "
-                        "(mask_threshold and overlap_mask_area_threshold are accepted, without effect)",
-                        "properties": {
-                            "top_k": {"type": "integer", "minimum": 1, "default": 5},
-                            "function_to_apply": {"enum": list(ACTIVATIONS), "default": "softmax"},
-                            "subtask": {"enum": ["semantic"]},
-                            "threshold": {"type": "number", "minimum": 0, "maximum": 1},
-                            "mask_threshold": {"type": "number", "minimum": 0, "maximum": 1},
-                            "overlap_mask_area_threshold": {"type": "number", "minimum": 0, "maximum": 1},
-                        },
-                    },
-                },
-            }
-        },
-    },
-}
+def request_body() -> dict[str, Any]:
+    """The OpenAPI schema of a prediction request: raw image bytes, or JSON with the parameters of every task."""
+    described = "; ".join(f"{task.title}: {', '.join(sorted(task.parameters))}" for task in TASKS.values())
+    properties = {name: schema for task in TASKS.values() for name, schema in task.parameter_schema.items()}
+    binary = {"schema": {"type": "string", "format": "binary"}}
+    parameters = {"type": "object", "description": described, "properties": properties}
+    inputs = {"type": "string", "description": "base64 image (or a data URL)"}
+    body = {"type": "object", "required": ["inputs"], "properties": {"inputs": inputs, "parameters": parameters}}
+    content = {"image/*": binary, "application/octet-stream": binary, "application/json": {"schema": body}}
+    return {"required": True, "content": content}
+
+
+def answer_schema() -> dict[int | str, dict[str, Any]]:
+    """The OpenAPI schema of a prediction's answer: the answer of the served model's task."""
+    answers = [task.answer_schema for task in TASKS.values()]
+    description = "the answer of the model's task: " + "; ".join(task.hf_task for task in TASKS.values())
+    return {200: {"description": description, "content": {"application/json": {"schema": {"oneOf": answers}}}}}
+
+
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {  # the OpenAPI schema of each error answer
     code: {"model": ErrorBody, "description": text}
     for code, text in {
@@ -431,9 +406,8 @@ def add_error_handlers(app: FastAPI) -> None:
 def add_routes(app: FastAPI, routes: Routes) -> None:
     """The prediction routes (in the OpenAPI schema with their request body and errors), health, metrics, the page."""
     predict = {
-        "response_model": list[LabelScore] | list[Segment],
-        "responses": ERROR_RESPONSES,
-        "openapi_extra": {"requestBody": REQUEST_BODY},
+        "responses": {**answer_schema(), **ERROR_RESPONSES},
+        "openapi_extra": {"requestBody": request_body()},
     }
     app.add_api_route(
         "/",

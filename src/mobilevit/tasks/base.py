@@ -70,7 +70,9 @@ class Task(ABC):
         how_to_run: what to do with such a model, told when it is given to a runner of another task.
         outputs: the names of the model's outputs, in order (the first is ``logits``).
         output_axes: the axes of the first output (``("batch", "classes")``).
-        parameters: the request parameters the server accepts for this task.
+        parameters: the request parameters the server accepts for this task (the names of ``parameter_schema``).
+        parameter_schema: the JSON schema of each request parameter, for the server's OpenAPI description.
+        answer_schema: the JSON schema of the server's answer, for its OpenAPI description.
         exact_decode: decode every image exactly (no DCT-downscaled JPEG decode): its result has the image's size.
         data_help: what ``eval`` reads for this task, for ``--help``.
         classifies_images: the first output scores classes per image (CoreML exports such a model as a classifier,
@@ -85,11 +87,17 @@ class Task(ABC):
     how_to_run: ClassVar[str] = ""
     outputs: ClassVar[tuple[str, ...]] = ("logits",)
     output_axes: ClassVar[tuple[str, ...]] = ("batch", "classes")
-    parameters: ClassVar[frozenset[str]] = frozenset()
+    parameter_schema: ClassVar[dict[str, dict[str, Any]]] = {}
+    answer_schema: ClassVar[dict[str, Any]] = {}
     exact_decode: ClassVar[bool] = False
     data_help: ClassVar[str] = ""
     classifies_images: ClassVar[bool] = False
     export_kind: ClassVar[str] = "model"
+
+    @property
+    def parameters(self) -> frozenset[str]:
+        """The request parameters the server accepts for this task."""
+        return frozenset(self.parameter_schema)
 
     # ------------------------------------------------------------------------------------------ preprocessing
 

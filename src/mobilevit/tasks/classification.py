@@ -11,7 +11,7 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import Tensor
@@ -196,7 +196,18 @@ class ClassificationTask(Task):
         "segmentation needs a segmentation model such as deeplabv3_mobilevit_xxs (`mobilevit list 'deeplabv3_*'`); "
         "classify images with `mobilevit predict`"
     )
-    parameters = frozenset({"top_k", "function_to_apply"})
+    parameter_schema: ClassVar[dict[str, dict[str, Any]]] = {
+        "top_k": {"type": "integer", "minimum": 1, "default": DEFAULT_TOP_K},
+        "function_to_apply": {"enum": list(ACTIVATIONS), "default": "softmax"},
+    }
+    answer_schema: ClassVar[dict[str, Any]] = {  # the Inference API's ImageClassificationOutputElement, best first
+        "type": "array",
+        "items": {
+            "type": "object",
+            "required": ["label", "score"],
+            "properties": {"label": {"type": "string"}, "score": {"type": "number"}},
+        },
+    }
     classifies_images = True
     export_kind = "image classifier"
     data_help = "ImageFolder tree, a CSV of (file, class index), or a folder with labels.csv"

@@ -27,7 +27,7 @@ import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -306,7 +306,27 @@ class SegmentationTask(Task):
         "`mobilevit eval --task segmentation`"
     )
     output_axes = ("batch", "classes", "height", "width")
-    parameters = frozenset({"subtask", "threshold", "mask_threshold", "overlap_mask_area_threshold"})
+    parameter_schema: ClassVar[dict[str, dict[str, Any]]] = {
+        "subtask": {"enum": ["semantic"]},
+        "threshold": {"type": "number", "minimum": 0, "maximum": 1},
+        # accepted, without effect on semantic masks (the Inference API defines them for instance segmentation)
+        "mask_threshold": {"type": "number", "minimum": 0, "maximum": 1},
+        "overlap_mask_area_threshold": {"type": "number", "minimum": 0, "maximum": 1},
+    }
+    answer_schema: ClassVar[
+        dict[str, Any]
+    ] = {  # the Inference API's ImageSegmentationOutputElement, one per class present, class order
+        "type": "array",
+        "items": {
+            "type": "object",
+            "required": ["label", "score", "mask"],
+            "properties": {
+                "label": {"type": "string"},
+                "score": {"type": ["number", "null"]},
+                "mask": {"type": "string", "description": "base64 PNG, 8-bit grayscale: 255 where the class won"},
+            },
+        },
+    }
     exact_decode = True
     export_kind = "semantic segmentation model"
     data_help = (
