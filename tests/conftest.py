@@ -24,9 +24,35 @@ from reference_utils import randomize_layer_scales  # noqa: E402
 
 torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
+# The variants a per-variant sweep checks in the default run, one per family and block kind (MobileViT v1, v2, v3 on
+# v1 and on v2, FastViT with RepMixer only and with attention, MobileOne without and with SE); `-m slow` checks all.
+REPRESENTATIVES = (
+    "mobilevit_xxs",
+    "mobilevitv2_050",
+    "mobilevitv3_xxs",
+    "mobilevitv3_050",
+    "fastvit_t8",
+    "fastvit_sa12",
+    "mobileone_s0",
+    "mobileone_s4",
+)
+
+
+def one_per_family(names: list[str]) -> list:
+    """``names`` as test parameters, those outside :data:`REPRESENTATIVES` marked slow."""
+    return [name if name in REPRESENTATIVES else pytest.param(name, marks=pytest.mark.slow) for name in names]
+
+
 # One variant of each family and block kind (MobileViT v1, v2, v3 on v2, FastViT with attention stages, MobileOne
 # with SE), the set every exported-file test (export parity, onnxruntime, OpenVINO) shares, exported once per session.
-EXPORT_FAMILIES = ("mobilevit_xxs", "mobilevitv2_050", "mobilevitv3_050", "fastvit_sa12", "mobileone_s4")
+# MobileViT v3 on v2 (v2's blocks with v3's fusion: 20 s to export) runs with `-m slow`.
+EXPORT_FAMILIES = (
+    "mobilevit_xxs",
+    "mobilevitv2_050",
+    pytest.param("mobilevitv3_050", marks=pytest.mark.slow),
+    "fastvit_sa12",
+    "mobileone_s4",
+)
 # The size each is traced at: MobileViT v1 off its 64-pixel patch grid (the graph must still take every size).
 EXPORT_SIZES = {"mobilevit_xxs": (104, 136)}
 

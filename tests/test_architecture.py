@@ -164,12 +164,10 @@ def test_opening_a_runtime_does_not_reach_into_exporting() -> None:
 
 
 # Below the task layer, a module cannot ask a task object (that would import upwards): the runtimes shape a
-# segmentation model's logits signature, and the weights layer picks default labels and checkpoint kinds, by the
-# model's task name.
+# segmentation model's logits signature, and the weights layer picks default labels, by the model's task name.
 BELOW_THE_TASKS = {
     "runtime/eager.py": "the rank of the logits in the eager signature",
     "runtime/torchscript.py": "the rank of the logits in a TorchScript file's signature",
-    "registry.py": "whether a checkpoint fills a segmentation model's head",
     "weights/entries.py": "the default labels of a task (ImageNet-1k, PASCAL VOC)",
 }
 TASK_COMPARISON = re.compile(

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 import mobilevit
-from conftest import randomize_batchnorm
+from conftest import one_per_family, randomize_batchnorm
 from mobilevit.weights import CheckpointError, load_into, read_converted
 
 TOL = 1e-4  # max abs logit difference, fp32
@@ -124,7 +124,7 @@ def test_every_timm_mobilevit_is_covered() -> None:
     assert set(TIMM_ARCHS) <= set(mobilevit.list_models())
 
 
-@pytest.fixture(scope="module", params=TIMM_ARCHS)
+@pytest.fixture(scope="module", params=one_per_family(TIMM_ARCHS))
 def timm_pair(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[nn.Module, nn.Module]:
     name = request.param
     timm = pytest.importorskip("timm")
@@ -144,7 +144,7 @@ def test_timm_logits(timm_pair: tuple[nn.Module, nn.Module], size: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------- transformers
-@pytest.fixture(scope="module", params=HF_ARCHS)
+@pytest.fixture(scope="module", params=one_per_family(HF_ARCHS))
 def hf_models(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> tuple[nn.Module, dict[str, nn.Module]]:
@@ -477,7 +477,8 @@ def test_failed_load_leaves_model_unchanged(fault: str, keep_head: bool, tmp_pat
 
     # control: the same comparison does see a successful load
     load_into(model, converted, source="test")
-    assert all(torch.equal(model.state_dict()[k], v) for k, v in converted.items())
+    state = model.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in converted.items())
 
 
 # ----------------------------------------------------------------------------------------------------- num_classes

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import mobilevit
+from mobilevit.weights import catalog as C
 from mobilevit.weights import entries as E
 from mobilevit.weights.entries import WEIGHTS, Preprocess
 
@@ -227,15 +228,15 @@ def test_hf_processor_defaults_match_entries() -> None:
         assert upstream.channel_order == "BGR" and upstream.mean == E.NO_MEAN and upstream.std == E.NO_STD
     # what the converters saved: MobileViTImageProcessor(crop_size=256, size=288) with resample BILINEAR
     saved = proc_cls(crop_size=256, size=288, resample=resampling.BILINEAR)
-    assert saved.size.shortest_edge == E.HF_PROCESSOR.resize_size == 288
-    assert (saved.crop_size.height, saved.crop_size.width) == E.HF_PROCESSOR.input_size
+    assert saved.size.shortest_edge == C.HF_PROCESSOR.resize_size == 288
+    assert (saved.crop_size.height, saved.crop_size.width) == C.HF_PROCESSOR.input_size
     # and for the DeepLabV3 ports MobileViTImageProcessor(crop_size=512, size=544)
     saved = proc_cls(crop_size=512, size=544, resample=resampling.BILINEAR)
-    assert saved.size.shortest_edge == E.HF_SEG_PROCESSOR.resize_size == 544
-    assert (saved.crop_size.height, saved.crop_size.width) == E.HF_SEG_PROCESSOR.input_size
+    assert saved.size.shortest_edge == C.HF_SEG_PROCESSOR.resize_size == 544
+    assert (saved.crop_size.height, saved.crop_size.width) == C.HF_SEG_PROCESSOR.input_size
     for name in HF_ENTRIES:
         if WEIGHTS[name].task == "segmentation":
-            assert WEIGHTS[name].upstream_preprocess == E.HF_SEG_PROCESSOR
+            assert WEIGHTS[name].upstream_preprocess == C.HF_SEG_PROCESSOR
 
 
 @pytest.mark.parametrize("name", HF_ENTRIES)

@@ -183,7 +183,9 @@ def _coreml_export(name: str, out: Path, entry: str | None = None, **kwargs: obj
     return export_model(random_model(name), "coreml", out / f"{name}.mlpackage", preprocess=pre, **kwargs)
 
 
-@pytest.mark.parametrize("name", sorted(COREML_FAST))
+@pytest.mark.parametrize(  # MobileViT v1 (BGR input) by default, the others (6-10 s each) with `-m slow`
+    "name", [pytest.param(n, marks=[pytest.mark.slow] if n != "mobilevit_xxs" else []) for n in sorted(COREML_FAST)]
+)
 def test_coreml_spec(name: str, tmp_path: Path) -> None:
     from mobilevit.export import inspect_coreml, validate_coreml
 
@@ -326,7 +328,8 @@ def test_cli_export_int8(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     for i in range(4):
         Image.fromarray(rng.integers(0, 255, (80, 90, 3), dtype=np.uint8)).save(calib / f"{i}.png")
     out = tmp_path / "s0_int8.onnx"
-    argv = ["export", "--model", "mobileone_s0", "--random-weights", "--format", "onnx", "--output", str(out)]
+    argv = ["export", "--model", "mobileone_s0", "--random-weights", "--format", "onnx", "--input-size", "96", "96"]
+    argv += ["--output", str(out)]
     assert main([*argv, "--quantize", "int8", "--calibration", str(calib)]) == 0
     assert "int8 static" in capsys.readouterr().out
     props = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
@@ -410,7 +413,8 @@ def test_a_plain_checkpoint_named_pt_still_loads_as_weights(tmp_path: Path, caps
     torch.save(model.state_dict(), checkpoint)
     assert not is_torchscript_archive(checkpoint) and not is_exported_file(checkpoint)
     loaded = mobilevit.create_model("mobileone_s0", pretrained=str(checkpoint))
-    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in model.state_dict().items())
+    state = loaded.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
     assert not ModelSpec.parse(f"s0={checkpoint}", True).is_exported
     image = tmp_path / "x.png"
     from PIL import Image

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import mobilevit
+from conftest import one_per_family
 from mobilevit.bench import count_macs, count_params
 
 ALL = mobilevit.list_models(task="classification")
@@ -71,7 +72,7 @@ def test_macs_match_paper(name: str, model: torch.nn.Module) -> None:
     assert abs(macs - published) <= slack, f"{name}: {macs:.0f}M MACs vs {published}M published"
 
 
-@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("name", one_per_family(ALL))
 def test_contract_and_gradients(name: str) -> None:
     model = mobilevit.create_model(name, num_classes=7)
     assert model.training, "create_model returns a model in train mode"
@@ -94,7 +95,7 @@ def test_contract_and_gradients(name: str) -> None:
     assert model(x).shape == (2, model.num_features)
 
 
-@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("name", one_per_family(ALL))
 def test_features_only(name: str) -> None:
     # FastViT's stem already downsamples by 4 (arXiv 2303.14189 Fig. 2); the others start at stride 2
     strides = [4, 8, 16, 32] if name.startswith("fastvit") else [2, 4, 8, 16, 32]

@@ -32,6 +32,7 @@ from PIL import Image
 from mobilevit.data import transforms as T
 from mobilevit.data.images import open_image
 from mobilevit.data.transforms import eval_transform, transform_for
+from mobilevit.weights import catalog as C
 from mobilevit.weights import entries as E
 from mobilevit.weights.entries import WEIGHTS, Preprocess
 
@@ -309,7 +310,7 @@ def test_cvnets_opencv_parity_imagenet_samples(
     pytest.importorskip("cv2")
     if fallback:
         monkeypatch.setattr(T, "_cv2", lambda: None)
-    ours = eval_transform(E.CVNETS_V1)
+    ours = eval_transform(C.CVNETS_V1)
     cases = _cvnets_cases(sample_files, sample_images)
     worst, name = max((_max_pixel_diff(ours(img), _cvnets_v01(ref), E.NO_STD), n) for n, img, ref in cases)
     assert worst <= (TOL if fallback else 0.0), f"{worst * 255:.2f}/255 on {name}"
@@ -323,7 +324,7 @@ def _color(imgs: Images) -> Images:
 
 
 def test_missing_bgr_flip_fails(package_images: Images) -> None:
-    ours, theirs = eval_transform(E.HF_PROCESSOR), _hf_transform(E.HF_PROCESSOR, "pil")
+    ours, theirs = eval_transform(C.HF_PROCESSOR), _hf_transform(C.HF_PROCESSOR, "pil")
     for name, img in _color(package_images):
         assert _max_pixel_diff(ours(img).flip(0), theirs(img), E.NO_STD) > 0.1, name
 
@@ -365,9 +366,9 @@ def test_wrong_crop_offset_rounding_fails(tag: str, package_images: Images) -> N
 
 def test_pil_resize_instead_of_opencv_fails(package_files: list[Path], package_images: Images) -> None:
     """Antialiasing matters when shrinking: PIL's bilinear is not ml-cvnets' cv2.resize."""
-    pil = eval_transform(dataclasses.replace(E.CVNETS_V1, resize_backend="pil"))
+    pil = eval_transform(dataclasses.replace(C.CVNETS_V1, resize_backend="pil"))
     cases = _cvnets_cases(package_files, package_images)
-    shrunk = [(n, img, ref) for n, img, ref in cases if min(img.size) > E.CVNETS_V1.resize_size]
+    shrunk = [(n, img, ref) for n, img, ref in cases if min(img.size) > C.CVNETS_V1.resize_size]
     assert shrunk
     for name, img, ref in shrunk:
         assert _max_pixel_diff(pil(img), _cvnets_v01(ref), E.NO_STD) > 4 * TOL, name
@@ -393,8 +394,8 @@ def test_transform_for_names_entries_and_configs() -> None:
     assert transform_for("mobilevitv2_100.hf_in1k").pre == entry.preprocess
     assert transform_for(entry, upstream=True).pre == entry.upstream_preprocess
     assert transform_for("fastvit_t8").pre == WEIGHTS[E.default_weights("fastvit_t8")].preprocess
-    assert transform_for(E.CVNETS_V1).pre == E.CVNETS_V1
-    assert transform_for(WEIGHTS["fastvit_t8.apple_in1k"], upstream=True).pre == E.FASTVIT  # no upstream: same
+    assert transform_for(C.CVNETS_V1).pre == C.CVNETS_V1
+    assert transform_for(WEIGHTS["fastvit_t8.apple_in1k"], upstream=True).pre == C.FASTVIT  # no upstream: same
     with pytest.raises(KeyError):
         transform_for("mobilevit_xxs.nope")
     with pytest.raises(ValueError, match="no preprocessing"):
@@ -407,14 +408,14 @@ def test_transform_for_models() -> None:
     from mobilevit.weights import PretrainedCfg
 
     model = create_model("mobilevitv2_050")  # random weights: the default entry's preprocessing
-    assert transform_for(model).pre == WEIGHTS[E.default_weights("mobilevitv2_050")].preprocess == E.TIMM_V2
+    assert transform_for(model).pre == WEIGHTS[E.default_weights("mobilevitv2_050")].preprocess == C.TIMM_V2
     entry = WEIGHTS["mobilevitv2_100.hf_in1k"]
     model.pretrained_cfg = PretrainedCfg(arch="mobilevitv2_050", source="x", entry=entry)
-    assert transform_for(model).pre == entry.preprocess == E.HF_PROCESSOR_RGB
-    assert transform_for(model, upstream=True).pre == entry.upstream_preprocess == E.HF_PROCESSOR
-    model.pretrained_cfg = PretrainedCfg(arch="mobilevitv2_050", source="x", entry=entry, preprocess=E.CVNETS_V2_384)
-    assert transform_for(model).pre == E.CVNETS_V2_384
-    assert transform_for(torch.nn.DataParallel(model)).pre == E.CVNETS_V2_384
+    assert transform_for(model).pre == entry.preprocess == C.HF_PROCESSOR_RGB
+    assert transform_for(model, upstream=True).pre == entry.upstream_preprocess == C.HF_PROCESSOR
+    model.pretrained_cfg = PretrainedCfg(arch="mobilevitv2_050", source="x", entry=entry, preprocess=C.CVNETS_V2_384)
+    assert transform_for(model).pre == C.CVNETS_V2_384
+    assert transform_for(torch.nn.DataParallel(model)).pre == C.CVNETS_V2_384
 
 
 def test_transform_pickles_for_dataloader_workers(package_images: Images) -> None:
@@ -451,11 +452,11 @@ def test_tiny_images_match_timm() -> None:
 
 def test_bad_preprocess_is_refused() -> None:
     with pytest.raises(ValueError, match="resize_backend"):
-        eval_transform(dataclasses.replace(E.FASTVIT, resize_backend="skimage"))
+        eval_transform(dataclasses.replace(C.FASTVIT, resize_backend="skimage"))
     with pytest.raises(ValueError, match="crop_offset"):
-        eval_transform(dataclasses.replace(E.FASTVIT, crop_offset="ceil"))
+        eval_transform(dataclasses.replace(C.FASTVIT, crop_offset="ceil"))
     with pytest.raises(ValueError, match="channel_order"):
-        eval_transform(dataclasses.replace(E.FASTVIT, channel_order="GBR"))
+        eval_transform(dataclasses.replace(C.FASTVIT, channel_order="GBR"))
 
 
 def test_absurd_aspect_ratio_is_cheap_not_an_error() -> None:

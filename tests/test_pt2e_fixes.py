@@ -174,6 +174,7 @@ def test_the_first_and_last_layers_stay_float_and_the_rest_int8() -> None:
     assert everything.details["equalized_pairs"] == 0
 
 
+@pytest.mark.slow  # 15 s of FastViT calibration
 def test_fastvit_quantizes_with_the_fixes() -> None:
     model = folded("fastvit_t8")
     x = batches(2)

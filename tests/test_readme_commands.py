@@ -29,8 +29,9 @@ bars on, the suite's threads (one, see conftest), ``$TOKEN`` set. What is change
 
 A command passes when it exits 0 and its output is what the README documents (JSON where ``--json`` is given).
 ``make`` lines and the 8-process distillation run (a timm teacher to download) are skipped with the reason; CoreML,
-ExecuTorch and LiteRT export and ``bench`` (its backends include ``compile``) are marked slow (``make test-slow``), the
-last two skipped without their toolchain.
+ExecuTorch and LiteRT export, DeepLabV3 and int8 export (with the commands that run the file they write) and ``bench``
+(its backends include ``compile``) are marked slow (``make test-slow``), ExecuTorch and LiteRT skipped without their
+toolchain.
 """
 
 from __future__ import annotations
@@ -197,9 +198,23 @@ def _cannot_run_here(cmd: Command) -> str | None:
     return None
 
 
+def _value(cmd: Command, option: str) -> str | None:
+    return cmd.argv[cmd.argv.index(option) + 1] if option in cmd.argv[:-1] else None
+
+
+def _slow_export(cmd: Command) -> bool:
+    """A DeepLabV3 or int8 ONNX export: 15-30 s here, and tests/test_segmentation_export.py and test_export.py check
+    those exports with their parity in the default run."""
+    model = _value(cmd, "--model") or ""
+    return cmd.subcommand == "export" and ("--quantize" in cmd.argv or model.startswith("deeplabv3_"))
+
+
 def _marks(cmd: Command) -> list[pytest.MarkDecorator]:
     if _cannot_run_here(cmd):
         return [pytest.mark.skip(reason=_cannot_run_here(cmd))]
+    slow_files = {_value(c, "--output") for c in readme_commands() if _slow_export(c) and c.block == cmd.block}
+    if _slow_export(cmd) or _value(cmd, "--model") in slow_files - {None}:
+        return [pytest.mark.slow]  # the export, and the commands of its block that run the file it writes
     if cmd.subcommand == "bench" and any("compile" in w for w in cmd.argv):
         return [pytest.mark.slow]  # torch.compile: tens of seconds per model and batch size
     if cmd.subcommand == "export" and "coreml" in cmd.argv:
@@ -306,7 +321,8 @@ def _voc_folder(root: Path) -> None:
 
 def _transformers_deeplabv3_xxs(folder: Path) -> dict[str, Path]:
     """transformers' MobileViTForSemanticSegmentation with the xx-small DeepLabV3 config, random weights, as the files
-    of its Hub repository."""
+    of its Hub repository. BatchNorm statistics are randomised: with transformers' initial ones the activations
+    fade to subnormal floats (logits ~1e-43), which the CPU computes some 20 times slower than real weights' ones."""
     transformers = pytest.importorskip("transformers")
     from mobilevit.weights.entries import VOC_LABELS
 
@@ -321,7 +337,7 @@ def _transformers_deeplabv3_xxs(folder: Path) -> dict[str, Path]:
         image_size=512,
         output_stride=16,
     )
-    transformers.MobileViTForSemanticSegmentation(config).save_pretrained(folder)
+    randomize_batchnorm(transformers.MobileViTForSemanticSegmentation(config)).save_pretrained(folder)
     return {"config.json": folder / "config.json", "model.safetensors": folder / "model.safetensors"}
 
 

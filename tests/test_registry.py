@@ -36,3 +36,19 @@ def test_pretrained_true_with_unknown_weights_says_what_to_do() -> None:
     # (pretrained=True with registered weights, cached or not, is covered offline by tests/test_hub.py)
     with pytest.raises(ValueError, match=r"Available for mobilevit_xxs: .*pretrained='path/to/checkpoint'"):
         mobilevit.create_model("mobilevit_xxs.no_such_tag", pretrained=True)
+
+
+def test_load_pretrained_builds_the_model_around_its_checkpoint(tmp_path) -> None:
+    """The weights layer's one load call: the checkpoint supplies the classifier size and every tensor."""
+    from mobilevit.models import build_config
+    from mobilevit.weights import ModelRequest, load_pretrained
+
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    original = mobilevit.create_model("mobilevit_xxs", num_classes=7)
+    folder = mobilevit.save_pretrained(original, tmp_path / "m")
+    model = load_pretrained(ModelRequest("mobilevit_xxs", build_config("mobilevit_xxs")), folder)
+    assert model.num_classes == 7 and model.pretrained_cfg.source == str(folder)
+    loaded, saved = model.state_dict(), original.state_dict()
+    assert loaded.keys() == saved.keys()
+    assert all(torch.equal(loaded[k], saved[k]) for k in saved)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import mobilevit
-from conftest import randomize_batchnorm
+from conftest import one_per_family, randomize_batchnorm
 from mobilevit.bench import count_macs, count_params
 from mobilevit.layers import ConvNormAct, LargeKernelConv, MobileOneBlock
 from reference_utils import max_rel_diff, randomize_layer_scales
@@ -39,7 +39,7 @@ def _check_parity(name: str, sizes: list[tuple[int, int]]) -> None:
     assert count_params(folded) < count_params(model)
 
 
-@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("name", one_per_family(ALL))
 def test_folded_model_gives_the_same_logits(name: str) -> None:
     _check_parity(name, SMALL_SIZES)
 
@@ -50,7 +50,7 @@ def test_folded_model_gives_the_same_logits_full_size(name: str) -> None:
     _check_parity(name, SIZES)
 
 
-@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("name", one_per_family(ALL))
 def test_nothing_foldable_is_left(name: str) -> None:
     folded = mobilevit.create_model(name, reparameterized=True)
     for module in folded.modules():

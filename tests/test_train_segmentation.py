@@ -157,9 +157,10 @@ def test_classification_checkpoint_fills_the_backbone(tmp_path: Path, caplog: py
     with caplog.at_level(logging.INFO, logger="mobilevit.train.build"):
         model = build_model(ModelConfig(name="deeplabv3_mobileone_s0", num_classes=3, pretrained=str(path)))
     state = model.state_dict()
-    backbone_keys = [k for k in reference.state_dict() if not k.startswith("head.")]
+    expected = reference.state_dict()
+    backbone_keys = [k for k in expected if not k.startswith("head.")]
     for key in backbone_keys:
-        assert torch.equal(state[f"backbone.{key}"], reference.state_dict()[key]), key
+        assert torch.equal(state[f"backbone.{key}"], expected[key]), key
     assert len([k for k in state if k.startswith("backbone.")]) == len(backbone_keys)
     new = new_tensors(model, str(path))
     assert new == [k for k in state if not k.startswith("backbone.")] and "head.classifier.weight" in new

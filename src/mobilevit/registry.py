@@ -1,34 +1,22 @@
-"""Architecture registry: name -> (model class, config), ``create_model`` and ``list_models``."""
+"""Architecture registry: name -> (model class, config), ``create_model`` and ``list_models``.
+
+The registry says which model is asked for; building it is :func:`mobilevit.models.build_model`, and a model with
+pretrained weights is built and loaded by the weights layer in one call (:func:`mobilevit.weights.load_pretrained`).
+"""
 
 from __future__ import annotations
 
-import dataclasses
 import fnmatch
-import logging
 import os
 from typing import Any
 
-from torch import Tensor, nn
+from torch import nn
 
-from .errors import UsageError, suggest
-from .models import ARCHITECTURES, architecture
+from .errors import UsageError
+from .models import ARCHITECTURES, architecture, build_config, build_model
 from .reparam import reparameterize_model
-from .weights.entries import WeightsEntry, get_weights, labels_for, list_weights, segmentation_preprocess
-from .weights.hub import resolve_weights
-from .weights.load import (
-    CONFIG_METADATA_KEY,
-    CheckpointError,
-    checkpoint_config,
-    convert_checkpoint,
-    is_folded_checkpoint,
-    is_segmentation_checkpoint,
-    load_into,
-    read_checkpoint,
-)
-from .weights.pretrained import PretrainedCfg, default_preprocess, preprocess_from_json, read_saved_config
-from .weights.pretrained import config_overrides as saved_overrides
-
-logger = logging.getLogger(__name__)
+from .weights.loader import ModelRequest, check_head_weights, load_pretrained
+from .weights.pretrained import read_saved_config
 
 
 def list_models(pattern: str | None = None, task: str | None = None) -> list[str]:
@@ -43,31 +31,6 @@ def list_models(pattern: str | None = None, task: str | None = None) -> list[str
 def get_config(name: str) -> Any:
     """The config dataclass of architecture ``name`` (an ``arch.tag`` weights name also works)."""
     return architecture(name)[1]
-
-
-def build_config(name: str, **overrides: Any) -> Any:
-    """``get_config(name)`` with fields replaced; an unknown field raises with the closest valid names."""
-    cfg = get_config(name)
-    fields = [f.name for f in dataclasses.fields(cfg)]
-    unknown = [k for k in overrides if k not in fields]
-    if unknown:
-        hints = "".join(suggest(k, fields) for k in unknown)
-        raise TypeError(f"Unknown option(s) {unknown} for {name!r}.{hints} Valid options: {', '.join(sorted(fields))}.")
-    return dataclasses.replace(cfg, **overrides)
-
-
-def _weights_entry(name: str) -> WeightsEntry:
-    """The weights entry of ``arch.tag`` (or the default one of a bare architecture), with a helpful error."""
-    try:
-        return get_weights(name)
-    except KeyError as e:
-        arch = name.split(".", 1)[0]
-        available = list_weights(f"{arch}.*")
-        listing = f"Available for {arch}: {', '.join(available)}" if available else f"{arch} has no registered weights"
-        raise UsageError(
-            f"No pretrained weights {name!r}. {listing}. A local checkpoint also works: "
-            f"create_model({arch!r}, pretrained='path/to/checkpoint')."
-        ) from e
 
 
 def _is_checkpoint_path(name: str) -> bool:
@@ -133,59 +96,14 @@ def create_model(
             out_indices = tuple(saved["out_indices"])
         features_only = features_only or bool(saved.get("features_only"))
         name, pretrained = saved["arch"], name
-    arch = name.split(".", 1)[0]
     cfg = build_config(name, **config_overrides)
     if pretrained is False or pretrained is None or pretrained == "":
-        model = _build(arch, cfg, features_only, out_indices, num_classes)
+        model = build_model(name.split(".", 1)[0], cfg, features_only, out_indices, num_classes)
         model = reparameterize_model(model, inplace=True) if reparameterized else model
         model.pretrained_cfg = None
         return model
-    if pretrained is True and not allow_random_head:
-        _refuse_unpublished(name)
-    path, entry, fmt = _weights_location(name, pretrained)
-    raw, info = read_checkpoint(path)
-    if ARCHITECTURES[arch][0].task == "segmentation" and not is_segmentation_checkpoint(raw, info):
-        return _with_backbone_weights(
-            arch, cfg, num_classes, raw, info, str(path), entry, reparameterized, allow_random_head
-        )
-    state_dict, saved, cfg = _read_weights(raw, info, str(path), arch, cfg, fmt, config_overrides)
-    layout = (features_only, out_indices, reparameterized)
-    return _with_own_weights(arch, cfg, state_dict, saved, str(path), entry, num_classes, layout, allow_random_head)
-
-
-def _with_own_weights(
-    arch: str,
-    cfg: Any,
-    state_dict: dict[str, Tensor],
-    saved: Any,
-    source: str,
-    entry: WeightsEntry | None,
-    num_classes: int | None,
-    layout: tuple[bool, tuple[int, ...] | None, bool],
-    allow_random_head: bool,
-) -> nn.Module:
-    """The model ``arch`` built around a converted checkpoint of its own architecture: the checkpoint's classifier is
-    kept when ``num_classes`` fits it (``None``: the checkpoint's), else the head starts fresh (see
-    :func:`create_model`'s ``allow_random_head``). ``layout``: ``(features_only, out_indices, reparameterized)``."""
-    features_only, out_indices, reparameterized = layout
-    classifier_name = ARCHITECTURES[arch][0].classifier_name
-    classifier = f"{classifier_name}.weight"
-    ckpt_classes = state_dict[classifier].shape[0] if classifier in state_dict else None
-    if num_classes is None:
-        num_classes = ckpt_classes if ckpt_classes is not None else cfg.num_classes
-    model = _build(arch, cfg, features_only, out_indices, num_classes)
-    keep_head = num_classes == ckpt_classes
-    if not keep_head and any(k.startswith(f"{classifier_name}.") for k in model.state_dict()):
-        why = (
-            "it holds no classifier"
-            if ckpt_classes is None
-            else f"its classifier has {ckpt_classes} outputs, the model {num_classes}"
-        )
-        _random_head(arch, source, [classifier_name], why, allow_random_head)
-    _load_weights(model, state_dict, source, keep_head=keep_head, reparameterized=reparameterized)
-    labelled = num_classes if keep_head and not features_only else None
-    model.pretrained_cfg = _pretrained_cfg(arch, source, entry, saved, labelled, model.task)
-    return model
+    request = ModelRequest(name, cfg, config_overrides, num_classes, features_only, out_indices, reparameterized)
+    return load_pretrained(request, pretrained, allow_random_head)
 
 
 def _saved_folder_config(path: str, pretrained: bool | str | os.PathLike) -> dict[str, Any]:
@@ -200,191 +118,6 @@ def _saved_folder_config(path: str, pretrained: bool | str | os.PathLike) -> dic
     return saved
 
 
-def _weights_location(
-    name: str, pretrained: bool | str | os.PathLike
-) -> tuple[str | os.PathLike, WeightsEntry | None, str | None]:
-    """``(path, entry, format)`` of the weights to load.
-
-    ``pretrained=True`` takes the entry's file (cached or downloaded) and its recorded format; a path is read as it
-    is, described by the entry only when ``name`` is an ``arch.tag``.
-    """
-    if pretrained is True:
-        entry = _weights_entry(_backbone_if_unpublished(name))
-        return resolve_weights(entry), entry, entry.format
-    return pretrained, _weights_entry(name) if "." in name else None, None
-
-
-def _backbone_if_unpublished(name: str) -> str:
-    """``name``, or for a bare segmentation architecture without weights of its own, its backbone's name (whose
-    default ImageNet weights then initialise the backbone)."""
-    arch = name.split(".", 1)[0]
-    backbone = getattr(ARCHITECTURES[arch][1], "backbone", None)
-    return backbone if "." not in name and backbone and not list_weights(f"{arch}.*") else name
-
-
-def _with_backbone_weights(
-    arch: str,
-    cfg: Any,
-    num_classes: int | None,
-    state_dict: dict[str, Tensor],
-    info: dict[str, Any],
-    source: str,
-    entry: WeightsEntry | None,
-    reparameterized: bool,
-    allow_random_head: bool,
-) -> nn.Module:
-    """A segmentation model whose backbone is loaded from a classification checkpoint of ``cfg.backbone`` (its
-    classifier and 1x1 expansion dropped) and whose head is fresh. Its preprocessing is the backbone weights' pixels,
-    resized whole to 512x512; its labels are the defaults for its number of classes."""
-    model = _build(arch, cfg, False, None, num_classes)
-    _random_head(arch, source, _head_modules(model), _only_backbone(cfg), allow_random_head)
-    backbone = model.backbone
-    backbone_entry = entry if entry is not None and entry.arch == cfg.backbone else None
-    fmt = backbone_entry.format if backbone_entry else None
-    converted = convert_checkpoint(state_dict, info, cfg.backbone, backbone.cfg, source=source, fmt=fmt)
-    _load_weights(backbone, converted, source, keep_head=False, reparameterized=False)
-    if reparameterized:
-        reparameterize_model(model, inplace=True)
-    saved = preprocess_from_json((info.get(CONFIG_METADATA_KEY) or {}).get("preprocess"))
-    pixels = saved or (backbone_entry.preprocess if backbone_entry else default_preprocess(cfg.backbone))
-    model.pretrained_cfg = PretrainedCfg(arch=arch, source=source, preprocess=segmentation_preprocess(pixels))
-    return model
-
-
-_RANDOM_HEAD_ADVICE = (
-    ", so its outputs would mean nothing. Fine-tune it first (mobilevit train), or pass --allow-random-head (Python: "
-    "allow_random_head=True) to run it anyway"
-)
-
-
-def check_head_weights(name: str, pretrained: bool | str | os.PathLike) -> None:
-    """Refuse weights that would leave the head of segmentation model ``name`` random, reading only the checkpoint: one
-    that is not a segmentation checkpoint, or ``pretrained=True`` for an architecture without published weights. The
-    server checks this before it listens; other misfits show when the model loads.
-
-    Raises:
-        CheckpointError: what ``create_model(name, pretrained=pretrained, allow_random_head=False)`` raises for them.
-    """
-    arch = name.split(".", 1)[0]
-    if arch not in ARCHITECTURES or ARCHITECTURES[arch][0].task != "segmentation" or pretrained in (False, None, ""):
-        return
-    if pretrained is True:
-        _refuse_unpublished(name)
-        return
-    raw, info = read_checkpoint(pretrained)
-    if not is_segmentation_checkpoint(raw, info):
-        cfg = get_config(name)
-        _random_head(
-            arch, str(pretrained), _head_modules(_build(arch, cfg, False, None, None)), _only_backbone(cfg), False
-        )
-
-
-def _refuse_unpublished(name: str) -> None:
-    """Refuse ``pretrained=True`` for a segmentation architecture whose only weights would be its backbone's."""
-    backbone = _backbone_if_unpublished(name)
-    if backbone != name:
-        raise CheckpointError(
-            f"{name.split('.', 1)[0]} has no published weights: pretrained=True would load only its backbone's "
-            f"({backbone}) and leave its head random{_RANDOM_HEAD_ADVICE}"
-        )
-
-
-def _head_modules(model: nn.Module) -> list[str]:
-    """The modules of a segmentation model's head (``head.aspp``, ``head.classifier``), for messages."""
-    return [f"head.{name}" for name, _ in model.head.named_children()]
-
-
-def _only_backbone(cfg: Any) -> str:
-    return f"it is not a segmentation checkpoint: only the backbone ({cfg.backbone}) loads"
-
-
-def _random_head(arch: str, source: str, modules: list[str], why: str, allowed: bool) -> None:
-    """Warn that the head ``modules`` of ``arch`` keep random weights (fine-tuning), or refuse (inference)."""
-    if allowed:
-        logger.warning(
-            "%s: %s left random, not loaded from %s (%s): fine-tune before use",
-            arch,
-            ", ".join(modules),
-            source,
-            why,
-        )
-        return
-    raise CheckpointError(
-        f"Checkpoint {source} leaves the head of {arch} random ({', '.join(modules)}): {why}{_RANDOM_HEAD_ADVICE}"
-    )
-
-
-def _read_weights(
-    state_dict: dict[str, Tensor],
-    info: dict[str, Any],
-    path: str,
-    arch: str,
-    cfg: Any,
-    fmt: str | None,
-    config_overrides: dict[str, Any],
-) -> tuple[dict[str, Tensor], dict[str, Any] | None, Any]:
-    """Convert a checkpoint read by ``read_checkpoint``: ``(state_dict in our key names, our saved config or None,
-    config)``.
-
-    A folder of ours supplies the base config, and so does what a transformers segmentation folder's config states
-    (output stride, ASPP); the caller's overrides win over either.
-    """
-    saved = info.get(CONFIG_METADATA_KEY)
-    if saved is not None:
-        if saved.get("arch") != arch:
-            raise CheckpointError(f"{path} holds weights for {saved.get('arch')!r}, not {arch!r}")
-        cfg = build_config(arch, **{**saved_overrides(saved, ARCHITECTURES[arch][1]), **config_overrides})
-    elif stated := checkpoint_config(info, cfg):
-        cfg = build_config(arch, **{**stated, **config_overrides})
-    return convert_checkpoint(state_dict, info, arch, cfg, source=str(path), fmt=fmt), saved, cfg
-
-
-def _build(
-    arch: str, cfg: Any, features_only: bool, out_indices: tuple[int, ...] | None, num_classes: int | None
-) -> nn.Module:
-    """A fresh model of ``arch`` with config ``cfg``, its ``num_classes`` replaced when one is given."""
-    if num_classes is not None:
-        cfg = dataclasses.replace(cfg, num_classes=num_classes)
-    kwargs: dict[str, Any] = {"features_only": features_only}
-    if out_indices is not None:
-        kwargs["out_indices"] = tuple(out_indices)
-    return ARCHITECTURES[arch][0](cfg, **kwargs)
-
-
-def _load_weights(
-    model: nn.Module, state_dict: dict[str, Tensor], source: str, keep_head: bool, reparameterized: bool
-) -> None:
-    """Load converted weights strictly, into the folded form when the checkpoint has it; fold after if asked."""
-    folded = is_folded_checkpoint(model, state_dict)
-    if folded:
-        reparameterize_model(model, inplace=True)  # a fresh model: folding it only gives it the checkpoint's layout
-    load_into(model, state_dict, source=source, keep_head=keep_head)
-    if reparameterized and not folded:
-        reparameterize_model(model, inplace=True)
-
-
-def _pretrained_cfg(
-    arch: str,
-    source: str,
-    entry: WeightsEntry | None,
-    saved: dict[str, Any] | None,
-    labelled: int | None,
-    task: str = "classification",
-) -> PretrainedCfg:
-    """What the loaded weights expect and mean: the checkpoint's own config first, then the entry.
-
-    Args:
-        saved: our saved config of the checkpoint, if it has one.
-        labelled: the number of classes whose names the checkpoint answers; ``None`` when its classifier was
-            replaced or dropped (``features_only``), so that it has no labels.
-        task: the model's task, for the default label names.
-    """
-    saved = saved or {}
-    labels = labels_for(labelled, entry, saved.get("labels"), task) if labelled is not None else None
-    preprocess = preprocess_from_json(saved.get("preprocess"))  # None: PretrainedCfg takes the entry's
-    return PretrainedCfg(arch=arch, source=source, entry=entry, preprocess=preprocess, labels=labels)
-
-
 def from_pretrained(path: str | os.PathLike, **kwargs: Any) -> nn.Module:
     """Rebuild a model written by :func:`mobilevit.save_pretrained`: same as ``create_model(path, **kwargs)``.
 
@@ -393,3 +126,6 @@ def from_pretrained(path: str | os.PathLike, **kwargs: Any) -> nn.Module:
         **kwargs: :func:`create_model` arguments, e.g. ``num_classes`` or ``reparameterized=True``.
     """
     return create_model(os.fspath(path), **kwargs)
+
+
+__all__ = ["build_config", "check_head_weights", "create_model", "from_pretrained", "get_config", "list_models"]

@@ -35,6 +35,33 @@ def architecture(name: str) -> tuple[type[nn.Module], Any]:
     return ARCHITECTURES[arch]
 
 
+def build_config(name: str, **overrides: Any) -> Any:
+    """The registered config of ``name`` with fields replaced; an unknown field raises with the closest valid names."""
+    cfg = architecture(name)[1]
+    fields = [f.name for f in dataclasses.fields(cfg)]
+    unknown = [k for k in overrides if k not in fields]
+    if unknown:
+        hints = "".join(suggest(k, fields) for k in unknown)
+        raise TypeError(f"Unknown option(s) {unknown} for {name!r}.{hints} Valid options: {', '.join(sorted(fields))}.")
+    return dataclasses.replace(cfg, **overrides)
+
+
+def build_model(
+    arch: str,
+    cfg: Any,
+    features_only: bool = False,
+    out_indices: tuple[int, ...] | None = None,
+    num_classes: int | None = None,
+) -> nn.Module:
+    """A fresh model of architecture ``arch`` with config ``cfg``, its ``num_classes`` replaced when one is given."""
+    if num_classes is not None:
+        cfg = dataclasses.replace(cfg, num_classes=num_classes)
+    kwargs: dict[str, Any] = {"features_only": features_only}
+    if out_indices is not None:
+        kwargs["out_indices"] = tuple(out_indices)
+    return ARCHITECTURES[arch][0](cfg, **kwargs)
+
+
 def find_arch(cfg: Any) -> str:
     """The registered architecture whose config is closest to ``cfg`` (fewest differing fields, same family)."""
     candidates = [
@@ -56,4 +83,12 @@ def unwrap_model(model: nn.Module) -> nn.Module:
         model = inner
 
 
-__all__ = ["ARCHITECTURES", "architecture", "find_arch", "task_of", "unwrap_model"]
+__all__ = [
+    "ARCHITECTURES",
+    "architecture",
+    "build_config",
+    "build_model",
+    "find_arch",
+    "task_of",
+    "unwrap_model",
+]

@@ -13,20 +13,24 @@ from .load import (
     read_checkpoint,
     read_converted,
 )
+from .loader import ModelRequest, check_head_weights, load_pretrained
 from .pretrained import ModelIO, PretrainedCfg, model_io, model_labels, save_pretrained
 
 __all__ = [
     "CheckpointError",
     "ModelIO",
+    "ModelRequest",
     "PretrainedCfg",
     "WeightsUnavailableError",
     "cached_weights",
+    "check_head_weights",
     "convert_checkpoint",
     "detect_format",
     "is_folded_checkpoint",
     "is_segmentation_checkpoint",
     "labels_for",
     "load_into",
+    "load_pretrained",
     "model_io",
     "model_labels",
     "read_checkpoint",

@@ -101,53 +101,63 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[st
     check_checkpoint_path(path)
     info: dict[str, Any] = {}
     if path.is_dir():
-        config_file = path / "config.json"
-        weights = next((path / f for f in HF_WEIGHT_FILES if (path / f).exists()), None)
-        if not config_file.exists() or weights is None:
-            raise CheckpointError(
-                f"{path} is a folder but not a checkpoint folder: it needs config.json and one of "
-                f"{', '.join(HF_WEIGHT_FILES)} (a transformers folder, or one written by mobilevit.save_pretrained)"
-            )
-        try:
-            config = json.loads(config_file.read_text())
-        except (ValueError, OSError) as e:
-            raise CheckpointError(f"Cannot read {config_file}: {e}") from e
-        if is_mobilevit_config(config):
-            info[CONFIG_METADATA_KEY] = config
-            info["arch"] = config["arch"]
-        elif isinstance(config, dict) and "model_type" in config:
-            info["hf_config"] = config
-        else:
-            raise CheckpointError(
-                f"{config_file} is neither a transformers config (no 'model_type') nor a mobilevit one "
-                f'(no \'"library": "{LIBRARY}"\')'
-            )
-        path = weights
+        path, info = _read_folder_config(path)
     if path.suffix == ".safetensors":
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file, safe_open
+        return _read_safetensors(path, info)
+    return _unwrap(_read_pickle(path), path), info
 
+
+def _read_folder_config(folder: Path) -> tuple[Path, dict[str, Any]]:
+    """``(weights file, info)`` of a checkpoint folder: its ``config.json`` says whether it is ours or transformers'."""
+    config_file = folder / "config.json"
+    weights = next((folder / f for f in HF_WEIGHT_FILES if (folder / f).exists()), None)
+    if not config_file.exists() or weights is None:
+        raise CheckpointError(
+            f"{folder} is a folder but not a checkpoint folder: it needs config.json and one of "
+            f"{', '.join(HF_WEIGHT_FILES)} (a transformers folder, or one written by mobilevit.save_pretrained)"
+        )
+    try:
+        config = json.loads(config_file.read_text())
+    except (ValueError, OSError) as e:
+        raise CheckpointError(f"Cannot read {config_file}: {e}") from e
+    if is_mobilevit_config(config):
+        return weights, {CONFIG_METADATA_KEY: config, "arch": config["arch"]}
+    if isinstance(config, dict) and "model_type" in config:
+        return weights, {"hf_config": config}
+    raise CheckpointError(
+        f"{config_file} is neither a transformers config (no 'model_type') nor a mobilevit one "
+        f'(no \'"library": "{LIBRARY}"\')'
+    )
+
+
+def _read_safetensors(path: Path, info: dict[str, Any]) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """The tensors of a safetensors file, and ``info`` completed by its metadata (our config, when it holds one)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file, safe_open
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            metadata = f.metadata() or {}
+        state_dict = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"Cannot read safetensors file {path}: {e}") from e
+    if CONFIG_METADATA_KEY in metadata and CONFIG_METADATA_KEY not in info:
         try:
-            with safe_open(str(path), "pt") as f:
-                metadata = f.metadata() or {}
-            state_dict = load_file(str(path))
-        except (SafetensorError, OSError, ValueError) as e:
-            raise CheckpointError(f"Cannot read safetensors file {path}: {e}") from e
-        if CONFIG_METADATA_KEY in metadata and CONFIG_METADATA_KEY not in info:
-            try:
-                info[CONFIG_METADATA_KEY] = json.loads(metadata.pop(CONFIG_METADATA_KEY))
-            except ValueError as e:
-                raise CheckpointError(f"{path}: unreadable {CONFIG_METADATA_KEY!r} metadata: {e}") from e
-        metadata.pop(CONFIG_METADATA_KEY, None)
-        info = {**metadata, **info}
-        return _unwrap(state_dict, path), info
+            info[CONFIG_METADATA_KEY] = json.loads(metadata.pop(CONFIG_METADATA_KEY))
+        except ValueError as e:
+            raise CheckpointError(f"{path}: unreadable {CONFIG_METADATA_KEY!r} metadata: {e}") from e
+    metadata.pop(CONFIG_METADATA_KEY, None)
+    return _unwrap(state_dict, path), {**metadata, **info}
+
+
+def _read_pickle(path: Path) -> Any:
+    """What ``torch.load(weights_only=True)`` reads from ``path``; a one-line error when it refuses or fails."""
     try:
         with warnings.catch_warnings():  # torch warns about a pickle protocol its weights-only unpickler may not read
             warnings.filterwarnings("ignore", message=".*pickle protocol", category=UserWarning)
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types here: UnpicklingError, RuntimeError, EOFError...
         raise CheckpointError(_unreadable_pickle(path, e)) from None
-    return _unwrap(obj, path), info
 
 
 _ZIP_MAGIC = b"PK"  # a zip archive: torch.save's format since PyTorch 1.6
@@ -215,16 +225,33 @@ def detect_format(state_dict: dict[str, Tensor]) -> str:
     """Name the layout of a state dict: ``native``, ``timm``, ``transformers``, ``cvnets``, ``ml-fastvit`` or
     ``ml-mobileone``."""
     keys = list(state_dict)
-    if any(k.startswith(("mobilevit.", "mobilevitv2.", "encoder.layer.", "conv_stem.")) for k in keys):
+    fmt = _upstream_layout(keys) or _timm_or_native_layout(keys)
+    if fmt is None:
+        raise CheckpointError(f"Unrecognised checkpoint layout ({len(keys)} tensors; first keys: {keys[:5]})")
+    return fmt
+
+
+def _starts(keys: list[str], *prefixes: str) -> bool:
+    return any(k.startswith(prefixes) for k in keys)
+
+
+def _upstream_layout(keys: list[str]) -> str | None:
+    """The layout of an upstream repository's file, told by its top-level names; ``None`` for none of them."""
+    if _starts(keys, "mobilevit.", "mobilevitv2.", "encoder.layer.", "conv_stem."):
         return "transformers"
-    if "conv_1.block.conv.weight" in state_dict or any(k.startswith("layer_1.0.block.") for k in keys):
+    if "conv_1.block.conv.weight" in keys or _starts(keys, "layer_1.0.block."):
         return "cvnets"
-    if any(k.startswith("seg_head.") for k in keys) and any(k.startswith("encoder.layer_1.") for k in keys):
+    if _starts(keys, "seg_head.") and _starts(keys, "encoder.layer_1."):
         return "cvnets"  # a segmentation model: backbone under encoder., head under seg_head.
-    if any(k.startswith(("patch_embed.", "network.")) for k in keys):
+    if _starts(keys, "patch_embed.", "network."):
         return "ml-fastvit"
-    if any(k.startswith("stage0.") for k in keys):
+    if _starts(keys, "stage0."):
         return "ml-mobileone"
+    return None
+
+
+def _timm_or_native_layout(keys: list[str]) -> str | None:
+    """timm's layout or ours, which share most names, told by the names of a few blocks; ``None`` for neither."""
     if any(_MOBILEONE_BLOCK.search(k) for k in keys):
         # FastViT / MobileOne: our names are timm's but for FastViT's ``downsample.proj`` and MobileOne's SE ``attn``;
         # a timm MobileOne S0-S3 has exactly our keys, and either way the timm converter leaves our keys unchanged.
@@ -233,7 +260,7 @@ def detect_format(state_dict: dict[str, Tensor]) -> str:
         return "timm"
     if any(".conv_pwl." in k for k in keys):
         return "native"
-    raise CheckpointError(f"Unrecognised checkpoint layout ({len(keys)} tensors; first keys: {keys[:5]})")
+    return None
 
 
 def read_converted(path: str | os.PathLike, arch: str, cfg: Any, fmt: str | None = None) -> dict[str, Tensor]:
@@ -269,16 +296,7 @@ def convert_checkpoint(
             heuristic over key names, the entry is a record of the file. A timm file with our exact key names (timm
             MobileOne S0-S3) is detected as ``native`` and needs no conversion either way.
     """
-    try:
-        detected = detect_format(state_dict)
-    except CheckpointError:
-        if fmt is None:
-            raise
-        detected = None
-    if fmt is not None and detected not in (fmt, "native" if fmt == "timm" else None):
-        looks = f"look like {detected}" if detected else "match no known layout"
-        logger.warning("%s: its key names %s, but its weights entry says %s; converting as %s", source, looks, fmt, fmt)
-    fmt = detected if fmt is None or (fmt == "timm" and detected == "native") else fmt
+    fmt = _layout_to_convert(state_dict, fmt, source)
     stored_arch = info.get("arch")
     if fmt == "native" and stored_arch and stored_arch != arch:
         raise CheckpointError(f"{source} holds weights for {stored_arch!r}, not {arch!r}")
@@ -293,6 +311,21 @@ def convert_checkpoint(
         return converter(state_dict, cfg)
     except (ValueError, KeyError) as e:
         raise CheckpointError(f"{source} ({fmt} layout) cannot be converted for {arch}: {e}") from e
+
+
+def _layout_to_convert(state_dict: dict[str, Tensor], fmt: str | None, source: str) -> str:
+    """The layout to convert ``state_dict`` from: the detected one, unless a weights entry records ``fmt``, which
+    wins (with a warning when detection disagrees); a timm file detected as ``native`` is ``native``."""
+    try:
+        detected = detect_format(state_dict)
+    except CheckpointError:
+        if fmt is None:
+            raise
+        detected = None
+    if fmt is not None and detected not in (fmt, "native" if fmt == "timm" else None):
+        looks = f"look like {detected}" if detected else "match no known layout"
+        logger.warning("%s: its key names %s, but its weights entry says %s; converting as %s", source, looks, fmt, fmt)
+    return detected if fmt is None or (fmt == "timm" and detected == "native") else fmt
 
 
 # the DeepLabV3 head in ml-cvnets', transformers' and our own key names
@@ -343,42 +376,59 @@ def load_into(model: nn.Module, state_dict: dict[str, Tensor], source: str, keep
         keep_head: load the classifier too; ``False`` leaves the model's fresh classifier in place.
     """
     expected = model.state_dict()
+    features_only = getattr(model, "features_only", False)
     classifier = getattr(model, "classifier_name", "head.fc") + "."
-    head_keys = [k for k in state_dict if k.startswith(classifier)]
-    if not keep_head or getattr(model, "features_only", False):
-        state_dict = {k: v for k, v in state_dict.items() if k not in head_keys}
-        if getattr(model, "features_only", False):
-            state_dict = {k: v for k, v in state_dict.items() if not k.startswith(("head.", "final_conv."))}
-    # BatchNorm's step counter is optional, as in torch's own strict loading: keep the model's where it is absent
+    state_dict = _tensors_to_load(state_dict, expected, classifier, keep_head, features_only)
+    problems = _misfits(state_dict, expected, fresh=None if keep_head else classifier)
+    if problems:
+        raise CheckpointError(
+            f"Checkpoint {source} does not fit {type(model).__name__} ({len(state_dict)} tensors vs "
+            f"{len(expected)} expected). " + " | ".join(problems)
+        )
+    model.load_state_dict(state_dict, strict=keep_head and not features_only)
+
+
+def _tensors_to_load(
+    state_dict: dict[str, Tensor], expected: dict[str, Tensor], classifier: str, keep_head: bool, features_only: bool
+) -> dict[str, Tensor]:
+    """The checkpoint's tensors that go into the model: without the ``classifier`` when the head is not kept, without
+    the head and the final 1x1 expansion for a ``features_only`` model, and with the model's own BatchNorm step
+    counters where the checkpoint has none (they are optional, as in torch's own strict loading)."""
+    if not keep_head or features_only:
+        state_dict = {k: v for k, v in state_dict.items() if not k.startswith(classifier)}
+    if features_only:
+        state_dict = {k: v for k, v in state_dict.items() if not k.startswith(("head.", "final_conv."))}
     counters = {k: v for k, v in expected.items() if k.endswith("num_batches_tracked") and k not in state_dict}
-    state_dict = {**counters, **state_dict}
-    missing = [k for k in expected if k not in state_dict]
-    if not keep_head:
-        missing = [k for k in missing if not k.startswith(classifier)]
+    return {**counters, **state_dict}
+
+
+def _misfits(state_dict: dict[str, Tensor], expected: dict[str, Tensor], fresh: str | None) -> list[str]:
+    """What keeps ``state_dict`` from loading into a model whose own tensors are ``expected``, one part per kind of
+    misfit (missing, unexpected, wrong shape); empty when it fits. Missing keys under the prefix ``fresh`` (a
+    classifier that starts fresh) are not misfits."""
+    missing = [k for k in expected if k not in state_dict and not (fresh and k.startswith(fresh))]
     unexpected = [k for k in state_dict if k not in expected]
     misshaped = [
         f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(expected[k].shape)}"
         for k, v in state_dict.items()
         if k in expected and v.shape != expected[k].shape
     ]
-    if missing or unexpected or misshaped:
-        parts = []
-        for title, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", misshaped)):
-            if items:
-                shown = "; ".join(items[:6]) + (f"; ... ({len(items)} in all)" if len(items) > 6 else "")
-                parts.append(f"{title}: {shown}")
-        if (
-            missing
-            and not unexpected
-            and not misshaped
-            and all(k.startswith(("final_conv.", "head.")) for k in missing)
-        ):
-            parts.append(
-                "the checkpoint holds a backbone only (a segmentation or feature model?): load it with "
-                "features_only=True"
-            )
-        raise CheckpointError(
-            f"Checkpoint {source} does not fit {type(model).__name__} ({len(state_dict)} tensors vs "
-            f"{len(expected)} expected). " + " | ".join(parts)
+    kinds = (("missing", missing), ("unexpected", unexpected), ("wrong shape", misshaped))
+    parts = [f"{title}: {_first_few(items)}" for title, items in kinds if items]
+    if _only_head_missing(missing, unexpected, misshaped):
+        parts.append(
+            "the checkpoint holds a backbone only (a segmentation or feature model?): load it with features_only=True"
         )
-    model.load_state_dict(state_dict, strict=keep_head and not getattr(model, "features_only", False))
+    return parts
+
+
+def _only_head_missing(missing: list[str], unexpected: list[str], misshaped: list[str]) -> bool:
+    """Whether the only misfit is a missing head (and final 1x1 expansion): the checkpoint of a backbone."""
+    if unexpected or misshaped or not missing:
+        return False
+    return all(k.startswith(("final_conv.", "head.")) for k in missing)
+
+
+def _first_few(items: list[str], shown: int = 6) -> str:
+    """``items`` joined, the first ``shown`` of them and their count when there are more."""
+    return "; ".join(items[:shown]) + (f"; ... ({len(items)} in all)" if len(items) > shown else "")

@@ -31,7 +31,7 @@ from typing import Any
 from torch import nn
 
 from ..errors import UsageError
-from ..models import ARCHITECTURES, find_arch, unwrap_model
+from ..models import ARCHITECTURES, build_model, find_arch, unwrap_model
 from .entries import DEFAULT_TAGS, Preprocess, WeightsEntry, get_weights, labels_for, segmentation_preprocess
 from .load import (
     CONFIG_METADATA_KEY,
@@ -206,10 +206,8 @@ def save_pretrained(
 def _is_folded(model: nn.Module, arch: str, num_classes: int, state_dict: dict[str, Any]) -> bool:
     """Whether ``model`` (of architecture ``arch``, with weights ``state_dict``) is in its re-parameterized form."""
     features_only = bool(getattr(model, "features_only", False))
-    kwargs: dict[str, Any] = {"features_only": features_only}
-    if features_only:
-        kwargs["out_indices"] = tuple(model.out_indices)
-    fresh = ARCHITECTURES[arch][0](dataclasses.replace(model.cfg, num_classes=num_classes), **kwargs)
+    out_indices = tuple(model.out_indices) if features_only else None
+    fresh = build_model(arch, model.cfg, features_only, out_indices, num_classes)
     return is_folded_checkpoint(fresh, state_dict)
 
 
