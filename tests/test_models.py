@@ -174,3 +174,16 @@ def test_mobilevit_init_statistics(name: str, features_only: bool) -> None:
     biases = [m.bias for m in linears + convs if m.bias is not None] + [m.bias for m in norms]
     assert all(torch.count_nonzero(b) == 0 for b in biases)
     assert all(torch.all(m.weight == 1) for m in norms)
+
+
+@pytest.mark.parametrize("name", one_per_family(ALL))
+def test_builds_on_the_meta_device(name: str) -> None:
+    """Shapes without storage (``torch.device("meta")``), the classifier and its DeepLabV3 model: what ``mobilevit
+    list`` counts parameters and MACs on; the counts are those of the model built on the CPU."""
+    for arch in (name, f"deeplabv3_{name}"):
+        with torch.device("meta"):
+            meta = mobilevit.create_model(arch)
+        assert all(p.is_meta for p in meta.parameters()), arch
+    if name in ("mobilevit_xxs", "fastvit_sa12", "mobilevitv2_050"):
+        cpu = mobilevit.create_model(arch)
+        assert (count_params(meta), count_macs(meta, (96, 128))) == (count_params(cpu), count_macs(cpu, (96, 128)))

@@ -33,7 +33,7 @@ def count_macs(model: nn.Module, input_size: tuple[int, int] = (256, 256), in_ch
     """
     was_training = model.training
     model.eval()
-    x = torch.zeros(1, in_channels, *input_size)
+    x = torch.zeros(1, in_channels, *input_size, device=next(model.parameters()).device)  # meta: shapes only
     # the fused CPU attention kernels are invisible to the counter; the math path counts its two matrix products
     with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
         model(x)

@@ -362,7 +362,7 @@ class FastViT(ClassifierModel):
             MobileOneBlock(dim0, dim0, 1),
         )
 
-        rates = torch.linspace(0, cfg.drop_path_rate, sum(cfg.depths)).split(list(cfg.depths))
+        rates = torch.linspace(0, cfg.drop_path_rate, sum(cfg.depths), device="cpu").split(list(cfg.depths))
         stages = []
         in_channels, stride = dim0, 4
         self.feature_info: list[dict] = []

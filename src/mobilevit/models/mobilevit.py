@@ -318,7 +318,7 @@ class MobileViT(ClassifierModel):
         self.stem = ConvNormAct(cfg.in_channels, cfg.stem_channels, 3, stride=2)
 
         num_layers = sum(s.transformer_depth for s in cfg.stages)
-        rates = torch.linspace(0, cfg.drop_path_rate, num_layers).tolist() if num_layers else []
+        rates = torch.linspace(0, cfg.drop_path_rate, num_layers, device="cpu").tolist() if num_layers else []
         stages = []
         in_channels = cfg.stem_channels
         stride = 2
