@@ -20,6 +20,7 @@ from torch import nn
 import mobilevit
 from mobilevit.train import checkpoint as ckpt
 from mobilevit.train import loop
+from mobilevit.train import losses as train_losses
 from mobilevit.train.config import OptimizerConfig, ScheduleConfig
 from mobilevit.train.loop import train
 from mobilevit.train.losses import ClassificationLoss, DistillationLoss
@@ -62,7 +63,7 @@ class _Spy:
         self.student_io: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.criterion_args: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
         self.teacher: nn.Module | None = None
-        real_model, real_teacher, real_criterion = loop.build_model, loop.build_teacher, loop.build_loss
+        real_model, real_teacher, real_criterion = loop.build_model, loop.build_teacher, train_losses.build_loss
 
         def build_model(cfg):
             model = real_model(cfg)
@@ -89,7 +90,7 @@ class _Spy:
 
         monkeypatch.setattr(loop, "build_model", build_model)
         monkeypatch.setattr(loop, "build_teacher", build_teacher)
-        monkeypatch.setattr(loop, "build_loss", build_criterion)
+        monkeypatch.setitem(train_losses.LOSSES, "cross_entropy", build_criterion)  # the loss a classifier's task names
 
 
 @pytest.mark.parametrize("kind", ["hard", "soft"])

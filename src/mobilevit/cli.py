@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from tqdm import tqdm
 
     from .predict import Predictor
+    from .runner import Runner
     from .segment import Segmentation, Segmenter
 
 
@@ -106,11 +107,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     bar = _progress(len(files), not args.no_progress, "predict")
     answers = predictor.predict_files(files, args.top_k, args.function, bar.update if bar is not None else None)
 
-    def describe(path: str, answer: list) -> tuple[dict, str]:
-        record = {"file": path, "predictions": [p.to_dict() for p in answer]}
-        return record, f"{path}: " + ", ".join(f"{p.label} ({p.score:.3f})" for p in answer)
-
-    return _report(args, bar, answers, describe, "classified")
+    return _report(args, bar, answers, predictor.task.describe, "classified")
 
 
 def _report(
@@ -171,7 +168,6 @@ def cmd_segment(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from .data.images import find_images
-    from .data.segmentation import JPEG_MAX_SIDE, share_text
 
     files = find_images(args.paths)
     if not files:
@@ -189,77 +185,31 @@ def cmd_segment(args: argparse.Namespace) -> int:
             yield path, answer
 
     def describe(path: str, answer: Segmentation) -> tuple[dict, str]:
-        suffix = "jpg" if max(answer.size) <= JPEG_MAX_SIDE else "png"  # JPEG cannot store a longer side
-        mask, overlay = output / f"{stem[0]}_mask.png", output / f"{stem[0]}_overlay.{suffix}"
-        answer.mask_image().save(mask)
-        answer.overlay().save(overlay, quality=90)
-        shares = ", ".join(f"{c['label']} {share_text(c['fraction'])}" for c in answer.classes())
-        record = {"file": path, "mask": str(mask), "overlay": str(overlay), **answer.to_dict()}
-        return record, f"{path}: {shares} -> {mask}, {overlay}"
+        return segmenter.task.describe(path, answer, segmenter.task.render(answer, output / stem[0]))
 
     return _report(args, bar, answers(), describe, "segmented")
 
 
-def _eval_runner(args: argparse.Namespace) -> Predictor:
-    """The classifier or segmenter ``eval`` scores: ``--task``'s, else the model's own task's."""
+def _eval_runner(args: argparse.Namespace) -> Runner:
+    """The runner ``eval`` scores: of ``--task`` (a model of another task is refused), else of the model's own."""
     import torch
 
-    from .predict import load_predictor
-    from .segment import load_model, load_segmenter
+    from .segment import load_model
+    from .tasks import get_task
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    pretrained = args.pretrained or not args.random_weights
-    options = {
-        "batch_size": args.batch_size,
-        "labels": _labels(args.labels),
-        "allow_random_head": args.allow_random_head,
-    }
-    if args.task == "segmentation":
-        return load_segmenter(args.model, args.backend, pretrained, args.threads, **options)
-    options["fast_decode"] = args.fast_decode
-    load = load_predictor if args.task == "classification" else load_model
-    return load(args.model, args.backend, pretrained=pretrained, threads=args.threads, **options)
-
-
-def _eval_classification(args: argparse.Namespace, predictor: Predictor, rank: int) -> dict:
-    from .data.datasets import read_labelled
-    from .evaluate import check_targets, evaluate, match_classes
-
-    if args.split is not None:
-        raise UsageError("--split is for segmentation sets (VOC layout); a classification set is read whole")
-    samples, classes = read_labelled(args.data)
-    if classes is not None:  # an ImageFolder tree: its folders name the classes, matched to the model's labels
-        index = match_classes(classes, predictor.labels)
-        samples = [(path, index[target]) for path, target in samples]
-    else:
-        check_targets(samples, len(predictor.labels), args.data)
-    bar = _progress(len(samples), not args.no_progress and rank == 0, "eval")
-    result = evaluate(predictor, samples, bar.update if bar is not None else None)
-    if bar is not None:
-        bar.close()
-    summary = (
-        f"{args.model}: top-1 {result['top1']:.4f} ({result['correct_top1']}/{result['count']}), "
-        f"top-5 {result['top5']:.4f} ({result['correct_top5']}/{result['count']})"
+    return load_model(
+        args.model,
+        args.backend,
+        args.pretrained or not args.random_weights,
+        args.threads,
+        task=get_task(args.task) if args.task else None,
+        batch_size=args.batch_size,
+        labels=_labels(args.labels),
+        allow_random_head=args.allow_random_head,
+        fast_decode=args.fast_decode,
     )
-    return {"task": "classification", **result, "summary": summary}
-
-
-def _eval_segmentation(args: argparse.Namespace, segmenter: Segmenter, rank: int) -> dict:
-    from .evaluate import evaluate_segmentation, list_segmentation_set
-
-    split = args.split or "val"
-    pairs = list_segmentation_set(args.data, split)
-    bar = _progress(len(pairs), not args.no_progress and rank == 0, "eval")
-    result = evaluate_segmentation(segmenter, pairs, bar.update if bar is not None else None)
-    if bar is not None:
-        bar.close()
-    lines = [
-        f"{args.model}: mIoU {result['miou']:.4f} over {result['classes_scored']} classes, pixel accuracy "
-        f"{result['pixel_accuracy']:.4f} ({result['count']} images, split {split})"
-    ]
-    lines += [f"  {label:<24} {'-' if iou is None else f'{iou:.4f}'}" for label, iou in result["per_class_iou"].items()]
-    return {"task": "segmentation", "split": split, **result, "summary": "\n".join(lines)}
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -267,19 +217,21 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     import torch.distributed as dist
 
+    from .evaluate import evaluate_set
     from .predict import resolve_backend
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
         dist.init_process_group("gloo")  # launched by torchrun: shard the images, sum the counts
     runner = _eval_runner(args)
     rank = dist.get_rank() if dist.is_initialized() else 0
-    if runner.task == "segmentation":
-        result = _eval_segmentation(args, runner, rank)  # type: ignore[arg-type]
-    else:
-        result = _eval_classification(args, runner, rank)
-    summary = result.pop("summary")
+    task = runner.task
+    bar = _progress(task.eval_total(args.data, args.split) or 0, not args.no_progress and rank == 0, "eval")
+    scores = evaluate_set(runner, args.data, args.split, bar.update if bar is not None else None)
+    if bar is not None:
+        bar.close()
+    summary = task.eval_summary(args.model, scores)
     backend = resolve_backend(args.model, args.backend)
-    result = {"model": args.model, "weights": runner.source, "backend": backend, **result}
+    result = {"model": args.model, "weights": runner.source, "backend": backend, "task": task.name, **scores}
     if rank == 0:
         print(json.dumps(result) if args.json else summary)
         if not args.json:
@@ -428,10 +380,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         if bar is not None:
             bar.close()
     if int(os.environ.get("RANK", "0")) == 0:
-        if result.task == "segmentation":
-            val = f"val mIoU {result.val_miou} (EMA {result.val_miou_ema})"
-        else:
-            val = f"val top-1 {result.val_top1} (EMA {result.val_top1_ema})"
+        val = result.val_summary()
         print(
             f"done: {result.step} steps, {result.epoch} epochs, train loss {result.train_loss}, {val}, "
             f"{result.skipped} corrupt images skipped; checkpoint {result.checkpoint}, "
@@ -667,15 +616,12 @@ def _predict_args(p: argparse.ArgumentParser) -> None:
 
 
 def _eval_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "data",
-        help="classification: ImageFolder tree, a CSV of (file, class index), or a folder with labels.csv; "
-        "segmentation: a PASCAL VOC folder (JPEGImages/, SegmentationClass/, ImageSets/Segmentation/SPLIT.txt) or "
-        "images/ + masks/ (palette or grayscale PNGs of class indices, 255 ignored)",
-    )
+    from .tasks import TASKS
+
+    p.add_argument("data", help="; ".join(f"{name}: {task.data_help}" for name, task in TASKS.items()))
     p.add_argument(
         "--task",
-        choices=["classification", "segmentation"],
+        choices=list(TASKS),
         help="top-1/top-5, or mIoU, per-class IoU and pixel accuracy (default: the model's own task)",
     )
     p.add_argument("--split", help="segmentation, VOC layout: the ImageSets/Segmentation/SPLIT.txt list (default: val)")

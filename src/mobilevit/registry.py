@@ -13,7 +13,7 @@ from typing import Any
 from torch import nn
 
 from .errors import UsageError
-from .models import ARCHITECTURES, TASKS, architecture, build_config, build_model
+from .models import ARCHITECTURES, architecture, build_config, build_model
 from .reparam import reparameterize_model
 from .weights.loader import ModelRequest, check_head_weights, load_pretrained
 from .weights.pretrained import read_saved_config
@@ -22,8 +22,8 @@ from .weights.pretrained import read_saved_config
 def list_models(pattern: str | None = None, task: str | None = None) -> list[str]:
     """Sorted architecture names, optionally filtered by a shell-style ``pattern`` such as ``"mobilevitv2_*"`` and by
     ``task``: ``"classification"`` or ``"segmentation"`` (the ``deeplabv3_*`` models)."""
-    if task is not None and task not in TASKS:
-        raise UsageError(f"task must be one of {TASKS}, got {task!r}")
+    if task is not None and task not in (tasks := tuple(dict.fromkeys(c.task for c, _ in ARCHITECTURES.values()))):
+        raise UsageError(f"task must be one of {tasks}, got {task!r}")
     names = sorted(n for n, (model_cls, _) in ARCHITECTURES.items() if task is None or model_cls.task == task)
     return [n for n in names if fnmatch.fnmatch(n, pattern)] if pattern else names
 

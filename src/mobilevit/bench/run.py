@@ -18,6 +18,7 @@ from ..errors import UsageError
 from ..registry import create_model
 from ..reparam import reparameterize_model
 from ..runtime import FILE_FORMATS, formats_run_by
+from ..tasks import task_of
 from ..weights.entries import resize_size_for
 from ..weights.pretrained import model_io
 from .profile import compare_latency, count_macs, count_params
@@ -121,11 +122,7 @@ def bench_size(model: nn.Module, resolution: int | None = None) -> tuple[int, in
     published mIoU was measured at)."""
     if resolution is not None:
         return resolution, resolution
-    io = model_io(model)
-    if io.task == "segmentation":
-        height, width = io.preprocess.input_size
-        return int(height), int(width)
-    return DEFAULT_RESOLUTION, DEFAULT_RESOLUTION
+    return task_of(model).bench_size(model_io(model).preprocess, DEFAULT_RESOLUTION)
 
 
 @dataclass

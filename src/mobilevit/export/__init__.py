@@ -53,6 +53,7 @@ from ..runtime import (
     suffix_of,
 )
 from ..runtime.metadata import ExportMetadata
+from ..tasks import get_task
 from ..weights.entries import Preprocess
 from .coreml import CoreMLSummary, Precision, export_coreml, inspect_coreml, read_coreml_metadata, validate_coreml
 from .executorch import MAX_BATCH, executorch_dynamic_axes, export_executorch
@@ -166,7 +167,7 @@ def _write_onnx(model: nn.Module, output: Path, meta: ExportMetadata, options: E
 
 @registers("coreml", read_coreml_metadata, _no_axes)
 def _write_coreml(model: nn.Module, output: Path, meta: ExportMetadata, options: ExportOptions) -> None:
-    classifier = meta.task == "classification"  # a segmentation model's output is its logits map
+    classifier = get_task(meta.task).classifies_images  # else its outputs are maps (a segmentation model's)
     export_coreml(model, output, meta, options.precision, options.image_input, classifier)
 
 

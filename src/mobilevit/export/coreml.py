@@ -47,6 +47,7 @@ from torch import nn
 from ..data.normalize import PIXEL_MAX, normalize
 from ..errors import UsageError
 from ..runtime.metadata import OUTPUT_NAME, ExportMetadata
+from ..tasks import get_task
 from ..weights.entries import Preprocess
 
 logger = logging.getLogger(__name__)
@@ -183,7 +184,7 @@ def export_coreml(
 def _describe(mlmodel: Any, meta: ExportMetadata, image_input: bool) -> None:
     """Write the descriptions Xcode shows and ``meta`` as the user-defined metadata of ``mlmodel``."""
     weights = f" ({meta.weights})" if meta.weights else ""
-    kind = "semantic segmentation model" if meta.task == "segmentation" else "image classifier"
+    kind = get_task(meta.task).export_kind
     mlmodel.short_description = f"{meta.arch}{weights} {kind}, exported by mobilevit"
     height, width = meta.input_size
     exact = meta.preprocess is not None and meta.preprocess.resize_mode == "exact"
@@ -332,8 +333,10 @@ def validate_coreml(path: str | os.PathLike) -> CoreMLSummary:
         raise UsageError(f"{path}: image input in {summary.color_layout}, the weights expect {order}")
     if summary.num_outputs != len(meta.labels):
         raise UsageError(f"{path}: {summary.num_outputs} outputs for {len(meta.labels)} labels")
-    if meta.task == "segmentation" and len(summary.output_shape) != 4:
-        raise UsageError(f"{path}: a segmentation model's logits are [1, C, h, w], not {list(summary.output_shape)}")
+    task = get_task(meta.task)
+    if not task.classifies_images and len(summary.output_shape) != len(task.output_axes):
+        axes = ", ".join(task.output_axes)
+        raise UsageError(f"{path}: a {task.title} model's logits are [{axes}], not {list(summary.output_shape)}")
     if summary.class_labels and summary.class_labels != meta.labels:
         raise UsageError(f"{path}: the classifier's labels differ from the recorded labels")
     if meta.output_name not in summary.output_names:

@@ -5,15 +5,15 @@ from __future__ import annotations
 
 from torch import nn
 
-from ..runtime.metadata import FORMAT_VERSION, INPUT_NAME, OUTPUT_NAME, TASKS, ExportMetadata
-from ..weights.entries import Preprocess, check_labels, segmentation_preprocess
+from ..runtime.metadata import FORMAT_VERSION, INPUT_NAME, OUTPUT_NAME, ExportMetadata
+from ..tasks import get_task
+from ..weights.entries import Preprocess, check_labels
 from ..weights.pretrained import model_io
 
 __all__ = [
     "FORMAT_VERSION",
     "INPUT_NAME",
     "OUTPUT_NAME",
-    "TASKS",
     "ExportMetadata",
     "model_metadata",
     "size_multiple",
@@ -37,8 +37,8 @@ def model_metadata(
     preprocess: Preprocess | None = None,
     labels: list[str] | tuple[str, ...] | None = None,
 ) -> ExportMetadata:
-    """The metadata of ``model`` as :class:`~mobilevit.predict.Predictor` (or, for a segmentation model,
-    :class:`~mobilevit.segment.Segmenter`) would use it.
+    """The metadata of ``model`` as the runner of its task would use it (a segmentation model: the whole image
+    resized, no crop).
 
     Args:
         model: a model of this package; its ``pretrained_cfg`` supplies the preprocessing and labels.
@@ -48,9 +48,7 @@ def model_metadata(
         labels: override of the class names (default: :func:`~mobilevit.weights.model_io`).
     """
     io = model_io(model)
-    preprocess = preprocess or io.preprocess
-    if io.task == "segmentation":  # the whole image resized, as the segmenter feeds it (a crop would lose pixels)
-        preprocess = segmentation_preprocess(preprocess, preprocess.input_size)
+    preprocess = get_task(io.task).preprocess(preprocess or io.preprocess)  # as the task's runner feeds the model
     labels = check_labels(labels, int(model.num_classes)) if labels is not None else io.labels
     input_size = input_size or preprocess.input_size
     return ExportMetadata(

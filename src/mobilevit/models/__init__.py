@@ -19,11 +19,11 @@ ARCHITECTURES: dict[str, tuple[type[nn.Module], Any]] = {
     **CLASSIFIERS,
     **{name: (deeplabv3.DeepLabV3, cfg) for name, cfg in deeplabv3.MODEL_CFGS.items()},
 }
-TASKS = ("classification", "segmentation")
 
 
 def task_of(name: str) -> str:
-    """``"classification"`` or ``"segmentation"``: what architecture ``name`` (or ``arch.tag``) predicts."""
+    """The name of the task architecture ``name`` (or ``arch.tag``) answers (its class's ``task``, a name of the
+    registry of :mod:`mobilevit.tasks`)."""
     return architecture(name)[0].task
 
 
@@ -85,7 +85,6 @@ def unwrap_model(model: nn.Module) -> nn.Module:
 
 __all__ = [
     "ARCHITECTURES",
-    "TASKS",
     "architecture",
     "build_config",
     "build_model",

@@ -35,7 +35,6 @@ from ..weights.pretrained import preprocess_from_json, preprocess_to_json
 FORMAT_VERSION = 1
 INPUT_NAME = "pixel_values"
 OUTPUT_NAME = "logits"
-TASKS = ("classification", "segmentation")
 
 
 @dataclass(frozen=True)
@@ -50,7 +49,8 @@ class ExportMetadata:
         size_multiple: dynamic heights and widths must be multiples of this.
         preprocess: the eval transform the weights expect.
         labels: class names, index-aligned with the logits.
-        task: ``"classification"`` (``[B, num_classes]`` logits) or ``"segmentation"`` (``[B, num_classes, h, w]``
+        task: the name of the model's task (:mod:`mobilevit.tasks`, which reads it): ``"classification"`` (``[B,
+            num_classes]`` logits), ``"segmentation"`` (``[B, num_classes, h, w]``
             logits at a fraction of the input's size).
     """
 
@@ -64,10 +64,6 @@ class ExportMetadata:
     input_name: str = INPUT_NAME
     output_name: str = OUTPUT_NAME
     task: str = "classification"
-
-    def __post_init__(self) -> None:
-        if self.task not in TASKS:
-            raise UsageError(f"task must be one of {', '.join(TASKS)}; got {self.task!r}")
 
     def to_dict(self) -> dict[str, str]:
         """The flat string dictionary stored in the exported file."""

@@ -39,77 +39,45 @@ from torch import Tensor
 
 from ..data.images import ImageError, UnsupportedFormatError, accepted_formats
 from ..errors import NonFiniteOutputError
-from ..predict import ACTIVATIONS, Predictor
-from ..segment import Segmenter, load_model
+from ..runner import Runner
+from ..segment import load_model
+from ..tasks import TASKS
 from .config import ServeConfig
 from .engine import BatchEngine, OverloadedError, pin_torch_threads
 from .page import PAGE
-from .protocol import (
-    ClassifyRequest,
-    RequestError,
-    SegmentRequest,
-    clip,
-    encode_predictions,
-    encode_segments,
-    parse_request,
-)
+from .protocol import RequestError, clip, parse_request
 
 logger = logging.getLogger(__name__)
 
-Loader = Callable[[], Predictor]
+Loader = Callable[[], Runner]
 
 UNKNOWN_MODEL = ""  # the metrics label of requests for no served model (a served name is never empty)
 DISCONNECTED = 499  # nginx's "client closed request": counted apart from server errors, answered to no one
-
-
-class LabelScore(BaseModel):
-    """One class of the answer (the Inference API's ImageClassificationOutputElement)."""
-
-    label: str
-    score: float
-
-
-class Segment(BaseModel):
-    """One class present in the image (the Inference API's ImageSegmentationOutputElement)."""
-
-    label: str
-    score: float | None
-    mask: str  # base64 PNG, 8-bit grayscale at the image's size: 255 where the class won
 
 
 class ErrorBody(BaseModel):
     error: str
 
 
-REQUEST_BODY = {  # the OpenAPI schema of a prediction request
-    "required": True,
-    "content": {
-        "image/*": {"schema": {"type": "string", "format": "binary"}},
-        "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
-        "application/json": {
-            "schema": {
-                "type": "object",
-                "required": ["inputs"],
-                "properties": {
-                    "inputs": {"type": "string", "description": "base64 image (or a data URL)"},
-                    "parameters": {
-                        "type": "object",
-                        "description": "classification: top_k, function_to_apply; segmentation: subtask, threshold "
-                        "(mask_threshold and overlap_mask_area_threshold are accepted, without effect)",
-                        "properties": {
-                            "top_k": {"type": "integer", "minimum": 1, "default": 5},
-                            "function_to_apply": {"enum": list(ACTIVATIONS), "default": "softmax"},
-                            "subtask": {"enum": ["semantic"]},
-                            "threshold": {"type": "number", "minimum": 0, "maximum": 1},
-                            "mask_threshold": {"type": "number", "minimum": 0, "maximum": 1},
-                            "overlap_mask_area_threshold": {"type": "number", "minimum": 0, "maximum": 1},
-                        },
-                    },
-                },
-            }
-        },
-    },
-}
+def request_body() -> dict[str, Any]:
+    """The OpenAPI schema of a prediction request: raw image bytes, or JSON with the parameters of every task."""
+    described = "; ".join(f"{task.title}: {', '.join(sorted(task.parameters))}" for task in TASKS.values())
+    properties = {name: schema for task in TASKS.values() for name, schema in task.parameter_schema.items()}
+    binary = {"schema": {"type": "string", "format": "binary"}}
+    parameters = {"type": "object", "description": described, "properties": properties}
+    inputs = {"type": "string", "description": "base64 image (or a data URL)"}
+    body = {"type": "object", "required": ["inputs"], "properties": {"inputs": inputs, "parameters": parameters}}
+    content = {"image/*": binary, "application/octet-stream": binary, "application/json": {"schema": body}}
+    return {"required": True, "content": content}
+
+
+def answer_schema() -> dict[int | str, dict[str, Any]]:
+    """The OpenAPI schema of a prediction's answer: the answer of the served model's task."""
+    answers = [task.answer_schema for task in TASKS.values()]
+    description = "the answer of the model's task: " + "; ".join(task.hf_task for task in TASKS.values())
+    return {200: {"description": description, "content": {"application/json": {"schema": {"oneOf": answers}}}}}
+
+
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {  # the OpenAPI schema of each error answer
     code: {"model": ErrorBody, "description": text}
     for code, text in {
@@ -206,7 +174,7 @@ class Routes:
 
     Args:
         config: validated server configuration.
-        loaders: ``{name: () -> Predictor}`` overriding how a model is built; default :func:`default_loader`.
+        loaders: ``{name: () -> Runner}`` overriding how a model is built; default :func:`default_loader`.
         on_fatal: called with the reason when a model fails to load.
     """
 
@@ -299,54 +267,31 @@ class Routes:
         finally:
             receiving.dec()
 
-    def decode(self, data: bytes, engine: BatchEngine) -> Tensor:
-        """Decode thread: bytes -> upright RGB image -> the weights' preprocessing (``config.fast_decode``: large
-        JPEGs decoded DCT-downscaled)."""
+    def decode(self, data: bytes, engine: BatchEngine) -> tuple[Tensor, Any]:
+        """Decode thread: bytes -> upright RGB image -> the weights' preprocessing: ``(the model's input, what the
+        task keeps of the image)`` (``config.fast_decode``: large JPEGs decoded DCT-downscaled, unless the task needs
+        the image exactly)."""
         assert engine.predictor is not None
-        return engine.predictor.prepare(
+        return engine.predictor.load_input(
             data, "image", max_pixels=self.config.max_pixels, fast_decode=self.config.fast_decode
         )
 
-    def decode_whole(self, data: bytes, engine: BatchEngine) -> tuple[tuple[int, int], Tensor]:
-        """Decode thread, segmentation: ``((H, W), the model's input)``; the image is decoded exactly (its mask is
-        answered at its size)."""
-        assert isinstance(engine.predictor, Segmenter)
-        image, tensor = engine.predictor.load(data, "image", max_pixels=self.config.max_pixels)
-        return (image.height, image.width), tensor
-
     async def answer(self, request: Request, body: bytes, engine: BatchEngine) -> JSONResponse:
-        """Parse for the model's task, decode (in the decode pool), then wait for the model's answer."""
-        assert engine.predictor is not None
-        parsed = parse_request(body, request.headers.get("content-type"), engine.predictor.task)
-        if isinstance(parsed, SegmentRequest):
-            return await self.segment(parsed, engine)
-        return await self.classify(parsed, engine)
-
-    async def classify(self, parsed: ClassifyRequest, engine: BatchEngine) -> JSONResponse:
+        """One request, the model's task's way: parse its parameters, decode (decode pool), run in the model's batches,
+        then post-process and encode the answer (decode pool: the model's thread only runs the model)."""
+        runner = engine.predictor
+        assert runner is not None
+        task = runner.task
+        parsed = parse_request(body, request.headers.get("content-type"), task)
         loop = asyncio.get_running_loop()
         try:
-            image = await loop.run_in_executor(self.decode_pool, self.decode, parsed.image, engine)
+            image, context = await loop.run_in_executor(self.decode_pool, self.decode, parsed.image, engine)
         except ImageError as err:
             raise image_error(err) from None
-        assert engine.predictor is not None
-        topk, top_k, function = engine.predictor.topk, parsed.top_k, parsed.function
-        predictions = await engine.submit(image, lambda row: topk(row[None], top_k, function)[0])
-        return JSONResponse(encode_predictions(predictions))
+        outputs = await engine.submit(image, lambda row: row)
 
-    async def segment(self, parsed: SegmentRequest, engine: BatchEngine) -> JSONResponse:
-        """Decode, run in the model's batches, then resize the logits to the image and encode the masks (decode pool:
-        the model's thread only runs the model)."""
-        segmenter = engine.predictor
-        assert isinstance(segmenter, Segmenter)
-        loop = asyncio.get_running_loop()
-        try:
-            size, image = await loop.run_in_executor(self.decode_pool, self.decode_whole, parsed.image, engine)
-        except ImageError as err:
-            raise image_error(err) from None
-        logits = await engine.submit(image, lambda row: row)  # [C, h, w]
-
-        def encode() -> list[dict[str, Any]]:
-            return encode_segments(segmenter.postprocess(logits, size, scores=True), parsed.threshold)
+        def encode() -> Any:
+            return task.answer(runner, outputs, context, parsed.options)
 
         return JSONResponse(await loop.run_in_executor(self.decode_pool, encode))
 
@@ -413,7 +358,7 @@ class Routes:
             name: {
                 "ready": e.ready,
                 "queue": e.admitted,
-                **({"task": e.predictor.task} if e.predictor is not None else {}),
+                **({"task": e.predictor.task.name} if e.predictor is not None else {}),
                 **({"error": e.error or e.failure} if e.error or e.failure else {}),
             }
             for name, e in self.engines.items()
@@ -461,9 +406,8 @@ def add_error_handlers(app: FastAPI) -> None:
 def add_routes(app: FastAPI, routes: Routes) -> None:
     """The prediction routes (in the OpenAPI schema with their request body and errors), health, metrics, the page."""
     predict = {
-        "response_model": list[LabelScore] | list[Segment],
-        "responses": ERROR_RESPONSES,
-        "openapi_extra": {"requestBody": REQUEST_BODY},
+        "responses": {**answer_schema(), **ERROR_RESPONSES},
+        "openapi_extra": {"requestBody": request_body()},
     }
     app.add_api_route(
         "/",
@@ -514,7 +458,7 @@ def create_app(
 
     Args:
         config: validated server configuration.
-        loaders: ``{name: () -> Predictor}`` overriding how a model is built (tests); default
+        loaders: ``{name: () -> Runner}`` overriding how a model is built (tests); default
             :func:`default_loader`.
         on_fatal: called with the reason when a model fails to load (the CLI stops the server).
     """

@@ -25,7 +25,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from ..predict import Predictor
+from ..runner import Runner
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ class BatchEngine:
 
     Args:
         name: the served name (for logs and metrics).
-        load: builds the :class:`~mobilevit.predict.Predictor` (called once, in the model thread).
+        load: builds the :class:`~mobilevit.runner.Runner` (called once, in the model thread).
         max_batch_size: requests per forward pass.
         max_wait_ms: longest wait for a batch to fill after its first request arrived.
         queue_size: requests admitted at once (decoding, queued or running); more raise :class:`OverloadedError`.
@@ -68,7 +68,7 @@ class BatchEngine:
     def __init__(
         self,
         name: str,
-        load: Callable[[], Predictor],
+        load: Callable[[], Runner],
         max_batch_size: int,
         max_wait_ms: float,
         queue_size: int,
@@ -80,7 +80,7 @@ class BatchEngine:
         self.max_wait = max_wait_ms / 1000.0
         self.queue_size = queue_size
         self._on_batch = on_batch or (lambda n: None)
-        self.predictor: Predictor | None = None
+        self.predictor: Runner | None = None
         self.error: str | None = None  # why loading failed
         self.failure: str | None = None  # why the model's latest answer could not be made (non-finite outputs)
         self.admitted = 0  # requests between admit() and release()
@@ -117,7 +117,7 @@ class BatchEngine:
         logger.info("%s: loaded in %.1f s", self.name, time.perf_counter() - t0)
         self._worker = asyncio.create_task(self._run(), name=f"batcher-{self.name}")
 
-    def _load_and_warm_up(self) -> Predictor:
+    def _load_and_warm_up(self) -> Runner:
         predictor = self._load()
         if not predictor.runtime.uses_torch_threads:  # the runtime has its own threads; PyTorch only stacks and scores
             pin_torch_threads(1)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from ..data.segmentation_transforms import SegmentationEvalTransform, Segmentati
 from ..data.transforms import eval_transform
 from ..errors import MissingDependencyError, UsageError
 from ..registry import create_model, get_config, list_models
+from ..tasks import CLASSIFICATION, SEGMENTATION, Task, task_of
 from ..weights import model_io
 from ..weights.entries import Preprocess, get_weights, segmentation_preprocess
 from ..weights.hub import resolve_weights
@@ -47,7 +49,6 @@ __all__ = [
     "build_model",
     "build_teacher",
     "data_paths",
-    "model_task",
     "new_tensors",
     "val_preprocess",
 ]
@@ -79,12 +80,12 @@ def build_model(cfg: ModelConfig) -> nn.Module:
         model = _with_backbone_weights(cfg, overrides)
     else:  # a weights name such as "mobileone_s0.apple_in1k"
         model = create_model(cfg.pretrained, pretrained=True, num_classes=cfg.num_classes, **overrides)
-    if model_task(model) == "segmentation":
+    if task_of(model) is SEGMENTATION:
         _start_segmentation_head(model, cfg)
     elif cfg.classifier_init_std is not None:
         raise UsageError("model.classifier_init_std applies to segmentation models; unset it for a classifier")
     if cfg.freeze_backbone:
-        head_module = model.get_classifier() if model_task(model) == "classification" else model.head
+        head_module = model.head if task_of(model) is SEGMENTATION else model.get_classifier()
         head = {id(p) for p in head_module.parameters()}
         for p in model.parameters():
             p.requires_grad_(id(p) in head)
@@ -108,11 +109,6 @@ def _with_backbone_weights(cfg: ModelConfig, overrides: dict[str, Any]) -> nn.Mo
     return model
 
 
-def model_task(model: nn.Module) -> str:
-    """``"classification"`` or ``"segmentation"``: what the model answers (its ``task`` attribute)."""
-    return getattr(model, "task", "classification")
-
-
 def new_tensors(model: nn.Module, pretrained: str) -> list[str]:
     """The tensors of segmentation ``model`` that ``pretrained`` (a checkpoint path or weights name) did not supply:
     none for a segmentation checkpoint of the same classes, the classifier for one of other classes, and the whole
@@ -121,7 +117,7 @@ def new_tensors(model: nn.Module, pretrained: str) -> list[str]:
         state_dict, info = read_checkpoint(pretrained)
         from_segmentation = is_segmentation_checkpoint(state_dict, info)
     else:
-        from_segmentation = pretrained.split(".", 1)[0] in list_models(task="segmentation")
+        from_segmentation = pretrained.split(".", 1)[0] in list_models(task=SEGMENTATION.name)
     keys = list(model.state_dict())
     if not from_segmentation:
         return [k for k in keys if not k.startswith("backbone.")]
@@ -286,15 +282,21 @@ def _build_sampler(cfg: TrainConfig, num_samples: int, world: Dist) -> MultiScal
     return MultiScaleBatchSampler.fixed(num_samples, s.base_size, s.batch_size, **common)
 
 
-def build_data(cfg: TrainConfig, world: Dist, pre: Preprocess, task: str = "classification") -> TrainData:
+def build_data(cfg: TrainConfig, world: Dist, pre: Preprocess, task: Task = CLASSIFICATION) -> TrainData:
     """The training loader (multi-scale sampler, per-sample augmentation in [0, 1] RGB, corrupt images skipped) and
-    the validation loader (eval transform ``pre``, sharded over ranks); ``task`` is the model's.
+    the validation loader (eval transform ``pre``, sharded over ranks), of the kind ``task`` (the model's) trains on
+    (its ``train_data``: :data:`TRAIN_DATA`).
 
     Raises:
         ValueError: the training data has more classes than the model has outputs.
     """
-    if task == "segmentation":
-        return _segmentation_data(cfg, world, pre)
+    if task.train_data not in TRAIN_DATA:
+        raise UsageError(f"{task.model_kind}s cannot be trained: no training data of kind {task.train_data!r}")
+    return TRAIN_DATA[task.train_data](cfg, world, pre)
+
+
+def _labelled_images(cfg: TrainConfig, world: Dist, pre: Preprocess) -> TrainData:
+    """:func:`build_data` for a classifier: labelled images (an ImageFolder tree or a CSV)."""
     train_set = ImageDataset.from_path(cfg.data.train)
     if train_set.num_classes > cfg.model.num_classes:
         raise UsageError(
@@ -325,6 +327,13 @@ def _segmentation_data(cfg: TrainConfig, world: Dist, pre: Preprocess) -> TrainD
         val_set = SegmentationDataset.from_path(cfg.data.val, seg.val_split, transform=SegmentationEvalTransform(pre))
         val_loader = _val_loader(cfg, world, val_set, collate_masks)
     return _with_loaders(cfg, world, train_set, train, val_loader)
+
+
+# the loaders of each kind of training data, by the name a task gives it (Task.train_data)
+TRAIN_DATA: dict[str, Callable[[TrainConfig, Dist, Preprocess], TrainData]] = {
+    "labelled_images": _labelled_images,
+    "image_mask_pairs": _segmentation_data,
+}
 
 
 def _base_size(cfg: TrainConfig) -> tuple[int, int]:

@@ -63,14 +63,15 @@ from ..data.segmentation import confusion_matrix, segmentation_scores
 from ..errors import MobileViTError, UsageError
 from ..layers import upsample_logits
 from ..reparam import reparameterize_model
+from ..tasks import Task, get_task, task_of
 from ..weights import model_io, save_pretrained
 from ..weights.entries import Preprocess
 from . import checkpoint as ckpt
-from .build import BatchNormalize, TrainData, build_data, build_model, build_teacher, model_task, val_preprocess
+from .build import BatchNormalize, TrainData, build_data, build_model, build_teacher, val_preprocess
 from .config import TrainConfig, to_dict, to_yaml
 from .distributed import Dist, setup_distributed
-from .losses import build_loss, segmentation_loss
-from .metrics import VAL_COLUMNS, MetricsLog
+from .losses import criterion
+from .metrics import MetricsLog
 from .optim import ModelEMA, WarmupCosineSchedule, build_optimizer
 
 logger = logging.getLogger(__name__)
@@ -96,9 +97,15 @@ class TrainResult:
     seconds: float
     checkpoint: str | None
     output_dir: str
-    task: str = "classification"
+    task: str = "classification"  # the name of the model's task
     val_miou: float | None = None  # segmentation
     val_miou_ema: float | None = None
+
+    def val_summary(self) -> str:
+        """The validation part of ``mobilevit train``'s last line: the task's best metric, of the model and its EMA."""
+        task = get_task(self.task)
+        metric = f"val_{task.best_metric}"
+        return f"val {task.best_metric_title} {getattr(self, metric)} (EMA {getattr(self, metric + '_ema')})"
 
 
 def train(
@@ -153,7 +160,7 @@ class _Run:
     """What a run builds once: models, data, optimization."""
 
     cfg: TrainConfig
-    task: str  # the model's: "classification" or "segmentation"
+    task: Task  # the model's
     world: Dist
     out: Path
     model: nn.Module  # the student itself (checkpoints, EMA, evaluation, final/)
@@ -213,7 +220,7 @@ def _build(cfg: TrainConfig, world: Dist, out: Path) -> _Run:
     """The student (and teacher) on this rank's device, the data, the optimizer and schedule, AMP and the criterion."""
     ckpt.seed_everything(cfg.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
     model = _to_device(build_model(cfg.model), world, cfg.channels_last)
-    task = model_task(model)
+    task = task_of(model)
     pre = val_preprocess(model, cfg.data)
     normalize = BatchNormalize(pre)
     teacher = teacher_normalize = None
@@ -249,8 +256,8 @@ def _build(cfg: TrainConfig, world: Dist, out: Path) -> _Run:
         schedule=schedule,
         scaler=torch.amp.GradScaler("cuda") if cfg.amp and amp_dtype == torch.float16 else None,
         amp=functools.partial(torch.autocast, world.device.type, dtype=amp_dtype, enabled=cfg.amp),
-        criterion=build_loss(cfg) if task == "classification" else segmentation_loss(cfg),
-        mixer=MixupCutmix.from_config(cfg.augment, model.num_classes) if task == "classification" else None,
+        criterion=criterion(task.loss, cfg),
+        mixer=MixupCutmix.from_config(cfg.augment, model.num_classes) if task.mixes_images else None,
         trainable=[p for p in model.parameters() if p.requires_grad],
     )
 
@@ -315,7 +322,7 @@ class _Trainer:
         self.window = _window()
         self.epoch_start = 0.0
         # the last validation's fields of the epoch record (val_top1, val_miou, ...); None before any
-        self.val: dict[str, Any] = dict.fromkeys(VAL_COLUMNS[run.task])
+        self.val: dict[str, Any] = dict.fromkeys(run.task.val_columns)
         self.epoch_loss: float | None = None
         self.lr: float | None = None
         self.stop = run.cfg.max_iters is not None and pos.step >= run.cfg.max_iters
@@ -470,7 +477,7 @@ class _Trainer:
         """The validation fields of the epoch record, of the model and of its EMA: ``val_top1`` (classification),
         or ``val_miou``, ``val_pixel_accuracy`` and ``val_class_iou`` (segmentation); ``_ema`` for the EMA's."""
         run = self.run
-        evaluate = _evaluate if run.task == "classification" else _evaluate_segmentation
+        evaluate = VALIDATION[run.task.best_metric]
         scores = functools.partial(evaluate, loader=run.data.val_loader, world=run.world, cfg=run.cfg, amp=run.amp)
         fields = {f"val_{k}": v for k, v in scores(run.model).items()}
         ema = scores(run.ema.module) if run.ema is not None else {}
@@ -497,7 +504,7 @@ class _Trainer:
             "world_size": self.run.world.world_size,
         }
         self.log.write(record)
-        metric = "top1" if self.run.task == "classification" else "miou"
+        metric = self.run.task.best_metric
         logger.info(
             "epoch %d: loss %s, val %s %s (EMA %s), %d images, %d corrupt skipped",
             pos.epoch,
@@ -546,7 +553,7 @@ class _Trainer:
         if run.world.is_main:
             classes = run.data.train_set.classes
             labels = classes if classes and len(classes) == run.cfg.model.num_classes else None
-            if labels is None and run.task == "segmentation":
+            if labels is None and run.task.labels_from_weights:
                 labels = list(model_io(run.model).labels)  # the loaded weights' (VOC's) or class_<i>
             save_pretrained(_saved_form(run.model), run.out / "final", labels=labels, preprocess=run.pre)
             if run.ema is not None:
@@ -562,7 +569,7 @@ class _Trainer:
             seconds=time.perf_counter() - self.started,
             checkpoint=str(run.last_path) if pos.last_saved is not None else None,
             output_dir=str(run.out),
-            task=run.task,
+            task=run.task.name,
             val_miou=self.val.get("val_miou"),
             val_miou_ema=self.val.get("val_miou_ema"),
         )
@@ -652,6 +659,10 @@ def _evaluate_segmentation(
         "pixel_accuracy": scores["pixel_accuracy"],
         "class_iou": list(scores["per_class_iou"].values()),
     }
+
+
+# the validation of a run, by the metric that picks its best checkpoint (its task's ``best_metric``)
+VALIDATION: dict[str, Callable[..., dict[str, Any]]] = {"top1": _evaluate, "miou": _evaluate_segmentation}
 
 
 def _prepare(x: Tensor, channels_last: bool) -> Tensor:

@@ -20,6 +20,7 @@ do), pixels labelled ``ignore_index`` (255) left out.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Literal
 
 import torch
@@ -35,12 +36,14 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "LOSSES",
     "ClassificationLoss",
     "DistillationLoss",
     "LabelSmoothingCrossEntropy",
     "SegmentationLoss",
     "SoftTargetCrossEntropy",
     "build_loss",
+    "criterion",
     "segmentation_loss",
 ]
 
@@ -229,6 +232,13 @@ def segmentation_loss(cfg: TrainConfig) -> SegmentationLoss:
     return SegmentationLoss(cfg.segmentation.ignore_index, cfg.augment.label_smoothing)
 
 
+def criterion(loss: str, cfg: TrainConfig) -> nn.Module:
+    """The criterion :data:`LOSSES` names ``loss`` (a task's ``Task.loss``), for the run ``cfg``."""
+    if loss not in LOSSES:
+        raise UsageError(f"no training loss {loss!r} (losses: {', '.join(LOSSES)}): this model's task does not train")
+    return LOSSES[loss](cfg)
+
+
 def build_loss(cfg: TrainConfig) -> nn.Module:
     """The criterion of a classification run: :class:`ClassificationLoss` with ``cfg.augment.label_smoothing``,
     wrapped in a :class:`DistillationLoss` (``cfg.distill`` kind, alpha, tau) when ``cfg.distill.teacher`` is set.
@@ -238,3 +248,10 @@ def build_loss(cfg: TrainConfig) -> nn.Module:
         return base
     logger.info("distillation: %s, alpha %s, tau %s", cfg.distill.kind, cfg.distill.alpha, cfg.distill.tau)
     return DistillationLoss(base, cfg.distill.kind, cfg.distill.alpha, cfg.distill.tau)
+
+
+# the criterion of each kind of training target, by the name a task gives it (Task.loss)
+LOSSES: dict[str, Callable[[TrainConfig], nn.Module]] = {
+    "cross_entropy": build_loss,
+    "per_pixel_cross_entropy": segmentation_loss,
+}

@@ -19,9 +19,11 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ..tasks import CLASSIFICATION, Task
+
 logger = logging.getLogger(__name__)
 
-__all__ = ["EPOCH_COLUMNS", "METRICS", "METRICS_CSV", "VAL_COLUMNS", "MetricsLog", "epoch_columns"]
+__all__ = ["EPOCH_COLUMNS", "METRICS", "METRICS_CSV", "MetricsLog", "epoch_columns"]
 
 METRICS = "metrics.jsonl"
 METRICS_CSV = "metrics.csv"
@@ -40,26 +42,19 @@ EPOCH_COLUMNS = (
     "images_per_s",
     "world_size",
 )
-# the validation columns of each task (EPOCH_COLUMNS holds the classification ones)
-VAL_COLUMNS = {
-    "classification": ("val_top1", "val_top1_ema"),
-    "segmentation": ("val_miou", "val_miou_ema", "val_pixel_accuracy", "val_pixel_accuracy_ema"),
-}
-# TensorBoard tag of each logged field, per event
+# TensorBoard tag of each logged field, per event (an epoch's validation fields: "val_x" -> "val/x")
 _TENSORBOARD_TAGS = {
     "step": {"loss": "train/loss", "lr": "train/lr", "images_per_s": "train/images_per_s"},
-    "epoch": {
-        "train_loss": "epoch/train_loss",
-        **{name: name.replace("val_", "val/", 1) for columns in VAL_COLUMNS.values() for name in columns},
-    },
+    "epoch": {"train_loss": "epoch/train_loss"},
 }
 
 
-def epoch_columns(task: str = "classification") -> tuple[str, ...]:
-    """The CSV columns of a run's epoch records: :data:`EPOCH_COLUMNS` with the task's validation columns."""
-    start = EPOCH_COLUMNS.index(VAL_COLUMNS["classification"][0])
-    end = start + len(VAL_COLUMNS["classification"])
-    return (*EPOCH_COLUMNS[:start], *VAL_COLUMNS[task], *EPOCH_COLUMNS[end:])
+def epoch_columns(task: Task = CLASSIFICATION) -> tuple[str, ...]:
+    """The CSV columns of a run's epoch records: :data:`EPOCH_COLUMNS` with the task's validation columns in the
+    place of the classifier's."""
+    start = EPOCH_COLUMNS.index(CLASSIFICATION.val_columns[0])
+    end = start + len(CLASSIFICATION.val_columns)
+    return (*EPOCH_COLUMNS[:start], *task.val_columns, *EPOCH_COLUMNS[end:])
 
 
 class MetricsLog:
@@ -76,7 +71,7 @@ class MetricsLog:
         resume_step: int | None,
         csv_log: bool,
         tensorboard: bool,
-        task: str = "classification",
+        task: Task = CLASSIFICATION,
     ) -> None:
         """Args:
         out: the run's output folder.
@@ -88,6 +83,7 @@ class MetricsLog:
         """
         self.path = out / METRICS
         self.csv_path = out / METRICS_CSV if csv_log else None
+        self.task = task
         self.columns = epoch_columns(task)
         self.enabled = enabled
         self.epochs: list[dict[str, Any]] = []
@@ -139,7 +135,10 @@ class MetricsLog:
 
     def _write_tensorboard(self, record: dict[str, Any]) -> None:
         step = record.get("step", 0)
-        for key, tag in _TENSORBOARD_TAGS.get(record["event"], {}).items():
+        tags = dict(_TENSORBOARD_TAGS.get(record["event"], {}))
+        if record["event"] == "epoch":
+            tags.update({name: name.replace("val_", "val/", 1) for name in self.task.val_columns})
+        for key, tag in tags.items():
             if record.get(key) is not None:
                 self.tb.add_scalar(tag, record[key], step)
         self.tb.flush()
