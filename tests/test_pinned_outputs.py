@@ -4,9 +4,9 @@ These are the one place where expected values come from this package itself: the
 package's predictor and segmenter before the path was reorganised into task objects, and they hold the answers
 still: labels in order, scores within float rounding (1e-5 relative; the CPU kernels may round differently on
 other processors), and every class's pixel count of a mask within two pixels (a pixel whose top two classes tie
-within rounding may fall either way, which moves its classes' mean probabilities by about one over their pixels). The inputs are a random-weights MobileViT-XXS and DeepLabV3 (seed 0,
-BatchNorm statistics randomised) on synthetic gradients and, with ``../shared``, Apple's MobileOne-S0 on three
-ImageNet photos and the segmenter on a VOC photo.
+within rounding may fall either way, which moves its classes' mean probabilities by about one over their pixels).
+The inputs are a random-weights MobileViT-XXS and DeepLabV3 (seed 0, BatchNorm statistics randomised) on synthetic
+gradients and, with ``../shared``, Apple's MobileOne-S0 on three ImageNet photos and the segmenter on a VOC photo.
 """
 
 from __future__ import annotations
