@@ -168,9 +168,9 @@ def _with_own_weights(
     """The model built around a converted checkpoint of its own architecture: the checkpoint's classifier is kept when
     ``model.num_classes`` fits it (``None``: the checkpoint's), else the head starts fresh (``allow_random_head``)."""
     arch, cfg, num_classes = model.arch, model.cfg, model.num_classes
-    classifier_name = ARCHITECTURES[arch][0].classifier_name
-    classifier = f"{classifier_name}.weight"
-    ckpt_classes = state_dict[classifier].shape[0] if classifier in state_dict else None
+    model_cls = ARCHITECTURES[arch][0]
+    classifier_name = model_cls.classifier_name
+    ckpt_classes = _checkpoint_classes(model_cls, state_dict, cfg)
     if num_classes is None:
         num_classes = ckpt_classes if ckpt_classes is not None else cfg.num_classes
     built = build_model(arch, cfg, model.features_only, model.out_indices, num_classes)
@@ -186,6 +186,16 @@ def _with_own_weights(
     labelled = num_classes if keep_head and not model.features_only else None
     built.pretrained_cfg = _pretrained_cfg(arch, source, entry, saved, labelled, built.task)
     return built
+
+
+def _checkpoint_classes(model_cls: type[nn.Module], state_dict: dict[str, Tensor], cfg: Any) -> int | None:
+    """The number of classes a converted checkpoint's classifier predicts (the model class says where to read it when
+    it has its own ``checkpoint_classes``, as a detector whose class convs are per level); ``None`` without one."""
+    counter = getattr(model_cls, "checkpoint_classes", None)
+    if counter is not None:
+        return counter(state_dict, cfg)
+    classifier = f"{model_cls.classifier_name}.weight"
+    return state_dict[classifier].shape[0] if classifier in state_dict else None
 
 
 def _load_weights(

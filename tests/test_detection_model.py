@@ -1,0 +1,118 @@
+"""SSDLite detection models: registry, raw outputs, anchors, folding, and parity with ml-cvnets' own outputs.
+
+References: the ``../shared/fixtures/ssdlite_*`` cases (``fixtures/DETECTION.md``): checkpoints of ml-cvnets' SSD on
+random weights, the raw head outputs and anchors its ``ssd_forward`` returned for two regenerated inputs, and its
+parameter counts. The anchor formula is checked against the values DETECTION.md lists.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+
+import pytest
+import torch
+
+import mobilevit
+from mobilevit.models.classifiers import CLASSIFIERS
+
+FIXTURES = ("ssdlite_mobilevit_xxs", "ssdlite_mobilevitv2_050")
+# DETECTION.md: (tag, seed, shape) of the inputs, regenerated and checked against info.json's sha256
+INPUTS = (("320", 1, (1, 3, 320, 320)), ("odd", 2, (2, 3, 384, 288)))
+
+
+def test_every_classifier_has_an_ssdlite() -> None:
+    names = mobilevit.list_models(task="detection")
+    assert names == mobilevit.list_models("ssdlite_*") == sorted(f"ssdlite_{n}" for n in CLASSIFIERS)
+    cfg = mobilevit.get_config("ssdlite_mobilevit_s")
+    assert cfg.num_classes == 81 and cfg.proj_channels == (512, 256, 256, 128, 128, 64)
+    assert cfg.aspect_ratios == ((2, 3),) * 5 + ((2,),)
+
+
+def test_anchor_scales_are_the_documented_ones() -> None:
+    """DETECTION.md lists s_min / s_max per level: 0.1/0.1607, 0.2583/0.3281, ... 0.8917/0.9676."""
+    listed = [(0.1, 0.1607), (0.2583, 0.3281), (0.4167, 0.4895), (0.575, 0.6494), (0.7333, 0.8086), (0.8917, 0.9676)]
+    shapes = mobilevit.get_config("ssdlite_mobilevit_xxs").anchor_shapes()
+    assert [len(level) for level in shapes] == [6, 6, 6, 6, 6, 4]
+    for level, (s_min, s_max) in zip(shapes, listed, strict=True):
+        assert level[0] == pytest.approx((s_min, s_min), abs=1e-4)
+        assert level[1] == pytest.approx((s_max, s_max), abs=1e-4)
+        assert level[2] == pytest.approx((s_min * math.sqrt(2), s_min / math.sqrt(2)), abs=1e-4)
+
+
+@pytest.mark.parametrize(("name", "zoo_m"), [("xxs", 1.8), ("xs", 2.7), ("s", 5.7)])
+def test_parameter_counts_match_the_published_ones(name: str, zoo_m: float) -> None:
+    """ml-cvnets v0.1's model zoo (examples/README-mobilevit.md, SSDLite on MS-COCO): XXS/XS/S 1.8M/2.7M/5.7M."""
+    with torch.device("meta"):
+        model = mobilevit.create_model(f"ssdlite_mobilevit_{name}")
+    assert round(sum(p.numel() for p in model.parameters()) / 1e6, 1) == zoo_m
+
+
+@pytest.fixture(scope="module")
+def small() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return mobilevit.create_model("ssdlite_mobilevit_xxs").eval()
+
+
+def test_outputs_and_anchor_count_follow_the_input_size(small: torch.nn.Module) -> None:
+    """64x96: levels 4x6, 2x3, 1x2, 1x1, 1x1, 1x1 -> 6 * (24 + 6 + 2 + 1 + 1) + 4 anchors."""
+    assert small.task == "detection"
+    with torch.inference_mode():
+        out = small(torch.randn(2, 3, 64, 96))
+    anchors = 6 * (24 + 6 + 2 + 1 + 1) + 4
+    assert out._fields == ("logits", "boxes", "anchors")
+    assert out.logits.shape == (2, anchors, 81) and out.boxes.shape == (2, anchors, 4)
+    assert out.anchors.shape == (1, anchors, 4) and out.anchors.min() >= 0.0 and out.anchors.max() <= 1.0
+
+
+def test_folded_model_gives_the_same_outputs(small: torch.nn.Module) -> None:
+    x = torch.randn(1, 3, 64, 64)
+    folded = mobilevit.reparameterize_model(small)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    with torch.inference_mode():
+        for a, b in zip(small(x), folded(x), strict=True):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_new_num_classes_keeps_the_rest(small: torch.nn.Module) -> None:
+    model = mobilevit.create_model("ssdlite_mobilevit_xxs", num_classes=3)
+    assert model.num_classes == 3
+    with torch.inference_mode():
+        assert model.eval()(torch.randn(1, 3, 64, 64)).logits.shape[-1] == 3
+
+
+# ------------------------------------------------------------------------------------------- ml-cvnets' own outputs
+@pytest.fixture(scope="module", params=FIXTURES)
+def case(request: pytest.FixtureRequest, shared) -> tuple[str, dict, torch.nn.Module, dict]:
+    from safetensors.torch import load_file
+
+    name = request.param
+    folder = shared / "fixtures" / name
+    if not folder.is_dir():
+        pytest.skip(f"detection fixture {folder} not found")
+    info = json.loads((folder / "info.json").read_text())
+    model = mobilevit.create_model(name, pretrained=str(folder / f"{name}.pt"), allow_random_head=False).eval()
+    return name, info, model, load_file(str(folder / "io.safetensors"))
+
+
+def test_parameter_counts_match_ml_cvnets(case) -> None:
+    _, info, model, _ = case
+    assert sum(p.numel() for p in model.parameters()) == info["num_parameters"]
+    assert sum(p.numel() for p in model.backbone.parameters()) == info["num_parameters_encoder"]
+
+
+@pytest.mark.parametrize(("tag", "seed", "shape"), INPUTS)
+def test_raw_outputs_match_ml_cvnets(case, tag: str, seed: int, shape: tuple[int, ...]) -> None:
+    """Sample 0 of each batch against ``ssd_forward``'s logits, regression and anchors (atol 1e-5: the logits are
+    ~0.5, the batch-vs-single difference in the original ~3e-7)."""
+    _, info, model, io = case
+    torch.manual_seed(seed)
+    x = torch.randn(*shape)
+    assert hashlib.sha256(x.numpy().tobytes()).hexdigest() == info["inputs"][tag]["sha256_of_float32_bytes"]
+    with torch.inference_mode():
+        out = model(x)
+    assert out.logits.shape[0] == shape[0]
+    torch.testing.assert_close(out.logits[:1], io[f"conf_logits_{tag}"], atol=1e-5, rtol=0)
+    torch.testing.assert_close(out.boxes[:1], io[f"locations_{tag}"], atol=1e-5, rtol=0)
+    torch.testing.assert_close(out.anchors, io[f"anchors_{tag}"], atol=0, rtol=0)
