@@ -82,6 +82,38 @@ def test_new_num_classes_keeps_the_rest(small: torch.nn.Module) -> None:
         assert model.eval()(torch.randn(1, 3, 64, 64)).logits.shape[-1] == 3
 
 
+# issue / ml-cvnets model zoos (v0.1 examples/README-mobilevit.md; README-model-zoo.md): COCO val box mAP
+PUBLISHED_MAP = {
+    "ssdlite_mobilevit_xxs": 19.9,
+    "ssdlite_mobilevit_xs": 24.8,
+    "ssdlite_mobilevit_s": 27.9,
+    **dict(
+        zip(
+            [f"ssdlite_mobilevitv2_{w}" for w in ("050", "075", "100", "125", "150", "175", "200")],
+            [21.24, 24.57, 26.47, 27.85, 28.83, 29.52, 30.21],
+            strict=True,
+        )
+    ),
+}
+
+
+def test_weights_entries_carry_the_published_map_and_pixels() -> None:
+    """One ml-cvnets COCO entry per published checkpoint, its default: mAP as published; 320x320, the whole image,
+    pixels in [0, 1]; BGR for the v0.1 (OpenCV) MobileViT v1 files, RGB for the MobileViTv2 ones, as classification."""
+    from mobilevit.weights.entries import get_weights, labels, list_weights
+
+    assert list_weights("ssdlite_*") == sorted(f"{arch}.cvnets_coco" for arch in PUBLISHED_MAP)
+    for arch, published in PUBLISHED_MAP.items():
+        e = get_weights(arch)
+        assert e.task == "detection" and e.format == "cvnets" and e.box_map == published
+        assert e.url.startswith("https://docs-assets.developer.apple.com/ml-research/models/cvnets")
+        p = e.preprocess
+        assert p.input_size == (320, 320) and p.resize_mode == "exact" and p.mean == (0, 0, 0) and p.std == (1, 1, 1)
+        assert p.channel_order == ("BGR" if arch.startswith("ssdlite_mobilevit_") else "RGB")
+        names = labels(e)
+        assert len(names) == 81 and names[0] == "background" and names[1] == "person" and names[80] == "toothbrush"
+
+
 # ------------------------------------------------------------------------------------------- ml-cvnets' own outputs
 @pytest.fixture(scope="module", params=FIXTURES)
 def case(request: pytest.FixtureRequest, shared) -> tuple[str, dict, torch.nn.Module, dict]:
@@ -93,6 +125,7 @@ def case(request: pytest.FixtureRequest, shared) -> tuple[str, dict, torch.nn.Mo
         pytest.skip(f"detection fixture {folder} not found")
     info = json.loads((folder / "info.json").read_text())
     model = mobilevit.create_model(name, pretrained=str(folder / f"{name}.pt"), allow_random_head=False).eval()
+    assert model.pretrained_cfg.labels[:2] == ("background", "person")  # COCO's names for an 81-class detector
     return name, info, model, load_file(str(folder / "io.safetensors"))
 
 

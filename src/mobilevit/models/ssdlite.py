@@ -167,6 +167,7 @@ class SSDLite(nn.Module):
     """
 
     task = "detection"
+    default_input_size = (DETECTION_INPUT_SIZE, DETECTION_INPUT_SIZE)  # the published checkpoints' input
     classifier_name = "classifier"  # the parameters that a new ``num_classes`` replaces
     output_names = OUTPUT_NAMES
 

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..errors import MobileViTError, UsageError, suggest
-from .catalog import SEG_SIZE, VOC_LABELS, WEIGHTS
+from .catalog import COCO_LABELS, SEG_SIZE, VOC_LABELS, WEIGHTS
 from .schema import (
     FORMATS,
     IMAGENET_MEAN,
@@ -43,7 +43,12 @@ DEFAULT_TAGS: dict[str, str] = {
     **{f"mobileone_s{i}": "apple_in1k" for i in range(5)},
     **{f"deeplabv3_{a}": "hf_voc" for a in ("mobilevit_xxs", "mobilevit_xs", "mobilevit_s", "mobilevitv2_100")},
     **{f"deeplabv3_mobilevitv2_{w}": "orig_voc" for w in ("050", "125", "150")},
+    **{f"ssdlite_mobilevit_{v}": "cvnets_coco" for v in ("xxs", "xs", "s")},
+    **{f"ssdlite_mobilevitv2_{w}": "cvnets_coco" for w in ("050", "075", "100", "125", "150", "175", "200")},
 }
+
+
+_LABEL_NAMES = {"pascal-voc": VOC_LABELS, "coco": COCO_LABELS}  # the label sets other than ImageNet-1k's
 
 
 class UnknownWeightsError(MobileViTError, KeyError):
@@ -98,7 +103,7 @@ def labels(entry: WeightsEntry | str) -> list[str]:
         entry = get_weights(entry)
     if entry.labels not in LABEL_SETS:
         raise UsageError(f"{entry.name}: no label names known for label set {entry.labels!r}")
-    names = list(_imagenet_categories() if entry.labels == "imagenet-1k" else VOC_LABELS)
+    names = list(_imagenet_categories() if entry.labels == "imagenet-1k" else _LABEL_NAMES[entry.labels])
     assert len(names) == entry.num_classes, (len(names), entry.num_classes)
     return names
 
@@ -128,7 +133,8 @@ def labels_for(
     In order: the names the checkpoint (or the user) gives, when there is one per output; the weights entry's, when
     it has as many classes and a known label set; ImageNet-1k's for any other 1000-class classifier (a checkpoint
     loaded by architecture name or from a path without a weights tag, or random weights, as timm does), PASCAL VOC's
-    for any other 21-class segmentation model; else ``class_<i>``.
+    for any other 21-class segmentation model, MS-COCO's (background first) for any other 81-class detector; else
+    ``class_<i>``.
     """
     if saved is not None and len(saved) == num_classes:
         return tuple(str(x) for x in saved)
@@ -138,12 +144,15 @@ def labels_for(
         return _imagenet_categories()
     if task == "segmentation" and num_classes == len(VOC_LABELS):
         return VOC_LABELS
+    if task == "detection" and num_classes == len(COCO_LABELS):
+        return COCO_LABELS
     return tuple(f"class_{i}" for i in range(num_classes))
 
 
 def segmentation_preprocess(backbone: Preprocess, size: tuple[int, int] = SEG_SIZE) -> Preprocess:
-    """The eval transform of a segmentation model whose backbone's weights expect ``backbone``: the same pixels
-    (channel order, normalization, resize filter and backend), the whole image resized to ``size``."""
+    """The eval transform of a dense-prediction model (segmentation, detection) whose backbone's weights expect
+    ``backbone``: the same pixels (channel order, normalization, resize filter and backend), the whole image resized
+    to ``size``."""
     return dataclasses.replace(
         backbone, input_size=tuple(size), resize_size=min(size), crop_pct=1.0, resize_mode="exact"
     )
@@ -195,6 +204,7 @@ def resize_size_for(input_size: int, crop_pct: float) -> int:
 
 
 __all__ = [
+    "COCO_LABELS",
     "DEFAULT_TAGS",
     "FORMATS",
     "IMAGENET_1K_CLASSES",

@@ -33,7 +33,7 @@ from .load import (
     load_into,
     read_checkpoint,
 )
-from .pretrained import PretrainedCfg, config_overrides, default_preprocess, preprocess_from_json
+from .pretrained import PretrainedCfg, config_overrides, default_preprocess, dense_input_size, preprocess_from_json
 
 logger = logging.getLogger(__name__)
 
@@ -256,7 +256,8 @@ def _with_backbone_weights(
         reparameterize_model(built, inplace=True)
     saved = preprocess_from_json((info.get(CONFIG_METADATA_KEY) or {}).get("preprocess"))
     pixels = saved or (backbone_entry.preprocess if backbone_entry else default_preprocess(cfg.backbone))
-    built.pretrained_cfg = PretrainedCfg(arch=arch, source=source, preprocess=segmentation_preprocess(pixels))
+    preprocess = segmentation_preprocess(pixels, dense_input_size(type(built)))
+    built.pretrained_cfg = PretrainedCfg(arch=arch, source=source, preprocess=preprocess)
     return built
 
 
