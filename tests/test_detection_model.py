@@ -149,3 +149,19 @@ def test_raw_outputs_match_ml_cvnets(case, tag: str, seed: int, shape: tuple[int
     torch.testing.assert_close(out.logits[:1], io[f"conf_logits_{tag}"], atol=1e-5, rtol=0)
     torch.testing.assert_close(out.boxes[:1], io[f"locations_{tag}"], atol=1e-5, rtol=0)
     torch.testing.assert_close(out.anchors, io[f"anchors_{tag}"], atol=0, rtol=0)
+
+
+def test_a_classification_checkpoint_fills_the_backbone(tmp_path) -> None:
+    """Fine-tuning start: the backbone loads from the classifier's file, the rest starts fresh, and the detector's
+    preprocessing is the backbone's pixels with the whole image at 320x320; for inference it is refused."""
+    from mobilevit.weights import CheckpointError
+
+    classifier = mobilevit.create_model("mobilevit_xxs")
+    path = tmp_path / "mobilevit_xxs.pt"
+    torch.save(classifier.state_dict(), path)
+    model = mobilevit.create_model("ssdlite_mobilevit_xxs", pretrained=str(path))
+    stem = model.backbone.state_dict()["stem.conv.weight"]
+    assert torch.equal(stem, classifier.state_dict()["stem.conv.weight"])
+    assert model.pretrained_cfg.preprocess.input_size == (320, 320)
+    with pytest.raises(CheckpointError, match="extras, heads, classifier"):
+        mobilevit.create_model("ssdlite_mobilevit_xxs", pretrained=str(path), allow_random_head=False)

@@ -299,12 +299,15 @@ def _refuse_unpublished(name: str) -> None:
 
 
 def _head_modules(model: nn.Module) -> list[str]:
-    """The modules of a segmentation model's head (``head.aspp``, ``head.classifier``), for messages."""
-    return [f"head.{name}" for name, _ in model.head.named_children()]
+    """The modules of a dense-prediction model's head (``head.aspp``, ``head.classifier``; a detector's ``extras``,
+    ``heads``, ``classifier``), for messages."""
+    if isinstance(getattr(model, "head", None), nn.Module):
+        return [f"head.{name}" for name, _ in model.head.named_children()]
+    return [name for name, _ in model.named_children() if name != "backbone"]  # a detector: extras, heads, classifier
 
 
 def _only_backbone(cfg: Any) -> str:
-    return f"it is not a segmentation checkpoint: only the backbone ({cfg.backbone}) loads"
+    return f"it holds no head of this model (a classification checkpoint?): only the backbone ({cfg.backbone}) loads"
 
 
 def _random_head(arch: str, source: str, modules: list[str], why: str, allowed: bool) -> None:
