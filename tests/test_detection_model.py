@@ -66,12 +66,17 @@ def test_outputs_and_anchor_count_follow_the_input_size(small: torch.nn.Module) 
     assert out.anchors.shape == (1, anchors, 4) and out.anchors.min() >= 0.0 and out.anchors.max() <= 1.0
 
 
-def test_folded_model_gives_the_same_outputs(small: torch.nn.Module) -> None:
+@pytest.mark.parametrize("name", ["ssdlite_mobilevit_xxs", "ssdlite_mobileone_s0"])
+def test_folded_model_gives_the_same_outputs(small: torch.nn.Module, name: str) -> None:
+    """BatchNorms and (MobileOne) branches fold; the outputs stay."""
+    from conftest import randomize_batchnorm
+
+    model = small if name == "ssdlite_mobilevit_xxs" else randomize_batchnorm(mobilevit.create_model(name)).eval()
     x = torch.randn(1, 3, 64, 64)
-    folded = mobilevit.reparameterize_model(small)
+    folded = mobilevit.reparameterize_model(model)
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
     with torch.inference_mode():
-        for a, b in zip(small(x), folded(x), strict=True):
+        for a, b in zip(model(x), folded(x), strict=True):
             torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
 
 

@@ -199,6 +199,8 @@ class SSDLite(nn.Module):
         widths.append(cfg.proj_channels[-1])
         self.extras = nn.ModuleList(extras)
         self.anchor_shapes = cfg.anchor_shapes()
+        for i, shapes in enumerate(self.anchor_shapes):  # [n, 2] (w, h) per level: constants, not weights
+            self.register_buffer(f"anchor_wh_{i}", torch.tensor(shapes, dtype=torch.float32), persistent=False)
         anchors = [len(shapes) for shapes in self.anchor_shapes]
         self.heads = nn.ModuleList(
             SSDHead(w, c, a, depthwise=stride != -1)
@@ -238,13 +240,13 @@ class SSDLite(nn.Module):
         four columns clamped to [0, 1] with ``cfg.clip_anchors``, as ml-cvnets' ``SSDAnchorGenerator`` does.
         """
         levels = []
-        for (h, w), shapes in zip(sizes, self.anchor_shapes, strict=True):
+        for i, (h, w) in enumerate(sizes):
             cy = (torch.arange(h, device=device, dtype=torch.float32) + 0.5) / h
             cx = (torch.arange(w, device=device, dtype=torch.float32) + 0.5) / w
             centres = torch.stack(torch.meshgrid(cx, cy, indexing="xy"), dim=-1)  # [h, w, 2] as (cx, cy)
-            wh = torch.tensor(shapes, device=device, dtype=torch.float32)  # [n, 2]
-            centres = centres[:, :, None, :].expand(h, w, len(shapes), 2)
-            level = torch.cat((centres, wh.expand(h, w, len(shapes), 2)), dim=-1)  # [h, w, n, 4]
+            wh = getattr(self, f"anchor_wh_{i}").to(device=device, dtype=torch.float32)  # [n, 2]
+            n = wh.shape[0]
+            level = torch.cat((centres[:, :, None, :].expand(h, w, n, 2), wh.expand(h, w, n, 2)), dim=-1)  # [h,w,n,4]
             levels.append(level.reshape(-1, 4))
         anchors = torch.cat(levels, dim=0)
         return (anchors.clamp(0.0, 1.0) if self.cfg.clip_anchors else anchors)[None]  # [1, A, 4]
