@@ -101,6 +101,11 @@ PUBLISHED_MAP = {
         )
     ),
 }
+# micronDLA/MobileViTv3 README (Detection COCO)
+PUBLISHED_MAP_V3 = {
+    f"ssdlite_mobilevitv3_{v}": m
+    for v, m in [("xxs", 19.3), ("xs", 25.6), ("s", 27.3), ("050", 21.8), ("075", 25.0), ("100", 27.0)]
+}
 
 
 def test_weights_entries_carry_the_published_map_and_pixels() -> None:
@@ -108,14 +113,18 @@ def test_weights_entries_carry_the_published_map_and_pixels() -> None:
     pixels in [0, 1]; BGR for the v0.1 (OpenCV) MobileViT v1 files, RGB for the MobileViTv2 ones, as classification."""
     from mobilevit.weights.entries import get_weights, labels, list_weights
 
-    assert list_weights("ssdlite_*") == sorted(f"{arch}.cvnets_coco" for arch in PUBLISHED_MAP)
-    for arch, published in PUBLISHED_MAP.items():
+    expected = [f"{a}.cvnets_coco" for a in PUBLISHED_MAP] + [f"{a}.orig_coco" for a in PUBLISHED_MAP_V3]
+    assert list_weights("ssdlite_*") == sorted(expected)
+    for arch, published in {**PUBLISHED_MAP, **PUBLISHED_MAP_V3}.items():
         e = get_weights(arch)
         assert e.task == "detection" and e.format == "cvnets" and e.box_map == published
-        assert e.url.startswith("https://docs-assets.developer.apple.com/ml-research/models/cvnets")
+        assert (e.url or e.download_page).startswith(
+            ("https://docs-assets.developer.apple.com/", "https://github.com/")
+        )
         p = e.preprocess
         assert p.input_size == (320, 320) and p.resize_mode == "exact" and p.mean == (0, 0, 0) and p.std == (1, 1, 1)
-        assert p.channel_order == ("BGR" if arch.startswith("ssdlite_mobilevit_") else "RGB")
+        v1_base = arch.rsplit("_", 1)[1] in ("xxs", "xs", "s")  # MobileViT v1 and MobileViTv3 on v1 (cvnets v0.1)
+        assert p.channel_order == ("BGR" if v1_base else "RGB")
         names = labels(e)
         assert len(names) == 81 and names[0] == "background" and names[1] == "person" and names[80] == "toothbrush"
 

@@ -107,6 +107,9 @@ def test_channel_order_per_source() -> None:
             "ssdlite_mobilevit_xxs.cvnets_coco",
             "ssdlite_mobilevit_xs.cvnets_coco",
             "ssdlite_mobilevit_s.cvnets_coco",
+            "ssdlite_mobilevitv3_xxs.orig_coco",
+            "ssdlite_mobilevitv3_xs.orig_coco",
+            "ssdlite_mobilevitv3_s.orig_coco",
         ]
     )
     # cvnets v0.1 evaluated with cv2.resize (the DeepLabV3 and SSDLite models too); nothing else did

@@ -73,6 +73,7 @@ MMPRETRAIN_V1 = (
 )
 PAPER_V1_TABLE = "paper arXiv:2110.02178 (ImageNet-1k results)"
 V3_README = "micronDLA/MobileViTv3 README.md (Classification ImageNet-1K table)"
+V3_README_DET = "micronDLA/MobileViTv3 README.md (Detection COCO table)"
 FASTVIT_README = "apple/ml-fastvit README.md (model zoo tables)"
 PAPER_V1_SEG_TABLE = "paper arXiv:2110.02178 (PASCAL VOC 2012 segmentation, DeepLabv3, 512x512)"
 CVNETS_ZOO_SEG = CVNETS_ZOO + " (Segmentation, Pascal VOC 2012 table)"
@@ -372,6 +373,31 @@ def _coco(
         task="detection",
         notes=notes,
         evidence=evidence,
+    )
+
+
+def _v3_coco(arch: str, folder: str, preprocess: Preprocess, box_map: float, base: str) -> WeightsEntry:
+    """A MobileViTv3 SSDLite entry: the authors' release folder, COCO box mAP from their README."""
+    return WeightsEntry(
+        name=f"{arch}.orig_coco",
+        arch=arch,
+        source="mobilevitv3",
+        format="cvnets",
+        download_page=_V3_RELEASE,
+        filename=f"{folder}/checkpoint_ema_best.pt",
+        preprocess=preprocess,
+        metrics=(Metric(None, None, V3_README_DET, box_map=box_map),),
+        license=LICENSE_V3,
+        paper=PAPER_V3,
+        num_classes=81,
+        labels="coco",
+        task="detection",
+        notes=(
+            f"SSDLite trained with the MobileViTv3 files over apple/ml-cvnets {base}; the preprocessing is that base's "
+            "detection evaluation (320x320, the whole image resized). No direct file URL is recorded: download the "
+            "folder from the release page and pass the file. Non-commercial license."
+        ),
+        evidence=("micronDLA/MobileViTv3 README.md (Detection COCO table, folder names, base ml-cvnets commits)",),
     )
 
 
@@ -805,6 +831,13 @@ _ENTRIES: list[WeightsEntry] = [
             ("200", "2.0", 30.21, "19.1M"),
         ]
     ],
+    # ---- SSDLite on MobileViTv3: the authors' release (MS-COCO detection, 320x320) ---------------------------------
+    _v3_coco("ssdlite_mobilevitv3_xxs", "mobilevitv3_XXS_coco_e200_1930", CVNETS_V1_DET, 19.3, "v0.1 (OpenCV/BGR)"),
+    _v3_coco("ssdlite_mobilevitv3_xs", "mobilevitv3_XS_coco_e200_2560", CVNETS_V1_DET, 25.6, "v0.1 (OpenCV/BGR)"),
+    _v3_coco("ssdlite_mobilevitv3_s", "mobilevitv3_S_coco_e200_2730", CVNETS_V1_DET, 27.3, "v0.1 (OpenCV/BGR)"),
+    _v3_coco("ssdlite_mobilevitv3_050", "mobilevitv3_coco_0_5_0", CVNETS_V2_DET, 21.8, "v0.2 (PIL/RGB)"),
+    _v3_coco("ssdlite_mobilevitv3_075", "mobilevitv3_coco_0_7_5", CVNETS_V2_DET, 25.0, "v0.2 (PIL/RGB)"),
+    _v3_coco("ssdlite_mobilevitv3_100", "mobilevitv3_coco_1_0_0", CVNETS_V2_DET, 27.0, "v0.2 (PIL/RGB)"),
     # ---- FastViT: ml-fastvit originals, unfused and reparameterized --------------------------------------------------
     *[
         _fastvit(v, distilled, reparam, FASTVIT_MA36 if v == "ma36" else FASTVIT, top1)

@@ -45,6 +45,7 @@ DEFAULT_TAGS: dict[str, str] = {
     **{f"deeplabv3_mobilevitv2_{w}": "orig_voc" for w in ("050", "125", "150")},
     **{f"ssdlite_mobilevit_{v}": "cvnets_coco" for v in ("xxs", "xs", "s")},
     **{f"ssdlite_mobilevitv2_{w}": "cvnets_coco" for w in ("050", "075", "100", "125", "150", "175", "200")},
+    **{f"ssdlite_mobilevitv3_{v}": "orig_coco" for v in ("xxs", "xs", "s", "050", "075", "100")},
 }
 
 
