@@ -196,7 +196,7 @@ class Runner:
         logits = self.runtime.signature()[1][0][1]  # [B, num_classes] or [B, num_classes, h, w]
         num_classes = logits[1] if len(logits) > 1 else None  # None when the model does not say
         if labels is None:
-            labels = labels_for(num_classes or 0)
+            labels = labels_for(num_classes or 0, label_set=self.task.default_label_set)
         elif num_classes:
             labels = check_labels(labels, num_classes)
         self.labels = list(labels)

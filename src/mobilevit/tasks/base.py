@@ -70,6 +70,8 @@ class Task(ABC):
         how_to_run: what to do with such a model, told when it is given to a runner of another task.
         outputs: the names of the model's outputs, in order (the first is ``logits``).
         output_axes: the axes of the first output (``("batch", "classes")``).
+        default_label_set: the label set (:data:`~mobilevit.weights.entries.LABEL_SETS`) whose names a model of
+            the task gets when nothing names its outputs and they are as many (``None``: ``class_<i>``).
         parameters: the request parameters the server accepts for this task (the names of ``parameter_schema``).
         parameter_schema: the JSON schema of each request parameter, for the server's OpenAPI description.
         answer_schema: the JSON schema of the server's answer, for its OpenAPI description.
@@ -87,6 +89,7 @@ class Task(ABC):
     how_to_run: ClassVar[str] = ""
     outputs: ClassVar[tuple[str, ...]] = ("logits",)
     output_axes: ClassVar[tuple[str, ...]] = ("batch", "classes")
+    default_label_set: ClassVar[str | None] = None
     parameter_schema: ClassVar[dict[str, dict[str, Any]]] = {}
     answer_schema: ClassVar[dict[str, Any]] = {}
     exact_decode: ClassVar[bool] = False

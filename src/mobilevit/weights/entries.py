@@ -29,7 +29,6 @@ from .schema import (
     SOURCES,
     Metric,
     Preprocess,
-    Task,
     WeightsEntry,
 )
 
@@ -98,9 +97,14 @@ def labels(entry: WeightsEntry | str) -> list[str]:
         entry = get_weights(entry)
     if entry.labels not in LABEL_SETS:
         raise UsageError(f"{entry.name}: no label names known for label set {entry.labels!r}")
-    names = list(_imagenet_categories() if entry.labels == "imagenet-1k" else VOC_LABELS)
+    names = list(label_set_names(entry.labels))
     assert len(names) == entry.num_classes, (len(names), entry.num_classes)
     return names
+
+
+def label_set_names(label_set: str) -> tuple[str, ...]:
+    """The class names of a label set of :data:`LABEL_SETS`, index order."""
+    return {"imagenet-1k": _imagenet_categories, "pascal-voc": lambda: VOC_LABELS}[label_set]()
 
 
 IMAGENET_1K_CLASSES = 1000
@@ -121,23 +125,21 @@ def labels_for(
     num_classes: int,
     entry: WeightsEntry | None = None,
     saved: Sequence[str] | None = None,
-    task: Task = "classification",
+    label_set: str | None = "imagenet-1k",
 ) -> tuple[str, ...]:
     """The class names of a model with ``num_classes`` outputs: the one rule every path uses.
 
     In order: the names the checkpoint (or the user) gives, when there is one per output; the weights entry's, when
-    it has as many classes and a known label set; ImageNet-1k's for any other 1000-class classifier (a checkpoint
-    loaded by architecture name or from a path without a weights tag, or random weights, as timm does), PASCAL VOC's
-    for any other 21-class segmentation model; else ``class_<i>``.
+    it has as many classes and a known label set; the names of the model's own ``label_set`` (ImageNet-1k for a
+    classifier, PASCAL VOC for DeepLabV3) when there are as many (a checkpoint loaded by architecture name or from a
+    path without a weights tag, or random weights, as timm does); else ``class_<i>``.
     """
     if saved is not None and len(saved) == num_classes:
         return tuple(str(x) for x in saved)
     if entry is not None and entry.num_classes == num_classes and entry.labels in LABEL_SETS:
         return tuple(labels(entry))
-    if task == "classification" and num_classes == IMAGENET_1K_CLASSES:
-        return _imagenet_categories()
-    if task == "segmentation" and num_classes == len(VOC_LABELS):
-        return VOC_LABELS
+    if label_set in LABEL_SETS and len(names := label_set_names(label_set)) == num_classes:
+        return names
     return tuple(f"class_{i}" for i in range(num_classes))
 
 
