@@ -104,7 +104,17 @@ def labels(entry: WeightsEntry | str) -> list[str]:
 
 def label_set_names(label_set: str) -> tuple[str, ...]:
     """The class names of a label set of :data:`LABEL_SETS`, index order."""
-    return {"imagenet-1k": _imagenet_categories, "pascal-voc": lambda: VOC_LABELS}[label_set]()
+    return {"imagenet-1k": _imagenet_categories, "pascal-voc": lambda: VOC_LABELS, "coco": coco_categories}[label_set]()
+
+
+@functools.cache
+def coco_categories() -> tuple[str, ...]:
+    """The 80 COCO detection classes in ascending COCO category-id order (label k of a detector is the k-th, 1-based;
+    0 is the background). torchvision bundles them with its detection weights, padded to the 91 ids with ``N/A``."""
+    from torchvision.models.detection import SSDLite320_MobileNet_V3_Large_Weights
+
+    names = SSDLite320_MobileNet_V3_Large_Weights.COCO_V1.meta["categories"]
+    return tuple(name for name in names[1:] if name != "N/A")  # [0] is "__background__"
 
 
 IMAGENET_1K_CLASSES = 1000
