@@ -12,15 +12,20 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 import torch
 from PIL import Image
+from torch import Tensor, nn
 
 from mobilevit.errors import NonFiniteOutputError
+from mobilevit.runner import Runner
+from mobilevit.runtime import Runtime, Signature
 from mobilevit.tasks import get_task
 from mobilevit.tasks.detection import Detection, decode_boxes, detect
-from mobilevit.weights.entries import coco_categories
+from mobilevit.weights.entries import Preprocess, coco_categories
+from mobilevit.weights.pretrained import PretrainedCfg
 
 CASES = ("ssdlite_mobilevit_xxs", "ssdlite_mobilevitv2_050")
 # the stored raw tensors and the detections the original made of them: (raw suffix, detections prefix)
@@ -101,3 +106,94 @@ def test_nothing_above_the_threshold_and_non_finite_outputs() -> None:
     outputs["logits"][3, 5] = float("nan")
     with pytest.raises(NonFiniteOutputError, match="broken"):
         task.postprocess(runner, outputs, size=(10, 10))
+
+
+# ------------------------------------------------------------------------------------------ through the runner
+
+STUB_PREPROCESS = Preprocess(
+    input_size=(32, 32),
+    resize_size=32,
+    crop_pct=1.0,
+    interpolation="bilinear",
+    mean=(0.0, 0.0, 0.0),
+    std=(1.0, 1.0, 1.0),
+    channel_order="RGB",
+    resize_mode="exact",
+)
+
+
+class StubDetector(nn.Module):
+    """A detector with SSD's raw outputs and known answers: one anchor per 8x8 cell of the input, each anchor
+    exactly its cell; class 1 ("person") wins where the cell's red mean is above 0.5, with no box offset. An image
+    with a red square on one cell is so detected as that cell."""
+
+    task = "detection"
+    num_classes = 81
+    output_axes = ("batch", "anchors", "classes")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pretrained_cfg = PretrainedCfg("stub_detector", "", None, STUB_PREPROCESS, None)
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        red = nn.functional.avg_pool2d(x[:, :1], 8)  # [B, 1, H, W] -> [B, 1, h, w]
+        b, _, h, w = red.shape
+        red = red.flatten(1)  # [B, 1, h, w] -> [B, h*w]
+        logits = torch.full((b, h * w, 81), -20.0)
+        logits[..., 0] = 0.0  # background
+        logits[..., 1] = 20.0 * (red - 0.5)
+        ys, xs = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+        anchors = torch.stack([(xs.flatten() + 0.5) / w, (ys.flatten() + 0.5) / h, torch.full((h * w,), 1 / w),
+                               torch.full((h * w,), 1 / h)], -1)  # fmt: skip
+        return {"logits": logits, "boxes": torch.zeros(b, h * w, 4), "anchors": anchors}
+
+
+class RenamedOutputs(Runtime):
+    """An exported file's runtime whose graph names the outputs by position, with batched anchors."""
+
+    name = "onnxruntime"
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+
+    def run_named(self, batch: Any) -> dict[str, Tensor]:
+        out = self.model(torch.as_tensor(batch))
+        anchors = out["anchors"].expand(len(batch), *out["anchors"].shape)
+        return {"output_0": out["logits"], "output_1": out["boxes"], "output_2": anchors}
+
+    def signature(self) -> tuple[Signature, Signature]:
+        return [("pixel_values", [None, 3, 32, 32])], [("output_0", [None, 16, 81])]
+
+    def metadata(self) -> dict[str, str]:
+        return {"task": "detection"}
+
+
+def _red_square(size: tuple[int, int], cell: tuple[int, int]) -> Image.Image:
+    """An image of ``size`` (W, H), black but for the red 1/4 x 1/4 of it at grid ``cell`` (column, row)."""
+    image = Image.new("RGB", size)
+    w, h = size[0] // 4, size[1] // 4
+    image.paste((255, 0, 0), (cell[0] * w, cell[1] * h, cell[0] * w + w, cell[1] * h + h))
+    return image
+
+
+def test_the_runner_runs_a_detector_eager_and_exported() -> None:
+    eager = Runner(StubDetector(), STUB_PREPROCESS)
+    exported = Runner.from_runtime(RenamedOutputs(StubDetector()), STUB_PREPROCESS)
+    for runner in (eager, exported):
+        assert runner.labels == list(coco_categories())
+        images = [_red_square((64, 48), (1, 2)), _red_square((40, 80), (3, 0))]
+        first, second = runner.run(images)
+        assert first.names == ("person",) and second.names == ("person",)
+        torch.testing.assert_close(first.boxes, torch.tensor([[16.0, 24.0, 32.0, 36.0]]))
+        torch.testing.assert_close(second.boxes, torch.tensor([[30.0, 0.0, 40.0, 20.0]]))
+        assert float(first.scores[0]) > 0.99
+        assert len(runner.run(images[0], threshold=1.0)[0]) == 0
+
+
+def test_classifiers_still_read_their_first_output() -> None:
+    from mobilevit import create_model
+
+    model = create_model("mobileone_s0", pretrained=False)
+    runner = Runner(model, STUB_PREPROCESS, batch_size=2)
+    outputs = runner.logits(torch.zeros(3, 3, 32, 32))
+    assert isinstance(outputs, Tensor) and outputs.shape == (3, 1000)

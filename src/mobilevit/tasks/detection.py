@@ -177,14 +177,6 @@ def label_names(labels: Sequence[str], num_columns: int) -> Sequence[str]:
     return labels[1:] if len(labels) == num_columns else labels
 
 
-def per_image(outputs: dict[str, Tensor], batch: int) -> dict[str, Tensor]:
-    """The raw outputs with anchors shared by the batch (``[A, 4]``) repeated for each image (``[B, A, 4]``)."""
-    anchors = outputs["anchors"]
-    if anchors.ndim == 2:
-        outputs = {**outputs, "anchors": anchors.expand(batch, *anchors.shape)}
-    return outputs
-
-
 # ------------------------------------------------------------------------------------------------------ the task
 
 
@@ -233,6 +225,13 @@ class DetectionTask(Task):
     def labelled_classes(self, num_classes: int) -> int:
         """The classes that labels name, of ``num_classes`` logit columns: all but the background."""
         return num_classes - 1
+
+    def batched(self, outputs: dict[str, Tensor], batch: int) -> dict[str, Tensor]:
+        """Anchors shared by the batch (``[A, 4]``) repeated for each image (``[B, A, 4]``)."""
+        anchors = outputs["anchors"]
+        if anchors.ndim == 2:
+            outputs = {**outputs, "anchors": anchors.expand(batch, *anchors.shape)}
+        return outputs
 
     def context(self, image: Image.Image) -> Image.Image:
         """The decoded image: boxes are scaled to its size and drawn on it."""
@@ -284,8 +283,7 @@ class DetectionTask(Task):
 
         coco, images = coco_set(data)
         mine, _ = shard(images)
-        names = label_names(runner.labels, len(runner.labels))
-        category = coco.category_ids(names)
+        category = coco.category_ids(runner.labels)  # the runner's labels name classes 1..C-1
 
         def load(item: tuple[int, Path]) -> tuple[Tensor, Any, int]:
             x, image = runner.load_input(item[1], str(item[1]))
@@ -305,6 +303,13 @@ class DetectionTask(Task):
         found, failed, world = _gather(found), _gather(failed), len(images)
         scores = evaluate_detections(coco, found, sorted(set(category.values())))
         return {**scores, "categories": len(set(category.values())), "count": world - len(failed), "failed": failed}
+
+    def score_results(self, data: str, results: str) -> dict[str, Any]:
+        """COCO mAP of a COCO results file, exactly as pycocotools' ``COCOeval`` scores it (every category)."""
+        from ..data.coco import coco_set, evaluate_detections
+
+        coco, images = coco_set(data)
+        return {**evaluate_detections(coco, results), "count": len(images), "failed": []}
 
     def eval_total(self, data: str, split: str | None) -> int | None:
         from ..data.coco import coco_set
