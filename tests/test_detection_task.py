@@ -197,3 +197,30 @@ def test_classifiers_still_read_their_first_output() -> None:
     runner = Runner(model, STUB_PREPROCESS, batch_size=2)
     outputs = runner.logits(torch.zeros(3, 3, 32, 32))
     assert isinstance(outputs, Tensor) and outputs.shape == (3, 1000)
+
+
+def test_detect_command(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``mobilevit detect``: a drawn JPEG per image and, with ``--json``, boxes in the input's pixels."""
+    import mobilevit.registry
+    from mobilevit.cli import main
+
+    real = mobilevit.registry.create_model
+    monkeypatch.setattr(
+        mobilevit.registry, "create_model", lambda name, **kw: StubDetector() if name == "stub" else real(name, **kw)
+    )
+    _red_square((64, 48), (1, 2)).save(tmp_path / "a.png")
+    (tmp_path / "b.png").write_bytes(b"not an image")
+    out = tmp_path / "out"
+    code = main(["detect", str(tmp_path / "a.png"), str(tmp_path / "b.png"), "--model", "stub", "--output", str(out),
+                 "--json", "--no-progress"])  # fmt: skip
+    assert code == 1  # one input could not be read
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    (good,) = [r for r in records if "detections" in r]
+    (detection,) = good["detections"]
+    assert detection["label"] == "person"
+    assert [detection["box"][k] for k in ("xmin", "ymin", "xmax", "ymax")] == pytest.approx([16, 24, 32, 36])
+    drawn = Image.open(good["boxes"])
+    assert drawn.format == "JPEG" and drawn.size == (64, 48)
+    assert any("error" in r for r in records)
+    with pytest.raises(SystemExit):
+        main(["detect", str(tmp_path / "a.png"), "--model", "stub"])  # --output is required

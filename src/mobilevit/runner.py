@@ -272,7 +272,10 @@ class Runner:
             **kwargs: ``batch_size``, ``workers``, ``fold``, ``fast_decode``, ``task``.
         """
         io = model_io(model)
-        names = check_labels(labels, model.num_classes, "--labels") if labels is not None else io.labels
+        labelled = (kwargs.get("task") or cls.task or task_of(model)).labelled_classes(model.num_classes)
+        names = check_labels(labels, labelled, "--labels") if labels is not None else io.labels
+        if names is not None and len(names) != labelled:  # the model's names count a class labels do not name
+            names = None  # (a detector's background): the task's default names
         runner = cls(model, io.preprocess, names, **kwargs)
         if not pretrained:
             warn_random_weights(io.arch, "its predictions mean nothing")
