@@ -224,3 +224,9 @@ def test_detect_command(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys:
     assert any("error" in r for r in records)
     with pytest.raises(SystemExit):
         main(["detect", str(tmp_path / "a.png"), "--model", "stub"])  # --output is required
+
+
+def test_names_for_every_output_drop_the_background() -> None:
+    """81 names given for 81 outputs (as an exported file may record them): the 80 after the background's."""
+    names = ["background", *coco_categories()]
+    assert Runner(StubDetector(), STUB_PREPROCESS, names).labels == list(coco_categories())

@@ -195,9 +195,10 @@ class Runner:
         self.fast_decode = fast_decode
         logits = self.runtime.signature()[1][0][1]  # [B, num_classes], [B, num_classes, h, w], [B, anchors, classes]
         axis = self.task.output_axes.index("classes") if "classes" in self.task.output_axes else None
-        num_classes = logits[axis] if axis is not None and axis < len(logits) else None  # None: the model does not say
-        if num_classes:
-            num_classes = self.task.labelled_classes(num_classes)
+        scored = logits[axis] if axis is not None and axis < len(logits) else None  # None: the model does not say
+        num_classes = self.task.labelled_classes(scored) if scored else None
+        if labels is not None and scored and num_classes != scored and len(labels) == scored:
+            labels = list(labels)[scored - num_classes :]  # a name for every output, the background's first
         if labels is None:
             labels = labels_for(num_classes or 0, label_set=self.task.default_label_set)
         elif num_classes:
