@@ -129,6 +129,7 @@ class StubDetector(nn.Module):
 
     task = "detection"
     num_classes = 81
+    label_set = "coco"
     output_axes = ("batch", "anchors", "classes")
 
     def __init__(self) -> None:
@@ -230,3 +231,17 @@ def test_names_for_every_output_drop_the_background() -> None:
     """81 names given for 81 outputs (as an exported file may record them): the 80 after the background's."""
     names = ["background", *coco_categories()]
     assert Runner(StubDetector(), STUB_PREPROCESS, names).labels == list(coco_categories())
+
+
+@pytest.mark.slow  # an ONNX export: several seconds
+def test_an_exported_detector_runs_through_the_runner(tmp_path: Path) -> None:
+    """ONNX export of the stub detector: its outputs (named by the graph) read in order, its labels COCO's."""
+    pytest.importorskip("onnxscript", reason="exporting needs onnxscript (pip install 'mobilevit[export]')")
+    from mobilevit.export import export_model
+    from mobilevit.runner import load_runner
+
+    runner = load_runner(export_model(StubDetector(), "onnx", tmp_path / "stub.onnx"))
+    assert runner.task is get_task("detection") and runner.labels == list(coco_categories())
+    (found,) = runner.run(_red_square((64, 48), (1, 2)))
+    assert found.names == ("person",)
+    torch.testing.assert_close(found.boxes, torch.tensor([[16.0, 24.0, 32.0, 36.0]]))
