@@ -44,5 +44,5 @@ class TorchRuntime(Runtime):
         further axes its ``output_axes`` name (a segmentation model's ``[h, w]`` map)."""
         num_classes = getattr(self.model, "num_classes", None)  # any module runs; ours all have it
         axes = getattr(self.model, "output_axes", ("batch", "classes"))  # ours say; [B, C] for any other module
-        logits = [None, num_classes, *[None] * (len(axes) - 2)]
+        logits = [num_classes if axis == "classes" else None for axis in axes]
         return [("pixel_values", [None, 3, None, None])], [("logits", logits)]

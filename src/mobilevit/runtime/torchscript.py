@@ -103,7 +103,7 @@ class TorchScriptRuntime(Runtime):
         labels = json.loads(self._metadata.get("labels", "[]"))
         num_classes = len(labels) or None
         axes = json.loads(self._metadata.get("output_axes", '["batch", "classes"]'))
-        logits = [inputs[0], num_classes, *[None] * (len(axes) - 2)]
+        logits = [inputs[0] if axis == "batch" else num_classes if axis == "classes" else None for axis in axes]
         names = (self._metadata.get("input_name", "pixel_values"), self._metadata.get("output_name", "logits"))
         return [(names[0], inputs)], [(names[1], logits)]
 

@@ -53,6 +53,8 @@ class Runner(Protocol):
 
     def postprocess(self, outputs: Tensor, context: Any = None, **options: Any) -> Any: ...
 
+    def answer(self, loaded: list[tuple[Tensor, Any]], **options: Any) -> list[Any]: ...
+
     def map_files(self, items: Any, load: Callable, answer: Callable, progress: Callable | None = None) -> Any: ...
 
 
@@ -112,6 +114,16 @@ class Task(ABC):
         """The (H, W) ``bench`` times a model of this task at when no resolution is given (default: square)."""
         return default, default
 
+    def labelled_classes(self, num_classes: int) -> int:
+        """How many of a model's ``num_classes`` output classes labels name (default: all; a detector's background
+        has none)."""
+        return num_classes
+
+    def batched(self, outputs: dict[str, Tensor], batch: int) -> dict[str, Tensor]:
+        """A model's named outputs (a task with several :attr:`outputs`) with a ``[batch, ...]`` row for each image
+        (default: as they are)."""
+        return outputs
+
     def context(self, image: Image.Image) -> Any:
         """What :meth:`postprocess` needs of the decoded image besides the model's input (default: nothing)."""
         return None
@@ -151,6 +163,11 @@ class Task(ABC):
     ) -> dict[str, Any]:
         """Score ``runner`` on the labelled set at ``data``: the metrics, ``count`` and ``failed``; under
         ``torch.distributed`` each rank scores its share (:func:`shard`) and the counts are summed."""
+
+    def score_results(self, data: str, results: str) -> dict[str, Any]:
+        """The metric of a file of results made elsewhere (``eval --results``), against the labelled set at ``data``
+        (default: not supported)."""
+        raise UsageError(f"--results is not supported for {self.title}")
 
     def eval_total(self, data: str, split: str | None) -> int | None:
         """How many items :meth:`evaluate` scores (for a progress bar; ``None``: unknown)."""

@@ -104,10 +104,21 @@ def labels(entry: WeightsEntry | str) -> list[str]:
 
 def label_set_names(label_set: str) -> tuple[str, ...]:
     """The class names of a label set of :data:`LABEL_SETS`, index order."""
-    return {"imagenet-1k": _imagenet_categories, "pascal-voc": lambda: VOC_LABELS}[label_set]()
+    return {"imagenet-1k": _imagenet_categories, "pascal-voc": lambda: VOC_LABELS, "coco": coco_categories}[label_set]()
+
+
+@functools.cache
+def coco_categories() -> tuple[str, ...]:
+    """The 80 COCO detection classes in ascending COCO category-id order (label k of a detector is the k-th, 1-based;
+    0 is the background). torchvision bundles them with its detection weights, padded to the 91 ids with ``N/A``."""
+    from torchvision.models.detection import SSDLite320_MobileNet_V3_Large_Weights
+
+    names = SSDLite320_MobileNet_V3_Large_Weights.COCO_V1.meta["categories"]
+    return tuple(name for name in names[1:] if name != "N/A")  # [0] is "__background__"
 
 
 IMAGENET_1K_CLASSES = 1000
+BACKGROUND_FIRST = frozenset({"coco"})  # label sets whose models may score a background before the named classes
 
 
 @functools.cache
@@ -132,7 +143,9 @@ def labels_for(
     In order: the names the checkpoint (or the user) gives, when there is one per output; the weights entry's, when
     it has as many classes and a known label set; the names of the model's own ``label_set`` (ImageNet-1k for a
     classifier, PASCAL VOC for DeepLabV3) when there are as many (a checkpoint loaded by architecture name or from a
-    path without a weights tag, or random weights, as timm does); else ``class_<i>``.
+    path without a weights tag, or random weights, as timm does), with ``"background"`` first for a detector that
+    scores one more class than a :data:`BACKGROUND_FIRST` set names (COCO's 80 classes and the background); else
+    ``class_<i>``.
     """
     if saved is not None and len(saved) == num_classes:
         return tuple(str(x) for x in saved)
@@ -140,6 +153,8 @@ def labels_for(
         return tuple(labels(entry))
     if label_set in LABEL_SETS and len(names := label_set_names(label_set)) == num_classes:
         return names
+    if label_set in BACKGROUND_FIRST and len(names := label_set_names(label_set)) + 1 == num_classes:
+        return ("background", *names)  # a detector scores the background as class 0
     return tuple(f"class_{i}" for i in range(num_classes))
 
 
