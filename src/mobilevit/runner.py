@@ -599,14 +599,6 @@ def _image_input(inputs: Signature, path: str | os.PathLike) -> list[int | None]
     return inputs[0][1]
 
 
-def _image_input(inputs: Signature, path: str | os.PathLike) -> list[int | None]:
-    """The shape of the graph's one ``[batch, 3, height, width]`` input (``None`` where dynamic), or a clear error."""
-    if len(inputs) != 1 or len(inputs[0][1]) != 4 or inputs[0][1][1] not in (3, None):
-        shapes = ", ".join(str(shape) for _, shape in inputs) or "none"
-        raise UsageError(f"{path}: expected one [batch, 3, height, width] input, got {shapes}")
-    return inputs[0][1]
-
-
 # the name of the constructor of a runner class over an exported file, by backend, for messages (predict.py fills it)
 EXPORTED_CONSTRUCTORS: dict[tuple[type, str], str] = {}
 
