@@ -38,8 +38,9 @@ browser:
 		&& (apt-get install -y -qq chromium >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null 2>&1)) \
 		|| echo "chromium not installed: the browser test will skip"; }
 
-# The default suite checks every variant at small input sizes; test-slow runs the full-size sweeps of every variant
-# (parity with timm and transformers, re-parameterization, export) that the default run leaves out; test-all runs both.
+# The default suite checks one variant per family and block kind at small input sizes, and each export format on one
+# or two models; test-slow runs what the default run leaves out (every variant, full sizes, every format and family:
+# parity with timm and transformers, re-parameterization, export); test-all runs both.
 # Each runs in one pytest-xdist worker per core (a test module stays in one worker), every worker on one intra-op
 # thread (tests/conftest.py).
 PYTEST := $(BIN)/python -m pytest -q -n auto --dist loadfile

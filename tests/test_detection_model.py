@@ -64,7 +64,7 @@ def test_outputs_and_anchor_count_follow_the_input_size(small: torch.nn.Module) 
     anchors = 6 * (24 + 6 + 2 + 1 + 1) + 4
     assert out._fields == ("logits", "boxes", "anchors")
     assert out.logits.shape == (2, anchors, 81) and out.boxes.shape == (2, anchors, 4)
-    assert out.anchors.shape == (1, anchors, 4) and out.anchors.min() >= 0.0 and out.anchors.max() <= 1.0
+    assert out.anchors.shape == (2, anchors, 4) and out.anchors.min() >= 0.0 and out.anchors.max() <= 1.0
 
 
 @pytest.mark.parametrize("name", ["ssdlite_mobilevit_xxs", "ssdlite_mobileone_s0"])
@@ -163,7 +163,8 @@ def test_raw_outputs_match_ml_cvnets(case, tag: str, seed: int, shape: tuple[int
     assert out.logits.shape[0] == shape[0]
     torch.testing.assert_close(out.logits[:1], io[f"conf_logits_{tag}"], atol=1e-5, rtol=0)
     torch.testing.assert_close(out.boxes[:1], io[f"locations_{tag}"], atol=1e-5, rtol=0)
-    torch.testing.assert_close(out.anchors, io[f"anchors_{tag}"], atol=0, rtol=0)
+    for anchors in out.anchors:  # the same anchors for every image
+        torch.testing.assert_close(anchors[None], io[f"anchors_{tag}"], atol=0, rtol=0)
 
 
 def test_a_classification_checkpoint_fills_the_backbone(tmp_path) -> None:

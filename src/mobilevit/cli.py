@@ -190,6 +190,43 @@ def cmd_segment(args: argparse.Namespace) -> int:
     return _report(args, bar, answers(), describe, "segmented")
 
 
+def cmd_detect(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import torch
+
+    from .data.images import find_images
+    from .runner import load_runner
+    from .tasks import DETECTION
+
+    files = find_images(args.paths)
+    if not files:
+        raise UsageError(f"No images found in {' '.join(args.paths)}")
+    DETECTION.check_options(threshold=args.threshold)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    runner = load_runner(
+        args.model,
+        args.backend,
+        args.pretrained or not args.random_weights,
+        args.threads,
+        task=DETECTION,
+        batch_size=args.batch_size,
+        labels=_labels(args.labels),
+        allow_random_head=args.allow_random_head,
+    )
+    output = Path(args.output)
+    output.mkdir(parents=True, exist_ok=True)
+    bar = _progress(len(files), not args.no_progress, "detect")
+    found = runner.run_files(files, bar.update if bar is not None else None, threshold=args.threshold)
+    stems = dict(zip(map(str, files), _output_stems(files), strict=True))
+
+    def describe(path: str, answer: Any) -> tuple[dict, str]:
+        return runner.task.describe(path, answer, runner.task.render(answer, output / stems[path]))
+
+    return _report(args, bar, found, describe, "read")
+
+
 def _eval_runner(args: argparse.Namespace) -> Runner:
     """The runner ``eval`` scores: of ``--task`` (a model of another task is refused), else of the model's own."""
     import torch
@@ -220,6 +257,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .evaluate import evaluate_set
     from .predict import resolve_backend
 
+    if args.results is not None:
+        return _eval_results(args)
+    if args.model is None:
+        raise UsageError("eval needs --model (or, for detection, --results FILE)")
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
         dist.init_process_group("gloo")  # launched by torchrun: shard the images, sum the counts
     runner = _eval_runner(args)
@@ -241,6 +282,19 @@ def cmd_eval(args: argparse.Namespace) -> int:
         dist.barrier()  # no rank tears gloo down while another still talks to it (that aborts the other)
         dist.destroy_process_group()
     return 1 if result["failed"] else 0
+
+
+def _eval_results(args: argparse.Namespace) -> int:
+    """``eval --results FILE``: the task's metric of a file of someone's results, no model run."""
+    from .tasks import get_task
+
+    if args.model is not None or args.task is None:
+        raise UsageError("--results scores a results file instead of a model: give --task, and no --model")
+    task = get_task(args.task)
+    scores = task.score_results(args.data, args.results)
+    result = {"results": args.results, "task": task.name, **scores}
+    print(json.dumps(result) if args.json else task.eval_summary(args.results, result))
+    return 0
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
@@ -560,15 +614,21 @@ def _random_head_arg(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _predictor_args(p: argparse.ArgumentParser, segmentation: bool = False) -> None:
+def _predictor_args(
+    p: argparse.ArgumentParser,
+    segmentation: bool = False,
+    model_required: bool = True,
+    kind: str = "segmentation",
+    family: str = "deeplabv3_*",
+) -> None:
     """The model, weights, runtime and output options shared by ``predict``, ``eval`` and (without fast decoding)
-    ``segment``."""
+    ``segment`` and ``detect`` (``kind`` and ``family``: the models it runs, in ``--model``'s help)."""
     from .predict import BACKENDS
 
     p.add_argument(
         "--model",
-        required=True,
-        help="segmentation architecture or arch.tag (see `mobilevit list --weights 'deeplabv3_*'`), saved folder, or "
+        required=model_required,
+        help=f"{kind} architecture or arch.tag (see `mobilevit list --weights '{family}'`), saved folder, or "
         "a file from `mobilevit export` (.onnx, .pte, .tflite, TorchScript .pt)"
         if segmentation
         else "architecture, arch.tag (see `mobilevit list --weights`) or a file from `mobilevit export` (.onnx, .pte, "
@@ -622,10 +682,15 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--task",
         choices=list(TASKS),
-        help="top-1/top-5, or mIoU, per-class IoU and pixel accuracy (default: the model's own task)",
+        help="top-1/top-5; mIoU, per-class IoU and pixel accuracy; or COCO mAP (default: the model's own task)",
     )
     p.add_argument("--split", help="segmentation, VOC layout: the ImageSets/Segmentation/SPLIT.txt list (default: val)")
-    _predictor_args(p)
+    p.add_argument(
+        "--results",
+        metavar="FILE",
+        help="score this file of detections (COCO results format) instead of a model (with --task detection)",
+    )
+    _predictor_args(p, model_required=False)
     p.set_defaults(func=cmd_eval)
 
 
@@ -641,6 +706,20 @@ def _segment_args(p: argparse.ArgumentParser) -> None:
     )
     _predictor_args(p, segmentation=True)
     p.set_defaults(func=cmd_segment)
+
+
+def _detect_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("paths", nargs="+", help="image files, folders (recursive) or glob patterns")
+    p.add_argument(
+        "--output",
+        required=True,
+        metavar="DIR",
+        help="folder for each image's STEM_boxes.jpg (the image with the boxes, labels and scores drawn); a repeated "
+        "stem gets _2, _3, ...",
+    )
+    p.add_argument("--threshold", type=float, default=0.3, help="the lowest score of a detection shown (default 0.3)")
+    _predictor_args(p, segmentation=True, kind="detection", family="ssdlite_*")
+    p.set_defaults(func=cmd_detect)
 
 
 def _bench_args(p: argparse.ArgumentParser) -> None:
@@ -814,6 +893,7 @@ def build_parser() -> argparse.ArgumentParser:
     _list_args(sub.add_parser("list", help="the model table: architectures, parameters and MACs"))
     _predict_args(sub.add_parser("predict", help="classify images"))
     _segment_args(sub.add_parser("segment", help="semantic segmentation: a class mask and an overlay per image"))
+    _detect_args(sub.add_parser("detect", help="object detection: boxes, labels and scores, drawn on each image"))
     _eval_args(sub.add_parser("eval", help="accuracy on a labelled set: top-1/top-5, or mIoU for a segmentation model"))
     _bench_args(
         sub.add_parser(

@@ -193,10 +193,14 @@ class Runner:
         self.preprocess = self.task.preprocess(preprocess)
         self.transform: Callable[[Image.Image], Tensor] = eval_transform(self.preprocess)
         self.fast_decode = fast_decode
-        logits = self.runtime.signature()[1][0][1]  # [B, num_classes] or [B, num_classes, h, w]
-        num_classes = logits[1] if len(logits) > 1 else None  # None when the model does not say
+        logits = self.runtime.signature()[1][0][1]  # [B, num_classes], [B, num_classes, h, w], [B, anchors, classes]
+        axis = self.task.output_axes.index("classes") if "classes" in self.task.output_axes else None
+        scored = logits[axis] if axis is not None and axis < len(logits) else None  # None: the model does not say
+        num_classes = self.task.labelled_classes(scored) if scored else None
+        if labels is not None and scored and num_classes != scored and len(labels) == scored:
+            labels = list(labels)[scored - num_classes :]  # a name for every output, the background's first
         if labels is None:
-            labels = labels_for(num_classes or 0)
+            labels = labels_for(num_classes or 0, label_set=self.task.default_label_set)
         elif num_classes:
             labels = check_labels(labels, num_classes)
         self.labels = list(labels)
@@ -269,7 +273,10 @@ class Runner:
             **kwargs: ``batch_size``, ``workers``, ``fold``, ``fast_decode``, ``task``.
         """
         io = model_io(model)
-        names = check_labels(labels, model.num_classes, "--labels") if labels is not None else io.labels
+        labelled = (kwargs.get("task") or cls.task or task_of(model)).labelled_classes(model.num_classes)
+        names = check_labels(labels, labelled, "--labels") if labels is not None else io.labels
+        if names is not None and len(names) != labelled:  # the model's names count a class labels do not name
+            names = None  # (a detector's background): the task's default names
         runner = cls(model, io.preprocess, names, **kwargs)
         if not pretrained:
             warn_random_weights(io.arch, "its predictions mean nothing")
@@ -424,25 +431,41 @@ class Runner:
         return self.load_input(item, name, max_pixels=max_pixels, fast_decode=fast_decode)[0]
 
     @torch.inference_mode()
-    def forward(self, batch: Tensor) -> Tensor:
-        """One pass of the runtime over a preprocessed ``[B, 3, H, W]`` batch, whatever ``B``.
+    def forward(self, batch: Tensor) -> Outputs:
+        """One pass of the runtime over a preprocessed ``[B, 3, H, W]`` batch, whatever ``B``: the model's output
+        tensor, or, for a task with several outputs (:attr:`~mobilevit.tasks.Task.outputs`), a dict of them by name.
 
         A runtime that takes a fixed batch runs several times, the last run padded with zeros.
         """
         self.sizes.check(batch.shape[2], batch.shape[3])
         fixed = self.fixed_batch
         if fixed is None:
-            return self.runtime.run(batch)
+            return self._run(batch)
         outputs = []
         for part in batch.split(fixed):
             padded = torch.cat([part, part.new_zeros(fixed - len(part), *part.shape[1:])])
-            outputs.append(self.runtime.run(padded)[: len(part)])
-        return torch.cat(outputs)
+            outputs.append(_map(self._run(padded), lambda t, part=part: t[: len(part)]))
+        return _cat(outputs)
+
+    def _run(self, batch: Tensor) -> Outputs:
+        """The runtime's output for one batch: the first output, or the task's outputs by name, each ``[B, ...]``."""
+        names = self.task.outputs
+        if len(names) == 1:
+            return self.runtime.run(batch)
+        named = self.runtime.run_named(batch)
+        if not all(name in named for name in names):  # a graph that names its outputs otherwise: by position
+            if len(named) != len(names):
+                raise UsageError(
+                    f"{self.model_name} gives the outputs {list(named)}; {self.task.title} needs {list(names)}"
+                )
+            named = dict(zip(names, named.values(), strict=True))
+        return self.task.batched({name: named[name] for name in names}, len(batch))
 
     @torch.inference_mode()
-    def logits(self, batch: Tensor) -> Tensor:
-        """Model outputs for a preprocessed ``[B, 3, H, W]`` batch, run ``batch_size`` at a time."""
-        return torch.cat([self.forward(chunk) for chunk in batch.split(self.batch_size)])
+    def logits(self, batch: Tensor) -> Outputs:
+        """Model outputs for a preprocessed ``[B, 3, H, W]`` batch, run ``batch_size`` at a time (see
+        :meth:`forward`)."""
+        return _cat([self.forward(chunk) for chunk in batch.split(self.batch_size)])
 
     def postprocess(self, outputs: Tensor, context: Any = None, **options: Any) -> Any:
         """One image's result from its row of the model's outputs: the task's post-processing."""
@@ -452,7 +475,8 @@ class Runner:
         """The results of a batch of :meth:`load_input` pairs, one forward pass at a time."""
         outputs = self.logits(torch.stack([x for x, _ in loaded]))
         finish = self.task.postprocess
-        return [finish(self, row, context, **options) for row, (_, context) in zip(outputs, loaded, strict=True)]
+        rows = output_rows(outputs)
+        return [finish(self, row, context, **options) for row, (_, context) in zip(rows, loaded, strict=True)]
 
     def run(self, inputs: ImageInput | Sequence[ImageInput], **options: Any) -> list[Any]:
         """The task's result for each image: paths, encoded bytes, PIL images, arrays or tensors (one, or a list).
@@ -530,6 +554,34 @@ class Runner:
                     progress(len(chunk))
 
 
+Outputs = Tensor | dict[str, Tensor]  # a model's output, or its outputs by name (a task with several)
+
+
+def _map(outputs: Outputs, function: Callable[[Tensor], Tensor]) -> Outputs:
+    return {name: function(t) for name, t in outputs.items()} if isinstance(outputs, dict) else function(outputs)
+
+
+def _cat(parts: list[Outputs]) -> Outputs:
+    """Batches of outputs joined along the batch axis."""
+    if isinstance(parts[0], dict):
+        return {name: torch.cat([part[name] for part in parts]) for name in parts[0]}  # type: ignore[index]
+    return torch.cat(parts)  # type: ignore[arg-type]
+
+
+def output_rows(outputs: Outputs) -> list[Outputs]:
+    """Each image's outputs of a batch's: a row of the tensor, or a dict of the rows of each named output."""
+    if isinstance(outputs, dict):
+        named = list(outputs.items())
+        return [{name: t[i] for name, t in named} for i in range(len(named[0][1]))]
+    return list(outputs)
+
+
+def all_finite(outputs: Outputs) -> bool:
+    """Whether every value of the outputs is finite."""
+    values = outputs.values() if isinstance(outputs, dict) else [outputs]
+    return all(bool(torch.isfinite(t).all()) for t in values)
+
+
 def _recorded_metadata(runtime: Runtime) -> ExportMetadata | None:
     """The :class:`~mobilevit.runtime.metadata.ExportMetadata` the file records, or ``None`` (not written by this
     package)."""
@@ -537,14 +589,6 @@ def _recorded_metadata(runtime: Runtime) -> ExportMetadata | None:
         return ExportMetadata.from_dict(runtime.metadata())
     except (ValueError, KeyError):
         return None
-
-
-def _image_input(inputs: Signature, path: str | os.PathLike) -> list[int | None]:
-    """The shape of the graph's one ``[batch, 3, height, width]`` input (``None`` where dynamic), or a clear error."""
-    if len(inputs) != 1 or len(inputs[0][1]) != 4 or inputs[0][1][1] not in (3, None):
-        shapes = ", ".join(str(shape) for _, shape in inputs) or "none"
-        raise UsageError(f"{path}: expected one [batch, 3, height, width] input, got {shapes}")
-    return inputs[0][1]
 
 
 def _image_input(inputs: Signature, path: str | os.PathLike) -> list[int | None]:
@@ -614,11 +658,14 @@ __all__ = [
     "RUNNERS",
     "ImageInput",
     "InputSizes",
+    "Outputs",
     "Runner",
+    "all_finite",
     "check_exported_weights",
     "check_task",
     "decode_input",
     "load_runner",
     "open_exported",
+    "output_rows",
     "warn_random_weights",
 ]

@@ -60,4 +60,5 @@ def model_metadata(
         preprocess=preprocess,
         labels=tuple(str(x) for x in labels),
         task=io.task,
+        output_axes=tuple(getattr(model, "output_axes", get_task(io.task).output_axes)),
     )

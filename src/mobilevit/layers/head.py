@@ -47,6 +47,8 @@ class ClassifierModel(nn.Module):
     """
 
     task = "classification"  # what the model's output means (the DeepLabV3 models say "segmentation")
+    label_set = "imagenet-1k"  # the class names of its outputs when nothing else names them and they are as many
+    output_axes: tuple[str, ...] = ("batch", "classes")  # what each axis of the logits is
     classifier_name = "head.fc"  # the parameters that a new ``num_classes`` replaces
     stem: nn.Module
     stages: nn.Sequential

@@ -99,6 +99,8 @@ class DeepLabV3(nn.Module):
     """
 
     task = "segmentation"
+    label_set = "pascal-voc"
+    output_axes = ("batch", "classes", "height", "width")
     classifier_name = "head.classifier"  # the parameters that a new ``num_classes`` replaces
 
     def __init__(

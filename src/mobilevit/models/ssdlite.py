@@ -88,7 +88,8 @@ class SSDOutput(NamedTuple):
         logits: ``[B, A, num_classes]`` class logits per anchor (pre-softmax; column 0 is background).
         boxes: ``[B, A, 4]`` box regression per anchor, ``(t_cx, t_cy, t_w, t_h)`` relative to its anchor (decode with
             centre variance 0.1 and size variance 0.2).
-        anchors: ``[1, A, 4]`` the anchors, normalised ``(cx, cy, w, h)`` in [0, 1] (the same for every image).
+        anchors: ``[B, A, 4]`` the anchors, normalised ``(cx, cy, w, h)`` in [0, 1] (the same for every image: one
+            ``[1, A, 4]`` tensor expanded, so that every output has the batch first, as the runner reads them).
     """
 
     logits: Tensor
@@ -167,6 +168,8 @@ class SSDLite(nn.Module):
     """
 
     task = "detection"
+    label_set = "coco"  # its outputs: the background, then COCO's 80 classes in ascending category id
+    output_axes = ("batch", "anchors", "classes")  # what each axis of ``logits`` (the first output) is
     default_input_size = (DETECTION_INPUT_SIZE, DETECTION_INPUT_SIZE)  # the published checkpoints' input
     classifier_name = "classifier"  # the parameters that a new ``num_classes`` replaces
     output_names = OUTPUT_NAMES
@@ -252,7 +255,7 @@ class SSDLite(nn.Module):
         return (anchors.clamp(0.0, 1.0) if self.cfg.clip_anchors else anchors)[None]  # [1, A, 4]
 
     def forward(self, x: Tensor) -> SSDOutput:
-        """``[B, in_channels, H, W]`` -> ``SSDOutput(logits [B, A, num_classes], boxes [B, A, 4], anchors [1, A, 4])``,
+        """``[B, in_channels, H, W]`` -> ``SSDOutput(logits [B, A, num_classes], boxes [B, A, 4], anchors [B, A, 4])``,
         the levels concatenated in stride order."""
         maps = self.level_features(x)
         logits, boxes = [], []
@@ -260,8 +263,9 @@ class SSDLite(nn.Module):
             features = head(fmap)
             boxes.append(_flatten_anchors(head.box(features), 4))  # [B, n*4, h, w] -> [B, h*w*n, 4]
             logits.append(_flatten_anchors(classifier(features), self.num_classes))  # -> [B, h*w*n, K]
-        anchors = self.anchors([tuple(m.shape[-2:]) for m in maps], device=x.device)
-        return SSDOutput(torch.cat(logits, dim=1), torch.cat(boxes, dim=1), anchors)
+        anchors = self.anchors([tuple(m.shape[-2:]) for m in maps], device=x.device)  # [1, A, 4]
+        logits_, boxes_ = torch.cat(logits, dim=1), torch.cat(boxes, dim=1)
+        return SSDOutput(logits_, boxes_, anchors.expand(x.shape[0], -1, -1))
 
     def reset_classifier(self, num_classes: int) -> None:
         """Replace the class predictors with freshly initialised ones for ``num_classes`` (background included)."""

@@ -40,8 +40,9 @@ class TorchRuntime(Runtime):
         return getattr(self.model, "task", "classification")
 
     def signature(self) -> tuple[Signature, Signature]:
-        """Any batch and size; ``num_classes`` outputs when the module says how many (else ``None``), per pixel of
-        a ``[h, w]`` map for a segmentation model."""
+        """Any batch and size; ``num_classes`` outputs when the module says how many (else ``None``), with the
+        further axes its ``output_axes`` name (a segmentation model's ``[h, w]`` map)."""
         num_classes = getattr(self.model, "num_classes", None)  # any module runs; ours all have it
-        logits = [None, num_classes, None, None] if self.task == "segmentation" else [None, num_classes]
+        axes = getattr(self.model, "output_axes", ("batch", "classes"))  # ours say; [B, C] for any other module
+        logits = [num_classes if axis == "classes" else None for axis in axes]
         return [("pixel_values", [None, 3, None, None])], [("logits", logits)]

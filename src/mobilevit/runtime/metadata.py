@@ -52,6 +52,8 @@ class ExportMetadata:
         task: the name of the model's task (:mod:`mobilevit.tasks`, which reads it): ``"classification"`` (``[B,
             num_classes]`` logits), ``"segmentation"`` (``[B, num_classes, h, w]``
             logits at a fraction of the input's size).
+        output_axes: what each axis of the output is (``("batch", "classes")``; a segmentation model's also
+            ``"height", "width"``).
     """
 
     arch: str
@@ -64,6 +66,7 @@ class ExportMetadata:
     input_name: str = INPUT_NAME
     output_name: str = OUTPUT_NAME
     task: str = "classification"
+    output_axes: tuple[str, ...] = ("batch", "classes")
 
     def to_dict(self) -> dict[str, str]:
         """The flat string dictionary stored in the exported file."""
@@ -80,6 +83,7 @@ class ExportMetadata:
             "size_multiple": str(self.size_multiple),
             "preprocess": json.dumps(preprocess_to_json(self.preprocess)),
             "labels": json.dumps(list(self.labels)),
+            "output_axes": json.dumps(list(self.output_axes)),
         }
 
     @classmethod
@@ -98,4 +102,5 @@ class ExportMetadata:
             input_name=data.get("input_name", INPUT_NAME),
             output_name=data.get("output_name", OUTPUT_NAME),
             task=data.get("task", "classification"),
+            output_axes=tuple(json.loads(data.get("output_axes", '["batch", "classes"]'))),
         )

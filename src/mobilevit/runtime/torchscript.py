@@ -102,7 +102,8 @@ class TorchScriptRuntime(Runtime):
             inputs = [None if AXES.get(i) in dynamic else fixed[i] for i in range(4)]
         labels = json.loads(self._metadata.get("labels", "[]"))
         num_classes = len(labels) or None
-        logits = [inputs[0], num_classes, None, None] if self.task == "segmentation" else [inputs[0], num_classes]
+        axes = json.loads(self._metadata.get("output_axes", '["batch", "classes"]'))
+        logits = [inputs[0] if axis == "batch" else num_classes if axis == "classes" else None for axis in axes]
         names = (self._metadata.get("input_name", "pixel_values"), self._metadata.get("output_name", "logits"))
         return [(names[0], inputs)], [(names[1], logits)]
 

@@ -25,7 +25,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from ..runner import Runner
+from ..runner import Runner, all_finite, output_rows
 
 logger = logging.getLogger(__name__)
 
@@ -123,7 +123,7 @@ class BatchEngine:
             pin_torch_threads(1)
         example = predictor.transform(Image.new("RGB", (64, 64)))
         outputs = predictor.forward(example[None])  # the first forward is slow (allocations); do it before traffic
-        if not bool(torch.isfinite(outputs).all()):  # broken weights: /health says so before any request
+        if not all_finite(outputs):  # broken weights: /health says so before any request
             logger.error("%s: the warm-up forward pass gave non-finite values (NaN or infinity)", self.name)
             self.answered("the model produced non-finite values (NaN or infinity) for a black image at start-up")
         return predictor
@@ -203,9 +203,9 @@ class BatchEngine:
         ``(answer, None)``, or ``(None, error)`` for a row ``finish`` refused (non-finite outputs), which fails that
         request only."""
         assert self.predictor is not None
-        logits = self.predictor.forward(torch.stack([job.image for job in batch]))  # [B, num_classes(, h, w)]
+        outputs = self.predictor.forward(torch.stack([job.image for job in batch]))  # [B, num_classes(, h, w)]
         answers: list[tuple[Any, Exception | None]] = []
-        for row, job in zip(logits, batch, strict=True):
+        for row, job in zip(output_rows(outputs), batch, strict=True):
             try:
                 answers.append((job.finish(row), None))
             except Exception as err:  # the request's handler reports it

@@ -53,6 +53,8 @@ class Runner(Protocol):
 
     def postprocess(self, outputs: Tensor, context: Any = None, **options: Any) -> Any: ...
 
+    def answer(self, loaded: list[tuple[Tensor, Any]], **options: Any) -> list[Any]: ...
+
     def map_files(self, items: Any, load: Callable, answer: Callable, progress: Callable | None = None) -> Any: ...
 
 
@@ -70,6 +72,8 @@ class Task(ABC):
         how_to_run: what to do with such a model, told when it is given to a runner of another task.
         outputs: the names of the model's outputs, in order (the first is ``logits``).
         output_axes: the axes of the first output (``("batch", "classes")``).
+        default_label_set: the label set (:data:`~mobilevit.weights.entries.LABEL_SETS`) whose names a model of
+            the task gets when nothing names its outputs and they are as many (``None``: ``class_<i>``).
         parameters: the request parameters the server accepts for this task (the names of ``parameter_schema``).
         parameter_schema: the JSON schema of each request parameter, for the server's OpenAPI description.
         answer_schema: the JSON schema of the server's answer, for its OpenAPI description.
@@ -87,6 +91,7 @@ class Task(ABC):
     how_to_run: ClassVar[str] = ""
     outputs: ClassVar[tuple[str, ...]] = ("logits",)
     output_axes: ClassVar[tuple[str, ...]] = ("batch", "classes")
+    default_label_set: ClassVar[str | None] = None
     parameter_schema: ClassVar[dict[str, dict[str, Any]]] = {}
     answer_schema: ClassVar[dict[str, Any]] = {}
     exact_decode: ClassVar[bool] = False
@@ -108,6 +113,16 @@ class Task(ABC):
     def bench_size(self, preprocess: Preprocess, default: int) -> tuple[int, int]:
         """The (H, W) ``bench`` times a model of this task at when no resolution is given (default: square)."""
         return default, default
+
+    def labelled_classes(self, num_classes: int) -> int:
+        """How many of a model's ``num_classes`` output classes labels name (default: all; a detector's background
+        has none)."""
+        return num_classes
+
+    def batched(self, outputs: dict[str, Tensor], batch: int) -> dict[str, Tensor]:
+        """A model's named outputs (a task with several :attr:`outputs`) with a ``[batch, ...]`` row for each image
+        (default: as they are)."""
+        return outputs
 
     def context(self, image: Image.Image) -> Any:
         """What :meth:`postprocess` needs of the decoded image besides the model's input (default: nothing)."""
@@ -148,6 +163,11 @@ class Task(ABC):
     ) -> dict[str, Any]:
         """Score ``runner`` on the labelled set at ``data``: the metrics, ``count`` and ``failed``; under
         ``torch.distributed`` each rank scores its share (:func:`shard`) and the counts are summed."""
+
+    def score_results(self, data: str, results: str) -> dict[str, Any]:
+        """The metric of a file of results made elsewhere (``eval --results``), against the labelled set at ``data``
+        (default: not supported)."""
+        raise UsageError(f"--results is not supported for {self.title}")
 
     def eval_total(self, data: str, split: str | None) -> int | None:
         """How many items :meth:`evaluate` scores (for a progress bar; ``None``: unknown)."""

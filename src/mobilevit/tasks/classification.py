@@ -192,6 +192,7 @@ class ClassificationTask(Task):
     hf_task = "image-classification"
     title = "image classification"
     model_kind = "an image classification model"
+    default_label_set = "imagenet-1k"
     how_to_run = (
         "segmentation needs a segmentation model such as deeplabv3_mobilevit_xxs (`mobilevit list 'deeplabv3_*'`); "
         "classify images with `mobilevit predict`"

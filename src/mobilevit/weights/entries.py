@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..errors import MobileViTError, UsageError, suggest
-from .catalog import COCO_LABELS, SEG_SIZE, VOC_LABELS, WEIGHTS
+from .catalog import SEG_SIZE, VOC_LABELS, WEIGHTS
 from .schema import (
     FORMATS,
     IMAGENET_MEAN,
@@ -29,7 +29,6 @@ from .schema import (
     SOURCES,
     Metric,
     Preprocess,
-    Task,
     WeightsEntry,
 )
 
@@ -47,9 +46,6 @@ DEFAULT_TAGS: dict[str, str] = {
     **{f"ssdlite_mobilevitv2_{w}": "cvnets_coco" for w in ("050", "075", "100", "125", "150", "175", "200")},
     **{f"ssdlite_mobilevitv3_{v}": "orig_coco" for v in ("xxs", "xs", "s", "050", "075", "100")},
 }
-
-
-_LABEL_NAMES = {"pascal-voc": VOC_LABELS, "coco": COCO_LABELS}  # the label sets other than ImageNet-1k's
 
 
 class UnknownWeightsError(MobileViTError, KeyError):
@@ -104,12 +100,30 @@ def labels(entry: WeightsEntry | str) -> list[str]:
         entry = get_weights(entry)
     if entry.labels not in LABEL_SETS:
         raise UsageError(f"{entry.name}: no label names known for label set {entry.labels!r}")
-    names = list(_imagenet_categories() if entry.labels == "imagenet-1k" else _LABEL_NAMES[entry.labels])
+    names = list(label_set_names(entry.labels))
+    if entry.labels in BACKGROUND_FIRST and len(names) + 1 == entry.num_classes:
+        names = ["background", *names]  # a detector scores the background as class 0
     assert len(names) == entry.num_classes, (len(names), entry.num_classes)
     return names
 
 
+def label_set_names(label_set: str) -> tuple[str, ...]:
+    """The class names of a label set of :data:`LABEL_SETS`, index order."""
+    return {"imagenet-1k": _imagenet_categories, "pascal-voc": lambda: VOC_LABELS, "coco": coco_categories}[label_set]()
+
+
+@functools.cache
+def coco_categories() -> tuple[str, ...]:
+    """The 80 COCO detection classes in ascending COCO category-id order (label k of a detector is the k-th, 1-based;
+    0 is the background). torchvision bundles them with its detection weights, padded to the 91 ids with ``N/A``."""
+    from torchvision.models.detection import SSDLite320_MobileNet_V3_Large_Weights
+
+    names = SSDLite320_MobileNet_V3_Large_Weights.COCO_V1.meta["categories"]
+    return tuple(name for name in names[1:] if name != "N/A")  # [0] is "__background__"
+
+
 IMAGENET_1K_CLASSES = 1000
+BACKGROUND_FIRST = frozenset({"coco"})  # label sets whose models may score a background before the named classes
 
 
 @functools.cache
@@ -127,26 +141,25 @@ def labels_for(
     num_classes: int,
     entry: WeightsEntry | None = None,
     saved: Sequence[str] | None = None,
-    task: Task = "classification",
+    label_set: str | None = "imagenet-1k",
 ) -> tuple[str, ...]:
     """The class names of a model with ``num_classes`` outputs: the one rule every path uses.
 
     In order: the names the checkpoint (or the user) gives, when there is one per output; the weights entry's, when
-    it has as many classes and a known label set; ImageNet-1k's for any other 1000-class classifier (a checkpoint
-    loaded by architecture name or from a path without a weights tag, or random weights, as timm does), PASCAL VOC's
-    for any other 21-class segmentation model, MS-COCO's (background first) for any other 81-class detector; else
+    it has as many classes and a known label set; the names of the model's own ``label_set`` (ImageNet-1k for a
+    classifier, PASCAL VOC for DeepLabV3) when there are as many (a checkpoint loaded by architecture name or from a
+    path without a weights tag, or random weights, as timm does), with ``"background"`` first for a detector that
+    scores one more class than a :data:`BACKGROUND_FIRST` set names (COCO's 80 classes and the background); else
     ``class_<i>``.
     """
     if saved is not None and len(saved) == num_classes:
         return tuple(str(x) for x in saved)
     if entry is not None and entry.num_classes == num_classes and entry.labels in LABEL_SETS:
         return tuple(labels(entry))
-    if task == "classification" and num_classes == IMAGENET_1K_CLASSES:
-        return _imagenet_categories()
-    if task == "segmentation" and num_classes == len(VOC_LABELS):
-        return VOC_LABELS
-    if task == "detection" and num_classes == len(COCO_LABELS):
-        return COCO_LABELS
+    if label_set in LABEL_SETS and len(names := label_set_names(label_set)) == num_classes:
+        return names
+    if label_set in BACKGROUND_FIRST and len(names := label_set_names(label_set)) + 1 == num_classes:
+        return ("background", *names)  # a detector scores the background as class 0
     return tuple(f"class_{i}" for i in range(num_classes))
 
 
@@ -205,7 +218,6 @@ def resize_size_for(input_size: int, crop_pct: float) -> int:
 
 
 __all__ = [
-    "COCO_LABELS",
     "DEFAULT_TAGS",
     "FORMATS",
     "IMAGENET_1K_CLASSES",

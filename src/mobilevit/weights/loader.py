@@ -184,7 +184,7 @@ def _with_own_weights(
         _random_head(arch, source, [classifier_name], why, allow_random_head)
     _load_weights(built, state_dict, source, keep_head=keep_head, reparameterized=model.reparameterized)
     labelled = num_classes if keep_head and not model.features_only else None
-    built.pretrained_cfg = _pretrained_cfg(arch, source, entry, saved, labelled, built.task)
+    built.pretrained_cfg = _pretrained_cfg(arch, source, entry, saved, labelled, getattr(built, "label_set", None))
     return built
 
 
@@ -216,7 +216,7 @@ def _pretrained_cfg(
     entry: WeightsEntry | None,
     saved: dict[str, Any] | None,
     labelled: int | None,
-    task: str = "classification",
+    label_set: str | None = None,
 ) -> PretrainedCfg:
     """What the loaded weights expect and mean: the checkpoint's own config first, then the entry.
 
@@ -224,10 +224,10 @@ def _pretrained_cfg(
         saved: our saved config of the checkpoint, if it has one.
         labelled: the number of classes whose names the checkpoint answers; ``None`` when its classifier was
             replaced or dropped (``features_only``), so that it has no labels.
-        task: the model's task, for the default label names.
+        label_set: the model's own label set, for the default label names.
     """
     saved = saved or {}
-    labels = labels_for(labelled, entry, saved.get("labels"), task) if labelled is not None else None
+    labels = labels_for(labelled, entry, saved.get("labels"), label_set) if labelled is not None else None
     preprocess = preprocess_from_json(saved.get("preprocess"))  # None: PretrainedCfg takes the entry's
     return PretrainedCfg(arch=arch, source=source, entry=entry, preprocess=preprocess, labels=labels)
 

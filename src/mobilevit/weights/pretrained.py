@@ -221,7 +221,7 @@ def model_labels(model: nn.Module) -> tuple[str, ...]:
     info: PretrainedCfg | None = getattr(model, "pretrained_cfg", None)
     num_classes = int(getattr(model, "num_classes", 0))
     entry, saved = (info.entry, info.labels) if info is not None else (None, None)
-    return labels_for(num_classes, entry, saved, task=getattr(model, "task", "classification"))
+    return labels_for(num_classes, entry, saved, getattr(model, "label_set", None))
 
 
 def default_preprocess(arch: str) -> Preprocess:

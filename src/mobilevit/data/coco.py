@@ -1,0 +1,126 @@
+"""COCO-format detection data and COCO mAP, computed by pycocotools' ``COCOeval`` (the evaluator COCO results are
+published with), never by our own matching code.
+
+A set is an image folder and an ``instances.json`` (COCO's ``images``, ``annotations`` with ``bbox`` ``[x, y, w,
+h]``, ``categories``): ``DATA/instances.json`` or ``DATA/annotations/instances.json``, the images in ``DATA/images/``
+or ``DATA/``. A category may name the COCO class it stands for in ``coco_name``; it is matched by that, else by its
+``name``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import UsageError
+
+# COCOeval.stats, in its order: AP at IoU .50:.95, .50, .75; AP small, medium, large; AR with 1, 10, 100
+# detections per image; AR small, medium, large
+STATS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
+
+
+def _pycocotools() -> Any:
+    try:
+        from pycocotools.coco import COCO
+        from pycocotools.cocoeval import COCOeval
+    except ImportError:
+        raise UsageError("COCO mAP needs pycocotools: pip install 'mobilevit[coco]'") from None
+    return COCO, COCOeval
+
+
+@dataclass
+class CocoSet:
+    """A COCO-format set: pycocotools' ``COCO`` of its annotations and the folder of its images."""
+
+    coco: Any
+    images: Path
+
+    def category_ids(self, names: Sequence[str]) -> dict[int, int]:
+        """label (1-based index into ``names``) -> the category id whose ``coco_name`` (else ``name``) it is."""
+        by_name: dict[str, int] = {}
+        for category in self.coco.loadCats(self.coco.getCatIds()):
+            by_name.setdefault(category.get("coco_name") or category["name"], category["id"])
+        return {k: by_name[name] for k, name in enumerate(names, start=1) if name in by_name}
+
+
+def annotations_file(data: str | Path) -> Path:
+    """The ``instances.json`` of a COCO-format set, or a clear error."""
+    data = Path(data)
+    if data.is_file():
+        return data
+    for candidate in (data / "instances.json", data / "annotations" / "instances.json"):
+        if candidate.is_file():
+            return candidate
+    raise UsageError(f"{data}: no instances.json (expected {data}/instances.json or {data}/annotations/instances.json)")
+
+
+def load_coco(path: str | Path) -> Any:
+    """pycocotools' ``COCO`` of an annotations file (its progress lines kept off stdout)."""
+    coco_class, _ = _pycocotools()
+    with contextlib.redirect_stdout(io.StringIO()):
+        try:
+            return coco_class(str(path))
+        except (ValueError, KeyError, TypeError, AssertionError) as err:
+            raise UsageError(f"{path}: not a COCO annotations file ({err})") from None
+
+
+def coco_set(data: str | Path) -> tuple[CocoSet, list[tuple[int, Path]]]:
+    """The set at ``data`` and its ``(image id, image file)`` pairs in id order."""
+    annotations = annotations_file(data)
+    coco = load_coco(annotations)
+    root = Path(data) if Path(data).is_dir() else annotations.parent
+    folder = root / "images" if (root / "images").is_dir() else root
+    images = [(i, folder / coco.imgs[i]["file_name"]) for i in sorted(coco.getImgIds())]
+    return CocoSet(coco, folder), images
+
+
+def evaluate_detections(
+    coco: CocoSet | Any, results: list[dict[str, Any]] | str | Path, categories: Sequence[int] | None = None
+) -> dict[str, Any]:
+    """COCO box mAP of ``results`` (COCO results format: ``image_id``, ``category_id``, ``bbox`` ``[x, y, w, h]``,
+    ``score``; a list or a JSON file) against the set's annotations, by pycocotools' ``COCOeval``.
+
+    Args:
+        coco: the set (or pycocotools' ``COCO`` of its annotations).
+        results: the detections.
+        categories: the category ids scored (default: every category of the set).
+
+    Returns:
+        ``COCOeval.stats`` by name (:data:`STATS`: ``AP``, ``AP50``, ``AP75``, ``APs``, ``APm``, ``APl``, ``AR1``,
+        ``AR10``, ``AR100``, ``ARs``, ``ARm``, ``ARl``; -1 where the set has nothing to score), and ``detections``.
+    """
+    _, coco_eval = _pycocotools()
+    ground_truth = coco.coco if isinstance(coco, CocoSet) else coco
+    if not isinstance(results, list):
+        results = read_results(results)
+    if not results:  # pycocotools cannot load an empty results list: nothing found scores 0
+        return {**dict.fromkeys(STATS, 0.0), "detections": 0}
+    with contextlib.redirect_stdout(io.StringIO()):
+        detections = ground_truth.loadRes(results)
+        evaluation = coco_eval(ground_truth, detections, "bbox")
+        if categories is not None:
+            evaluation.params.catIds = list(categories)
+        evaluation.evaluate()
+        evaluation.accumulate()
+        evaluation.summarize()
+    return {
+        **{key: float(value) for key, value in zip(STATS, evaluation.stats, strict=True)},
+        "detections": len(results),
+    }
+
+
+def read_results(path: str | Path) -> list[dict[str, Any]]:
+    """A COCO results file: a JSON list of ``{"image_id", "category_id", "bbox", "score"}``."""
+    import json
+
+    try:
+        results = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as err:
+        raise UsageError(f"{path}: cannot read a COCO results file ({err})") from None
+    if not isinstance(results, list):
+        raise UsageError(f"{path}: a COCO results file is a JSON list of detections")
+    return results

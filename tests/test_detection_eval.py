@@ -1,0 +1,85 @@
+"""``eval --task detection``: COCO mAP by pycocotools' ``COCOeval``, on ``../shared/data/det-mini``.
+
+``--results FILE`` scores the set's shipped results file; the numbers must be exactly the evaluator's own, run here
+directly on the same files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from pathlib import Path
+
+import pytest
+
+from mobilevit.cli import main
+
+pytest.importorskip("pycocotools", reason="COCO mAP needs pycocotools (pip install 'mobilevit[coco]')")
+
+KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
+
+
+@pytest.fixture(scope="module")
+def det_mini(shared: Path) -> Path:
+    folder = shared / "data" / "det-mini"
+    if not (folder / "annotations" / "instances.json").is_file():
+        pytest.skip(f"no detection set at {folder}")
+    return folder
+
+
+def _evaluator_stats(annotations: Path, results: Path) -> list[float]:
+    """pycocotools run directly, the way its own demo runs it."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        truth = COCO(str(annotations))
+        evaluation = COCOeval(truth, truth.loadRes(str(results)), "bbox")
+        evaluation.evaluate()
+        evaluation.accumulate()
+        evaluation.summarize()
+    return [float(x) for x in evaluation.stats]
+
+
+def test_results_file_scores_as_the_evaluator(det_mini: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    results = det_mini / "annotations" / "detections_results.json"
+    argv = ["eval", str(det_mini), "--task", "detection", "--results", str(results), "--json"]
+    assert main(argv) == 0
+    printed = json.loads(capsys.readouterr().out)
+    expected = _evaluator_stats(det_mini / "annotations" / "instances.json", results)
+    assert [printed[key] for key in KEYS] == expected  # exactly
+    assert printed["count"] == 85 and printed["detections"] == 494
+    assert main(argv[:-1]) == 0
+    assert f"AP {expected[0]:.4f}" in capsys.readouterr().out
+
+
+def test_results_needs_the_task_and_no_model(det_mini: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    results = str(det_mini / "annotations" / "detections_results.json")
+    assert main(["eval", str(det_mini), "--results", results]) != 0
+    assert "give --task" in capsys.readouterr().err
+    assert main(["eval", str(det_mini), "--task", "classification", "--results", results]) != 0
+    assert "not supported for image classification" in capsys.readouterr().err
+
+
+def test_a_detector_that_finds_every_box_scores_one(tmp_path: Path) -> None:
+    """A stub detector that finds exactly each red square (``tests/test_detection_task.py``) on a COCO-format set of
+    such images, the boxes their squares: AP and AR@100 are 1 by the evaluator, for the one class it maps (person)."""
+    from mobilevit.evaluate import evaluate_set
+    from mobilevit.runner import Runner
+    from test_detection_task import STUB_PREPROCESS, StubDetector, _red_square
+
+    (tmp_path / "images").mkdir()
+    images, annotations = [], []
+    for i, (size, cell) in enumerate((((64, 48), (1, 2)), ((40, 80), (3, 0)), ((120, 120), (0, 0))), start=1):
+        _red_square(size, cell).save(tmp_path / "images" / f"{i}.png")
+        w, h = size[0] / 4, size[1] / 4
+        images.append({"id": i, "file_name": f"{i}.png", "width": size[0], "height": size[1]})
+        box = [cell[0] * w, cell[1] * h, w, h]
+        annotations.append({"id": i, "image_id": i, "category_id": 7, "bbox": box, "area": w * h, "iscrowd": 0})
+    categories = [{"id": 7, "name": "human", "coco_name": "person"}, {"id": 9, "name": "door", "coco_name": None}]
+    data = {"images": images, "annotations": annotations, "categories": categories}
+    (tmp_path / "instances.json").write_text(json.dumps(data))
+    result = evaluate_set(Runner(StubDetector(), STUB_PREPROCESS), str(tmp_path))
+    assert result["count"] == 3 and result["failed"] == [] and result["categories"] == 1
+    assert result["AP"] == pytest.approx(1.0) and result["AR100"] == pytest.approx(1.0)
