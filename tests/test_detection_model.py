@@ -181,3 +181,18 @@ def test_a_classification_checkpoint_fills_the_backbone(tmp_path) -> None:
     assert model.pretrained_cfg.preprocess.input_size == (320, 320)
     with pytest.raises(CheckpointError, match="extras, heads, classifier"):
         mobilevit.create_model("ssdlite_mobilevit_xxs", pretrained=str(path), allow_random_head=False)
+
+
+def test_end_to_end_detections_match_ml_cvnets(case) -> None:
+    """Our forward, then the detection task's post-processing, against ``predict()`` at 320: the count, the label
+    histogram and the sorted scores (DETECTION.md: the order of near-tied random-weight scores is not stable)."""
+    from mobilevit.tasks.detection import detect
+
+    _, _, model, io = case
+    torch.manual_seed(1)
+    with torch.inference_mode():
+        out = model(torch.randn(1, 3, 320, 320))
+    _, labels, scores = detect(out.logits[0], out.boxes[0], out.anchors[0])
+    assert len(labels) == len(io["det_labels_320"])
+    assert torch.equal(torch.bincount(labels, minlength=81), torch.bincount(io["det_labels_320"], minlength=81))
+    torch.testing.assert_close(scores.sort().values, io["det_scores_320"].sort().values, atol=1e-6, rtol=0)
