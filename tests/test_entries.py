@@ -33,6 +33,8 @@ def test_entry_schema(name: str) -> None:
     assert e.arch in mobilevit.list_models(task=e.task)
     if e.task == "segmentation":
         assert e.num_classes == 21 and e.labels == "pascal-voc"
+    elif e.task == "detection":
+        assert e.num_classes == 81 and e.labels == "coco"
     else:
         assert e.num_classes == 1000 and e.labels == "imagenet-1k"
     assert e.license and e.paper and e.evidence, "license, paper and evidence are required"
@@ -57,7 +59,10 @@ def test_entry_schema(name: str) -> None:
         if e.task == "segmentation":  # PASCAL VOC mean IoU
             assert m.top1 is None and m.top5 is None and 50.0 < m.miou < 100.0
             continue
-        assert 50.0 < m.top1 < 100.0 and m.miou is None
+        if e.task == "detection":  # MS-COCO box mAP
+            assert m.top1 is None and m.top5 is None and m.miou is None and 10.0 < m.box_map < 100.0
+            continue
+        assert 50.0 < m.top1 < 100.0 and m.miou is None and m.box_map is None
         assert m.top5 is None or m.top1 < m.top5 < 100.0
 
 
@@ -72,9 +77,9 @@ def test_preprocess_is_sane(name: str) -> None:
         assert pre.crop_offset in ("round", "floor")
         assert len(pre.mean) == 3 and len(pre.std) == 3
         assert all(0.0 <= m <= 1.0 for m in pre.mean) and all(0.0 < s <= 1.0 for s in pre.std)
-    if e.task == "segmentation":  # the whole image, resized: every pixel gets a label
+    if e.task in ("segmentation", "detection"):  # the whole image, resized: every pixel gets a label, every box
         assert p.resize_mode == "exact" and p.crop_pct == 1.0 and p.resize_size == min(p.input_size)
-    if e.arch.removeprefix("deeplabv3_").startswith(MOBILEVIT_PREFIXES):
+    if e.arch.removeprefix("deeplabv3_").removeprefix("ssdlite_").startswith(MOBILEVIT_PREFIXES):
         # MobileViT: patches of 2 at stride 32 -> sizes are multiples of 32; pixels in [0, 1] without normalization
         assert p.input_size[0] % 32 == 0 and p.input_size[1] % 32 == 0
         assert p.mean == (0.0, 0.0, 0.0) and p.std == (1.0, 1.0, 1.0)
@@ -99,9 +104,15 @@ def test_channel_order_per_source() -> None:
             "deeplabv3_mobilevit_xxs.hf_voc",
             "deeplabv3_mobilevit_xs.hf_voc",
             "deeplabv3_mobilevit_s.hf_voc",
+            "ssdlite_mobilevit_xxs.cvnets_coco",
+            "ssdlite_mobilevit_xs.cvnets_coco",
+            "ssdlite_mobilevit_s.cvnets_coco",
+            "ssdlite_mobilevitv3_xxs.orig_coco",
+            "ssdlite_mobilevitv3_xs.orig_coco",
+            "ssdlite_mobilevitv3_s.orig_coco",
         ]
     )
-    # cvnets v0.1 evaluated with cv2.resize (the DeepLabV3 models too); nothing else did
+    # cvnets v0.1 evaluated with cv2.resize (the DeepLabV3 and SSDLite models too); nothing else did
     assert {n for n, e in WEIGHTS.items() if e.preprocess.resize_backend == "opencv"} == {
         n for n in bgr if not n.endswith(".hf_in1k")
     }

@@ -297,8 +297,10 @@ def test_cvnets_opencv_parity(
     assert (pre.channel_order, pre.crop_offset, pre.interpolation) == ("BGR", "floor", "bilinear")
     ours = transform_for(tag)
     cases = _cvnets_cases(package_files, package_images)
-    seg = WEIGHTS[tag].task == "segmentation"
-    reference = functools.partial(_cvnets_v01, size=512, segmentation=True) if seg else _cvnets_v01
+    # segmentation and detection: the whole image resized (to 512 / 320), as cvnets' v0.1 evaluation did
+    dense = WEIGHTS[tag].task in ("segmentation", "detection")
+    size = pre.input_size[0]
+    reference = functools.partial(_cvnets_v01, size=size, segmentation=True) if dense else _cvnets_v01
     worst, name = max((_max_pixel_diff(ours(img), reference(ref), pre.std), n) for n, img, ref in cases)
     assert worst <= (TOL if fallback else 0.0), f"{worst * 255:.2f}/255 on {name}"
 

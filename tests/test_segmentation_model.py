@@ -40,7 +40,8 @@ def test_every_classifier_has_a_deeplabv3() -> None:
     assert classifiers == sorted(CLASSIFIERS)
     assert mobilevit.list_models("deeplabv3_*") == mobilevit.list_models(task="segmentation")
     assert mobilevit.list_models("deeplabv3_*") == sorted(f"deeplabv3_{name}" for name in classifiers)
-    assert mobilevit.list_models() == sorted(classifiers + mobilevit.list_models("deeplabv3_*"))
+    detectors = mobilevit.list_models(task="detection")
+    assert mobilevit.list_models() == sorted(classifiers + mobilevit.list_models("deeplabv3_*") + detectors)
     for name in mobilevit.list_models("deeplabv3_*"):
         cfg = mobilevit.get_config(name)
         assert cfg.backbone == name.removeprefix("deeplabv3_") and cfg.output_stride == 16 and cfg.num_classes == 21

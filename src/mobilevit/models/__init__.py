@@ -1,7 +1,8 @@
 """Model families, one file each, and the table of every architecture: name -> (model class, config).
 
 The classifiers (:mod:`.classifiers`: MobileViT v1/v2/v3, FastViT, MobileOne), and a DeepLabV3 segmentation model
-``deeplabv3_<classifier>`` on each of them (:mod:`.deeplabv3`).
+``deeplabv3_<classifier>`` on each of them (:mod:`.deeplabv3`), and an SSDLite detector ``ssdlite_<classifier>``
+(:mod:`.ssdlite`).
 """
 
 from __future__ import annotations
@@ -12,12 +13,13 @@ from typing import Any
 from torch import nn
 
 from ..errors import UsageError, suggest
-from . import deeplabv3
+from . import deeplabv3, ssdlite
 from .classifiers import CLASSIFIERS
 
 ARCHITECTURES: dict[str, tuple[type[nn.Module], Any]] = {
     **CLASSIFIERS,
     **{name: (deeplabv3.DeepLabV3, cfg) for name, cfg in deeplabv3.MODEL_CFGS.items()},
+    **{name: (ssdlite.SSDLite, cfg) for name, cfg in ssdlite.MODEL_CFGS.items()},
 }
 
 

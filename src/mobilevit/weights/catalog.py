@@ -60,10 +60,21 @@ MMPRETRAIN_V1 = (
 )
 PAPER_V1_TABLE = "paper arXiv:2110.02178 (ImageNet-1k results)"
 V3_README = "micronDLA/MobileViTv3 README.md (Classification ImageNet-1K table)"
+V3_README_DET = "micronDLA/MobileViTv3 README.md (Detection COCO table)"
 FASTVIT_README = "apple/ml-fastvit README.md (model zoo tables)"
 PAPER_V1_SEG_TABLE = "paper arXiv:2110.02178 (PASCAL VOC 2012 segmentation, DeepLabv3, 512x512)"
 CVNETS_ZOO_SEG = CVNETS_ZOO + " (Segmentation, Pascal VOC 2012 table)"
 MOBILEONE_README = "apple/ml-mobileone README.md (model zoo table)"
+CVNETS_ZOO_V1_DET = "apple/ml-cvnets@d38a116 (v0.1) examples/README-mobilevit.md (SSDLite on MS-COCO table)"
+CVNETS_ZOO_DET = CVNETS_ZOO + " (Object Detection (MS-COCO) table)"
+EV_CVNETS_DET = (
+    "apple/ml-cvnets@d38a116 (v0.1) config/detection/ssd_mobilevit_*_320.yaml: SSD, output strides "
+    "[16, 32, 64, 128, 256, -1], proj_channels [512, 256, 256, 128, 128, 64], aspect ratios [[2, 3] x5, [2]]; "
+    "320x320 batches, resize interpolation unset (cv2 bilinear default); data/datasets/detection/coco.py "
+    "validation_transforms = Resize(320x320) + NumpyToTensor; images read with cv2 (BGR)",
+    "apple/ml-cvnets config/detection/ssd_coco/mobilevit_v2.yaml: image_augmentation.resize size [320, 320], "
+    "interpolation bicubic; data/datasets/detection/coco_ssd.py validation: Resize, ToTensor (PIL, RGB)",
+)
 
 # --------------------------------------------------------------------------------------------------------------------
 # Evidence strings, shared by the entries of one source (docs/weights.md has the argument)
@@ -170,6 +181,11 @@ CVNETS_V2_SEG = Preprocess(SEG_SIZE, 512, 1.0, "bicubic", NO_MEAN, NO_STD, "RGB"
 # transformers' processor of apple/deeplabv3-mobilevit-* and apple/mobilevitv2-1.0-voc-deeplabv3 as the converters
 # saved it (crop_size=512, size=544, the defaults of the time): shortest edge 544, bilinear, center crop 512, BGR
 HF_SEG_PROCESSOR = Preprocess(SEG_SIZE, 544, 0.9412, "bilinear", NO_MEAN, NO_STD, "BGR", crop_offset="floor")
+# Detection (SSDLite on MS-COCO, 320x320): ml-cvnets v0.1 resizes the whole image with cv2 (bilinear, its default) and
+# reads BGR; ml-cvnets v0.2+ (MobileViTv2) reads RGB with PIL and resizes bicubic (config/detection/ssd_coco/*.yaml)
+DET_SIZE = (320, 320)
+CVNETS_V1_DET = Preprocess(DET_SIZE, 320, 1.0, "bilinear", NO_MEAN, NO_STD, "BGR", "opencv", "floor", "exact")
+CVNETS_V2_DET = Preprocess(DET_SIZE, 320, 1.0, "bicubic", NO_MEAN, NO_STD, "RGB", resize_mode="exact")
 # FastViT (timm and ml-fastvit): 256, bicubic, ImageNet mean/std; crop_pct 0.9 -> 284, MA36 0.95 -> 269
 FASTVIT = Preprocess((256, 256), 284, 0.9, "bicubic", IMAGENET_MEAN, IMAGENET_STD, "RGB")
 FASTVIT_MA36 = Preprocess((256, 256), 269, 0.95, "bicubic", IMAGENET_MEAN, IMAGENET_STD, "RGB")
@@ -238,6 +254,8 @@ def _cvnets(
 
 _CVNETS_V1_URL = "https://docs-assets.developer.apple.com/ml-research/models/cvnets/classification/"
 _CVNETS_V2_URL = "https://docs-assets.developer.apple.com/ml-research/models/cvnets-v2/classification/mobilevitv2/"
+_CVNETS_V1_DET_URL = "https://docs-assets.developer.apple.com/ml-research/models/cvnets/detection/"
+_CVNETS_V2_DET_URL = "https://docs-assets.developer.apple.com/ml-research/models/cvnets-v2/detection/mobilevitv2/"
 _CVNETS_V2_SEG_URL = (
     "https://docs-assets.developer.apple.com/ml-research/models/cvnets-v2/segmentation/pascalvoc/mobilevitv2/"
 )
@@ -319,6 +337,54 @@ def _v3(arch: str, folder: str, preprocess: Preprocess, top1: float, base: str) 
             "micronDLA/MobileViTv3 README.md (model table, folder names, base ml-cvnets commits)",
             *(EV_CVNETS_V01[:2] if preprocess.channel_order == "BGR" else EV_CVNETS_V02[:3]),
         ),
+    )
+
+
+def _coco(
+    arch: str, url: str, preprocess: Preprocess, metric: Metric, paper: str, notes: str, evidence: tuple[str, ...]
+) -> WeightsEntry:
+    """An ml-cvnets SSDLite entry: 81 MS-COCO classes (background included), a plain state dict at ``url``."""
+    return WeightsEntry(
+        name=f"{arch}.cvnets_coco",
+        arch=arch,
+        source="cvnets",
+        format="cvnets",
+        url=url,
+        filename=url.rsplit("/", 1)[1],
+        preprocess=preprocess,
+        metrics=(metric,),
+        license=LICENSE_CVNETS,
+        paper=paper,
+        num_classes=81,
+        labels="coco",
+        task="detection",
+        notes=notes,
+        evidence=evidence,
+    )
+
+
+def _v3_coco(arch: str, folder: str, preprocess: Preprocess, box_map: float, base: str) -> WeightsEntry:
+    """A MobileViTv3 SSDLite entry: the authors' release folder, COCO box mAP from their README."""
+    return WeightsEntry(
+        name=f"{arch}.orig_coco",
+        arch=arch,
+        source="mobilevitv3",
+        format="cvnets",
+        download_page=_V3_RELEASE,
+        filename=f"{folder}/checkpoint_ema_best.pt",
+        preprocess=preprocess,
+        metrics=(Metric(None, None, V3_README_DET, box_map=box_map),),
+        license=LICENSE_V3,
+        paper=PAPER_V3,
+        num_classes=81,
+        labels="coco",
+        task="detection",
+        notes=(
+            f"SSDLite trained with the MobileViTv3 files over apple/ml-cvnets {base}; the preprocessing is that base's "
+            "detection evaluation (320x320, the whole image resized). No direct file URL is recorded: download the "
+            "folder from the release page and pass the file. Non-commercial license."
+        ),
+        evidence=("micronDLA/MobileViTv3 README.md (Detection COCO table, folder names, base ml-cvnets commits)",),
     )
 
 
@@ -717,6 +783,48 @@ _ENTRIES: list[WeightsEntry] = [
     _v3("mobilevitv3_050", "mobilevitv3_0_5_0", CVNETS_V2, 72.33, "v0.2 (84d992f, PIL/RGB)"),
     _v3("mobilevitv3_075", "mobilevitv3_0_7_5", CVNETS_V2, 76.55, "v0.2 (84d992f, PIL/RGB)"),
     _v3("mobilevitv3_100", "mobilevitv3_1_0_0", CVNETS_V2, 78.64, "v0.2 (84d992f, PIL/RGB)"),
+    # ---- SSDLite on MobileViT v1 / v2: ml-cvnets originals (MS-COCO detection, 320x320) --------------------------
+    *[
+        _coco(
+            f"ssdlite_mobilevit_{v}",
+            f"{_CVNETS_V1_DET_URL}ssd_mobilevit_{v}_320.pt",
+            CVNETS_V1_DET,
+            Metric(None, None, CVNETS_ZOO_V1_DET, f"{params} parameters", box_map=box_map),
+            PAPER_V1,
+            "Plain state dict of ml-cvnets v0.1's SSD (encoder.* + extra_layers.* + ssd_heads.*). BGR input, no "
+            "normalization, the whole image resized to 320x320.",
+            EV_CVNETS_DET[:1],
+        )
+        for v, box_map, params in [("xxs", 19.9, "1.8M"), ("xs", 24.8, "2.7M"), ("s", 27.9, "5.7M")]
+    ],
+    *[
+        _coco(
+            f"ssdlite_mobilevitv2_{w}",
+            f"{_CVNETS_V2_DET_URL}coco-ssd-mobilevitv2-{mult}.pt",
+            CVNETS_V2_DET,
+            Metric(None, None, CVNETS_ZOO_DET, f"{params} parameters", box_map=box_map),
+            PAPER_V2,
+            "Plain state dict of ml-cvnets' SSD (encoder.* + extra_layers.* + ssd_heads.*). RGB input, no "
+            "normalization, the whole image resized to 320x320 (bicubic).",
+            (CVNETS_ZOO_DET, *EV_CVNETS_DET[1:]),
+        )
+        for w, mult, box_map, params in [
+            ("050", "0.5", 21.24, "2.0M"),
+            ("075", "0.75", 24.57, "3.6M"),
+            ("100", "1.0", 26.47, "5.6M"),
+            ("125", "1.25", 27.85, "8.2M"),
+            ("150", "1.5", 28.83, "11.3M"),
+            ("175", "1.75", 29.52, "14.9M"),
+            ("200", "2.0", 30.21, "19.1M"),
+        ]
+    ],
+    # ---- SSDLite on MobileViTv3: the authors' release (MS-COCO detection, 320x320) ---------------------------------
+    _v3_coco("ssdlite_mobilevitv3_xxs", "mobilevitv3_XXS_coco_e200_1930", CVNETS_V1_DET, 19.3, "v0.1 (OpenCV/BGR)"),
+    _v3_coco("ssdlite_mobilevitv3_xs", "mobilevitv3_XS_coco_e200_2560", CVNETS_V1_DET, 25.6, "v0.1 (OpenCV/BGR)"),
+    _v3_coco("ssdlite_mobilevitv3_s", "mobilevitv3_S_coco_e200_2730", CVNETS_V1_DET, 27.3, "v0.1 (OpenCV/BGR)"),
+    _v3_coco("ssdlite_mobilevitv3_050", "mobilevitv3_coco_0_5_0", CVNETS_V2_DET, 21.8, "v0.2 (PIL/RGB)"),
+    _v3_coco("ssdlite_mobilevitv3_075", "mobilevitv3_coco_0_7_5", CVNETS_V2_DET, 25.0, "v0.2 (PIL/RGB)"),
+    _v3_coco("ssdlite_mobilevitv3_100", "mobilevitv3_coco_1_0_0", CVNETS_V2_DET, 27.0, "v0.2 (PIL/RGB)"),
     # ---- FastViT: ml-fastvit originals, unfused and reparameterized --------------------------------------------------
     *[
         _fastvit(v, distilled, reparam, FASTVIT_MA36 if v == "ma36" else FASTVIT, top1)

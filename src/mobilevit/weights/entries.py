@@ -42,6 +42,9 @@ DEFAULT_TAGS: dict[str, str] = {
     **{f"mobileone_s{i}": "apple_in1k" for i in range(5)},
     **{f"deeplabv3_{a}": "hf_voc" for a in ("mobilevit_xxs", "mobilevit_xs", "mobilevit_s", "mobilevitv2_100")},
     **{f"deeplabv3_mobilevitv2_{w}": "orig_voc" for w in ("050", "125", "150")},
+    **{f"ssdlite_mobilevit_{v}": "cvnets_coco" for v in ("xxs", "xs", "s")},
+    **{f"ssdlite_mobilevitv2_{w}": "cvnets_coco" for w in ("050", "075", "100", "125", "150", "175", "200")},
+    **{f"ssdlite_mobilevitv3_{v}": "orig_coco" for v in ("xxs", "xs", "s", "050", "075", "100")},
 }
 
 
@@ -98,6 +101,8 @@ def labels(entry: WeightsEntry | str) -> list[str]:
     if entry.labels not in LABEL_SETS:
         raise UsageError(f"{entry.name}: no label names known for label set {entry.labels!r}")
     names = list(label_set_names(entry.labels))
+    if entry.labels in BACKGROUND_FIRST and len(names) + 1 == entry.num_classes:
+        names = ["background", *names]  # a detector scores the background as class 0
     assert len(names) == entry.num_classes, (len(names), entry.num_classes)
     return names
 
@@ -159,8 +164,9 @@ def labels_for(
 
 
 def segmentation_preprocess(backbone: Preprocess, size: tuple[int, int] = SEG_SIZE) -> Preprocess:
-    """The eval transform of a segmentation model whose backbone's weights expect ``backbone``: the same pixels
-    (channel order, normalization, resize filter and backend), the whole image resized to ``size``."""
+    """The eval transform of a dense-prediction model (segmentation, detection) whose backbone's weights expect
+    ``backbone``: the same pixels (channel order, normalization, resize filter and backend), the whole image resized
+    to ``size``."""
     return dataclasses.replace(
         backbone, input_size=tuple(size), resize_size=min(size), crop_pct=1.0, resize_mode="exact"
     )

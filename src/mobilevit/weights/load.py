@@ -243,6 +243,8 @@ def _upstream_layout(keys: list[str]) -> str | None:
         return "cvnets"
     if _starts(keys, "seg_head.") and _starts(keys, "encoder.layer_1."):
         return "cvnets"  # a segmentation model: backbone under encoder., head under seg_head.
+    if _starts(keys, "ssd_heads.") and _starts(keys, "encoder.layer_1."):
+        return "cvnets"  # a detection model: backbone under encoder., heads under extra_layers. and ssd_heads.
     if _starts(keys, "patch_embed.", "network."):
         return "ml-fastvit"
     if _starts(keys, "stage0."):
@@ -328,15 +330,17 @@ def _layout_to_convert(state_dict: dict[str, Tensor], fmt: str | None, source: s
     return detected if fmt is None or (fmt == "timm" and detected == "native") else fmt
 
 
-# the DeepLabV3 head in ml-cvnets', transformers' and our own key names
+# the DeepLabV3 head in ml-cvnets', transformers' and our own key names, and the SSDLite heads in ml-cvnets' and ours
 _SEGMENTATION_HEAD_PREFIXES = ("seg_head.", "segmentation_head.", "head.aspp.")
+_DETECTION_HEAD_PREFIXES = ("ssd_heads.", "heads.")
 
 
 def is_segmentation_checkpoint(state_dict: dict[str, Tensor], info: dict[str, Any]) -> bool:
-    """Whether a checkpoint read by :func:`read_checkpoint` holds a segmentation model (rather than a classifier or
-    a backbone, which a segmentation model can take as its backbone)."""
+    """Whether a checkpoint read by :func:`read_checkpoint` holds a dense-prediction model of its own (segmentation or
+    detection, head included) rather than a classifier or a backbone, which such a model can take as its backbone."""
     saved_arch = str(info.get("arch") or "")
-    return saved_arch.startswith("deeplabv3_") or any(k.startswith(_SEGMENTATION_HEAD_PREFIXES) for k in state_dict)
+    heads = _SEGMENTATION_HEAD_PREFIXES + _DETECTION_HEAD_PREFIXES
+    return saved_arch.startswith(("deeplabv3_", "ssdlite_")) or any(k.startswith(heads) for k in state_dict)
 
 
 def checkpoint_config(info: dict[str, Any], cfg: Any) -> dict[str, Any]:

@@ -33,7 +33,7 @@ from .load import (
     load_into,
     read_checkpoint,
 )
-from .pretrained import PretrainedCfg, config_overrides, default_preprocess, preprocess_from_json
+from .pretrained import PretrainedCfg, config_overrides, default_preprocess, dense_input_size, preprocess_from_json
 
 logger = logging.getLogger(__name__)
 
@@ -168,9 +168,9 @@ def _with_own_weights(
     """The model built around a converted checkpoint of its own architecture: the checkpoint's classifier is kept when
     ``model.num_classes`` fits it (``None``: the checkpoint's), else the head starts fresh (``allow_random_head``)."""
     arch, cfg, num_classes = model.arch, model.cfg, model.num_classes
-    classifier_name = ARCHITECTURES[arch][0].classifier_name
-    classifier = f"{classifier_name}.weight"
-    ckpt_classes = state_dict[classifier].shape[0] if classifier in state_dict else None
+    model_cls = ARCHITECTURES[arch][0]
+    classifier_name = model_cls.classifier_name
+    ckpt_classes = _checkpoint_classes(model_cls, state_dict, cfg)
     if num_classes is None:
         num_classes = ckpt_classes if ckpt_classes is not None else cfg.num_classes
     built = build_model(arch, cfg, model.features_only, model.out_indices, num_classes)
@@ -186,6 +186,16 @@ def _with_own_weights(
     labelled = num_classes if keep_head and not model.features_only else None
     built.pretrained_cfg = _pretrained_cfg(arch, source, entry, saved, labelled, getattr(built, "label_set", None))
     return built
+
+
+def _checkpoint_classes(model_cls: type[nn.Module], state_dict: dict[str, Tensor], cfg: Any) -> int | None:
+    """The number of classes a converted checkpoint's classifier predicts (the model class says where to read it when
+    it has its own ``checkpoint_classes``, as a detector whose class convs are per level); ``None`` without one."""
+    counter = getattr(model_cls, "checkpoint_classes", None)
+    if counter is not None:
+        return counter(state_dict, cfg)
+    classifier = f"{model_cls.classifier_name}.weight"
+    return state_dict[classifier].shape[0] if classifier in state_dict else None
 
 
 def _load_weights(
@@ -246,7 +256,8 @@ def _with_backbone_weights(
         reparameterize_model(built, inplace=True)
     saved = preprocess_from_json((info.get(CONFIG_METADATA_KEY) or {}).get("preprocess"))
     pixels = saved or (backbone_entry.preprocess if backbone_entry else default_preprocess(cfg.backbone))
-    built.pretrained_cfg = PretrainedCfg(arch=arch, source=source, preprocess=segmentation_preprocess(pixels))
+    preprocess = segmentation_preprocess(pixels, dense_input_size(type(built)))
+    built.pretrained_cfg = PretrainedCfg(arch=arch, source=source, preprocess=preprocess)
     return built
 
 
@@ -288,12 +299,15 @@ def _refuse_unpublished(name: str) -> None:
 
 
 def _head_modules(model: nn.Module) -> list[str]:
-    """The modules of a segmentation model's head (``head.aspp``, ``head.classifier``), for messages."""
-    return [f"head.{name}" for name, _ in model.head.named_children()]
+    """The modules of a dense-prediction model's head (``head.aspp``, ``head.classifier``; a detector's ``extras``,
+    ``heads``, ``classifier``), for messages."""
+    if isinstance(getattr(model, "head", None), nn.Module):
+        return [f"head.{name}" for name, _ in model.head.named_children()]
+    return [name for name, _ in model.named_children() if name != "backbone"]  # a detector: extras, heads, classifier
 
 
 def _only_backbone(cfg: Any) -> str:
-    return f"it is not a segmentation checkpoint: only the backbone ({cfg.backbone}) loads"
+    return f"it holds no head of this model (a classification checkpoint?): only the backbone ({cfg.backbone}) loads"
 
 
 def _random_head(arch: str, source: str, modules: list[str], why: str, allowed: bool) -> None:

@@ -32,7 +32,7 @@ from torch import nn
 
 from ..errors import UsageError
 from ..models import ARCHITECTURES, build_model, find_arch, unwrap_model
-from .entries import DEFAULT_TAGS, Preprocess, WeightsEntry, get_weights, labels_for, segmentation_preprocess
+from .entries import DEFAULT_TAGS, SEG_SIZE, Preprocess, WeightsEntry, get_weights, labels_for, segmentation_preprocess
 from .load import (
     CONFIG_METADATA_KEY,
     LIBRARY,
@@ -226,14 +226,22 @@ def model_labels(model: nn.Module) -> tuple[str, ...]:
 
 def default_preprocess(arch: str) -> Preprocess:
     """The eval transform of architecture ``arch`` when its weights bring none: its default weights' (every
-    classifier has some), else, for a segmentation model without published weights, its backbone's pixels with the
-    whole image resized to 512x512 (:func:`~mobilevit.weights.entries.segmentation_preprocess`)."""
+    classifier has some), else, for a segmentation or detection model without published weights, its backbone's
+    pixels with the whole image resized to the model's ``default_input_size`` (512x512 for segmentation, 320x320 for
+    detection; :func:`~mobilevit.weights.entries.segmentation_preprocess`)."""
     if arch in DEFAULT_TAGS:
         return get_weights(arch).preprocess
-    backbone = getattr(ARCHITECTURES[arch][1], "backbone", None)
+    model_cls, cfg = ARCHITECTURES[arch]
+    backbone = getattr(cfg, "backbone", None)
     if backbone is None:
         raise UsageError(f"{arch!r} has no default weights and no backbone to take its preprocessing from")
-    return segmentation_preprocess(default_preprocess(backbone))
+    return segmentation_preprocess(default_preprocess(backbone), dense_input_size(model_cls))
+
+
+def dense_input_size(model_cls: type[nn.Module]) -> tuple[int, int]:
+    """The input size a dense-prediction model class is evaluated at when its weights say nothing: its
+    ``default_input_size`` (SSDLite: 320x320), else segmentation's 512x512."""
+    return tuple(getattr(model_cls, "default_input_size", SEG_SIZE))
 
 
 @dataclass(frozen=True)

@@ -91,13 +91,14 @@ class Preprocess:
 class Metric:
     """A published result (percent) and where it was published: ImageNet-1k validation top-1 / top-5 for a
     classifier, PASCAL VOC 2012 validation mean IoU (``miou``; ``top1`` and ``top5`` are ``None``) for a segmentation
-    model."""
+    model, MS-COCO val2017 box mAP@[0.5:0.95] (``box_map``; ``top1`` and ``top5`` are ``None``) for a detector."""
 
     top1: float | None
     top5: float | None
     source: str
     note: str = ""
     miou: float | None = None
+    box_map: float | None = None
 
 
 @dataclass(frozen=True)
@@ -122,7 +123,8 @@ class WeightsEntry:
         reparameterized: the file holds the inference (folded) form of a reparameterizable model.
         num_classes: classifier outputs.
         labels: label set; :func:`labels` returns the names.
-        task: what the model predicts: "classification" (one label per image) or "segmentation" (one per pixel).
+        task: what the model predicts: "classification" (one label per image), "segmentation" (one per pixel) or
+            "detection" (boxes with a label each).
         upstream_preprocess: the source's own published transform when it differs from ``preprocess`` (the
             transformers MobileViTV2 processor flips RGB to BGR for weights trained on RGB); parity tests against the
             upstream pipeline use this one.
@@ -176,3 +178,8 @@ class WeightsEntry:
     def miou(self) -> float | None:
         """The first listed published mean IoU of a segmentation model; ``None`` for a classifier."""
         return self.metrics[0].miou if self.metrics else None
+
+    @property
+    def box_map(self) -> float | None:
+        """The first listed published COCO box mAP of a detector; ``None`` for the other tasks."""
+        return self.metrics[0].box_map if self.metrics else None

@@ -12,6 +12,7 @@ CONVERTERS = {
     ("ml-mobileone", "MobileOneConfig"): from_apple.convert_mobileone,
     ("transformers", "DeepLabV3Config"): from_transformers.convert_deeplabv3,
     ("cvnets", "DeepLabV3Config"): from_cvnets.convert_deeplabv3,
+    ("cvnets", "SSDLiteConfig"): from_cvnets.convert_ssdlite,
 }
 
 __all__ = ["CONVERTERS"]

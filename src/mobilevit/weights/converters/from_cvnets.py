@@ -1,14 +1,17 @@
-"""apple/ml-cvnets (MobileViT v1, v2, and their DeepLabV3 segmentation models) and micronDLA/MobileViTv3 state dicts
--> ours.
+"""apple/ml-cvnets (MobileViT v1, v2, and their DeepLabV3 segmentation and SSDLite detection models) and
+micronDLA/MobileViTv3 state dicts -> ours.
 
 cvnets wraps every convolution as ``<name>.block.conv`` / ``<name>.block.norm``; stages are ``layer_1`` ... ``layer_5``;
 the transformer's final LayerNorm sits after the layers in the same ``global_rep`` Sequential. A segmentation checkpoint
-(``SegEncoderDecoder``) holds the backbone under ``encoder.`` and the DeepLabV3 head under ``seg_head.``.
+(``SegEncoderDecoder``) holds the backbone under ``encoder.`` and the DeepLabV3 head under ``seg_head.``; a detection
+checkpoint (``SingleShotMaskDetector``) the backbone under ``encoder.``, the extra levels under ``extra_layers.`` and
+the heads under ``ssd_heads.``.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 from torch import Tensor
@@ -99,4 +102,64 @@ def convert_deeplabv3(state_dict: dict[str, Tensor], cfg: Any) -> dict[str, Tens
     out = {f"backbone.{k}": v for k, v in backbone.items()}
     out.update(rename(head, _SEG_HEAD_RULES))
     assert len(out) == len(state_dict) - len(aux)
+    return out
+
+
+_SSD_RULES = [
+    (r"^extra_layers\.os_64\.", "extras.0."),
+    (r"^extra_layers\.os_128\.", "extras.1."),
+    (r"^extra_layers\.os_256\.", "extras.2."),
+    (r"^extra_layers\.os_-1\.1\.", "extras.3.conv."),
+    (r"^ssd_heads\.(\d)\.proj_layer\.", r"heads.\1.proj."),
+    (r"^ssd_heads\.(\d)\.loc_cls_layer\.dw_conv\.", r"heads.\1.dw."),
+    (r"\.dw_conv\.", ".dw."),
+    (r"\.pw_conv\.", ".pw."),
+    (r"\.block\.conv\.", ".conv."),
+    (r"\.block\.norm\.", ".bn."),
+]
+# the last conv of each level's head, predicting (4 box offsets + the class logits) per anchor, interleaved
+_SSD_PREDICTOR = re.compile(r"^ssd_heads\.(\d)\.loc_cls_layer\.(?:pw_conv\.)?block\.conv\.(weight|bias)$")
+
+
+def _split_predictor(value: Tensor, num_anchors: int) -> tuple[Tensor, Tensor]:
+    """ml-cvnets' ``loc_cls_layer`` output channel ``a * (4 + K) + k`` (box offset k < 4, class k - 4 else) -> our
+    box conv's ``a * 4 + k`` and class conv's ``a * K + (k - 4)``."""
+    per_anchor = value.reshape(num_anchors, -1, *value.shape[1:])  # [A * (4 + K), ...] -> [A, 4 + K, ...]
+    return per_anchor[:, :4].flatten(0, 1), per_anchor[:, 4:].flatten(0, 1)
+
+
+def convert_ssdlite(state_dict: dict[str, Tensor], cfg: Any) -> dict[str, Tensor]:
+    """Rename a cvnets SSD state dict (``encoder.*``, ``extra_layers.*``, ``ssd_heads.*``) to our keys.
+
+    Each level's single predictor conv is split into our box conv (``heads.<i>.box``) and class conv
+    (``classifier.<i>``).
+
+    Args:
+        state_dict: the checkpoint, as cvnets saves a detection model.
+        cfg: our :class:`~mobilevit.models.ssdlite.SSDLiteConfig`.
+    """
+    unknown = sorted({k.split(".")[0] for k in state_dict} - {"encoder", "extra_layers", "ssd_heads"})
+    if unknown:
+        raise KeyError(
+            f"a cvnets SSD checkpoint holds 'encoder.', 'extra_layers.' and 'ssd_heads.' tensors, not {unknown}"
+        )
+    encoder = {k.removeprefix("encoder."): v for k, v in state_dict.items() if k.startswith("encoder.")}
+    out = {f"backbone.{k}": v for k, v in convert_mobilevit(encoder, CLASSIFIERS[cfg.backbone][1]).items()}
+    anchors = [len(shapes) for shapes in cfg.anchor_shapes()]
+    head: dict[str, Tensor] = {}
+    for key, value in state_dict.items():
+        if key.startswith("encoder."):
+            continue
+        found = _SSD_PREDICTOR.match(key)
+        if found is None:
+            head[key] = value
+            continue
+        level, kind = int(found.group(1)), found.group(2)
+        if value.shape[0] != anchors[level] * (4 + cfg.num_classes):
+            raise ValueError(
+                f"{key} has {value.shape[0]} outputs, not {anchors[level]} anchors x (4 + {cfg.num_classes} classes)"
+            )
+        out[f"heads.{level}.box.{kind}"], out[f"classifier.{level}.{kind}"] = _split_predictor(value, anchors[level])
+    out.update(rename(head, _SSD_RULES))
+    assert len(out) == len(state_dict) + len(anchors) * 2, (len(out), len(state_dict))
     return out
