@@ -315,18 +315,30 @@ def _mobileone(variant: str, reparam: bool, top1: float) -> WeightsEntry:
     )
 
 
-def _v3(arch: str, folder: str, preprocess: Preprocess, top1: float, base: str) -> WeightsEntry:
+def _v3_release(arch: str, tag: str, folder: str, preprocess: Preprocess, metric: Metric, **fields) -> WeightsEntry:
+    """A MobileViTv3 entry: a folder of the authors' release (no direct file URL), their license and paper."""
     return WeightsEntry(
-        name=f"{arch}.orig_in1k",
+        name=f"{arch}.{tag}",
         arch=arch,
         source="mobilevitv3",
         format="cvnets",
         download_page=_V3_RELEASE,
         filename=f"{folder}/checkpoint_ema_best.pt",
         preprocess=preprocess,
-        metrics=(Metric(top1, None, V3_README),),
+        metrics=(metric,),
         license=LICENSE_V3,
         paper=PAPER_V3,
+        **fields,
+    )
+
+
+def _v3(arch: str, folder: str, preprocess: Preprocess, top1: float, base: str) -> WeightsEntry:
+    return _v3_release(
+        arch,
+        "orig_in1k",
+        folder,
+        preprocess,
+        Metric(top1, None, V3_README),
         notes=(
             f"Trained with the MobileViTv3 files over apple/ml-cvnets {base}. The release ships one folder per model; "
             "its README says checkpoint_ema_best.pt produced the accuracy. No direct file URL is recorded (the "
@@ -365,17 +377,12 @@ def _coco(
 
 def _v3_coco(arch: str, folder: str, preprocess: Preprocess, box_map: float, base: str) -> WeightsEntry:
     """A MobileViTv3 SSDLite entry: the authors' release folder, COCO box mAP from their README."""
-    return WeightsEntry(
-        name=f"{arch}.orig_coco",
-        arch=arch,
-        source="mobilevitv3",
-        format="cvnets",
-        download_page=_V3_RELEASE,
-        filename=f"{folder}/checkpoint_ema_best.pt",
-        preprocess=preprocess,
-        metrics=(Metric(None, None, V3_README_DET, box_map=box_map),),
-        license=LICENSE_V3,
-        paper=PAPER_V3,
+    return _v3_release(
+        arch,
+        "orig_coco",
+        folder,
+        preprocess,
+        Metric(None, None, V3_README_DET, box_map=box_map),
         num_classes=81,
         labels="coco",
         task="detection",
