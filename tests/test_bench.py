@@ -172,6 +172,21 @@ def test_list_weights_shows_the_published_miou(capsys: pytest.CaptureFixture[str
     assert all("mIoU" not in r for r in json.loads(capsys.readouterr().out))
 
 
+def test_list_weights_shows_the_published_box_map(capsys: pytest.CaptureFixture[str]) -> None:
+    """MS-COCO val box mAP of ml-cvnets' SSDLite-MobileViT weights as its model zoo publishes them (XXS 19.9, XS 24.8,
+    S 27.9), in their own column; no detection column for classifiers alone."""
+    assert main(["list", "--weights", "ssdlite_mobilevit_*", "mobileone_s0.apple_in1k", "--json"]) == 0
+    rows = {r["weights"]: r for r in json.loads(capsys.readouterr().out)}
+    assert {name: (r["mAP"], r["top1"]) for name, r in rows.items()} == {
+        "ssdlite_mobilevit_xxs.cvnets_coco": (19.9, ""),
+        "ssdlite_mobilevit_xs.cvnets_coco": (24.8, ""),
+        "ssdlite_mobilevit_s.cvnets_coco": (27.9, ""),
+        "mobileone_s0.apple_in1k": ("", 71.4),
+    }
+    assert main(["list", "--weights", "mobileone_s0*", "--json"]) == 0
+    assert all("mAP" not in r for r in json.loads(capsys.readouterr().out))
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("name", "backend"),

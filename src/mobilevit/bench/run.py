@@ -47,21 +47,25 @@ def model_table(names: Iterable[str], macs: bool = True, resolution: int = 256) 
 def weights_table(patterns: Iterable[str] = (), macs: bool = False) -> list[dict]:
     """One row per pretrained weights entry: input size, published metric, source, and the architecture's size.
 
-    The metric is ImageNet top-1 (``top1``) for a classifier and PASCAL VOC 2012 val mean IoU (``mIoU``) for a
-    segmentation model, each in its own column; ``mIoU`` is there only when a segmentation entry is listed.
+    The metric is ImageNet top-1 (``top1``) for a classifier, PASCAL VOC 2012 val mean IoU (``mIoU``) for a
+    segmentation model and MS-COCO val box mAP@[0.5:0.95] (``mAP``) for a detector, each in its own column; ``mIoU``
+    and ``mAP`` are there only when an entry with that metric is listed.
     """
     from ..weights.entries import WEIGHTS, list_weights
 
     names = sorted({n for p in (patterns or ["*"]) for n in list_weights(p if "." in p or "*" in p else f"{p}.*")})
     arch_rows = {r["model"]: r for r in model_table(sorted({WEIGHTS[n].arch for n in names}), macs=macs)}
-    segmentation = any(WEIGHTS[n].miou is not None for n in names)
+    metrics = {
+        column: metric
+        for column, metric in (("mIoU", "miou"), ("mAP", "box_map"))
+        if any(getattr(WEIGHTS[n], metric) is not None for n in names)
+    }
     rows = []
     for name in names:
         entry = WEIGHTS[name]
         pre = entry.preprocess
         row = {"weights": name, "input": f"{pre.input_size[0]}x{pre.input_size[1]}", "top1": entry.top1 or ""}
-        if segmentation:
-            row["mIoU"] = entry.miou or ""
+        row |= {column: getattr(entry, metric) or "" for column, metric in metrics.items()}
         row |= {k: v for k, v in arch_rows[entry.arch].items() if k not in ("model", "family")}
         row |= {"source": entry.source, "channels": pre.channel_order}
         rows.append(row)
