@@ -9,12 +9,14 @@ photos, ``skimage.data``) or random weights in the format the file name says:
 - ``cat.png`` / ``cat.jpg`` (chelsea, a tabby), ``photos/`` and ``more/*.jpg``; ImageFolder trees whose folders are
   ImageNet WordNet ids (``imagenet-val/``, ``data/``, ``imagenet/{train,val}``) and ``hymenoptera_data/`` (2 classes);
   ``voc/``, a PASCAL VOC segmentation folder of those photos with hand-drawn masks (VOC classes, 255 borders);
+  ``coco-val/``, a COCO-format set of two of them with one box each, and ``detections.json``, a results file for it;
 - ``mobileone_s0_unfused.pth.tar`` (ml-mobileone's plain state dict, train-time form), ``s0.pth.tar`` (``{"state_dict":
   ...}``, folded, Apple's key names), ``mobileone_s0_reparam.safetensors`` (Apple's real weights from ``../shared``,
   else random ones with Apple's key names), ``fastvit_t8.pth.tar`` (the ml-fastvit fixture in ``../shared``),
   ``./my-finetune`` (a ``save_pretrained`` folder) and ``s0.onnx`` (``mobilevit export --random-weights``);
 - weights names (``arch.tag``) resolve offline: timm-format random weights (transformers' for the DeepLabV3 VOC
-  entries) in a temporary Hugging Face cache, cvnets' fixture in a temporary torch hub cache, ``HF_HUB_OFFLINE=1``.
+  entries) in a temporary Hugging Face cache, cvnets' fixtures (MobileViT-XXS, SSDLite-MobileViT-XXS) in a
+  temporary torch hub cache, ``HF_HUB_OFFLINE=1``.
 
 The commands run as subprocesses (the ``mobilevit`` and ``torchrun`` scripts beside ``sys.executable``) with progress
 bars on, the suite's threads (one, see conftest), ``$TOKEN`` set. What is changed, and only because it must be:
@@ -319,6 +321,34 @@ def _voc_folder(root: Path) -> None:
     (root / "ImageSets" / "Segmentation" / "train.txt").write_text("moped\n")
 
 
+def _coco_folder(root: Path, results: Path) -> None:
+    """A COCO-format set (``images/`` and ``instances.json``): two photos, each with one box of its COCO category,
+    and a results file with one detection per photo."""
+    (root / "images").mkdir(parents=True)
+    images, annotations, detections = [], [], []
+    for number, (photo, category) in enumerate((("chelsea.png", 17), ("coffee.png", 47)), start=1):
+        image = _photo(photo, 320)
+        image.save(root / "images" / f"{number}.jpg", quality=90)
+        box = [image.width / 4, image.height / 4, image.width / 2, image.height / 2]  # x, y, width, height
+        images.append({"id": number, "file_name": f"{number}.jpg", "width": image.width, "height": image.height})
+        annotations.append(
+            {
+                "id": number,
+                "image_id": number,
+                "category_id": category,
+                "bbox": box,
+                "area": box[2] * box[3],
+                "iscrowd": 0,
+            }
+        )
+        detections.append({"image_id": number, "category_id": category, "bbox": box, "score": 0.9})
+    categories = [{"id": 17, "name": "cat"}, {"id": 47, "name": "cup"}]
+    (root / "instances.json").write_text(
+        json.dumps({"images": images, "annotations": annotations, "categories": categories})
+    )
+    results.write_text(json.dumps(detections))
+
+
 def _transformers_deeplabv3_xxs(folder: Path) -> dict[str, Path]:
     """transformers' MobileViTForSemanticSegmentation with the xx-small DeepLabV3 config, random weights, as the files
     of its Hub repository. BatchNorm statistics are randomised: with transformers' initial ones the activations
@@ -400,6 +430,7 @@ def assets(tmp_path_factory: pytest.TempPathFactory) -> Assets:
     _synthetic_tree(files / "hymenoptera_data" / "train", ["ants", "bees"], per_class=4, seed=0)
     _synthetic_tree(files / "hymenoptera_data" / "val", ["ants", "bees"], per_class=2, seed=1)
     _voc_folder(files / "voc")
+    _coco_folder(files / "coco-val", files / "detections.json")
 
     # local checkpoints, each in the format its name says
     torch.manual_seed(0)
@@ -443,6 +474,15 @@ def assets(tmp_path_factory: pytest.TempPathFactory) -> Assets:
         shutil.copy(cvnets_fixture, target)
     else:
         missing["mobilevit_xxs.orig_in1k"] = f"needs ml-cvnets' checkpoint fixture, {cvnets_fixture} (../shared absent)"
+    ssd_fixture = SHARED / "fixtures" / "ssdlite_mobilevit_xxs" / "ssdlite_mobilevit_xxs.pt"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TORCH_HOME", str(torch_home))
+        target = hub.local_weights_path(get_weights("ssdlite_mobilevit_xxs.cvnets_coco"))
+    if ssd_fixture.is_file():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(ssd_fixture, target)
+    else:
+        missing["ssdlite_mobilevit_xxs.cvnets_coco"] = f"needs ml-cvnets' SSD fixture, {ssd_fixture} (../shared absent)"
 
     env = {
         k: v
@@ -538,6 +578,18 @@ def _check_output(cmd: Command, done: subprocess.CompletedProcess[str], folder: 
             assert all(re.match(r".+: .+ \(\d\.\d{3}\)", line) for line in lines), out
     elif cmd.subcommand == "segment":
         _check_segment(cmd, out, folder)
+    elif cmd.subcommand == "detect":
+        lines = [line for line in out.splitlines() if line.strip()]
+        assert lines, "detect printed nothing"
+        for line in lines:
+            drawn = json.loads(line)["boxes"] if "--json" in cmd.argv else line.rsplit(" -> ", 1)[1]
+            assert (folder / drawn).is_file(), line
+    elif cmd.subcommand == "eval" and "detection" in cmd.argv:
+        if "--json" in cmd.argv:
+            result = json.loads(out.strip().splitlines()[-1])
+            assert {"AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100"} <= set(result), result
+        else:
+            assert re.search(r"AP \d\.\d{4}, AP50 \d\.\d{4}", out), out
     elif cmd.subcommand == "eval" and "segmentation" in cmd.argv:
         if "--json" in cmd.argv:
             result = json.loads(out.strip().splitlines()[-1])
