@@ -465,24 +465,20 @@ def assets(tmp_path_factory: pytest.TempPathFactory) -> Assets:
         put_in_hf_cache(hf, entry.hub_repo_id, {entry.filename: file})
     voc_xxs = get_weights("deeplabv3_mobilevit_xxs.hf_voc")
     put_in_hf_cache(hf, voc_xxs.hub_repo_id, _transformers_deeplabv3_xxs(root / "deeplabv3_xxs"))
-    cvnets_fixture = SHARED / "fixtures" / "mobilevit_xxs" / "mobilevit_xxs.pt"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("TORCH_HOME", str(torch_home))
-        target = hub.local_weights_path(get_weights("mobilevit_xxs.orig_in1k"))
-    if cvnets_fixture.is_file():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(cvnets_fixture, target)
-    else:
-        missing["mobilevit_xxs.orig_in1k"] = f"needs ml-cvnets' checkpoint fixture, {cvnets_fixture} (../shared absent)"
-    ssd_fixture = SHARED / "fixtures" / "ssdlite_mobilevit_xxs" / "ssdlite_mobilevit_xxs.pt"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("TORCH_HOME", str(torch_home))
-        target = hub.local_weights_path(get_weights("ssdlite_mobilevit_xxs.cvnets_coco"))
-    if ssd_fixture.is_file():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(ssd_fixture, target)
-    else:
-        missing["ssdlite_mobilevit_xxs.cvnets_coco"] = f"needs ml-cvnets' SSD fixture, {ssd_fixture} (../shared absent)"
+    # ml-cvnets' checkpoint fixtures, where the torch hub cache keeps each entry's URL file
+    for name, case in (
+        ("mobilevit_xxs.orig_in1k", "mobilevit_xxs"),
+        ("ssdlite_mobilevit_xxs.cvnets_coco", "ssdlite_mobilevit_xxs"),
+    ):
+        fixture = SHARED / "fixtures" / case / f"{case}.pt"
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("TORCH_HOME", str(torch_home))
+            target = hub.local_weights_path(get_weights(name))
+        if fixture.is_file():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(fixture, target)
+        else:
+            missing[name] = f"needs ml-cvnets' checkpoint fixture, {fixture} (../shared absent)"
 
     env = {
         k: v
