@@ -149,14 +149,14 @@ def _start_dense_head(model: nn.Module, cfg: ModelConfig) -> None:
     std = cfg.classifier_init_std
     if std is None:
         return
+    classifier = model.get_classifier()
+    if not isinstance(classifier, nn.Conv2d):
+        raise UsageError(f"model.classifier_init_std applies to segmentation models; unset it for {cfg.name}")
     if std < 0:
         raise UsageError(f"model.classifier_init_std must be >= 0, got {std}")
     if f"{model.classifier_name}.weight" not in new:
         logger.info("model.classifier_init_std ignored: the classifier was loaded from %s", cfg.pretrained)
         return
-    classifier = model.get_classifier()
-    if not isinstance(classifier, nn.Conv2d):
-        raise UsageError(f"model.classifier_init_std applies to segmentation models; unset it for {cfg.name}")
     with torch.no_grad():
         nn.init.normal_(classifier.weight, std=std)
         if classifier.bias is not None:
