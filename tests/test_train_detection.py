@@ -228,6 +228,9 @@ def test_resume_continues_exactly_and_logs_coco_map(coco: Path, tmp_path: Path) 
     assert whole.val_AP == epochs[-1]["val_AP"]
     header = (tmp_path / "whole" / "metrics.csv").read_text().splitlines()[0].split(",")
     assert {"val_AP", "val_AP_ema", "val_AP50", "val_AP75"} <= set(header) and "val_top1" not in header
+    best = json.loads((tmp_path / "whole" / "best" / "best.json").read_text())
+    highest = max(max(r["val_AP"], r["val_AP_ema"]) for r in epochs)
+    assert (best["metric"], best["value"]) == ("AP", highest) and (tmp_path / "whole/best/model.safetensors").is_file()
     saved = json.loads((tmp_path / "whole" / "final" / "config.json").read_text())
     assert saved["labels"] == ["background", "red thing", "blue thing"] and saved["num_classes"] == 3
     scored = evaluate_set(load_runner(tmp_path / "whole" / "final"), str(coco / "val"))
@@ -341,3 +344,17 @@ def test_ssdlite_recipes_follow_ml_cvnets() -> None:
             "fixed", 320, 32, 320)  # fmt: skip
         assert (cfg.detection.iou_threshold, cfg.detection.neg_pos_ratio, cfg.model.num_classes) == (0.5, 3, 81)
         assert cfg.augment.interpolation == "bicubic" and cfg.model.pretrained == f"{name[len('ssdlite_') :]}.orig_in1k"
+
+
+@pytest.mark.slow
+def test_detector_checkpoint_of_other_classes_keeps_all_but_the_classifier(shared: Path) -> None:
+    """ml-cvnets' SSDLite-MobileViT-XXS fixture (81 classes) fine-tuned to 4: every tensor but the class predictors
+    comes from the checkpoint (as the model of 81 classes loads it)."""
+    path = shared / "fixtures" / "ssdlite_mobilevit_xxs" / "ssdlite_mobilevit_xxs.pt"
+    model = build_model(ModelConfig(name="ssdlite_mobilevit_xxs", num_classes=4, pretrained=str(path)))
+    whole = mobilevit.create_model("ssdlite_mobilevit_xxs", pretrained=str(path)).state_dict()
+    new = new_tensors(model, str(path))
+    assert new and all(k.startswith("classifier.") for k in new) and model.num_classes == 4
+    for key, value in model.state_dict().items():
+        if key not in new:
+            assert torch.equal(value, whole[key]), key
