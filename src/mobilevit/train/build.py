@@ -7,7 +7,9 @@ cutmix and a BGR flip commute with the normalization and a teacher sees the same
 
 The task is the model's (``model.task``): a segmentation model (``deeplabv3_*``) trains on ``(image, mask)`` pairs
 of a PASCAL VOC or ``images/`` + ``masks/`` folder, augmented together
-(:mod:`mobilevit.data.segmentation_transforms`), and validates on whole images with their masks at full size.
+(:mod:`mobilevit.data.segmentation_transforms`), and validates on whole images with their masks at full size; a
+detector (``ssdlite_*``) trains on the images of a COCO-format set with their boxes, moved together
+(:mod:`mobilevit.data.detection_transforms`), and validates COCO mAP on whole images.
 """
 
 from __future__ import annotations
@@ -60,9 +62,9 @@ def build_model(cfg: ModelConfig) -> nn.Module:
     """The model of ``cfg``: random, or pretrained (weights name ``arch.tag`` or checkpoint path) with a new head.
 
     ``drop_rate`` / ``proj_drop_rate`` / ``drop_path_rate`` are passed when set and the architecture has them; with
-    ``freeze_backbone`` only the classifier (a segmentation model: its whole head) stays trainable. A segmentation
-    model takes a classification checkpoint of its backbone as ``pretrained``: the backbone loads, the head starts new
-    (the tensors left new are logged).
+    ``freeze_backbone`` only the classifier (a segmentation or detection model: all outside its backbone) stays
+    trainable. A segmentation or detection model takes a classification checkpoint of its backbone as
+    ``pretrained``: the backbone loads, the head starts new (the tensors left new are logged).
     """
     arch_fields = {f.name for f in dataclasses.fields(get_config(cfg.name))}
     overrides: dict[str, Any] = {}
@@ -412,10 +414,10 @@ def _with_loaders(
 def data_paths(data: str | os.PathLike) -> tuple[str, str | None]:
     """``(data.train, data.val)`` of a data folder given as ``--data``.
 
-    A folder with ``train/`` (and ``val/``) sub-folders gives those (ImageFolder trees, or ``images/`` + ``masks/``
-    segmentation sets); a PASCAL VOC folder gives itself for both when it lists a ``val`` split (the splits are read
-    from ``ImageSets/Segmentation/``); anything else (an ImageFolder tree, a CSV, an ``images/`` + ``masks/`` folder)
-    is the training data alone.
+    A folder with ``train/`` (and ``val/``) sub-folders gives those (ImageFolder trees, ``images/`` + ``masks/``
+    segmentation sets, or COCO-format detection sets); a PASCAL VOC folder gives itself for both when it lists a
+    ``val`` split (the splits are read from ``ImageSets/Segmentation/``); anything else (an ImageFolder tree, a CSV,
+    an ``images/`` + ``masks/`` folder, a COCO-format set) is the training data alone.
     """
     root = Path(data)
     if (root / "train").is_dir():
