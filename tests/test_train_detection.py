@@ -358,3 +358,19 @@ def test_detector_checkpoint_of_other_classes_keeps_all_but_the_classifier(share
     for key, value in model.state_dict().items():
         if key not in new:
             assert torch.equal(value, whole[key]), key
+
+
+def test_backbone_weights_name_keeps_their_preprocessing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A recipe's ``model.pretrained: mobilevit_xxs.orig_in1k`` (Apple's BGR weights) on ssdlite_mobilevit_xxs: the
+    entry's file fills the backbone and the detector is fed BGR, the whole image resized to 320 (the file is a local
+    stand-in for the download)."""
+    import mobilevit.train.build as build
+
+    classifier = mobilevit.create_model("mobilevit_xxs")
+    path = tmp_path / "xxs.pth"
+    torch.save(classifier.state_dict(), path)
+    monkeypatch.setattr(build, "resolve_weights", lambda entry: path)
+    model = build_model(ModelConfig(name="ssdlite_mobilevit_xxs", num_classes=3, pretrained="mobilevit_xxs.orig_in1k"))
+    pre = mobilevit.weights.model_io(model).preprocess
+    assert pre.channel_order == "BGR" and pre.resize_mode == "exact" and pre.input_size == (320, 320)
+    assert torch.equal(model.state_dict()["backbone.stem.conv.weight"], classifier.state_dict()["stem.conv.weight"])
