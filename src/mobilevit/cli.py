@@ -256,6 +256,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     from .evaluate import evaluate_set
     from .predict import resolve_backend
+    from .tasks.base import shard
 
     if args.results is not None:
         return _eval_results(args)
@@ -266,7 +267,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     runner = _eval_runner(args)
     rank = dist.get_rank() if dist.is_initialized() else 0
     task = runner.task
-    bar = _progress(task.eval_total(args.data, args.split) or 0, not args.no_progress and rank == 0, "eval")
+    mine = len(shard(range(task.eval_total(args.data, args.split) or 0))[0])  # the bar counts rank 0's share
+    bar = _progress(mine, not args.no_progress and rank == 0, "eval")
     scores = evaluate_set(runner, args.data, args.split, bar.update if bar is not None else None)
     if bar is not None:
         bar.close()

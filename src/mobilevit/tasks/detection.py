@@ -96,7 +96,7 @@ class Detection:
         for box, name, score, index in zip(
             self.boxes.tolist(), self.names, self.scores.tolist(), self.labels.tolist(), strict=True
         ):
-            colour = _colour(index)
+            colour = box_colour(index)
             pen.rectangle(box, outline=colour, width=width)
             text = f"{name} {score:.2f}"
             left, top, right, bottom = pen.textbbox((box[0], box[1]), text)
@@ -108,8 +108,9 @@ class Detection:
 BOX_KEYS = ("xmin", "ymin", "xmax", "ymax")
 
 
-def _colour(index: int) -> tuple[int, int, int]:
-    """A distinct, dark enough colour per class (white text stays readable on it)."""
+def box_colour(index: int) -> tuple[int, int, int]:
+    """Class ``index``'s box colour: distinct per class, dark enough for white text on it (the server's page draws
+    boxes in the same colours)."""
     return (37 * index % 200, 91 * index % 200, 157 * index % 200)
 
 
@@ -382,4 +383,13 @@ def coco_rows(
 
 DETECTION = register_task(DetectionTask())
 
-__all__ = ["DETECTION", "Detection", "DetectionTask", "coco_rows", "decode_boxes", "detect", "encode_boxes"]
+__all__ = [
+    "DETECTION",
+    "Detection",
+    "DetectionTask",
+    "box_colour",
+    "coco_rows",
+    "decode_boxes",
+    "detect",
+    "encode_boxes",
+]
