@@ -277,8 +277,8 @@ class Runner:
         io = model_io(model)
         labelled = (kwargs.get("task") or cls.task or task_of(model)).labelled_classes(model.num_classes)
         names = check_labels(labels, labelled, "--labels") if labels is not None else io.labels
-        if names is not None and len(names) != labelled:  # the model's names count a class labels do not name
-            names = None  # (a detector's background): the task's default names
+        if names is not None and len(names) not in (labelled, model.num_classes):  # names of some other classes
+            names = None  # the task's default names (a name per output, the background's first, is cut by __init__)
         source = None
         if io.source is not None:  # the weights name when the entry's own file was loaded, else the file or folder
             source = io.weights if pretrained is True and io.weights is not None else io.source

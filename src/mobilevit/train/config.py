@@ -36,6 +36,7 @@ __all__ = [
     "AugmentConfig",
     "ConfigError",
     "DataConfig",
+    "DetectionConfig",
     "DistillConfig",
     "EMAConfig",
     "LoggingConfig",
@@ -81,13 +82,14 @@ class DataConfig:
     """Where the images are and how validation reads them."""
 
     # classification: an ImageFolder root or CSV list; segmentation: a PASCAL VOC folder or an images/ + masks/ folder
-    # (mobilevit.data.segmentation.list_segmentation_set), whose split segmentation.train_split / val_split is read
+    # (mobilevit.data.segmentation.list_segmentation_set), whose split segmentation.train_split / val_split is read;
+    # detection: a COCO-format set (an image folder and instances.json, mobilevit.data.coco.coco_set)
     train: str | None = None
     val: str | None = None
     num_workers: int = 4
     # the validation transform; None: the model's weights entry's (mobilevit.weights.model_io)
     val_resize: int | None = None  # resize the short side (MobileViT eval: 288 -> 256); not for segmentation
-    val_crop: int | None = None  # segmentation: the square size the whole image is resized to (512 for VOC)
+    val_crop: int | None = None  # segmentation, detection: the square the whole image is resized to (VOC 512, COCO 320)
     val_interpolation: Literal["bilinear", "bicubic"] | None = None
 
 
@@ -173,6 +175,23 @@ class SegmentationConfig:
 
 
 @dataclass(frozen=True)
+class DetectionConfig:
+    """Object detection (a model whose ``task`` is ``"detection"``, e.g. ``ssdlite_*``), as ml-cvnets' SSD recipes.
+
+    Each training image and its boxes go through SSD's random IoU-constrained crop (``iou_crop``), a photometric
+    distortion (each of its ops with probability ``photometric``), a horizontal flip (``augment.hflip``) and a resize
+    to ``sampler.base_size`` (:mod:`mobilevit.data.detection_transforms`). The loss matches anchors to boxes at
+    ``iou_threshold`` and keeps ``neg_pos_ratio`` hard negatives per positive
+    (:class:`~mobilevit.train.losses.MultiBoxLoss`); validation scores COCO mAP with pycocotools.
+    """
+
+    iou_threshold: float = 0.5  # cvnets' recipes' matcher.ssd.iou_threshold
+    neg_pos_ratio: int = 3
+    iou_crop: bool = True
+    photometric: float = 0.5  # torchvision's RandomPhotometricDistort p
+
+
+@dataclass(frozen=True)
 class EMAConfig:
     """Exponential moving average of the weights: ``ema = (1 - momentum) * ema + momentum * model``.
 
@@ -225,6 +244,7 @@ class TrainConfig:
     ema: EMAConfig = field(default_factory=EMAConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     segmentation: SegmentationConfig = field(default_factory=SegmentationConfig)
+    detection: DetectionConfig = field(default_factory=DetectionConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     epochs: int = 300
     max_iters: int | None = None  # stop early after this many optimizer steps

@@ -27,7 +27,10 @@ The task is the model's (``model.task``): a classifier validates top-1 accuracy;
 (``deeplabv3_*``) trains on image and mask pairs with a per-pixel cross-entropy that ignores label 255
 (:class:`~mobilevit.train.losses.SegmentationLoss`) and validates mIoU and pixel accuracy, each image's prediction
 resized to its mask and the pixels of the whole split summed into one confusion matrix
-(:mod:`mobilevit.data.segmentation`). Everything else (resume, DDP, EMA, checkpoints, metrics, ``final/``) is shared.
+(:mod:`mobilevit.data.segmentation`); a detector (``ssdlite_*``) trains on COCO-format sets with SSD's multibox loss
+(:class:`~mobilevit.train.losses.MultiBoxLoss`) and validates COCO box mAP by pycocotools, each image's detections
+found as ``eval --task detection`` finds them. Everything else (resume, DDP, EMA, checkpoints, metrics, ``final/``,
+``best/``: the weights of the model or EMA whose validation scored the task's ``best_metric`` highest) is shared.
 
 Metrics go to ``{output_dir}/metrics.jsonl`` (one JSON object per line: ``"event": "step" | "epoch" | "summary"``),
 reduced over all ranks, to ``{output_dir}/metrics.csv`` (the epoch records, columns
@@ -45,6 +48,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import logging
 import math
 import time
@@ -64,6 +68,7 @@ from ..errors import MobileViTError, UsageError
 from ..layers import upsample_logits
 from ..reparam import reparameterize_model
 from ..tasks import Task, get_task, task_of
+from ..tasks.detection import coco_rows
 from ..weights import model_io, save_pretrained
 from ..weights.entries import Preprocess
 from . import checkpoint as ckpt
@@ -75,6 +80,8 @@ from .metrics import MetricsLog
 from .optim import ModelEMA, WarmupCosineSchedule, build_optimizer
 
 logger = logging.getLogger(__name__)
+
+BEST = "best"  # the output folder of the best validated weights
 
 __all__ = ["NonFiniteLossError", "TrainResult", "build_model", "build_teacher", "train"]
 
@@ -100,6 +107,8 @@ class TrainResult:
     task: str = "classification"  # the name of the model's task
     val_miou: float | None = None  # segmentation
     val_miou_ema: float | None = None
+    val_AP: float | None = None  # detection: COCO box mAP at IoU 0.50:0.95  # noqa: N815 (pycocotools' name)
+    val_AP_ema: float | None = None  # noqa: N815
 
     def val_summary(self) -> str:
         """The validation part of ``mobilevit train``'s last line: the task's best metric, of the model and its EMA."""
@@ -198,6 +207,7 @@ class _Position:
     stats: dict[str, float] = field(default_factory=_epoch_stats)  # this rank's sums over the epoch so far
     skipped_total: float = 0.0  # corrupt images of the finished epochs (all ranks)
     last_saved: int | None = None  # the step of the latest last.pt of this run
+    best: float | None = None  # the highest validation best_metric so far (of the model or its EMA): best/ holds it
 
 
 def _read_checkpoint(last_path: Path, resume: bool) -> dict[str, Any] | None:
@@ -281,6 +291,7 @@ def _resume(run: _Run, state: dict[str, Any] | None) -> _Position:
             stats=dict(state["epoch_stats"]),
             skipped_total=float(state.get("skipped_total", 0.0)),
             last_saved=step,
+            best=state.get("best"),
         )
         logger.info("resumed from %s: step %d, epoch %d, batch %d", run.last_path, step, pos.epoch, pos.batches_done)
     if cfg.ema.enabled:
@@ -371,9 +382,9 @@ class _Trainer:
             with run.amp():
                 logits = run.train_model(inputs)
             if teacher_logits is None:
-                loss = run.criterion(logits.float(), targets)
+                loss = run.criterion(_float(logits), targets)
             else:
-                loss = run.criterion(logits.float(), targets, teacher_logits)
+                loss = run.criterion(_float(logits), targets, teacher_logits)
             value = float(loss.detach())
             if not world.all_true(math.isfinite(value)):
                 raise NonFiniteLossError(self.nan_message(f"the loss ({value})", pos.step + 1))
@@ -463,6 +474,7 @@ class _Trainer:
         self.epoch_loss = loss_sum / samples if samples else None
         if run.data.val_loader is not None:
             self.val = self.validate()
+            self.keep_best()
         self.write_epoch(finished, samples, skipped)
         if finished:
             pos.skipped_total += skipped
@@ -472,6 +484,41 @@ class _Trainer:
         else:  # stopped by max_iters mid-epoch: keep the position so a longer run can resume here
             self.save(pos.epoch, pos.batches_done)
             pos.skipped_total += skipped
+
+    def keep_best(self) -> None:
+        """Save ``best/`` (rank 0) when the validation's ``best_metric`` of the model or of its EMA (the higher of
+        the two) beats every earlier validation of the run; ``best/best.json`` says which, its value and epoch."""
+        run, pos = self.run, self.pos
+        metric = run.task.best_metric
+        candidates = [("model", run.model, self.val.get(f"val_{metric}"))]
+        if run.ema is not None:
+            candidates.append(("ema", run.ema.module, self.val.get(f"val_{metric}_ema")))
+        scored = [(value, which, module) for which, module, value in candidates if value is not None]
+        if not scored:
+            return
+        value, which, module = max(scored, key=lambda c: c[0])  # the model on a tie
+        if pos.best is not None and value <= pos.best:
+            return
+        pos.best = value
+        if run.world.is_main:
+            folder = run.out / BEST
+            save_pretrained(_saved_form(module), folder, labels=self.labels(), preprocess=run.pre)
+            record = {"metric": metric, "value": value, "weights": which, "epoch": pos.epoch, "step": pos.step}
+            (folder / "best.json").write_text(json.dumps(record, indent=2) + "\n")
+        logger.info("best val %s so far: %.4f (%s), saved to %s", metric, value, which, run.out / BEST)
+
+    def labels(self) -> list[str] | None:
+        """The class names saved with the weights: the training set's (with a detector's background first), else
+        the loaded weights' when the task keeps them, else none (``class_<i>``)."""
+        run = self.run
+        classes = run.data.train_set.classes
+        num_classes = run.cfg.model.num_classes
+        unlabelled = num_classes - run.task.labelled_classes(num_classes)  # a detector's background
+        if classes is not None and len(classes) + unlabelled == num_classes:
+            return ["background"] * unlabelled + list(classes)
+        if run.task.labels_from_weights:
+            return list(model_io(run.model).labels)  # the loaded weights' (VOC's) or class_<i>
+        return None
 
     def validate(self) -> dict[str, Any]:
         """The validation fields of the epoch record, of the model and of its EMA: ``val_top1`` (classification),
@@ -541,6 +588,7 @@ class _Trainer:
                 "rng": rngs,
                 "epoch_stats": pos.stats if next_batch else _epoch_stats(),
                 "skipped_total": pos.skipped_total,
+                "best": pos.best,
                 "config": to_dict(run.cfg),
             }
             ckpt.save_checkpoint(snapshot, run.last_path)
@@ -551,10 +599,7 @@ class _Trainer:
         """Save ``final/`` (and ``final_ema/``) with the eval transform and class names; the summary record."""
         run, pos = self.run, self.pos
         if run.world.is_main:
-            classes = run.data.train_set.classes
-            labels = classes if classes and len(classes) == run.cfg.model.num_classes else None
-            if labels is None and run.task.labels_from_weights:
-                labels = list(model_io(run.model).labels)  # the loaded weights' (VOC's) or class_<i>
+            labels = self.labels()
             save_pretrained(_saved_form(run.model), run.out / "final", labels=labels, preprocess=run.pre)
             if run.ema is not None:
                 save_pretrained(_saved_form(run.ema.module), run.out / "final_ema", labels=labels, preprocess=run.pre)
@@ -572,6 +617,8 @@ class _Trainer:
             task=run.task.name,
             val_miou=self.val.get("val_miou"),
             val_miou_ema=self.val.get("val_miou_ema"),
+            val_AP=self.val.get("val_AP"),
+            val_AP_ema=self.val.get("val_AP_ema"),
         )
         self.log.write({"event": "summary", **dataclasses.asdict(result)})
         self.log.close()
@@ -661,12 +708,54 @@ def _evaluate_segmentation(
     }
 
 
+# COCOeval's numbers that a detection run's epoch records keep (all of them: eval --task detection)
+DETECTION_FIELDS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR100")
+
+
+@torch.no_grad()
+def _evaluate_detection(
+    model: nn.Module, loader: DataLoader, world: Dist, cfg: TrainConfig, amp: Any
+) -> dict[str, Any]:
+    """COCO box mAP (``AP``, ``AP50``, ``AP75``, ``APs``, ``APm``, ``APl``, ``AR100``) of the (sharded) validation
+    set: each image's detections as ``eval --task detection`` finds them (:func:`~mobilevit.tasks.detection.
+    coco_rows`), gathered from every rank and scored by pycocotools on rank 0, whose numbers every rank returns."""
+    was_training = model.training
+    model.eval()
+    rows: list[dict[str, Any]] = []
+    val_set = loader.dataset.dataset  # a Subset (this rank's shard) of a DetectionDataset
+    for images, info, _ in loader:
+        if images.numel() == 0:
+            continue
+        images = _prepare(images.to(world.device), cfg.channels_last)
+        with amp():
+            logits, boxes, anchors = (t.float().cpu() for t in model(images))
+        for i, (image_id, width, height) in enumerate(info.tolist()):
+            rows += coco_rows(logits[i], boxes[i], anchors[i], (width, height), image_id, val_set.category)
+    model.train(was_training)
+    everything = [row for part in world.gather(rows) for row in part]
+    scores = val_set.score(everything) if world.is_main else {}
+    values = world.sum([float(scores.get(key, 0.0)) for key in DETECTION_FIELDS])  # rank 0's numbers on every rank
+    return dict(zip(DETECTION_FIELDS, values, strict=True))
+
+
 # the validation of a run, by the metric that picks its best checkpoint (its task's ``best_metric``)
-VALIDATION: dict[str, Callable[..., dict[str, Any]]] = {"top1": _evaluate, "miou": _evaluate_segmentation}
+VALIDATION: dict[str, Callable[..., dict[str, Any]]] = {
+    "top1": _evaluate,
+    "miou": _evaluate_segmentation,
+    "AP": _evaluate_detection,
+}
 
 
 def _prepare(x: Tensor, channels_last: bool) -> Tensor:
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+def _float(outputs: Any) -> Any:
+    """A model's output in float32: a tensor, or each tensor of a tuple of them (a detector's ``SSDOutput``)."""
+    if not isinstance(outputs, tuple):
+        return outputs.float()
+    floats = [t.float() for t in outputs]
+    return type(outputs)(*floats) if hasattr(outputs, "_fields") else tuple(floats)
 
 
 def _fmt(value: float | None) -> str:
