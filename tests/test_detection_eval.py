@@ -54,6 +54,36 @@ def test_results_file_scores_as_the_evaluator(det_mini: Path, capsys: pytest.Cap
     assert f"AP {expected[0]:.4f}" in capsys.readouterr().out
 
 
+def test_coco_release_layout(det_mini: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """COCO as it unpacks: ``annotations/instances_<split>2017.json`` with its images in ``<split>2017/``."""
+    from mobilevit.data.coco import DetectionDataset, coco_set
+    from mobilevit.train.build import data_paths
+
+    root = tmp_path / "coco"
+    (root / "annotations").mkdir(parents=True)
+    for split in ("train2017", "val2017"):
+        (root / split).symlink_to(det_mini / "images", target_is_directory=True)
+        (root / "annotations" / f"instances_{split}.json").write_bytes(
+            (det_mini / "annotations" / "instances.json").read_bytes()
+        )
+    results = det_mini / "annotations" / "detections_results.json"
+    expected = _evaluator_stats(det_mini / "annotations" / "instances.json", results)
+    for split in ([], ["--split", "val2017"], ["--split", "val"]):
+        assert main(["eval", str(root), "--task", "detection", "--results", str(results), "--json", *split]) == 0
+        printed = json.loads(capsys.readouterr().out)
+        assert [printed[key] for key in KEYS] == expected
+    assert main(["eval", str(root), "--task", "detection", "--results", str(results), "--split", "test"]) != 0
+    assert "instances_test2017.json" in capsys.readouterr().err
+    _, images = coco_set(root / "annotations" / "instances_val2017.json")
+    assert len(images) == 85 and all(path.parent == root / "val2017" and path.is_file() for _, path in images)
+    train, val = data_paths(root)
+    assert (train, val) == (
+        str(root / "annotations" / "instances_train2017.json"),
+        str(root / "annotations" / "instances_val2017.json"),
+    )
+    assert DetectionDataset(train).images[0][1].parent == root / "train2017"
+
+
 def test_results_needs_the_task_and_no_model(det_mini: Path, capsys: pytest.CaptureFixture[str]) -> None:
     results = str(det_mini / "annotations" / "detections_results.json")
     assert main(["eval", str(det_mini), "--results", results]) != 0

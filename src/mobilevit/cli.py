@@ -293,7 +293,7 @@ def _eval_results(args: argparse.Namespace) -> int:
     if args.model is not None or args.task is None:
         raise UsageError("--results scores a results file instead of a model: give --task, and no --model")
     task = get_task(args.task)
-    scores = task.score_results(args.data, args.results)
+    scores = task.score_results(args.data, args.results, args.split)
     result = {"results": args.results, "task": task.name, **scores}
     print(json.dumps(result) if args.json else task.eval_summary(args.results, result))
     return 0
@@ -686,7 +686,11 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
         choices=list(TASKS),
         help="top-1/top-5; mIoU, per-class IoU and pixel accuracy; or COCO mAP (default: the model's own task)",
     )
-    p.add_argument("--split", help="segmentation, VOC layout: the ImageSets/Segmentation/SPLIT.txt list (default: val)")
+    p.add_argument(
+        "--split",
+        help="the split of a set that has several (default: val): VOC's ImageSets/Segmentation/SPLIT.txt list, COCO's "
+        "annotations/instances_SPLIT.json",
+    )
     p.add_argument(
         "--results",
         metavar="FILE",

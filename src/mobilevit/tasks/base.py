@@ -164,7 +164,7 @@ class Task(ABC):
         """Score ``runner`` on the labelled set at ``data``: the metrics, ``count`` and ``failed``; under
         ``torch.distributed`` each rank scores its share (:func:`shard`) and the counts are summed."""
 
-    def score_results(self, data: str, results: str) -> dict[str, Any]:
+    def score_results(self, data: str, results: str, split: str | None = None) -> dict[str, Any]:
         """The metric of a file of results made elsewhere (``eval --results``), against the labelled set at ``data``
         (default: not supported)."""
         raise UsageError(f"--results is not supported for {self.title}")

@@ -298,7 +298,7 @@ class DetectionTask(Task):
     ) -> dict[str, Any]:
         from ..data.coco import coco_set, evaluate_detections
 
-        coco, images = coco_set(data)
+        coco, images = coco_set(data, split)
         mine, _ = shard(images)
         category = coco.category_ids(runner.labels)  # the runner's labels name classes 1..C-1
 
@@ -321,17 +321,17 @@ class DetectionTask(Task):
         scores = evaluate_detections(coco, found, sorted(set(category.values())))
         return {**scores, "categories": len(set(category.values())), "count": world - len(failed), "failed": failed}
 
-    def score_results(self, data: str, results: str) -> dict[str, Any]:
+    def score_results(self, data: str, results: str, split: str | None = None) -> dict[str, Any]:
         """COCO mAP of a COCO results file, exactly as pycocotools' ``COCOeval`` scores it (every category)."""
         from ..data.coco import coco_set, evaluate_detections
 
-        coco, images = coco_set(data)
+        coco, images = coco_set(data, split)
         return {**evaluate_detections(coco, results), "count": len(images), "failed": []}
 
     def eval_total(self, data: str, split: str | None) -> int | None:
         from ..data.coco import coco_set
 
-        return len(coco_set(data)[1])
+        return len(coco_set(data, split)[1])
 
     def eval_summary(self, model: str, result: dict[str, Any]) -> str:
         keys = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100")

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Subset
 
 from ..data.augment import TrainTransformFactory
-from ..data.coco import DetectionDataset
+from ..data.coco import DetectionDataset, release_splits
 from ..data.datasets import ImageDataset, SegmentationDataset, collate_masks, collate_skipping, skip_none
 from ..data.detection_transforms import DetectionEvalTransform, DetectionTrainFactory, collate_boxes
 from ..data.normalize import ChannelStats, Normalization, normalize
@@ -416,10 +416,15 @@ def data_paths(data: str | os.PathLike) -> tuple[str, str | None]:
 
     A folder with ``train/`` (and ``val/``) sub-folders gives those (ImageFolder trees, ``images/`` + ``masks/``
     segmentation sets, or COCO-format detection sets); a PASCAL VOC folder gives itself for both when it lists a
-    ``val`` split (the splits are read from ``ImageSets/Segmentation/``); anything else (an ImageFolder tree, a CSV,
-    an ``images/`` + ``masks/`` folder, a COCO-format set) is the training data alone.
+    ``val`` split (the splits are read from ``ImageSets/Segmentation/``); a folder in COCO's release layout gives its
+    ``annotations/instances_train2017.json`` and ``instances_val2017.json`` (images in ``train2017/``, ``val2017/``);
+    anything else (an ImageFolder tree, a CSV, an ``images/`` + ``masks/`` folder, a COCO-format set) is the training
+    data alone.
     """
     root = Path(data)
+    release = release_splits(root)  # COCO's own layout: annotations/instances_train2017.json, train2017/, ...
+    if release is not None:
+        return release
     if (root / "train").is_dir():
         return str(root / "train"), str(root / "val") if (root / "val").is_dir() else None
     if (root / "JPEGImages").is_dir() and (root / "SegmentationClass").is_dir():
