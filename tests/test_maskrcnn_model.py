@@ -12,13 +12,16 @@ the original (``detection_robustness``: order, labels and boxes unchanged, boxes
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import pytest
 import torch
+from torchvision.models.detection.roi_heads import paste_masks_in_image
 
 import mobilevit
 from mobilevit.models.classifiers import CLASSIFIERS
+from reference_utils import max_rel_diff
 
 CASE = "maskrcnn_mobilevit_xxs"
 # DETECTION.md: (tag, seed, shape) of the inputs, regenerated and checked against info.json's sha256; the 512 input
@@ -78,3 +81,95 @@ def test_parameter_counts_match_ml_cvnets(info: dict) -> None:
     assert count(model.backbone.body) == parts["model.backbone.encoder"] - RANGE_AUGMENT
     for theirs, ours in PARTS.items():
         assert count(model.get_submodule(ours)) == parts[theirs], ours
+
+
+@pytest.fixture(scope="module")
+def case(info: dict, shared) -> tuple[torch.nn.Module, dict]:
+    from safetensors.torch import load_file
+
+    folder = shared / "fixtures" / CASE
+    # only the detection threshold is given: the widths are read from the checkpoint's tensors
+    model = mobilevit.create_model(
+        CASE, pretrained=str(folder / f"{CASE}.pt"), allow_random_head=False, box_score_thresh=0.2
+    ).eval()
+    return model, load_file(str(folder / "io.safetensors"))
+
+
+def test_checkpoint_gives_the_config_and_coco_labels(case) -> None:
+    model, _ = case
+    for field, value in FIXTURE_CFG.items():
+        assert getattr(model.cfg, field) == value, field
+    assert model.num_classes == 81 and model.task == "instance-segmentation"
+    names = model.pretrained_cfg.labels
+    assert len(names) == 81 and names[:2] == ("background", "person") and names[80] == "toothbrush"
+    layer_norms = [m for m in model.modules() if isinstance(m, torch.nn.LayerNorm)]
+    assert layer_norms and all(m.eps == 1e-6 for m in layer_norms)  # ml-cvnets' update_layer_norm_eps
+
+
+@pytest.fixture(scope="module")
+def run(case, info: dict) -> dict:
+    """Per input tag: the pyramid's maps and the eval forward's detections (computed once per tag)."""
+    model, _ = case
+    done: dict[str, tuple] = {}
+
+    def get(tag: str, seed: int, shape: tuple[int, ...]) -> tuple:
+        if tag not in done:
+            torch.manual_seed(seed)
+            x = torch.randn(*shape)
+            assert hashlib.sha256(x.numpy().tobytes()).hexdigest() == info["inputs"][tag]["sha256_of_float32_bytes"]
+            with torch.inference_mode():
+                done[tag] = (x, model.backbone(x), model(x)[0])
+        return done[tag]
+
+    return get
+
+
+@pytest.mark.parametrize(("tag", "seed", "shape"), INPUTS)
+def test_feature_maps_match_ml_cvnets(case, run, tag: str, seed: int, shape: tuple[int, ...]) -> None:
+    """The pyramid (ml-cvnets' wiring: the top level unsmoothed, the smoothed output going down) at every stored
+    level, and the RPN head's objectness on them."""
+    model, io = case
+    _, features, _ = run(tag, seed, shape)
+    assert list(features) == ["4", "8", "16", "32", "64"]
+    stored = [k for k in features if f"features_{tag}_{k}" in io]
+    assert stored
+    for k in stored:
+        assert max_rel_diff(features[k], io[f"features_{tag}_{k}"]) <= 1e-5, k
+    if f"rpn_objectness_{tag}_4" in io:
+        with torch.inference_mode():
+            objectness, _ = model.rpn.head(list(features.values()))
+        for k, logits in zip(features, objectness, strict=True):
+            assert max_rel_diff(logits, io[f"rpn_objectness_{tag}_{k}"]) <= 1e-5, k
+
+
+def test_box_head_matches_ml_cvnets_on_its_proposals(case, run) -> None:
+    """The box head's class logits for ml-cvnets' own 1000 proposals: RoIAlign over five levels, 4 convs, the FC."""
+    model, io = case
+    x, features, _ = run("odd", 2, (1, 3, 384, 448))
+    heads = model.roi_heads
+    with torch.inference_mode():
+        pooled = heads.box_roi_pool(features, [io["rpn_proposals_odd"]], [tuple(x.shape[-2:])])
+        logits, _ = heads.box_predictor(heads.box_head(pooled))
+    assert max_rel_diff(logits, io["box_class_logits_odd"]) <= 1e-5
+
+
+@pytest.mark.parametrize(("tag", "seed", "shape"), INPUTS)
+def test_detections_and_masks_match_ml_cvnets(case, run, info: dict, tag: str, seed: int, shape) -> None:
+    """torchvision's eval output against ml-cvnets' ``predict()``: labels, scores and pixel boxes in order, the
+    boxes normalised by W, H as ``predict()`` returns them, and the pasted masks against ml-cvnets' 28x28 mask
+    probabilities pasted into the image (DETECTION.md: ``predict().masks`` is exactly that)."""
+    _, io = case
+    _, _, out = run(tag, seed, shape)
+    H, W = shape[-2:]
+    assert torch.equal(out["labels"], io[f"det_labels_{tag}"])
+    torch.testing.assert_close(out["scores"], io[f"det_scores_{tag}"], atol=1e-5, rtol=0)
+    torch.testing.assert_close(out["boxes"], io[f"det_boxes_pixels_{tag}"], atol=1e-3, rtol=0)
+    normalised = out["boxes"] / torch.tensor([W, H, W, H])
+    torch.testing.assert_close(normalised, io[f"det_boxes_{tag}"], atol=1e-5, rtol=0)
+    assert out["masks"].shape == (len(out["labels"]), 1, H, W)
+    expected = paste_masks_in_image(io[f"det_mask_probs28_{tag}"], io[f"det_boxes_pixels_{tag}"], (H, W))
+    torch.testing.assert_close(out["masks"], expected, atol=1e-4, rtol=0)
+    stats = info["detections"][tag]["pasted_mask_stats_per_detection"]
+    for mask, stat in zip(out["masks"][:, 0], stats, strict=True):
+        assert int((mask > 0.5).sum()) == stat["num_pixels_gt_0.5"]
+        assert float(mask.double().sum()) == pytest.approx(stat["sum"], rel=1e-5)

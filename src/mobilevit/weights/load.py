@@ -245,6 +245,8 @@ def _upstream_layout(keys: list[str]) -> str | None:
         return "cvnets"  # a segmentation model: backbone under encoder., head under seg_head.
     if _starts(keys, "ssd_heads.") and _starts(keys, "encoder.layer_1."):
         return "cvnets"  # a detection model: backbone under encoder., heads under extra_layers. and ssd_heads.
+    if _starts(keys, "model.backbone.encoder.") and _starts(keys, "model.roi_heads."):
+        return "cvnets"  # a Mask R-CNN: torchvision's MaskRCNN under model., the backbone under model.backbone.encoder.
     if _starts(keys, "patch_embed.", "network."):
         return "ml-fastvit"
     if _starts(keys, "stage0."):
@@ -330,9 +332,10 @@ def _layout_to_convert(state_dict: dict[str, Tensor], fmt: str | None, source: s
     return detected if fmt is None or (fmt == "timm" and detected == "native") else fmt
 
 
-# the DeepLabV3 head in ml-cvnets', transformers' and our own key names, and the SSDLite heads in ml-cvnets' and ours
+# the DeepLabV3 head in ml-cvnets', transformers' and our own key names, and the SSDLite and Mask R-CNN heads in
+# ml-cvnets' and ours
 _SEGMENTATION_HEAD_PREFIXES = ("seg_head.", "segmentation_head.", "head.aspp.")
-_DETECTION_HEAD_PREFIXES = ("ssd_heads.", "heads.")
+_DETECTION_HEAD_PREFIXES = ("ssd_heads.", "heads.", "model.roi_heads.", "roi_heads.")
 
 
 def is_segmentation_checkpoint(state_dict: dict[str, Tensor], info: dict[str, Any]) -> bool:
@@ -340,7 +343,9 @@ def is_segmentation_checkpoint(state_dict: dict[str, Tensor], info: dict[str, An
     detection, head included) rather than a classifier or a backbone, which such a model can take as its backbone."""
     saved_arch = str(info.get("arch") or "")
     heads = _SEGMENTATION_HEAD_PREFIXES + _DETECTION_HEAD_PREFIXES
-    return saved_arch.startswith(("deeplabv3_", "ssdlite_")) or any(k.startswith(heads) for k in state_dict)
+    return saved_arch.startswith(("deeplabv3_", "ssdlite_", "maskrcnn_")) or any(
+        k.startswith(heads) for k in state_dict
+    )
 
 
 def checkpoint_config(info: dict[str, Any], cfg: Any) -> dict[str, Any]:
