@@ -64,6 +64,53 @@ def test_every_classifier_has_a_maskrcnn_with_ml_cvnets_defaults() -> None:
         mobilevit.create_model("maskrcnn_mobilevit_xxs", features_only=True)
 
 
+TINY = dict(fpn_channels=16, box_convs=(16,), mask_convs=(16,), representation_size=32, mask_predictor_channels=16)
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["maskrcnn_mobileone_s0"]
+    + [pytest.param(n, marks=pytest.mark.slow) for n in ("maskrcnn_fastvit_t8", "maskrcnn_mobilevitv2_050")],
+)
+def test_each_family_detects_folds_and_trains(name: str) -> None:
+    """torchvision's outputs at the input's own size, the same after folding (MobileOne's branches, every
+    BatchNorm of our modules), and torchvision's losses in train mode."""
+    from conftest import randomize_batchnorm
+
+    model = randomize_batchnorm(mobilevit.create_model(name, **TINY)).eval()
+    x = torch.rand(1, 3, 96, 128)
+    folded = mobilevit.reparameterize_model(model)
+    with torch.inference_mode():
+        out, again = model(x)[0], folded(x)[0]
+        pyramid, pyramid_folded = model.backbone(x), folded.backbone(x)
+    assert set(out) == {"boxes", "labels", "scores", "masks"} and out["masks"].shape[1:] == (1, 96, 128)
+    for a, b in zip(pyramid.values(), pyramid_folded.values(), strict=True):
+        assert max_rel_diff(b, a) <= 1e-4  # of the maps' scale, as tests/test_reparam.py
+    assert len(again["labels"]) == len(out["labels"])
+    mask = torch.zeros(1, 96, 128, dtype=torch.uint8)
+    mask[0, 20:60, 30:90] = 1
+    target = {"boxes": torch.tensor([[30.0, 20.0, 90.0, 60.0]]), "labels": torch.tensor([3]), "masks": mask}
+    losses = model.train()(x, [target])
+    assert set(losses) == {"loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness", "loss_rpn_box_reg"}
+    assert all(torch.isfinite(v) for v in losses.values())
+
+
+def test_a_classification_checkpoint_fills_the_backbone(tmp_path) -> None:
+    """Fine-tuning start: the classifier's file loads into ``backbone.body``, the rest starts fresh; for inference
+    it is refused."""
+    from mobilevit.weights import CheckpointError
+
+    classifier = mobilevit.create_model("mobilevit_xxs")
+    path = tmp_path / "mobilevit_xxs.pt"
+    torch.save(classifier.state_dict(), path)
+    model = mobilevit.create_model("maskrcnn_mobilevit_xxs", pretrained=str(path), **TINY)
+    assert torch.equal(
+        model.backbone.body.state_dict()["stem.conv.weight"], classifier.state_dict()["stem.conv.weight"]
+    )
+    with pytest.raises(CheckpointError, match="rpn, roi_heads"):
+        mobilevit.create_model("maskrcnn_mobilevit_xxs", pretrained=str(path), allow_random_head=False, **TINY)
+
+
 @pytest.fixture(scope="module")
 def info(shared) -> dict:
     folder = shared / "fixtures" / CASE
@@ -151,6 +198,21 @@ def test_box_head_matches_ml_cvnets_on_its_proposals(case, run) -> None:
         pooled = heads.box_roi_pool(features, [io["rpn_proposals_odd"]], [tuple(x.shape[-2:])])
         logits, _ = heads.box_predictor(heads.box_head(pooled))
     assert max_rel_diff(logits, io["box_class_logits_odd"]) <= 1e-5
+
+
+def test_rpn_proposals_match_ml_cvnets(case, run) -> None:
+    """The RPN's 1000 proposals as a set (each matched at IoU > 0.999 both ways): their order swaps where random-weight
+    objectness scores nearly tie."""
+    from torchvision.ops import box_iou
+
+    model, io = case
+    x, features, _ = run("odd", 2, (1, 3, 384, 448))
+    with torch.inference_mode():
+        images, _ = model.transform(list(x))
+        proposals, _ = model.rpn(images, features)
+    iou = box_iou(io["rpn_proposals_odd"], proposals[0])
+    assert proposals[0].shape == (1000, 4)
+    assert bool((iou.max(dim=1).values > 0.999).all()) and bool((iou.max(dim=0).values > 0.999).all())
 
 
 @pytest.mark.parametrize(("tag", "seed", "shape"), INPUTS)
