@@ -153,6 +153,19 @@ def test_checkpoint_gives_the_config_and_coco_labels(case) -> None:
     assert layer_norms and all(m.eps == 1e-6 for m in layer_norms)  # ml-cvnets' update_layer_norm_eps
 
 
+def test_new_num_classes_keeps_all_but_the_class_layers(case, shared) -> None:
+    """Fine-tuning on other classes: the box predictor and the mask predictor's class conv start fresh, the rest
+    (here the mask head) comes from the checkpoint."""
+    model, _ = case
+    path = shared / "fixtures" / CASE / f"{CASE}.pt"
+    other = mobilevit.create_model(CASE, pretrained=str(path), num_classes=3)
+    assert other.num_classes == 3 and other.pretrained_cfg.labels is None
+    assert other.roi_heads.box_predictor.cls_score.out_features == 3
+    assert other.roi_heads.mask_predictor.mask_fcn_logits.out_channels == 3
+    ours, theirs = other.roi_heads.mask_head.state_dict(), model.roi_heads.mask_head.state_dict()
+    assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
+
+
 @pytest.fixture(scope="module")
 def run(case, info: dict) -> dict:
     """Per input tag: the pyramid's maps and the eval forward's detections (computed once per tag)."""

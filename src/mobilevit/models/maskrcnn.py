@@ -222,7 +222,8 @@ class MaskRCNN(TorchvisionMaskRCNN):
     output_axes = ("detections", "coordinates")  # what each axis of ``boxes`` is
     output_names = ("boxes", "labels", "scores", "masks")
     default_input_size = (MASKRCNN_INPUT_SIZE, MASKRCNN_INPUT_SIZE)
-    classifier_name = "roi_heads.box_predictor"  # the box classifier; the mask predictor's last conv goes with it
+    classifier_name = "roi_heads.box_predictor"  # the box classifier and box regression, per class
+    class_layers = (classifier_name, "roi_heads.mask_predictor.mask_fcn_logits")  # what a new num_classes replaces
     backbone_module = "backbone.body"  # where a classification checkpoint of ``cfg.backbone`` loads
 
     def __init__(

@@ -386,7 +386,9 @@ def load_into(model: nn.Module, state_dict: dict[str, Tensor], source: str, keep
     """
     expected = model.state_dict()
     features_only = getattr(model, "features_only", False)
-    classifier = getattr(model, "classifier_name", "head.fc") + "."
+    # the parameters a new number of classes replaces: the classifier, and any other per-class layer the model names
+    classes = getattr(model, "class_layers", (getattr(model, "classifier_name", "head.fc"),))
+    classifier = tuple(f"{name}." for name in classes)
     state_dict = _tensors_to_load(state_dict, expected, classifier, keep_head, features_only)
     problems = _misfits(state_dict, expected, fresh=None if keep_head else classifier)
     if problems:
@@ -398,7 +400,11 @@ def load_into(model: nn.Module, state_dict: dict[str, Tensor], source: str, keep
 
 
 def _tensors_to_load(
-    state_dict: dict[str, Tensor], expected: dict[str, Tensor], classifier: str, keep_head: bool, features_only: bool
+    state_dict: dict[str, Tensor],
+    expected: dict[str, Tensor],
+    classifier: tuple[str, ...],
+    keep_head: bool,
+    features_only: bool,
 ) -> dict[str, Tensor]:
     """The checkpoint's tensors that go into the model: without the ``classifier`` when the head is not kept, without
     the head and the final 1x1 expansion for a ``features_only`` model, and with the model's own BatchNorm step
@@ -411,9 +417,9 @@ def _tensors_to_load(
     return {**counters, **state_dict}
 
 
-def _misfits(state_dict: dict[str, Tensor], expected: dict[str, Tensor], fresh: str | None) -> list[str]:
+def _misfits(state_dict: dict[str, Tensor], expected: dict[str, Tensor], fresh: tuple[str, ...] | None) -> list[str]:
     """What keeps ``state_dict`` from loading into a model whose own tensors are ``expected``, one part per kind of
-    misfit (missing, unexpected, wrong shape); empty when it fits. Missing keys under the prefix ``fresh`` (a
+    misfit (missing, unexpected, wrong shape); empty when it fits. Missing keys under the prefixes ``fresh`` (a
     classifier that starts fresh) are not misfits."""
     missing = [k for k in expected if k not in state_dict and not (fresh and k.startswith(fresh))]
     unexpected = [k for k in state_dict if k not in expected]
