@@ -130,6 +130,22 @@ def test_parameter_counts_match_ml_cvnets(info: dict) -> None:
         assert count(model.get_submodule(ours)) == parts[theirs], ours
 
 
+def test_macs_are_the_backbone_plus_every_head_at_its_largest() -> None:
+    """On the meta device (shapes only) the heads run on the most boxes they can get: 1000 proposals, 100
+    detections. The heads' MACs at 256x256, counted by hand for the fixture's widths, plus the backbone's."""
+    from mobilevit.bench.profile import count_macs
+
+    with torch.device("meta"):
+        model = mobilevit.create_model(CASE, **FIXTURE_CFG).eval()
+    out = model(torch.zeros(1, 3, 256, 256, device="meta"))
+    assert set(out[0]) == {"boxes", "labels", "scores", "masks"} and len(out[0]["labels"]) == 0
+    c, locations = 32, sum((256 // s) ** 2 for s in (4, 8, 16, 32, 64))
+    rpn = locations * (2 * c * c * 9 + c * 3 + c * 12)  # two 3x3 convs, objectness and box 1x1 convs (3 anchors)
+    box = 1000 * (4 * c * c * 9 * 7 * 7 + c * 7 * 7 * 128 + 128 * (81 + 81 * 4))  # 4 convs, FC, class + box FCs
+    mask = 100 * (4 * c * c * 9 * 14 * 14 + c * 256 * 2 * 2 * 14 * 14 + 256 * 81 * 28 * 28)  # convs, deconv, 1x1
+    assert count_macs(model, (256, 256)) == count_macs(model.backbone, (256, 256)) + rpn + box + mask
+
+
 @pytest.fixture(scope="module")
 def case(info: dict, shared) -> tuple[torch.nn.Module, dict]:
     from safetensors.torch import load_file

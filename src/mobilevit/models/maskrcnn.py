@@ -269,6 +269,35 @@ class MaskRCNN(TorchvisionMaskRCNN):
         self.num_classes = cfg.num_classes
         self.features_only = False
 
+    def forward(self, images: Tensor | list[Tensor], targets: list[dict[str, Tensor]] | None = None) -> Any:
+        """torchvision's ``MaskRCNN.forward``: per-image detections in eval mode, losses in train mode (module
+        docstring). On the meta device (shapes only, as MAC counting runs models), see :meth:`forward_shapes`."""
+        first = images if isinstance(images, Tensor) else images[0]
+        if first.device.type == "meta":
+            return self.forward_shapes(images if isinstance(images, Tensor) else torch.stack(list(images)))
+        return super().forward(images, targets)
+
+    def forward_shapes(self, x: Tensor) -> list[dict[str, Tensor]]:
+        """Every layer at its largest workload, on tensors without data: the steps that depend on values (proposal
+        selection, RoIAlign's level assignment, NMS) cannot run on the meta device, so the backbone, pyramid and RPN
+        head run on ``x``, the box head on ``rpn_post_nms_top_n_test`` pooled proposals and the mask head on
+        ``box_detections_per_img`` pooled boxes per image. MACs counted this way are the model's upper bound.
+
+        Returns:
+            One empty detection dict per image (torchvision's keys).
+        """
+        B, _, H, W = x.shape
+        cfg, heads = self.cfg, self.roi_heads
+        features = self.backbone(x)
+        self.rpn.head(list(features.values()))
+        width = self.backbone.out_channels
+        pooled = x.new_zeros(B * cfg.rpn_post_nms_top_n_test, width, cfg.box_pool_size, cfg.box_pool_size)
+        heads.box_predictor(heads.box_head(pooled))
+        pooled = x.new_zeros(B * cfg.box_detections_per_img, width, cfg.mask_pool_size, cfg.mask_pool_size)
+        heads.mask_predictor(heads.mask_head(pooled))
+        empty = {"boxes": x.new_zeros(0, 4), "labels": x.new_zeros(0, dtype=torch.int64), "scores": x.new_zeros(0)}
+        return [{**empty, "masks": x.new_zeros(0, 1, H, W)} for _ in range(B)]
+
     @staticmethod
     def checkpoint_classes(state_dict: dict[str, Tensor], cfg: MaskRCNNConfig) -> int | None:
         """The ``num_classes`` of a converted checkpoint (its box classifier's outputs); ``None`` without one."""
