@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 from torch import nn
 
 import mobilevit
@@ -296,8 +297,6 @@ def test_cli_detect_exported_gives_the_eager_detections(
     for got, want in zip(records["onnx"], records["eager"], strict=True):
         assert_same_detections(from_rows(got["detections"]), from_rows(want["detections"]))
     assert sum(len(r["detections"]) for r in records["eager"]) > 0
-    from PIL import Image
-
     for record in records["torchscript"]:
         assert Image.open(record["boxes"]).size == Image.open(record["file"]).size
 
@@ -383,3 +382,18 @@ def test_bench_times_a_detector_at_320(exported: Callable, monkeypatch: pytest.M
         ("onnxruntime", None, 320),
     ]
     assert all(r["median_ms"] > 0 and r["GMACs"] > 0 for r in rows)
+
+
+def test_cli_export_prints_the_parity_of_every_output(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """``mobilevit export`` of a detector (TorchScript, the cheapest) checks the file and runs ``detect`` with it at
+    the size it was exported at."""
+    out = tmp_path / "det.pt"
+    argv = ["export", "--model", MODEL, "--random-weights", "--format", "torchscript", "--output", str(out)]
+    assert main([*argv, "--input-size", "96", "128"]) == 0
+    printed = capsys.readouterr().out
+    assert f"wrote {out} (torchscript)" in printed and "at (2, 3, 96, 128)" in printed
+    assert read_metadata(out).preprocess.input_size == (96, 128)
+    image = tmp_path / "x.png"
+    Image.new("RGB", (50, 40), (120, 30, 200)).save(image)
+    assert main(["detect", str(image), "--model", str(out), "--output", str(tmp_path / "o"), "--json"]) == 0
+    assert "detections" in json.loads(capsys.readouterr().out.splitlines()[-1])
