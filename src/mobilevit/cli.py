@@ -337,7 +337,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
         progress,
         fma_limit_gmacs=peak.get("fma_limit_gmacs"),
     )
-    resolution = args.resolution or "per model (256; segmentation: its preprocessing's, 512)"
+    resolution = args.resolution or "per model (256; segmentation and detection: the preprocessing's, 512 and 320)"
     header = system_info(peak, backends=",".join(backends), resolution=resolution, repeats=args.repeats)
     text = format_report(header, rows, "json" if args.json else args.format)
     if args.output:
@@ -737,7 +737,8 @@ def _bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--resolution",
         type=int,
-        help="square input size (default: 256 for classifiers, a segmentation model's preprocessing size: 512)",
+        help="square input size (default: 256 for classifiers; a segmentation model's or detector's preprocessing "
+        "size: 512, 320)",
     )
     p.add_argument("--repeats", type=int, default=20, help="timed runs per measurement (interleaved over backends)")
     p.add_argument("--threads", type=int, default=0, help="torch, onnxruntime and OpenVINO threads (default: torch's)")

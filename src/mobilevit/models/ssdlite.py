@@ -172,6 +172,9 @@ class SSDLite(nn.Module):
     default_input_size = (DETECTION_INPUT_SIZE, DETECTION_INPUT_SIZE)  # the published checkpoints' input
     classifier_name = "classifier"  # the parameters that a new ``num_classes`` replaces
     output_names = OUTPUT_NAMES
+    # the smallest height and width at which a torch.export trace keeps every level's size symbolic: at 256 or less
+    # the stride-256 level is 1x1, a size torch.export fixes (mobilevit.export.onnx)
+    min_dynamic_size = LEVEL_STRIDES[-2] + 1
 
     def __init__(
         self, cfg: SSDLiteConfig, features_only: bool = False, out_indices: tuple[int, ...] | None = None

@@ -235,6 +235,11 @@ class DetectionTask(Task):
         """The whole image resized to the input size: a crop would lose the objects near the edges."""
         return segmentation_preprocess(preprocess, preprocess.input_size)
 
+    def fixed_size_preprocess(self, preprocess: Preprocess, size: tuple[int, int]) -> Preprocess:
+        """The whole image resized to ``size``: a detector's anchors follow its feature maps, so it finds objects at
+        any input size, and a file exported at one size (TorchScript, CoreML, ExecuTorch, LiteRT) is fed that size."""
+        return segmentation_preprocess(preprocess, size)
+
     def bench_size(self, preprocess: Preprocess, default: int) -> tuple[int, int]:
         height, width = preprocess.input_size
         return int(height), int(width)
