@@ -204,7 +204,7 @@ class Task(ABC):
             UsageError: models of this task do not answer ``hf_task``.
         """
         if hf_task != self.hf_task:
-            raise UsageError(f"{self.title} models answer {self.hf_task}, not {echo(hf_task)}")
+            raise UsageError(f"{self.title} models answer {' and '.join(self.hf_tasks)}, not {echo(hf_task)}")
         return self
 
     def answer(self, runner: Runner, outputs: Tensor, context: Any, options: dict[str, Any]) -> Any:
