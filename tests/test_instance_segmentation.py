@@ -266,6 +266,14 @@ def test_eval_reports_box_and_mask_ap_as_cocoeval(
                  "--json"]) == 0  # fmt: skip
     printed = json.loads(capsys.readouterr().out)
     assert [printed[key] for key in KEYS] == boxes and [printed[f"mask_{key}"] for key in KEYS] == masks
+    # a set whose annotations are boxes only: the box scores alone
+    truth = json.loads(annotations.read_text())
+    for annotation in truth["annotations"]:
+        del annotation["segmentation"]
+    (tmp_path / "set" / "boxes.json").write_text(json.dumps(truth))
+    assert main(["eval", str(tmp_path / "set" / "boxes.json"), "--model", "stub", "--json", "--no-progress"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert [printed[key] for key in KEYS] == boxes and "mask_AP" not in printed
 
 
 TINY = dict(fpn_channels=16, box_convs=(16,), mask_convs=(16,), representation_size=32, mask_predictor_channels=16)

@@ -167,24 +167,22 @@ def evaluate_instances(
 ) -> dict[str, Any]:
     """Box and mask mAP of instance segmentation results (rows with both ``bbox`` and ``segmentation``): the box
     scores of :func:`evaluate_detections` (:data:`STATS`) and the mask scores as ``mask_AP``, ``mask_AP50``, ...
-    (``"segm"``; no mask scores when the rows have no ``segmentation``). The mask pass scores the rows without their
-    ``bbox``, so that an instance's area (small, medium, large) is its mask's, as detectron2 scores masks
-    (pycocotools takes a row's area from its box when it has one)."""
+    (``"segm"``). The mask pass scores the rows without their ``bbox``, so that an instance's area (small, medium,
+    large) is its mask's, as detectron2 scores masks (pycocotools takes a row's area from its box when it has one).
+    A set whose annotations are boxes only, or rows without masks, get the box scores only."""
     if not isinstance(results, list):
         results = read_results(results)
     scores = evaluate_detections(coco, results, categories)
-    if results and all("segmentation" in row for row in results):
-        masks = [{key: value for key, value in row.items() if key != "bbox"} for row in results]
-        scores.update(
-            {
-                f"mask_{key}": value
-                for key, value in evaluate_detections(coco, masks, categories, "segm").items()
-                if key in STATS
-            }
-        )
-    elif not results:
-        scores.update({f"mask_{key}": 0.0 for key in STATS})
-    return scores
+    truth = (coco.coco if isinstance(coco, CocoSet) else coco).dataset.get("annotations", [])
+    if not all(annotation.get("segmentation") for annotation in truth):
+        logger.info("the set's annotations are boxes without masks: no mask mAP")
+        return scores
+    if not all("segmentation" in row for row in results):
+        logger.info("the results have no masks: no mask mAP")
+        return scores
+    masks = [{key: value for key, value in row.items() if key != "bbox"} for row in results]
+    found = evaluate_detections(coco, masks, categories, "segm")
+    return {**scores, **{f"mask_{key}": found[key] for key in STATS}}
 
 
 def encode_masks(masks: Any) -> list[dict[str, Any]]:
