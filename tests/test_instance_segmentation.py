@@ -52,9 +52,11 @@ class StubMaskRCNN(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.pretrained_cfg = PretrainedCfg("stub_maskrcnn", "", None, PREPROCESS, None)
+        self.batches: list[int] = []  # the batch size of each call
 
     def forward(self, x: Tensor) -> list[dict[str, Tensor]]:
         B, _, H, W = x.shape
+        self.batches.append(B)
         cell_h, cell_w = H // 4, W // 4
         means = nn.functional.avg_pool2d(x, (cell_h, cell_w))  # [B, 3, H, W] -> [B, 3, 4, 4]
         found = []
@@ -101,10 +103,12 @@ def _runner() -> Runner:
 
 
 def test_the_runner_gives_each_image_its_detections_and_masks() -> None:
-    runner = _runner()
+    runner = Runner.from_model(StubMaskRCNN(), batch_size=16)
     assert runner.task is INSTANCE_SEGMENTATION and runner.labels == list(coco_categories())
     images = [_picture((64, 48), (1, 2), (3, 0)), _picture((40, 80), (0, 0)), _picture((32, 32), None)]
     first, second, third = runner.run(images)
+    assert runner.batch_size == 1 and runner.model.batches == [1, 1, 1]  # one image at a time (batch_limit)
+    assert len(runner.forward(torch.zeros(2, 3, 32, 32))) == 2 and runner.model.batches[-2:] == [1, 1]
     assert (len(first), len(second), len(third)) == (2, 1, 0)
     assert first.names == ("person", "car") and first.labels.tolist() == [PERSON, CAR]
     torch.testing.assert_close(first.boxes, torch.tensor([[16.0, 24.0, 32.0, 36.0], [48.0, 0.0, 64.0, 12.0]]))

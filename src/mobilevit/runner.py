@@ -155,7 +155,7 @@ class Runner:
         preprocess: the weights' :class:`~mobilevit.weights.entries.Preprocess` (the task adapts it: a segmentation
             model resizes the whole image, never crops).
         labels: class names, index-aligned with the outputs (default: ``"class_<i>"``).
-        batch_size: images per forward pass.
+        batch_size: images per forward pass (at most the task's :attr:`~mobilevit.tasks.Task.batch_limit`).
         workers: threads that decode and preprocess images while the model runs.
         fold: for a PyTorch module: re-parameterize it (fold BatchNorms and branches) — same outputs, faster.
         sizes: the input sizes the runtime takes (default: any).
@@ -206,7 +206,7 @@ class Runner:
         elif num_classes:
             labels = check_labels(labels, num_classes)
         self.labels = list(labels)
-        self.batch_size = batch_size
+        self.batch_size = min(batch_size, self.task.batch_limit or batch_size)
         self.workers = workers or min(4, os.cpu_count() or 1)
         self.sizes = sizes or InputSizes()
         self.fixed_batch: int | None = self.runtime.fixed_batch  # the batch every run takes (None: any)
@@ -439,9 +439,13 @@ class Runner:
         """One pass of the runtime over a preprocessed ``[B, 3, H, W]`` batch, whatever ``B``: the model's output
         tensor, or, for a task with several outputs (:attr:`~mobilevit.tasks.Task.outputs`), a dict of them by name.
 
-        A runtime that takes a fixed batch runs several times, the last run padded with zeros.
+        A runtime that takes a fixed batch runs several times, the last run padded with zeros; so does a task whose
+        models take at most :attr:`~mobilevit.tasks.Task.batch_limit` images at a time.
         """
         self.sizes.check(batch.shape[2], batch.shape[3])
+        limit = self.task.batch_limit
+        if limit is not None and len(batch) > limit:
+            return _cat([self.forward(part) for part in batch.split(limit)])
         fixed = self.fixed_batch
         if fixed is None:
             return self._run(batch)

@@ -82,6 +82,8 @@ class Task(ABC):
         classifies_images: the first output scores classes per image (CoreML exports such a model as a classifier,
             its outputs labelled); else its outputs are maps or other tensors, exported as they are.
         export_kind: the model in an exported file's description (``"image classifier"``).
+        batch_limit: the most images its models take in one forward pass (``None``: any number), whatever the
+            runner's or the server's batch size (a Mask R-CNN's masks take 400 MB per image).
         also_answers: the names of other tasks whose commands run this task's models too, this task answering for
             them (a Mask R-CNN's boxes are a detector's: ``detect`` and ``eval --task detection`` run it).
     """
@@ -100,6 +102,7 @@ class Task(ABC):
     data_help: ClassVar[str] = ""
     classifies_images: ClassVar[bool] = False
     export_kind: ClassVar[str] = "model"
+    batch_limit: ClassVar[int | None] = None
     also_answers: ClassVar[tuple[str, ...]] = ()
 
     @property

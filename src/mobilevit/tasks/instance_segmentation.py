@@ -75,6 +75,9 @@ class InstanceSegmentationTask(DetectionTask):
     outputs = ("detections",)  # one dict per image (boxes, labels, scores, masks), as torchvision's detectors return
     output_axes = ("batch", "detections")
     also_answers = ("detection",)
+    # torchvision pastes each detection's mask into the whole input as floats: 100 detections at 1024x1024 are 400 MB
+    # per image, so images run one at a time
+    batch_limit = 1
     # not trainable through the runner yet
     loss = ""
     train_data = ""
