@@ -85,6 +85,10 @@ class InstanceSegmentationTask(DetectionTask):
     best_metric = ""
     best_metric_title = ""
     export_kind = "instance segmentation model"
+    data_help = (
+        "COCO-format data, masks as polygons or RLE: an image folder and instances.json (DATA/images/ + "
+        "DATA/annotations/instances.json)"
+    )
 
     def check_options(  # type: ignore[override]
         self, threshold: float | None = None, mask_threshold: float = MASK_THRESHOLD
