@@ -14,7 +14,8 @@ photos, ``skimage.data``) or random weights in the format the file name says:
 - ``mobileone_s0_unfused.pth.tar`` (ml-mobileone's plain state dict, train-time form), ``s0.pth.tar`` (``{"state_dict":
   ...}``, folded, Apple's key names), ``mobileone_s0_reparam.safetensors`` (Apple's real weights from ``../shared``,
   else random ones with Apple's key names), ``fastvit_t8.pth.tar`` (the ml-fastvit fixture in ``../shared``),
-  ``./my-finetune`` (a ``save_pretrained`` folder) and ``s0.onnx`` (``mobilevit export --random-weights``);
+  ``./my-finetune`` (a ``save_pretrained`` folder), ``s0.onnx`` (``mobilevit export --random-weights``) and
+  ``maskrcnn_mobilevit_xxs.pt`` (the ml-cvnets Mask R-CNN fixture in ``../shared``);
 - weights names (``arch.tag``) resolve offline: timm-format random weights (transformers' for the DeepLabV3 VOC
   entries) in a temporary Hugging Face cache, cvnets' fixtures (MobileViT-XXS, SSDLite-MobileViT-XXS) in a
   temporary torch hub cache, ``HF_HUB_OFFLINE=1``.
@@ -32,9 +33,9 @@ bars on, the suite's threads (one, see conftest), ``$TOKEN`` set. What is change
 
 A command passes when it exits 0 and its output is what the README documents (JSON where ``--json`` is given).
 ``make`` lines and the 8-process distillation run (a timm teacher to download) are skipped with the reason; CoreML,
-ExecuTorch and LiteRT export, DeepLabV3 and int8 export (with the commands that run the file they write) and ``bench``
-(its backends include ``compile``) are marked slow (``make test-slow``), ExecuTorch and LiteRT skipped without their
-toolchain.
+ExecuTorch and LiteRT export, DeepLabV3 and int8 export (with the commands that run the file they write), ``bench``
+(its backends include ``compile``) and the Mask R-CNN commands (1024x1024 inputs) are marked slow (``make
+test-slow``), ExecuTorch and LiteRT skipped without their toolchain.
 """
 
 from __future__ import annotations
@@ -224,6 +225,8 @@ def _marks(cmd: Command) -> list[pytest.MarkDecorator]:
         return [pytest.mark.slow]  # coremltools conversion
     if cmd.subcommand == "train" and (_value(cmd, "--recipe") or "").startswith("ssdlite_"):
         return [pytest.mark.slow]  # tests/test_train_detection.py trains a detector through the runner by default
+    if (_value(cmd, "--model") or "").startswith("maskrcnn_"):
+        return [pytest.mark.slow]  # a Mask R-CNN at 1024x1024; tests/test_instance_segmentation.py runs the commands
     for fmt, module, extra in (("executorch", "executorch", "executorch"), ("tflite", "litert_torch", "litert")):
         if cmd.subcommand == "export" and fmt in cmd.argv:  # a conversion of tens of seconds, in its own toolchain
             missing = importlib.util.find_spec(module) is None
@@ -458,6 +461,13 @@ def assets(tmp_path_factory: pytest.TempPathFactory) -> Assets:
     mobilevit.save_pretrained(
         mobilevit.create_model("fastvit_t8", num_classes=2), files / "my-finetune", labels=["ants", "bees"]
     )
+    maskrcnn_fixture = SHARED / "fixtures" / "maskrcnn_mobilevit_xxs" / "maskrcnn_mobilevit_xxs.pt"
+    if maskrcnn_fixture.is_file():
+        shutil.copy(maskrcnn_fixture, files / "maskrcnn_mobilevit_xxs.pt")  # ml-cvnets' checkpoint format
+    else:
+        missing["maskrcnn_mobilevit_xxs.pt"] = (
+            f"needs ml-cvnets' checkpoint fixture, {maskrcnn_fixture} (../shared absent)"
+        )
 
     # weights names: the Hugging Face cache (timm's layout) and the torch hub cache (Apple's URL files)
     for name in (

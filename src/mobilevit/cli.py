@@ -684,7 +684,8 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--task",
         choices=list(TASKS),
-        help="top-1/top-5; mIoU, per-class IoU and pixel accuracy; or COCO mAP (default: the model's own task)",
+        help="top-1/top-5; mIoU, per-class IoU and pixel accuracy; or COCO mAP (boxes; and masks for an instance "
+        "segmentation model) (default: the model's own task)",
     )
     p.add_argument(
         "--split",
@@ -900,8 +901,17 @@ def build_parser() -> argparse.ArgumentParser:
     _list_args(sub.add_parser("list", help="the model table: architectures, parameters and MACs"))
     _predict_args(sub.add_parser("predict", help="classify images"))
     _segment_args(sub.add_parser("segment", help="semantic segmentation: a class mask and an overlay per image"))
-    _detect_args(sub.add_parser("detect", help="object detection: boxes, labels and scores, drawn on each image"))
-    _eval_args(sub.add_parser("eval", help="accuracy on a labelled set: top-1/top-5, or mIoU for a segmentation model"))
+    _detect_args(
+        sub.add_parser(
+            "detect", help="object detection: boxes, labels, scores (and instance masks), drawn on each image"
+        )
+    )
+    _eval_args(
+        sub.add_parser(
+            "eval",
+            help="accuracy on a labelled set: top-1/top-5, mIoU for a segmentation model, COCO mAP for a detector",
+        )
+    )
     _bench_args(
         sub.add_parser(
             "bench",

@@ -118,10 +118,10 @@ def _runtime_name(runtime: Runtime) -> str:
 
 
 def check_task(runtime: Runtime, task: Task | None) -> Task:
-    """The task of the model ``runtime`` runs; a clear error when it is not ``task`` (when given): the model's own task
-    says what it is and what runs it."""
+    """The task of the model ``runtime`` runs; a clear error when it is not ``task`` (when given) nor answers for it
+    (:attr:`~mobilevit.tasks.Task.also_answers`): the model's own task says what it is and what runs it."""
     own = get_task(runtime.task)
-    if task is not None and own is not task:
+    if task is not None and own is not task and task.name not in own.also_answers:
         raise UsageError(own.wrong_runner(_runtime_name(runtime)))
     return own
 
@@ -155,7 +155,7 @@ class Runner:
         preprocess: the weights' :class:`~mobilevit.weights.entries.Preprocess` (the task adapts it: a segmentation
             model resizes the whole image, never crops).
         labels: class names, index-aligned with the outputs (default: ``"class_<i>"``).
-        batch_size: images per forward pass.
+        batch_size: images per forward pass (at most the task's :attr:`~mobilevit.tasks.Task.batch_limit`).
         workers: threads that decode and preprocess images while the model runs.
         fold: for a PyTorch module: re-parameterize it (fold BatchNorms and branches) — same outputs, faster.
         sizes: the input sizes the runtime takes (default: any).
@@ -206,7 +206,7 @@ class Runner:
         elif num_classes:
             labels = check_labels(labels, num_classes)
         self.labels = list(labels)
-        self.batch_size = batch_size
+        self.batch_size = min(batch_size, self.task.batch_limit or batch_size)
         self.workers = workers or min(4, os.cpu_count() or 1)
         self.sizes = sizes or InputSizes()
         self.fixed_batch: int | None = self.runtime.fixed_batch  # the batch every run takes (None: any)
@@ -279,6 +279,8 @@ class Runner:
         names = check_labels(labels, labelled, "--labels") if labels is not None else io.labels
         if names is not None and len(names) not in (labelled, model.num_classes):  # names of some other classes
             names = None  # the task's default names (a name per output, the background's first, is cut by __init__)
+        elif names is not None and len(names) == model.num_classes != labelled:  # the background's name first
+            names = list(names)[model.num_classes - labelled :]  # (as __init__ cuts them when the outputs say)
         source = None
         if io.source is not None:  # the weights name when the entry's own file was loaded, else the file or folder
             source = io.weights if pretrained is True and io.weights is not None else io.source
@@ -437,9 +439,13 @@ class Runner:
         """One pass of the runtime over a preprocessed ``[B, 3, H, W]`` batch, whatever ``B``: the model's output
         tensor, or, for a task with several outputs (:attr:`~mobilevit.tasks.Task.outputs`), a dict of them by name.
 
-        A runtime that takes a fixed batch runs several times, the last run padded with zeros.
+        A runtime that takes a fixed batch runs several times, the last run padded with zeros; so does a task whose
+        models take at most :attr:`~mobilevit.tasks.Task.batch_limit` images at a time.
         """
         self.sizes.check(batch.shape[2], batch.shape[3])
+        limit = self.task.batch_limit
+        if limit is not None and len(batch) > limit:
+            return _cat([self.forward(part) for part in batch.split(limit)])
         fixed = self.fixed_batch
         if fixed is None:
             return self._run(batch)
@@ -556,7 +562,9 @@ class Runner:
                     progress(len(chunk))
 
 
-Outputs = Tensor | dict[str, Tensor]  # a model's output, or its outputs by name (a task with several)
+# a model's output, its outputs by name (a task with several), or one dict of outputs per image (a model whose
+# outputs differ in size from image to image: a Mask R-CNN's detections)
+Outputs = Tensor | dict[str, Tensor] | list[dict[str, Tensor]]
 
 
 def _map(outputs: Outputs, function: Callable[[Tensor], Tensor]) -> Outputs:
@@ -565,13 +573,16 @@ def _map(outputs: Outputs, function: Callable[[Tensor], Tensor]) -> Outputs:
 
 def _cat(parts: list[Outputs]) -> Outputs:
     """Batches of outputs joined along the batch axis."""
+    if isinstance(parts[0], list):
+        return [row for part in parts for row in part]  # type: ignore[union-attr]
     if isinstance(parts[0], dict):
         return {name: torch.cat([part[name] for part in parts]) for name in parts[0]}  # type: ignore[index]
     return torch.cat(parts)  # type: ignore[arg-type]
 
 
 def output_rows(outputs: Outputs) -> list[Outputs]:
-    """Each image's outputs of a batch's: a row of the tensor, or a dict of the rows of each named output."""
+    """Each image's outputs of a batch's: a row of the tensor, a dict of the rows of each named output, or the
+    image's own dict (a list of them)."""
     if isinstance(outputs, dict):
         named = list(outputs.items())
         return [{name: t[i] for name, t in named} for i in range(len(named[0][1]))]
@@ -580,6 +591,8 @@ def output_rows(outputs: Outputs) -> list[Outputs]:
 
 def all_finite(outputs: Outputs) -> bool:
     """Whether every value of the outputs is finite."""
+    if isinstance(outputs, list):
+        return all(all_finite(row) for row in outputs)
     values = outputs.values() if isinstance(outputs, dict) else [outputs]
     return all(bool(torch.isfinite(t).all()) for t in values)
 

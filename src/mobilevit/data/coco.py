@@ -123,15 +123,20 @@ def release_splits(data: str | Path) -> tuple[str, str | None] | None:
 
 
 def evaluate_detections(
-    coco: CocoSet | Any, results: list[dict[str, Any]] | str | Path, categories: Sequence[int] | None = None
+    coco: CocoSet | Any,
+    results: list[dict[str, Any]] | str | Path,
+    categories: Sequence[int] | None = None,
+    iou_type: str = "bbox",
 ) -> dict[str, Any]:
-    """COCO box mAP of ``results`` (COCO results format: ``image_id``, ``category_id``, ``bbox`` ``[x, y, w, h]``,
-    ``score``; a list or a JSON file) against the set's annotations, by pycocotools' ``COCOeval``.
+    """COCO box (or mask) mAP of ``results`` (COCO results format: ``image_id``, ``category_id``, ``bbox`` ``[x, y, w,
+    h]`` or ``segmentation`` (RLE), ``score``; a list or a JSON file) against the set's annotations, by pycocotools'
+    ``COCOeval``.
 
     Args:
         coco: the set (or pycocotools' ``COCO`` of its annotations).
         results: the detections.
         categories: the category ids scored (default: every category of the set).
+        iou_type: ``"bbox"`` (boxes) or ``"segm"`` (masks), ``COCOeval``'s ``iouType``.
 
     Returns:
         ``COCOeval.stats`` by name (:data:`STATS`: ``AP``, ``AP50``, ``AP75``, ``APs``, ``APm``, ``APl``, ``AR1``,
@@ -144,8 +149,8 @@ def evaluate_detections(
     if not results:  # pycocotools cannot load an empty results list: nothing found scores 0
         return {**dict.fromkeys(STATS, 0.0), "detections": 0}
     with contextlib.redirect_stdout(io.StringIO()):
-        detections = ground_truth.loadRes(results)
-        evaluation = coco_eval(ground_truth, detections, "bbox")
+        detections = ground_truth.loadRes([dict(row) for row in results])  # loadRes adds keys to the rows it gets
+        evaluation = coco_eval(ground_truth, detections, iou_type)
         if categories is not None:
             evaluation.params.catIds = list(categories)
         evaluation.evaluate()
@@ -155,6 +160,44 @@ def evaluate_detections(
         **{key: float(value) for key, value in zip(STATS, evaluation.stats, strict=True)},
         "detections": len(results),
     }
+
+
+def evaluate_instances(
+    coco: CocoSet | Any, results: list[dict[str, Any]] | str | Path, categories: Sequence[int] | None = None
+) -> dict[str, Any]:
+    """Box and mask mAP of instance segmentation results (rows with both ``bbox`` and ``segmentation``): the box
+    scores of :func:`evaluate_detections` (:data:`STATS`) and the mask scores as ``mask_AP``, ``mask_AP50``, ...
+    (``"segm"``). The mask pass scores the rows without their ``bbox``, so that an instance's area (small, medium,
+    large) is its mask's, as detectron2 scores masks (pycocotools takes a row's area from its box when it has one).
+    A set whose annotations are boxes only, or rows without masks, get the box scores only."""
+    if not isinstance(results, list):
+        results = read_results(results)
+    scores = evaluate_detections(coco, results, categories)
+    truth = (coco.coco if isinstance(coco, CocoSet) else coco).dataset.get("annotations", [])
+    if not all(annotation.get("segmentation") for annotation in truth):
+        logger.info("the set's annotations are boxes without masks: no mask mAP")
+        return scores
+    if not all("segmentation" in row for row in results):
+        logger.info("the results have no masks: no mask mAP")
+        return scores
+    masks = [{key: value for key, value in row.items() if key != "bbox"} for row in results]
+    found = evaluate_detections(coco, masks, categories, "segm")
+    return {**scores, **{f"mask_{key}": found[key] for key in STATS}}
+
+
+def encode_masks(masks: Any) -> list[dict[str, Any]]:
+    """COCO's compressed RLE (``{"size": [h, w], "counts": str}``) of each of ``[D, H, W]`` boolean masks, by
+    pycocotools' ``mask.encode``."""
+    import numpy as np
+
+    try:
+        from pycocotools import mask as mask_utils
+    except ImportError:
+        raise UsageError("COCO RLE masks need pycocotools: pip install 'mobilevit[coco]'") from None
+    if len(masks) == 0:
+        return []
+    columns = np.asfortranarray(masks.numpy().astype(np.uint8).transpose(1, 2, 0))  # [D, H, W] -> [H, W, D]
+    return [{"size": list(rle["size"]), "counts": rle["counts"].decode("ascii")} for rle in mask_utils.encode(columns)]
 
 
 def read_results(path: str | Path) -> list[dict[str, Any]]:

@@ -32,7 +32,7 @@ import logging
 from collections import OrderedDict
 from dataclasses import dataclass
 from itertools import pairwise
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -222,6 +222,14 @@ class MaskRCNN(TorchvisionMaskRCNN):
     output_axes = ("detections", "coordinates")  # what each axis of ``boxes`` is
     output_names = ("boxes", "labels", "scores", "masks")
     default_input_size = (MASKRCNN_INPUT_SIZE, MASKRCNN_INPUT_SIZE)
+    # without weights of its own, the model reads images as ml-cvnets' Mask R-CNN evaluation does whatever its
+    # backbone's classification weights read (some MobileViT v3 ones: BGR, OpenCV): decoded by PIL as RGB and resized
+    # whole with bilinear interpolation (its config's image_augmentation.resize); the mean and std stay the backbone's
+    default_pixels: ClassVar[dict[str, str]] = {
+        "channel_order": "RGB",
+        "interpolation": "bilinear",
+        "resize_backend": "pil",
+    }
     classifier_name = "roi_heads.box_predictor"  # the box classifier and box regression, per class
     class_layers = (classifier_name, "roi_heads.mask_predictor.mask_fcn_logits")  # what a new num_classes replaces
     backbone_module = "backbone.body"  # where a classification checkpoint of ``cfg.backbone`` loads

@@ -2,7 +2,10 @@
 
 Routes: ``POST /`` (the first model) and ``POST /models/{name}`` speak the Hugging Face Inference API for image
 classification or, for a segmentation model or a detector, image segmentation or object detection (see
-:mod:`mobilevit.serve.protocol`); models of every task can be served side by side. ``GET /health`` (200 when every
+:mod:`mobilevit.serve.protocol`); models of every task can be served side by side. ``POST
+/models/{name}/pipeline/{hf_task}`` answers as the Hugging Face task named, for a model whose task answers several
+(an instance segmentation model: ``object-detection`` at ``/models/{name}``, ``image-segmentation`` there too; Hugging
+Face's own route for models of several tasks). ``GET /health`` (200 when every
 model is loaded and its latest outputs were finite, else 503), ``GET /health/live`` (always 200), ``GET /metrics``
 (Prometheus), ``GET /docs`` and ``GET /redoc`` (the OpenAPI schema in Swagger UI and ReDoc, their scripts served from
 the fastapi-offline package, so they work offline) and ``GET /`` (a page to drop an image on); the ``GET`` routes
@@ -23,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import html
+import json
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -40,10 +44,10 @@ from starlette.requests import ClientDisconnect
 from torch import Tensor
 
 from ..data.images import ImageError, UnsupportedFormatError, accepted_formats
-from ..errors import NonFiniteOutputError
+from ..errors import NonFiniteOutputError, UsageError
 from ..runner import Runner
 from ..segment import load_model
-from ..tasks import TASKS
+from ..tasks import TASKS, Task
 from .config import ServeConfig
 from .engine import BatchEngine, OverloadedError, pin_torch_threads
 from .page import PAGE
@@ -61,10 +65,21 @@ class ErrorBody(BaseModel):
     error: str
 
 
+def served_tasks() -> list[Task]:
+    """The task objects that answer requests: each registered task's, for each Hugging Face task it answers."""
+    return [task.serving(hf_task) for task in TASKS.values() for hf_task in task.hf_tasks]
+
+
 def request_body() -> dict[str, Any]:
     """The OpenAPI schema of a prediction request: raw image bytes, or JSON with the parameters of every task."""
-    described = "; ".join(f"{task.title}: {', '.join(sorted(task.parameters))}" for task in TASKS.values())
-    properties = {name: schema for task in TASKS.values() for name, schema in task.parameter_schema.items()}
+    tasks = served_tasks()
+    described = "; ".join(f"{task.title} ({task.hf_task}): {', '.join(sorted(task.parameters))}" for task in tasks)
+    properties: dict[str, Any] = {}
+    for task in tasks:
+        for name, schema in task.parameter_schema.items():
+            known = properties.setdefault(name, dict(schema))
+            if "enum" in schema and known is not schema:  # subtask: "semantic" or "instance"
+                known["enum"] = list(dict.fromkeys([*known["enum"], *schema["enum"]]))
     binary = {"schema": {"type": "string", "format": "binary"}}
     parameters = {"type": "object", "description": described, "properties": properties}
     inputs = {"type": "string", "description": "base64 image (or a data URL)"}
@@ -74,10 +89,12 @@ def request_body() -> dict[str, Any]:
 
 
 def answer_schema() -> dict[int | str, dict[str, Any]]:
-    """The OpenAPI schema of a prediction's answer: the answer of the served model's task."""
-    answers = [task.answer_schema for task in TASKS.values()]
-    description = "the answer of the model's task: " + "; ".join(task.hf_task for task in TASKS.values())
-    return {200: {"description": description, "content": {"application/json": {"schema": {"oneOf": answers}}}}}
+    """The OpenAPI schema of a prediction's answer: the answer of the served model's task (and Hugging Face task)."""
+    tasks = served_tasks()
+    answers = {json.dumps(task.answer_schema, sort_keys=True): task.answer_schema for task in tasks}  # each once
+    description = "the answer of the model's task: " + "; ".join(dict.fromkeys(task.hf_task for task in tasks))
+    schema = {"anyOf": list(answers.values())}  # answers of two tasks can look alike: anyOf, not oneOf
+    return {200: {"description": description, "content": {"application/json": {"schema": schema}}}}
 
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {  # the OpenAPI schema of each error answer
@@ -278,12 +295,20 @@ class Routes:
             data, "image", max_pixels=self.config.max_pixels, fast_decode=self.config.fast_decode
         )
 
-    async def answer(self, request: Request, body: bytes, engine: BatchEngine) -> JSONResponse:
-        """One request, the model's task's way: parse its parameters, decode (decode pool), run in the model's batches,
-        then post-process and encode the answer (decode pool: the model's thread only runs the model)."""
+    async def answer(
+        self, request: Request, body: bytes, engine: BatchEngine, hf_task: str | None = None
+    ) -> JSONResponse:
+        """One request, the model's task's way (``hf_task``: the Hugging Face task asked for, when the model's task
+        answers several): parse its parameters, decode (decode pool), run in the model's batches, then post-process
+        and encode the answer (decode pool: the model's thread only runs the model)."""
         runner = engine.predictor
         assert runner is not None
         task = runner.task
+        if hf_task is not None:
+            try:
+                task = task.serving(hf_task)
+            except UsageError as err:
+                raise RequestError(404, str(err)) from None
         parsed = parse_request(body, request.headers.get("content-type"), task)
         loop = asyncio.get_running_loop()
         try:
@@ -297,7 +322,9 @@ class Routes:
 
         return JSONResponse(await loop.run_in_executor(self.decode_pool, encode))
 
-    async def admitted_answer(self, request: Request, engine: BatchEngine) -> tuple[Response, float]:
+    async def admitted_answer(
+        self, request: Request, engine: BatchEngine, hf_task: str | None = None
+    ) -> tuple[Response, float]:
         """Check, receive, admit and answer one request for a served model: ``(response, when its body arrived)``."""
         try:
             engine.check_open()  # before reading a body the model could not take
@@ -307,7 +334,8 @@ class Routes:
         except OverloadedError as err:
             raise RequestError(503, str(err), self.retry) from None
         try:
-            return await asyncio.wait_for(self.answer(request, body, engine), self.config.timeout), received
+            answer = self.answer(request, body, engine, hf_task)
+            return await asyncio.wait_for(answer, self.config.timeout), received
         except TimeoutError:
             raise RequestError(504, f"no answer within {self.config.timeout:g} s") from None
         except OverloadedError as err:  # shutting down while queued
@@ -315,8 +343,9 @@ class Routes:
         finally:
             engine.release()
 
-    async def handle(self, request: Request, name: str) -> Response:
-        """Answer a prediction request for model ``name``: every outcome becomes a response, and is counted."""
+    async def handle(self, request: Request, name: str, hf_task: str | None = None) -> Response:
+        """Answer a prediction request for model ``name`` (``hf_task``: as that Hugging Face task; default: its task's
+        own): every outcome becomes a response, and is counted."""
         engine = self.engines.get(name)
         label = name if engine is not None else UNKNOWN_MODEL  # never a name the client made up
         received: float | None = None  # when the body was complete
@@ -324,7 +353,7 @@ class Routes:
             self.check_token(request)
             if engine is None:
                 raise RequestError(404, f"no model {clip(name)!r}; served: {', '.join(self.engines)}")
-            response, received = await self.admitted_answer(request, engine)
+            response, received = await self.admitted_answer(request, engine, hf_task)
             engine.answered()  # the model's outputs made an answer: it is not failing (any more)
         except RequestError as err:
             response = error_response(err.status, err.message, err.headers)
@@ -352,6 +381,9 @@ class Routes:
 
     async def predict_named(self, name: str, request: Request) -> Response:
         return await self.handle(request, name)
+
+    async def predict_pipeline(self, name: str, hf_task: str, request: Request) -> Response:
+        return await self.handle(request, name, hf_task)
 
     async def health(self) -> JSONResponse:
         """200 ``ok`` when every model is loaded and answering; 503 ``loading`` (with ``Retry-After``) until then, and
@@ -427,6 +459,14 @@ def add_routes(app: FastAPI, routes: Routes) -> None:
         routes.predict_named,
         methods=["POST"],
         summary="Classify an image, or segment it with a segmentation model, with the named model",
+        **predict,
+    )
+    app.add_api_route(
+        "/models/{name}/pipeline/{hf_task}",
+        routes.predict_pipeline,
+        methods=["POST"],
+        summary="Answer as the named Hugging Face task (an instance segmentation model: object-detection or "
+        "image-segmentation)",
         **predict,
     )
     readable: list[tuple[str, Callable[[], Awaitable[Response]], dict[str, Any]]] = [

@@ -82,6 +82,10 @@ class Task(ABC):
         classifies_images: the first output scores classes per image (CoreML exports such a model as a classifier,
             its outputs labelled); else its outputs are maps or other tensors, exported as they are.
         export_kind: the model in an exported file's description (``"image classifier"``).
+        batch_limit: the most images its models take in one forward pass (``None``: any number), whatever the
+            runner's or the server's batch size (a Mask R-CNN's masks take 400 MB per image).
+        also_answers: the names of other tasks whose commands run this task's models too, this task answering for
+            them (a Mask R-CNN's boxes are a detector's: ``detect`` and ``eval --task detection`` run it).
     """
 
     name: ClassVar[str]
@@ -98,6 +102,8 @@ class Task(ABC):
     data_help: ClassVar[str] = ""
     classifies_images: ClassVar[bool] = False
     export_kind: ClassVar[str] = "model"
+    batch_limit: ClassVar[int | None] = None
+    also_answers: ClassVar[tuple[str, ...]] = ()
 
     @property
     def parameters(self) -> frozenset[str]:
@@ -193,6 +199,22 @@ class Task(ABC):
     @abstractmethod
     def encode(self, result: Any, options: dict[str, Any]) -> Any:
         """The server's JSON answer for one result."""
+
+    @property
+    def hf_tasks(self) -> tuple[str, ...]:
+        """The Hugging Face tasks the server answers for this task's models, its default (:attr:`hf_task`) first."""
+        return (self.hf_task,)
+
+    def serving(self, hf_task: str) -> Task:
+        """The task object that answers the server's requests for the Hugging Face task ``hf_task`` (its parameters,
+        its answer): this one for its own :attr:`hf_task` (default: no other).
+
+        Raises:
+            UsageError: models of this task do not answer ``hf_task``.
+        """
+        if hf_task != self.hf_task:
+            raise UsageError(f"{self.title} models answer {' and '.join(self.hf_tasks)}, not {echo(hf_task)}")
+        return self
 
     def answer(self, runner: Runner, outputs: Tensor, context: Any, options: dict[str, Any]) -> Any:
         """The server's JSON answer for one image's outputs and a request's :meth:`read_parameters` options (default:

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from PIL import Image, ImageDraw
@@ -57,6 +58,8 @@ class Detection:
         names: the class name of each detection.
         size: the image's (width, height).
         image: the decoded image (for drawing), when kept.
+        masks: ``[D, H, W]`` bool, each detection's instance mask in the image's pixels (an instance segmentation
+            model's; ``None`` for a detector's boxes).
     """
 
     boxes: Tensor
@@ -65,6 +68,7 @@ class Detection:
     names: tuple[str, ...]
     size: tuple[int, int]
     image: Image.Image | None = None
+    masks: Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.scores)
@@ -74,23 +78,32 @@ class Detection:
         keep = (self.scores >= threshold).nonzero().flatten().tolist()
         return Detection(
             self.boxes[keep], self.labels[keep], self.scores[keep], tuple(self.names[i] for i in keep), self.size,
-            self.image,
+            self.image, self.masks[keep] if self.masks is not None else None,
         )  # fmt: skip
 
     def to_dict(self) -> dict[str, Any]:
-        """``{"detections": [{"label", "index", "score", "box": {"xmin", "ymin", "xmax", "ymax"}}]}``, best first."""
+        """``{"detections": [{"label", "index", "score", "box": {"xmin", "ymin", "xmax", "ymax"}}]}``, best first;
+        with masks, each also has ``"mask"``, COCO's compressed RLE ``{"size": [h, w], "counts": str}``."""
         rows = []
         for box, index, score, name in zip(
             self.boxes.tolist(), self.labels.tolist(), self.scores.tolist(), self.names, strict=True
         ):
             rows.append({"label": name, "index": index, "score": score, "box": dict(zip(BOX_KEYS, box, strict=True))})
+        if self.masks is not None:
+            from ..data.coco import encode_masks
+
+            for row, rle in zip(rows, encode_masks(self.masks), strict=True):
+                row["mask"] = rle
         return {"detections": rows}
 
     def draw(self) -> Image.Image:
-        """The image with each box, its label and score drawn on it."""
+        """The image with each instance mask tinted in its class's colour (when there are masks), then each box, its
+        label and score drawn on it."""
         if self.image is None:
             raise UsageError("this detection kept no image to draw on")
         canvas = self.image.convert("RGB")
+        if self.masks is not None and len(self.masks):
+            canvas = tint(canvas, self.masks, [box_colour(i) for i in self.labels.tolist()])
         pen = ImageDraw.Draw(canvas)
         width = max(2, round(min(self.size) / 200))
         for box, name, score, index in zip(
@@ -112,6 +125,15 @@ def box_colour(index: int) -> tuple[int, int, int]:
     """Class ``index``'s box colour: distinct per class, dark enough for white text on it (the server's page draws
     boxes in the same colours)."""
     return (37 * index % 200, 91 * index % 200, 157 * index % 200)
+
+
+def tint(image: Image.Image, masks: Tensor, colours: Sequence[tuple[int, int, int]]) -> Image.Image:
+    """``image`` with the pixels of each of ``masks`` (``[D, H, W]`` bool) blended half-way with its colour, the
+    worst-scoring mask first, so that the best one is on top where they overlap."""
+    pixels = torch.from_numpy(np.asarray(image, dtype=np.float32).copy())  # [H, W, 3]
+    for mask, colour in reversed(list(zip(masks, colours, strict=True))):
+        pixels[mask] = 0.5 * pixels[mask] + 0.5 * torch.tensor(colour, dtype=torch.float32)
+    return Image.fromarray(pixels.round().to(torch.uint8).numpy())
 
 
 def decode_boxes(regression: Tensor, anchors: Tensor) -> Tensor:
@@ -301,7 +323,7 @@ class DetectionTask(Task):
     def evaluate(
         self, runner: Runner, data: str, split: str | None, progress: Callable[[int], None] | None = None
     ) -> dict[str, Any]:
-        from ..data.coco import coco_set, evaluate_detections
+        from ..data.coco import coco_set
 
         coco, images = coco_set(data, split)
         mine, _ = shard(images)
@@ -323,15 +345,21 @@ class DetectionTask(Task):
             else:
                 found += result
         found, failed, world = _gather(found), _gather(failed), len(images)
-        scores = evaluate_detections(coco, found, sorted(set(category.values())))
+        scores = self.score(coco, found, sorted(set(category.values())))
         return {**scores, "categories": len(set(category.values())), "count": world - len(failed), "failed": failed}
 
     def score_results(self, data: str, results: str, split: str | None = None) -> dict[str, Any]:
         """COCO mAP of a COCO results file, exactly as pycocotools' ``COCOeval`` scores it (every category)."""
-        from ..data.coco import coco_set, evaluate_detections
+        from ..data.coco import coco_set
 
         coco, images = coco_set(data, split)
-        return {**evaluate_detections(coco, results), "count": len(images), "failed": []}
+        return {**self.score(coco, results), "count": len(images), "failed": []}
+
+    def score(self, coco: Any, results: Any, categories: Sequence[int] | None = None) -> dict[str, Any]:
+        """The metrics of COCO results rows (or a results file) on a COCO-format set: box mAP by ``COCOeval``."""
+        from ..data.coco import evaluate_detections
+
+        return evaluate_detections(coco, results, categories)
 
     def eval_total(self, data: str, split: str | None) -> int | None:
         from ..data.coco import coco_set
@@ -365,14 +393,19 @@ def _gather(rows: list[Any]) -> list[Any]:
 
 
 def coco_results(detection: Detection, image_id: int, category: dict[int, int]) -> list[dict[str, Any]]:
-    """COCO results-format rows (``bbox`` as ``[x, y, w, h]``) of one image's detections, for the classes the data
-    has (``category``: label -> category id)."""
+    """COCO results-format rows (``bbox`` as ``[x, y, w, h]``; with masks, ``segmentation`` as compressed RLE) of one
+    image's detections, for the classes the data has (``category``: label -> category id)."""
     boxes = box_convert(detection.boxes, "xyxy", "xywh").tolist()
-    return [
-        {"image_id": image_id, "category_id": category[label], "bbox": box, "score": score}
+    rows = [
+        {"image_id": image_id, "category_id": category.get(label), "bbox": box, "score": score}
         for box, label, score in zip(boxes, detection.labels.tolist(), detection.scores.tolist(), strict=True)
-        if label in category
     ]
+    if detection.masks is not None:
+        from ..data.coco import encode_masks
+
+        for row, rle in zip(rows, encode_masks(detection.masks), strict=True):
+            row["segmentation"] = rle
+    return [row for row, label in zip(rows, detection.labels.tolist(), strict=True) if label in category]
 
 
 def coco_rows(
@@ -393,8 +426,10 @@ __all__ = [
     "Detection",
     "DetectionTask",
     "box_colour",
+    "coco_results",
     "coco_rows",
     "decode_boxes",
     "detect",
     "encode_boxes",
+    "tint",
 ]

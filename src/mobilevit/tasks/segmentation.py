@@ -263,7 +263,8 @@ def evaluate_segmentation(
 # --------------------------------------------------------------------------------------------------- serving
 
 
-def _probability(params: dict[str, Any], name: str) -> float | None:
+def read_probability(params: dict[str, Any], name: str) -> float | None:
+    """Request parameter ``name``, a probability (``None`` when not given), or a clear error."""
     value = params.get(name)
     if value is None:
         return None
@@ -410,8 +411,8 @@ class SegmentationTask(Task):
                 f"this model does semantic segmentation only: subtask must be 'semantic', got {echo(subtask)}"
             )
         for name in ("mask_threshold", "overlap_mask_area_threshold"):  # checked, without effect on semantic masks
-            _probability(params, name)
-        return {"threshold": _probability(params, "threshold")}
+            read_probability(params, name)
+        return {"threshold": read_probability(params, "threshold")}
 
     def answer(self, runner: Runner, outputs: Tensor, context: Any, options: dict[str, Any]) -> list[dict[str, Any]]:
         """The masks with each class's score (``threshold`` leaves out the classes below it)."""

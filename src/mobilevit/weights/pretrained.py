@@ -228,14 +228,16 @@ def default_preprocess(arch: str) -> Preprocess:
     """The eval transform of architecture ``arch`` when its weights bring none: its default weights' (every
     classifier has some), else, for a segmentation or detection model without published weights, its backbone's
     pixels with the whole image resized to the model's ``default_input_size`` (512x512 for segmentation, 320x320 for
-    detection; :func:`~mobilevit.weights.entries.segmentation_preprocess`)."""
+    detection; :func:`~mobilevit.weights.entries.segmentation_preprocess`), with the settings the model class states
+    in ``default_pixels`` instead of the backbone's (Mask R-CNN: RGB, bilinear, as ml-cvnets evaluates it)."""
     if arch in DEFAULT_TAGS:
         return get_weights(arch).preprocess
     model_cls, cfg = ARCHITECTURES[arch]
     backbone = getattr(cfg, "backbone", None)
     if backbone is None:
         raise UsageError(f"{arch!r} has no default weights and no backbone to take its preprocessing from")
-    return segmentation_preprocess(default_preprocess(backbone), dense_input_size(model_cls))
+    preprocess = segmentation_preprocess(default_preprocess(backbone), dense_input_size(model_cls))
+    return dataclasses.replace(preprocess, **getattr(model_cls, "default_pixels", {}))
 
 
 def dense_input_size(model_cls: type[nn.Module]) -> tuple[int, int]:
