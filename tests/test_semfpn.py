@@ -172,3 +172,26 @@ def test_logits_at_a_quarter_and_upsampled_to_the_input() -> None:
     torch.testing.assert_close(full, F.interpolate(logits, SIZE, mode="bilinear", align_corners=False))
     model.reset_classifier(3)
     assert model(x).shape[1] == 3 and model.get_classifier().out_channels == 3
+
+
+def test_an_mmsegmentation_file_loads_with_its_widths(tmp_path: Path) -> None:
+    """``create_model(name, pretrained=path)`` on a file as mmsegmentation saves it (``meta``, ``state_dict``): the
+    format is detected, the widths and the class count come from its tensors, and the logits are the reference's."""
+    model = small("semfpn_fastvit_t8")
+    widths = [info["num_channels"] for info in model.backbone.feature_info]
+    sd = {f"backbone.{k}": v for k, v in model.backbone.state_dict().items()}
+    for i, norm in enumerate(model.feature_norms):
+        sd.update({f"backbone.norm{2 * i}.{k}": v for k, v in norm.state_dict().items()})
+    sd.update(mmseg_neck_head(widths, seed=3))
+    path = tmp_path / "iter_40000.pth"
+    torch.save({"meta": {"mmseg_version": "1.2.2"}, "state_dict": sd, "optimizer": {}}, path)
+    loaded = mobilevit.create_model("semfpn_fastvit_t8", pretrained=path).eval()
+    assert (loaded.cfg.fpn_channels, loaded.cfg.head_channels, loaded.num_classes) == (
+        FPN_CHANNELS,
+        HEAD_CHANNELS,
+        CLASSES,
+    )
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        features = [norm(f) for norm, f in zip(model.feature_norms, model.backbone(x), strict=True)]
+        torch.testing.assert_close(loaded(x), reference_logits(sd, features), atol=1e-5, rtol=0)

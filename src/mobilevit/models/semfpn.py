@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -185,6 +186,20 @@ class SemanticFPN(nn.Module):
 
     def get_classifier(self) -> nn.Module:
         return self.head.classifier
+
+    @staticmethod
+    def config_from_checkpoint(state_dict: dict[str, Tensor], cfg: SemanticFPNConfig) -> dict[str, Any]:
+        """What a converted checkpoint's tensors show, as config overrides: the pyramid's and the scale heads' widths
+        and whether the backbone levels have norms. Empty for a checkpoint without a Semantic FPN head."""
+        lateral = state_dict.get("neck.lateral.0.conv.weight")
+        scale = state_dict.get("head.scale_heads.0.0.conv.weight")
+        if lateral is None or scale is None:
+            return {}
+        return {
+            "fpn_channels": lateral.shape[0],
+            "head_channels": scale.shape[0],
+            "feature_norm": "feature_norms.0.running_mean" in state_dict,
+        }
 
     def no_weight_decay(self) -> set[str]:
         """The backbone's exemptions (e.g. FastViT's layer scales), under the ``backbone.`` prefix."""
