@@ -195,3 +195,18 @@ def test_an_mmsegmentation_file_loads_with_its_widths(tmp_path: Path) -> None:
     with torch.no_grad():
         features = [norm(f) for norm, f in zip(model.feature_norms, model.backbone(x), strict=True)]
         torch.testing.assert_close(loaded(x), reference_logits(sd, features), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", pytest.param("onnx", marks=pytest.mark.slow)])  # ONNX: 18 s
+def test_export_gives_the_eager_logits_at_other_sizes(fmt: str, tmp_path: Path) -> None:
+    """A file traced at 96x128 runs at 70x98 (not a multiple of 32: the 2x upsamplings and the resize to the stride-4
+    size follow the input) and a batch of 2 with the eager logits, and records the segmentation task."""
+    pytest.importorskip("onnxscript" if fmt == "onnx" else "torch")
+    from mobilevit.export import check_export, export_model, read_metadata
+
+    model = small("semfpn_mobileone_s0")
+    path = export_model(model, fmt, tmp_path / f"semfpn.{'onnx' if fmt == 'onnx' else 'pt'}", input_size=(96, 128))
+    parity = check_export(model, path, input_size=SIZE, batch_size=2)
+    assert parity.input_shape == (2, 3, *SIZE)
+    assert parity.max_rel_diff < 1e-4, parity
+    assert read_metadata(path).task == "segmentation"
