@@ -210,3 +210,42 @@ def test_export_gives_the_eager_logits_at_other_sizes(fmt: str, tmp_path: Path) 
     assert parity.input_shape == (2, 3, *SIZE)
     assert parity.max_rel_diff < 1e-4, parity
     assert read_metadata(path).task == "segmentation"
+
+
+def ade20k_folder(root: Path) -> Path:
+    """An ADE20K-layout folder (images/<split>/, annotations/<split>/) with two validation pairs and one training pair;
+    the annotations hold 0 ("other"), 1 (wall) and 150 (flag)."""
+    from PIL import Image
+
+    for split, names in (("validation", ("a", "b")), ("training", ("c",))):
+        (root / "images" / split).mkdir(parents=True)
+        (root / "annotations" / split).mkdir(parents=True)
+        for name in names:
+            Image.new("RGB", (48, 32), (120, 80, 40)).save(root / "images" / split / f"ADE_{name}.jpg")
+            labels = torch.zeros(32, 48, dtype=torch.uint8)
+            labels[:, 16:32], labels[:, 32:] = 1, 150
+            Image.fromarray(labels.numpy()).save(root / "annotations" / split / f"ADE_{name}.png")
+    return root
+
+
+def test_ade20k_layout_reads_labels_less_one_and_ignores_other(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """ADE20K as it ships: ``val``/``validation`` and ``train``/``training`` name its folders; 0 ("other") is read as
+    255 (ignored), 1-150 as classes 0-149 (mmsegmentation's reduce_zero_label); ``eval --task segmentation`` scores
+    a Semantic FPN model on it with ADE20K's class names."""
+    import json
+
+    from mobilevit.cli import main
+    from mobilevit.data.segmentation import list_segmentation_set, read_mask
+
+    root = ade20k_folder(tmp_path / "ADEChallengeData2016")
+    pairs = list_segmentation_set(root, "val")
+    assert [(i.name, m.name) for i, m in pairs] == [("ADE_a.jpg", "ADE_a.png"), ("ADE_b.jpg", "ADE_b.png")]
+    assert list_segmentation_set(root, "validation") == pairs and len(list_segmentation_set(root, "train")) == 1
+    mask = read_mask(pairs[0][1])
+    assert mask.shape == (32, 48) and (mask[:, :16] == 255).all() and (mask[:, 16:32] == 0).all()
+    assert (mask[:, 32:] == 149).all()
+    argv = ["eval", str(root), "--model", "semfpn_mobileone_s0", "--random-weights", "--task", "segmentation"]
+    assert main([*argv, "--json", "--no-progress"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["count"] == 2 and result["failed"] == []
+    assert list(result["per_class_iou"])[:2] == ["wall", "building"] and len(result["per_class_iou"]) == 150
