@@ -213,11 +213,11 @@ def test_export_gives_the_eager_logits_at_other_sizes(fmt: str, tmp_path: Path) 
 
 
 def ade20k_folder(root: Path) -> Path:
-    """An ADE20K-layout folder (images/<split>/, annotations/<split>/) with two validation pairs and one training pair;
+    """An ADE20K-layout folder (images/<split>/, annotations/<split>/) with two validation and two training pairs;
     the annotations hold 0 ("other"), 1 (wall) and 150 (flag)."""
     from PIL import Image
 
-    for split, names in (("validation", ("a", "b")), ("training", ("c",))):
+    for split, names in (("validation", ("a", "b")), ("training", ("c", "d"))):
         (root / "images" / split).mkdir(parents=True)
         (root / "annotations" / split).mkdir(parents=True)
         for name in names:
@@ -236,11 +236,13 @@ def test_ade20k_layout_reads_labels_less_one_and_ignores_other(tmp_path: Path, c
 
     from mobilevit.cli import main
     from mobilevit.data.segmentation import list_segmentation_set, read_mask
+    from mobilevit.train.build import data_paths
 
     root = ade20k_folder(tmp_path / "ADEChallengeData2016")
     pairs = list_segmentation_set(root, "val")
     assert [(i.name, m.name) for i, m in pairs] == [("ADE_a.jpg", "ADE_a.png"), ("ADE_b.jpg", "ADE_b.png")]
-    assert list_segmentation_set(root, "validation") == pairs and len(list_segmentation_set(root, "train")) == 1
+    assert list_segmentation_set(root, "validation") == pairs and len(list_segmentation_set(root, "train")) == 2
+    assert data_paths(root) == (str(root), str(root))  # `train --data`: both splits from the one folder
     mask = read_mask(pairs[0][1])
     assert mask.shape == (32, 48) and (mask[:, :16] == 255).all() and (mask[:, 16:32] == 0).all()
     assert (mask[:, 32:] == 149).all()
@@ -249,3 +251,22 @@ def test_ade20k_layout_reads_labels_less_one_and_ignores_other(tmp_path: Path, c
     result = json.loads(capsys.readouterr().out)
     assert result["count"] == 2 and result["failed"] == []
     assert list(result["per_class_iou"])[:2] == ["wall", "building"] and len(result["per_class_iou"]) == 150
+
+
+@pytest.mark.slow  # 2.5 s; by default the ADE20K layout test checks the folders training reads
+def test_cli_trains_the_ade20k_recipe(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """``mobilevit train --recipe semfpn_fastvit_sa12 --data <ADE20K folder>`` (one step at 64x64, on the smallest
+    backbone): its training split trains, its validation split is scored, the saved model is a 150-class Semantic
+    FPN."""
+    from mobilevit.cli import main
+
+    root = ade20k_folder(tmp_path / "ade")
+    out = tmp_path / "run"
+    code = main(
+        ["train", "--recipe", "semfpn_fastvit_sa12", "--data", str(root), "--output", str(out), "--no-progress",
+         "model.pretrained=none", "sampler.base_size=64", "sampler.batch_size=2", "data.val_crop=64",
+         "data.num_workers=0", "max_iters=1", "model.name=semfpn_mobilevit_xxs"]
+    )  # fmt: skip
+    assert code == 0 and "val mIoU 0." in capsys.readouterr().out
+    model = mobilevit.create_model(out / "final")
+    assert type(model).__name__ == "SemanticFPN" and model.num_classes == 150
