@@ -270,3 +270,13 @@ def test_cli_trains_the_ade20k_recipe(tmp_path: Path, capsys: pytest.CaptureFixt
     assert code == 0 and "val mIoU 0." in capsys.readouterr().out
     model = mobilevit.create_model(out / "final")
     assert type(model).__name__ == "SemanticFPN" and model.num_classes == 150
+
+
+def test_reparameterized_model_gives_the_same_logits() -> None:
+    """``reparameterize_model`` folds the FastViT backbone (and the feature norms stay): the same logits."""
+    from mobilevit import reparameterize_model
+
+    model = small("semfpn_fastvit_t8")
+    x = torch.randn(1, 3, 64, 96)
+    with torch.inference_mode():
+        torch.testing.assert_close(reparameterize_model(model)(x), model(x), atol=1e-4, rtol=1e-4)
