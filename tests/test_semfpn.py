@@ -10,7 +10,8 @@ The reference: mmsegmentation (1.2.2) does not install cleanly on CPU next to ou
 upsampling, none at stride 4; the levels resized to the stride-4 size and summed; dropout; ``conv_seg``). Once, with
 mmseg 1.2.2 unpacked outside the venv and ``mmcv.ops`` stubbed (FPN and FPNHead use none of it), mmseg's own ``FPN``
 and ``FPNHead`` loaded :func:`mmseg_neck_head`'s tensors strictly and gave this reference's logits exactly (max
-difference 0.0 at 70x98, 64x64, 33x47).
+difference 0.0 at 70x98, 64x64, 33x47); and ``tests/fixtures/semfpn_mmseg`` holds the logits mmseg's own modules
+gave on fixed maps, with their state dict in mmseg's key names, which our pyramid and head reproduce.
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ def mmseg_neck_head(widths: list[int], seed: int) -> dict[str, torch.Tensor]:
 def reference_logits(sd: dict[str, torch.Tensor], features: list[torch.Tensor]) -> torch.Tensor:
     """mmsegmentation's FPN + FPNHead (eval mode) on ``features`` (strides 4-32), from the tensors of ``sd``."""
     widths = [f.shape[1] for f in features]
-    neck = FeaturePyramidNetwork(widths, FPN_CHANNELS).eval()
+    neck = FeaturePyramidNetwork(widths, sd["neck.fpn_convs.0.conv.weight"].shape[0]).eval()
     for i in range(len(widths)):
         neck.inner_blocks[i][0].weight.data = sd[f"neck.lateral_convs.{i}.conv.weight"]
         neck.inner_blocks[i][0].bias.data = sd[f"neck.lateral_convs.{i}.conv.bias"]
@@ -84,6 +85,31 @@ def reference_logits(sd: dict[str, torch.Tensor], features: list[torch.Tensor]) 
         else:
             total = total + F.interpolate(x, size=total.shape[-2:], mode="bilinear", align_corners=False)
     return F.conv2d(total, sd["decode_head.conv_seg.weight"], sd["decode_head.conv_seg.bias"])  # dropout: eval
+
+
+def test_neck_and_head_give_mmsegmentations_own_logits() -> None:
+    """The fixture made by running mmsegmentation's own FPN and FPNHead (tests/fixtures/semfpn_mmseg/make_fixture.py):
+    its state dict, in mmseg's key names, converts and loads strictly into our pyramid and head, which give its logits
+    on its feature maps (a 38x54 input: levels 10x14, 5x7, 3x4, 2x2, so the resizes to the stride-4 size are not
+    no-ops). The reference above gives them too."""
+    from safetensors.torch import load_file
+
+    from mobilevit.layers import FeaturePyramid
+    from mobilevit.models.semfpn import FPN_STRIDES, SemanticFPNHead
+    from mobilevit.weights.converters.from_mmseg import convert_semfpn
+
+    fixture = load_file(Path(__file__).with_name("fixtures") / "semfpn_mmseg" / "mmseg_fpn_head.safetensors")
+    features = [fixture.pop(f"input.{i}") for i in range(4)]
+    expected = fixture.pop("logits")
+    ours = torch.nn.Module()
+    ours.neck = FeaturePyramid([f.shape[1] for f in features], 16, wiring="lateral")
+    ours.head = SemanticFPNHead(16, 8, 5, FPN_STRIDES, dropout=0.1)
+    cfg = mobilevit.get_config("semfpn_fastvit_t8")  # its backbone takes no tensors here
+    ours.load_state_dict(convert_semfpn(fixture, cfg), strict=True)
+    ours.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(ours.head(ours.neck(features)), expected, atol=1e-5, rtol=0)
+        torch.testing.assert_close(reference_logits(fixture, features), expected, atol=1e-5, rtol=0)
 
 
 def small(name: str) -> torch.nn.Module:
