@@ -21,8 +21,8 @@ from .weights.pretrained import read_saved_config
 
 def list_models(pattern: str | None = None, task: str | None = None) -> list[str]:
     """Sorted architecture names, optionally filtered by a shell-style ``pattern`` such as ``"mobilevitv2_*"`` and by
-    ``task``: ``"classification"``, ``"segmentation"`` (the ``deeplabv3_*`` models), ``"detection"`` (the
-    ``ssdlite_*`` models) or ``"instance-segmentation"`` (the ``maskrcnn_*`` models)."""
+    ``task``: ``"classification"``, ``"segmentation"`` (the ``deeplabv3_*`` and ``semfpn_*`` models), ``"detection"``
+    (the ``ssdlite_*`` models) or ``"instance-segmentation"`` (the ``maskrcnn_*`` models)."""
     if task is not None and task not in (tasks := tuple(dict.fromkeys(c.task for c, _ in ARCHITECTURES.values()))):
         raise UsageError(f"task must be one of {tasks}, got {task!r}")
     names = sorted(n for n, (model_cls, _) in ARCHITECTURES.items() if task is None or model_cls.task == task)
@@ -63,9 +63,9 @@ def create_model(
             (safetensors, ``.pt``, ``.pth``, ``.pth.tar``, a transformers folder with ``config.json``, or a folder
             written by :func:`mobilevit.save_pretrained`). The format is detected and converted. With an ``arch.tag``
             name and a path, the entry still supplies the preprocessing and labels. A segmentation or detection model
-            (``deeplabv3_*``, ``ssdlite_*``) also takes a classification checkpoint of its backbone (or, with
-            ``True`` and no weights of its own, the backbone's default ImageNet weights): the backbone loads, the head
-            starts fresh, for fine-tuning (see ``allow_random_head``).
+            (``deeplabv3_*``, ``semfpn_*``, ``ssdlite_*``) also takes a classification checkpoint of its backbone (or,
+            with ``True`` and no weights of its own, the backbone's default ImageNet weights): the backbone loads, the
+            head starts fresh, for fine-tuning (see ``allow_random_head``).
         num_classes: classifier outputs. ``None`` keeps the checkpoint's (or the config's) head; a different number
             keeps the pretrained backbone and starts a fresh head.
         features_only: return a model whose ``forward`` gives the multi-scale feature maps (see ``feature_info``).

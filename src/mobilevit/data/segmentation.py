@@ -5,10 +5,15 @@ A mask is an ``[H, W]`` array of class indices, one per pixel of its image; in g
 index *is* the class (VOC's ``SegmentationClass/`` files; :func:`mask_image` writes the same) or as 8/16-bit
 grayscale PNGs of the indices.
 
-:func:`list_segmentation_set` reads two layouts:
+:func:`list_segmentation_set` reads three layouts:
 
 - PASCAL VOC: ``DATA/JPEGImages/<id>.jpg``, ``DATA/SegmentationClass/<id>.png`` and the ids of each split in
   ``DATA/ImageSets/Segmentation/<split>.txt``;
+- ADE20K as it ships (``ADEChallengeData2016``): ``DATA/images/<split>/<name>.jpg`` and
+  ``DATA/annotations/<split>/<name>.png``, the splits ``training`` and ``validation`` (``train`` and ``val`` name
+  them too). Its annotations hold 0 for "other" and 1-150 for the classes: :func:`read_mask` reads a mask of this
+  layout as 255 (ignored) for 0 and ``k - 1`` for ``k``, mmsegmentation's ``reduce_zero_label``, so that class 0 is
+  the first of the 150 (wall);
 - ``DATA/images/<name>.<any image suffix>`` with ``DATA/masks/<name>.png`` (or ``DATA/<split>/images`` and
   ``DATA/<split>/masks``).
 
@@ -22,6 +27,7 @@ over every class, which is the same number whenever every class occurs, as on th
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -56,7 +62,8 @@ def voc_palette() -> np.ndarray:
 
 
 def read_mask(path: str | os.PathLike, name: str | None = None) -> np.ndarray:
-    """The ``[H, W]`` class indices stored in a palette (P) or grayscale (L, 16-bit) PNG.
+    """The ``[H, W]`` class indices stored in a palette (P) or grayscale (L, 16-bit) PNG; for an annotation of the
+    ADE20K layout (:func:`is_ade20k_annotation`) its labels less one, its 0 ("other") as :data:`IGNORE_INDEX`.
 
     Raises:
         ImageError: the file is missing, unreadable, or a colour (RGB) image whose colours would need guessing.
@@ -75,7 +82,28 @@ def read_mask(path: str | os.PathLike, name: str | None = None) -> np.ndarray:
             "indices (as VOC's SegmentationClass/ files)"
         )
     arr = np.asarray(img)
-    return arr.astype(np.int32) if arr.dtype.kind == "i" or arr.dtype.itemsize > 1 else arr
+    arr = arr.astype(np.int32) if arr.dtype.kind == "i" or arr.dtype.itemsize > 1 else arr
+    return reduce_zero_label(arr) if is_ade20k_annotation(path) else arr
+
+
+def reduce_zero_label(mask: np.ndarray) -> np.ndarray:
+    """ADE20K's labels to class indices: 0 ("other") -> :data:`IGNORE_INDEX`, ``k`` -> ``k - 1`` (mmsegmentation's
+    ``reduce_zero_label``)."""
+    out = mask.astype(np.int32) - 1  # [H, W]
+    out[mask == 0] = IGNORE_INDEX
+    return out.astype(mask.dtype) if mask.dtype == np.uint8 else out
+
+
+def is_ade20k_annotation(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a mask of the ADE20K layout: ``DATA/annotations/<split>/<name>.png`` with a
+    ``DATA/images/<split>/`` beside it."""
+    path = Path(path)
+    return path.parent.parent.name == "annotations" and _has_images_beside(path.parent)
+
+
+@functools.lru_cache(maxsize=64)
+def _has_images_beside(split_dir: Path) -> bool:
+    return (split_dir.parent.parent / "images" / split_dir.name).is_dir()
 
 
 def mask_image(mask: np.ndarray) -> Image.Image:
@@ -192,8 +220,12 @@ def _folder_pairs(images: Path, masks: Path) -> list[tuple[Path, Path]]:
     return pairs
 
 
+_ADE20K_SPLITS = {"train": "training", "val": "validation"}  # the usual split names -> ADE20K's folders
+
+
 def list_segmentation_set(path: str | os.PathLike, split: str = "val") -> list[tuple[Path, Path]]:
-    """``(image, mask)`` pairs of a VOC-layout folder (the ids of ``split``) or of an ``images/`` + ``masks/`` folder.
+    """``(image, mask)`` pairs of a VOC-layout folder (the ids of ``split``), of an ADE20K-layout folder (its
+    ``split`` folders) or of an ``images/`` + ``masks/`` folder.
 
     Raises:
         FileNotFoundError: no such folder.
@@ -204,6 +236,12 @@ def list_segmentation_set(path: str | os.PathLike, split: str = "val") -> list[t
         raise FileNotFoundError(f"No such dataset folder: {root}")
     if (root / "JPEGImages").is_dir() and (root / "SegmentationClass").is_dir():
         pairs = _voc_pairs(root, split)
+    elif (root / "images").is_dir() and (root / "annotations").is_dir():
+        folder = _ADE20K_SPLITS.get(split, split)
+        if not (root / "images" / folder).is_dir():
+            found = ", ".join(sorted(p.name for p in (root / "images").iterdir() if p.is_dir())) or "none"
+            raise UsageError(f"{root}: no split {split!r} (images/{folder}/ is missing; splits here: {found})")
+        pairs = _folder_pairs(root / "images" / folder, root / "annotations" / folder)
     elif (root / "images").is_dir() and (root / "masks").is_dir():
         pairs = _folder_pairs(root / "images", root / "masks")
     elif (root / split / "images").is_dir() and (root / split / "masks").is_dir():
@@ -211,7 +249,8 @@ def list_segmentation_set(path: str | os.PathLike, split: str = "val") -> list[t
     else:
         raise UsageError(
             f"{root}: not a segmentation set: expected JPEGImages/, SegmentationClass/ and "
-            "ImageSets/Segmentation/<split>.txt (PASCAL VOC), or images/ and masks/ (same names, masks as PNG)"
+            "ImageSets/Segmentation/<split>.txt (PASCAL VOC), images/<split>/ and annotations/<split>/ (ADE20K), "
+            "or images/ and masks/ (same names, masks as PNG)"
         )
     if not pairs:
         raise UsageError(f"{root}: no images in split {split!r}")
@@ -281,10 +320,12 @@ __all__ = [
     "VOC_LABELS",
     "class_fractions",
     "confusion_matrix",
+    "is_ade20k_annotation",
     "list_segmentation_set",
     "mask_image",
     "overlay_image",
     "read_mask",
+    "reduce_zero_label",
     "segmentation_scores",
     "share_text",
     "voc_palette",

@@ -3,9 +3,9 @@ the same answers.
 
 Every export is of the re-parameterized, BatchNorm-folded model (:func:`mobilevit.reparameterize_model`) in eval mode,
 and carries its task, the preprocessing and the labels (:class:`~mobilevit.runtime.metadata.ExportMetadata`), so a
-runtime needs nothing else. Classifiers and segmentation models (``deeplabv3_*``: ``[B, num_classes, h, w]`` logits)
-export alike. :func:`check_export` runs the file and compares its logits with the eager model's (CoreML runs only
-on macOS: :func:`validate_coreml` checks its spec instead). :func:`quantize_onnx` writes an int8 ONNX file;
+runtime needs nothing else. Classifiers and segmentation models (``deeplabv3_*``, ``semfpn_*``: ``[B, num_classes, h,
+w]`` logits) export alike. :func:`check_export` runs the file and compares its logits with the eager model's (CoreML
+runs only on macOS: :func:`validate_coreml` checks its spec instead). :func:`quantize_onnx` writes an int8 ONNX file;
 ExecuTorch and LiteRT files are quantized while exporting (``export_model(..., quantize="int8", calibration=...)``,
 tuned by :class:`Int8Options`).
 :mod:`mobilevit.runtime` runs the files (``onnx_session``, ``openvino_model`` and ``read_openvino_metadata`` are its

@@ -2,7 +2,8 @@
 
 The classifiers (:mod:`.classifiers`: MobileViT v1/v2/v3, FastViT, MobileOne), and a DeepLabV3 segmentation model
 ``deeplabv3_<classifier>`` on each of them (:mod:`.deeplabv3`), an SSDLite detector ``ssdlite_<classifier>``
-(:mod:`.ssdlite`) and a Mask R-CNN instance segmentation model ``maskrcnn_<classifier>`` (:mod:`.maskrcnn`).
+(:mod:`.ssdlite`), a Mask R-CNN instance segmentation model ``maskrcnn_<classifier>`` (:mod:`.maskrcnn`) and a Semantic
+FPN segmentation model ``semfpn_<classifier>`` (:mod:`.semfpn`).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any
 from torch import nn
 
 from ..errors import UsageError, suggest
-from . import deeplabv3, maskrcnn, ssdlite
+from . import deeplabv3, maskrcnn, semfpn, ssdlite
 from .classifiers import CLASSIFIERS
 
 ARCHITECTURES: dict[str, tuple[type[nn.Module], Any]] = {
@@ -21,6 +22,7 @@ ARCHITECTURES: dict[str, tuple[type[nn.Module], Any]] = {
     **{name: (deeplabv3.DeepLabV3, cfg) for name, cfg in deeplabv3.MODEL_CFGS.items()},
     **{name: (ssdlite.SSDLite, cfg) for name, cfg in ssdlite.MODEL_CFGS.items()},
     **{name: (maskrcnn.MaskRCNN, cfg) for name, cfg in maskrcnn.MODEL_CFGS.items()},
+    **{name: (semfpn.SemanticFPN, cfg) for name, cfg in semfpn.MODEL_CFGS.items()},
 }
 
 

@@ -416,7 +416,8 @@ def data_paths(data: str | os.PathLike) -> tuple[str, str | None]:
 
     A folder with ``train/`` (and ``val/``) sub-folders gives those (ImageFolder trees, ``images/`` + ``masks/``
     segmentation sets, or COCO-format detection sets); a PASCAL VOC folder gives itself for both when it lists a
-    ``val`` split (the splits are read from ``ImageSets/Segmentation/``); a folder in COCO's release layout gives its
+    ``val`` split (the splits are read from ``ImageSets/Segmentation/``), and so does an ADE20K folder with a
+    ``validation`` split (``images/<split>/``, ``annotations/<split>/``); a folder in COCO's release layout gives its
     ``annotations/instances_train2017.json`` and ``instances_val2017.json`` (images in ``train2017/``, ``val2017/``);
     anything else (an ImageFolder tree, a CSV, an ``images/`` + ``masks/`` folder, a COCO-format set) is the training
     data alone.
@@ -430,4 +431,6 @@ def data_paths(data: str | os.PathLike) -> tuple[str, str | None]:
     if (root / "JPEGImages").is_dir() and (root / "SegmentationClass").is_dir():
         has_val = (root / "ImageSets" / "Segmentation" / "val.txt").is_file()
         return str(root), str(root) if has_val else None
+    if (root / "images").is_dir() and (root / "annotations").is_dir():  # ADE20K: images/<split>/, annotations/<split>/
+        return str(root), str(root) if (root / "images" / "validation").is_dir() else None
     return str(root), None

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..errors import MobileViTError, UsageError, suggest
-from .catalog import SEG_SIZE, VOC_LABELS, WEIGHTS
+from .catalog import ADE20K_LABELS, SEG_SIZE, VOC_LABELS, WEIGHTS
 from .schema import (
     FORMATS,
     IMAGENET_MEAN,
@@ -109,7 +109,13 @@ def labels(entry: WeightsEntry | str) -> list[str]:
 
 def label_set_names(label_set: str) -> tuple[str, ...]:
     """The class names of a label set of :data:`LABEL_SETS`, index order."""
-    return {"imagenet-1k": _imagenet_categories, "pascal-voc": lambda: VOC_LABELS, "coco": coco_categories}[label_set]()
+    names = {
+        "imagenet-1k": _imagenet_categories,
+        "pascal-voc": lambda: VOC_LABELS,
+        "coco": coco_categories,
+        "ade20k": lambda: ADE20K_LABELS,
+    }
+    return names[label_set]()
 
 
 @functools.cache
@@ -218,6 +224,7 @@ def resize_size_for(input_size: int, crop_pct: float) -> int:
 
 
 __all__ = [
+    "ADE20K_LABELS",
     "DEFAULT_TAGS",
     "FORMATS",
     "IMAGENET_1K_CLASSES",

@@ -222,8 +222,8 @@ def _unwrap(obj: Any, path: Path) -> dict[str, Tensor]:
 
 
 def detect_format(state_dict: dict[str, Tensor]) -> str:
-    """Name the layout of a state dict: ``native``, ``timm``, ``transformers``, ``cvnets``, ``ml-fastvit`` or
-    ``ml-mobileone``."""
+    """Name the layout of a state dict: ``native``, ``timm``, ``transformers``, ``cvnets``, ``ml-fastvit``,
+    ``ml-mobileone`` or ``mmseg``."""
     keys = list(state_dict)
     fmt = _upstream_layout(keys) or _timm_or_native_layout(keys)
     if fmt is None:
@@ -247,6 +247,8 @@ def _upstream_layout(keys: list[str]) -> str | None:
         return "cvnets"  # a detection model: backbone under encoder., heads under extra_layers. and ssd_heads.
     if _starts(keys, "model.backbone.encoder.") and _starts(keys, "model.roi_heads."):
         return "cvnets"  # a Mask R-CNN: torchvision's MaskRCNN under model., the backbone under model.backbone.encoder.
+    if _starts(keys, "decode_head.") and _starts(keys, "backbone.", "neck."):
+        return "mmseg"  # an mmsegmentation EncoderDecoder: backbone., neck., decode_head. (Semantic FPN)
     if _starts(keys, "patch_embed.", "network."):
         return "ml-fastvit"
     if _starts(keys, "stage0."):
@@ -332,9 +334,9 @@ def _layout_to_convert(state_dict: dict[str, Tensor], fmt: str | None, source: s
     return detected if fmt is None or (fmt == "timm" and detected == "native") else fmt
 
 
-# the DeepLabV3 head in ml-cvnets', transformers' and our own key names, and the SSDLite and Mask R-CNN heads in
-# ml-cvnets' and ours
-_SEGMENTATION_HEAD_PREFIXES = ("seg_head.", "segmentation_head.", "head.aspp.")
+# the DeepLabV3 head in ml-cvnets', transformers' and our own key names, the Semantic FPN head in mmsegmentation's
+# and ours, and the SSDLite and Mask R-CNN heads in ml-cvnets' and ours
+_SEGMENTATION_HEAD_PREFIXES = ("seg_head.", "segmentation_head.", "head.aspp.", "decode_head.", "head.scale_heads.")
 _DETECTION_HEAD_PREFIXES = ("ssd_heads.", "heads.", "model.roi_heads.", "roi_heads.")
 
 
@@ -343,7 +345,7 @@ def is_segmentation_checkpoint(state_dict: dict[str, Tensor], info: dict[str, An
     detection, head included) rather than a classifier or a backbone, which such a model can take as its backbone."""
     saved_arch = str(info.get("arch") or "")
     heads = _SEGMENTATION_HEAD_PREFIXES + _DETECTION_HEAD_PREFIXES
-    return saved_arch.startswith(("deeplabv3_", "ssdlite_", "maskrcnn_")) or any(
+    return saved_arch.startswith(("deeplabv3_", "ssdlite_", "maskrcnn_", "semfpn_")) or any(
         k.startswith(heads) for k in state_dict
     )
 

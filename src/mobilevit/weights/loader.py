@@ -304,10 +304,13 @@ def _refuse_unpublished(name: str) -> None:
 
 
 def _head_modules(model: nn.Module) -> list[str]:
-    """The modules of a dense-prediction model's head (``head.aspp``, ``head.classifier``; a detector's ``extras``,
-    ``heads``, ``classifier``), for messages."""
+    """The modules of a dense-prediction model outside its backbone (``head.aspp``, ``head.classifier``; a Semantic
+    FPN's ``feature_norms``, ``neck`` and ``head.*``; a detector's ``extras``, ``heads``, ``classifier``), for
+    messages."""
     if isinstance(getattr(model, "head", None), nn.Module):
-        return [f"head.{name}" for name, _ in model.head.named_children()]
+        others = [(n, m) for n, m in model.named_children() if n not in ("backbone", "head")]
+        modules = others + [(f"head.{n}", m) for n, m in model.head.named_children()]
+        return [name for name, module in modules if any(True for _ in module.parameters())]
     return [name for name, _ in model.named_children() if name != "backbone"]  # a detector: extras, heads, classifier
 
 

@@ -16,11 +16,11 @@ ResizeBackend = Literal["pil", "opencv"]
 CropOffset = Literal["round", "floor"]
 ResizeMode = Literal["shorter_side", "exact"]
 Task = str  # a task name: the models declare theirs, the registry of mobilevit.tasks holds the task objects
-LabelSet = Literal["imagenet-1k", "pascal-voc", "coco"]
+LabelSet = Literal["imagenet-1k", "pascal-voc", "coco", "ade20k"]
 Source = Literal["timm", "transformers", "cvnets", "mobilevitv3", "ml-fastvit", "ml-mobileone"]
 Format = Literal["timm", "transformers", "cvnets", "ml-fastvit", "ml-mobileone"]
 
-LABEL_SETS: tuple[str, ...] = ("imagenet-1k", "pascal-voc", "coco")
+LABEL_SETS: tuple[str, ...] = ("imagenet-1k", "pascal-voc", "coco", "ade20k")
 SOURCES: tuple[str, ...] = ("timm", "transformers", "cvnets", "mobilevitv3", "ml-fastvit", "ml-mobileone")
 # The converter formats of ``mobilevit.weights.converters.CONVERTERS`` (MobileViTv3 files are cvnets-format).
 FORMATS: tuple[str, ...] = ("timm", "transformers", "cvnets", "ml-fastvit", "ml-mobileone")

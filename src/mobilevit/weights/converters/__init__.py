@@ -1,6 +1,6 @@
 """Pure converters ``state_dict -> state_dict`` from upstream layouts to ours, keyed by (format, config class)."""
 
-from . import from_apple, from_cvnets, from_timm, from_timm_reparam, from_transformers
+from . import from_apple, from_cvnets, from_mmseg, from_timm, from_timm_reparam, from_transformers
 
 CONVERTERS = {
     ("timm", "MobileViTConfig"): from_timm.convert_mobilevit,
@@ -14,6 +14,7 @@ CONVERTERS = {
     ("cvnets", "DeepLabV3Config"): from_cvnets.convert_deeplabv3,
     ("cvnets", "SSDLiteConfig"): from_cvnets.convert_ssdlite,
     ("cvnets", "MaskRCNNConfig"): from_cvnets.convert_maskrcnn,
+    ("mmseg", "SemanticFPNConfig"): from_mmseg.convert_semfpn,
 }
 
 __all__ = ["CONVERTERS"]
