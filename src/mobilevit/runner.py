@@ -275,8 +275,8 @@ class Runner:
         io = model_io(model)
         labelled = (kwargs.get("task") or cls.task or task_of(model)).labelled_classes(model.num_classes)
         names = check_labels(labels, labelled, "--labels") if labels is not None else io.labels
-        if names is not None and len(names) != labelled:  # the model's names count a class labels do not name
-            names = None  # (a detector's background): the task's default names
+        if names is not None and len(names) not in (labelled, model.num_classes):  # names of some other classes
+            names = None  # the task's default names (a name per output, the background's first, is cut by __init__)
         runner = cls(model, io.preprocess, names, **kwargs)
         if not pretrained:
             warn_random_weights(io.arch, "its predictions mean nothing")

@@ -5,18 +5,29 @@ A set is an image folder and an ``instances.json`` (COCO's ``images``, ``annotat
 h]``, ``categories``): ``DATA/instances.json`` or ``DATA/annotations/instances.json``, the images in ``DATA/images/``
 or ``DATA/``. A category may name the COCO class it stands for in ``coco_name``; it is matched by that, else by its
 ``name``.
+
+:class:`DetectionDataset` reads a set for training: each image with its boxes and 1-based labels (the set's
+categories in ascending id order are labels 1..K, named by ``coco_name`` else ``name``, the names
+:meth:`CocoSet.category_ids` maps back to the same ids when ``eval`` scores the trained model).
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
-from collections.abc import Sequence
+import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+from torch.utils.data import Dataset
+
 from ..errors import UsageError
+from .images import ImageError, open_image
+
+logger = logging.getLogger(__name__)
 
 # COCOeval.stats, in its order: AP at IoU .50:.95, .50, .75; AP small, medium, large; AR with 1, 10, 100
 # detections per image; AR small, medium, large
@@ -124,3 +135,64 @@ def read_results(path: str | Path) -> list[dict[str, Any]]:
     if not isinstance(results, list):
         raise UsageError(f"{path}: a COCO results file is a JSON list of detections")
     return results
+
+
+class DetectionDataset(Dataset):
+    """``(PIL image, target)`` pairs of a COCO-format set, ``target`` holding ``boxes`` (``[N, 4]`` float32 ``xyxy``
+    pixels), ``labels`` (``[N]`` int64, 1-based) and ``image_id``; crowd annotations are left out. An image that
+    cannot be read gives ``(None, None)`` (logged). ``transform(image, target)`` (when given) returns the pair to use.
+
+    Attributes:
+        coco: the set.
+        images: its ``(image id, file)`` pairs in id order.
+        classes: the name of each label (label ``k`` is ``classes[k - 1]``).
+        category: label -> category id, for the results of a model that predicts ``labels`` (see ``__init__``).
+        transform: the joint transform, or ``None``.
+    """
+
+    def __init__(
+        self,
+        data: str | Path,
+        transform: Callable[[Any, Any], tuple[Any, Any]] | None = None,
+        labels: Sequence[str] | None = None,
+    ) -> None:
+        """Args:
+        data: a COCO-format set (see :func:`coco_set`).
+        transform: joint transform ``(PIL image, target) -> (image, target)``.
+        labels: the names of a model's labels 1..K, which :attr:`category` maps to this set's category ids (a
+            validation set scored with the labels of the training set); default: this set's :attr:`classes`.
+        """
+        self.coco, self.images = coco_set(data)
+        if not self.images:
+            raise UsageError(f"{data}: the COCO-format set lists no images")
+        ids = sorted(self.coco.coco.getCatIds())
+        categories = self.coco.coco.loadCats(ids)
+        self.classes = [c.get("coco_name") or c["name"] for c in categories]
+        self._label = {category: label for label, category in enumerate(ids, start=1)}
+        self.category = self.coco.category_ids(self.classes if labels is None else labels)  # label -> category id
+        self.transform = transform
+
+    def score(self, results: list[dict[str, Any]]) -> dict[str, Any]:
+        """COCO mAP of ``results`` (COCO results rows) on this set, over the categories :attr:`category` reaches."""
+        return evaluate_detections(self.coco, results, sorted(set(self.category.values())))
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def target(self, image_id: int) -> dict[str, Any]:
+        """The boxes, labels and id of image ``image_id``."""
+        annotations = [a for a in self.coco.coco.imgToAnns[image_id] if not a.get("iscrowd", 0)]
+        boxes = torch.tensor([a["bbox"] for a in annotations], dtype=torch.float32).reshape(-1, 4)  # [N, 4] xywh
+        boxes[:, 2:] += boxes[:, :2]  # -> xyxy
+        labels = torch.tensor([self._label[a["category_id"]] for a in annotations], dtype=torch.int64)
+        return {"boxes": boxes, "labels": labels, "image_id": image_id}
+
+    def __getitem__(self, index: int) -> tuple[Any, Any]:
+        image_id, path = self.images[index]
+        try:
+            image = open_image(path)
+        except (ImageError, OSError) as err:
+            logger.warning("skipping unreadable image %s: %s", path, err)
+            return None, None
+        target = self.target(image_id)
+        return self.transform(image, target) if self.transform is not None else (image, target)

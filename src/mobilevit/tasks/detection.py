@@ -122,6 +122,16 @@ def decode_boxes(regression: Tensor, anchors: Tensor) -> Tensor:
     return box_convert(torch.cat([centres, sizes], dim=-1), "cxcywh", "xyxy")
 
 
+def encode_boxes(boxes: Tensor, anchors: Tensor) -> Tensor:
+    """SSD regression targets ``[..., 4]`` (``t_cx, t_cy, t_w, t_h``) of normalised ``xyxy`` boxes against their
+    anchors ``[..., 4]`` (``cx, cy, w, h``): the inverse of :func:`decode_boxes`, ``t_c = (g_c - a_c) / a_size / 0.1``
+    and ``t_size = log(g_size / a_size) / 0.2`` (SSD's Eq. 2 as cvnets' ``convert_boxes_to_locations``)."""
+    centred = box_convert(boxes, "xyxy", "cxcywh")
+    centres = (centred[..., :2] - anchors[..., :2]) / anchors[..., 2:] / CENTER_VARIANCE
+    sizes = torch.log(centred[..., 2:] / anchors[..., 2:]) / SIZE_VARIANCE
+    return torch.cat([centres, sizes], dim=-1)
+
+
 def detect(
     logits: Tensor,
     regression: Tensor,
@@ -211,6 +221,12 @@ class DetectionTask(Task):
         },
     }
     exact_decode = True  # boxes in the input's pixels
+    # training (mobilevit.train): SSD matching and the multibox loss on COCO-format sets, COCO mAP on the val split
+    loss = "multibox"
+    train_data = "coco_boxes"
+    val_columns = ("val_AP", "val_AP_ema", "val_AP50", "val_AP50_ema", "val_AP75", "val_AP75_ema")
+    best_metric = "AP"
+    best_metric_title = "AP"
     export_kind = "object detector"
     data_help = "COCO-format data: an image folder and instances.json (DATA/images/ + DATA/annotations/instances.json)"
 
@@ -353,6 +369,17 @@ def coco_results(detection: Detection, image_id: int, category: dict[int, int]) 
     ]
 
 
+def coco_rows(
+    logits: Tensor, regression: Tensor, anchors: Tensor, size: tuple[int, int], image_id: int, category: dict[int, int]
+) -> list[dict[str, Any]]:
+    """COCO results-format rows of one image's raw outputs (``[A, C]``, ``[A, 4]``, ``[A, 4]``) in the pixels of an
+    image of ``size`` (width, height): :func:`detect` at the evaluation threshold, then :func:`coco_results`, as
+    ``eval`` scores a model."""
+    boxes, labels, scores = detect(logits, regression, anchors)
+    detection = Detection(to_pixels(boxes, size), labels, scores, ("",) * len(scores), size)
+    return coco_results(detection, image_id, category)
+
+
 DETECTION = register_task(DetectionTask())
 
-__all__ = ["DETECTION", "Detection", "DetectionTask", "decode_boxes", "detect"]
+__all__ = ["DETECTION", "Detection", "DetectionTask", "coco_rows", "decode_boxes", "detect", "encode_boxes"]

@@ -25,14 +25,16 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Subset
 
 from ..data.augment import TrainTransformFactory
+from ..data.coco import DetectionDataset
 from ..data.datasets import ImageDataset, SegmentationDataset, collate_masks, collate_skipping, skip_none
+from ..data.detection_transforms import DetectionEvalTransform, DetectionTrainFactory, collate_boxes
 from ..data.normalize import ChannelStats, Normalization, normalize
 from ..data.samplers import MultiScaleBatchSampler, MultiScaleDataset
 from ..data.segmentation_transforms import SegmentationEvalTransform, SegmentationTrainFactory
 from ..data.transforms import eval_transform
 from ..errors import MissingDependencyError, UsageError
 from ..registry import create_model, get_config, list_models
-from ..tasks import CLASSIFICATION, SEGMENTATION, Task, task_of
+from ..tasks import CLASSIFICATION, Task, task_of
 from ..weights import model_io
 from ..weights.entries import Preprocess, get_weights, segmentation_preprocess
 from ..weights.hub import resolve_weights
@@ -80,15 +82,16 @@ def build_model(cfg: ModelConfig) -> nn.Module:
         model = _with_backbone_weights(cfg, overrides)
     else:  # a weights name such as "mobileone_s0.apple_in1k"
         model = create_model(cfg.pretrained, pretrained=True, num_classes=cfg.num_classes, **overrides)
-    if task_of(model) is SEGMENTATION:
-        _start_segmentation_head(model, cfg)
+    dense = task_of(model) is not CLASSIFICATION  # a backbone under a head of its own (segmentation, detection)
+    if dense:
+        _start_dense_head(model, cfg)
     elif cfg.classifier_init_std is not None:
         raise UsageError("model.classifier_init_std applies to segmentation models; unset it for a classifier")
     if cfg.freeze_backbone:
-        head_module = model.head if task_of(model) is SEGMENTATION else model.get_classifier()
-        head = {id(p) for p in head_module.parameters()}
+        backbone = {id(p) for p in model.backbone.parameters()} if dense else set()
+        head = {id(p) for p in model.get_classifier().parameters()}
         for p in model.parameters():
-            p.requires_grad_(id(p) in head)
+            p.requires_grad_(id(p) in head or (dense and id(p) not in backbone))
     return model
 
 
@@ -99,25 +102,27 @@ def _is_backbone_weights(name: str, weights: str) -> bool:
 
 
 def _with_backbone_weights(cfg: ModelConfig, overrides: dict[str, Any]) -> nn.Module:
-    """Segmentation model ``cfg.name`` whose backbone holds the file of weights entry ``cfg.pretrained`` (cached or
-    downloaded), fed the way those weights expect (e.g. BGR for Apple's MobileViT v1), the whole image resized."""
+    """Segmentation or detection model ``cfg.name`` whose backbone holds the file of weights entry ``cfg.pretrained``
+    (cached or downloaded), fed the way those weights expect (e.g. BGR for Apple's MobileViT v1), the whole image
+    resized to the model's input."""
     assert cfg.pretrained is not None
     entry = get_weights(cfg.pretrained)
     model = create_model(cfg.name, pretrained=resolve_weights(entry), num_classes=cfg.num_classes, **overrides)
     loaded = model.pretrained_cfg
-    model.pretrained_cfg = dataclasses.replace(loaded, preprocess=segmentation_preprocess(entry.preprocess))
+    preprocess = segmentation_preprocess(entry.preprocess, loaded.preprocess.input_size)
+    model.pretrained_cfg = dataclasses.replace(loaded, preprocess=preprocess)
     return model
 
 
 def new_tensors(model: nn.Module, pretrained: str) -> list[str]:
-    """The tensors of segmentation ``model`` that ``pretrained`` (a checkpoint path or weights name) did not supply:
-    none for a segmentation checkpoint of the same classes, the classifier for one of other classes, and the whole
-    head (every tensor outside ``backbone.``) for a classification checkpoint, which fills the backbone only."""
+    """The tensors of segmentation or detection ``model`` that ``pretrained`` (a checkpoint path or weights name) did
+    not supply: none for a checkpoint of the same task and classes, the classifier for one of other classes, and the
+    whole head (every tensor outside ``backbone.``) for a classification checkpoint, which fills the backbone only."""
     if os.path.exists(pretrained):
         state_dict, info = read_checkpoint(pretrained)
         from_segmentation = is_segmentation_checkpoint(state_dict, info)
     else:
-        from_segmentation = pretrained.split(".", 1)[0] in list_models(task=SEGMENTATION.name)
+        from_segmentation = pretrained.split(".", 1)[0] in list_models(task=task_of(model).name)
     keys = list(model.state_dict())
     if not from_segmentation:
         return [k for k in keys if not k.startswith("backbone.")]
@@ -125,7 +130,7 @@ def new_tensors(model: nn.Module, pretrained: str) -> list[str]:
     return [] if labels is not None else [k for k in keys if k.startswith(f"{model.classifier_name}.")]
 
 
-def _start_segmentation_head(model: nn.Module, cfg: ModelConfig) -> None:
+def _start_dense_head(model: nn.Module, cfg: ModelConfig) -> None:
     """Log the tensors that ``cfg.pretrained`` did not supply; draw a new classifier from
     ``N(0, cfg.classifier_init_std)`` with zero bias when that is set (a classifier the checkpoint supplied stays)."""
     new = list(model.state_dict()) if cfg.pretrained is None else new_tensors(model, cfg.pretrained)
@@ -150,6 +155,8 @@ def _start_segmentation_head(model: nn.Module, cfg: ModelConfig) -> None:
         logger.info("model.classifier_init_std ignored: the classifier was loaded from %s", cfg.pretrained)
         return
     classifier = model.get_classifier()
+    if not isinstance(classifier, nn.Conv2d):
+        raise UsageError(f"model.classifier_init_std applies to segmentation models; unset it for {cfg.name}")
     with torch.no_grad():
         nn.init.normal_(classifier.weight, std=std)
         if classifier.bias is not None:
@@ -256,12 +263,13 @@ class TrainData:
         sampler: the multi-scale batch sampler of the training set (this rank's share).
         loader_gen: the training loader's private generator (seeds its workers; reseeded each epoch).
         train_loader: ``(images, targets, skipped)`` batches of [0, 1] RGB, augmented (segmentation: the targets
-            are ``[B, h, w]`` masks cropped with the images).
+            are ``[B, h, w]`` masks cropped with the images; detection: ``[B, M, 5]`` boxes and labels, padded).
         val_loader: this rank's shard of the validation set at the eval transform, or ``None`` (segmentation:
-            ``(images, masks, skipped)`` with each mask a tensor at its image's own size).
+            ``(images, masks, skipped)`` with each mask a tensor at its image's own size; detection: ``(images,
+            [B, 3] image ids and sizes, skipped)``).
     """
 
-    train_set: ImageDataset | SegmentationDataset
+    train_set: ImageDataset | SegmentationDataset | DetectionDataset
     sampler: MultiScaleBatchSampler
     loader_gen: torch.Generator
     train_loader: DataLoader
@@ -313,11 +321,7 @@ def _labelled_images(cfg: TrainConfig, world: Dist, pre: Preprocess) -> TrainDat
 
 def _segmentation_data(cfg: TrainConfig, world: Dist, pre: Preprocess) -> TrainData:
     """:func:`build_data` for a segmentation model: image and mask pairs, augmented together."""
-    if cfg.augment.mixup_alpha > 0 or cfg.augment.cutmix_alpha > 0 or cfg.augment.randaugment:
-        raise UsageError(
-            "mixup, cutmix and RandAugment are classification augmentations: set augment.mixup_alpha=0, "
-            "augment.cutmix_alpha=0 and augment.randaugment=false to train a segmentation model"
-        )
+    _refuse_mixing(cfg, "a segmentation model")
     seg = cfg.segmentation
     train_set = SegmentationDataset.from_path(cfg.data.train, seg.train_split)
     factory = SegmentationTrainFactory(seg.scale_range, cfg.augment.hflip, cfg.augment.interpolation, seg.ignore_index)
@@ -329,10 +333,41 @@ def _segmentation_data(cfg: TrainConfig, world: Dist, pre: Preprocess) -> TrainD
     return _with_loaders(cfg, world, train_set, train, val_loader)
 
 
+def _detection_data(cfg: TrainConfig, world: Dist, pre: Preprocess) -> TrainData:
+    """:func:`build_data` for a detector: the images of COCO-format sets and their boxes, augmented together; the
+    validation set's detections are scored by pycocotools, its categories matched to the training set's by name."""
+    _refuse_mixing(cfg, "a detector")
+    det = cfg.detection
+    train_set = DetectionDataset(cfg.data.train)
+    if len(train_set.classes) + 1 > cfg.model.num_classes:
+        raise UsageError(
+            f"{cfg.data.train} has {len(train_set.classes)} categories but the detector scores "
+            f"{cfg.model.num_classes - 1} classes (model.num_classes counts the background too); set "
+            f"model.num_classes={len(train_set.classes) + 1} (or --num-classes)"
+        )
+    factory = DetectionTrainFactory(det.iou_crop, det.photometric, cfg.augment.hflip, cfg.augment.interpolation)
+    train = MultiScaleDataset(train_set, factory, _base_size(cfg), joint=True)
+    val_loader = None
+    if cfg.data.val is not None:
+        val_set = DetectionDataset(cfg.data.val, DetectionEvalTransform(pre), labels=train_set.classes)
+        val_loader = _val_loader(cfg, world, val_set, collate_boxes)
+    return _with_loaders(cfg, world, train_set, train, val_loader, collate_boxes)
+
+
+def _refuse_mixing(cfg: TrainConfig, model_kind: str) -> None:
+    """Refuse the classification-only augmentations (they mix or distort images but not the targets)."""
+    if cfg.augment.mixup_alpha > 0 or cfg.augment.cutmix_alpha > 0 or cfg.augment.randaugment:
+        raise UsageError(
+            "mixup, cutmix and RandAugment are classification augmentations: set augment.mixup_alpha=0, "
+            f"augment.cutmix_alpha=0 and augment.randaugment=false to train {model_kind}"
+        )
+
+
 # the loaders of each kind of training data, by the name a task gives it (Task.train_data)
 TRAIN_DATA: dict[str, Callable[[TrainConfig, Dist, Preprocess], TrainData]] = {
     "labelled_images": _labelled_images,
     "image_mask_pairs": _segmentation_data,
+    "coco_boxes": _detection_data,
 }
 
 
@@ -353,7 +388,12 @@ def _val_loader(cfg: TrainConfig, world: Dist, val_set: Any, collate: Any) -> Da
 
 
 def _with_loaders(
-    cfg: TrainConfig, world: Dist, train_set: Any, train: MultiScaleDataset, val_loader: DataLoader | None
+    cfg: TrainConfig,
+    world: Dist,
+    train_set: Any,
+    train: MultiScaleDataset,
+    val_loader: DataLoader | None,
+    collate: Callable[[list[Any]], Any] = collate_skipping,
 ) -> TrainData:
     """The run's sampler and training loader over ``train`` (the transformed ``train_set``)."""
     sampler = _build_sampler(cfg, len(train_set), world)
@@ -362,7 +402,7 @@ def _with_loaders(
         train,
         batch_sampler=sampler,
         num_workers=cfg.data.num_workers,
-        collate_fn=collate_skipping,
+        collate_fn=collate,
         generator=loader_gen,  # a private generator: creating an iterator does not draw from the global RNG
         pin_memory=world.device.type == "cuda",
     )

@@ -36,6 +36,7 @@ __all__ = [
     "AugmentConfig",
     "ConfigError",
     "DataConfig",
+    "DetectionConfig",
     "DistillConfig",
     "EMAConfig",
     "LoggingConfig",
@@ -173,6 +174,23 @@ class SegmentationConfig:
 
 
 @dataclass(frozen=True)
+class DetectionConfig:
+    """Object detection (a model whose ``task`` is ``"detection"``, e.g. ``ssdlite_*``), as ml-cvnets' SSD recipes.
+
+    Each training image and its boxes go through SSD's random IoU-constrained crop (``iou_crop``), a photometric
+    distortion (each of its ops with probability ``photometric``), a horizontal flip (``augment.hflip``) and a resize
+    to ``sampler.base_size`` (:mod:`mobilevit.data.detection_transforms`). The loss matches anchors to boxes at
+    ``iou_threshold`` and keeps ``neg_pos_ratio`` hard negatives per positive
+    (:class:`~mobilevit.train.losses.MultiBoxLoss`); validation scores COCO mAP with pycocotools.
+    """
+
+    iou_threshold: float = 0.5  # cvnets' recipes' matcher.ssd.iou_threshold
+    neg_pos_ratio: int = 3
+    iou_crop: bool = True
+    photometric: float = 0.5  # torchvision's RandomPhotometricDistort p
+
+
+@dataclass(frozen=True)
 class EMAConfig:
     """Exponential moving average of the weights: ``ema = (1 - momentum) * ema + momentum * model``.
 
@@ -225,6 +243,7 @@ class TrainConfig:
     ema: EMAConfig = field(default_factory=EMAConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     segmentation: SegmentationConfig = field(default_factory=SegmentationConfig)
+    detection: DetectionConfig = field(default_factory=DetectionConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     epochs: int = 300
     max_iters: int | None = None  # stop early after this many optimizer steps

@@ -64,6 +64,7 @@ from ..errors import MobileViTError, UsageError
 from ..layers import upsample_logits
 from ..reparam import reparameterize_model
 from ..tasks import Task, get_task, task_of
+from ..tasks.detection import coco_rows
 from ..weights import model_io, save_pretrained
 from ..weights.entries import Preprocess
 from . import checkpoint as ckpt
@@ -100,6 +101,8 @@ class TrainResult:
     task: str = "classification"  # the name of the model's task
     val_miou: float | None = None  # segmentation
     val_miou_ema: float | None = None
+    val_AP: float | None = None  # detection: COCO box mAP at IoU 0.50:0.95  # noqa: N815 (pycocotools' name)
+    val_AP_ema: float | None = None  # noqa: N815
 
     def val_summary(self) -> str:
         """The validation part of ``mobilevit train``'s last line: the task's best metric, of the model and its EMA."""
@@ -371,9 +374,9 @@ class _Trainer:
             with run.amp():
                 logits = run.train_model(inputs)
             if teacher_logits is None:
-                loss = run.criterion(logits.float(), targets)
+                loss = run.criterion(_float(logits), targets)
             else:
-                loss = run.criterion(logits.float(), targets, teacher_logits)
+                loss = run.criterion(_float(logits), targets, teacher_logits)
             value = float(loss.detach())
             if not world.all_true(math.isfinite(value)):
                 raise NonFiniteLossError(self.nan_message(f"the loss ({value})", pos.step + 1))
@@ -552,7 +555,10 @@ class _Trainer:
         run, pos = self.run, self.pos
         if run.world.is_main:
             classes = run.data.train_set.classes
-            labels = classes if classes and len(classes) == run.cfg.model.num_classes else None
+            num_classes = run.cfg.model.num_classes
+            unlabelled = num_classes - run.task.labelled_classes(num_classes)  # a detector's background
+            named = classes is not None and len(classes) + unlabelled == num_classes
+            labels = ["background"] * unlabelled + list(classes) if named else None
             if labels is None and run.task.labels_from_weights:
                 labels = list(model_io(run.model).labels)  # the loaded weights' (VOC's) or class_<i>
             save_pretrained(_saved_form(run.model), run.out / "final", labels=labels, preprocess=run.pre)
@@ -572,6 +578,8 @@ class _Trainer:
             task=run.task.name,
             val_miou=self.val.get("val_miou"),
             val_miou_ema=self.val.get("val_miou_ema"),
+            val_AP=self.val.get("val_AP"),
+            val_AP_ema=self.val.get("val_AP_ema"),
         )
         self.log.write({"event": "summary", **dataclasses.asdict(result)})
         self.log.close()
@@ -661,12 +669,54 @@ def _evaluate_segmentation(
     }
 
 
+# COCOeval's numbers that a detection run's epoch records keep (all of them: eval --task detection)
+DETECTION_FIELDS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR100")
+
+
+@torch.no_grad()
+def _evaluate_detection(
+    model: nn.Module, loader: DataLoader, world: Dist, cfg: TrainConfig, amp: Any
+) -> dict[str, Any]:
+    """COCO box mAP (``AP``, ``AP50``, ``AP75``, ``APs``, ``APm``, ``APl``, ``AR100``) of the (sharded) validation
+    set: each image's detections as ``eval --task detection`` finds them (:func:`~mobilevit.tasks.detection.
+    coco_rows`), gathered from every rank and scored by pycocotools on rank 0, whose numbers every rank returns."""
+    was_training = model.training
+    model.eval()
+    rows: list[dict[str, Any]] = []
+    val_set = loader.dataset.dataset  # a Subset (this rank's shard) of a DetectionDataset
+    for images, info, _ in loader:
+        if images.numel() == 0:
+            continue
+        images = _prepare(images.to(world.device), cfg.channels_last)
+        with amp():
+            logits, boxes, anchors = (t.float().cpu() for t in model(images))
+        for i, (image_id, width, height) in enumerate(info.tolist()):
+            rows += coco_rows(logits[i], boxes[i], anchors[i], (width, height), image_id, val_set.category)
+    model.train(was_training)
+    everything = [row for part in world.gather(rows) for row in part]
+    scores = val_set.score(everything) if world.is_main else {}
+    values = world.sum([float(scores.get(key, 0.0)) for key in DETECTION_FIELDS])  # rank 0's numbers on every rank
+    return dict(zip(DETECTION_FIELDS, values, strict=True))
+
+
 # the validation of a run, by the metric that picks its best checkpoint (its task's ``best_metric``)
-VALIDATION: dict[str, Callable[..., dict[str, Any]]] = {"top1": _evaluate, "miou": _evaluate_segmentation}
+VALIDATION: dict[str, Callable[..., dict[str, Any]]] = {
+    "top1": _evaluate,
+    "miou": _evaluate_segmentation,
+    "AP": _evaluate_detection,
+}
 
 
 def _prepare(x: Tensor, channels_last: bool) -> Tensor:
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+def _float(outputs: Any) -> Any:
+    """A model's output in float32: a tensor, or each tensor of a tuple of them (a detector's ``SSDOutput``)."""
+    if not isinstance(outputs, tuple):
+        return outputs.float()
+    floats = [t.float() for t in outputs]
+    return type(outputs)(*floats) if hasattr(outputs, "_fields") else tuple(floats)
 
 
 def _fmt(value: float | None) -> str:

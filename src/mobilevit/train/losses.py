@@ -15,20 +15,30 @@ output, which already includes the label smoothing).
 Semantic segmentation (:class:`SegmentationLoss`, :func:`segmentation_loss`): per-pixel cross-entropy
 on the logits resized to the mask (bilinear, as ml-cvnets' ``SegCrossEntropy`` and torchvision's DeepLabV3 reference
 do), pixels labelled ``ignore_index`` (255) left out.
+
+Object detection (:class:`MultiBoxLoss`, :func:`ssd_match`): SSD's multibox loss (arXiv 1512.02325, Sec. 2.2) as
+ml-cvnets trains SSDLite (``cvnets/matcher_det/ssd_matcher.py``, ``loss_fn/detection/ssd_multibox_loss.py``): each
+anchor takes the box it overlaps most when their IoU is at least 0.5, and each box its best anchor whatever the IoU;
+smooth-L1 on the positives' regression (encoded with variances 0.1 / 0.2,
+:func:`mobilevit.tasks.detection.encode_boxes`), cross-entropy on the positives and on the three times as many
+negatives with the highest background loss, both summed and divided by the number of positives in the batch.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torchvision.ops import box_convert, box_iou
 
 from ..errors import UsageError
 from ..layers import upsample_logits
+from ..tasks.detection import encode_boxes
 
 if TYPE_CHECKING:
     from .config import TrainConfig
@@ -40,11 +50,13 @@ __all__ = [
     "ClassificationLoss",
     "DistillationLoss",
     "LabelSmoothingCrossEntropy",
+    "MultiBoxLoss",
     "SegmentationLoss",
     "SoftTargetCrossEntropy",
     "build_loss",
     "criterion",
     "segmentation_loss",
+    "ssd_match",
 ]
 
 
@@ -232,6 +244,113 @@ def segmentation_loss(cfg: TrainConfig) -> SegmentationLoss:
     return SegmentationLoss(cfg.segmentation.ignore_index, cfg.augment.label_smoothing)
 
 
+def ssd_match(boxes: Tensor, labels: Tensor, anchors: Tensor, iou_threshold: float = 0.5) -> tuple[Tensor, Tensor]:
+    """SSD's matching of one image's boxes to the anchors, as ml-cvnets' ``SSDMatcher`` (``assign_priors``).
+
+    An anchor takes the box of highest IoU (``torchvision.ops.box_iou``; cvnets adds 1e-5 to the union) and its label
+    when that IoU is at least ``iou_threshold``, else the background (0); then each box takes its own best anchor
+    whatever the IoU (the first anchor on a tie; a later box wins an anchor two boxes both prefer, as cvnets' loop).
+
+    Args:
+        boxes: ``[G, 4]`` normalised ``xyxy`` (``G`` may be 0: every anchor is background).
+        labels: ``[G]`` 1-based labels.
+        anchors: ``[A, 4]`` normalised ``cx, cy, w, h``.
+        iou_threshold: the overlap that makes an anchor a positive.
+
+    Returns:
+        ``(matched [A, 4] xyxy, the box each anchor regresses to; anchor_labels [A] int64, 0 for the background)``.
+    """
+    num_anchors = anchors.shape[0]
+    if boxes.shape[0] == 0:
+        return anchors.new_zeros((num_anchors, 4)), torch.zeros(num_anchors, dtype=torch.int64, device=anchors.device)
+    iou = box_iou(boxes, box_convert(anchors, "cxcywh", "xyxy"))  # [G, A]
+    best_iou, best_box = iou.max(dim=0)  # per anchor: [A]
+    best_anchor = iou.argmax(dim=1)  # per box: [G]
+    owner = torch.full_like(best_box, -1).scatter_reduce(  # the last box that picks each anchor
+        0, best_anchor, torch.arange(len(best_anchor), device=boxes.device), reduce="amax"
+    )
+    forced = owner >= 0
+    best_box = torch.where(forced, owner, best_box)
+    anchor_labels = labels.long()[best_box]
+    anchor_labels[(best_iou < iou_threshold) & ~forced] = 0
+    return boxes[best_box], anchor_labels
+
+
+class MultiBoxLoss(nn.Module):
+    """SSD's multibox loss on the raw outputs of an SSD model and the padded targets of a batch.
+
+    ``(smooth_l1(positives' regression, their encoded boxes) + cross_entropy(positives and hard negatives)) /
+    max(1, positives in the batch)``, sums over the batch (ml-cvnets' ``SSDLoss`` with its default fixed weight 1 on
+    the box term and no label smoothing; torchvision's ``SSD.compute_loss`` computes the same). The hard negatives of
+    an image are its ``neg_pos_ratio`` times as many background anchors of highest background loss.
+    """
+
+    def __init__(self, iou_threshold: float = 0.5, neg_pos_ratio: int = 3) -> None:
+        """Args:
+        iou_threshold: the IoU that makes an anchor a positive (:func:`ssd_match`).
+        neg_pos_ratio: hard negatives kept per positive, per image.
+        """
+        super().__init__()
+        if not 0.0 < iou_threshold <= 1.0:
+            raise UsageError(f"detection.iou_threshold must be in (0, 1], got {iou_threshold}")
+        if neg_pos_ratio < 0:
+            raise UsageError(f"detection.neg_pos_ratio must be >= 0, got {neg_pos_ratio}")
+        self.iou_threshold = float(iou_threshold)
+        self.neg_pos_ratio = int(neg_pos_ratio)
+
+    def targets(self, targets: Tensor, anchors: Tensor) -> tuple[Tensor, Tensor]:
+        """Per anchor, the regression target ``[B, A, 4]`` and the label ``[B, A]`` of padded ``targets`` ``[B, M,
+        5]`` (normalised ``xyxy`` and the label; label 0 rows are padding) against ``anchors`` ``[B, A, 4]``."""
+        regression, labels = [], []
+        for rows, image_anchors in zip(targets, anchors, strict=True):
+            rows = rows[rows[:, 4] > 0]
+            matched, anchor_labels = ssd_match(rows[:, :4], rows[:, 4].long(), image_anchors, self.iou_threshold)
+            regression.append(encode_boxes(matched, image_anchors))  # background rows: not read
+            labels.append(anchor_labels)
+        return torch.stack(regression), torch.stack(labels)
+
+    def forward(self, outputs: tuple[Tensor, Tensor, Tensor], targets: Tensor) -> Tensor:
+        """Args:
+        outputs: ``(logits [B, A, C], boxes [B, A, 4], anchors [B, A, 4])``, an :class:`~mobilevit.models.ssdlite.
+            SSDOutput`.
+        targets: ``[B, M, 5]`` boxes (normalised ``xyxy``) and labels, from
+            :func:`~mobilevit.data.detection_transforms.collate_boxes`.
+        """
+        logits, regression, anchors = outputs
+        if targets.ndim != 3 or targets.shape[0] != logits.shape[0] or targets.shape[-1] != 5:
+            raise UsageError(f"detection targets {tuple(targets.shape)} do not fit logits {tuple(logits.shape)}")
+        bad = targets[..., 4][targets[..., 4] >= logits.shape[-1]]
+        if bad.numel():
+            raise UsageError(
+                f"label {int(bad.max())} is not a class of the model's {logits.shape[-1]} outputs (the background "
+                "and one per category): set model.num_classes (--num-classes) to the categories + 1"
+            )
+        with torch.no_grad():
+            target_regression, labels = self.targets(targets.float(), anchors.float())
+        positive = labels > 0  # [B, A]
+        num_positive = max(1, int(positive.sum()))
+        box_loss = F.smooth_l1_loss(regression.float()[positive], target_regression[positive], reduction="sum")
+        log_p = F.log_softmax(logits.float(), dim=-1)  # [B, A, C]
+        with torch.no_grad():  # hard negative mining on the background loss
+            background_loss = (-log_p[..., 0]).masked_fill(positive, -math.inf)  # [B, A], positives last
+            rank = background_loss.argsort(dim=1, descending=True).argsort(dim=1)  # [B, A]: 0 = hardest
+            negative = rank < self.neg_pos_ratio * positive.sum(dim=1, keepdim=True)
+        chosen = positive | negative
+        class_loss = F.nll_loss(log_p[chosen], labels[chosen], reduction="sum")
+        return (box_loss + class_loss) / num_positive
+
+    def extra_repr(self) -> str:
+        return f"iou_threshold={self.iou_threshold}, neg_pos_ratio={self.neg_pos_ratio}"
+
+
+def multibox_loss(cfg: TrainConfig) -> MultiBoxLoss:
+    """The criterion of a detection run: :class:`MultiBoxLoss` with ``cfg.detection``'s IoU threshold and
+    negative-to-positive ratio; distillation is refused."""
+    if cfg.distill.teacher is not None:
+        raise UsageError("distillation is for classification; unset distill.teacher to train a detector")
+    return MultiBoxLoss(cfg.detection.iou_threshold, cfg.detection.neg_pos_ratio)
+
+
 def criterion(loss: str, cfg: TrainConfig) -> nn.Module:
     """The criterion :data:`LOSSES` names ``loss`` (a task's ``Task.loss``), for the run ``cfg``."""
     if loss not in LOSSES:
@@ -254,4 +373,5 @@ def build_loss(cfg: TrainConfig) -> nn.Module:
 LOSSES: dict[str, Callable[[TrainConfig], nn.Module]] = {
     "cross_entropy": build_loss,
     "per_pixel_cross_entropy": segmentation_loss,
+    "multibox": multibox_loss,
 }
