@@ -15,13 +15,17 @@ IoU crop, photometric distortion, flip, resize), optimizer (AdamW, no decay on n
 warmup, cosine):
 
 - ``ours``: ``mobilevit.train.train`` (what ``mobilevit train`` runs) on ``ssdlite_mobileone_s0``, the backbone from
-  ``../shared/weights/mobileone_s0_reparam.safetensors`` (Apple's folded S0: it trains folded), a new head;
-- ``ours_random``: the same with a random backbone;
+  ``../shared/weights/mobileone_s0_reparam.safetensors`` (Apple's folded S0) and frozen (``model.freeze_backbone``),
+  a new head (the extra levels, the heads and the class predictors) trained;
+- ``ours_full`` (not run by default): the same with the backbone trained too. Apple's file is the folded form, with
+  no BatchNorm left in the backbone; trained with AdamW at 1e-4 to 1e-3 here, its features became nearly the same
+  for every image within 50-100 steps (the detector then predicts the same boxes everywhere, val AP ~0);
+- ``ours_random``: a random backbone (train-time form, with BatchNorms), everything trained;
 - ``torchvision``: a plain loop as torchvision's ``references/detection`` writes it over
   ``ssdlite320_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=5)``: random backbone and head
   (its ImageNet backbone is not available offline), its own loss (SSD matching, 3:1 hard negatives), torchvision v2
-  transforms. So ``ours_random`` and ``torchvision`` have the same kind of start; ``ours`` shows what the ImageNet
-  backbone adds.
+  transforms. So ``ours_random`` and ``torchvision`` have the same kind of start (random, everything trained); ``ours``
+  shows what the ImageNet backbone adds.
 
 Every model is scored on the val composites by the same evaluator, pycocotools through ``mobilevit eval --task
 detection``: ours with ``--model ssdlite_mobileone_s0 --pretrained <its final/ folder>``, torchvision's detections
@@ -29,7 +33,7 @@ written as a COCO results file and scored with ``--results``. ``untrained``: eac
 (the new head on the ImageNet backbone for ours), scored the same way. CPU time is the process' (all threads);
 ours covers the whole ``train`` call (set-up, checkpoints, the runner's per-epoch validation of model and EMA).
 
-    python benchmarks/bench_det_finetune.py                                    # every side, 300 steps each
+    python benchmarks/bench_det_finetune.py                                    # ours, ours_random, torchvision
     python benchmarks/bench_det_finetune.py --sides ours --steps 4 --threads 1  # smoke test
 """
 
@@ -70,6 +74,8 @@ CATEGORIES = ("ant", "bee", "automobile", "cat")  # category ids 1..4, the model
 CIFAR_PER_SPLIT = {"train": 150, "val": 60}  # CIFAR-10 photos of each class taken from its train / test split
 COMPOSITES = {"train": 400, "val": 100}
 ARCH = "ssdlite_mobileone_s0"
+# our sides: (the backbone from Apple's ImageNet weights, the backbone frozen)
+OUR_SIDES = {"ours": (True, True), "ours_full": (True, False), "ours_random": (False, False)}
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -242,9 +248,10 @@ class Clock:
 # our side: the library's runner
 
 
-def our_config(args: argparse.Namespace, data: Path, out: Path, pretrained: bool) -> TrainConfig:
+def our_config(args: argparse.Namespace, data: Path, out: Path, pretrained: bool, freeze: bool) -> TrainConfig:
     overrides = [
         f"model.name={ARCH}",
+        f"model.freeze_backbone={str(freeze).lower()}",
         f"model.num_classes={len(CATEGORIES) + 1}",
         f"model.pretrained={args.weights if pretrained else 'none'}",
         f"data.train={data / 'train'}",
@@ -293,9 +300,9 @@ def untrained_ours(args: argparse.Namespace, out: Path, pretrained: bool) -> Pat
     return save_pretrained(folded, out, labels=["background", *CATEGORIES])
 
 
-def run_ours(args: argparse.Namespace, data: Path, out: Path, pretrained: bool = True) -> dict:
+def run_ours(args: argparse.Namespace, data: Path, out: Path, pretrained: bool, freeze: bool) -> dict:
     untrained = score_ours(untrained_ours(args, out / "untrained", pretrained), data, args.threads)
-    cfg = our_config(args, data, out / "run", pretrained)
+    cfg = our_config(args, data, out / "run", pretrained, freeze)
     torch.manual_seed(args.seed)
     with Clock() as clock:
         result = train(cfg)
@@ -374,6 +381,7 @@ def torchvision_results(model: nn.Module, data: Path) -> list[dict]:
 
 
 def run_torchvision(args: argparse.Namespace, data: Path, workdir: Path) -> dict:
+    workdir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(args.seed)
     model = torchvision_model(args.size)
     untrained = score_results(torchvision_results(model, data), data, workdir, args.threads)
@@ -429,7 +437,9 @@ def run_torchvision(args: argparse.Namespace, data: Path, workdir: Path) -> dict
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sides", default="ours,ours_random,torchvision", help="comma-separated: %(default)s")
+    parser.add_argument(
+        "--sides", default="ours,ours_random,torchvision", help="comma-separated: %(default)s, ours_full"
+    )
     parser.add_argument("--steps", type=int, default=300, help="optimizer steps of every side")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--size", type=int, default=320, help="side of the composites and of the model's input")
@@ -442,6 +452,7 @@ def main() -> None:
     parser.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a training override for ours")
     parser.add_argument("--json", type=Path, help="write the results here")
+    parser.add_argument("--workdir", type=Path, help="keep the runs here (default: a temporary folder)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if not args.weights.is_file():
@@ -463,12 +474,13 @@ def main() -> None:
     }
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
+        workdir = args.workdir or Path(tmp)
         for side in args.sides.split(","):
             logging.info("--- %s", side)
             if side == "torchvision":
-                results[side] = run_torchvision(args, data, Path(tmp))
-            elif side in ("ours", "ours_random"):
-                results[side] = run_ours(args, data, Path(tmp) / side, pretrained=side == "ours")
+                results[side] = run_torchvision(args, data, workdir / side)
+            elif side in OUR_SIDES:
+                results[side] = run_ours(args, data, workdir / side, *OUR_SIDES[side])
             else:
                 raise SystemExit(f"unknown side {side!r}")
             logging.info("%s: %s", side, json.dumps(results[side]))
