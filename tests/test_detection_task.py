@@ -24,8 +24,9 @@ from mobilevit.runner import Runner
 from mobilevit.runtime import Runtime, Signature
 from mobilevit.tasks import get_task
 from mobilevit.tasks.detection import Detection, decode_boxes, detect
-from mobilevit.weights.entries import Preprocess, coco_categories
+from mobilevit.weights.entries import coco_categories
 from mobilevit.weights.pretrained import PretrainedCfg
+from test_toy_task import PREPROCESS
 
 CASES = ("ssdlite_mobilevit_xxs", "ssdlite_mobilevitv2_050")
 # the stored raw tensors and the detections the original made of them: (raw suffix, detections prefix)
@@ -110,16 +111,7 @@ def test_nothing_above_the_threshold_and_non_finite_outputs() -> None:
 
 # ------------------------------------------------------------------------------------------ through the runner
 
-STUB_PREPROCESS = Preprocess(
-    input_size=(32, 32),
-    resize_size=32,
-    crop_pct=1.0,
-    interpolation="bilinear",
-    mean=(0.0, 0.0, 0.0),
-    std=(1.0, 1.0, 1.0),
-    channel_order="RGB",
-    resize_mode="exact",
-)
+STUB_PREPROCESS = PREPROCESS  # the toy task's: the whole image resized to 32x32, RGB in [0, 1]
 
 
 class StubDetector(nn.Module):

@@ -10,6 +10,7 @@ photos, ``skimage.data``) or random weights in the format the file name says:
   ImageNet WordNet ids (``imagenet-val/``, ``data/``, ``imagenet/{train,val}``) and ``hymenoptera_data/`` (2 classes);
   ``voc/``, a PASCAL VOC segmentation folder of those photos with hand-drawn masks (VOC classes, 255 borders);
   ``coco-val/``, a COCO-format set of two of them with one box each, and ``detections.json``, a results file for it;
+  ``coco/train`` and ``coco/val``, two such sets;
 - ``mobileone_s0_unfused.pth.tar`` (ml-mobileone's plain state dict, train-time form), ``s0.pth.tar`` (``{"state_dict":
   ...}``, folded, Apple's key names), ``mobileone_s0_reparam.safetensors`` (Apple's real weights from ``../shared``,
   else random ones with Apple's key names), ``fastvit_t8.pth.tar`` (the ml-fastvit fixture in ``../shared``),
@@ -221,6 +222,8 @@ def _marks(cmd: Command) -> list[pytest.MarkDecorator]:
         return [pytest.mark.slow]  # torch.compile: tens of seconds per model and batch size
     if cmd.subcommand == "export" and "coreml" in cmd.argv:
         return [pytest.mark.slow]  # coremltools conversion
+    if cmd.subcommand == "train" and (_value(cmd, "--recipe") or "").startswith("ssdlite_"):
+        return [pytest.mark.slow]  # tests/test_train_detection.py trains a detector through the runner by default
     for fmt, module, extra in (("executorch", "executorch", "executorch"), ("tflite", "litert_torch", "litert")):
         if cmd.subcommand == "export" and fmt in cmd.argv:  # a conversion of tens of seconds, in its own toolchain
             missing = importlib.util.find_spec(module) is None
@@ -321,9 +324,9 @@ def _voc_folder(root: Path) -> None:
     (root / "ImageSets" / "Segmentation" / "train.txt").write_text("moped\n")
 
 
-def _coco_folder(root: Path, results: Path) -> None:
+def _coco_folder(root: Path, results: Path | None = None) -> None:
     """A COCO-format set (``images/`` and ``instances.json``): two photos, each with one box of its COCO category,
-    and a results file with one detection per photo."""
+    and (given ``results``) a results file with one detection per photo."""
     (root / "images").mkdir(parents=True)
     images, annotations, detections = [], [], []
     for number, (photo, category) in enumerate((("chelsea.png", 17), ("coffee.png", 47)), start=1):
@@ -346,7 +349,8 @@ def _coco_folder(root: Path, results: Path) -> None:
     (root / "instances.json").write_text(
         json.dumps({"images": images, "annotations": annotations, "categories": categories})
     )
-    results.write_text(json.dumps(detections))
+    if results is not None:
+        results.write_text(json.dumps(detections))
 
 
 def _transformers_deeplabv3_xxs(folder: Path) -> dict[str, Path]:
@@ -431,6 +435,8 @@ def assets(tmp_path_factory: pytest.TempPathFactory) -> Assets:
     _synthetic_tree(files / "hymenoptera_data" / "val", ["ants", "bees"], per_class=2, seed=1)
     _voc_folder(files / "voc")
     _coco_folder(files / "coco-val", files / "detections.json")
+    _coco_folder(files / "coco" / "train")
+    _coco_folder(files / "coco" / "val")
 
     # local checkpoints, each in the format its name says
     torch.manual_seed(0)
@@ -536,12 +542,13 @@ def _argv(cmd: Command) -> list[str]:
 
 
 def _train_overrides(cmd: Command) -> tuple[str, ...]:
-    """:data:`TRAIN_OVERRIDES`, without ``data.val_resize`` for a segmentation recipe (whose validation resizes the
-    whole image to ``data.val_crop``)."""
+    """:data:`TRAIN_OVERRIDES`, without ``data.val_resize`` for a segmentation or detection recipe (whose validation
+    resizes the whole image to ``data.val_crop``)."""
     from mobilevit.train import load_recipe
 
     recipe = cmd.argv[cmd.argv.index("--recipe") + 1] if "--recipe" in cmd.argv else None
-    if recipe is None or load_recipe(recipe).model.name not in mobilevit.list_models(task="segmentation"):
+    dense = mobilevit.list_models(task="segmentation") + mobilevit.list_models(task="detection")
+    if recipe is None or load_recipe(recipe).model.name not in dense:
         return TRAIN_OVERRIDES
     return tuple(o for o in TRAIN_OVERRIDES if not o.startswith("data.val_resize="))
 

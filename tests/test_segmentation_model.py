@@ -41,7 +41,8 @@ def test_every_classifier_has_a_deeplabv3() -> None:
     assert mobilevit.list_models("deeplabv3_*") == mobilevit.list_models(task="segmentation")
     assert mobilevit.list_models("deeplabv3_*") == sorted(f"deeplabv3_{name}" for name in classifiers)
     detectors = mobilevit.list_models(task="detection")
-    assert mobilevit.list_models() == sorted(classifiers + mobilevit.list_models("deeplabv3_*") + detectors)
+    instances = mobilevit.list_models(task="instance-segmentation")
+    assert mobilevit.list_models() == sorted(classifiers + mobilevit.list_models("deeplabv3_*") + detectors + instances)
     for name in mobilevit.list_models("deeplabv3_*"):
         cfg = mobilevit.get_config(name)
         assert cfg.backbone == name.removeprefix("deeplabv3_") and cfg.output_stride == 16 and cfg.num_classes == 21

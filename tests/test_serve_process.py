@@ -221,10 +221,13 @@ def headless_chromium(tmp_path: Path, size: str = "800,800") -> list[str]:
     return [*flags, f"--window-size={size}", "--virtual-time-budget=20000", f"--user-data-dir={tmp_path / 'profile'}"]
 
 
-def page_dom_when(tmp_path: Path, url: str, ready: str, size: str = "800,800", timeout: float = 90.0) -> str:
+def page_dom_when(
+    tmp_path: Path, url: str, ready: str, size: str = "800,800", timeout: float = 90.0, screenshot: Path | None = None
+) -> str:
     """The page's DOM once the JavaScript expression ``ready`` is true, in headless Chromium driven over the DevTools
     protocol: the wait is in real time, so a page whose work (a fetch, image decodes) outlasts a loaded machine's
-    virtual-time budget is still read when it is done. After ``timeout`` seconds, the DOM as it stands."""
+    virtual-time budget is still read when it is done. After ``timeout`` seconds, the DOM as it stands; with
+    ``screenshot``, a PNG of the page as it stands then is written there."""
     ws_client = pytest.importorskip("websockets.sync.client")
     flags = [f for f in headless_chromium(tmp_path, size) if not f.startswith("--virtual-time-budget")]
     proc = subprocess.Popen(
@@ -240,16 +243,20 @@ def page_dom_when(tmp_path: Path, url: str, ready: str, size: str = "800,800", t
         with ws_client.connect(pages[0]["webSocketDebuggerUrl"], max_size=None) as ws:
             calls = iter(range(1, 1 << 30))
 
-            def evaluate(expression: str) -> object:
+            def send(method: str, **params: object) -> dict:
                 call = next(calls)
-                ws.send(json.dumps({"id": call, "method": "Runtime.evaluate",
-                                    "params": {"expression": expression, "returnByValue": True}}))  # fmt: skip
+                ws.send(json.dumps({"id": call, "method": method, "params": params}))
                 while (answer := json.loads(ws.recv(timeout=timeout))).get("id") != call:
                     pass  # an event, not our answer
-                return answer["result"]["result"].get("value")
+                return answer["result"]
+
+            def evaluate(expression: str) -> object:
+                return send("Runtime.evaluate", expression=expression, returnByValue=True)["result"].get("value")
 
             while not evaluate(f"Boolean({ready})") and time.monotonic() < deadline:
                 time.sleep(0.2)
+            if screenshot is not None:
+                screenshot.write_bytes(base64.b64decode(send("Page.captureScreenshot", format="png")["data"]))
             return str(evaluate("document.documentElement.outerHTML"))
     finally:
         proc.kill()

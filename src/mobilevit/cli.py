@@ -256,6 +256,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     from .evaluate import evaluate_set
     from .predict import resolve_backend
+    from .tasks.base import shard
 
     if args.results is not None:
         return _eval_results(args)
@@ -266,7 +267,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     runner = _eval_runner(args)
     rank = dist.get_rank() if dist.is_initialized() else 0
     task = runner.task
-    bar = _progress(task.eval_total(args.data, args.split) or 0, not args.no_progress and rank == 0, "eval")
+    mine = len(shard(range(task.eval_total(args.data, args.split) or 0))[0])  # the bar counts rank 0's share
+    bar = _progress(mine, not args.no_progress and rank == 0, "eval")
     scores = evaluate_set(runner, args.data, args.split, bar.update if bar is not None else None)
     if bar is not None:
         bar.close()
@@ -291,7 +293,7 @@ def _eval_results(args: argparse.Namespace) -> int:
     if args.model is not None or args.task is None:
         raise UsageError("--results scores a results file instead of a model: give --task, and no --model")
     task = get_task(args.task)
-    scores = task.score_results(args.data, args.results)
+    scores = task.score_results(args.data, args.results, args.split)
     result = {"results": args.results, "task": task.name, **scores}
     print(json.dumps(result) if args.json else task.eval_summary(args.results, result))
     return 0
@@ -335,7 +337,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
         progress,
         fma_limit_gmacs=peak.get("fma_limit_gmacs"),
     )
-    resolution = args.resolution or "per model (256; segmentation: its preprocessing's, 512)"
+    resolution = args.resolution or "per model (256; segmentation and detection: the preprocessing's, 512 and 320)"
     header = system_info(peak, backends=",".join(backends), resolution=resolution, repeats=args.repeats)
     text = format_report(header, rows, "json" if args.json else args.format)
     if args.output:
@@ -684,7 +686,11 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
         choices=list(TASKS),
         help="top-1/top-5; mIoU, per-class IoU and pixel accuracy; or COCO mAP (default: the model's own task)",
     )
-    p.add_argument("--split", help="segmentation, VOC layout: the ImageSets/Segmentation/SPLIT.txt list (default: val)")
+    p.add_argument(
+        "--split",
+        help="the split of a set that has several (default: val): VOC's ImageSets/Segmentation/SPLIT.txt list, COCO's "
+        "annotations/instances_SPLIT.json",
+    )
     p.add_argument(
         "--results",
         metavar="FILE",
@@ -731,7 +737,8 @@ def _bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--resolution",
         type=int,
-        help="square input size (default: 256 for classifiers, a segmentation model's preprocessing size: 512)",
+        help="square input size (default: 256 for classifiers; a segmentation model's or detector's preprocessing "
+        "size: 512, 320)",
     )
     p.add_argument("--repeats", type=int, default=20, help="timed runs per measurement (interleaved over backends)")
     p.add_argument("--threads", type=int, default=0, help="torch, onnxruntime and OpenVINO threads (default: torch's)")

@@ -21,8 +21,8 @@ from .weights.pretrained import read_saved_config
 
 def list_models(pattern: str | None = None, task: str | None = None) -> list[str]:
     """Sorted architecture names, optionally filtered by a shell-style ``pattern`` such as ``"mobilevitv2_*"`` and by
-    ``task``: ``"classification"``, ``"segmentation"`` (the ``deeplabv3_*`` models) or ``"detection"`` (the
-    ``ssdlite_*`` models)."""
+    ``task``: ``"classification"``, ``"segmentation"`` (the ``deeplabv3_*`` models), ``"detection"`` (the
+    ``ssdlite_*`` models) or ``"instance-segmentation"`` (the ``maskrcnn_*`` models)."""
     if task is not None and task not in (tasks := tuple(dict.fromkeys(c.task for c, _ in ARCHITECTURES.values()))):
         raise UsageError(f"task must be one of {tasks}, got {task!r}")
     names = sorted(n for n, (model_cls, _) in ARCHITECTURES.items() if task is None or model_cls.task == task)

@@ -164,6 +164,7 @@ class Runner:
             (the default) is bit-exact with the reference pipelines. A task whose results have the image's size
             (segmentation) always decodes exactly.
         task: the task the model must answer (default: the class's, else the model's own).
+        source: where the weights came from, a weights name or a file (``None``: unknown or random).
     """
 
     task: ClassVar[Task | None] = None  # the task a subclass is bound to (None: the model's own)
@@ -185,6 +186,7 @@ class Runner:
         sizes: InputSizes | None = None,
         fast_decode: bool = False,
         task: Task | None = None,
+        source: str | None = None,
     ) -> None:
         if batch_size < 1:
             raise UsageError(f"batch_size must be at least 1, got {batch_size}")
@@ -208,7 +210,7 @@ class Runner:
         self.workers = workers or min(4, os.cpu_count() or 1)
         self.sizes = sizes or InputSizes()
         self.fixed_batch: int | None = self.runtime.fixed_batch  # the batch every run takes (None: any)
-        self.source: str | None = None  # where the weights came from: a weights name or a file (None: unknown/random)
+        self.source = source
 
     @property
     def model_name(self) -> str:
@@ -277,11 +279,12 @@ class Runner:
         names = check_labels(labels, labelled, "--labels") if labels is not None else io.labels
         if names is not None and len(names) not in (labelled, model.num_classes):  # names of some other classes
             names = None  # the task's default names (a name per output, the background's first, is cut by __init__)
-        runner = cls(model, io.preprocess, names, **kwargs)
+        source = None
+        if io.source is not None:  # the weights name when the entry's own file was loaded, else the file or folder
+            source = io.weights if pretrained is True and io.weights is not None else io.source
+        runner = cls(model, io.preprocess, names, source=source, **kwargs)
         if not pretrained:
             warn_random_weights(io.arch, "its predictions mean nothing")
-        if io.source is not None:  # the weights name when the entry's own file was loaded, else the file or folder
-            runner.source = io.weights if pretrained is True and io.weights is not None else io.source
         return runner
 
     @classmethod
@@ -361,7 +364,7 @@ class Runner:
                 f"{err}, but its preprocessing {fits} {height}x{width}: export it again with "
                 f"`--input-size {height} {width}`"
             ) from None
-        runner = cls(
+        return cls(
             runtime,
             preprocess,
             labels,
@@ -370,9 +373,8 @@ class Runner:
             sizes=sizes,
             fast_decode=fast_decode,
             task=task,
+            source=str(path),
         )
-        runner.source = str(path)
-        return runner
 
     @classmethod
     def create(

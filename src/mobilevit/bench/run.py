@@ -122,8 +122,8 @@ def family(name: str) -> str:
 
 def bench_size(model: nn.Module, resolution: int | None = None) -> tuple[int, int]:
     """The (H, W) ``model`` is timed at: ``resolution`` square when given, else :data:`DEFAULT_RESOLUTION` square for
-    a classifier and the preprocessing's input size for a segmentation model (512x512 for DeepLabV3, the size its
-    published mIoU was measured at)."""
+    a classifier and the preprocessing's input size for a segmentation model or a detector (512x512 for DeepLabV3,
+    320x320 for SSDLite: the sizes their published mIoU and COCO mAP were measured at)."""
     if resolution is not None:
         return resolution, resolution
     return task_of(model).bench_size(model_io(model).preprocess, DEFAULT_RESOLUTION)
@@ -311,7 +311,8 @@ def bench_table(
         names: architecture names.
         backends: names from :data:`BACKENDS`.
         batch_sizes: batch sizes to time.
-        resolution: square input size; ``None``: :func:`bench_size`'s (256 for a classifier, 512 for DeepLabV3).
+        resolution: square input size; ``None``: :func:`bench_size`'s (256 for a classifier, 512 for DeepLabV3, 320
+            for SSDLite).
         repeats: timed calls per backend.
         warmup: untimed calls per backend before timing (after the first call, which is the compile for ``compile``).
         peak_gmacs: the measured dense peak (:func:`~mobilevit.bench.profile.measure_peak_gmacs`) for ``pct_peak``.

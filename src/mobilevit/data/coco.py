@@ -3,8 +3,10 @@ published with), never by our own matching code.
 
 A set is an image folder and an ``instances.json`` (COCO's ``images``, ``annotations`` with ``bbox`` ``[x, y, w,
 h]``, ``categories``): ``DATA/instances.json`` or ``DATA/annotations/instances.json``, the images in ``DATA/images/``
-or ``DATA/``. A category may name the COCO class it stands for in ``coco_name``; it is matched by that, else by its
-``name``.
+or ``DATA/``. COCO's own release layout works as it unpacks: ``DATA/annotations/instances_<split>.json`` (or
+``instances_<split>2017.json``) with the images in ``DATA/<split>/`` (``DATA/<split>2017/``), the split ``val``
+unless one is named; so does an annotations file given by its path, its images in the folder named after it. A
+category may name the COCO class it stands for in ``coco_name``; it is matched by that, else by its ``name``.
 
 :class:`DetectionDataset` reads a set for training: each image with its boxes and 1-based labels (the set's
 categories in ascending id order are labels 1..K, named by ``coco_name`` else ``name``, the names
@@ -58,15 +60,34 @@ class CocoSet:
         return {k: by_name[name] for k, name in enumerate(names, start=1) if name in by_name}
 
 
-def annotations_file(data: str | Path) -> Path:
-    """The ``instances.json`` of a COCO-format set, or a clear error."""
+def annotations_file(data: str | Path, split: str | None = None) -> Path:
+    """The ``instances.json`` of a COCO-format set (``split``: which ``instances_<split>.json`` of COCO's release
+    layout; default ``val``), or a clear error."""
     data = Path(data)
     if data.is_file():
         return data
-    for candidate in (data / "instances.json", data / "annotations" / "instances.json"):
+    named = split or "val"
+    release = [data / "annotations" / f"instances_{name}.json" for name in (named, f"{named}2017")]
+    candidates = release if split else [data / "instances.json", data / "annotations" / "instances.json", *release]
+    for candidate in candidates:
         if candidate.is_file():
             return candidate
-    raise UsageError(f"{data}: no instances.json (expected {data}/instances.json or {data}/annotations/instances.json)")
+    looked = ", ".join(str(c.relative_to(data)) for c in candidates)
+    what = "instances.json" if split is None else f"annotations file for split {split!r}"
+    raise UsageError(f"{data}: no {what} (looked for {looked})")
+
+
+def images_folder(annotations: Path, data: str | Path) -> Path:
+    """Where the images of the set whose annotations are ``annotations`` (found at ``data``) are."""
+    stem = annotations.stem.removeprefix("instances_")
+    if annotations.parent.name == "annotations" and stem != annotations.stem:
+        release = annotations.parent.parent / stem  # COCO's layout: annotations/instances_val2017.json, val2017/
+        if release.is_dir():
+            return release
+    root = Path(data) if Path(data).is_dir() else annotations.parent
+    if root.name == "annotations" and not (root / "images").is_dir():
+        root = root.parent
+    return root / "images" if (root / "images").is_dir() else root
 
 
 def load_coco(path: str | Path) -> Any:
@@ -79,14 +100,26 @@ def load_coco(path: str | Path) -> Any:
             raise UsageError(f"{path}: not a COCO annotations file ({err})") from None
 
 
-def coco_set(data: str | Path) -> tuple[CocoSet, list[tuple[int, Path]]]:
-    """The set at ``data`` and its ``(image id, image file)`` pairs in id order."""
-    annotations = annotations_file(data)
+def coco_set(data: str | Path, split: str | None = None) -> tuple[CocoSet, list[tuple[int, Path]]]:
+    """The set at ``data`` (``split``: see :func:`annotations_file`) and its ``(image id, image file)`` pairs in id
+    order."""
+    annotations = annotations_file(data, split)
     coco = load_coco(annotations)
-    root = Path(data) if Path(data).is_dir() else annotations.parent
-    folder = root / "images" if (root / "images").is_dir() else root
+    folder = images_folder(annotations, data)
     images = [(i, folder / coco.imgs[i]["file_name"]) for i in sorted(coco.getImgIds())]
     return CocoSet(coco, folder), images
+
+
+def release_splits(data: str | Path) -> tuple[str, str | None] | None:
+    """``(train, val)`` annotations files of a folder in COCO's release layout (``annotations/instances_train2017.json``
+    and ``instances_val2017.json``, or without the year), else ``None``."""
+    notes = Path(data) / "annotations"
+    for year in ("2017", ""):
+        train = notes / f"instances_train{year}.json"
+        if train.is_file():
+            val = notes / f"instances_val{year}.json"
+            return str(train), str(val) if val.is_file() else None
+    return None
 
 
 def evaluate_detections(

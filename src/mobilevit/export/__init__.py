@@ -52,6 +52,7 @@ from ..runtime import (
     read_openvino_metadata,
     suffix_of,
 )
+from ..runtime.base import named_outputs
 from ..runtime.metadata import ExportMetadata
 from ..tasks import get_task
 from ..weights.entries import Preprocess
@@ -132,6 +133,16 @@ def registers(
 
 def _onnx_axes(model: nn.Module, input_size: tuple[int, int]) -> tuple[str, ...]:
     """``batch``, plus ``height``/``width`` if the graph generalises from the traced size."""
+    smallest = getattr(model, "min_dynamic_size", 1)  # a detector's: see mobilevit.export.onnx
+    if min(input_size) < smallest:
+        logger.warning(
+            "%s: an ONNX graph traced at %s serves that size only (traced below %d pixels a side, a feature map is "
+            "1x1 and torch.export fixes it); height and width stay fixed (the batch stays dynamic)",
+            type(model).__name__,
+            input_size,
+            smallest,
+        )
+        return ("batch",)
     multiple = size_multiple(model)
     if input_size[0] % multiple or input_size[1] % multiple:
         logger.warning(
@@ -247,9 +258,22 @@ def export_model(
     meta = model_metadata(folded, meta.input_size, axes, preprocess, labels)
     batches = _calibration(calibration, meta, max_calibration_images) if quantize else None
     options = ExportOptions(opset, precision, image_input, batches, int8)
+    graph = _PlainTuple(folded).eval() if len(meta.outputs) > 1 else folded
     with written_atomically(output) as temp:
-        EXPORTERS[format].write(folded, temp, meta, options)
+        EXPORTERS[format].write(graph, temp, meta, options)
     return Path(output)
+
+
+class _PlainTuple(nn.Module):
+    """A model of several outputs (a detector's :class:`~mobilevit.models.ssdlite.SSDOutput` named tuple) returning a
+    plain tuple of them: ExecuTorch cannot serialize a named tuple's output spec, and no format keeps its names."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(self.model(x))
 
 
 def _check_request(
@@ -345,22 +369,27 @@ def _format_of(path: str | os.PathLike) -> str:
 
 @dataclass(frozen=True)
 class ExportParity:
-    """How far an exported file's logits are from the eager model's on one random batch.
+    """How far an exported file's outputs are from the eager model's on one random batch.
 
     Attributes:
         input_shape: the ``[B, 3, H, W]`` batch compared.
-        max_abs_diff: largest absolute logit difference.
+        max_abs_diff: largest absolute logit difference (the first output).
         logit_scale: the eager model's largest absolute logit.
+        others: for a model of several outputs (a detector's ``boxes`` and ``anchors``), each later output's
+            ``(name, largest absolute difference, the eager output's largest absolute value)``.
     """
 
     input_shape: tuple[int, int, int, int]
     max_abs_diff: float
     logit_scale: float
+    others: tuple[tuple[str, float, float], ...] = ()
 
     @property
     def max_rel_diff(self) -> float:
-        """``max_abs_diff`` relative to the logit scale (random-init MobileOne logits reach 1e5)."""
-        return self.max_abs_diff / self.logit_scale if self.logit_scale else self.max_abs_diff
+        """The largest difference relative to its output's scale (random-init MobileOne logits reach 1e5): the
+        logits', or a later output's when larger."""
+        pairs = [(self.max_abs_diff, self.logit_scale), *((diff, scale) for _, diff, scale in self.others)]
+        return max(diff / scale if scale else diff for diff, scale in pairs)
 
 
 def check_export(
@@ -372,7 +401,8 @@ def check_export(
 ) -> ExportParity:
     """Run the exported file in its runtime (:mod:`mobilevit.runtime`: onnxruntime for ONNX, ExecuTorch for ``.pte``,
     LiteRT for ``.tflite``, the loaded module for TorchScript) against the eager model: every logit of a classifier's
-    ``[B, num_classes]`` or a segmentation model's ``[B, num_classes, h, w]``.
+    ``[B, num_classes]`` or a segmentation model's ``[B, num_classes, h, w]``; every value of each of a detector's
+    raw outputs (``logits``, ``boxes``, ``anchors``, in the graph's order).
 
     The comparison runs at the shape the file takes: an ONNX file exported with ``dynamic=False``, an ExecuTorch
     program without a dynamic batch and every LiteRT file fix the batch (1) and the size in the file and are checked
@@ -407,13 +437,19 @@ def check_export(
     model.eval()
     try:
         with torch.no_grad():
-            ref = model(x).numpy()
+            ref = named_outputs(list(meta.outputs), model(x))
     finally:
         model.train(was_training)
-    out = runtime.run(x).numpy()
-    if out.shape != ref.shape:
-        raise UsageError(f"{path}: output shape {out.shape}, eager {ref.shape}")
-    return ExportParity(tuple(x.shape), float(np.abs(out - ref).max()), float(np.abs(ref).max()))
+    got = runtime.run_named(x)
+    if len(got) != len(ref):
+        raise UsageError(f"{path}: {len(got)} outputs ({', '.join(got)}), eager {len(ref)} ({', '.join(ref)})")
+    compared = []
+    for name, want, out in zip(ref, ref.values(), got.values(), strict=True):  # in order: a file may rename them
+        if out.shape != want.shape:
+            raise UsageError(f"{path}: output {name} of shape {tuple(out.shape)}, eager {tuple(want.shape)}")
+        compared.append((name, float((out - want).abs().max()), float(want.abs().max())))
+    (_, diff, scale), *others = compared
+    return ExportParity(tuple(x.shape), diff, scale, tuple(others))
 
 
 def _open_export(path: str | os.PathLike, fmt: str) -> tuple[Runtime, ExportMetadata, tuple[int | None, ...]]:

@@ -21,7 +21,9 @@ What the file takes and gives:
   the ``logits`` tensor ``[1, num_classes]``; a segmentation model (:func:`~mobilevit.export.export_model` exports it
   so) gives ``logits`` ``[1, num_classes, h, w]`` at 1/output stride of the input, which an app resizes to the photo
   (bilinear) and takes the argmax of per pixel, as :class:`~mobilevit.segment.Segmenter` does. Its image input is the
-  whole photo resized to the input size, nothing cropped (Vision's ``VNImageCropAndScaleOption.scaleFill``).
+  whole photo resized to the input size, nothing cropped (Vision's ``VNImageCropAndScaleOption.scaleFill``). A
+  detector gives its raw ``logits`` ``[1, A, num_classes]``, ``boxes`` and ``anchors`` ``[1, A, 4]``, its image
+  resized whole as well; the app decodes them and runs NMS (docs/export.md says how).
 - The model's user-defined metadata holds :meth:`ExportMetadata.to_dict` (preprocessing, labels, sizes), as ONNX's
   ``metadata_props`` do.
 
@@ -33,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import logging
 import os
 import warnings
@@ -164,7 +167,7 @@ def export_coreml(
     if classifier:
         kwargs["classifier_config"] = ct.ClassifierConfig(list(meta.labels), predicted_feature_name=LABEL_OUTPUT)
     else:
-        kwargs["outputs"] = [ct.TensorType(name=OUTPUT_NAME)]
+        kwargs["outputs"] = [ct.TensorType(name=name) for name in meta.outputs]  # a detector's three
     with _quiet_coremltools():
         mlmodel = ct.convert(
             program,
@@ -224,7 +227,8 @@ class CoreMLSummary:
         input_shape: ``(1, 3, H, W)``.
         color_layout: ``"RGB"`` or ``"BGR"`` for an image input, else ``""``.
         output_names: the declared outputs.
-        num_outputs: length of the logits / probabilities vector (a segmentation model: the logits' channels).
+        num_outputs: length of the logits / probabilities vector (a segmentation model: the logits' channels; a
+            detector: its classes, background included).
         class_labels: the classifier's labels (empty for a ``logits`` model).
         weight_dtype: ``"float32"`` or ``"float16"``, the type of the largest constant (a weight).
         metadata: the user-defined metadata.
@@ -283,10 +287,12 @@ def inspect_coreml(path: str | os.PathLike) -> CoreMLSummary:
                 if size > largest:
                     largest = size
                     weight_dtype = "float16" if tensor.dataType == MIL_pb2.FLOAT16 else "float32"
-        if not labels:  # a logits tensor: [1, num_classes] or [1, num_classes, h, w]
+        if not labels:  # a logits tensor: [1, num_classes], [1, num_classes, h, w] or a detector's [1, A, classes]
             output_shape = tuple(int(d) for d in desc.output[0].type.multiArrayType.shape)
             output_shape = output_shape or _dims(produced[block.outputs[0]].type.tensorType)
-            num_outputs = output_shape[1] if len(output_shape) > 1 else output_shape[-1]
+            axes = json.loads(desc.metadata.userDefined.get("output_axes", "[]")) or ["batch", "classes"]
+            classes = axes.index("classes") if "classes" in axes and len(axes) == len(output_shape) else 1
+            num_outputs = output_shape[classes] if len(output_shape) > 1 else output_shape[-1]
     else:
         input_shape = ()
     image = feature.type.WhichOneof("Type") == "imageType"
@@ -339,6 +345,7 @@ def validate_coreml(path: str | os.PathLike) -> CoreMLSummary:
         raise UsageError(f"{path}: a {task.title} model's logits are [{axes}], not {list(summary.output_shape)}")
     if summary.class_labels and summary.class_labels != meta.labels:
         raise UsageError(f"{path}: the classifier's labels differ from the recorded labels")
-    if meta.output_name not in summary.output_names:
-        raise UsageError(f"{path}: no output {meta.output_name!r} (outputs: {', '.join(summary.output_names)})")
+    for name in {meta.output_name, *meta.output_names}:
+        if name not in summary.output_names:
+            raise UsageError(f"{path}: no output {name!r} (outputs: {', '.join(summary.output_names)})")
     return summary

@@ -9,7 +9,8 @@ Metadata: the :class:`~mobilevit.runtime.metadata.ExportMetadata` dictionary is 
 ``metadata`` table, under the name ``mobilevit.metadata``. That table is the format's own place for named
 buffers that the interpreter does not execute (the converter writes ``min_runtime_version`` there); any flatbuffer
 reader finds the entry by name, and the TFLite Support metadata schema is not needed for it. The recorded input and
-output names are the file's own tensor names.
+output names are the file's own tensor names (a detector's three outputs, ``logits``, ``boxes`` and ``anchors`` in
+that order, are ``serving_default_output_<i>_output``: the runner reads them by position).
 
 Shapes: batch 1 at the export size, nothing dynamic. A dynamic batch converts for some families and not for others
 (the MobileViT patch reshapes need concrete sizes in litert-torch's lowering), and where it converts, XNNPACK fails
@@ -129,7 +130,13 @@ def _with_tensor_names(metadata: ExportMetadata, flatbuffer: Any) -> ExportMetad
         raw = graph.tensors[index].name
         return raw.decode() if isinstance(raw, bytes) else str(raw)
 
-    return dataclasses.replace(metadata, input_name=name(graph.inputs[0]), output_name=name(graph.outputs[0]))
+    outputs = tuple(name(i) for i in graph.outputs)
+    return dataclasses.replace(
+        metadata,
+        input_name=name(graph.inputs[0]),
+        output_name=outputs[0],
+        output_names=outputs if metadata.output_names else (),  # a detector's, in its outputs' order
+    )
 
 
 def _add_metadata(flatbuffer: Any, name: str, data: bytes) -> None:

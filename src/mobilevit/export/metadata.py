@@ -38,7 +38,7 @@ def model_metadata(
     labels: list[str] | tuple[str, ...] | None = None,
 ) -> ExportMetadata:
     """The metadata of ``model`` as the runner of its task would use it (a segmentation model: the whole image
-    resized, no crop).
+    resized, no crop; a detector fixed at ``input_size``: the whole image resized to it).
 
     Args:
         model: a model of this package; its ``pretrained_cfg`` supplies the preprocessing and labels.
@@ -48,9 +48,12 @@ def model_metadata(
         labels: override of the class names (default: :func:`~mobilevit.weights.model_io`).
     """
     io = model_io(model)
-    preprocess = get_task(io.task).preprocess(preprocess or io.preprocess)  # as the task's runner feeds the model
+    task = get_task(io.task)
+    preprocess = task.preprocess(preprocess or io.preprocess)  # as the task's runner feeds the model
     labels = check_labels(labels, int(model.num_classes)) if labels is not None else io.labels
     input_size = input_size or preprocess.input_size
+    if "height" not in dynamic_axes or "width" not in dynamic_axes:
+        preprocess = task.fixed_size_preprocess(preprocess, input_size)
     return ExportMetadata(
         arch=io.arch,
         weights=io.weights or "",
@@ -60,5 +63,6 @@ def model_metadata(
         preprocess=preprocess,
         labels=tuple(str(x) for x in labels),
         task=io.task,
-        output_axes=tuple(getattr(model, "output_axes", get_task(io.task).output_axes)),
+        output_axes=tuple(getattr(model, "output_axes", task.output_axes)),
+        output_names=task.outputs if len(task.outputs) > 1 else (),
     )

@@ -14,7 +14,12 @@ unfold/fold (:mod:`mobilevit.layers.patches`) is reshape/permute only, so the gr
 Input ``pixel_values`` ``[batch, 3, height, width]`` (float32, already preprocessed as the metadata says), output
 ``logits`` ``[batch, num_classes]``; a segmentation model's ``[batch, num_classes, h, w]``, ``h`` and ``w`` following
 the input's height and width (DeepLabV3: 1/16 of them, rounded up; its ASPP image pooling is a mean over the map's
-symbolic size, so the graph takes every size too).
+symbolic size, so the graph takes every size too). A detector (SSDLite) has three outputs, ``logits`` ``[batch,
+anchors, num_classes]``, ``boxes`` and ``anchors`` ``[batch, anchors, 4]``; its anchors are computed in the graph from
+the feature maps' symbolic sizes, so the anchor count follows the input's size. ``torch.export`` fixes a size that is
+1 where it traces (it checks the strides of a 1x1 map), so a detector's graph serves every size only when traced with
+every level above 1x1: at more than 256 pixels a side (:attr:`~mobilevit.models.ssdlite.SSDLite.min_dynamic_size`;
+the 320x320 default is); at a smaller size its height and width stay fixed.
 """
 
 from __future__ import annotations
@@ -78,7 +83,7 @@ def export_onnx(
             dynamo=True,
             opset_version=opset,
             input_names=[metadata.input_name],
-            output_names=[metadata.output_name],
+            output_names=list(metadata.outputs),
             dynamic_shapes=dynamic_shapes,
             verbose=False,
         )

@@ -14,6 +14,7 @@ from .fold import (
     linear_from,
     scale_output,
 )
+from .fpn import FeaturePyramid
 from .head import ClassifierHead, ClassifierModel
 from .init import kaiming_init_, trunc_normal_init_
 from .inverted_residual import InvertedResidual
@@ -31,6 +32,7 @@ __all__ = [
     "ClassifierModel",
     "ConvNormAct",
     "DropPath",
+    "FeaturePyramid",
     "InvertedResidual",
     "LargeKernelConv",
     "Mlp",

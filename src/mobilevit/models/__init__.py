@@ -1,8 +1,8 @@
 """Model families, one file each, and the table of every architecture: name -> (model class, config).
 
 The classifiers (:mod:`.classifiers`: MobileViT v1/v2/v3, FastViT, MobileOne), and a DeepLabV3 segmentation model
-``deeplabv3_<classifier>`` on each of them (:mod:`.deeplabv3`), and an SSDLite detector ``ssdlite_<classifier>``
-(:mod:`.ssdlite`).
+``deeplabv3_<classifier>`` on each of them (:mod:`.deeplabv3`), an SSDLite detector ``ssdlite_<classifier>``
+(:mod:`.ssdlite`) and a Mask R-CNN instance segmentation model ``maskrcnn_<classifier>`` (:mod:`.maskrcnn`).
 """
 
 from __future__ import annotations
@@ -13,13 +13,14 @@ from typing import Any
 from torch import nn
 
 from ..errors import UsageError, suggest
-from . import deeplabv3, ssdlite
+from . import deeplabv3, maskrcnn, ssdlite
 from .classifiers import CLASSIFIERS
 
 ARCHITECTURES: dict[str, tuple[type[nn.Module], Any]] = {
     **CLASSIFIERS,
     **{name: (deeplabv3.DeepLabV3, cfg) for name, cfg in deeplabv3.MODEL_CFGS.items()},
     **{name: (ssdlite.SSDLite, cfg) for name, cfg in ssdlite.MODEL_CFGS.items()},
+    **{name: (maskrcnn.MaskRCNN, cfg) for name, cfg in maskrcnn.MODEL_CFGS.items()},
 }
 
 

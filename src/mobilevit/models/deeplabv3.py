@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from ..errors import UsageError, suggest
 from ..layers import ASPP, kaiming_init_, upsample_logits
-from .classifiers import CLASSIFIERS
+from .classifiers import CLASSIFIERS, backbone_for
 
 SEGMENTATION_OUTPUT_STRIDES = (8, 16)
 VOC_CLASSES = 21  # PASCAL VOC 2012: background and 20 object classes (255 marks pixels to ignore)
@@ -107,19 +107,13 @@ class DeepLabV3(nn.Module):
         self, cfg: DeepLabV3Config, features_only: bool = False, out_indices: tuple[int, ...] | None = None
     ) -> None:
         super().__init__()
-        if features_only:
-            raise UsageError(
-                f"a segmentation model has no features_only form; for the dilated backbone's feature maps build "
-                f"create_model({cfg.backbone!r}, features_only=True, output_stride={cfg.output_stride})"
-            )
+        dilation = {} if cfg.dilate_local_conv else {"dilate_local_conv": False}
+        backbone_cls, backbone_cfg = backbone_for(
+            "a segmentation model", cfg, features_only, output_stride=cfg.output_stride, **dilation
+        )
         self.cfg = cfg
         self.num_classes = cfg.num_classes
         self.features_only = False
-        backbone_cls, backbone_cfg = CLASSIFIERS[cfg.backbone]
-        changes = dict(output_stride=cfg.output_stride, in_channels=cfg.in_channels)
-        if not cfg.dilate_local_conv:
-            changes["dilate_local_conv"] = False
-        backbone_cfg = dataclasses.replace(backbone_cfg, **changes)
         self.backbone = backbone_cls(backbone_cfg, features_only=True, out_indices=(-1,))
         last = self.backbone.feature_info[-1]
         self.output_stride: int = last["stride"]

@@ -18,7 +18,6 @@ works.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -28,7 +27,7 @@ from torch import Tensor, nn
 
 from ..errors import UsageError, suggest
 from ..layers import ConvNormAct
-from .classifiers import CLASSIFIERS
+from .classifiers import CLASSIFIERS, backbone_for
 
 COCO_CLASSES = 81  # MS-COCO's 80 object classes and background (index 0), as ml-cvnets trains them
 DETECTION_INPUT_SIZE = 320  # the input size of every published SSDLite-MobileViT checkpoint
@@ -173,21 +172,18 @@ class SSDLite(nn.Module):
     default_input_size = (DETECTION_INPUT_SIZE, DETECTION_INPUT_SIZE)  # the published checkpoints' input
     classifier_name = "classifier"  # the parameters that a new ``num_classes`` replaces
     output_names = OUTPUT_NAMES
+    # the smallest height and width at which a torch.export trace keeps every level's size symbolic: at 256 or less
+    # the stride-256 level is 1x1, a size torch.export fixes (mobilevit.export.onnx)
+    min_dynamic_size = LEVEL_STRIDES[-2] + 1
 
     def __init__(
         self, cfg: SSDLiteConfig, features_only: bool = False, out_indices: tuple[int, ...] | None = None
     ) -> None:
         super().__init__()
-        if features_only:
-            raise UsageError(
-                f"a detection model has no features_only form; for the backbone's feature maps build "
-                f"create_model({cfg.backbone!r}, features_only=True)"
-            )
+        backbone_cls, backbone_cfg = backbone_for("a detection model", cfg, features_only)
         self.cfg = cfg
         self.num_classes = cfg.num_classes
         self.features_only = False
-        backbone_cls, backbone_cfg = CLASSIFIERS[cfg.backbone]
-        backbone_cfg = dataclasses.replace(backbone_cfg, in_channels=cfg.in_channels)
         with torch.device("meta"):  # only its feature levels are read: no memory, no init
             levels = backbone_cls(backbone_cfg, features_only=True).feature_info
         taps = tuple(max(i for i, f in enumerate(levels) if f["stride"] == s) for s in (16, 32))  # last of each stride

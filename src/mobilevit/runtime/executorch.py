@@ -187,7 +187,11 @@ class ExecuTorchRuntime(Runtime):
             sizes = list(info.sizes())
             return [None if AXES.get(i) in dynamic else s for i, s in enumerate(sizes)]
 
-        def name(kind: str, i: int) -> str:  # the metadata names the first input and output
+        outputs = json.loads(self._metadata.get("output_names", "[]"))  # a detector's: every output
+
+        def name(kind: str, i: int) -> str:  # the metadata names the first input and output, or every output
+            if kind == "output" and i < len(outputs):
+                return outputs[i]
             return self._metadata.get(f"{kind}_name", f"{kind}_{i}") if i == 0 else f"{kind}_{i}"
 
         inputs = [(name("input", i), shape(meta.input_tensor_meta(i))) for i in range(meta.num_inputs())]

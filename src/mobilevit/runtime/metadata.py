@@ -12,6 +12,7 @@ archive's ``_extra_files``, as one JSON string into a ``.pte`` program's ``mobil
       "task": "classification",                          # or "segmentation": [B, num_classes, h, w] logits
       "weights": "mobilevit_xxs.cvnets_in1k",          # or "" for random / unregistered weights
       "input_name": "pixel_values", "output_name": "logits",
+      "output_names": "[\"logits\", \"boxes\", \"anchors\"]",  # only for a model of several outputs (a detector)
       "input_size": "[256, 256]",                        # the (H, W) the file was exported and checked at
       "dynamic_axes": "[\"batch\", \"height\", \"width\"]",
       "size_multiple": "1",                              # dynamic H and W must be multiples of this
@@ -54,6 +55,8 @@ class ExportMetadata:
             logits at a fraction of the input's size).
         output_axes: what each axis of the output is (``("batch", "classes")``; a segmentation model's also
             ``"height", "width"``).
+        output_names: every output's name in the graph's order, for a model of several (a detector's ``logits``,
+            ``boxes``, ``anchors``); ``()`` for a model of one (``output_name`` names it).
     """
 
     arch: str
@@ -67,9 +70,16 @@ class ExportMetadata:
     output_name: str = OUTPUT_NAME
     task: str = "classification"
     output_axes: tuple[str, ...] = ("batch", "classes")
+    output_names: tuple[str, ...] = ()
+
+    @property
+    def outputs(self) -> tuple[str, ...]:
+        """The names of the graph's outputs, in order."""
+        return self.output_names or (self.output_name,)
 
     def to_dict(self) -> dict[str, str]:
         """The flat string dictionary stored in the exported file."""
+        extra = {"output_names": json.dumps(list(self.output_names))} if self.output_names else {}
         return {
             "library": LIBRARY,
             "format_version": str(FORMAT_VERSION),
@@ -84,6 +94,7 @@ class ExportMetadata:
             "preprocess": json.dumps(preprocess_to_json(self.preprocess)),
             "labels": json.dumps(list(self.labels)),
             "output_axes": json.dumps(list(self.output_axes)),
+            **extra,
         }
 
     @classmethod
@@ -103,4 +114,5 @@ class ExportMetadata:
             output_name=data.get("output_name", OUTPUT_NAME),
             task=data.get("task", "classification"),
             output_axes=tuple(json.loads(data.get("output_axes", '["batch", "classes"]'))),
+            output_names=tuple(json.loads(data.get("output_names", "[]"))),
         )

@@ -82,17 +82,17 @@ class TorchScriptRuntime(Runtime):
         if threads:
             torch.set_num_threads(threads)
 
-    def run(self, batch: Tensor | np.ndarray) -> Tensor:
-        with torch.inference_mode():
-            return self.module(torch.as_tensor(batch, dtype=torch.float32))
-
     def run_named(self, batch: Tensor | np.ndarray) -> dict[str, Tensor]:
-        """The module's output by the name of :meth:`signature` (the metadata's ``output_name``)."""
-        return named_outputs([name for name, _ in self.signature()[1]], self.run(batch))
+        """The module's outputs (a tensor, or a detector's tuple) by the names of :meth:`signature` (the metadata's
+        ``output_names``, else its ``output_name``)."""
+        with torch.inference_mode():
+            outputs = self.module(torch.as_tensor(batch, dtype=torch.float32))
+        return named_outputs([name for name, _ in self.signature()[1]], outputs)
 
     def signature(self) -> tuple[Signature, Signature]:
         """The traced shape, with the axes the metadata declares dynamic as ``None`` (a file without metadata: any
-        batch and size); the logits' classes from the recorded labels."""
+        batch and size); the logits' classes from the recorded labels; a detector's other outputs by name, as many
+        axes as the logits, only the batch known."""
         if "input_size" not in self._metadata:
             inputs: list[int | None] = [None, 3, None, None]
         else:
@@ -105,7 +105,9 @@ class TorchScriptRuntime(Runtime):
         axes = json.loads(self._metadata.get("output_axes", '["batch", "classes"]'))
         logits = [inputs[0] if axis == "batch" else num_classes if axis == "classes" else None for axis in axes]
         names = (self._metadata.get("input_name", "pixel_values"), self._metadata.get("output_name", "logits"))
-        return [(names[0], inputs)], [(names[1], logits)]
+        others = json.loads(self._metadata.get("output_names", "[]"))[1:]
+        other = [inputs[0], *(None for _ in axes[1:])]  # the archive records no other shape
+        return [(names[0], inputs)], [(names[1], logits), *((name, list(other)) for name in others)]
 
     def metadata(self) -> dict[str, str]:
         """The archive's ``mobilevit.json``."""

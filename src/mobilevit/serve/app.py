@@ -1,19 +1,21 @@
 """The HTTP layer: decode the request -> predict (batched) -> encode the answer, plus health, metrics and a page.
 
 Routes: ``POST /`` (the first model) and ``POST /models/{name}`` speak the Hugging Face Inference API for image
-classification or, for a segmentation model, image segmentation (see :mod:`mobilevit.serve.protocol`); classifiers and
-segmentation models can be served side by side. ``GET /health`` (200 when every model is loaded and its latest
-outputs were finite, else 503), ``GET /health/live`` (always 200), ``GET /metrics`` (Prometheus), ``GET /docs`` and
-``GET /redoc`` (the OpenAPI schema in Swagger UI and ReDoc, their scripts served from the fastapi-offline package, so
-they work offline) and ``GET /`` (a page to drop an image on); the ``GET`` routes answer ``HEAD`` too (health
-checkers). Only the prediction routes need the bearer token.
+classification or, for a segmentation model or a detector, image segmentation or object detection (see
+:mod:`mobilevit.serve.protocol`); models of every task can be served side by side. ``GET /health`` (200 when every
+model is loaded and its latest outputs were finite, else 503), ``GET /health/live`` (always 200), ``GET /metrics``
+(Prometheus), ``GET /docs`` and ``GET /redoc`` (the OpenAPI schema in Swagger UI and ReDoc, their scripts served from
+the fastapi-offline package, so they work offline) and ``GET /`` (a page to drop an image on); the ``GET`` routes
+answer ``HEAD`` too (health checkers). Only the prediction routes need the bearer token.
 
 A prediction request is checked (token, model, model loaded) before its body is read, reads its body within
 ``--body-timeout`` (else 408), and only then takes a place in the model's queue: a slow upload delays only itself.
 Metrics are labelled with served model names only, so nothing a client sends creates state.
 
 ``GET /models/{name}/labels`` gives a loaded model's class labels in index order: the page colours a segmentation
-class by its index, with the PASCAL VOC palette of the mask PNGs.
+class by its index, with the PASCAL VOC palette of the mask PNGs, and a detector's boxes by their class. ``/health``
+gives each loaded model's task and the JSON schema of the request parameters it takes (the page offers a threshold
+box for a model that takes one).
 """
 
 from __future__ import annotations
@@ -358,7 +360,11 @@ class Routes:
             name: {
                 "ready": e.ready,
                 "queue": e.admitted,
-                **({"task": e.predictor.task.name} if e.predictor is not None else {}),
+                **(
+                    {"task": e.predictor.task.name, "parameters": e.predictor.task.parameter_schema}
+                    if e.predictor is not None
+                    else {}
+                ),
                 **({"error": e.error or e.failure} if e.error or e.failure else {}),
             }
             for name, e in self.engines.items()

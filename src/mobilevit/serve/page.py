@@ -1,13 +1,20 @@
-"""The minimal HTML page served at ``GET /``: pick a served model, drop an image, see the top-5 or, for a
-segmentation model, the image tinted by class with a legend (each class's colour, score and share of the image).
+"""The minimal HTML page served at ``GET /``: pick a served model, drop an image, see the top-5, or, for a
+segmentation model, the image tinted by class with a legend (each class's colour, score and share of the image), or,
+for a detector, the image with each box drawn and labelled with its class and score, and a table of the boxes.
+
+The page tells the answers apart by their shape (a ``mask`` or a ``box`` in each element), never by task name. A
+model whose task takes a ``threshold`` (``GET /health`` lists each model's request parameters) gets a threshold box
+on the page; left empty, the server's default applies.
 
 A class is coloured as in the mask PNGs and overlays of ``mobilevit segment``: class index ``i`` takes the PASCAL VOC
 palette's colour ``i`` (:func:`mobilevit.data.segmentation.voc_palette`), the index found from the model's labels
 (``GET /models/NAME/labels``), and classes called ``background`` are left untinted. The answer lists only classes
-that won pixels, so a share too small to show is written ``<0.1%``, never ``0.0%``.
+that won pixels, so a share too small to show is written ``<0.1%``, never ``0.0%``. A box is drawn in its class's
+colour in ``mobilevit detect``'s pictures (:func:`mobilevit.tasks.detection.box_colour`), inside its edges as there.
 
 ``/?demo=1`` sends a picture drawn in the page itself (no file needed), which is how the headless-browser tests
-drive it; ``&model=NAME`` picks the model (default: the first served), ``&token=T`` sends a bearer token.
+drive it; ``&model=NAME`` picks the model (default: the first served), ``&token=T`` sends a bearer token,
+``&threshold=X`` fills the threshold box.
 """
 
 PAGE = """<!doctype html>
@@ -26,11 +33,14 @@ PAGE = """<!doctype html>
   td, th { border-bottom: 1px solid #ccc; padding: 0.3em 0.6em; text-align: left; }
   .bar { background: #4a7; height: 0.8em; }
   #error { color: #b00; }
+  #threshold { width: 5em; }
 </style>
 </head>
 <body>
-<h1>Image classification and segmentation</h1>
+<h1>Image classification, segmentation and object detection</h1>
 <p>Model: <select id="models"><option value="__MODEL__">__MODEL__</option></select>
+<label id="threshold-control" hidden>&middot; threshold <input id="threshold" type="number" min="0" max="1"
+step="0.05"></label>
 &middot; <a href="docs">API docs</a> &middot; <a href="health">health</a></p>
 <div id="drop">Drop an image here, or <input id="file" type="file" accept="image/*"></div>
 <div id="preview"></div>
@@ -42,8 +52,11 @@ const params = new URLSearchParams(location.search);
 const token = params.get("token");
 const statusEl = document.getElementById("status"), errorEl = document.getElementById("error");
 const models = document.getElementById("models");
+const thresholdControl = document.getElementById("threshold-control");
+const thresholdEl = document.getElementById("threshold");
+const parametersOf = {};  // model name -> the JSON schema of each request parameter its task takes
 
-async function listModels() {  // every served model and its task, from /health (answered while loading too)
+async function listModels() {  // every served model, its task and parameters, from /health (answered while loading too)
   try {
     const health = await (await fetch("health")).json();
     models.innerHTML = "";
@@ -52,10 +65,35 @@ async function listModels() {  // every served model and its task, from /health 
       option.value = name;
       option.textContent = name + " (" + (info.task || "loading") + ")";
       models.appendChild(option);
+      parametersOf[name] = info.parameters || {};
     }
   } catch (err) { /* keep the default model */ }
   const wanted = params.get("model");
   if (wanted && [...models.options].some((o) => o.value === wanted)) models.value = wanted;
+  if (params.get("threshold")) thresholdEl.value = params.get("threshold");
+  showParameters();
+}
+
+function showParameters() {  // the threshold box, for a model that takes a threshold; its placeholder the default
+  const schema = (parametersOf[models.value] || {}).threshold;
+  thresholdControl.hidden = !schema;
+  thresholdEl.placeholder = schema && schema.default != null ? schema.default : "none";
+}
+
+function boxColour(index) {  // a class's box colour, as in `mobilevit detect`'s pictures (box_colour)
+  return [37 * index % 200, 91 * index % 200, 157 * index % 200];
+}
+
+async function requestBody(blob) {  // [body, content type]: the raw image, or JSON with the parameters set on the page
+  if (thresholdControl.hidden || thresholdEl.value === "") return [blob, blob.type || "application/octet-stream"];
+  const url = await new Promise((resolve, reject) => {
+    const reader = new FileReader();
+    reader.onload = () => resolve(reader.result);
+    reader.onerror = () => reject(reader.error);
+    reader.readAsDataURL(blob);
+  });
+  const inputs = url.slice(url.indexOf(",") + 1);
+  return [JSON.stringify({inputs: inputs, parameters: {threshold: Number(thresholdEl.value)}}), "application/json"];
 }
 
 function vocColour(index) {  // the PASCAL VOC palette: the index's bits dealt to red, green, blue from the top bit
@@ -102,12 +140,7 @@ async function decodeImage(src) {
 
 async function showSegments(photoUrl, answer, labels, body) {  // tint each class's pixels, list the classes
   const indices = classIndices(answer, labels);
-  const photo = await decodeImage(photoUrl);
-  const canvas = document.createElement("canvas");
-  canvas.className = "overlay";
-  canvas.width = photo.naturalWidth; canvas.height = photo.naturalHeight;
-  const ctx = canvas.getContext("2d", {willReadFrequently: true});
-  ctx.drawImage(photo, 0, 0);
+  const [canvas, ctx] = overlayCanvas(await decodeImage(photoUrl));
   const pixels = ctx.getImageData(0, 0, canvas.width, canvas.height);
   let tinted = 0;
   for (const [i, segment] of answer.entries()) {
@@ -139,9 +172,59 @@ async function showSegments(photoUrl, answer, labels, body) {  // tint each clas
   }
   ctx.putImageData(pixels, 0, 0);
   canvas.dataset.tinted = tinted;  // how many pixels got a class colour (the browser test reads it)
+}
+
+function overlayCanvas(photo) {  // a canvas at the photo's size with the photo drawn on it, shown as the preview
+  const canvas = document.createElement("canvas");
+  canvas.className = "overlay";
+  canvas.width = photo.naturalWidth; canvas.height = photo.naturalHeight;
+  const ctx = canvas.getContext("2d", {willReadFrequently: true});
+  ctx.drawImage(photo, 0, 0);
   const preview = document.getElementById("preview");
   preview.innerHTML = "";
   preview.appendChild(canvas);
+  return [canvas, ctx];
+}
+
+async function showBoxes(photoUrl, answer, labels, body) {  // draw each box with its label and score, list the boxes
+  const [canvas, ctx] = overlayCanvas(await decodeImage(photoUrl));
+  const line = Math.max(2, Math.round(Math.min(canvas.width, canvas.height) / 200));
+  const size = Math.max(10, 6 * line);
+  ctx.lineWidth = line;
+  ctx.font = size + "px sans-serif";
+  ctx.textBaseline = "top";
+  for (const found of answer) {
+    const {xmin, ymin, xmax, ymax} = found.box;
+    // a detector's labels leave out its background, class 0: label i names class i + 1
+    const colour = "rgb(" + boxColour(labels.indexOf(found.label) + 1).join(",") + ")";
+    const text = found.label + " " + found.score.toFixed(2);
+    ctx.strokeStyle = ctx.fillStyle = colour;
+    ctx.strokeRect(xmin + line / 2, ymin + line / 2, xmax - xmin - line, ymax - ymin - line);  // inside the box
+    ctx.fillRect(xmin, ymin, ctx.measureText(text).width + 4, size + 4);
+    ctx.fillStyle = "#fff";
+    ctx.fillText(text, xmin + 2, ymin + 2);
+    const tr = document.createElement("tr");
+    tr.className = "detection";
+    tr.innerHTML = "<td><span class=swatch></span> <span></span></td><td></td><td></td>";
+    tr.querySelector(".swatch").style.background = colour;
+    tr.children[0].children[1].textContent = found.label;
+    tr.children[1].textContent = found.score.toFixed(4);
+    tr.children[2].textContent = [xmin, ymin, xmax, ymax].map((v) => v.toFixed(1)).join(", ");
+    body.appendChild(tr);
+  }
+  canvas.dataset.boxes = answer.length;  // how many boxes were drawn (the browser test reads it)
+}
+
+function showTop(answer, body) {  // the first five labels, each with its score and a bar
+  for (const row of answer.slice(0, 5)) {
+    const tr = document.createElement("tr");
+    tr.className = "prediction";
+    tr.innerHTML = "<td></td><td></td><td><div class=bar></div></td>";
+    tr.children[0].textContent = row.label;
+    tr.children[1].textContent = row.score.toFixed(4);
+    tr.querySelector(".bar").style.width = Math.max(1, Math.round(200 * row.score)) + "px";
+    body.appendChild(tr);
+  }
 }
 
 async function classify(blob) {
@@ -153,31 +236,25 @@ async function classify(blob) {
   preview.appendChild(img);
   statusEl.textContent = "running...";
   errorEl.textContent = "";
-  const headers = {"Content-Type": blob.type || "application/octet-stream"};
-  if (token) headers["Authorization"] = "Bearer " + token;
   try {
     const model = models.value;
+    const [request, type] = await requestBody(blob);
+    const headers = {"Content-Type": type};
+    if (token) headers["Authorization"] = "Bearer " + token;
     const url = "models/" + encodeURIComponent(model);
-    const response = await fetch(url, {method: "POST", headers: headers, body: blob});
+    const response = await fetch(url, {method: "POST", headers: headers, body: request});
     const answer = await response.json();
     if (!response.ok) throw new Error(answer.error || response.statusText);
     const body = document.querySelector("#results tbody");
     body.innerHTML = "";
     if (answer.length && "mask" in answer[0]) {  // a segmentation model's answer
       await showSegments(photoUrl, answer, await modelLabels(model), body);
-      statusEl.textContent = "done";
-      return;
+    } else if (answer.length && "box" in answer[0]) {  // a detector's answer
+      await showBoxes(photoUrl, answer, await modelLabels(model), body);
+    } else {
+      showTop(answer, body);
     }
-    for (const row of answer.slice(0, 5)) {
-      const tr = document.createElement("tr");
-      tr.className = "prediction";
-      tr.innerHTML = "<td></td><td></td><td><div class=bar></div></td>";
-      tr.children[0].textContent = row.label;
-      tr.children[1].textContent = row.score.toFixed(4);
-      tr.querySelector(".bar").style.width = Math.max(1, Math.round(200 * row.score)) + "px";
-      body.appendChild(tr);
-    }
-    statusEl.textContent = "done";
+    statusEl.textContent = answer.length ? "done" : "done: nothing found";
   } catch (err) {
     statusEl.textContent = "failed";
     errorEl.textContent = String(err.message || err);
@@ -194,6 +271,7 @@ function demo() {  // a picture drawn here, so that the page can be checked with
   canvas.toBlob(classify, "image/png");
 }
 
+models.addEventListener("change", showParameters);
 const drop = document.getElementById("drop");
 drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });
 drop.addEventListener("dragleave", () => drop.classList.remove("over"));

@@ -110,6 +110,12 @@ class Task(ABC):
         """The preprocessing this task runs its models with, from the weights' (default: as it is)."""
         return preprocess
 
+    def fixed_size_preprocess(self, preprocess: Preprocess, size: tuple[int, int]) -> Preprocess:
+        """The preprocessing an exported file that takes only ``size`` (H, W) records, from :meth:`preprocess`'s
+        (default: as it is: a classifier's crop and a segmentation model's resize are the weights' own, and the runner
+        refuses a file that cannot take them)."""
+        return preprocess
+
     def bench_size(self, preprocess: Preprocess, default: int) -> tuple[int, int]:
         """The (H, W) ``bench`` times a model of this task at when no resolution is given (default: square)."""
         return default, default
@@ -164,7 +170,7 @@ class Task(ABC):
         """Score ``runner`` on the labelled set at ``data``: the metrics, ``count`` and ``failed``; under
         ``torch.distributed`` each rank scores its share (:func:`shard`) and the counts are summed."""
 
-    def score_results(self, data: str, results: str) -> dict[str, Any]:
+    def score_results(self, data: str, results: str, split: str | None = None) -> dict[str, Any]:
         """The metric of a file of results made elsewhere (``eval --results``), against the labelled set at ``data``
         (default: not supported)."""
         raise UsageError(f"--results is not supported for {self.title}")

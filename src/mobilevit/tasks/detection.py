@@ -96,7 +96,7 @@ class Detection:
         for box, name, score, index in zip(
             self.boxes.tolist(), self.names, self.scores.tolist(), self.labels.tolist(), strict=True
         ):
-            colour = _colour(index)
+            colour = box_colour(index)
             pen.rectangle(box, outline=colour, width=width)
             text = f"{name} {score:.2f}"
             left, top, right, bottom = pen.textbbox((box[0], box[1]), text)
@@ -108,8 +108,9 @@ class Detection:
 BOX_KEYS = ("xmin", "ymin", "xmax", "ymax")
 
 
-def _colour(index: int) -> tuple[int, int, int]:
-    """A distinct, dark enough colour per class (white text stays readable on it)."""
+def box_colour(index: int) -> tuple[int, int, int]:
+    """Class ``index``'s box colour: distinct per class, dark enough for white text on it (the server's page draws
+    boxes in the same colours)."""
     return (37 * index % 200, 91 * index % 200, 157 * index % 200)
 
 
@@ -234,6 +235,11 @@ class DetectionTask(Task):
         """The whole image resized to the input size: a crop would lose the objects near the edges."""
         return segmentation_preprocess(preprocess, preprocess.input_size)
 
+    def fixed_size_preprocess(self, preprocess: Preprocess, size: tuple[int, int]) -> Preprocess:
+        """The whole image resized to ``size``: a detector's anchors follow its feature maps, so it finds objects at
+        any input size, and a file exported at one size (TorchScript, CoreML, ExecuTorch, LiteRT) is fed that size."""
+        return segmentation_preprocess(preprocess, size)
+
     def bench_size(self, preprocess: Preprocess, default: int) -> tuple[int, int]:
         height, width = preprocess.input_size
         return int(height), int(width)
@@ -297,7 +303,7 @@ class DetectionTask(Task):
     ) -> dict[str, Any]:
         from ..data.coco import coco_set, evaluate_detections
 
-        coco, images = coco_set(data)
+        coco, images = coco_set(data, split)
         mine, _ = shard(images)
         category = coco.category_ids(runner.labels)  # the runner's labels name classes 1..C-1
 
@@ -320,17 +326,17 @@ class DetectionTask(Task):
         scores = evaluate_detections(coco, found, sorted(set(category.values())))
         return {**scores, "categories": len(set(category.values())), "count": world - len(failed), "failed": failed}
 
-    def score_results(self, data: str, results: str) -> dict[str, Any]:
+    def score_results(self, data: str, results: str, split: str | None = None) -> dict[str, Any]:
         """COCO mAP of a COCO results file, exactly as pycocotools' ``COCOeval`` scores it (every category)."""
         from ..data.coco import coco_set, evaluate_detections
 
-        coco, images = coco_set(data)
+        coco, images = coco_set(data, split)
         return {**evaluate_detections(coco, results), "count": len(images), "failed": []}
 
     def eval_total(self, data: str, split: str | None) -> int | None:
         from ..data.coco import coco_set
 
-        return len(coco_set(data)[1])
+        return len(coco_set(data, split)[1])
 
     def eval_summary(self, model: str, result: dict[str, Any]) -> str:
         keys = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100")
@@ -382,4 +388,13 @@ def coco_rows(
 
 DETECTION = register_task(DetectionTask())
 
-__all__ = ["DETECTION", "Detection", "DetectionTask", "coco_rows", "decode_boxes", "detect", "encode_boxes"]
+__all__ = [
+    "DETECTION",
+    "Detection",
+    "DetectionTask",
+    "box_colour",
+    "coco_rows",
+    "decode_boxes",
+    "detect",
+    "encode_boxes",
+]

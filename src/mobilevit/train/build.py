@@ -7,7 +7,9 @@ cutmix and a BGR flip commute with the normalization and a teacher sees the same
 
 The task is the model's (``model.task``): a segmentation model (``deeplabv3_*``) trains on ``(image, mask)`` pairs
 of a PASCAL VOC or ``images/`` + ``masks/`` folder, augmented together
-(:mod:`mobilevit.data.segmentation_transforms`), and validates on whole images with their masks at full size.
+(:mod:`mobilevit.data.segmentation_transforms`), and validates on whole images with their masks at full size; a
+detector (``ssdlite_*``) trains on the images of a COCO-format set with their boxes, moved together
+(:mod:`mobilevit.data.detection_transforms`), and validates COCO mAP on whole images.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Subset
 
 from ..data.augment import TrainTransformFactory
-from ..data.coco import DetectionDataset
+from ..data.coco import DetectionDataset, release_splits
 from ..data.datasets import ImageDataset, SegmentationDataset, collate_masks, collate_skipping, skip_none
 from ..data.detection_transforms import DetectionEvalTransform, DetectionTrainFactory, collate_boxes
 from ..data.normalize import ChannelStats, Normalization, normalize
@@ -60,9 +62,9 @@ def build_model(cfg: ModelConfig) -> nn.Module:
     """The model of ``cfg``: random, or pretrained (weights name ``arch.tag`` or checkpoint path) with a new head.
 
     ``drop_rate`` / ``proj_drop_rate`` / ``drop_path_rate`` are passed when set and the architecture has them; with
-    ``freeze_backbone`` only the classifier (a segmentation model: its whole head) stays trainable. A segmentation
-    model takes a classification checkpoint of its backbone as ``pretrained``: the backbone loads, the head starts new
-    (the tensors left new are logged).
+    ``freeze_backbone`` only the classifier (a segmentation or detection model: all outside its backbone) stays
+    trainable. A segmentation or detection model takes a classification checkpoint of its backbone as
+    ``pretrained``: the backbone loads, the head starts new (the tensors left new are logged).
     """
     arch_fields = {f.name for f in dataclasses.fields(get_config(cfg.name))}
     overrides: dict[str, Any] = {}
@@ -149,14 +151,14 @@ def _start_dense_head(model: nn.Module, cfg: ModelConfig) -> None:
     std = cfg.classifier_init_std
     if std is None:
         return
+    classifier = model.get_classifier()
+    if not isinstance(classifier, nn.Conv2d):
+        raise UsageError(f"model.classifier_init_std applies to segmentation models; unset it for {cfg.name}")
     if std < 0:
         raise UsageError(f"model.classifier_init_std must be >= 0, got {std}")
     if f"{model.classifier_name}.weight" not in new:
         logger.info("model.classifier_init_std ignored: the classifier was loaded from %s", cfg.pretrained)
         return
-    classifier = model.get_classifier()
-    if not isinstance(classifier, nn.Conv2d):
-        raise UsageError(f"model.classifier_init_std applies to segmentation models; unset it for {cfg.name}")
     with torch.no_grad():
         nn.init.normal_(classifier.weight, std=std)
         if classifier.bias is not None:
@@ -412,12 +414,17 @@ def _with_loaders(
 def data_paths(data: str | os.PathLike) -> tuple[str, str | None]:
     """``(data.train, data.val)`` of a data folder given as ``--data``.
 
-    A folder with ``train/`` (and ``val/``) sub-folders gives those (ImageFolder trees, or ``images/`` + ``masks/``
-    segmentation sets); a PASCAL VOC folder gives itself for both when it lists a ``val`` split (the splits are read
-    from ``ImageSets/Segmentation/``); anything else (an ImageFolder tree, a CSV, an ``images/`` + ``masks/`` folder)
-    is the training data alone.
+    A folder with ``train/`` (and ``val/``) sub-folders gives those (ImageFolder trees, ``images/`` + ``masks/``
+    segmentation sets, or COCO-format detection sets); a PASCAL VOC folder gives itself for both when it lists a
+    ``val`` split (the splits are read from ``ImageSets/Segmentation/``); a folder in COCO's release layout gives its
+    ``annotations/instances_train2017.json`` and ``instances_val2017.json`` (images in ``train2017/``, ``val2017/``);
+    anything else (an ImageFolder tree, a CSV, an ``images/`` + ``masks/`` folder, a COCO-format set) is the training
+    data alone.
     """
     root = Path(data)
+    release = release_splits(root)  # COCO's own layout: annotations/instances_train2017.json, train2017/, ...
+    if release is not None:
+        return release
     if (root / "train").is_dir():
         return str(root / "train"), str(root / "val") if (root / "val").is_dir() else None
     if (root / "JPEGImages").is_dir() and (root / "SegmentationClass").is_dir():

@@ -82,13 +82,14 @@ class DataConfig:
     """Where the images are and how validation reads them."""
 
     # classification: an ImageFolder root or CSV list; segmentation: a PASCAL VOC folder or an images/ + masks/ folder
-    # (mobilevit.data.segmentation.list_segmentation_set), whose split segmentation.train_split / val_split is read
+    # (mobilevit.data.segmentation.list_segmentation_set), whose split segmentation.train_split / val_split is read;
+    # detection: a COCO-format set (an image folder and instances.json, mobilevit.data.coco.coco_set)
     train: str | None = None
     val: str | None = None
     num_workers: int = 4
     # the validation transform; None: the model's weights entry's (mobilevit.weights.model_io)
     val_resize: int | None = None  # resize the short side (MobileViT eval: 288 -> 256); not for segmentation
-    val_crop: int | None = None  # segmentation: the square size the whole image is resized to (512 for VOC)
+    val_crop: int | None = None  # segmentation, detection: the square the whole image is resized to (VOC 512, COCO 320)
     val_interpolation: Literal["bilinear", "bicubic"] | None = None
 
 

@@ -27,7 +27,10 @@ The task is the model's (``model.task``): a classifier validates top-1 accuracy;
 (``deeplabv3_*``) trains on image and mask pairs with a per-pixel cross-entropy that ignores label 255
 (:class:`~mobilevit.train.losses.SegmentationLoss`) and validates mIoU and pixel accuracy, each image's prediction
 resized to its mask and the pixels of the whole split summed into one confusion matrix
-(:mod:`mobilevit.data.segmentation`). Everything else (resume, DDP, EMA, checkpoints, metrics, ``final/``) is shared.
+(:mod:`mobilevit.data.segmentation`); a detector (``ssdlite_*``) trains on COCO-format sets with SSD's multibox loss
+(:class:`~mobilevit.train.losses.MultiBoxLoss`) and validates COCO box mAP by pycocotools, each image's detections
+found as ``eval --task detection`` finds them. Everything else (resume, DDP, EMA, checkpoints, metrics, ``final/``,
+``best/``: the weights of the model or EMA whose validation scored the task's ``best_metric`` highest) is shared.
 
 Metrics go to ``{output_dir}/metrics.jsonl`` (one JSON object per line: ``"event": "step" | "epoch" | "summary"``),
 reduced over all ranks, to ``{output_dir}/metrics.csv`` (the epoch records, columns
@@ -45,6 +48,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import logging
 import math
 import time
@@ -76,6 +80,8 @@ from .metrics import MetricsLog
 from .optim import ModelEMA, WarmupCosineSchedule, build_optimizer
 
 logger = logging.getLogger(__name__)
+
+BEST = "best"  # the output folder of the best validated weights
 
 __all__ = ["NonFiniteLossError", "TrainResult", "build_model", "build_teacher", "train"]
 
@@ -201,6 +207,7 @@ class _Position:
     stats: dict[str, float] = field(default_factory=_epoch_stats)  # this rank's sums over the epoch so far
     skipped_total: float = 0.0  # corrupt images of the finished epochs (all ranks)
     last_saved: int | None = None  # the step of the latest last.pt of this run
+    best: float | None = None  # the highest validation best_metric so far (of the model or its EMA): best/ holds it
 
 
 def _read_checkpoint(last_path: Path, resume: bool) -> dict[str, Any] | None:
@@ -284,6 +291,7 @@ def _resume(run: _Run, state: dict[str, Any] | None) -> _Position:
             stats=dict(state["epoch_stats"]),
             skipped_total=float(state.get("skipped_total", 0.0)),
             last_saved=step,
+            best=state.get("best"),
         )
         logger.info("resumed from %s: step %d, epoch %d, batch %d", run.last_path, step, pos.epoch, pos.batches_done)
     if cfg.ema.enabled:
@@ -466,6 +474,7 @@ class _Trainer:
         self.epoch_loss = loss_sum / samples if samples else None
         if run.data.val_loader is not None:
             self.val = self.validate()
+            self.keep_best()
         self.write_epoch(finished, samples, skipped)
         if finished:
             pos.skipped_total += skipped
@@ -475,6 +484,41 @@ class _Trainer:
         else:  # stopped by max_iters mid-epoch: keep the position so a longer run can resume here
             self.save(pos.epoch, pos.batches_done)
             pos.skipped_total += skipped
+
+    def keep_best(self) -> None:
+        """Save ``best/`` (rank 0) when the validation's ``best_metric`` of the model or of its EMA (the higher of
+        the two) beats every earlier validation of the run; ``best/best.json`` says which, its value and epoch."""
+        run, pos = self.run, self.pos
+        metric = run.task.best_metric
+        candidates = [("model", run.model, self.val.get(f"val_{metric}"))]
+        if run.ema is not None:
+            candidates.append(("ema", run.ema.module, self.val.get(f"val_{metric}_ema")))
+        scored = [(value, which, module) for which, module, value in candidates if value is not None]
+        if not scored:
+            return
+        value, which, module = max(scored, key=lambda c: c[0])  # the model on a tie
+        if pos.best is not None and value <= pos.best:
+            return
+        pos.best = value
+        if run.world.is_main:
+            folder = run.out / BEST
+            save_pretrained(_saved_form(module), folder, labels=self.labels(), preprocess=run.pre)
+            record = {"metric": metric, "value": value, "weights": which, "epoch": pos.epoch, "step": pos.step}
+            (folder / "best.json").write_text(json.dumps(record, indent=2) + "\n")
+        logger.info("best val %s so far: %.4f (%s), saved to %s", metric, value, which, run.out / BEST)
+
+    def labels(self) -> list[str] | None:
+        """The class names saved with the weights: the training set's (with a detector's background first), else
+        the loaded weights' when the task keeps them, else none (``class_<i>``)."""
+        run = self.run
+        classes = run.data.train_set.classes
+        num_classes = run.cfg.model.num_classes
+        unlabelled = num_classes - run.task.labelled_classes(num_classes)  # a detector's background
+        if classes is not None and len(classes) + unlabelled == num_classes:
+            return ["background"] * unlabelled + list(classes)
+        if run.task.labels_from_weights:
+            return list(model_io(run.model).labels)  # the loaded weights' (VOC's) or class_<i>
+        return None
 
     def validate(self) -> dict[str, Any]:
         """The validation fields of the epoch record, of the model and of its EMA: ``val_top1`` (classification),
@@ -544,6 +588,7 @@ class _Trainer:
                 "rng": rngs,
                 "epoch_stats": pos.stats if next_batch else _epoch_stats(),
                 "skipped_total": pos.skipped_total,
+                "best": pos.best,
                 "config": to_dict(run.cfg),
             }
             ckpt.save_checkpoint(snapshot, run.last_path)
@@ -554,13 +599,7 @@ class _Trainer:
         """Save ``final/`` (and ``final_ema/``) with the eval transform and class names; the summary record."""
         run, pos = self.run, self.pos
         if run.world.is_main:
-            classes = run.data.train_set.classes
-            num_classes = run.cfg.model.num_classes
-            unlabelled = num_classes - run.task.labelled_classes(num_classes)  # a detector's background
-            named = classes is not None and len(classes) + unlabelled == num_classes
-            labels = ["background"] * unlabelled + list(classes) if named else None
-            if labels is None and run.task.labels_from_weights:
-                labels = list(model_io(run.model).labels)  # the loaded weights' (VOC's) or class_<i>
+            labels = self.labels()
             save_pretrained(_saved_form(run.model), run.out / "final", labels=labels, preprocess=run.pre)
             if run.ema is not None:
                 save_pretrained(_saved_form(run.ema.module), run.out / "final_ema", labels=labels, preprocess=run.pre)

@@ -3,7 +3,8 @@
 - ``metrics.jsonl``: one JSON object per line, ``"event": "step" | "epoch" | "summary"``;
 - ``metrics.csv`` (``logging.csv``): the epoch records, columns :func:`epoch_columns` of the task
   (classification: :data:`EPOCH_COLUMNS`; segmentation: ``val_miou`` and ``val_pixel_accuracy`` in place of
-  ``val_top1``; the per-class IoU of the ``val_class_iou`` field is in ``metrics.jsonl`` only);
+  ``val_top1``; the per-class IoU of the ``val_class_iou`` field is in ``metrics.jsonl`` only; detection: COCO's
+  ``val_AP``, ``val_AP50`` and ``val_AP75``, the other COCOeval numbers in ``metrics.jsonl`` only);
 - ``tensorboard/`` (``logging.tensorboard``): TensorBoard scalars of the step and epoch records.
 
 On resume the records written after the checkpoint are dropped, so the files continue the interrupted run's curve

@@ -245,6 +245,8 @@ def _upstream_layout(keys: list[str]) -> str | None:
         return "cvnets"  # a segmentation model: backbone under encoder., head under seg_head.
     if _starts(keys, "ssd_heads.") and _starts(keys, "encoder.layer_1."):
         return "cvnets"  # a detection model: backbone under encoder., heads under extra_layers. and ssd_heads.
+    if _starts(keys, "model.backbone.encoder.") and _starts(keys, "model.roi_heads."):
+        return "cvnets"  # a Mask R-CNN: torchvision's MaskRCNN under model., the backbone under model.backbone.encoder.
     if _starts(keys, "patch_embed.", "network."):
         return "ml-fastvit"
     if _starts(keys, "stage0."):
@@ -330,9 +332,10 @@ def _layout_to_convert(state_dict: dict[str, Tensor], fmt: str | None, source: s
     return detected if fmt is None or (fmt == "timm" and detected == "native") else fmt
 
 
-# the DeepLabV3 head in ml-cvnets', transformers' and our own key names, and the SSDLite heads in ml-cvnets' and ours
+# the DeepLabV3 head in ml-cvnets', transformers' and our own key names, and the SSDLite and Mask R-CNN heads in
+# ml-cvnets' and ours
 _SEGMENTATION_HEAD_PREFIXES = ("seg_head.", "segmentation_head.", "head.aspp.")
-_DETECTION_HEAD_PREFIXES = ("ssd_heads.", "heads.")
+_DETECTION_HEAD_PREFIXES = ("ssd_heads.", "heads.", "model.roi_heads.", "roi_heads.")
 
 
 def is_segmentation_checkpoint(state_dict: dict[str, Tensor], info: dict[str, Any]) -> bool:
@@ -340,7 +343,9 @@ def is_segmentation_checkpoint(state_dict: dict[str, Tensor], info: dict[str, An
     detection, head included) rather than a classifier or a backbone, which such a model can take as its backbone."""
     saved_arch = str(info.get("arch") or "")
     heads = _SEGMENTATION_HEAD_PREFIXES + _DETECTION_HEAD_PREFIXES
-    return saved_arch.startswith(("deeplabv3_", "ssdlite_")) or any(k.startswith(heads) for k in state_dict)
+    return saved_arch.startswith(("deeplabv3_", "ssdlite_", "maskrcnn_")) or any(
+        k.startswith(heads) for k in state_dict
+    )
 
 
 def checkpoint_config(info: dict[str, Any], cfg: Any) -> dict[str, Any]:
@@ -381,7 +386,9 @@ def load_into(model: nn.Module, state_dict: dict[str, Tensor], source: str, keep
     """
     expected = model.state_dict()
     features_only = getattr(model, "features_only", False)
-    classifier = getattr(model, "classifier_name", "head.fc") + "."
+    # the parameters a new number of classes replaces: the classifier, and any other per-class layer the model names
+    classes = getattr(model, "class_layers", (getattr(model, "classifier_name", "head.fc"),))
+    classifier = tuple(f"{name}." for name in classes)
     state_dict = _tensors_to_load(state_dict, expected, classifier, keep_head, features_only)
     problems = _misfits(state_dict, expected, fresh=None if keep_head else classifier)
     if problems:
@@ -393,7 +400,11 @@ def load_into(model: nn.Module, state_dict: dict[str, Tensor], source: str, keep
 
 
 def _tensors_to_load(
-    state_dict: dict[str, Tensor], expected: dict[str, Tensor], classifier: str, keep_head: bool, features_only: bool
+    state_dict: dict[str, Tensor],
+    expected: dict[str, Tensor],
+    classifier: tuple[str, ...],
+    keep_head: bool,
+    features_only: bool,
 ) -> dict[str, Tensor]:
     """The checkpoint's tensors that go into the model: without the ``classifier`` when the head is not kept, without
     the head and the final 1x1 expansion for a ``features_only`` model, and with the model's own BatchNorm step
@@ -406,9 +417,9 @@ def _tensors_to_load(
     return {**counters, **state_dict}
 
 
-def _misfits(state_dict: dict[str, Tensor], expected: dict[str, Tensor], fresh: str | None) -> list[str]:
+def _misfits(state_dict: dict[str, Tensor], expected: dict[str, Tensor], fresh: tuple[str, ...] | None) -> list[str]:
     """What keeps ``state_dict`` from loading into a model whose own tensors are ``expected``, one part per kind of
-    misfit (missing, unexpected, wrong shape); empty when it fits. Missing keys under the prefix ``fresh`` (a
+    misfit (missing, unexpected, wrong shape); empty when it fits. Missing keys under the prefixes ``fresh`` (a
     classifier that starts fresh) are not misfits."""
     missing = [k for k in expected if k not in state_dict and not (fresh and k.startswith(fresh))]
     unexpected = [k for k in state_dict if k not in expected]

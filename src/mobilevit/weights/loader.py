@@ -154,7 +154,12 @@ def _read_weights(
         cfg = build_config(arch, **{**config_overrides(saved, ARCHITECTURES[arch][1]), **model.overrides})
     elif stated := checkpoint_config(info, cfg):
         cfg = build_config(arch, **{**stated, **model.overrides})
-    return convert_checkpoint(state_dict, info, arch, cfg, source=str(path), fmt=fmt), saved, cfg
+    converted = convert_checkpoint(state_dict, info, arch, cfg, source=str(path), fmt=fmt)
+    shown = getattr(ARCHITECTURES[arch][0], "config_from_checkpoint", None)  # widths its tensors show (Mask R-CNN)
+    if shown is not None:
+        found = {k: v for k, v in shown(converted, cfg).items() if k not in model.overrides}
+        cfg = dataclasses.replace(cfg, **found)
+    return converted, saved, cfg
 
 
 def _with_own_weights(
@@ -247,7 +252,7 @@ def _with_backbone_weights(
     arch, cfg = model.arch, model.cfg
     built = build_model(arch, cfg, False, None, model.num_classes)
     _random_head(arch, source, _head_modules(built), _only_backbone(cfg), allow_random_head)
-    backbone = built.backbone
+    backbone = built.get_submodule(getattr(built, "backbone_module", "backbone"))  # Mask R-CNN: backbone.body
     backbone_entry = entry if entry is not None and entry.arch == cfg.backbone else None
     fmt = backbone_entry.format if backbone_entry else None
     converted = convert_checkpoint(state_dict, info, cfg.backbone, backbone.cfg, source=source, fmt=fmt)

@@ -13,6 +13,7 @@ CONVERTERS = {
     ("transformers", "DeepLabV3Config"): from_transformers.convert_deeplabv3,
     ("cvnets", "DeepLabV3Config"): from_cvnets.convert_deeplabv3,
     ("cvnets", "SSDLiteConfig"): from_cvnets.convert_ssdlite,
+    ("cvnets", "MaskRCNNConfig"): from_cvnets.convert_maskrcnn,
 }
 
 __all__ = ["CONVERTERS"]

@@ -163,3 +163,78 @@ def convert_ssdlite(state_dict: dict[str, Tensor], cfg: Any) -> dict[str, Tensor
     out.update(rename(head, _SSD_RULES))
     assert len(out) == len(state_dict) + len(anchors) * 2, (len(out), len(state_dict))
     return out
+
+
+_MASKRCNN_RULES = [
+    (r"^rpn\.head\.(cls_logits|bbox_pred)\.block\.conv\.", r"rpn.head.\1."),
+    (r"^roi_heads\.mask_predictor\.0\.block\.conv\.", "roi_heads.mask_predictor.conv5_mask."),
+    (r"^roi_heads\.mask_predictor\.1\.", "roi_heads.mask_predictor.bn5_mask."),
+    (r"^roi_heads\.mask_predictor\.3\.block\.conv\.", "roi_heads.mask_predictor.mask_fcn_logits."),
+    (r"\.block\.conv\.", ".conv."),
+    (r"\.block\.norm\.", ".bn."),
+]
+# Sequentials of (conv, BN, ReLU) triplets in ml-cvnets; torchvision's have one Conv2dNormActivation per triplet
+_MASKRCNN_TRIPLETS = re.compile(r"^(rpn\.head\.conv|roi_heads\.box_head|roi_heads\.mask_head)\.(\d+)\.(.+)$")
+# ml-cvnets names the pyramid's modules by output stride; ours count from the finest level
+_MASKRCNN_PYRAMID = {"backbone_proj_layers": "lateral", "fpn_proj_layers": "smooth", "extra_layers": "extra"}
+_NEURAL_AUGMENTOR = "backbone.encoder.neural_augmentor."  # RangeAugment's learnt ranges: training only
+
+
+def _maskrcnn_triplet_key(key: str, n_box_convs: int) -> str | None:
+    """Our name of a tensor of ml-cvnets' RPN, box or mask head convs: layer ``i``'s conv and BN (Sequential
+    indices ``3i`` and ``3i + 1``) -> ``<i>.0`` and ``<i>.1``; the box head's Linear (index ``3n + 1``, after the
+    Flatten) -> ``n + 1``. ``None`` for another tensor."""
+    found = _MASKRCNN_TRIPLETS.match(key)
+    if found is None:
+        return None
+    prefix, index, tail = found[1], int(found[2]), found[3]
+    if prefix == "roi_heads.box_head" and index >= 3 * n_box_convs:
+        return f"{prefix}.{index - 2 * n_box_convs}.{tail}"
+    if tail.startswith("block.conv."):
+        return f"{prefix}.{index // 3}.0.{tail.removeprefix('block.conv.')}"
+    return f"{prefix}.{index // 3}.1.{tail}"
+
+
+def convert_maskrcnn(state_dict: dict[str, Tensor], cfg: Any) -> dict[str, Tensor]:
+    """Rename a cvnets Mask R-CNN state dict (everything under ``model.``: torchvision's ``MaskRCNN`` with the
+    backbone under ``model.backbone.encoder.`` and its pyramid under ``model.backbone.{backbone_proj,fpn_proj,
+    extra}_layers.<stride>.``) to our keys.
+
+    RangeAugment's six scalars (``neural_augmentor``, applied only while training) are dropped.
+
+    Args:
+        state_dict: the checkpoint, as cvnets saves a detection model.
+        cfg: our :class:`~mobilevit.models.maskrcnn.MaskRCNNConfig`.
+    """
+    unknown = sorted({k.split(".")[0] for k in state_dict} - {"model"})
+    if unknown:
+        raise KeyError(f"a cvnets Mask R-CNN checkpoint holds only 'model.' tensors, not {unknown}")
+    flat = {k.removeprefix("model."): v for k, v in state_dict.items()}
+    augmentor = [k for k in flat if k.startswith(_NEURAL_AUGMENTOR)]
+    if augmentor:
+        logger.info("Dropping the %d RangeAugment tensors (neural_augmentor, training only)", len(augmentor))
+    encoder = {
+        k.removeprefix("backbone.encoder."): v
+        for k, v in flat.items()
+        if k.startswith("backbone.encoder.") and k not in augmentor
+    }
+    out = {f"backbone.body.{k}": v for k, v in convert_mobilevit(encoder, CLASSIFIERS[cfg.backbone][1]).items()}
+    rest = {k: v for k, v in flat.items() if not k.startswith("backbone.encoder.")}
+    n_box_convs = sum(bool(re.match(r"roi_heads\.box_head\.\d+\.block\.conv\.weight$", k)) for k in rest)
+    strides = {
+        part: sorted({int(k.split(".")[2]) for k in rest if k.startswith(f"backbone.{part}.")})
+        for part in _MASKRCNN_PYRAMID
+    }
+    renamed: dict[str, Tensor] = {}
+    for key, value in rest.items():
+        parts = key.split(".")
+        if parts[0] == "backbone" and parts[1] in _MASKRCNN_PYRAMID:
+            level = strides[parts[1]].index(int(parts[2]))
+            key = ".".join(["backbone.fpn", _MASKRCNN_PYRAMID[parts[1]], str(level), *parts[3:]])
+        elif (ours := _maskrcnn_triplet_key(key, n_box_convs)) is not None:
+            out[ours] = value
+            continue
+        renamed[key] = value
+    out.update(rename(renamed, _MASKRCNN_RULES))
+    assert len(out) == len(state_dict) - len(augmentor), (len(out), len(state_dict), len(augmentor))
+    return out
