@@ -14,7 +14,8 @@ Sides, each the same number of optimizer steps on the same images, batch, input 
 IoU crop, photometric distortion, flip, resize), optimizer (AdamW, no decay on norms and biases) and schedule (linear
 warmup, cosine):
 
-- ``ours``: ``mobilevit.train.train`` (what ``mobilevit train`` runs) on ``ssdlite_mobileone_s0``, the backbone from
+- ``ours``: ``mobilevit.train.train`` (what ``mobilevit train`` runs) with the ``ssdlite_mobileone_s0`` recipe (its
+  budget, sizes, optimizer and schedule overridden as above), the backbone from
   ``../shared/weights/mobileone_s0_reparam.safetensors`` (Apple's folded S0) and frozen (``model.freeze_backbone``),
   a new head (the extra levels, the heads and the class predictors) trained;
 - ``ours_full`` (not run by default): the same with the backbone trained too. Apple's file is the folded form, with
@@ -63,7 +64,7 @@ from torchvision.transforms import v2
 
 import mobilevit
 from common import CACHE, SHARED_DATA, extract_once
-from mobilevit.train import apply_overrides, train
+from mobilevit.train import apply_overrides, load_recipe, train
 from mobilevit.train.config import TrainConfig
 from mobilevit.weights import save_pretrained
 
@@ -257,6 +258,7 @@ def our_config(args: argparse.Namespace, data: Path, out: Path, pretrained: bool
         f"data.train={data / 'train'}",
         f"data.val={data / 'val'}",
         "data.num_workers=0",
+        f"data.val_crop={args.size}",
         "sampler.kind=fixed",
         f"sampler.base_size={args.size}",
         f"sampler.batch_size={args.batch_size}",
@@ -288,7 +290,7 @@ def our_config(args: argparse.Namespace, data: Path, out: Path, pretrained: bool
         f"output_dir={out}",
         *args.set,
     ]
-    return apply_overrides(TrainConfig(), overrides)
+    return apply_overrides(load_recipe(ARCH), overrides)
 
 
 def untrained_ours(args: argparse.Namespace, out: Path, pretrained: bool) -> Path:
