@@ -445,7 +445,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=300, help="optimizer steps of every side")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--size", type=int, default=320, help="side of the composites and of the model's input")
-    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--min-lr", type=float, default=1e-6)
     parser.add_argument("--weight-decay", type=float, default=0.01)
     parser.add_argument("--warmup", type=int, default=20, help="warmup steps")
