@@ -60,6 +60,7 @@ from PIL import Image
 from torch import Tensor, nn
 from torchvision import tv_tensors
 from torchvision.models.detection import ssdlite320_mobilenet_v3_large
+from torchvision.ops import box_iou
 from torchvision.transforms import v2
 
 import mobilevit
@@ -120,12 +121,12 @@ def object_photos(split: str) -> dict[str, list[Path]]:
     }
 
 
-def _iou(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> float:
-    """IoU of two ``(x, y, w, h)`` boxes."""
-    w = max(0, min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0]))
-    h = max(0, min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1]))
-    inter = w * h
-    return inter / (a[2] * a[3] + b[2] * b[3] - inter)
+def _overlap(box: tuple[int, int, int, int], boxes: list[tuple[int, tuple[int, int, int, int]]]) -> float:
+    """The largest IoU of ``(x, y, w, h)`` ``box`` with ``boxes`` (0 without any)."""
+    if not boxes:
+        return 0.0
+    corners = torch.tensor([[x, y, x + w, y + h] for x, y, w, h in [box, *(b for _, b in boxes)]], dtype=torch.float64)
+    return box_iou(corners[:1], corners[1:]).max().item()
 
 
 def composite(background: Image.Image, objects: list[tuple[int, Image.Image]], size: int, rng: np.random.Generator):
@@ -143,7 +144,7 @@ def composite(background: Image.Image, objects: list[tuple[int, Image.Image]], s
         w, h = max(8, round(photo.width * scale)), max(8, round(photo.height * scale))
         for _ in range(50):
             box = (int(rng.integers(0, size - w + 1)), int(rng.integers(0, size - h + 1)), w, h)
-            if all(_iou(box, other) <= 0.1 for _, other in boxes):
+            if _overlap(box, boxes) <= 0.1:
                 canvas.paste(photo.resize((w, h), Image.BILINEAR), box[:2])
                 boxes.append((category, box))
                 break
