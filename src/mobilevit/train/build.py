@@ -9,7 +9,8 @@ The task is the model's (``model.task``): a segmentation model (``deeplabv3_*``)
 of a PASCAL VOC or ``images/`` + ``masks/`` folder, augmented together
 (:mod:`mobilevit.data.segmentation_transforms`), and validates on whole images with their masks at full size; a
 detector (``ssdlite_*``) trains on the images of a COCO-format set with their boxes, moved together
-(:mod:`mobilevit.data.detection_transforms`), and validates COCO mAP on whole images.
+(:mod:`mobilevit.data.detection_transforms`), and validates COCO mAP on whole images; a Mask R-CNN (``maskrcnn_*``)
+the same with each box's mask (polygons or RLE), its targets torchvision's (a list of dicts per batch).
 """
 
 from __future__ import annotations
@@ -29,7 +30,12 @@ from torch.utils.data import DataLoader, Subset
 from ..data.augment import TrainTransformFactory
 from ..data.coco import DetectionDataset, release_splits
 from ..data.datasets import ImageDataset, SegmentationDataset, collate_masks, collate_skipping, skip_none
-from ..data.detection_transforms import DetectionEvalTransform, DetectionTrainFactory, collate_boxes
+from ..data.detection_transforms import (
+    DetectionEvalTransform,
+    DetectionTrainFactory,
+    collate_boxes,
+    collate_targets,
+)
 from ..data.normalize import ChannelStats, Normalization, normalize
 from ..data.samplers import MultiScaleBatchSampler, MultiScaleDataset
 from ..data.segmentation_transforms import SegmentationEvalTransform, SegmentationTrainFactory
@@ -335,25 +341,33 @@ def _segmentation_data(cfg: TrainConfig, world: Dist, pre: Preprocess) -> TrainD
     return _with_loaders(cfg, world, train_set, train, val_loader)
 
 
-def _detection_data(cfg: TrainConfig, world: Dist, pre: Preprocess) -> TrainData:
-    """:func:`build_data` for a detector: the images of COCO-format sets and their boxes, augmented together; the
-    validation set's detections are scored by pycocotools, its categories matched to the training set's by name."""
+def _detection_data(cfg: TrainConfig, world: Dist, pre: Preprocess, masks: bool = False) -> TrainData:
+    """:func:`build_data` for a detector: the images of COCO-format sets and their boxes (with ``masks``, and their
+    instance masks: a Mask R-CNN's torchvision targets), augmented together; the validation set's detections are
+    scored by pycocotools, its categories matched to the training set's by name."""
     _refuse_mixing(cfg, "a detector")
     det = cfg.detection
-    train_set = DetectionDataset(cfg.data.train)
+    train_set = DetectionDataset(cfg.data.train, masks=masks)
     if len(train_set.classes) + 1 > cfg.model.num_classes:
         raise UsageError(
             f"{cfg.data.train} has {len(train_set.classes)} categories but the detector scores "
             f"{cfg.model.num_classes - 1} classes (model.num_classes counts the background too); set "
             f"model.num_classes={len(train_set.classes) + 1} (or --num-classes)"
         )
-    factory = DetectionTrainFactory(det.iou_crop, det.photometric, cfg.augment.hflip, cfg.augment.interpolation)
+    interpolation = cfg.augment.interpolation
+    factory = DetectionTrainFactory(det.iou_crop, det.photometric, cfg.augment.hflip, interpolation, masks)
     train = MultiScaleDataset(train_set, factory, _base_size(cfg), joint=True)
+    collate = collate_targets if masks else collate_boxes
     val_loader = None
     if cfg.data.val is not None:
         val_set = DetectionDataset(cfg.data.val, DetectionEvalTransform(pre), labels=train_set.classes)
-        val_loader = _val_loader(cfg, world, val_set, collate_boxes)
-    return _with_loaders(cfg, world, train_set, train, val_loader, collate_boxes)
+        val_loader = _val_loader(cfg, world, val_set, collate)
+    return _with_loaders(cfg, world, train_set, train, val_loader, collate)
+
+
+def _instance_data(cfg: TrainConfig, world: Dist, pre: Preprocess) -> TrainData:
+    """:func:`build_data` for a Mask R-CNN: :func:`_detection_data` with the instance masks (polygons or RLE)."""
+    return _detection_data(cfg, world, pre, masks=True)
 
 
 def _refuse_mixing(cfg: TrainConfig, model_kind: str) -> None:
@@ -370,6 +384,7 @@ TRAIN_DATA: dict[str, Callable[[TrainConfig, Dist, Preprocess], TrainData]] = {
     "labelled_images": _labelled_images,
     "image_mask_pairs": _segmentation_data,
     "coco_boxes": _detection_data,
+    "coco_masks": _instance_data,
 }
 
 
