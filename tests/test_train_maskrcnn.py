@@ -19,10 +19,12 @@ import pytest
 import torch
 from PIL import Image
 
+import mobilevit
 from mobilevit.data.coco import DetectionDataset
 from mobilevit.data.detection_transforms import DetectionTrainTransform, collate_targets
 from mobilevit.train import build as train_build
 from mobilevit.train import checkpoint as ckpt
+from mobilevit.train.build import new_tensors
 from mobilevit.train.config import TrainConfig, apply_overrides, load_recipe
 from mobilevit.train.loop import train
 from mobilevit.train.losses import LossDictSum
@@ -251,3 +253,18 @@ def test_maskrcnn_recipe_follows_ml_cvnets() -> None:
     assert (cfg.sampler.base_size, cfg.sampler.min_size, cfg.sampler.max_size) == (1024, 512, 1280)
     assert cfg.data.val_crop == 1024 and cfg.ema.momentum == 0.0005
     assert not cfg.detection.iou_crop and cfg.detection.photometric == 0 and cfg.augment.hflip == 0.5
+
+
+def test_a_classifier_checkpoint_leaves_pyramid_and_heads_new(tmp_path: Path) -> None:
+    """A classification checkpoint of the backbone fills ``backbone.body`` only: the pyramid, RPN and RoI heads are
+    the tensors that start new."""
+    classifier = mobilevit.create_model("mobilevit_xxs", num_classes=10)
+    path = tmp_path / "classifier.pt"
+    torch.save(classifier.state_dict(), path)
+    model = train_build.create_model("maskrcnn_mobilevit_xxs", pretrained=str(path), num_classes=3, **TINY)
+    new = new_tensors(model, str(path))
+    assert new and not any(k.startswith("backbone.body.") for k in new)
+    assert {k.split(".")[0] for k in new} == {"backbone", "rpn", "roi_heads"} and any("fpn" in k for k in new)
+    for name, value in classifier.state_dict().items():
+        if f"backbone.body.{name}" in model.state_dict():
+            assert torch.equal(model.state_dict()[f"backbone.body.{name}"], value), name

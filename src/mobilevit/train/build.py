@@ -125,15 +125,17 @@ def _with_backbone_weights(cfg: ModelConfig, overrides: dict[str, Any]) -> nn.Mo
 def new_tensors(model: nn.Module, pretrained: str) -> list[str]:
     """The tensors of segmentation or detection ``model`` that ``pretrained`` (a checkpoint path or weights name) did
     not supply: none for a checkpoint of the same task and classes, the classifier for one of other classes, and the
-    whole head (every tensor outside ``backbone.``) for a classification checkpoint, which fills the backbone only."""
+    whole head (every tensor outside ``backbone.``, a Mask R-CNN's ``backbone.body.``) for a classification
+    checkpoint, which fills the backbone only."""
     if os.path.exists(pretrained):
         state_dict, info = read_checkpoint(pretrained)
         from_segmentation = is_segmentation_checkpoint(state_dict, info)
     else:
         from_segmentation = pretrained.split(".", 1)[0] in list_models(task=task_of(model).name)
     keys = list(model.state_dict())
-    if not from_segmentation:
-        return [k for k in keys if not k.startswith("backbone.")]
+    if not from_segmentation:  # the classifier fills the backbone (a Mask R-CNN's: backbone.body, not its pyramid)
+        loaded = getattr(model, "backbone_module", "backbone") + "."
+        return [k for k in keys if not k.startswith(loaded)]
     labels = getattr(getattr(model, "pretrained_cfg", None), "labels", None)
     return [] if labels is not None else [k for k in keys if k.startswith(f"{model.classifier_name}.")]
 
