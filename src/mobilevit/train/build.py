@@ -273,7 +273,8 @@ class TrainData:
         sampler: the multi-scale batch sampler of the training set (this rank's share).
         loader_gen: the training loader's private generator (seeds its workers; reseeded each epoch).
         train_loader: ``(images, targets, skipped)`` batches of [0, 1] RGB, augmented (segmentation: the targets
-            are ``[B, h, w]`` masks cropped with the images; detection: ``[B, M, 5]`` boxes and labels, padded).
+            are ``[B, h, w]`` masks cropped with the images; detection: ``[B, M, 5]`` boxes and labels, padded;
+            Mask R-CNN: a list of torchvision's target dicts).
         val_loader: this rank's shard of the validation set at the eval transform, or ``None`` (segmentation:
             ``(images, masks, skipped)`` with each mask a tensor at its image's own size; detection: ``(images,
             [B, 3] image ids and sizes, skipped)``).

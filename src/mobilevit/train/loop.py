@@ -29,7 +29,10 @@ The task is the model's (``model.task``): a classifier validates top-1 accuracy;
 resized to its mask and the pixels of the whole split summed into one confusion matrix
 (:mod:`mobilevit.data.segmentation`); a detector (``ssdlite_*``) trains on COCO-format sets with SSD's multibox loss
 (:class:`~mobilevit.train.losses.MultiBoxLoss`) and validates COCO box mAP by pycocotools, each image's detections
-found as ``eval --task detection`` finds them. Everything else (resume, DDP, EMA, checkpoints, metrics, ``final/``,
+found as ``eval --task detection`` finds them; a Mask R-CNN (``maskrcnn_*``) trains on COCO-format sets with masks, the
+model computing torchvision's losses from the targets (its criterion ``takes_targets``:
+:class:`~mobilevit.train.losses.LossDictSum`, each term logged as ``train_<term>``), and validates box and mask mAP.
+Everything else (resume, DDP, EMA, checkpoints, metrics, ``final/``,
 ``best/``: the weights of the model or EMA whose validation scored the task's ``best_metric`` highest) is shared.
 
 Metrics go to ``{output_dir}/metrics.jsonl`` (one JSON object per line: ``"event": "step" | "epoch" | "summary"``),
