@@ -225,6 +225,8 @@ def _marks(cmd: Command) -> list[pytest.MarkDecorator]:
         return [pytest.mark.slow]  # coremltools conversion
     if cmd.subcommand == "train" and (_value(cmd, "--recipe") or "").startswith("ssdlite_"):
         return [pytest.mark.slow]  # tests/test_train_detection.py trains a detector through the runner by default
+    if cmd.subcommand == "train" and (_value(cmd, "--recipe") or "").startswith("maskrcnn_"):
+        return [pytest.mark.slow]  # tests/test_train_maskrcnn.py trains a Mask R-CNN through the runner by default
     if (_value(cmd, "--model") or "").startswith("maskrcnn_"):
         return [pytest.mark.slow]  # a Mask R-CNN at 1024x1024; tests/test_instance_segmentation.py runs the commands
     for fmt, module, extra in (("executorch", "executorch", "executorch"), ("tflite", "litert_torch", "litert")):
@@ -328,14 +330,15 @@ def _voc_folder(root: Path) -> None:
 
 
 def _coco_folder(root: Path, results: Path | None = None) -> None:
-    """A COCO-format set (``images/`` and ``instances.json``): two photos, each with one box of its COCO category,
-    and (given ``results``) a results file with one detection per photo."""
+    """A COCO-format set (``images/`` and ``instances.json``): two photos, each with one box of its COCO category (its
+    mask: the box, as a polygon), and (given ``results``) a results file with one detection per photo."""
     (root / "images").mkdir(parents=True)
     images, annotations, detections = [], [], []
     for number, (photo, category) in enumerate((("chelsea.png", 17), ("coffee.png", 47)), start=1):
         image = _photo(photo, 320)
         image.save(root / "images" / f"{number}.jpg", quality=90)
         box = [image.width / 4, image.height / 4, image.width / 2, image.height / 2]  # x, y, width, height
+        x, y = box[:2]
         images.append({"id": number, "file_name": f"{number}.jpg", "width": image.width, "height": image.height})
         annotations.append(
             {
@@ -345,6 +348,7 @@ def _coco_folder(root: Path, results: Path | None = None) -> None:
                 "bbox": box,
                 "area": box[2] * box[3],
                 "iscrowd": 0,
+                "segmentation": [[x, y, x + box[2], y, x + box[2], y + box[3], x, y + box[3]]],  # the box's outline
             }
         )
         detections.append({"image_id": number, "category_id": category, "bbox": box, "score": 0.9})
@@ -557,7 +561,8 @@ def _train_overrides(cmd: Command) -> tuple[str, ...]:
     from mobilevit.train import load_recipe
 
     recipe = cmd.argv[cmd.argv.index("--recipe") + 1] if "--recipe" in cmd.argv else None
-    dense = mobilevit.list_models(task="segmentation") + mobilevit.list_models(task="detection")
+    dense = [mobilevit.list_models(task=task) for task in ("segmentation", "detection", "instance-segmentation")]
+    dense = [name for names in dense for name in names]
     if recipe is None or load_recipe(recipe).model.name not in dense:
         return TRAIN_OVERRIDES
     return tuple(o for o in TRAIN_OVERRIDES if not o.startswith("data.val_resize="))

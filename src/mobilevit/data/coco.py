@@ -231,12 +231,15 @@ class DetectionDataset(Dataset):
         data: str | Path,
         transform: Callable[[Any, Any], tuple[Any, Any]] | None = None,
         labels: Sequence[str] | None = None,
+        masks: bool = False,
     ) -> None:
         """Args:
         data: a COCO-format set (see :func:`coco_set`).
         transform: joint transform ``(PIL image, target) -> (image, target)``.
         labels: the names of a model's labels 1..K, which :attr:`category` maps to this set's category ids (a
             validation set scored with the labels of the training set); default: this set's :attr:`classes`.
+        masks: also give each annotation's mask (``masks`` ``[N, H, W]`` uint8 in the image's pixels), decoded from
+            its polygons or RLE (compressed or not) by pycocotools.
         """
         self.coco, self.images = coco_set(data)
         if not self.images:
@@ -247,6 +250,7 @@ class DetectionDataset(Dataset):
         self._label = {category: label for label, category in enumerate(ids, start=1)}
         self.category = self.coco.category_ids(self.classes if labels is None else labels)  # label -> category id
         self.transform = transform
+        self.masks = masks
 
     def score(self, results: list[dict[str, Any]]) -> dict[str, Any]:
         """COCO mAP of ``results`` (COCO results rows) on this set, over the categories :attr:`category` reaches."""
@@ -256,12 +260,25 @@ class DetectionDataset(Dataset):
         return len(self.images)
 
     def target(self, image_id: int) -> dict[str, Any]:
-        """The boxes, labels and id of image ``image_id``."""
+        """The boxes, labels and id of image ``image_id`` (and its masks, when the set was read with them)."""
         annotations = [a for a in self.coco.coco.imgToAnns[image_id] if not a.get("iscrowd", 0)]
         boxes = torch.tensor([a["bbox"] for a in annotations], dtype=torch.float32).reshape(-1, 4)  # [N, 4] xywh
         boxes[:, 2:] += boxes[:, :2]  # -> xyxy
         labels = torch.tensor([self._label[a["category_id"]] for a in annotations], dtype=torch.int64)
-        return {"boxes": boxes, "labels": labels, "image_id": image_id}
+        target = {"boxes": boxes, "labels": labels, "image_id": image_id}
+        if self.masks:
+            target["masks"] = self.decode_masks(image_id, annotations)
+        return target
+
+    def decode_masks(self, image_id: int, annotations: list[dict[str, Any]]) -> torch.Tensor:
+        """``[N, H, W]`` uint8 masks (1 inside) of ``annotations`` of image ``image_id``, by pycocotools'
+        ``COCO.annToMask`` (polygons, compressed or uncompressed RLE)."""
+        info = self.coco.coco.imgs[image_id]
+        if not annotations:
+            return torch.zeros(0, info["height"], info["width"], dtype=torch.uint8)
+        if not all(a.get("segmentation") for a in annotations):
+            raise UsageError(f"{self.images[0][1].parent}: image {image_id} has annotations without a segmentation")
+        return torch.stack([torch.from_numpy(self.coco.coco.annToMask(a)) for a in annotations])
 
     def __getitem__(self, index: int) -> tuple[Any, Any]:
         image_id, path = self.images[index]

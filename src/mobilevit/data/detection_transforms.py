@@ -15,6 +15,10 @@ augmentation"), written with torchvision's v2 transforms, which move ``tv_tensor
 The image stays in [0, 1] RGB: the training loop normalizes each batch the model's way. Every draw comes from torch's
 global generator, which :class:`~mobilevit.data.samplers.MultiScaleDataset` seeds per sample (exact resume).
 
+With ``masks`` (Mask R-CNN), the instance masks (``tv_tensors.Mask``) move, are resized (nearest) and are dropped
+with their boxes in the same steps, and the target stays torchvision's detection contract: ``{"boxes": [N, 4] float32
+xyxy in the output's pixels, "labels": [N] int64, "masks": [N, h, w] uint8}`` (:func:`collate_targets` batches it).
+
 Validation (:class:`DetectionEvalTransform`): the image through the model's eval transform (the whole image resized
 to the model's input), and the image's id and size, to score the detections in its own pixels.
 """
@@ -34,12 +38,19 @@ from ..weights.entries import Preprocess
 from .normalize import to_unit
 from .transforms import eval_transform
 
-__all__ = ["DetectionEvalTransform", "DetectionTrainFactory", "DetectionTrainTransform", "collate_boxes"]
+__all__ = [
+    "DetectionEvalTransform",
+    "DetectionTrainFactory",
+    "DetectionTrainTransform",
+    "collate_boxes",
+    "collate_targets",
+]
 
 
 class DetectionTrainTransform:
     """``(PIL image, {"boxes": [N, 4] xyxy pixels, "labels": [N]}) -> ([3, h, w] float32 in [0, 1] RGB, [N', 5])``
-    at one size; picklable. The targets are the kept boxes, normalised ``xyxy``, then the label (1-based).
+    at one size; picklable. The targets are the kept boxes, normalised ``xyxy``, then the label (1-based); with
+    ``masks``, torchvision's target dict of the kept boxes, labels and masks in the output's pixels (module docstring).
 
     ``(None, None)`` (an unreadable image) passes through.
     """
@@ -51,6 +62,7 @@ class DetectionTrainTransform:
         photometric: float = 0.5,
         hflip: float = 0.5,
         interpolation: Literal["bilinear", "bicubic"] = "bilinear",
+        masks: bool = False,
     ) -> None:
         """Args:
         size: the output, ``(height, width)`` or one int for a square.
@@ -58,6 +70,7 @@ class DetectionTrainTransform:
         photometric: probability of each of the photometric distortions (0: none).
         hflip: probability of a horizontal flip.
         interpolation: the image's resampling.
+        masks: the targets carry ``masks`` ``[N, H, W]`` (one per box), transformed with them.
         """
         height, width = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
         if height < 1 or width < 1:
@@ -78,15 +91,22 @@ class DetectionTrainTransform:
         ]
         self.pipeline = v2.Compose(steps)
         self.size = (height, width)
+        self.masks = masks
 
-    def __call__(self, image: Any, target: dict[str, Any] | None) -> tuple[Tensor | None, Tensor | None]:
+    def __call__(self, image: Any, target: dict[str, Any] | None) -> tuple[Tensor | None, Any]:
         if image is None or target is None:
             return None, None
         pixels = v2.functional.pil_to_tensor(image) if not isinstance(image, Tensor) else image  # uint8 [3, H, W]
         boxes = tv_tensors.BoundingBoxes(
             target["boxes"], format="XYXY", canvas_size=(pixels.shape[-2], pixels.shape[-1])
         )
-        out_image, out = self.pipeline(tv_tensors.Image(pixels), {"boxes": boxes, "labels": target["labels"]})
+        sample = {"boxes": boxes, "labels": target["labels"]}
+        if self.masks:
+            sample["masks"] = tv_tensors.Mask(target["masks"])  # resized nearest, dropped with its box
+        out_image, out = self.pipeline(tv_tensors.Image(pixels), sample)
+        if self.masks:
+            plain = {key: value.as_subclass(Tensor) for key, value in out.items()}
+            return to_unit(out_image.as_subclass(Tensor)), {**plain, "boxes": plain["boxes"].float()}
         height, width = out_image.shape[-2:]
         scale = torch.tensor([width, height, width, height], dtype=torch.float32)
         normalised = out["boxes"].as_subclass(Tensor).float() / scale  # [N, 4] in [0, 1]
@@ -104,9 +124,10 @@ class DetectionTrainFactory:
         photometric: float = 0.5,
         hflip: float = 0.5,
         interpolation: Literal["bilinear", "bicubic"] = "bilinear",
+        masks: bool = False,
     ) -> None:
         """Args: as :class:`DetectionTrainTransform`, without the size."""
-        self.options = (iou_crop, photometric, hflip, interpolation)
+        self.options = (iou_crop, photometric, hflip, interpolation, masks)
         DetectionTrainTransform(1, *self.options)  # checks the options now rather than in a worker
         self._cache: dict[tuple[int, int], DetectionTrainTransform] = {}
 
@@ -150,4 +171,18 @@ def collate_boxes(batch: list[tuple[Any, Any]]) -> tuple[Tensor, Tensor, int]:
     targets = torch.zeros(len(rows), max(len(r) for r in rows), 5)
     for i, r in enumerate(rows):
         targets[i, : len(r)] = r
+    return images, targets, len(batch) - len(kept)
+
+
+def collate_targets(batch: list[tuple[Any, Any]]) -> tuple[Tensor, list[dict[str, Tensor]] | Tensor, int]:
+    """Training batches of a Mask R-CNN set: the images stacked (one size per batch), the targets as torchvision's
+    detectors take them (a list of one dict per image), plus the number of unreadable images dropped. Validation
+    batches (``[3]`` rows of image id and size) stack to ``[B, 3]``."""
+    kept = [sample for sample in batch if sample[0] is not None]
+    if not kept:
+        return torch.empty(0), [], len(batch)
+    images = torch.stack([image for image, _ in kept])
+    targets = [target for _, target in kept]
+    if isinstance(targets[0], Tensor):
+        return images, torch.stack(targets), len(batch) - len(kept)
     return images, targets, len(batch) - len(kept)

@@ -228,6 +228,7 @@ class Task(ABC):
     loss: ClassVar[str] = ""  # the training loss, by its name in mobilevit.train.losses.LOSSES ("": not trainable)
     train_data: ClassVar[str] = ""  # the kind of training data, by its name in mobilevit.train.build.TRAIN_DATA
     val_columns: ClassVar[tuple[str, ...]] = ()  # the validation columns of the training log
+    loss_columns: ClassVar[tuple[str, ...]] = ()  # the loss's own terms in the training log (train_<term>)
     best_metric: ClassVar[str] = ""  # the validation metric that picks the best checkpoint (higher is better)
     best_metric_title: ClassVar[str] = ""  # that metric in messages ("top-1")
     mixes_images: ClassVar[bool] = False  # mixup / cutmix apply to its training batches

@@ -14,6 +14,9 @@ into the input), best first, ``D`` varying from image to image. This task:
   masks and boxes and its ``--json`` gives each mask as COCO's compressed RLE; ``eval --task detection`` reports box
   mAP (``AP``, ``AP50``, ...) and mask mAP (``mask_AP``, ``mask_AP50``, ...) from pycocotools' ``COCOeval``
   (``bbox`` and ``segm``);
+- trains through ``mobilevit train`` on COCO-format sets with masks (polygons or RLE): the loss is the sum of
+  torchvision's loss dict, each term logged; each epoch validates box and mask mAP, the best checkpoint by box AP
+  (as ml-cvnets' Mask R-CNN configs pick it, ``checkpoint_metric: coco_map.bbox``);
 - serves the Inference API's ``object-detection`` (boxes) and ``image-segmentation`` (one ``{"label", "score",
   "mask"}`` per instance, ``mask`` a base64 PNG, 8-bit grayscale, 255 inside the instance).
 """
@@ -78,12 +81,22 @@ class InstanceSegmentationTask(DetectionTask):
     # torchvision pastes each detection's mask into the whole input as floats: 100 detections at 1024x1024 are 400 MB
     # per image, so images run one at a time
     batch_limit = 1
-    # not trainable through the runner yet
-    loss = ""
-    train_data = ""
-    val_columns = ()
-    best_metric = ""
-    best_metric_title = ""
+    loss = "loss_dict_sum"
+    train_data = "coco_masks"
+    val_columns = (
+        "val_AP",
+        "val_AP_ema",
+        "val_AP50",
+        "val_AP50_ema",
+        "val_mask_AP",
+        "val_mask_AP_ema",
+        "val_mask_AP50",
+        "val_mask_AP50_ema",
+    )
+    # torchvision's Mask R-CNN loss dict, in the order it returns it
+    loss_columns = ("loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness", "loss_rpn_box_reg")
+    best_metric = "AP"  # box AP, as ml-cvnets picks its Mask R-CNN checkpoints
+    best_metric_title = "box AP"
     export_kind = "instance segmentation model"
     data_help = (
         "COCO-format data, masks as polygons or RLE: an image folder and instances.json (DATA/images/ + "

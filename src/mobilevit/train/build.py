@@ -9,7 +9,8 @@ The task is the model's (``model.task``): a segmentation model (``deeplabv3_*``)
 of a PASCAL VOC or ``images/`` + ``masks/`` folder, augmented together
 (:mod:`mobilevit.data.segmentation_transforms`), and validates on whole images with their masks at full size; a
 detector (``ssdlite_*``) trains on the images of a COCO-format set with their boxes, moved together
-(:mod:`mobilevit.data.detection_transforms`), and validates COCO mAP on whole images.
+(:mod:`mobilevit.data.detection_transforms`), and validates COCO mAP on whole images; a Mask R-CNN (``maskrcnn_*``)
+the same with each box's mask (polygons or RLE), its targets torchvision's (a list of dicts per batch).
 """
 
 from __future__ import annotations
@@ -29,7 +30,12 @@ from torch.utils.data import DataLoader, Subset
 from ..data.augment import TrainTransformFactory
 from ..data.coco import DetectionDataset, release_splits
 from ..data.datasets import ImageDataset, SegmentationDataset, collate_masks, collate_skipping, skip_none
-from ..data.detection_transforms import DetectionEvalTransform, DetectionTrainFactory, collate_boxes
+from ..data.detection_transforms import (
+    DetectionEvalTransform,
+    DetectionTrainFactory,
+    collate_boxes,
+    collate_targets,
+)
 from ..data.normalize import ChannelStats, Normalization, normalize
 from ..data.samplers import MultiScaleBatchSampler, MultiScaleDataset
 from ..data.segmentation_transforms import SegmentationEvalTransform, SegmentationTrainFactory
@@ -119,15 +125,17 @@ def _with_backbone_weights(cfg: ModelConfig, overrides: dict[str, Any]) -> nn.Mo
 def new_tensors(model: nn.Module, pretrained: str) -> list[str]:
     """The tensors of segmentation or detection ``model`` that ``pretrained`` (a checkpoint path or weights name) did
     not supply: none for a checkpoint of the same task and classes, the classifier for one of other classes, and the
-    whole head (every tensor outside ``backbone.``) for a classification checkpoint, which fills the backbone only."""
+    whole head (every tensor outside ``backbone.``, a Mask R-CNN's ``backbone.body.``) for a classification
+    checkpoint, which fills the backbone only."""
     if os.path.exists(pretrained):
         state_dict, info = read_checkpoint(pretrained)
         from_segmentation = is_segmentation_checkpoint(state_dict, info)
     else:
         from_segmentation = pretrained.split(".", 1)[0] in list_models(task=task_of(model).name)
     keys = list(model.state_dict())
-    if not from_segmentation:
-        return [k for k in keys if not k.startswith("backbone.")]
+    if not from_segmentation:  # the classifier fills the backbone (a Mask R-CNN's: backbone.body, not its pyramid)
+        loaded = getattr(model, "backbone_module", "backbone") + "."
+        return [k for k in keys if not k.startswith(loaded)]
     labels = getattr(getattr(model, "pretrained_cfg", None), "labels", None)
     return [] if labels is not None else [k for k in keys if k.startswith(f"{model.classifier_name}.")]
 
@@ -265,7 +273,8 @@ class TrainData:
         sampler: the multi-scale batch sampler of the training set (this rank's share).
         loader_gen: the training loader's private generator (seeds its workers; reseeded each epoch).
         train_loader: ``(images, targets, skipped)`` batches of [0, 1] RGB, augmented (segmentation: the targets
-            are ``[B, h, w]`` masks cropped with the images; detection: ``[B, M, 5]`` boxes and labels, padded).
+            are ``[B, h, w]`` masks cropped with the images; detection: ``[B, M, 5]`` boxes and labels, padded;
+            Mask R-CNN: a list of torchvision's target dicts).
         val_loader: this rank's shard of the validation set at the eval transform, or ``None`` (segmentation:
             ``(images, masks, skipped)`` with each mask a tensor at its image's own size; detection: ``(images,
             [B, 3] image ids and sizes, skipped)``).
@@ -335,25 +344,33 @@ def _segmentation_data(cfg: TrainConfig, world: Dist, pre: Preprocess) -> TrainD
     return _with_loaders(cfg, world, train_set, train, val_loader)
 
 
-def _detection_data(cfg: TrainConfig, world: Dist, pre: Preprocess) -> TrainData:
-    """:func:`build_data` for a detector: the images of COCO-format sets and their boxes, augmented together; the
-    validation set's detections are scored by pycocotools, its categories matched to the training set's by name."""
+def _detection_data(cfg: TrainConfig, world: Dist, pre: Preprocess, masks: bool = False) -> TrainData:
+    """:func:`build_data` for a detector: the images of COCO-format sets and their boxes (with ``masks``, and their
+    instance masks: a Mask R-CNN's torchvision targets), augmented together; the validation set's detections are
+    scored by pycocotools, its categories matched to the training set's by name."""
     _refuse_mixing(cfg, "a detector")
     det = cfg.detection
-    train_set = DetectionDataset(cfg.data.train)
+    train_set = DetectionDataset(cfg.data.train, masks=masks)
     if len(train_set.classes) + 1 > cfg.model.num_classes:
         raise UsageError(
             f"{cfg.data.train} has {len(train_set.classes)} categories but the detector scores "
             f"{cfg.model.num_classes - 1} classes (model.num_classes counts the background too); set "
             f"model.num_classes={len(train_set.classes) + 1} (or --num-classes)"
         )
-    factory = DetectionTrainFactory(det.iou_crop, det.photometric, cfg.augment.hflip, cfg.augment.interpolation)
+    interpolation = cfg.augment.interpolation
+    factory = DetectionTrainFactory(det.iou_crop, det.photometric, cfg.augment.hflip, interpolation, masks)
     train = MultiScaleDataset(train_set, factory, _base_size(cfg), joint=True)
+    collate = collate_targets if masks else collate_boxes
     val_loader = None
     if cfg.data.val is not None:
         val_set = DetectionDataset(cfg.data.val, DetectionEvalTransform(pre), labels=train_set.classes)
-        val_loader = _val_loader(cfg, world, val_set, collate_boxes)
-    return _with_loaders(cfg, world, train_set, train, val_loader, collate_boxes)
+        val_loader = _val_loader(cfg, world, val_set, collate)
+    return _with_loaders(cfg, world, train_set, train, val_loader, collate)
+
+
+def _instance_data(cfg: TrainConfig, world: Dist, pre: Preprocess) -> TrainData:
+    """:func:`build_data` for a Mask R-CNN: :func:`_detection_data` with the instance masks (polygons or RLE)."""
+    return _detection_data(cfg, world, pre, masks=True)
 
 
 def _refuse_mixing(cfg: TrainConfig, model_kind: str) -> None:
@@ -370,6 +387,7 @@ TRAIN_DATA: dict[str, Callable[[TrainConfig, Dist, Preprocess], TrainData]] = {
     "labelled_images": _labelled_images,
     "image_mask_pairs": _segmentation_data,
     "coco_boxes": _detection_data,
+    "coco_masks": _instance_data,
 }
 
 

@@ -182,7 +182,8 @@ class DetectionConfig:
     distortion (each of its ops with probability ``photometric``), a horizontal flip (``augment.hflip``) and a resize
     to ``sampler.base_size`` (:mod:`mobilevit.data.detection_transforms`). The loss matches anchors to boxes at
     ``iou_threshold`` and keeps ``neg_pos_ratio`` hard negatives per positive
-    (:class:`~mobilevit.train.losses.MultiBoxLoss`); validation scores COCO mAP with pycocotools.
+    (:class:`~mobilevit.train.losses.MultiBoxLoss`); validation scores COCO mAP with pycocotools. A Mask R-CNN
+    (``maskrcnn_*``) reads ``iou_crop`` and ``photometric`` too (its recipes: both off), not the matcher settings.
     """
 
     iou_threshold: float = 0.5  # cvnets' recipes' matcher.ssd.iou_threshold

@@ -29,7 +29,10 @@ The task is the model's (``model.task``): a classifier validates top-1 accuracy;
 resized to its mask and the pixels of the whole split summed into one confusion matrix
 (:mod:`mobilevit.data.segmentation`); a detector (``ssdlite_*``) trains on COCO-format sets with SSD's multibox loss
 (:class:`~mobilevit.train.losses.MultiBoxLoss`) and validates COCO box mAP by pycocotools, each image's detections
-found as ``eval --task detection`` finds them. Everything else (resume, DDP, EMA, checkpoints, metrics, ``final/``,
+found as ``eval --task detection`` finds them; a Mask R-CNN (``maskrcnn_*``) trains on COCO-format sets with masks, the
+model computing torchvision's losses from the targets (its criterion ``takes_targets``:
+:class:`~mobilevit.train.losses.LossDictSum`, each term logged as ``train_<term>``), and validates box and mask mAP.
+Everything else (resume, DDP, EMA, checkpoints, metrics, ``final/``,
 ``best/``: the weights of the model or EMA whose validation scored the task's ``best_metric`` highest) is shared.
 
 Metrics go to ``{output_dir}/metrics.jsonl`` (one JSON object per line: ``"event": "step" | "epoch" | "summary"``),
@@ -63,12 +66,13 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from ..data.augment import MixupCutmix
+from ..data.coco import evaluate_instances
 from ..data.segmentation import confusion_matrix, segmentation_scores
 from ..errors import MobileViTError, UsageError
 from ..layers import upsample_logits
 from ..reparam import reparameterize_model
 from ..tasks import Task, get_task, task_of
-from ..tasks.detection import coco_rows
+from ..tasks.detection import coco_results, coco_rows
 from ..weights import model_io, save_pretrained
 from ..weights.entries import Preprocess
 from . import checkpoint as ckpt
@@ -109,6 +113,8 @@ class TrainResult:
     val_miou_ema: float | None = None
     val_AP: float | None = None  # detection: COCO box mAP at IoU 0.50:0.95  # noqa: N815 (pycocotools' name)
     val_AP_ema: float | None = None  # noqa: N815
+    val_mask_AP: float | None = None  # instance segmentation: COCO mask mAP  # noqa: N815
+    val_mask_AP_ema: float | None = None  # noqa: N815
 
     def val_summary(self) -> str:
         """The validation part of ``mobilevit train``'s last line: the task's best metric, of the model and its EMA."""
@@ -335,6 +341,7 @@ class _Trainer:
         # the last validation's fields of the epoch record (val_top1, val_miou, ...); None before any
         self.val: dict[str, Any] = dict.fromkeys(run.task.val_columns)
         self.epoch_loss: float | None = None
+        self.epoch_terms: dict[str, float | None] = {}  # the loss's own terms over the epoch (train_<term>)
         self.lr: float | None = None
         self.stop = run.cfg.max_iters is not None and pos.step >= run.cfg.max_iters
 
@@ -369,18 +376,22 @@ class _Trainer:
                 break
         return num_batches
 
-    def forward_backward(self, images: Tensor, targets: Tensor, micro_in_window: int, sync: bool) -> None:
+    def forward_backward(self, images: Tensor, targets: Any, micro_in_window: int, sync: bool) -> None:
         """Mix, normalize, forward (student and teacher), loss, backward of one micro-batch; gradients accumulate
-        (summed over ranks only when ``sync``: the last micro-batch of the step)."""
+        (summed over ranks only when ``sync``: the last micro-batch of the step). A criterion that ``takes_targets``
+        has the model compute its losses: the model is called with the targets (torchvision's detectors)."""
         run, pos, world = self.run, self.pos, self.run.world
-        images, targets = images.to(world.device, non_blocking=True), targets.to(world.device)
+        images, targets = images.to(world.device, non_blocking=True), _on_device(targets, world.device)
         if run.mixer is not None:  # on [0, 1] RGB: mixing commutes with each model's normalization
             images, targets = run.mixer(images, targets)  # targets become soft [B, num_classes]
         inputs = _prepare(run.normalize(images), run.cfg.channels_last)
         teacher_logits = self.teacher_logits(images, inputs)
         with world.gradient_sync(run.train_model, sync):
             with run.amp():
-                logits = run.train_model(inputs)
+                if getattr(run.criterion, "takes_targets", False):
+                    logits = run.train_model(inputs, targets)
+                else:
+                    logits = run.train_model(inputs)
             if teacher_logits is None:
                 loss = run.criterion(_float(logits), targets)
             else:
@@ -390,10 +401,13 @@ class _Trainer:
                 raise NonFiniteLossError(self.nan_message(f"the loss ({value})", pos.step + 1))
             scaled = loss / micro_in_window
             (run.scaler.scale(scaled) if run.scaler is not None else scaled).backward()
-        n = float(targets.shape[0])
+        n = float(images.shape[0])
+        terms = getattr(run.criterion, "terms", {})
         for sums in (pos.stats, self.window):
             sums["loss_sum"] += value * n
             sums["samples"] += n
+            for term in run.task.loss_columns:  # the loss's own terms (train_<term> in the records)
+                sums[term] = sums.get(term, 0.0) + terms.get(term, 0.0) * n
 
     def teacher_logits(self, images: Tensor, inputs: Tensor) -> Tensor | None:
         """The teacher's logits of the student's (mixed) batch ``images`` in its own normalization; ``None`` without
@@ -432,7 +446,10 @@ class _Trainer:
         local_elapsed = time.perf_counter() - window["time"]
         local_ips = window["samples"] / local_elapsed if local_elapsed > 0 else 0.0
         if pos.step % run.cfg.log_every == 0:
-            loss_sum, samples = run.world.sum([window["loss_sum"], window["samples"]])
+            terms = run.task.loss_columns
+            loss_sum, samples, *term_sums = run.world.sum(
+                [window["loss_sum"], window["samples"], *(window.get(t, 0.0) for t in terms)]
+            )
             elapsed = time.perf_counter() - window["time"]
             self.images_seen += samples
             self.log.write(
@@ -441,6 +458,7 @@ class _Trainer:
                     "step": pos.step,
                     "epoch": pos.epoch,
                     "loss": loss_sum / max(samples, 1.0),
+                    **{t: total / max(samples, 1.0) for t, total in zip(terms, term_sums, strict=True)},
                     "lr": self.lr,
                     "images_per_s": samples / elapsed if elapsed > 0 else None,
                     "world_size": run.world.world_size,
@@ -468,7 +486,13 @@ class _Trainer:
         if run.ema is not None:
             world.average_buffers(run.ema.module)
         finished = pos.batches_done >= num_batches
-        loss_sum, samples, skipped = world.sum([pos.stats["loss_sum"], pos.stats["samples"], pos.stats["skipped"]])
+        terms = run.task.loss_columns
+        loss_sum, samples, skipped, *term_sums = world.sum(
+            [pos.stats["loss_sum"], pos.stats["samples"], pos.stats["skipped"], *(pos.stats.get(t, 0.0) for t in terms)]
+        )
+        self.epoch_terms = {
+            f"train_{t}": total / samples if samples else None for t, total in zip(terms, term_sums, strict=True)
+        }
         self.images_seen += world.sum([self.window["samples"]])[0]  # every rank calls the collective
         self.window = _window()
         self.epoch_loss = loss_sum / samples if samples else None
@@ -524,7 +548,7 @@ class _Trainer:
         """The validation fields of the epoch record, of the model and of its EMA: ``val_top1`` (classification),
         or ``val_miou``, ``val_pixel_accuracy`` and ``val_class_iou`` (segmentation); ``_ema`` for the EMA's."""
         run = self.run
-        evaluate = VALIDATION[run.task.best_metric]
+        evaluate = VALIDATION[run.task.train_data]
         scores = functools.partial(evaluate, loader=run.data.val_loader, world=run.world, cfg=run.cfg, amp=run.amp)
         fields = {f"val_{k}": v for k, v in scores(run.model).items()}
         ema = scores(run.ema.module) if run.ema is not None else {}
@@ -542,6 +566,7 @@ class _Trainer:
             "epoch": pos.epoch,
             "complete": finished,
             "train_loss": self.epoch_loss,
+            **self.epoch_terms,
             "images": int(samples),
             "skipped": int(skipped),
             **self.val,
@@ -619,6 +644,8 @@ class _Trainer:
             val_miou_ema=self.val.get("val_miou_ema"),
             val_AP=self.val.get("val_AP"),
             val_AP_ema=self.val.get("val_AP_ema"),
+            val_mask_AP=self.val.get("val_mask_AP"),
+            val_mask_AP_ema=self.val.get("val_mask_AP_ema"),
         )
         self.log.write({"event": "summary", **dataclasses.asdict(result)})
         self.log.close()
@@ -738,12 +765,68 @@ def _evaluate_detection(
     return dict(zip(DETECTION_FIELDS, values, strict=True))
 
 
-# the validation of a run, by the metric that picks its best checkpoint (its task's ``best_metric``)
+# COCOeval's box and mask numbers that an instance segmentation run's epoch records keep
+INSTANCE_FIELDS = (*DETECTION_FIELDS, *(f"mask_{key}" for key in DETECTION_FIELDS))
+
+
+@torch.no_grad()
+def _evaluate_instances(
+    model: nn.Module, loader: DataLoader, world: Dist, cfg: TrainConfig, amp: Any
+) -> dict[str, Any]:
+    """COCO box and mask mAP (``AP``, ..., ``mask_AP``, ...) of the (sharded) validation set: each image's
+    detections and masks in its own pixels as ``eval --task detection`` scores them (the task's ``postprocess``,
+    :func:`~mobilevit.tasks.detection.coco_results`), one image at a time (the masks are pasted at the input's
+    size), gathered from every rank and scored by pycocotools (:func:`~mobilevit.data.coco.evaluate_instances`) on
+    rank 0, whose numbers every rank returns."""
+    was_training = model.training
+    model.eval()
+    task = task_of(model)
+    rows: list[dict[str, Any]] = []
+    val_set = loader.dataset.dataset  # a Subset (this rank's shard) of a DetectionDataset
+    runner = _LabelsOnly(model.num_classes)
+    for images, info, _ in loader:
+        for image, (image_id, width, height) in zip(images, info.tolist(), strict=True):
+            with amp():
+                (found,) = model(_prepare(image[None].to(world.device), cfg.channels_last))
+            found = {
+                key: value.float().cpu() if value.is_floating_point() else value.cpu() for key, value in found.items()
+            }
+            detection = task.postprocess(runner, found, size=(width, height))
+            rows += coco_results(detection, image_id, val_set.category)
+    model.train(was_training)
+    everything = [row for part in world.gather(rows) for row in part]
+    categories = sorted(set(val_set.category.values()))
+    scores = evaluate_instances(val_set.coco, everything, categories) if world.is_main else {}
+    values = world.sum([float(scores.get(key, 0.0)) for key in INSTANCE_FIELDS])  # rank 0's numbers on every rank
+    return dict(zip(INSTANCE_FIELDS, values, strict=True))
+
+
+@dataclass
+class _LabelsOnly:
+    """What a task's ``postprocess`` reads of a runner during validation: the model's name and class names."""
+
+    num_classes: int
+    model_name: str = "the model in training"
+
+    @property
+    def labels(self) -> list[str]:
+        return [f"class_{k}" for k in range(1, self.num_classes)]
+
+
+# the validation of a run, by the kind of data it trains on (its task's ``train_data``)
 VALIDATION: dict[str, Callable[..., dict[str, Any]]] = {
-    "top1": _evaluate,
-    "miou": _evaluate_segmentation,
-    "AP": _evaluate_detection,
+    "labelled_images": _evaluate,
+    "image_mask_pairs": _evaluate_segmentation,
+    "coco_boxes": _evaluate_detection,
+    "coco_masks": _evaluate_instances,
 }
+
+
+def _on_device(targets: Any, device: torch.device) -> Any:
+    """A batch's targets on ``device``: a tensor, or each tensor of a list of target dicts (torchvision's)."""
+    if isinstance(targets, Tensor):
+        return targets.to(device)
+    return [{key: value.to(device) for key, value in target.items()} for target in targets]
 
 
 def _prepare(x: Tensor, channels_last: bool) -> Tensor:
@@ -751,7 +834,10 @@ def _prepare(x: Tensor, channels_last: bool) -> Tensor:
 
 
 def _float(outputs: Any) -> Any:
-    """A model's output in float32: a tensor, or each tensor of a tuple of them (a detector's ``SSDOutput``)."""
+    """A model's output in float32: a tensor, each tensor of a tuple of them (a detector's ``SSDOutput``), or each
+    value of a dict of them (torchvision's loss dict)."""
+    if isinstance(outputs, dict):
+        return {key: value.float() for key, value in outputs.items()}
     if not isinstance(outputs, tuple):
         return outputs.float()
     floats = [t.float() for t in outputs]

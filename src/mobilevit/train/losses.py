@@ -22,6 +22,11 @@ anchor takes the box it overlaps most when their IoU is at least 0.5, and each b
 smooth-L1 on the positives' regression (encoded with variances 0.1 / 0.2,
 :func:`mobilevit.tasks.detection.encode_boxes`), cross-entropy on the positives and on the three times as many
 negatives with the highest background loss, both summed and divided by the number of positives in the batch.
+
+Instance segmentation (:class:`LossDictSum`): torchvision's Mask R-CNN computes its own losses in training mode
+(``model(images, targets)``: the RPN's objectness and box regression, the box head's classification and box
+regression, the mask head's per-pixel binary cross-entropy); the loss is their sum, each weighted 1 as ml-cvnets'
+``mask_rcnn_loss`` weights them, and each term is kept for the metrics files.
 """
 
 from __future__ import annotations
@@ -50,6 +55,7 @@ __all__ = [
     "ClassificationLoss",
     "DistillationLoss",
     "LabelSmoothingCrossEntropy",
+    "LossDictSum",
     "MultiBoxLoss",
     "SegmentationLoss",
     "SoftTargetCrossEntropy",
@@ -351,6 +357,32 @@ def multibox_loss(cfg: TrainConfig) -> MultiBoxLoss:
     return MultiBoxLoss(cfg.detection.iou_threshold, cfg.detection.neg_pos_ratio)
 
 
+class LossDictSum(nn.Module):
+    """The sum of a model's own loss dict (torchvision's detectors in training mode); the model is called with the
+    targets (``takes_targets``) and :attr:`terms` holds the last call's terms as floats."""
+
+    takes_targets = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.terms: dict[str, float] = {}
+
+    def forward(self, losses: dict[str, Tensor], targets: object = None) -> Tensor:
+        """Args:
+        losses: the model's output, name -> scalar loss.
+        targets: not used (the model read them).
+        """
+        self.terms = {name: float(value.detach()) for name, value in losses.items()}
+        return torch.stack([value.float() for value in losses.values()]).sum()
+
+
+def loss_dict_sum(cfg: TrainConfig) -> LossDictSum:
+    """The criterion of a Mask R-CNN run: :class:`LossDictSum`; distillation is refused."""
+    if cfg.distill.teacher is not None:
+        raise UsageError("distillation is for classification; unset distill.teacher to train a detector")
+    return LossDictSum()
+
+
 def criterion(loss: str, cfg: TrainConfig) -> nn.Module:
     """The criterion :data:`LOSSES` names ``loss`` (a task's ``Task.loss``), for the run ``cfg``."""
     if loss not in LOSSES:
@@ -374,4 +406,5 @@ LOSSES: dict[str, Callable[[TrainConfig], nn.Module]] = {
     "cross_entropy": build_loss,
     "per_pixel_cross_entropy": segmentation_loss,
     "multibox": multibox_loss,
+    "loss_dict_sum": loss_dict_sum,
 }

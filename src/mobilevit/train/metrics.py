@@ -4,7 +4,9 @@
 - ``metrics.csv`` (``logging.csv``): the epoch records, columns :func:`epoch_columns` of the task
   (classification: :data:`EPOCH_COLUMNS`; segmentation: ``val_miou`` and ``val_pixel_accuracy`` in place of
   ``val_top1``; the per-class IoU of the ``val_class_iou`` field is in ``metrics.jsonl`` only; detection: COCO's
-  ``val_AP``, ``val_AP50`` and ``val_AP75``, the other COCOeval numbers in ``metrics.jsonl`` only);
+  ``val_AP``, ``val_AP50`` and ``val_AP75``, the other COCOeval numbers in ``metrics.jsonl`` only; instance
+  segmentation: each term of the loss (``train_loss_mask``, ...), box and mask ``val_AP``, ``val_AP50``,
+  ``val_mask_AP``, ``val_mask_AP50``);
 - ``tensorboard/`` (``logging.tensorboard``): TensorBoard scalars of the step and epoch records.
 
 On resume the records written after the checkpoint are dropped, so the files continue the interrupted run's curve
@@ -52,10 +54,11 @@ _TENSORBOARD_TAGS = {
 
 def epoch_columns(task: Task = CLASSIFICATION) -> tuple[str, ...]:
     """The CSV columns of a run's epoch records: :data:`EPOCH_COLUMNS` with the task's validation columns in the
-    place of the classifier's."""
+    place of the classifier's, after the terms of its loss (``train_<term>``, when the loss has terms)."""
     start = EPOCH_COLUMNS.index(CLASSIFICATION.val_columns[0])
     end = start + len(CLASSIFICATION.val_columns)
-    return (*EPOCH_COLUMNS[:start], *task.val_columns, *EPOCH_COLUMNS[end:])
+    terms = tuple(f"train_{term}" for term in task.loss_columns)
+    return (*EPOCH_COLUMNS[:start], *terms, *task.val_columns, *EPOCH_COLUMNS[end:])
 
 
 class MetricsLog:
@@ -139,6 +142,7 @@ class MetricsLog:
         tags = dict(_TENSORBOARD_TAGS.get(record["event"], {}))
         if record["event"] == "epoch":
             tags.update({name: name.replace("val_", "val/", 1) for name in self.task.val_columns})
+            tags.update({f"train_{term}": f"epoch/train_{term}" for term in self.task.loss_columns})
         for key, tag in tags.items():
             if record.get(key) is not None:
                 self.tb.add_scalar(tag, record[key], step)
