@@ -17,6 +17,7 @@ within 1e-4 on average.
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -116,3 +117,29 @@ def test_on_device_formats_refuse_it_in_one_line(
         with pytest.raises(UsageError, match=f"{fmt} cannot hold .* export it as onnx or torchscript"):
             export_model(model, fmt, tmp_path / name)
     assert not list(tmp_path.iterdir())
+
+
+def test_server_answers_both_tasks_with_the_onnx_file(model: nn.Module, exported: Callable, tmp_path: Path) -> None:
+    """``mobilevit serve --model inst=FILE.onnx``: ``object-detection`` gives the eager runner's boxes,
+    ``image-segmentation`` one entry per instance with its mask."""
+    pytest.importorskip("fastapi")
+    from starlette.testclient import TestClient
+
+    from mobilevit.serve import ModelSpec, ServeConfig, create_app
+    from test_serve import wait_ready
+
+    image = tmp_path / "x.png"
+    Image.effect_noise((120, 90), 60).convert("RGB").save(image)
+    meta = read_metadata(exported("onnx"))
+    (want,) = Runner(model, meta.preprocess, meta.labels).run(str(image), threshold=0.5)
+    config = ServeConfig(models=(ModelSpec.parse(f"inst={exported('onnx')}"),), backend="onnxruntime")
+    body = {"inputs": base64.b64encode(image.read_bytes()).decode(), "parameters": {"threshold": 0.5}}
+    with TestClient(create_app(config)) as client:
+        wait_ready(client)
+        boxes = client.post("/models/inst", json=body)
+        masks = client.post("/models/inst/pipeline/image-segmentation", json=body)
+    assert boxes.status_code == 200 and masks.status_code == 200, boxes.text + masks.text
+    assert [row["label"] for row in boxes.json()] == list(want.names) and len(want) > 0
+    got = [[row["box"][k] for k in ("xmin", "ymin", "xmax", "ymax")] for row in boxes.json()]
+    assert (torch.tensor(got) - want.boxes).abs().max() <= 1  # the answer's boxes are whole pixels
+    assert [row["label"] for row in masks.json()] == list(want.names) and all(row["mask"] for row in masks.json())
