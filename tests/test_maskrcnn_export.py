@@ -143,3 +143,27 @@ def test_server_answers_both_tasks_with_the_onnx_file(model: nn.Module, exported
     got = [[row["box"][k] for k in ("xmin", "ymin", "xmax", "ymax")] for row in boxes.json()]
     assert (torch.tensor(got) - want.boxes).abs().max() <= 1  # the answer's boxes are whole pixels
     assert [row["label"] for row in masks.json()] == list(want.names) and all(row["mask"] for row in masks.json())
+
+
+def test_eval_scores_the_onnx_file(
+    model: nn.Module, exported: Callable, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """``mobilevit eval --task detection`` on the ONNX file reports box and mask mAP over the eager model's detections
+    of the set's categories (as many; the file's task read from it), on tests/test_instance_segmentation.py's
+    COCO-format set with masks."""
+    pytest.importorskip("pycocotools")
+    from test_instance_segmentation import _write_set
+
+    _write_set(tmp_path / "set")
+    images = sorted((tmp_path / "set" / "images").iterdir())
+    for image in images:  # noise in the set's sizes: the flat pictures give this random model no detection
+        Image.effect_noise(Image.open(image).size, 60).convert("RGB").save(image)
+    path = exported("onnx")
+    argv = ["eval", str(tmp_path / "set"), "--model", str(path), "--task", "detection", "--json", "--no-progress"]
+    assert main(argv) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["task"] == "instance-segmentation" and printed["count"] == 3 and "mask_AP" in printed
+    meta = read_metadata(path)
+    eager = Runner(model, meta.preprocess, meta.labels).run([str(p) for p in images])
+    in_set = [name for d in eager for name in d.names if name in ("person", "car")]  # the set's two categories
+    assert printed["detections"] == len(in_set) > 0
