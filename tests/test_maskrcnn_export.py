@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import json
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -167,3 +168,18 @@ def test_eval_scores_the_onnx_file(
     eager = Runner(model, meta.preprocess, meta.labels).run([str(p) for p in images])
     in_set = [name for d in eager for name in d.names if name in ("person", "car")]  # the set's two categories
     assert printed["detections"] == len(in_set) > 0
+
+
+def test_box_decoding_traces_for_images_without_proposals(model: nn.Module) -> None:
+    """The detector's box decoding, traced on some boxes, also runs on none (torchvision's ``BoxCoder`` traced so
+    reshapes 0 rows to ``(0, -1, 4)`` and fails), with torchvision's values."""
+    from torchvision.models.detection._utils import BoxCoder
+
+    coder = model.roi_heads.box_coder
+    reference = BoxCoder(coder.weights, coder.bbox_xform_clip)
+    codes, boxes = torch.randn(3, 8), torch.rand(3, 4) * 10 + torch.tensor([0.0, 0.0, 10.0, 10.0])
+    assert torch.equal(coder.decode(codes, [boxes]), reference.decode(codes, [boxes]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        traced = torch.jit.trace(lambda c, b: coder.decode(c, [b]), (codes, boxes))
+    assert traced(torch.zeros(0, 8), torch.zeros(0, 4)).shape == (0, 2, 4)

@@ -463,9 +463,14 @@ def check_export(
     for name, want, out in zip(ref, ref.values(), got.values(), strict=True):  # in order: a file may rename them
         if out.shape != want.shape:
             raise UsageError(f"{path}: output {name} of shape {tuple(out.shape)}, eager {tuple(want.shape)}")
-        compared.append((name, float((out - want).abs().max()), float(want.abs().max())))
+        compared.append((name, _largest(out - want), _largest(want)))
     (_, diff, scale), *others = compared
     return ExportParity(tuple(x.shape), diff, scale, tuple(others))
+
+
+def _largest(t: torch.Tensor) -> float:
+    """The largest absolute value of ``t``; 0 for an empty tensor (a Mask R-CNN's image without detections)."""
+    return float(t.abs().max()) if t.numel() else 0.0
 
 
 def _open_export(path: str | os.PathLike, fmt: str) -> tuple[Runtime, ExportMetadata, tuple[int | None, ...]]:
