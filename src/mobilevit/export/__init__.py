@@ -225,7 +225,8 @@ def export_model(
         model: a classifier or segmentation model of this package (train-time or already folded; it is not
             modified).
         format: ``"onnx"``, ``"coreml"`` (an ML Program, ``.mlpackage``), ``"torchscript"``, ``"executorch"``
-            (``.pte``, XNNPACK delegate) or ``"tflite"`` (LiteRT).
+            (``.pte``, XNNPACK delegate) or ``"tflite"`` (LiteRT). A Mask R-CNN exports to ONNX and TorchScript
+            only, one image at its input size (:mod:`mobilevit.export.onnx`).
         output: the file to write.
         input_size: (H, W) to trace at (default: the preprocessing's input size, e.g. 256x256; 512x512 for
             segmentation).
@@ -254,11 +255,12 @@ def export_model(
     _check_request(model, format, output, quantize, int8)
     folded = reparameterize_model(model).eval()
     meta = model_metadata(folded, input_size, (), preprocess, labels)
-    axes = _dynamic_axes(folded, meta.input_size, dynamic and quantize is None, format)
+    # a model of one image's outputs (per_image) is traced at batch 1 and its size: its shapes follow the values
+    axes = _dynamic_axes(folded, meta.input_size, dynamic and quantize is None and not meta.per_image, format)
     meta = model_metadata(folded, meta.input_size, axes, preprocess, labels)
     batches = _calibration(calibration, meta, max_calibration_images) if quantize else None
     options = ExportOptions(opset, precision, image_input, batches, int8)
-    graph = _PlainTuple(folded).eval() if len(meta.outputs) > 1 else folded
+    graph = _PlainTuple(folded, meta.output_names if meta.per_image else ()).eval() if len(meta.outputs) > 1 else folded
     with written_atomically(output) as temp:
         EXPORTERS[format].write(graph, temp, meta, options)
     return Path(output)
@@ -266,13 +268,18 @@ def export_model(
 
 class _PlainTuple(nn.Module):
     """A model of several outputs (a detector's :class:`~mobilevit.models.ssdlite.SSDOutput` named tuple) returning a
-    plain tuple of them: ExecuTorch cannot serialize a named tuple's output spec, and no format keeps its names."""
+    plain tuple of them: ExecuTorch cannot serialize a named tuple's output spec, and no format keeps its names. Given
+    ``image_outputs``, the model returns one dict per image (a Mask R-CNN's): the first image's, in that order."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, image_outputs: tuple[str, ...] = ()) -> None:
         super().__init__()
         self.model = model
+        self.image_outputs = image_outputs
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        if self.image_outputs:
+            first = self.model(x)[0]
+            return tuple(first[name] for name in self.image_outputs)
         return tuple(self.model(x))
 
 
@@ -286,6 +293,13 @@ def _check_request(
     if getattr(model, "features_only", False):
         raise UsageError(
             "export a classifier or a segmentation model: features_only models have no logits to check or label"
+        )
+    task = get_task(getattr(model, "task", "classification"))
+    if task.export_formats is not None and format not in task.export_formats:
+        raise UsageError(
+            f"{format} cannot hold {task.model_kind}: its detections' number and shapes depend on the image (RPN "
+            f"proposals, NMS, RoIAlign), which torch.export cannot trace; export it as "
+            f"{' or '.join(task.export_formats)}"
         )
     if int8 is not None and quantize is None:
         raise UsageError("int8= options are for quantize='int8'")
@@ -402,7 +416,8 @@ def check_export(
     """Run the exported file in its runtime (:mod:`mobilevit.runtime`: onnxruntime for ONNX, ExecuTorch for ``.pte``,
     LiteRT for ``.tflite``, the loaded module for TorchScript) against the eager model: every logit of a classifier's
     ``[B, num_classes]`` or a segmentation model's ``[B, num_classes, h, w]``; every value of each of a detector's
-    raw outputs (``logits``, ``boxes``, ``anchors``, in the graph's order).
+    raw outputs (``logits``, ``boxes``, ``anchors``, in the graph's order); a Mask R-CNN's ``boxes``, ``labels``,
+    ``scores`` and ``masks`` of its one image (the same number of detections, else a :class:`UsageError`).
 
     The comparison runs at the shape the file takes: an ONNX file exported with ``dynamic=False``, an ExecuTorch
     program without a dynamic batch and every LiteRT file fix the batch (1) and the size in the file and are checked
@@ -437,7 +452,8 @@ def check_export(
     model.eval()
     try:
         with torch.no_grad():
-            ref = named_outputs(list(meta.outputs), model(x))
+            out = model(x)
+            ref = named_outputs(list(meta.outputs), out[0] if meta.per_image else out)
     finally:
         model.train(was_training)
     got = runtime.run_named(x)
@@ -447,9 +463,14 @@ def check_export(
     for name, want, out in zip(ref, ref.values(), got.values(), strict=True):  # in order: a file may rename them
         if out.shape != want.shape:
             raise UsageError(f"{path}: output {name} of shape {tuple(out.shape)}, eager {tuple(want.shape)}")
-        compared.append((name, float((out - want).abs().max()), float(want.abs().max())))
+        compared.append((name, _largest(out - want), _largest(want)))
     (_, diff, scale), *others = compared
     return ExportParity(tuple(x.shape), diff, scale, tuple(others))
+
+
+def _largest(t: torch.Tensor) -> float:
+    """The largest absolute value of ``t``; 0 for an empty tensor (a Mask R-CNN's image without detections)."""
+    return float(t.abs().max()) if t.numel() else 0.0
 
 
 def _open_export(path: str | os.PathLike, fmt: str) -> tuple[Runtime, ExportMetadata, tuple[int | None, ...]]:

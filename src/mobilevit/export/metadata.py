@@ -64,5 +64,6 @@ def model_metadata(
         labels=tuple(str(x) for x in labels),
         task=io.task,
         output_axes=tuple(getattr(model, "output_axes", task.output_axes)),
-        output_names=task.outputs if len(task.outputs) > 1 else (),
+        output_names=task.image_outputs or (task.outputs if len(task.outputs) > 1 else ()),
+        per_image=bool(task.image_outputs),
     )

@@ -20,6 +20,13 @@ the feature maps' symbolic sizes, so the anchor count follows the input's size. 
 1 where it traces (it checks the strides of a 1x1 map), so a detector's graph serves every size only when traced with
 every level above 1x1: at more than 256 pixels a side (:attr:`~mobilevit.models.ssdlite.SSDLite.min_dynamic_size`;
 the 320x320 default is); at a smaller size its height and width stay fixed.
+
+A Mask R-CNN (``per_image`` metadata) goes through the TorchScript-based exporter (``dynamo=False``, opset 11 or
+higher): ``torch.export`` stops at torchvision's ``batched_nms`` ("Could not guard on data-dependent expression
+4*u1 > 4000": the number of boxes left is known only from the values), while tracing records torchvision's own
+ONNX-ready paths (its RPN, NMS, RoIAlign and mask pasting check ``torchvision._is_tracing()``). The graph takes one
+image at the traced size (batch 1, height and width fixed) and gives that image's ``boxes`` ``[D, 4]``, ``labels``
+``[D]``, ``scores`` ``[D]`` and ``masks`` ``[D, 1, H, W]``, ``D`` varying with the image.
 """
 
 from __future__ import annotations
@@ -70,6 +77,57 @@ def export_onnx(
     """
     import onnx
 
+    write = _traced_proto if metadata.per_image else _exported_proto
+    proto = write(model, metadata, opset)
+    del proto.metadata_props[:]
+    for key, value in metadata.to_dict().items():
+        proto.metadata_props.add(key=key, value=value)
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(proto, str(output))
+    onnx.checker.check_model(str(output), full_check=True)
+    return output
+
+
+def _traced_proto(model: nn.Module, metadata: ExportMetadata, opset: int) -> object:
+    """The graph of a model of one image's outputs by the TorchScript-based exporter, at batch 1 and the metadata's
+    size (see the module docstring)."""
+    import onnx
+
+    example = torch.rand(1, 3, *metadata.input_size)  # pixels in [0, 1], as a Mask R-CNN reads them
+    buffer = io.BytesIO()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # TracerWarnings about torchvision's Python shape arithmetic, fixed here
+        torch.onnx.export(
+            model,
+            (example,),
+            buffer,
+            dynamo=False,
+            opset_version=opset,
+            input_names=[metadata.input_name],
+            output_names=list(metadata.outputs),
+            dynamic_axes={name: {0: "detections"} for name in metadata.outputs},
+        )
+    proto = onnx.load_from_string(buffer.getvalue())
+    _forget_traced_shapes(proto.graph)
+    return proto
+
+
+def _forget_traced_shapes(graph: object, subgraph: bool = False) -> None:
+    """Drop the shapes the trace saw inside ``graph`` and its loops' bodies (the pasted masks of the traced image's
+    detections): they are not every image's; onnxruntime infers them again."""
+    del graph.value_info[:]
+    if subgraph:
+        for value in graph.output:
+            value.type.tensor_type.ClearField("shape")
+    for node in graph.node:
+        for attribute in node.attribute:
+            for body in (*([attribute.g] if attribute.HasField("g") else []), *attribute.graphs):
+                _forget_traced_shapes(body, subgraph=True)
+
+
+def _exported_proto(model: nn.Module, metadata: ExportMetadata, opset: int) -> object:
+    """The graph of a model by the dynamo-based exporter, with the metadata's dynamic axes named."""
     axes = {i for i, name in AXIS_NAMES.items() if name in metadata.dynamic_axes}
     example = torch.randn(1, 3, *metadata.input_size)
     dynamic_shapes = ({i: torch.export.Dim.AUTO for i in sorted(axes)},) if axes else None
@@ -91,14 +149,7 @@ def export_onnx(
     proto = program.model_proto
     dims = proto.graph.input[0].type.tensor_type.shape.dim
     _rename_dims(proto, {dims[i].dim_param: AXIS_NAMES[i] for i in axes if dims[i].dim_param})
-    del proto.metadata_props[:]
-    for key, value in metadata.to_dict().items():
-        proto.metadata_props.add(key=key, value=value)
-    output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(proto, str(output))
-    onnx.checker.check_model(str(output), full_check=True)
-    return output
+    return proto
 
 
 def read_onnx_metadata(path: str | os.PathLike) -> ExportMetadata:

@@ -37,6 +37,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 from torchvision.models.detection import MaskRCNN as TorchvisionMaskRCNN
+from torchvision.models.detection._utils import BoxCoder
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead, FastRCNNPredictor
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads
@@ -173,6 +174,16 @@ class InputSizeTransform(GeneralizedRCNNTransform):
         return image, target
 
 
+class RowBoxCoder(BoxCoder):
+    """torchvision's ``BoxCoder`` whose ``decode`` shapes its result from the regression's own ``[N, 4 * k]`` shape:
+    torchvision's reshapes to ``(N, -1, 4)``, which a traced graph (ONNX, TorchScript) cannot do when ``N`` is 0 (an
+    image without proposals). Same values."""
+
+    def decode(self, rel_codes: Tensor, boxes: list[Tensor]) -> Tensor:
+        boxes = torch.cat(boxes, dim=0)
+        return self.decode_single(rel_codes, boxes).reshape(rel_codes.shape[0], rel_codes.shape[1] // 4, 4)
+
+
 class MaskPredictor(nn.Sequential):
     """``[N, in, 14, 14]`` -> ``[N, num_classes, 28, 28]`` mask logits: a 2x2 stride-2 transposed conv (no bias) +
     BatchNorm + ReLU, then a 1x1 conv per class (ml-cvnets' ``MaskRCNNPredictor``; torchvision's names, with the
@@ -270,6 +281,8 @@ class MaskRCNN(TorchvisionMaskRCNN):
             mask_predictor=MaskPredictor(cfg.mask_convs[-1], cfg.mask_predictor_channels, cfg.num_classes),
             **{name: getattr(cfg, name) for name in TORCHVISION_SETTINGS},
         )
+        for coder_owner in (self.rpn, self.roi_heads):
+            coder_owner.box_coder = RowBoxCoder(coder_owner.box_coder.weights, coder_owner.box_coder.bbox_xform_clip)
         self.transform = InputSizeTransform(
             min_size=MASKRCNN_INPUT_SIZE, max_size=MASKRCNN_INPUT_SIZE, image_mean=[0.0] * 3, image_std=[1.0] * 3
         )

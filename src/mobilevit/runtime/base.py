@@ -64,10 +64,14 @@ class Runtime(ABC):
     name: str
     uses_torch_threads: bool = False
 
-    def run(self, batch: Tensor | np.ndarray) -> Tensor:
+    def run(self, batch: Tensor | np.ndarray) -> Tensor | list[dict[str, Tensor]]:
         """The ``[B, num_classes]`` (segmentation: ``[B, num_classes, h, w]``) logits of a float32 ``[B, 3, H, W]``
-        batch of a shape :meth:`signature` allows: the model's first output."""
-        return next(iter(self.run_named(batch).values()))
+        batch of a shape :meth:`signature` allows: the model's first output. A file of one image's outputs (its
+        metadata's ``per_image``: a Mask R-CNN's) gives them as its eager model does: ``[{name: output}]``."""
+        named = self.run_named(batch)
+        if self.metadata().get("per_image") == "true":
+            return [named]
+        return next(iter(named.values()))
 
     @abstractmethod
     def run_named(self, batch: Tensor | np.ndarray) -> dict[str, Tensor]:

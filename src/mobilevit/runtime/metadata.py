@@ -57,6 +57,9 @@ class ExportMetadata:
             ``"height", "width"``).
         output_names: every output's name in the graph's order, for a model of several (a detector's ``logits``,
             ``boxes``, ``anchors``); ``()`` for a model of one (``output_name`` names it).
+        per_image: the outputs are one image's (batch 1) and vary in length from image to image (a Mask R-CNN's
+            ``boxes``, ``labels``, ``scores``, ``masks``): a runtime gives them back as the eager model does, a list
+            of one dict by name (:meth:`~mobilevit.runtime.base.Runtime.run`).
     """
 
     arch: str
@@ -71,6 +74,7 @@ class ExportMetadata:
     task: str = "classification"
     output_axes: tuple[str, ...] = ("batch", "classes")
     output_names: tuple[str, ...] = ()
+    per_image: bool = False
 
     @property
     def outputs(self) -> tuple[str, ...]:
@@ -80,6 +84,8 @@ class ExportMetadata:
     def to_dict(self) -> dict[str, str]:
         """The flat string dictionary stored in the exported file."""
         extra = {"output_names": json.dumps(list(self.output_names))} if self.output_names else {}
+        if self.per_image:
+            extra["per_image"] = "true"
         return {
             "library": LIBRARY,
             "format_version": str(FORMAT_VERSION),
@@ -115,4 +121,5 @@ class ExportMetadata:
             task=data.get("task", "classification"),
             output_axes=tuple(json.loads(data.get("output_axes", '["batch", "classes"]'))),
             output_names=tuple(json.loads(data.get("output_names", "[]"))),
+            per_image=data.get("per_image") == "true",
         )

@@ -29,6 +29,9 @@ def onnx_session(path: str | os.PathLike, threads: int = 0) -> Any:
     if threads:
         options.intra_op_num_threads = threads
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    # errors only: a Mask R-CNN graph's mask-pasting loop grows a tensor whose shape onnxruntime infers as the first
+    # iteration's, and it would warn at every run, once per detection
+    options.log_severity_level = 3
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 

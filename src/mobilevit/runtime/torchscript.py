@@ -104,8 +104,8 @@ class TorchScriptRuntime(Runtime):
         num_classes = len(labels) or None
         axes = json.loads(self._metadata.get("output_axes", '["batch", "classes"]'))
         logits = [inputs[0] if axis == "batch" else num_classes if axis == "classes" else None for axis in axes]
-        names = (self._metadata.get("input_name", "pixel_values"), self._metadata.get("output_name", "logits"))
-        others = json.loads(self._metadata.get("output_names", "[]"))[1:]
+        outputs = json.loads(self._metadata.get("output_names", "[]")) or [self._metadata.get("output_name", "logits")]
+        names, others = (self._metadata.get("input_name", "pixel_values"), outputs[0]), outputs[1:]
         other = [inputs[0], *(None for _ in axes[1:])]  # the archive records no other shape
         return [(names[0], inputs)], [(names[1], logits), *((name, list(other)) for name in others)]
 

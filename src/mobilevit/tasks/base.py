@@ -86,6 +86,9 @@ class Task(ABC):
             runner's or the server's batch size (a Mask R-CNN's masks take 400 MB per image).
         also_answers: the names of other tasks whose commands run this task's models too, this task answering for
             them (a Mask R-CNN's boxes are a detector's: ``detect`` and ``eval --task detection`` run it).
+        image_outputs: for a model whose output is one dict per image (``outputs`` names it as one), the names of
+            one image's outputs, in the order an exported file gives them (batch 1); ``()`` for the others.
+        export_formats: the export formats that can hold its models (``None``: every one).
     """
 
     name: ClassVar[str]
@@ -104,6 +107,8 @@ class Task(ABC):
     export_kind: ClassVar[str] = "model"
     batch_limit: ClassVar[int | None] = None
     also_answers: ClassVar[tuple[str, ...]] = ()
+    image_outputs: ClassVar[tuple[str, ...]] = ()
+    export_formats: ClassVar[tuple[str, ...] | None] = None
 
     @property
     def parameters(self) -> frozenset[str]:

@@ -78,6 +78,10 @@ class InstanceSegmentationTask(DetectionTask):
     outputs = ("detections",)  # one dict per image (boxes, labels, scores, masks), as torchvision's detectors return
     output_axes = ("batch", "detections")
     also_answers = ("detection",)
+    image_outputs = ("boxes", "labels", "scores", "masks")  # an exported file's, one image at a time
+    # torchvision's RPN, NMS and RoIAlign make shapes that depend on values: only the tracing exporters (ONNX's
+    # TorchScript-based one, torch.jit.trace) record them; torch.export, under CoreML, ExecuTorch and LiteRT, cannot
+    export_formats = ("onnx", "torchscript")
     # torchvision pastes each detection's mask into the whole input as floats: 100 detections at 1024x1024 are 400 MB
     # per image, so images run one at a time
     batch_limit = 1
