@@ -472,7 +472,7 @@ def main() -> None:
             f"{s}: {len(c['images'])} composites, {len(c['annotations'])} boxes" for s, c in count.items()
         )
         + f"; {args.size} px; categories {list(CATEGORIES)}",
-        **{k: v for k, v in vars(args).items() if k not in ("json", "weights")},
+        **{k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k not in ("json", "weights")},
         "weights": args.weights.name,
     }
     results = {}
