@@ -6,7 +6,7 @@
   learning-rate decay for fine-tuning (BEiT, arXiv 2106.08254): the head at ``lr``, every earlier layer of
   :func:`layer_ids` (from the model's ``group_matcher()`` hook) one more factor ``layer_decay`` lower, the stem the
   lowest; optionally a lower learning rate for the backbone of a segmentation or detection model
-  (``backbone_lr_scale``, DETR's and detectron2's backbone multiplier).
+  (``backbone_lr_scale``, as DETR trains its backbone at 1/10 of the head's rate).
 - :class:`WarmupCosineSchedule`: per-iteration linear warmup from ``warmup_init_lr`` to the peak, then a cosine from
   the peak to ``min_lr`` (cvnets ``cosine`` scheduler with ``warmup_iterations``); each group's learning rate is that
   times its ``lr_scale``. Optionally the weight decay follows a cosine too (MobileOne: 1e-4 -> 1e-5).
