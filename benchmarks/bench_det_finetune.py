@@ -21,6 +21,7 @@ warmup, cosine):
 - ``ours_full`` (not run by default): the same with the backbone trained too. Apple's file is the folded form, with
   no BatchNorm left in the backbone; trained with AdamW at 1e-4 to 1e-3 here, its features became nearly the same
   for every image within 50-100 steps (the detector then predicts the same boxes everywhere, val AP ~0);
+  ``--set optimizer.backbone_lr_scale=0.01`` keeps its features (the backbone at 1/100 of the head's rate);
 - ``ours_random``: a random backbone (train-time form, with BatchNorms), everything trained;
 - ``torchvision``: a plain loop as torchvision's ``references/detection`` writes it over
   ``ssdlite320_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=5)``: random backbone and head
@@ -472,7 +473,7 @@ def main() -> None:
             f"{s}: {len(c['images'])} composites, {len(c['annotations'])} boxes" for s, c in count.items()
         )
         + f"; {args.size} px; categories {list(CATEGORIES)}",
-        **{k: v for k, v in vars(args).items() if k not in ("json", "weights")},
+        **{k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k not in ("json", "weights")},
         "weights": args.weights.name,
     }
     results = {}

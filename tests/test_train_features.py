@@ -343,3 +343,22 @@ def test_ema_warmup_is_tensorflows_num_updates_rule():
     for name, p in ema.module.named_parameters():
         torch.testing.assert_close(p, start[name] + 1.0 - keep, rtol=0, atol=1e-5)
     assert ModelEMA(model, 0.0005, warmup=True).momentum_at(10**6) == 0.0005
+
+
+def test_backbone_lr_scale_groups() -> None:
+    """A detector's backbone at lr * backbone_lr_scale, its new head at lr; weight decay as without the scale."""
+    model = mobilevit.create_model("ssdlite_mobileone_s0", num_classes=3)
+    lr, wd = 0.01, 0.05
+    optimizer = build_optimizer(model, OptimizerConfig(lr=lr, weight_decay=wd, backbone_lr_scale=0.1))
+    WarmupCosineSchedule(optimizer, lr, 100, 0, ScheduleConfig(min_lr=0.0))
+    group_of = {id(p): g for g in optimizer.param_groups for p in g["params"]}
+    names = dict(model.named_parameters())
+    assert len(group_of) == len(names) == sum(len(g["params"]) for g in optimizer.param_groups)
+    for name, p in names.items():
+        group = group_of[id(p)]
+        assert group["lr"] == pytest.approx(lr * (0.1 if name.startswith("backbone.") else 1.0)), name
+        assert group["weight_decay"] == (0.0 if p.ndim <= 1 else wd), name
+    with pytest.raises(ValueError, match=r"backbone_lr_scale must be in \(0, 1\]"):
+        param_groups(model, wd, True, None, 0.0)
+    with pytest.raises(ValueError, match=r"has no backbone"):
+        param_groups(mobilevit.create_model("mobileone_s0", num_classes=2), wd, True, None, 0.1)

@@ -121,6 +121,8 @@ class OptimizerConfig:
     # fine-tuning: the head trains at lr, the layer before it (final conv, else the last stage) at lr * layer_decay,
     # each earlier stage one more factor, the stem the smallest (BEiT / timm "layer_decay"); None: one lr for all
     layer_decay: float | None = None
+    # a segmentation or detection model: its backbone trains at lr * backbone_lr_scale (the new head at lr); None: 1
+    backbone_lr_scale: float | None = None
 
 
 @dataclass(frozen=True)

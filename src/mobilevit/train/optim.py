@@ -5,7 +5,8 @@
   hook names (cvnets ``no_decay_bn_filter_bias``; timm's ``param_groups_weight_decay``); optionally layer-wise
   learning-rate decay for fine-tuning (BEiT, arXiv 2106.08254): the head at ``lr``, every earlier layer of
   :func:`layer_ids` (from the model's ``group_matcher()`` hook) one more factor ``layer_decay`` lower, the stem the
-  lowest.
+  lowest; optionally a lower learning rate for the backbone of a segmentation or detection model
+  (``backbone_lr_scale``, as DETR trains its backbone at 1/10 of the head's rate).
 - :class:`WarmupCosineSchedule`: per-iteration linear warmup from ``warmup_init_lr`` to the peak, then a cosine from
   the peak to ``min_lr`` (cvnets ``cosine`` scheduler with ``warmup_iterations``); each group's learning rate is that
   times its ``lr_scale``. Optionally the weight decay follows a cosine too (MobileOne: 1e-4 -> 1e-5).
@@ -85,7 +86,11 @@ def layer_ids(model: nn.Module) -> tuple[dict[str, int], int]:
 
 
 def param_groups(
-    model: nn.Module, weight_decay: float, no_decay_norm_bias: bool = True, layer_decay: float | None = None
+    model: nn.Module,
+    weight_decay: float,
+    no_decay_norm_bias: bool = True,
+    layer_decay: float | None = None,
+    backbone_lr_scale: float | None = None,
 ) -> list[dict[str, Any]]:
     """Optimizer parameter groups by weight decay (and by layer with ``layer_decay``); frozen parameters left out.
 
@@ -99,8 +104,13 @@ def param_groups(
         no_decay_norm_bias: exempt norms, biases and the model's own choice (see :func:`no_weight_decay`);
             ``False`` decays everything, as the MobileViT v1 recipe does.
         layer_decay: factor in (0, 1] between consecutive layers; ``None`` for one learning rate.
+        backbone_lr_scale: factor in (0, 1] on the learning rate of every parameter of ``model.backbone`` (a
+            segmentation or detection model), its groups carrying it as ``lr_scale`` (times the layer's);
+            ``None`` for one learning rate.
     """
     skip = no_weight_decay(model) if no_decay_norm_bias else set()
+    if backbone_lr_scale is not None:
+        return _with_backbone_scale(model, backbone_lr_scale, weight_decay, no_decay_norm_bias, layer_decay)
     if layer_decay is None:
         ids, num_layers = {name: 0 for name, _ in model.named_parameters()}, 1
     else:
@@ -125,9 +135,36 @@ def param_groups(
     return [groups[k] for k in sorted(groups, key=lambda k: (k[0], not k[1]))]
 
 
+def _with_backbone_scale(
+    model: nn.Module, scale: float, weight_decay: float, no_decay_norm_bias: bool, layer_decay: float | None
+) -> list[dict[str, Any]]:
+    """:func:`param_groups` of ``model``, each split into its backbone part (``lr_scale`` times ``scale``) and the
+    rest."""
+    backbone = getattr(model, "backbone", None)
+    if not isinstance(backbone, nn.Module):
+        raise UsageError(
+            f"optimizer.backbone_lr_scale needs a segmentation or detection model; {type(model).__name__} has no "
+            "backbone"
+        )
+    if not 0.0 < scale <= 1.0:
+        raise UsageError(f"optimizer.backbone_lr_scale must be in (0, 1], got {scale}")
+    in_backbone = {id(p) for p in backbone.parameters()}
+    groups = []
+    for group in param_groups(model, weight_decay, no_decay_norm_bias, layer_decay):
+        for part_scale, part in (
+            (scale, [p for p in group["params"] if id(p) in in_backbone]),
+            (1.0, [p for p in group["params"] if id(p) not in in_backbone]),
+        ):
+            if part:
+                groups.append({**group, "params": part, "lr_scale": group.get("lr_scale", 1.0) * part_scale})
+    return groups
+
+
 def build_optimizer(model: nn.Module, cfg: OptimizerConfig) -> torch.optim.Optimizer:
     """AdamW or SGD over :func:`param_groups` of ``model`` with the config's settings and peak ``lr``."""
-    groups = param_groups(unwrap_model(model), cfg.weight_decay, cfg.no_decay_norm_bias, cfg.layer_decay)
+    groups = param_groups(
+        unwrap_model(model), cfg.weight_decay, cfg.no_decay_norm_bias, cfg.layer_decay, cfg.backbone_lr_scale
+    )
     if not any(g["params"] for g in groups):
         raise UsageError("the model has no trainable parameters")
     if cfg.name == "adamw":
