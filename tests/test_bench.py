@@ -139,6 +139,7 @@ def test_segmentation_models_are_timed_at_their_preprocessing_size() -> None:
     assert bench_size(segmentation, 64) == bench_size(classifier, 64) == (64, 64)
 
 
+@pytest.mark.slow  # default-suite budget: `make test-slow` runs it
 @pytest.mark.skipif(not HAS_ORT, reason="onnxruntime is not installed")
 def test_segmentation_model_through_an_exported_backend(tmp_path: Path) -> None:
     """A DeepLabV3 model in the timed onnxruntime session gives the eager ``[B, 21, h, w]`` logits, and its rows are

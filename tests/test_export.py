@@ -183,8 +183,8 @@ def _coreml_export(name: str, out: Path, entry: str | None = None, **kwargs: obj
     return export_model(random_model(name), "coreml", out / f"{name}.mlpackage", preprocess=pre, **kwargs)
 
 
-@pytest.mark.parametrize(  # MobileViT v1 (BGR input) by default, the others (6-10 s each) with `-m slow`
-    "name", [pytest.param(n, marks=[pytest.mark.slow] if n != "mobilevit_xxs" else []) for n in sorted(COREML_FAST)]
+@pytest.mark.parametrize(  # with `-m slow` (6-13 s each); test_segmentation_export checks a CoreML spec by default
+    "name", [pytest.param(n, marks=[pytest.mark.slow]) for n in sorted(COREML_FAST)]
 )
 def test_coreml_spec(name: str, tmp_path: Path) -> None:
     from mobilevit.export import inspect_coreml, validate_coreml

@@ -142,6 +142,7 @@ def test_cli_eval_reproduces_the_reference(s0_weights: Path, shared: Path, capsy
     assert result["top1"] == pytest.approx(0.77) and result["top5"] == pytest.approx(0.93)
 
 
+@pytest.mark.slow  # default-suite budget: `make test-slow` runs it
 def test_eval_under_torchrun_matches(s0_weights: Path, shared: Path, tmp_path: Path) -> None:
     """Two CPU processes (gloo) shard the images and sum the counts: the same numbers as one process."""
     data = shared / "data" / "imagenet-samples-100"

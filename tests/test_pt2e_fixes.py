@@ -154,6 +154,7 @@ def weight_is_float(node: torch.fx.Node) -> bool:
     return isinstance(node.args[1], torch.fx.Node) and node.args[1].op == "get_attr"
 
 
+@pytest.mark.slow  # default-suite budget: `make test-slow` runs it
 def test_the_first_and_last_layers_stay_float_and_the_rest_int8() -> None:
     model = folded("mobileone_s0")
     x = batches(2)

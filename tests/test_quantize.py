@@ -192,6 +192,7 @@ def test_bad_options(s0: tuple[Path, Any, list[Path]], options: dict[str, Any], 
     assert message in str(err.value)
 
 
+@pytest.mark.slow  # default-suite budget: `make test-slow` runs it
 def test_cli_int8_flags(s0: tuple[Path, Any, list[Path]], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """``mobilevit export --quantize int8`` passes its flags through; they are refused without ``--quantize`` and
     the static-only ones with ``--quantize-mode dynamic``."""

@@ -207,10 +207,11 @@ def _value(cmd: Command, option: str) -> str | None:
 
 
 def _slow_export(cmd: Command) -> bool:
-    """A DeepLabV3 or int8 ONNX export: 15-30 s here, and tests/test_segmentation_export.py and test_export.py check
+    """A DeepLabV3, int8 or ONNX export: 15-30 s here, and tests/test_segmentation_export.py and test_export.py check
     those exports with their parity in the default run."""
     model = _value(cmd, "--model") or ""
-    return cmd.subcommand == "export" and ("--quantize" in cmd.argv or model.startswith("deeplabv3_"))
+    onnx = _value(cmd, "--format") == "onnx"  # test_export.py checks every family's ONNX export with its parity
+    return cmd.subcommand == "export" and ("--quantize" in cmd.argv or model.startswith("deeplabv3_") or onnx)
 
 
 def _marks(cmd: Command) -> list[pytest.MarkDecorator]:

@@ -536,6 +536,7 @@ def test_cli_eval_voc_layout(model_folder: Path, shared: Path, capsys: pytest.Ca
     assert "no split 'test'" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # default-suite budget: `make test-slow` runs it
 def test_cli_eval_under_torchrun_matches(model_folder: Path, shared: Path, tmp_path: Path) -> None:
     """Two CPU processes (gloo) shard the images and sum the confusion matrix: the same numbers as one process."""
     data = voc_subset(shared, tmp_path / "set", 5)

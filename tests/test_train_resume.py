@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
@@ -99,6 +100,7 @@ def _losses(out: Path) -> list[tuple[int, float]]:
     return [(r["step"], r["loss"]) for r in map(json.loads, lines) if r["event"] == "step"]
 
 
+@pytest.mark.slow  # default-suite budget: `make test-slow` runs it
 def test_sigkill_between_checkpoints_with_workers_resumes_exactly(tmp_path: Path) -> None:
     data = _make_jpegs(tmp_path / "data")  # 24 images, batch 4: 6 steps per epoch, 12 in all
     ref, killed = tmp_path / "ref", tmp_path / "killed"

@@ -246,6 +246,7 @@ def test_cli_trains_a_recipe(voc: Path, tmp_path: Path, capsys: pytest.CaptureFi
     assert epoch["val_miou"] is not None  # the VOC folder's val split was found by --data alone
 
 
+@pytest.mark.slow  # default-suite budget: `make test-slow` runs it
 def test_torchrun_two_processes_score_the_whole_val_split(voc: Path, tmp_path: Path) -> None:
     """Two CPU ranks each see half of the train and val splits: the epoch record counts both ranks' images and its
     val mIoU is torchmetrics' over the whole val split (the ranks' confusion matrices summed), for the model and the
