@@ -9,8 +9,6 @@ browser talk HTTP to it unmodified.
 from __future__ import annotations
 
 import re
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,7 +16,6 @@ import pytest
 
 pytest.importorskip("fastapi")
 import httpx2
-import uvicorn
 from PIL import Image
 
 import mobilevit
@@ -27,7 +24,7 @@ from mobilevit.runner import Runner
 from mobilevit.serve import ModelSpec, ServeConfig, create_app
 from mobilevit.tasks.detection import box_colour
 from test_detection_task import STUB_PREPROCESS, StubDetector, _red_square
-from test_serve_process import free_port, page_dom_when
+from test_serve_process import page_dom_when, serving_in_thread
 
 
 @pytest.fixture(scope="module")
@@ -36,23 +33,8 @@ def server() -> Iterator[str]:
     classifier = Predictor.from_model(mobilevit.create_model("mobileone_s0"), pretrained=False)
     config = ServeConfig(models=(ModelSpec("cls", False), ModelSpec("det", False)), max_batch_size=4, max_wait_ms=2)
     app = create_app(config, loaders={"det": lambda: detector, "cls": lambda: classifier})
-    port = free_port()
-    uv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=uv.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        assert time.monotonic() < deadline, "server not ready"
-        try:
-            if httpx2.get(url + "/health", timeout=2).status_code == 200:
-                break
-        except httpx2.TransportError:
-            pass
-        time.sleep(0.1)
-    yield url
-    uv.should_exit = True
-    thread.join(timeout=30)
+    with serving_in_thread(app) as url:
+        yield url
 
 
 def test_huggingface_client_object_detection(server: str, tmp_path: Path) -> None:

@@ -10,8 +10,6 @@ run in this process (a thread). The openapi schema lists both answers.
 from __future__ import annotations
 
 import base64
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,12 +19,11 @@ import pytest
 pytest.importorskip("fastapi")
 pytest.importorskip("pycocotools")
 import httpx2
-import uvicorn
 
 from mobilevit.runner import Runner
 from mobilevit.serve import ModelSpec, ServeConfig, create_app
 from test_instance_segmentation import StubMaskRCNN, _cell, _picture
-from test_serve_process import free_port
+from test_serve_process import serving_in_thread
 
 
 @pytest.fixture(scope="module")
@@ -34,23 +31,8 @@ def server() -> Iterator[str]:
     segmenter = Runner.from_model(StubMaskRCNN())
     config = ServeConfig(models=(ModelSpec("inst", False),), max_batch_size=4, max_wait_ms=2)
     app = create_app(config, loaders={"inst": lambda: segmenter})
-    port = free_port()
-    uv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=uv.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        assert time.monotonic() < deadline, "server not ready"
-        try:
-            if httpx2.get(url + "/health", timeout=2).status_code == 200:
-                break
-        except httpx2.TransportError:
-            pass
-        time.sleep(0.1)
-    yield url
-    uv.should_exit = True
-    thread.join(timeout=30)
+    with serving_in_thread(app) as url:
+        yield url
 
 
 @pytest.fixture

@@ -21,6 +21,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -38,6 +39,32 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serving_in_thread(app: Any) -> Iterator[str]:
+    """``app`` served by uvicorn on a free local port in a daemon thread; yields its URL once ``/health`` answers."""
+    import uvicorn
+
+    port = free_port()
+    uv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=uv.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        assert time.monotonic() < deadline, "server not ready"
+        try:
+            if httpx2.get(url + "/health", timeout=2).status_code == 200:
+                break
+        except httpx2.TransportError:
+            pass
+        time.sleep(0.1)
+    try:
+        yield url
+    finally:
+        uv.should_exit = True
+        thread.join(timeout=30)
 
 
 @pytest.fixture(scope="module")
